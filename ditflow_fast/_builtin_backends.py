@@ -1,0 +1,37 @@
+"""Registers the backends that need nothing beyond torch: ``reference`` and ``torch``."""
+
+from __future__ import annotations
+
+import torch
+
+from .dispatch import Backend, register
+from .reference import amf_reference
+from .torch_backend import amf_torch
+
+_ALL_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _run_reference(p):
+    out = amf_reference(
+        p.q, p.k, frames=p.frames, height=p.height, width=p.width,
+        temperature=p.temperature, mode=p.mode, text_tokens=p.text_tokens,
+    )
+    return out.to(p.out_dtype)
+
+
+register(Backend(
+    name="reference",
+    summary="literal definition in float64, materialises [B, H, N, N] scores (test oracle)",
+    run=_run_reference,
+    devices=("cpu", "cuda"),
+    dtypes=_ALL_FLOATS,
+))
+
+register(Backend(
+    name="torch",
+    summary="chunked over query rows under a byte budget, recomputing backward; any device",
+    run=amf_torch,
+    devices=("cpu", "cuda", "mps", "xpu"),
+    dtypes=_ALL_FLOATS,
+    auto_rank=100,
+))

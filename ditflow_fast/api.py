@@ -1,0 +1,61 @@
+"""Public entry points: :func:`compute_amf` and :func:`choose_backend`."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _builtin_backends  # noqa: F401  (registers reference and torch)
+from ._problem import check_finite, validate
+from .dispatch import Choice, backends, select
+
+
+def _needs_grad(problem) -> bool:
+    return problem.mode == "soft" and torch.is_grad_enabled() and (problem.q.requires_grad or problem.k.requires_grad)
+
+
+def compute_amf(q, k, *, frames, height, width, temperature=2.0, mode="soft", text_tokens=0, backend="auto"):
+    """Attention Motion Flow of one DiT block, exactly as ``spec/amf.md`` defines it.
+
+    For video tokens ``m`` (query) and ``n`` (key) the head-averaged logits are
+    ``S[m, n] = (1/H) sum_h <q_h[m], k_h[n]> / sqrt(d)``. For query ``m = i*h*w + s`` and each
+    target frame ``j`` the displacement is
+
+    * ``mode="soft"``: ``sum_{n in j} softmax_n(temperature * S[m, n]) * pos(n) - pos(m)``
+      (differentiable with respect to ``q`` and ``k``);
+    * ``mode="argmax"``: ``pos(argmax_{n in j} S[m, n]) - pos(m)``, lowest index on ties (no
+      gradient; ``temperature`` does not change it).
+
+    Args:
+        q, k: ``[B, H, T, d]`` (diffusers' layout) or ``[H, T, d]``, same shape, dtype and
+            device; any strides; float32, float16, bfloat16 or float64. ``T`` must equal
+            ``text_tokens + frames*height*width``; video tokens are frame-major, then row-major.
+            NaN or inf anywhere in q or k raises ``ValueError``.
+        frames, height, width: latent frames ``F`` and patches per frame ``h x w`` (>= 1).
+        temperature: softmax temperature ``tau`` (> 0, finite); DiTFlow uses 2.
+        mode: ``"soft"`` or ``"argmax"``.
+        text_tokens: number of leading text tokens to skip (226 for CogVideoX, 0 for Wan).
+        backend: ``"auto"`` or a registered backend name (see ``ditflow-fast info``).
+
+    Returns:
+        ``[B, F, F, h*w, 2]`` (``[F, F, h*w, 2]`` for 3-D input) displacements ``(dx, dy)`` in
+        patch units, ``out[b, i, j, s]`` for query frame ``i``, target frame ``j``, patch ``s``.
+        float32, or float64 for float64 input.
+    """
+    problem = validate(
+        q, k, frames=frames, height=height, width=width,
+        temperature=temperature, mode=mode, text_tokens=text_tokens,
+    )
+    choice = select(problem, backend, _needs_grad(problem))
+    check_finite("q", q)
+    check_finite("k", k)
+    out = backends()[choice.name].run(problem)
+    return out[0] if problem.squeeze else out
+
+
+def choose_backend(q, k, *, frames, height, width, temperature=2.0, mode="soft", text_tokens=0, backend="auto") -> Choice:
+    """The backend :func:`compute_amf` would use for these arguments, and why others were skipped."""
+    problem = validate(
+        q, k, frames=frames, height=height, width=width,
+        temperature=temperature, mode=mode, text_tokens=text_tokens,
+    )
+    return select(problem, backend, _needs_grad(problem))

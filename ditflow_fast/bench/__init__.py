@@ -1,0 +1,1 @@
+"""Benchmark harness shared by ``ditflow-fast bench`` and the pytest-benchmark suites in benchmarks/."""

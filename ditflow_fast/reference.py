@@ -1,0 +1,76 @@
+"""The AMF written literally, materialising every score: the oracle the fast backends answer to.
+
+Two procedures live here:
+
+* :func:`amf_reference` is ``spec/amf.md`` step by step, in float64. It keeps the full
+  ``[B, H, N, N]`` logits, so it is for tests and small shapes only.
+* :func:`research_procedure` redoes what the DiTFlow research code does, in the caller's dtype
+  (per-head scores, head mean, per-frame softmax, one displacement per frame pair), so the
+  benchmark's "research" row costs what the original costs. Its output layout is the research
+  code's ``[F*F, h*w, 2]`` for the last batch element.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .geometry import patch_coords
+
+
+def amf_reference(q, k, *, frames, height, width, temperature=2.0, mode="soft", text_tokens=0):
+    """Literal AMF in float64: ``[B, F, F, h*w, 2]`` from ``[B, H, T, d]`` q and k.
+
+    Differentiable in soft mode (plain autograd through the float64 graph).
+    """
+    b, heads, _, d = q.shape
+    f, hw = frames, height * width
+    qv = q[:, :, text_tokens:].double()
+    kv = k[:, :, text_tokens:].double()
+    per_head = qv @ kv.transpose(-1, -2) / math.sqrt(d)  # [B, H, N, N]
+    scores = per_head.mean(dim=1).reshape(b, f * hw, f, hw)  # [B, m, j, n]
+    pos = patch_coords(height, width, device=q.device, dtype=torch.float64)
+    if mode == "argmax":
+        target = pos[scores.argmax(dim=-1)]  # [B, m, j, 2]
+    else:
+        target = torch.softmax(temperature * scores, dim=-1) @ pos
+    own = pos.repeat(f, 1)[None, :, None, :]  # pos(m) for every query token
+    disp = (target - own).reshape(b, f, hw, f, 2)
+    return disp.permute(0, 1, 3, 2, 4)
+
+
+def research_bytes(heads: int, frames: int, height: int, width: int, elem_size: int) -> int:
+    """Predicted peak extra bytes of :func:`research_procedure` (its live score tensors).
+
+    ``[H, N, N]`` per-head scores, plus the head mean, its scaled copy and the softmax, each
+    ``[N, N]``; the ``[h*w, h*w]`` pair temporaries are small next to them.
+    """
+    n = frames * height * width
+    return (heads + 3) * n * n * elem_size
+
+
+def research_procedure(q, k, *, h=30, w=45, temp=5.0, nframes=6, argmax=False, text_tokens=226):
+    """The research code's AMF procedure, re-implemented: ``[F*F, h*w, 2]`` for ``q[-1]``.
+
+    Scores are formed per head in the input dtype and averaged, softmax runs per target frame in
+    the input dtype, and each of the ``F*F`` frame pairs is reduced against relative-coordinate
+    matrices, as the original does. Soft mode returns the input dtype; argmax mode returns int64.
+    """
+    qv = q[-1, :, text_tokens:]
+    kv = k[-1, :, text_tokens:]
+    scale = torch.sqrt(torch.tensor(q.shape[-1], dtype=q.dtype, device=q.device))
+    mean_scores = (qv @ kv.transpose(-1, -2) / scale).mean(dim=0)  # [N, N] in the input dtype
+    hw = h * w
+    probs = torch.softmax(mean_scores.reshape(nframes * hw, nframes, hw) * temp, dim=-1)
+    pos = patch_coords(h, w, device=q.device, dtype=torch.long)
+    flows = []
+    for i in range(nframes):
+        for j in range(nframes):
+            block = probs[i * hw:(i + 1) * hw, j]  # [hw queries, hw keys of frame j]
+            if argmax:
+                flows.append(pos[block.argmax(dim=-1)] - pos)
+            else:
+                rel = (pos[None, :, :] - pos[:, None, :]).to(block.dtype)  # [s, n, 2]: pos(n) - pos(s)
+                flows.append(torch.stack([(rel[..., c] * block).sum(dim=1) for c in range(2)], dim=-1))
+    return torch.stack(flows, dim=0)

@@ -1,0 +1,1 @@
+"""Triton kernels of ditflow_fast, installed as ``ditflow_fast.kernels``."""
