@@ -94,7 +94,9 @@ def validate(q, k, *, frames, height, width, temperature, mode, text_tokens) -> 
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() not in (3, 4):
-            raise ValueError(f"{name} must be [B, H, T, d] or [H, T, d], got {t.dim()} dims with shape {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must be [B, H, T, d] or [H, T, d], got {t.dim()} dims with shape {tuple(t.shape)}"
+            )
         if t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
     if q.shape != k.shape:

@@ -52,7 +52,9 @@ def compute_amf(q, k, *, frames, height, width, temperature=2.0, mode="soft", te
     return out[0] if problem.squeeze else out
 
 
-def choose_backend(q, k, *, frames, height, width, temperature=2.0, mode="soft", text_tokens=0, backend="auto") -> Choice:
+def choose_backend(
+    q, k, *, frames, height, width, temperature=2.0, mode="soft", text_tokens=0, backend="auto"
+) -> Choice:
     """The backend :func:`compute_amf` would use for these arguments, and why others were skipped."""
     problem = validate(
         q, k, frames=frames, height=height, width=width,

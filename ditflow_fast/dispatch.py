@@ -8,8 +8,8 @@ skipped (see :func:`ditflow_fast.choose_backend`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

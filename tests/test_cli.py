@@ -1,0 +1,20 @@
+"""The command line's info and amf subcommands."""
+
+from ditflow_fast.cli import main
+
+
+def test_info_lists_backends(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "reference" in out and "available" in out
+
+
+def test_amf_reports_the_backend_it_used(capsys):
+    assert main(["amf", "--frames", "2", "--height", "3", "--width", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "backend: torch" in out and "shape (1, 2, 2, 12, 2)" in out
+
+
+def test_amf_bad_argument_is_a_clean_error(capsys):
+    assert main(["amf", "--temperature", "0"]) == 2
+    assert "temperature must be finite and > 0" in capsys.readouterr().err
