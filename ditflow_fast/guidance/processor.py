@@ -1,0 +1,187 @@
+"""Capture and K/V injection inside CogVideoX attention, through diffusers' processor contract.
+
+:class:`GuidedAttnProcessor` computes exactly what diffusers' ``CogVideoXAttnProcessor2_0`` computes
+(same operations in the same order, so outputs are bit-identical when nothing is asked of it) and,
+as a shared :class:`GuidanceController` asks, per block:
+
+- records ``q`` and ``k`` of one batch element after the q/k norms and RoPE, video tokens only
+  (``[1, H, F*h*w, d]``, still attached to the autograd graph);
+- copies the video keys and values of a reference forward, then injects them into later forwards;
+- stops the forward (raises :class:`StopForward`) once the last guidance block has given what the
+  loss needs, so nothing after it runs.
+
+Capture and stop happen only while the controller is *armed* (inside :func:`forward.run_until`).
+Under gradient checkpointing the backward pass re-runs a block's processor to recompute its saved
+tensors; the controller is disarmed by then, so the recomputation neither captures nor stops,
+while injection (a property of the whole denoising step) is applied identically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+class StopForward(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised inside the transformer once everything the loss needs has been captured."""
+
+
+@dataclass
+class GuidanceController:
+    """What the processors of one transformer should do; shared by all of them.
+
+    ``qk_blocks``: blocks whose video q/k are recorded; ``out_blocks``: blocks whose video output
+    hidden states are recorded (MOFT/SMM features); ``stop_after``: the block after which the forward
+    stops (None: run to the end); ``copy_kv_blocks``: blocks whose video K/V are copied;
+    ``inject_kv``: block -> (k, v) ``[1, H, F*h*w, d]`` written over every batch element's video K/V.
+    ``batch_index`` picks the recorded batch element (DiTFlow: the last, the conditional one).
+    """
+
+    qk_blocks: frozenset[int] = frozenset()
+    out_blocks: frozenset[int] = frozenset()
+    stop_after: int | None = None
+    copy_kv_blocks: frozenset[int] = frozenset()
+    inject_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    batch_index: int = -1
+    armed: bool = False
+    qk: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    out: dict[int, torch.Tensor] = field(default_factory=dict)
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def clear_captures(self) -> None:
+        """Drop every recorded tensor (frees q/k and the graph hanging off them)."""
+        self.qk.clear()
+        self.out.clear()
+        self.kv.clear()
+
+    def _pick(self, t: torch.Tensor) -> torch.Tensor:
+        b = self.batch_index % t.shape[0]
+        return t[b:b + 1]
+
+
+class GuidedAttnProcessor:
+    """CogVideoX joint-attention processor with capture, K/V injection and early stop.
+
+    One instance per block (it knows its block index); all share one :class:`GuidanceController`.
+    """
+
+    def __init__(self, block_index: int, controller: GuidanceController):
+        self.block_index = block_index
+        self.controller = controller
+
+    # The parameters are spelled out: diffusers filters the keyword arguments it passes by this
+    # signature, so ``**kwargs`` would silently lose ``image_rotary_emb``.
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctrl = self.controller
+        idx = self.block_index
+        text_len = encoder_hidden_states.size(1)
+        x = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        batch, seq, _ = x.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, seq, batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+
+        query, key, value = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if image_rotary_emb is not None:
+            from diffusers.models.embeddings import apply_rotary_emb
+
+            # RoPE on the video tokens only, written in place as the stock processor does.
+            query[:, :, text_len:] = apply_rotary_emb(query[:, :, text_len:], image_rotary_emb)
+            if not attn.is_cross_attention:
+                key[:, :, text_len:] = apply_rotary_emb(key[:, :, text_len:], image_rotary_emb)
+
+        if ctrl.armed and idx in ctrl.qk_blocks:
+            # Views into q/k: they keep the graph, and injection below never writes into them.
+            ctrl.qk[idx] = (ctrl._pick(query)[:, :, text_len:], ctrl._pick(key)[:, :, text_len:])
+        if ctrl.armed and idx in ctrl.copy_kv_blocks:
+            ctrl.kv[idx] = (ctrl._pick(key)[:, :, text_len:].detach().clone(),
+                            ctrl._pick(value)[:, :, text_len:].detach().clone())
+        if ctrl.armed and idx == ctrl.stop_after and idx not in ctrl.out_blocks:
+            raise StopForward
+        if idx in ctrl.inject_kv:
+            ref_k, ref_v = ctrl.inject_kv[idx]
+            key = _replace_video(key, ref_k, text_len)
+            value = _replace_video(value, ref_v, text_len)
+
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
+                                             is_causal=False)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
+        out = attn.to_out[1](attn.to_out[0](out))
+        encoder_out, video_out = out.split([text_len, out.size(1) - text_len], dim=1)
+        return video_out, encoder_out
+
+
+def _replace_video(t: torch.Tensor, ref: torch.Tensor, text_len: int) -> torch.Tensor:
+    """``t`` with its video tokens replaced by ``ref`` for every batch element (out of place)."""
+    if ref.shape[-2] != t.shape[-2] - text_len or ref.shape[1] != t.shape[1] or ref.shape[-1] != t.shape[-1]:
+        raise ValueError(f"injected K/V of shape {tuple(ref.shape)} do not fit attention of shape {tuple(t.shape)} "
+                         f"with {text_len} text tokens")
+    ref = ref.to(dtype=t.dtype, device=t.device).expand(t.shape[0], -1, -1, -1)
+    return torch.cat([t[:, :, :text_len], ref], dim=2)
+
+
+def _output_hook(block_index: int, controller: GuidanceController):
+    def hook(module, args, output):
+        ctrl = controller
+        if ctrl.armed and block_index in ctrl.out_blocks:
+            ctrl.out[block_index] = ctrl._pick(output[0])  # video hidden states [1, F*h*w, D]
+            if block_index == ctrl.stop_after:
+                raise StopForward
+        return None
+
+    return hook
+
+
+def install(transformer, controller: GuidanceController | None = None) -> GuidanceController:
+    """Put a :class:`GuidedAttnProcessor` on every block of a CogVideoX transformer.
+
+    Returns the controller (a fresh, inactive one unless given). Idempotent: installing again
+    replaces the processors and hooks. :func:`uninstall` restores the stock processor.
+    """
+    controller = controller or GuidanceController()
+    uninstall(transformer)
+    handles = []
+    for i, block in enumerate(transformer.transformer_blocks):
+        block.attn1.set_processor(GuidedAttnProcessor(i, controller))
+        handles.append(block.register_forward_hook(_output_hook(i, controller)))
+    transformer._ditflow_guidance = (controller, handles)
+    return controller
+
+
+def uninstall(transformer) -> None:
+    """Remove what :func:`install` added and put back diffusers' stock CogVideoX processor."""
+    state = getattr(transformer, "_ditflow_guidance", None)
+    if state is None:
+        return
+    from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
+
+    for h in state[1]:
+        h.remove()
+    for block in transformer.transformer_blocks:
+        block.attn1.set_processor(CogVideoXAttnProcessor2_0())
+    del transformer._ditflow_guidance
+
+
+def controller_of(transformer) -> GuidanceController:
+    """The controller :func:`install` attached to ``transformer``."""
+    state = getattr(transformer, "_ditflow_guidance", None)
+    if state is None:
+        raise ValueError("transformer has no guidance processors: call ditflow_fast.guidance.install() first")
+    return state[0]
