@@ -1,0 +1,29 @@
+// Fused CPU kernels of the Attention Motion Flow (declarations; definitions in amf_cpu.cpp).
+//
+// Inputs are the heads-concatenated video tokens qc, kc: [B, N, D] contiguous, float32 or float64,
+// N = frames * height * width, D = heads * head_dim. Key n of frame j sits at (n % width, n / width).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+namespace ditflow_fast {
+
+// Forward. soft: target[b, m, j] = sum_n softmax_n(alpha * <qc[m], kc[n]>) * pos(n) over the keys of
+// frame j, and lse[b, m, j] = log sum_n exp(alpha * <qc[m], kc[n]>). argmax: target = pos of the
+// first maximum of <qc[m], kc[n]> over frame j (alpha is not used), lse is empty.
+// Returns (target [B, N, F, 2], lse [B, N, F] or [0]) in the input dtype.
+std::tuple<at::Tensor, at::Tensor> amf_forward_cpu(const at::Tensor& qc, const at::Tensor& kc, int64_t frames,
+                                                   int64_t height, int64_t width, double alpha, bool soft);
+
+// Soft backward from the forward's target and lse and the upstream gradient grad [B, N, F, 2] of the
+// target: dz = p * (<g, pos(n)> - <g, o>), dqc = alpha * dz @ kc, dkc = alpha * dz^T @ qc. The
+// probabilities p are recomputed tile by tile; nothing of size N x N is kept. A gradient that is not
+// needed comes back as an empty tensor.
+std::tuple<at::Tensor, at::Tensor> amf_backward_cpu(const at::Tensor& qc, const at::Tensor& kc,
+                                                    const at::Tensor& target, const at::Tensor& lse,
+                                                    const at::Tensor& grad, int64_t frames, int64_t height,
+                                                    int64_t width, double alpha, bool need_dq, bool need_dk);
+
+}  // namespace ditflow_fast

@@ -1,0 +1,28 @@
+// Every schema of the native AMF ops, in one place, and their CPU implementations.
+//
+// The ops live in the namespace "ditflow_fast_native" (torch.ops.ditflow_fast_native.*), apart from
+// any Python-level op the package defines under "ditflow_fast". The CUDA implementations, when that
+// extension is built, register against these same schemas from amf_cuda_binding.cpp.
+//
+// Layout shared by every op: qc, kc are the heads-concatenated video tokens [B, N, D] (N = F*h*w,
+// D = heads * head_dim); target [B, N, F, 2] holds the absolute (x, y) the query m attends to in
+// frame j; lse [B, N, F] the log-sum-exp of the soft logits alpha * <qc[m], kc[n]> over frame j.
+#include <torch/library.h>
+
+#include "amf_cpu.h"
+
+TORCH_LIBRARY(ditflow_fast_native, m) {
+  // soft=True: softmax-weighted mean position and lse; soft=False: position of the first maximum of
+  // <qc[m], kc[n]> (alpha is ignored) and an empty lse.
+  m.def("amf_forward(Tensor qc, Tensor kc, int frames, int height, int width, float alpha, bool soft) "
+        "-> (Tensor target, Tensor lse)");
+  // Soft-mode gradients of target with respect to qc and kc given grad = dL/dtarget [B, N, F, 2];
+  // an unrequested gradient comes back empty.
+  m.def("amf_backward(Tensor qc, Tensor kc, Tensor target, Tensor lse, Tensor grad, int frames, int height, "
+        "int width, float alpha, bool need_dq, bool need_dk) -> (Tensor dqc, Tensor dkc)");
+}
+
+TORCH_LIBRARY_IMPL(ditflow_fast_native, CPU, m) {
+  m.impl("amf_forward", &ditflow_fast::amf_forward_cpu);
+  m.impl("amf_backward", &ditflow_fast::amf_backward_cpu);
+}

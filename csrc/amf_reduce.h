@@ -1,0 +1,228 @@
+// Reduction steps of the Attention Motion Flow, shared by the CPU kernel and the CUDA kernel.
+//
+// Everything here is plain arithmetic on scalars, compiled for the host by any C++17 compiler and
+// for the device by nvcc (AMF_HD expands to __host__ __device__ there). The CPU tests therefore check
+// the exact steps the CUDA epilogue runs. Contract: spec/amf.md.
+//
+// For one query m and one target frame j the kernels see the keys n of frame j as a stream of
+// (logit, key index, coordinate) triples, possibly split over several threads or tiles:
+//   * argmax:  ArgmaxState, updated by argmax_step and combined by argmax_merge. On exact ties the
+//              lowest key index wins, whatever order the partial states are merged in (the rule
+//              torch.argmax documents, which the reference follows).
+//   * soft:    SoftState, the online soft-argmax: running max m, normaliser l = sum exp(z - m) and the
+//              coordinate sums sx, sy = sum exp(z - m) * pos. soft_finish turns it into the expected
+//              position o = (sx, sy) / l and the log-sum-exp m + log l that the backward keeps.
+//   * backward: soft_logit_grad, dz = p * (<g, pos(n)> - <g, o>) with p = exp(z - lse) recomputed.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define AMF_HD __host__ __device__ __forceinline__
+#else
+#define AMF_HD inline
+#endif
+
+// Host loops over a block carry an OpenMP simd hint (the max and the sums are reductions the
+// compiler will not reorder on its own); device code and builds without OpenMP see nothing.
+#if defined(_OPENMP) && !defined(__CUDA_ARCH__)
+#define AMF_PRAGMA(text) _Pragma(#text)
+#define AMF_SIMD_MAX(var) AMF_PRAGMA(omp simd reduction(max : var))
+#else
+#define AMF_SIMD_MAX(var)
+#endif
+
+namespace ditflow_fast {
+
+// Math wrappers: one spelling for host and device, overloaded on float and double so the same
+// templates serve the fp32 (and fp32-accumulated bf16/fp16) and fp64 paths.
+AMF_HD float amf_exp(float x) {
+#if defined(__CUDA_ARCH__)
+  return __expf(x);  // fast intrinsic; the argument is always <= 0, where its error is ~2 ulp
+#else
+  return std::exp(x);
+#endif
+}
+AMF_HD double amf_exp(double x) {
+#if defined(__CUDA_ARCH__)
+  return ::exp(x);
+#else
+  return std::exp(x);
+#endif
+}
+AMF_HD float amf_log(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::logf(x);
+#else
+  return std::log(x);
+#endif
+}
+AMF_HD double amf_log(double x) {
+#if defined(__CUDA_ARCH__)
+  return ::log(x);
+#else
+  return std::log(x);
+#endif
+}
+
+// -infinity without <limits>, whose members are host-only functions under plain nvcc.
+template <typename T>
+AMF_HD T amf_neg_inf() {
+  return -static_cast<T>(HUGE_VAL);
+}
+
+// ---------------------------------------------------------------------------------------------
+// argmax with the lowest-index rule
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+struct ArgmaxState {
+  T best;     // largest score seen
+  int index;  // key index of it (-1 before any key)
+};
+
+template <typename T>
+AMF_HD ArgmaxState<T> argmax_init() {
+  return ArgmaxState<T>{amf_neg_inf<T>(), -1};
+}
+
+// Keys may arrive in any order: a larger score wins, and an equal score wins only with a lower index.
+template <typename T>
+AMF_HD void argmax_step(ArgmaxState<T>& s, T score, int index) {
+  if (score > s.best || (score == s.best && (s.index < 0 || index < s.index))) {
+    s.best = score;
+    s.index = index;
+  }
+}
+
+// Combines two partial states (two threads, two tiles). Commutative and associative.
+template <typename T>
+AMF_HD void argmax_merge(ArgmaxState<T>& s, const ArgmaxState<T>& other) {
+  if (other.index >= 0) argmax_step(s, other.best, other.index);
+}
+
+// A block of n scores for keys base, base + 1, ...: the block max first (a branch-free reduction),
+// then the first key that attains it, folded into the state by the same rule as argmax_step.
+template <typename T>
+AMF_HD void argmax_block(ArgmaxState<T>& s, const T* score, int base, int n) {
+  if (n <= 0) return;
+  T bm = score[0];
+  AMF_SIMD_MAX(bm)
+  for (int i = 0; i < n; ++i) bm = score[i] > bm ? score[i] : bm;
+  int first = 0;
+  while (score[first] != bm) ++first;
+  argmax_step(s, bm, base + first);
+}
+
+// ---------------------------------------------------------------------------------------------
+// online soft-argmax with log-sum-exp
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+struct SoftState {
+  T m;   // running max of the logits (-inf before any key)
+  T l;   // sum of exp(z - m)
+  T sx;  // sum of exp(z - m) * x
+  T sy;  // sum of exp(z - m) * y
+};
+
+template <typename T>
+AMF_HD SoftState<T> soft_init() {
+  return SoftState<T>{amf_neg_inf<T>(), T(0), T(0), T(0)};
+}
+
+// One key with logit z at position (x, y). Exactly one exp per key: exp(z - m) when z does not raise
+// the max, otherwise exp(m_old - z) to rescale what was accumulated.
+template <typename T>
+AMF_HD void soft_step(SoftState<T>& s, T z, T x, T y) {
+  if (z <= s.m) {
+    const T e = amf_exp(z - s.m);
+    s.l += e;
+    s.sx += e * x;
+    s.sy += e * y;
+  } else {
+    const T r = amf_exp(s.m - z);  // 0 on the first key (m = -inf)
+    s.l = s.l * r + T(1);
+    s.sx = s.sx * r + x;
+    s.sy = s.sy * r + y;
+    s.m = z;
+  }
+}
+
+// Moves the state to a new reference max m_new >= s.m (the block form below, and merges).
+template <typename T>
+AMF_HD void soft_rescale(SoftState<T>& s, T m_new) {
+  if (m_new > s.m) {
+    const T r = amf_exp(s.m - m_new);
+    s.l *= r;
+    s.sx *= r;
+    s.sy *= r;
+    s.m = m_new;
+  }
+}
+
+// Combines two partial states over disjoint sets of keys. Commutative up to rounding.
+template <typename T>
+AMF_HD void soft_merge(SoftState<T>& s, const SoftState<T>& o) {
+  if (o.l == T(0)) return;
+  if (s.l == T(0)) {
+    s = o;
+    return;
+  }
+  const T m = s.m > o.m ? s.m : o.m;
+  const T rs = amf_exp(s.m - m);
+  const T ro = amf_exp(o.m - m);
+  s.l = s.l * rs + o.l * ro;
+  s.sx = s.sx * rs + o.sx * ro;
+  s.sy = s.sy * rs + o.sy * ro;
+  s.m = m;
+}
+
+// A block of n logits z[i] = scale * score[i] (scale > 0) at (x[i], y[i]): max first, then one
+// exp per key against that max, so the loop has no data-dependent branch (vectorisable on the host).
+template <typename T, typename S>
+AMF_HD void soft_block(SoftState<T>& s, const S* score, T scale, const T* x, const T* y, int n) {
+  if (n <= 0) return;
+  // max of the raw scores, scaled once (scale > 0, so the order is the same)
+  T bm = static_cast<T>(score[0]);
+  AMF_SIMD_MAX(bm)
+  for (int i = 0; i < n; ++i) {
+    const T v = static_cast<T>(score[i]);
+    bm = v > bm ? v : bm;
+  }
+  soft_rescale(s, scale * bm);
+  T l = T(0), sx = T(0), sy = T(0);
+  for (int i = 0; i < n; ++i) {
+    const T e = amf_exp(scale * static_cast<T>(score[i]) - s.m);
+    l += e;
+    sx += e * x[i];
+    sy += e * y[i];
+  }
+  s.l += l;
+  s.sx += sx;
+  s.sy += sy;
+}
+
+template <typename T>
+struct SoftResult {
+  T ox;   // expected x of the target
+  T oy;   // expected y of the target
+  T lse;  // log sum exp(z) over the keys of the frame
+};
+
+template <typename T>
+AMF_HD SoftResult<T> soft_finish(const SoftState<T>& s) {
+  const T inv = T(1) / s.l;
+  return SoftResult<T>{s.sx * inv, s.sy * inv, s.m + amf_log(s.l)};
+}
+
+// ---------------------------------------------------------------------------------------------
+// backward: gradient of the soft target with respect to one logit
+// ---------------------------------------------------------------------------------------------
+// g_dot_o = <g, o> for the query and frame (computed once per row and frame).
+// Returns dz = p * (<g, pos(n)> - <g, o>), p = exp(z - lse).
+template <typename T>
+AMF_HD T soft_logit_grad(T z, T lse, T gx, T gy, T x, T y, T g_dot_o) {
+  const T p = amf_exp(z - lse);
+  return p * (gx * x + gy * y - g_dot_o);
+}
+
+}  // namespace ditflow_fast

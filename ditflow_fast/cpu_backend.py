@@ -1,0 +1,86 @@
+"""The ``cpu`` backend: the fused C++ kernel (``csrc/amf_cpu.cpp``) behind an autograd Function.
+
+Forward: one pass over the scores, blocked over query tiles x key frames, each score tile reduced
+while it is in cache (argmax, or the online soft-argmax with its log-sum-exp). Backward (soft mode):
+the probabilities are recomputed from the stored log-sum-exp ``[B, N, F]``, as flash attention does.
+Extra memory is ``O(N * F)`` plus a few cache-sized tiles, never ``N x N``.
+
+Inputs of any float dtype are gathered once into heads-concatenated float32 (float64 for float64
+input) ``[B, N, H*d]`` copies, as the torch backend does; bf16/fp16 are therefore computed in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _native
+from ._problem import AMFProblem
+from .dispatch import Backend, register
+from .geometry import patch_coords
+from .torch_backend import _concat_heads, _expand_grad, _from_output_layout, _to_output_layout
+
+# Not yet benchmarked against the torch backend (auto_rank 100): stays behind it under "auto".
+AUTO_RANK = 150
+
+
+def _displacement(target: torch.Tensor, p: AMFProblem) -> torch.Tensor:
+    """Absolute targets ``[B, N, F, 2]`` -> displacements in the output layout ``[B, F, F, h*w, 2]``."""
+    own = patch_coords(p.height, p.width, device=target.device, dtype=target.dtype).repeat(p.frames, 1)
+    return _to_output_layout(target - own[None, :, None, :], p)
+
+
+def _soft_alpha(p: AMFProblem) -> float:
+    return p.temperature * p.logit_scale
+
+
+class _CpuSoftAMF(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, problem: AMFProblem):
+        cdtype = problem.out_dtype
+        qc = _concat_heads(q, problem.text_tokens, cdtype)
+        kc = _concat_heads(k, problem.text_tokens, cdtype)
+        target, lse = _native.ops().amf_forward(
+            qc, kc, problem.frames, problem.height, problem.width, _soft_alpha(problem), True
+        )
+        # q and k are kept rather than their concatenated copies: the backward re-gathers them, so
+        # the saved memory is what autograd holds anyway.
+        ctx.save_for_backward(q, k, target, lse)
+        ctx.problem = problem
+        return _displacement(target, problem)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, target, lse = ctx.saved_tensors
+        p = ctx.problem
+        want_q, want_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        cdtype = target.dtype
+        qc = _concat_heads(q, p.text_tokens, cdtype)
+        kc = _concat_heads(k, p.text_tokens, cdtype)
+        g = _from_output_layout(grad_out.to(cdtype), p).contiguous()  # pos(m) carries no gradient
+        dqc, dkc = _native.ops().amf_backward(
+            qc, kc, target, lse, g, p.frames, p.height, p.width, _soft_alpha(p), want_q, want_k
+        )
+        return (_expand_grad(dqc if want_q else None, q, p), _expand_grad(dkc if want_k else None, k, p), None)
+
+
+def amf_cpu(problem: AMFProblem) -> torch.Tensor:
+    """AMF ``[B, F, F, h*w, 2]`` by the fused CPU kernel (float32, or float64 for float64 input)."""
+    if problem.mode == "soft":
+        return _CpuSoftAMF.apply(problem.q, problem.k, problem)
+    with torch.no_grad():
+        cdtype = problem.out_dtype
+        qc = _concat_heads(problem.q, problem.text_tokens, cdtype)
+        kc = _concat_heads(problem.k, problem.text_tokens, cdtype)
+        target, _ = _native.ops().amf_forward(qc, kc, problem.frames, problem.height, problem.width, 1.0, False)
+        return _displacement(target, problem)
+
+
+register(Backend(
+    name="cpu",
+    summary="fused C++ kernel: score tiles from MKL GEMM reduced in cache, recomputing backward (csrc/)",
+    run=amf_cpu,
+    devices=("cpu",),
+    dtypes=(torch.float32, torch.float64, torch.bfloat16, torch.float16),
+    auto_rank=AUTO_RANK,
+    unavailable=_native.why_unavailable,
+))
