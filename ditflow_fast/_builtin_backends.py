@@ -40,3 +40,8 @@ try:  # the fused CPU kernel's backend; it loads its extension lazily, so this i
     from . import cpu_backend  # noqa: F401
 except ImportError:
     pass
+
+try:  # the fused Triton kernels: registers "triton" (imports triton only when a kernel launches)
+    from . import triton_backend  # noqa: F401
+except ImportError:  # pragma: no cover - a broken optional install must not break `import ditflow_fast`
+    pass
