@@ -1,10 +1,65 @@
-"""``ditflow-fast bench`` (placeholder wiring; the harness fills it)."""
+"""``ditflow-fast bench``: run a preset's cases through the harness, print the table, append the record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _run(args) -> int:
+    from .cases import MODES
+    from .presets import PRESETS, get_preset
+
+    if args.list_presets:
+        for name, p in PRESETS.items():
+            print(f"{name:<18} H={p.heads:<3} d={p.head_dim:<4} F={p.frames:<3} {p.height}x{p.width}  "
+                  f"N={p.tokens:<6} text={p.text_tokens:<4} {p.summary}")
+        return 0
+    get_preset(args.preset)  # an unknown name fails before anything slow happens
+    modes = tuple(_csv(args.modes)) if args.modes else MODES
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"--modes must be among {', '.join(MODES)}, got {', '.join(bad)}")
+    if args.repeats < 1 or args.warmup < 0:
+        raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    from .record import append_record, default_results_path
+    from .report import format_table
+    from .runner import run_bench
+
+    record = run_bench(args.preset, impls=_csv(args.backends) if args.backends else None, modes=modes,
+                       dtype=args.dtype, device=args.device, repeats=args.repeats, warmup=args.warmup,
+                       memory=not args.no_memory, mem_limit=args.mem_limit,
+                       progress=lambda s: print(s, flush=True))
+    print()
+    print(format_table(record))
+    out = Path(args.out) if args.out else default_results_path(record["machine"])
+    print(f"\nappended to {append_record(record, out)}")
+    return 0
 
 
 def add_bench_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmark the AMF backends on a named preset")
+    from .presets import DEFAULT_PRESET
 
-    def _run(args) -> int:
-        raise ValueError("the benchmark harness is not written yet")
-
+    p = sub.add_parser("bench", help="benchmark the AMF backends on a named preset",
+                       description="Time every available backend (and the research procedure, the bare GEMM "
+                                   "floor and the peer rows) on one preset; print a table and append a JSON "
+                                   "line to benchmarks/results/<machine>.jsonl.")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"shape preset (default {DEFAULT_PRESET}; "
+                                                            "see --list-presets)")
+    p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    p.add_argument("--backends", help="comma-separated backends/peers (default: all but 'reference'); "
+                                      "the research row and the GEMM floor are always run")
+    p.add_argument("--modes", help="comma-separated among argmax,soft,soft_fwd_bwd (default: all)")
+    p.add_argument("--dtype", help="input dtype: float32 (CPU default), bfloat16 (CUDA default), float16")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per case (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before them (default 1)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe (one subprocess per case)")
+    p.add_argument("--mem-limit", type=int, metavar="BYTES",
+                   help="largest predicted peak of a materialising case that is still run "
+                        "(default: 60%% of available memory)")
+    p.add_argument("--out", help="JSON-lines file to append to (default benchmarks/results/<machine>.jsonl)")
     p.set_defaults(func=_run)

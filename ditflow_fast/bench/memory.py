@@ -1,0 +1,81 @@
+"""Peak-memory side of the benchmark: predictions, the fit rule, and measurement per case.
+
+The materialising rows (``research``, ``reference``) grow with ``N^2``; before running one, its
+predicted peak is compared with the memory this machine has free. A case predicted to need more
+than :data:`FIT_FRACTION` of it is not run (a CPU process that runs out of memory takes the
+machine down with it); its prediction is reported, labelled ``predicted``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from .cases import RESEARCH, CaseSpec, build_case
+
+FIT_FRACTION = 0.6
+
+
+def elem_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def predicted_bytes(spec: CaseSpec) -> int | None:
+    """Predicted peak extra bytes of a materialising case; None for the bounded ones.
+
+    research: ``research_bytes`` counts the ``[H, N, N]`` scores once, but measured here the
+    research procedure holds two ``[H, N, N]`` tensors at once (the per-head scores and their
+    scaled copy: 675 MB measured against 2*H*N^2*4 = 669 MB at cpu-5b in float32), and its
+    backward a few ``N x N`` more; the larger of the two predictions is used.
+    reference: the same pattern in float64.
+    """
+    p = spec.geometry
+    n2 = p.tokens * p.tokens
+    if spec.impl == RESEARCH:
+        from ..reference import research_bytes
+
+        e = elem_size(spec.torch_dtype)
+        extra = 12 if spec.mode == "soft_fwd_bwd" else 3
+        return max(research_bytes(p.heads, p.frames, p.height, p.width, e), (2 * p.heads + extra) * n2 * e)
+    if spec.impl == "reference":
+        extra = 12 if spec.mode == "soft_fwd_bwd" else 4
+        return (2 * p.heads + extra) * n2 * 8
+    return None
+
+
+def available_bytes(device: str) -> int:
+    """Memory free for a new allocation now: MemAvailable on the CPU, free device memory on CUDA."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def fit_limit(device: str, override: int | None = None) -> int:
+    """Largest predicted peak a case may have and still be run."""
+    return int(override) if override is not None else int(FIT_FRACTION * available_bytes(device))
+
+
+def measure(spec: CaseSpec, timeout_s: float | None = None) -> dict:
+    """Peak extra bytes of one run of ``spec``: a fresh subprocess on the CPU, allocator stats on CUDA."""
+    if spec.device.startswith("cuda"):
+        from .memprobe import cuda_peak_extra
+
+        return cuda_peak_extra(build_case(spec))
+    cmd = [sys.executable, "-m", "ditflow_fast.bench.memprobe", "--preset", spec.preset, "--impl", spec.impl,
+           "--mode", spec.mode, "--dtype", spec.dtype, "--device", spec.device, "--seed", str(spec.seed)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        raise RuntimeError(f"memory probe failed (exit {done.returncode}): {tail[0]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

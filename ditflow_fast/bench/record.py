@@ -1,0 +1,100 @@
+"""What a benchmark result is keyed by (machine, versions, commit) and where it is appended."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+import torch
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def machine_info() -> dict:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": _cpu_model(), "cores": cores, "ram_bytes": _ram_bytes(), "gpu": gpu,
+            "hostname": platform.node(), "os": platform.platform()}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict:
+    from .. import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "triton": _version("triton"),
+            "ditflow_fast": __version__, "numpy": _version("numpy"), "faiss": _version("faiss-cpu"),
+            "cuda": torch.version.cuda}
+
+
+def git_info() -> dict:
+    """Commit of the checkout the package runs from; ``dirty`` when tracked files differ from it."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(_REPO_ROOT), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+        return {"commit": head.stdout.strip(), "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def machine_slug(machine: dict) -> str:
+    """File-name key of a machine: its GPU, else its CPU model and core count."""
+    name = machine["gpu"] or f"{machine['cpu']}-{machine['cores']}c"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def default_results_path(machine: dict) -> Path:
+    """``benchmarks/results/<machine>.jsonl`` of the source checkout (or of the working directory)."""
+    base = _REPO_ROOT if (_REPO_ROOT / "benchmarks").is_dir() else Path.cwd()
+    return base / "benchmarks" / "results" / f"{machine_slug(machine)}.jsonl"
+
+
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def append_record(record: dict, path: Path) -> Path:
+    """Append ``record`` as one JSON line to ``path`` (created with its folders)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+    return path

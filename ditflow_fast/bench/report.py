@@ -1,0 +1,68 @@
+"""The human-readable table of a benchmark record."""
+
+from __future__ import annotations
+
+from . import perf_model
+from .presets import get_preset
+
+
+def _t(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.3f} s"
+
+
+def _x(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}x"
+
+
+def _mem(row: dict) -> str:
+    b = row.get("peak_extra_bytes")
+    if b is None:
+        return "-"
+    text = f"{b / 1e9:.2f} GB" if b >= 1e9 else f"{b / 1e6:.1f} MB"
+    return text + (" (predicted)" if row.get("memory_label") == "predicted" else "")
+
+
+def format_table(record: dict) -> str:
+    rows = record["rows"]
+    gpu = any("floor_fraction" in r for r in rows)
+    head = ["impl", "mode", "median", "min", "max", "GFLOP/s", "x GEMM", "vs research", "peak extra mem",
+            "mem: research/row"] + (["% datasheet floor"] if gpu else [])
+    table = [head]
+    notes = []
+    for r in rows:
+        ok = r["status"] == "ok"
+        mem_ratio = _x(r.get("memory_ratio_vs_research"), 1)
+        if r.get("memory_ratio_label") == "predicted" and mem_ratio != "-":
+            mem_ratio += " (pred.)"
+        status = {"ok": None, "predicted": "not run"}.get(r["status"], r["status"])
+        line = [r["impl"], r["mode"], status or _t(r.get("median_s")), _t(r.get("min_s")), _t(r.get("max_s")),
+                f"{r['flops_per_s'] / 1e9:.1f}" if ok else "-", _x(r.get("x_floor")),
+                _x(r.get("speedup_vs_research")), _mem(r), mem_ratio]
+        if gpu:
+            line.append(f"{100 * r['floor_fraction']:.1f}%" if r.get("floor_fraction") else "-")
+        table.append(line)
+        if not ok:
+            notes.append(f"  {r['impl']} {r['mode']}: {r['status']}: {r['reason']}")
+        elif r.get("memory_error"):
+            notes.append(f"  {r['impl']} {r['mode']}: memory not measured: {r['memory_error']}")
+    widths = [max(len(row[c]) for row in table) for c in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    p = record["preset"]
+    title = (f"preset {p['name']}: H={p['heads']} d={p['head_dim']} F={p['frames']} h={p['height']} w={p['width']} "
+             f"N={p['tokens']} text={p['text_tokens']}; {record['dtype']} on {record['device']} "
+             f"({record['machine']['gpu'] or record['machine']['cpu']}, {record['machine']['cores']} cores); "
+             f"commit {(record['git']['commit'] or 'unknown')[:10]}{' (dirty)' if record['git']['dirty'] else ''}")
+    legend = ("x GEMM: median / median of the bare Q_cat @ K_cat^T of the same shape in this run "
+              "(fwd+bwd does ~4 GEMMs of work). vs research: research median / row median. "
+              "mem: research peak / row peak. FLOPs: 2*N^2*H*d per forward, ~4x for soft fwd+bwd.")
+    out = [title, *lines, legend]
+    if notes:
+        out += ["notes:", *notes]
+    if not gpu:
+        peaks = perf_model.floor_table(get_preset(p["name"]))
+        best = ", ".join(f"{r['gpu']} {r['floor_ms']:.3g} ms" for r in peaks if r["mode"] == "soft_fwd_bwd")
+        out.append(f"datasheet floor of soft fwd+bwd in bf16 (perf_model): {best}")
+    return "\n".join(out)

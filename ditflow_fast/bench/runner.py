@@ -1,0 +1,123 @@
+"""``run_bench``: every case of a preset, timed and measured in one run, with the ratios between them.
+
+Per case: median/min/max of ``repeats`` timed calls after ``warmup`` calls, nominal FLOPs and
+FLOP/s, the ratio to the bare heads-concatenated GEMM timed in the same run (``x_floor``), the
+speed-up and the memory ratio against the research row of the same mode, the measured peak extra
+memory (or, for a materialising case that cannot fit, its prediction, labelled), and on a GPU
+with a known datasheet the achieved fraction of the performance model's floor.
+"""
+
+from __future__ import annotations
+
+import gc
+import traceback
+from collections.abc import Callable
+
+import torch
+
+from . import perf_model
+from .cases import FLOOR, MODES, RESEARCH, CaseSpec, build_case, plan_cases, resolve_impls, skip_reason
+from .memory import fit_limit, measure, predicted_bytes
+from .presets import get_preset
+from .record import git_info, machine_info, now_utc, versions
+from .timing import summarize, time_callable
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> str:
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def _fmt_bytes(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def _run_case(spec: CaseSpec, *, limit: int, warmup: int, repeats: int, memory: bool) -> dict:
+    row = {**spec.as_dict(), "kind": spec.kind, "status": "ok", "reason": None,
+           "predicted_bytes": predicted_bytes(spec), "peak_extra_bytes": None, "memory_label": None}
+    why = skip_reason(spec)
+    if why:
+        return {**row, "status": "skipped", "reason": why}
+    pred = row["predicted_bytes"]
+    if pred is not None and pred > limit:
+        return {**row, "status": "predicted", "peak_extra_bytes": pred, "memory_label": "predicted",
+                "reason": f"predicted peak {_fmt_bytes(pred)} > fit limit {_fmt_bytes(limit)}: not run"}
+    try:
+        fn = build_case(spec)
+        times = time_callable(fn, warmup=warmup, repeats=repeats, device=spec.device)
+        del fn
+        gc.collect()
+        row.update(times_s=times, **summarize(times))
+    except Exception as exc:  # one failing case (out of memory, a backend bug) must not end the run
+        traceback.print_exc()
+        return {**row, "status": "error", "reason": f"{type(exc).__name__}: {exc}"}
+    if memory and spec.impl != FLOOR:
+        try:
+            probe = measure(spec)
+            row.update(peak_extra_bytes=probe["peak_extra_bytes"], memory_label="measured",
+                       memory_method=probe["method"])
+        except Exception as exc:
+            row["memory_error"] = f"{type(exc).__name__}: {exc}"
+    return row
+
+
+def _derive(rows: list[dict], gpu_name: str | None) -> None:
+    """Fill FLOPs, ratios to the floor and to the research row, and the datasheet-floor fraction."""
+    floor = next((r for r in rows if r["impl"] == FLOOR and r["status"] == "ok"), None)
+    research = {r["mode"]: r for r in rows if r["impl"] == RESEARCH}
+    peak = perf_model.peak_for(gpu_name)
+    for r in rows:
+        p = get_preset(r["preset"])
+        r["flops"] = perf_model.flops(p, r["mode"])
+        ok = r["status"] == "ok"
+        r["flops_per_s"] = r["flops"] / r["median_s"] if ok else None
+        r["x_floor"] = r["median_s"] / floor["median_s"] if ok and floor else None
+        base = research.get(r["mode"])
+        r["speedup_vs_research"] = (base["median_s"] / r["median_s"]
+                                    if ok and base and base["status"] == "ok" else None)
+        r["memory_ratio_vs_research"] = None
+        if base and base["peak_extra_bytes"] and r["peak_extra_bytes"]:
+            r["memory_ratio_vs_research"] = base["peak_extra_bytes"] / r["peak_extra_bytes"]
+            r["memory_ratio_label"] = ("predicted" if "predicted" in (base["memory_label"], r["memory_label"])
+                                       else "measured")
+        if peak and ok:
+            elem = torch.empty((), dtype=CaseSpec(r["impl"], r["mode"], r["preset"], r["dtype"]).torch_dtype
+                               ).element_size()
+            r["datasheet_floor_s"] = perf_model.floor_seconds(p, r["mode"], elem, peak)
+            r["floor_fraction"] = r["datasheet_floor_s"] / r["median_s"]
+
+
+def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, ...] = MODES,
+              dtype: str | None = None, device: str | None = None, repeats: int = 5, warmup: int = 1,
+              memory: bool = True, mem_limit: int | None = None, seed: int = 0,
+              progress: Callable[[str], None] = print) -> dict:
+    """Run every case of ``preset`` and return the record (``rows`` plus machine, versions, commit)."""
+    geometry = get_preset(preset)
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    names = resolve_impls(impls)
+    specs = plan_cases(preset, impls=names, modes=tuple(modes), dtype=dtype, device=device, seed=seed)
+    limit = fit_limit(device, mem_limit)
+    machine = machine_info()
+    progress(f"preset {preset}: {geometry.summary}; {dtype} on {device}; {repeats} repeats after {warmup} warm-up; "
+             f"fit limit {_fmt_bytes(limit)}")
+    rows = []
+    for i, spec in enumerate(specs, 1):
+        progress(f"[{i}/{len(specs)}] {spec.impl} {spec.mode} ...")
+        row = _run_case(spec, limit=limit, warmup=warmup, repeats=repeats, memory=memory)
+        rows.append(row)
+        if row["status"] == "ok":
+            mem = f", peak extra {_fmt_bytes(row['peak_extra_bytes'])}" if row["peak_extra_bytes"] is not None else ""
+            progress(f"      median {row['median_s']:.4f} s (min {row['min_s']:.4f}, max {row['max_s']:.4f}){mem}")
+        else:
+            progress(f"      {row['status']}: {row['reason']}")
+        if row.get("memory_error"):
+            progress(f"      memory not measured: {row['memory_error']}")
+    _derive(rows, machine["gpu"])
+    return {"schema": 1, "timestamp": now_utc(), "preset": geometry.as_dict(), "dtype": dtype, "device": device,
+            "settings": {"repeats": repeats, "warmup": warmup, "memory": memory, "fit_limit_bytes": limit,
+                         "impls": names, "modes": list(modes), "seed": seed},
+            "machine": machine, "versions": versions(), "git": git_info(), "rows": rows}
