@@ -1,0 +1,117 @@
+"""The guidance run's settings, with DiTFlow's published defaults, and their resolution per model."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+OPT_MODES = ("latent", "emb")
+
+
+@dataclass
+class GuidanceConfig:
+    """One transfer run. ``None`` fields are resolved from the model by :meth:`resolve`.
+
+    Defaults are DiTFlow's: guidance block 20 (RoPE models, CogVideoX-5B) or 15 (CogVideoX-2B);
+    KV injection at block 0; the first 10 of 50 steps guided with 5 Adam iterations each and a
+    learning rate falling linearly 0.002 -> 0.001; AMF temperature 2, thresholded loss; CFG 7,
+    dynamic for 5B; DPM scheduler for 5B, DDIM for 2B; gradient checkpointing on.
+    """
+
+    model: str = "THUDM/CogVideoX-5b"
+    frames: int = 24  # video frames taken from the reference
+    height: int = 480
+    width: int = 720
+    opt_mode: str = "latent"
+    loss: str = "flow"
+    guidance: bool = True
+    injection: bool = True
+    inject_embeds: str | None = None
+    guidance_blocks: tuple[int, ...] | None = None
+    injection_blocks: tuple[int, ...] = (0,)
+    steps: int = 50
+    guided_steps: int = 10
+    opt_iters: int = 5
+    lr: tuple[float, float] = (0.002, 0.001)
+    temperature: float = 2.0
+    threshold: bool = True
+    prop_motion: float = 0.04  # MOFT: fraction of channels kept as motion channels
+    cfg_scale: float = 7.0
+    dynamic_cfg: bool | None = None
+    scheduler: str | None = None  # "dpm" | "ddim"
+    seed: int = 0
+    gradient_checkpointing: bool = True
+    dtype: str | None = None  # "float32" | "bfloat16" | "float16"
+    device: str | None = None
+    cpu_offload: bool = False
+    vae_slicing: bool = True
+    vae_tiling: bool = False
+    backend: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> GuidanceConfig:
+        if self.opt_mode not in OPT_MODES:
+            raise ValueError(f"opt_mode must be one of {OPT_MODES}, got {self.opt_mode!r}")
+        from .losses import LOSSES
+
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        for name in ("frames", "height", "width", "steps", "opt_iters"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.guided_steps <= self.steps:
+            raise ValueError(f"guided_steps must lie in [0, steps={self.steps}], got {self.guided_steps}")
+        if self.height % 16 or self.width % 16:
+            raise ValueError(f"--height/--width must be multiples of 16 (VAE x8, patch x2), got "
+                             f"{self.height}x{self.width}")
+        if self.inject_embeds is not None and self.opt_mode != "emb":
+            raise ValueError("--inject-embeds needs --opt-mode emb (it injects saved positional embeddings)")
+        if self.scheduler not in (None, "dpm", "ddim"):
+            raise ValueError(f"scheduler must be dpm or ddim, got {self.scheduler!r}")
+        return self
+
+    def resolve(self, transformer, device: torch.device | str | None = None) -> GuidanceConfig:
+        """Fill the model-dependent defaults; raise if the blocks do not exist in this transformer."""
+        self.validate()
+        cfg = transformer.config
+        rope = bool(cfg.use_rotary_positional_embeddings)
+        n = cfg.num_layers
+        blocks = self.guidance_blocks
+        if blocks is None:
+            want = 20 if rope else 15
+            blocks = (want,) if want < n else (n // 2,)  # tiny test models have few blocks
+        for b in tuple(blocks) + tuple(self.injection_blocks):
+            if not 0 <= b < n:
+                raise ValueError(f"block {b} does not exist: the model has {n} transformer blocks")
+        dev = torch.device(device or self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = self.dtype or ("float32" if dev.type == "cpu" else ("bfloat16" if rope else "float16"))
+        return dataclasses.replace(
+            self, guidance_blocks=tuple(int(b) for b in blocks), injection_blocks=tuple(self.injection_blocks),
+            dynamic_cfg=rope if self.dynamic_cfg is None else self.dynamic_cfg,
+            scheduler=self.scheduler or ("dpm" if rope else "ddim"), dtype=dtype, device=str(dev))
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lr"] = list(self.lr)
+        return d
+
+    def run_key(self) -> str:
+        """A hash of everything that changes the numbers: a saved state resumes only under the same key."""
+        d = self.to_dict()
+        for k in ("device", "cpu_offload", "vae_slicing", "vae_tiling", "extra"):
+            d.pop(k, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def lr_at(self, i: int) -> float:
+        """Learning rate of guided step ``i``: linear from ``lr[0]`` to ``lr[1]`` over the guided steps."""
+        if self.guided_steps <= 1:
+            return float(self.lr[0])
+        return float(self.lr[0] + (self.lr[1] - self.lr[0]) * i / (self.guided_steps - 1))

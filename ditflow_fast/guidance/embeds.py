@@ -1,0 +1,90 @@
+"""Optimised positional embeddings, one safetensors file per guided timestep, and their validation.
+
+File ``emb_t{timestep:04d}.safetensors`` holds tensor ``emb`` (float32): RoPE ``[2, F*h*w, head_dim]``
+(cos, sin) for RoPE models, or the video part of the additive table ``[F*h*w, D]`` otherwise. Its
+metadata records ``kind`` (``rope``/``posemb``), ``model`` (id or path), ``fingerprint`` (the
+transformer config entries that fix the embedding's meaning), ``shape``, ``timestep``, ``timesteps``
+(all guided timesteps of the run) and the latent ``frames``/``height``/``width``. Injection checks
+every one of them against the model and the run and names the mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+FINGERPRINT_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size", "in_channels",
+                    "use_rotary_positional_embeddings", "max_text_seq_length", "sample_height", "sample_width")
+
+
+class EmbeddingError(ValueError):
+    """Saved embeddings missing or not matching the model or the run."""
+
+
+def fingerprint(transformer) -> str:
+    cfg = transformer.config
+    return json.dumps({k: cfg.get(k) if hasattr(cfg, "get") else getattr(cfg, k, None) for k in FINGERPRINT_KEYS},
+                      sort_keys=True)
+
+
+def kind_of(transformer) -> str:
+    return "rope" if transformer.config.use_rotary_positional_embeddings else "posemb"
+
+
+def file_for(directory, timestep: int) -> Path:
+    return Path(directory) / f"emb_t{int(timestep):04d}.safetensors"
+
+
+def save_embedding(directory, emb: torch.Tensor, *, timestep: int, timesteps, transformer, model_id: str,
+                   latent_shape: tuple[int, int, int]) -> Path:
+    """Write one timestep's embedding atomically; returns its path."""
+    path = file_for(directory, timestep)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"kind": kind_of(transformer), "model": str(model_id), "fingerprint": fingerprint(transformer),
+            "shape": json.dumps(list(emb.shape)), "timestep": str(int(timestep)),
+            "timesteps": json.dumps([int(t) for t in timesteps]),
+            "frames": str(latent_shape[0]), "height": str(latent_shape[1]), "width": str(latent_shape[2])}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"emb": emb.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def load_embeddings(directory, *, timesteps, transformer, latent_shape: tuple[int, int, int],
+                    expected_shape: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    """Load the embedding of every timestep in ``timesteps``, validated; raises :class:`EmbeddingError`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise EmbeddingError(f"--inject-embeds {directory}: no such folder (save embeddings first with "
+                             "--opt-mode emb)")
+    kind, fp = kind_of(transformer), fingerprint(transformer)
+    out = {}
+    for t in timesteps:
+        path = file_for(directory, t)
+        if not path.exists():
+            have = sorted(p.name for p in directory.glob("emb_t*.safetensors"))
+            raise EmbeddingError(f"--inject-embeds {directory}: no embedding for timestep {int(t)} ({path.name}); "
+                                 f"found {have or 'none'}: saved with a different step count or schedule?")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                emb = f.get_tensor("emb")
+        except Exception as exc:
+            raise EmbeddingError(f"--inject-embeds {path}: unreadable ({exc})") from exc
+        checks = [("kind", meta.get("kind"), kind),
+                  ("model", meta.get("fingerprint"), fp),
+                  ("latent size", tuple(int(meta.get(k, -1)) for k in ("frames", "height", "width")),
+                   tuple(latent_shape)),
+                  ("shape", tuple(emb.shape), tuple(expected_shape))]
+        for name, got, want in checks:
+            if got != want:
+                extra = f" (saved for model {meta.get('model')!r})" if name == "model" else ""
+                raise EmbeddingError(f"--inject-embeds {path}: {name} mismatch: saved {got}, this run needs "
+                                     f"{want}{extra}")
+        out[int(t)] = emb
+    return out

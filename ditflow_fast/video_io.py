@@ -1,0 +1,157 @@
+"""Video in and out: an mp4 (any container FFmpeg reads, through PyAV) or a folder of frames.
+
+Frames travel as ``uint8`` arrays ``[F, H, W, 3]`` (RGB). Outputs are written atomically: to a
+temporary name in the destination folder, then renamed, so an interrupted run never leaves a
+half-written video under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class VideoError(ValueError):
+    """A video that is missing, unreadable, too short, or of an unusable size."""
+
+
+def _natural_key(p: Path):
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.name)]
+
+
+def _read_container(path: Path, limit: int | None) -> list[np.ndarray]:
+    try:
+        import av
+    except ImportError as exc:  # pragma: no cover - av is a declared dependency
+        raise VideoError("reading video files needs PyAV: pip install av") from exc
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"--video {path}: the file has no video stream")
+            for frame in container.decode(video=0):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if limit is not None and len(frames) >= limit:
+                    break
+    except VideoError:
+        raise
+    except Exception as exc:  # PyAV raises its own error family for corrupt or non-video files
+        raise VideoError(f"--video {path}: cannot decode it as a video ({type(exc).__name__}: {exc})") from exc
+    return frames
+
+
+def _read_folder(path: Path, limit: int | None) -> list[np.ndarray]:
+    from PIL import Image
+
+    files = sorted((p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES), key=_natural_key)
+    if not files:
+        raise VideoError(f"--video {path}: the folder holds no frames ({', '.join(FRAME_SUFFIXES)})")
+    frames = []
+    for p in files[:limit]:
+        try:
+            with Image.open(p) as im:
+                frames.append(np.asarray(im.convert("RGB")))
+        except Exception as exc:
+            raise VideoError(f"--video {path}: cannot read frame {p.name} ({exc})") from exc
+    return frames
+
+
+def read_video(path, frames: int | None = None, height: int | None = None, width: int | None = None) -> np.ndarray:
+    """The first ``frames`` frames of a video file or frame folder, resized to ``height x width``.
+
+    Returns ``uint8 [F, H, W, 3]``. Raises :class:`VideoError` for a missing or unreadable input,
+    or one with fewer than ``frames`` frames.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    if not path.exists():
+        raise VideoError(f"--video {path}: no such file or folder")
+    got = _read_folder(path, frames) if path.is_dir() else _read_container(path, frames)
+    if not got:
+        raise VideoError(f"--video {path}: no frames could be decoded")
+    if frames is not None and len(got) < frames:
+        raise VideoError(f"--video {path}: has {len(got)} frames, fewer than the {frames} asked for (--frames)")
+    if height is not None and width is not None:
+        got = [f if f.shape[:2] == (height, width) else
+               np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC)) for f in got]
+    if len({f.shape for f in got}) != 1:
+        raise VideoError(f"--video {path}: frames differ in size; give --height and --width to resize them")
+    return np.stack(got)
+
+
+def _atomic_target(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_video(frames: np.ndarray, path, fmt: str = "mp4", fps: int = 8) -> Path:
+    """Write ``uint8 [F, H, W, 3]`` as ``mp4`` (H.264), ``gif`` or ``frames`` (a folder of PNGs), atomically.
+
+    Returns the final path (for ``frames``, the folder).
+    """
+    frames = np.ascontiguousarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {frames.shape}")
+    path = Path(path)
+    if fmt == "frames":
+        return _write_frames(frames, path)
+    if fmt not in ("mp4", "gif"):
+        raise ValueError(f"format must be mp4, gif or frames, got {fmt!r}")
+    tmp = _atomic_target(path)
+    try:
+        if fmt == "gif":
+            from PIL import Image
+
+            imgs = [Image.fromarray(f) for f in frames]
+            imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
+        else:
+            _write_mp4(frames, tmp, fps)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
+    import av
+
+    h, w = frames.shape[1:3]
+    if h % 2 or w % 2:  # yuv420p needs even sizes
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "17"}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _write_frames(frames: np.ndarray, path: Path) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        for i, f in enumerate(frames):
+            Image.fromarray(f).save(tmp / f"frame_{i:05d}.png")
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
