@@ -13,6 +13,7 @@ fp32 (the interpreter gets bf16 arithmetic wrong). That is how the tests check t
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 
 import torch
@@ -33,10 +34,10 @@ _HALF_RANGE = 2.0**14
 
 def unavailable() -> str | None:
     """None when the Triton kernels can run here, else why not."""
-    try:
-        import triton  # noqa: F401
-    except ImportError as exc:
-        return f"triton is not installed ({exc})"
+    # Asked on every "auto" dispatch, so it must not import triton: triton reads TRITON_INTERPRET
+    # when imported, and an early import would fix that choice for the process.
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install 'triton==3.8.*')"
     if not torch.cuda.is_available():
         return "no CUDA device (torch.cuda.is_available() is False)"
     return None
@@ -55,6 +56,11 @@ def _settings(dtype: torch.dtype, device: torch.device):
     # fp32 inputs must agree to 1e-5 with the float64 reference, which TF32 (10-bit mantissa) cannot.
     precision = "ieee" if (interp or dtype == torch.float32) else "tf32"
     return interp, interp, precision
+
+
+def _alloc(*shape, device, dtype=torch.float32) -> torch.Tensor:
+    """Every buffer a kernel must fill completely (tests poison it here to prove it is)."""
+    return torch.empty(*shape, device=device, dtype=dtype)
 
 
 def _interp_blocks(head_dim: int, names=("BLOCK_M", "BLOCK_N", "BLOCK_K")) -> dict:
@@ -92,8 +98,8 @@ def forward(p: AMFProblem, *, config: dict | None = None):
     b, heads, _, d = q.shape
     f, hw = p.frames, p.patches
     soft = p.mode == "soft"
-    out = torch.empty(b, f, f, hw, 2, device=q.device, dtype=torch.float32)
-    lse = torch.empty(b, p.tokens, f, device=q.device, dtype=torch.float32) if soft else out
+    out = _alloc(b, f, f, hw, 2, device=q.device)
+    lse = _alloc(b, p.tokens, f, device=q.device) if soft else out
     if config is None and interp:
         config = _interp_blocks(d)
 
@@ -122,13 +128,15 @@ def _range_scale(g: torch.Tensor, p: AMFProblem, alpha: float) -> float:
 
 
 def backward(p: AMFProblem, out, lse, grad, *, want_q=True, want_k=True, budget_bytes=DEFAULT_BUDGET_BYTES,
-             config: dict | None = None):
+             config: dict | None = None, workspace_dtype: torch.dtype | None = None):
     """``(dq, dk)`` shaped like ``q``/``k`` (zero on text tokens) for the soft AMF ``out`` of ``p``.
 
     ``out`` and ``lse`` are :func:`forward`'s outputs, ``grad`` the upstream gradient
     ``[B, F, F, h*w, 2]`` (any strides). ``budget_bytes`` bounds the logit-gradient workspace;
     ``config`` fixes the tiles of all three kernels (``BLOCK_M``/``BLOCK_N``/``BLOCK_K``; the GEMM
-    takes ``BLOCK_M`` as its row tile and ``BLOCK_N`` as its column tile).
+    takes ``BLOCK_M`` as its row tile and ``BLOCK_N`` as its column tile). ``workspace_dtype``
+    overrides the workspace precision (float32 for fp32 input or the interpreter, else the input
+    dtype), so the tests can run the half-precision path with its range scale on the CPU.
     """
     from ditflow_fast.kernels import amf_bwd
 
@@ -144,13 +152,13 @@ def backward(p: AMFProblem, out, lse, grad, *, want_q=True, want_k=True, budget_
     g_dot_o = (g * (out + pos)).sum(-1)  # <g, o> with o = D + pos(s): [B, Fi, Fj, hw]
     g_dot_o = g_dot_o.permute(0, 1, 3, 2).reshape(b, n, f).contiguous()  # [B, N, F] like lse
 
-    ws_dtype = torch.float32 if (interp or q.dtype == torch.float32) else q.dtype
+    ws_dtype = workspace_dtype or (torch.float32 if (interp or q.dtype == torch.float32) else q.dtype)
     range_scale = 1.0 if ws_dtype == torch.float32 else _range_scale(g, p, alpha)
     elem = torch.empty((), dtype=ws_dtype).element_size()
     chunk_frames = max(1, min(f, budget_bytes // (hw * n * elem)))
-    ws = torch.empty(chunk_frames * hw, n, device=q.device, dtype=ws_dtype)
-    dq_cat = torch.empty(b, n, cols, device=q.device, dtype=torch.float32) if want_q else None
-    dk_cat = torch.empty(b, n, cols, device=q.device, dtype=torch.float32) if want_k else None
+    ws = _alloc(chunk_frames * hw, n, device=q.device, dtype=ws_dtype)
+    dq_cat = _alloc(b, n, cols, device=q.device) if want_q else None
+    dk_cat = _alloc(b, n, cols, device=q.device) if want_k else None
 
     if config is None and interp:
         config = _interp_blocks(d)

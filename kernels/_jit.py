@@ -1,14 +1,17 @@
-"""Turning the kernel functions into Triton kernels at launch time, not at import time.
+"""Turning the kernel functions into launchable Triton kernels when a launcher first asks.
 
-The kernel files hold plain Python functions written in Triton's language. ``triton.jit``
-decides between compiling and interpreting when it is applied, by reading ``TRITON_INTERPRET``;
-applying it at import time would freeze that choice for the whole process, so a test that sets
-the variable after something else imported the kernels would silently get compiled kernels (or
-a GPU run would get interpreted ones). :func:`kernel` applies the choice when a launcher asks,
-from the environment at that moment, and caches one object per (function, mode).
+The kernel files hold plain Python functions in Triton's language, not ``@triton.jit``-decorated
+ones, so importing them decides nothing and needs no GPU. :func:`kernel` wraps a function on
+first launch, for the mode ``TRITON_INTERPRET`` asks for at that moment, and caches one object
+per (function, mode): interpreted, compiled, or compiled and autotuned over the GPU configs.
+
+Triton itself wraps its standard library (``tl.max``, ``tl.sum``...) when it is imported, so
+interpreting still needs ``TRITON_INTERPRET=1`` set before the process's first ``import
+triton``; this package never imports triton before a kernel launches, so setting the variable
+any time before the first launch is enough (``tests/test_triton_kernels.py`` relies on that).
 
 Autotuning needs a GPU driver, so under the interpreter the launchers pass a fixed
-configuration; on a GPU :func:`kernel` wraps the compiled function in ``triton.autotune``.
+configuration.
 """
 
 from __future__ import annotations

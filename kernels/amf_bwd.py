@@ -60,8 +60,8 @@ def amf_dz_kernel(
     HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    tiles_m = tl.cdiv(HW, BLOCK_M)
-    tiles_n = tl.cdiv(HW, BLOCK_N)
+    tiles_m = (HW + BLOCK_M - 1) // BLOCK_M
+    tiles_n = (HW + BLOCK_N - 1) // BLOCK_N
     il = tl.program_id(0) // tiles_m  # query frame inside the chunk
     i = i0 + il
     j = tl.program_id(1) // tiles_n
