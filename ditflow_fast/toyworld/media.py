@@ -1,0 +1,69 @@
+"""Writing toy-world videos: animated GIFs (side by side, labelled) and PNG frame strips, with Pillow.
+
+Videos are ``[F, 3, H, W]`` float arrays in [0, 1]; they are upscaled by pixel repetition so a
+32 px clip is visible. Files are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def to_uint8(video: np.ndarray, scale: int = 4) -> np.ndarray:
+    """``[F, 3, H, W]`` in [0, 1] -> ``[F, H*scale, W*scale, 3]`` uint8."""
+    v = np.clip(np.asarray(video, np.float32), 0.0, 1.0)
+    v = (v.transpose(0, 2, 3, 1) * 255.0 + 0.5).astype(np.uint8)
+    return v.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def _grid(videos: list[np.ndarray], labels: list[str] | None, scale: int, columns: int | None):
+    from PIL import Image, ImageDraw
+
+    frames = min(v.shape[0] for v in videos)
+    tiles = [to_uint8(v[:frames], scale) for v in videos]
+    th, tw = tiles[0].shape[1:3]
+    cols = columns or len(tiles)
+    rows = -(-len(tiles) // cols)
+    label_h = 12 if labels else 0
+    out = []
+    for f in range(frames):
+        canvas = Image.new("RGB", (cols * (tw + 2), rows * (th + 2 + label_h)), (255, 255, 255))
+        draw = ImageDraw.Draw(canvas)
+        for i, tile in enumerate(tiles):
+            r, c = divmod(i, cols)
+            x, y = c * (tw + 2), r * (th + 2 + label_h)
+            canvas.paste(Image.fromarray(tile[f]), (x, y + label_h))
+            if labels:
+                draw.text((x + 1, y), labels[i][: max(1, tw // 6)], fill=(0, 0, 0))
+        out.append(canvas)
+    return out
+
+
+def save_gif(path, videos: list[np.ndarray], labels: list[str] | None = None, *, scale: int = 4,
+             columns: int | None = None, fps: int = 4) -> Path:
+    """An animated GIF of the videos side by side (a grid when ``columns`` is given), each labelled."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = _grid(videos, labels, scale, columns)
+    tmp = path.with_name(path.name + ".tmp")
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    os.replace(tmp, path)
+    return path
+
+
+def save_strip(path, videos: list[np.ndarray], labels: list[str] | None = None, *, scale: int = 3) -> Path:
+    """A PNG with one row per video and its frames left to right (for looking at motion in one image)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [np.concatenate(list(_grid([v[f:f + 1] for f in range(v.shape[0])], None, scale, None)[0:1]), 0)
+            for v in videos]
+    canvas = np.concatenate([np.asarray(r) for r in rows], axis=0)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(canvas).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,92 @@
+"""Motion fidelity on the toy world: a colour tracker and the Motion Fidelity score.
+
+Tracker: the object of a clip has a known, saturated colour over a grey background, so its
+position in each frame is the centroid of the pixels whose chromaticity (``rgb / sum(rgb)``) lies
+near the colour's, each pixel weighted by ``1 - distance / radius`` (zero beyond ``radius``).
+A frame with too little weight has no position (NaN).
+
+Motion Fidelity (Yatim et al., "Space-Time Diffusion Features for Zero-Shot Text-Driven Motion
+Transfer", the score DiTFlow reports): for tracklets ``T`` of the reference and ``T~`` of the
+generated video, with per-frame displacements ``v_k = tau[k+1] - tau[k]``,
+
+    corr(tau, tau~) = (1 / (F-1)) * sum_k  <v_k, v~_k> / (|v_k| |v~_k|)
+    MF = 1/2 * ( 1/|T~| sum_{tau~} max_tau corr(tau, tau~)  +  1/|T| sum_tau max_{tau~} corr(tau, tau~) )
+
+in [-1, 1]. A displacement of length zero (or a frame the tracker lost) contributes a cosine of 0
+here; the research code divides by the norm (NaN). DiTFlow's evaluation script keeps only the
+first term (generated -> reference) and subtracts 1 from the diagonal of the similarity matrix
+(a leftover of a self-similarity code path); ``symmetric=False`` gives that one-sided term, without
+the diagonal quirk. With the colour tracker each video has one tracklet (the object's centre), so
+MF is the mean cosine between the two centre-displacement sequences.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .world import colour_of
+
+
+def track_colour(video: np.ndarray, colour, *, radius: float = 0.12, min_weight: float = 2.0) -> np.ndarray:
+    """Centroid ``[F, 2]`` (x, y) of the pixels near ``colour`` in ``video`` ``[F, 3, H, W]`` (values in [0, 1]).
+
+    ``radius``: chromaticity distance at which a pixel stops counting; ``min_weight``: a frame whose
+    total weight is below this (in pixels) has no position (NaN)."""
+    video = np.asarray(video, np.float64)
+    if video.ndim != 4 or video.shape[1] != 3:
+        raise ValueError(f"video must be [F, 3, H, W], got shape {video.shape}")
+    colour = np.asarray(colour, np.float64).reshape(3)
+    chroma = video / np.maximum(video.sum(axis=1, keepdims=True), 1e-6)
+    target = colour / colour.sum()
+    dist = np.sqrt(((chroma - target[None, :, None, None]) ** 2).sum(axis=1))  # [F, H, W]
+    w = np.clip(1.0 - dist / radius, 0.0, None)
+    h, wd = video.shape[2:]
+    yy, xx = np.mgrid[0:h, 0:wd]
+    total = w.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cx = (w * xx).sum(axis=(1, 2)) / total
+        cy = (w * yy).sum(axis=(1, 2)) / total
+    out = np.stack([cx, cy], axis=-1)
+    out[total < min_weight] = np.nan
+    return out
+
+
+def track_condition(video: np.ndarray, condition: int, **kw) -> np.ndarray:
+    """Track the object of ``condition`` (its colour) in ``video``: ``[F, 2]``."""
+    return track_colour(video, colour_of(condition), **kw)
+
+
+def _unit_displacements(tracks: np.ndarray) -> np.ndarray:
+    d = np.diff(tracks, axis=1)  # [n, F-1, 2]
+    norm = np.linalg.norm(d, axis=-1, keepdims=True)
+    ok = np.isfinite(norm) & (norm > 1e-8)
+    return np.where(ok, d / np.where(ok, norm, 1.0), 0.0)
+
+
+def tracklet_similarity(reference: np.ndarray, generated: np.ndarray) -> np.ndarray:
+    """``corr`` of every (reference, generated) pair: ``[n_ref, n_gen]``; tracks ``[n, F, 2]``
+    (a single ``[F, 2]`` track is taken as one tracklet). Frame counts must match."""
+    ref, gen = np.asarray(reference, np.float64), np.asarray(generated, np.float64)
+    ref, gen = (ref[None] if ref.ndim == 2 else ref), (gen[None] if gen.ndim == 2 else gen)
+    if ref.ndim != 3 or gen.ndim != 3 or ref.shape[2] != 2 or gen.shape[2] != 2:
+        raise ValueError(f"tracks must be [n, F, 2] or [F, 2], got {reference.shape} and {generated.shape}")
+    if ref.shape[1] != gen.shape[1] or ref.shape[1] < 2:
+        raise ValueError(f"tracks need the same number (>= 2) of frames, got {ref.shape[1]} and {gen.shape[1]}")
+    a, b = _unit_displacements(ref), _unit_displacements(gen)
+    return np.einsum("nkc,mkc->nm", a, b) / a.shape[1]
+
+
+def motion_fidelity(reference: np.ndarray, generated: np.ndarray, *, symmetric: bool = True) -> float:
+    """Motion Fidelity of generated tracklets against reference tracklets (see the module docstring)."""
+    sim = tracklet_similarity(reference, generated)
+    gen_to_ref = sim.max(axis=0).mean()
+    if not symmetric:
+        return float(gen_to_ref)
+    return float(0.5 * (gen_to_ref + sim.max(axis=1).mean()))
+
+
+def endpoint_error(reference: np.ndarray, generated: np.ndarray) -> float:
+    """Mean distance (px) between the two tracks' displacements from their first frame (NaN frames skipped)."""
+    ref, gen = np.asarray(reference, np.float64), np.asarray(generated, np.float64)
+    err = np.linalg.norm((gen - gen[:1]) - (ref - ref[:1]), axis=-1)[1:]
+    return float(np.nanmean(err)) if np.isfinite(err).any() else float("nan")

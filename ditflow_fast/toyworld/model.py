@@ -1,0 +1,123 @@
+"""The tiny pixel-space video DiT of the CogVideoX architecture, its condition embedding and I/O.
+
+The denoiser is diffusers' ``CogVideoXTransformer3DModel`` with a small config and RoPE on, run
+directly on pixels (3 channels, values in [-1, 1], layout ``[B, F, C, H, W]``): with patch size 4
+a 32 x 32 frame is an 8 x 8 token grid, so the AMF of a block is ``[F, F, 64, 2]``. The "prompt" is a
+learned table mapping each condition (object kind x colour, plus the empty prompt) to
+``TEXT_TOKENS`` text tokens of ``text_embed_dim``; they enter as ``encoder_hidden_states`` exactly
+as T5 embeddings do in CogVideoX. The scheduler is CogVideoX's DDIM with v-prediction and a
+zero-terminal-SNR schedule.
+
+A model folder (``assets/tiny_dit``) holds ``transformer/`` (``config.json`` and
+``diffusion_pytorch_model.safetensors``, loadable by ``from_pretrained``), ``scheduler/``,
+``cond_embed.safetensors`` (``weight``: ``[NUM_CONDITIONS + 1, TEXT_TOKENS, text_embed_dim]``) and
+``world.json`` (the clip geometry it was trained on).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .world import FRAMES, NULL_CONDITION, NUM_CONDITIONS, SIZE
+
+TEXT_TOKENS, TEXT_DIM = 4, 32
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny_dit"
+
+TRANSFORMER_CONFIG = dict(
+    num_attention_heads=2, attention_head_dim=32, in_channels=3, out_channels=3, time_embed_dim=64,
+    text_embed_dim=TEXT_DIM, num_layers=4, sample_width=SIZE, sample_height=SIZE, sample_frames=FRAMES,
+    patch_size=4, temporal_compression_ratio=1, max_text_seq_length=TEXT_TOKENS,
+    use_rotary_positional_embeddings=True,
+)
+SCHEDULER_CONFIG = dict(
+    prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",
+    snr_shift_scale=1.0, clip_sample=False,
+)
+
+
+def build_transformer(seed: int = 0, **overrides):
+    from diffusers import CogVideoXTransformer3DModel
+
+    torch.manual_seed(seed)
+    return CogVideoXTransformer3DModel(**{**TRANSFORMER_CONFIG, **overrides})
+
+
+def build_scheduler():
+    from diffusers import CogVideoXDDIMScheduler
+
+    return CogVideoXDDIMScheduler(**SCHEDULER_CONFIG)
+
+
+class ConditionEmbedding(torch.nn.Module):
+    """Condition index -> ``[TEXT_TOKENS, text_embed_dim]`` "text" tokens (index NULL_CONDITION = empty prompt)."""
+
+    def __init__(self, tokens: int = TEXT_TOKENS, dim: int = TEXT_DIM, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = torch.nn.Parameter(torch.randn(NUM_CONDITIONS + 1, tokens, dim, generator=g))
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        return self.weight[condition]
+
+
+def rope(transformer, frames: int = FRAMES, height: int = SIZE, width: int = SIZE):
+    """RoPE ``(cos, sin)`` for a clip of this size, as the CogVideoX pipeline builds it.
+
+    The pixel grid is the sample grid here, so the crop that CogVideoX 1.0 fits the token grid into is
+    the whole grid."""
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+    cfg = transformer.config
+    p = cfg.patch_size
+    gh, gw = height // p, width // p
+    if (gh, gw) != (cfg.sample_height // p, cfg.sample_width // p):
+        raise ValueError(f"the tiny model works at {cfg.sample_height}x{cfg.sample_width} px, got {height}x{width}")
+    cos, sin = get_3d_rotary_pos_embed(embed_dim=cfg.attention_head_dim, crops_coords=((0, 0), (gh, gw)),
+                                       grid_size=(gh, gw), temporal_size=frames)
+    return cos.float(), sin.float()
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(str(tmp))
+    os.replace(tmp, path)
+
+
+def save_model(folder, transformer, cond: ConditionEmbedding, extra: dict | None = None) -> Path:
+    """Write a model folder; each file is written to a temporary name then renamed (never half-written)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    state = {k: v.detach().contiguous().clone() for k, v in transformer.state_dict().items()}
+    _atomic(folder / "transformer" / "diffusion_pytorch_model.safetensors", lambda p: save_file(state, p))
+    cfg = transformer.to_json_string()
+    _atomic(folder / "transformer" / "config.json", lambda p: Path(p).write_text(cfg))
+    sched = build_scheduler().to_json_string()
+    _atomic(folder / "scheduler" / "scheduler_config.json", lambda p: Path(p).write_text(sched))
+    w = {"weight": cond.weight.detach().contiguous().clone()}
+    _atomic(folder / "cond_embed.safetensors", lambda p: save_file(w, p))
+    world = json.dumps({"frames": FRAMES, "size": SIZE, "null_condition": NULL_CONDITION, **(extra or {})}, indent=1)
+    _atomic(folder / "world.json", lambda p: Path(p).write_text(world))
+    return folder
+
+
+def load_model(folder=DEFAULT_DIR):
+    """``(transformer, condition_embedding, scheduler)`` from a model folder, in eval mode, float32."""
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / "transformer" / "config.json").is_file():
+        raise FileNotFoundError(f"no tiny DiT in {folder} (expected transformer/config.json); "
+                                "train one with scripts/train_tiny_dit.py")
+    transformer = CogVideoXTransformer3DModel.from_pretrained(folder / "transformer").eval()
+    w = load_file(str(folder / "cond_embed.safetensors"))["weight"]
+    cond = ConditionEmbedding(w.shape[1], w.shape[2])
+    cond.weight.data.copy_(w)
+    scheduler = CogVideoXDDIMScheduler.from_pretrained(folder / "scheduler")
+    return transformer, cond.eval().requires_grad_(False), scheduler

@@ -1,0 +1,155 @@
+"""Train the tiny video DiT on the synthetic world, on a CPU, for a bounded wall-clock time.
+
+Objective: v-prediction MSE at uniformly drawn timesteps of the CogVideoX DDIM schedule; the
+condition is dropped to the empty prompt 10% of the time (so classifier-free guidance works and
+the "empty prompt" of DiTFlow's reference pass is meaningful). An exponential moving average of
+the weights is what gets saved. Clips are generated on the fly from ``seed`` and the step index,
+so a resumed run sees the same data as an uninterrupted one.
+
+Progress is never lost: every ``save_every`` steps the resume state (weights, EMA, Adam moments,
+step) is written atomically to ``work/state.safetensors`` and the EMA model to the output folder;
+a rerun with the same arguments resumes from there. The loss goes to ``<out>/train_log.txt``.
+The process pins itself to one thread; run it under ``nice -n 19`` on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .model import DEFAULT_DIR, ConditionEmbedding, _atomic, build_scheduler, build_transformer, rope, save_model
+from .world import NULL_CONDITION, make_batch
+
+
+def _state_dict(net, ema, cond, ema_cond, opt, step: int) -> dict[str, torch.Tensor]:
+    out = {f"net.{k}": v for k, v in net.state_dict().items()}
+    out.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    out["cond.weight"], out["ema_cond.weight"] = cond.weight.data, ema_cond.weight.data
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        st = opt.state.get(p)
+        if st:
+            out[f"opt.{i}.exp_avg"], out[f"opt.{i}.exp_avg_sq"] = st["exp_avg"], st["exp_avg_sq"]
+            out[f"opt.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float64).reshape(1)
+    out["step"] = torch.tensor([step], dtype=torch.int64)
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+def _load_state(sd, net, ema, cond, ema_cond, opt) -> int:
+    net.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("net.")})
+    ema.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("ema.")})
+    cond.weight.data.copy_(sd["cond.weight"])
+    ema_cond.weight.data.copy_(sd["ema_cond.weight"])
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        if f"opt.{i}.exp_avg" in sd:
+            opt.state[p] = {"exp_avg": sd[f"opt.{i}.exp_avg"].clone(), "exp_avg_sq": sd[f"opt.{i}.exp_avg_sq"].clone(),
+                            "step": torch.tensor(float(sd[f"opt.{i}.step"][0]))}
+    return int(sd["step"][0])
+
+
+def training_batch(seed: int, step: int, batch: int, drop: float = 0.1):
+    """``(x0 [B, F, 3, S, S] in [-1, 1], conditions [B])`` for one step, a pure function of (seed, step)."""
+    rng = np.random.default_rng([seed, step])
+    videos, conds = make_batch(rng, batch)
+    conds = np.where(rng.uniform(size=batch) < drop, NULL_CONDITION, conds)
+    return torch.from_numpy(videos) * 2 - 1, torch.from_numpy(conds)
+
+
+def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0, max_steps: int = 100_000,
+          batch: int = 12, lr: float = 1e-3, warmup: int = 200, ema_decay: float = 0.999, seed: int = 0,
+          save_every: int = 250, log_every: int = 50, threads: int = 1) -> dict:
+    from safetensors.torch import load_file, save_file
+
+    torch.set_num_threads(threads)
+    out, work = Path(out), Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    net = build_transformer(seed).train()
+    cond = ConditionEmbedding(seed=seed)
+    ema, ema_cond = copy.deepcopy(net).eval().requires_grad_(False), copy.deepcopy(cond).requires_grad_(False)
+    opt = torch.optim.AdamW(list(net.parameters()) + list(cond.parameters()), lr=lr, weight_decay=0.0)
+    sched = build_scheduler()
+    acp = sched.alphas_cumprod
+    image_rope = rope(net)
+    step, state_path = 0, work / "state.safetensors"
+    if state_path.is_file():
+        step = _load_state(load_file(str(state_path)), net, ema, cond, ema_cond, opt)
+        print(f"resumed at step {step}")
+    config = dict(seed=seed, batch=batch, lr=lr, warmup=warmup, ema_decay=ema_decay, threads=threads,
+                  objective="v_prediction MSE, uniform t in [0, 1000), 10% condition dropout")
+    log_path = out / "train_log.txt"
+    out.mkdir(parents=True, exist_ok=True)
+    if step == 0:
+        log_path.write_text(f"# {json.dumps(config)}\n# step  elapsed_s  loss(mean of last {log_every})  lr\n")
+    t_start, losses = time.monotonic(), []
+    elapsed0 = float(json.loads((work / "elapsed.json").read_text())["s"]) if (work / "elapsed.json").is_file() else 0.0
+    ema_params, net_params = list(ema.parameters()), list(net.parameters())
+
+    def checkpoint():
+        elapsed = elapsed0 + time.monotonic() - t_start
+        sd = _state_dict(net, ema, cond, ema_cond, opt, step)
+        _atomic(state_path, lambda p: save_file(sd, p))
+        _atomic(work / "elapsed.json", lambda p: Path(p).write_text(json.dumps({"s": elapsed})))
+        save_model(out, ema, ema_cond, extra={"train": {**config, "steps": step, "elapsed_s": round(elapsed, 1)}})
+
+    while step < max_steps and time.monotonic() - t_start < minutes * 60:
+        x0, c = training_batch(seed, step, batch)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, len(acp), (batch,), generator=g)
+        xt = sched.add_noise(x0, noise, t)
+        target = sched.get_velocity(x0, noise, t)
+        pred = net(hidden_states=xt, encoder_hidden_states=cond(c), timestep=t, image_rotary_emb=image_rope,
+                   return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(pred, target)
+        cur_lr = lr * min(1.0, (step + 1) / warmup)
+        for group in opt.param_groups:
+            group["lr"] = cur_lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net_params + list(cond.parameters()), 1.0)
+        opt.step()
+        d = min(ema_decay, (1 + step) / (10 + step))  # short warm-up of the average
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, net_params, 1 - d)
+            ema_cond.weight.lerp_(cond.weight, 1 - d)
+        step += 1
+        losses.append(loss.item())
+        if step % log_every == 0:
+            elapsed = elapsed0 + time.monotonic() - t_start
+            with open(log_path, "a") as fh:
+                fh.write(f"{step} {elapsed:.1f} {np.mean(losses[-log_every:]):.5f} {cur_lr:.2e}\n")
+        if step % save_every == 0:
+            checkpoint()
+    checkpoint()
+    return {"steps": step, "elapsed_s": elapsed0 + time.monotonic() - t_start,
+            "final_loss": float(np.mean(losses[-log_every:])) if losses else float("nan")}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="train the tiny video DiT of the toy world (CPU, bounded time)")
+    p.add_argument("--out", default=str(DEFAULT_DIR), help="model folder to write (EMA weights, log)")
+    p.add_argument("--work", default="build/tiny_dit_train", help="resume state folder")
+    p.add_argument("--minutes", type=float, default=40.0, help="wall-clock budget of this run")
+    p.add_argument("--max-steps", type=int, default=100_000)
+    p.add_argument("--batch", type=int, default=12)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    a = p.parse_args(argv)
+    res = train(a.out, a.work, minutes=a.minutes, max_steps=a.max_steps, batch=a.batch, lr=a.lr, seed=a.seed,
+                save_every=a.save_every, threads=a.threads)
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
