@@ -102,6 +102,8 @@ def test_research_prediction_at_cogvideox_5b_f6():
     (["--preset", "nope"], "unknown preset 'nope'"),
     (["--preset", "smoke", "--backends", "nope"], "unknown backend(s) 'nope'"),
     (["--preset", "smoke", "--modes", "fast"], "--modes must be among"),
+    (["--preset", "smoke", "--dtype", "float8"], "dtype must be one of"),
+    (["--preset", "smoke", "--repeats", "0"], "--repeats must be >= 1"),
 ])
 def test_bad_arguments_error_clearly(args, message, capsys):
     assert main(["bench", *args, "--no-memory"]) == 2
@@ -148,3 +150,15 @@ def test_perf_model_numbers():
     assert perf_model.floor_seconds(p, "soft", 2, h100) == pytest.approx(perf_model.forward_flops(p) / 989e12)
     b = [perf_model.min_bytes(p, m, 2) for m in ("argmax", "soft", "soft_fwd_bwd")]
     assert 0 < b[0] < b[1] < b[2]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_smoke_on_cuda(tmp_path):
+    rec = _bench(tmp_path, "--device", "cuda", "--backends", "torch")
+    assert rec["dtype"] == "bfloat16" and rec["machine"]["gpu"]
+    for mode in ("argmax", "soft", "soft_fwd_bwd"):
+        r = _row(rec, "torch", mode)
+        assert r["status"] == "ok" and r["memory_label"] == "measured" and r["peak_extra_bytes"] > 0
+        if perf_model.peak_for(rec["machine"]["gpu"]):
+            assert 0 < r["floor_fraction"]

@@ -23,6 +23,17 @@ def _run(args) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f"--modes must be among {', '.join(MODES)}, got {', '.join(bad)}")
+    if args.dtype:
+        from .cases import parse_dtype
+
+        parse_dtype(args.dtype)
+    if args.device:
+        import torch
+
+        if args.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: torch sees no CUDA device here")
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
     from .record import append_record, default_results_path
