@@ -9,6 +9,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <algorithm>
 #include <vector>
@@ -150,7 +151,10 @@ void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
 std::tuple<at::Tensor, at::Tensor> amf_forward_cpu(const at::Tensor& qc_in, const at::Tensor& kc_in, int64_t frames,
                                                    int64_t height, int64_t width, double alpha, bool soft) {
   check_inputs(qc_in, kc_in, frames, height, width);
-  const at::Tensor qc = qc_in.contiguous(), kc = kc_in.contiguous();
+  // The op has no autograd formula of its own (the Python autograd.Function supplies the backward),
+  // so the ATen calls inside run without recording a graph whatever the inputs' requires_grad.
+  const at::NoGradGuard no_grad;
+  const at::Tensor qc = qc_in.detach().contiguous(), kc = kc_in.detach().contiguous();
   const int64_t batch = qc.size(0), n = qc.size(1), hw = height * width;
   at::Tensor target = at::empty({batch, n, frames, 2}, qc.options());
   at::Tensor lse = soft ? at::empty({batch, n, frames}, qc.options()) : at::empty({0}, qc.options());
@@ -168,15 +172,17 @@ std::tuple<at::Tensor, at::Tensor> amf_backward_cpu(const at::Tensor& qc_in, con
                                                     const at::Tensor& grad_in, int64_t frames, int64_t height,
                                                     int64_t width, double alpha, bool need_dq, bool need_dk) {
   check_inputs(qc_in, kc_in, frames, height, width);
-  const at::Tensor qc = qc_in.contiguous(), kc = kc_in.contiguous();
+  const at::NoGradGuard no_grad;
+  const at::Tensor qc = qc_in.detach().contiguous(), kc = kc_in.detach().contiguous();
   const int64_t batch = qc.size(0), n = qc.size(1);
   const std::vector<int64_t> per_frame2{batch, n, frames, 2};
   TORCH_CHECK(target_in.sizes() == per_frame2 && grad_in.sizes() == per_frame2,
               "ditflow_fast cpu backward: target and grad must be [B, N, F, 2]");
   TORCH_CHECK(lse_in.sizes() == std::vector<int64_t>({batch, n, frames}), "ditflow_fast cpu backward: lse must be [B, N, F]");
   const auto opts = qc.options();
-  const at::Tensor target = target_in.to(opts).contiguous(), lse = lse_in.to(opts).contiguous();
-  const at::Tensor grad = grad_in.to(opts).contiguous();
+  const at::Tensor target = target_in.detach().to(opts).contiguous();
+  const at::Tensor lse = lse_in.detach().to(opts).contiguous();
+  const at::Tensor grad = grad_in.detach().to(opts).contiguous();
   at::Tensor dq = need_dq ? at::zeros_like(qc) : at::Tensor();
   at::Tensor dk = need_dk ? at::zeros_like(kc) : at::Tensor();
   if (n > 0 && batch > 0 && (need_dq || need_dk)) {

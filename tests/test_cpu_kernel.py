@@ -1,0 +1,188 @@
+"""The fused CPU kernel (``cpu`` backend, csrc/amf_cpu.cpp) against the float64 oracle, per spec/amf.md.
+
+Skipped with the reason when the native extension is not built (build it with
+``pip install -e . --no-build-isolation`` or ``.ci/native.sh``; see docs/native.md).
+"""
+
+import pytest
+import torch
+from _amf_helpers import SOFT_RTOL, assert_argmax_agrees, make_qk, rel_err
+
+from ditflow_fast import _native, compute_amf
+from ditflow_fast._problem import validate
+from ditflow_fast.cpu_backend import amf_cpu
+from ditflow_fast.dispatch import backends
+from ditflow_fast.reference import amf_reference
+
+_WHY = _native.why_unavailable()
+pytestmark = pytest.mark.skipif(_WHY is not None, reason=f"cpu backend unavailable: {_WHY}")
+
+# (batch, heads, frames, height, width, head_dim, text_tokens, layout). N ranges from 7 to 297 so
+# that the kernel's query tiles (16+ rows) come out both whole and ragged.
+SHAPES = [
+    (1, 2, 1, 5, 7, 8, 0, "contiguous"),  # F = 1, a single tile
+    (1, 3, 3, 1, 13, 4, 7, "transposed"),  # prime h*w, odd text prefix, h = 1
+    (3, 2, 2, 3, 5, 16, 226, "strided"),  # batch 3, h != w, CogVideoX's prefix
+    (2, 4, 4, 4, 3, 8, 1, "contiguous"),  # several tiles per batch element
+    (1, 2, 3, 9, 11, 16, 0, "transposed"),  # N = 297: many ragged tiles
+]
+
+
+def _problem(q, k, shape, mode, temperature=2.0):
+    _, _, f, h, w, _, text, _ = shape
+    return validate(q, k, frames=f, height=h, width=w, temperature=temperature, mode=mode, text_tokens=text)
+
+
+def _reference(q, k, shape, mode, temperature=2.0):
+    _, _, f, h, w, _, text, _ = shape
+    return amf_reference(q, k, frames=f, height=h, width=w, temperature=temperature, mode=mode, text_tokens=text)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_soft_matches_float64_reference(shape, dtype):
+    b, heads, f, h, w, d, text, layout = shape
+    q, k = make_qk(b, heads, f, h, w, d, text, dtype=dtype, layout=layout, seed=SHAPES.index(shape), scale=2.0)
+    out = amf_cpu(_problem(q, k, shape, "soft"))
+    ref = _reference(q, k, shape, "soft")
+    assert out.shape == (b, f, f, h * w, 2)
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert rel_err(out, ref) < SOFT_RTOL[dtype]
+
+
+@pytest.mark.parametrize("temperature", [0.25, 5.0, 60.0])
+def test_soft_temperatures_including_peaked_softmax(temperature):
+    shape = (1, 2, 2, 4, 5, 8, 3, "contiguous")
+    q, k = make_qk(1, 2, 2, 4, 5, 8, 3, seed=7, scale=3.0)
+    out = amf_cpu(_problem(q, k, shape, "soft", temperature))
+    assert rel_err(out, _reference(q, k, shape, "soft", temperature)) < 1e-5
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_argmax_agrees_with_float64_scores(shape, dtype):
+    b, heads, f, h, w, d, text, layout = shape
+    q, k = make_qk(b, heads, f, h, w, d, text, dtype=dtype, layout=layout, seed=50 + SHAPES.index(shape))
+    out = amf_cpu(_problem(q, k, shape, "argmax"))
+    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_argmax_agrees(out, q, k, f, h, w, text)
+
+
+def test_argmax_exact_ties_pick_the_lowest_key_index():
+    # Entries in {-1, 0, 1} and a short head make every score an exact small integer in fp32, so
+    # ties are exact; repeated key vectors within a frame force ties at known places.
+    gen = torch.Generator().manual_seed(3)
+    f, h, w, heads, d = 2, 3, 4, 2, 4
+    n = f * h * w
+    q = torch.randint(-1, 2, (2, heads, n, d), generator=gen).float()
+    k = torch.randint(-1, 2, (2, heads, n, d), generator=gen).float()
+    k[:, :, 7] = k[:, :, 2]  # frame 0: key 7 duplicates key 2
+    k[:, :, 12 + 11] = k[:, :, 12 + 0]  # frame 1: last key duplicates the first
+    shape = (2, heads, f, h, w, d, 0, "contiguous")
+    out = amf_cpu(_problem(q, k, shape, "argmax"))
+    ref = _reference(q, k, shape, "argmax")  # torch.argmax on exact float64 integers: first maximum
+    assert torch.equal(out.double(), ref)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:4])
+def test_soft_gradients_match_reference(shape):
+    b, heads, f, h, w, d, text, layout = shape
+    q, k = make_qk(b, heads, f, h, w, d, text, layout=layout, seed=20 + SHAPES.index(shape), scale=2.0)
+    q, k = q.detach().requires_grad_(), k.detach().requires_grad_()
+    out = amf_cpu(_problem(q, k, shape, "soft"))
+    ref = _reference(q, k, shape, "soft")
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    dq, dk = torch.autograd.grad((out * g.float()).sum(), (q, k))
+    rq, rk = torch.autograd.grad((ref * g).sum(), (q, k))
+    assert rel_err(dq, rq) < 1e-5 and rel_err(dk, rk) < 1e-5
+    if text:
+        assert not dq[:, :, :text].any() and not dk[:, :, :text].any()  # text tokens get no gradient
+
+
+def test_gradient_of_q_only_and_k_only():
+    shape = (1, 2, 3, 3, 4, 8, 5, "contiguous")
+    q0, k0 = make_qk(1, 2, 3, 3, 4, 8, 5, seed=31, scale=2.0)
+    for want in ("q", "k"):
+        q = q0.clone().requires_grad_(want == "q")
+        k = k0.clone().requires_grad_(want == "k")
+        out = amf_cpu(_problem(q, k, shape, "soft"))
+        (grad,) = torch.autograd.grad(out.square().sum(), (q if want == "q" else k,))
+        qr = q0.clone().requires_grad_(want == "q")
+        kr = k0.clone().requires_grad_(want == "k")
+        (ref,) = torch.autograd.grad(_reference(qr, kr, shape, "soft").square().sum(), (qr if want == "q" else kr,))
+        assert rel_err(grad, ref) < 1e-5
+
+
+def test_gradcheck_float64_tiny():
+    shape = (2, 2, 2, 2, 3, 3, 1, "contiguous")
+    q, k = make_qk(2, 2, 2, 2, 3, 3, 1, dtype=torch.float64, seed=4)
+    q, k = q.requires_grad_(), k.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: amf_cpu(_problem(a, b, shape, "soft")), (q, k))
+
+
+def test_backward_is_deterministic():
+    shape = SHAPES[4]
+    q, k = make_qk(1, 2, 3, 9, 11, 16, 0, layout="transposed", seed=8)
+    grads = []
+    for _ in range(2):
+        qq, kk = q.detach().requires_grad_(), k.detach().requires_grad_()
+        out = amf_cpu(_problem(qq, kk, shape, "soft"))
+        grads.append(torch.autograd.grad(out.sum(), (qq, kk)))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+def test_every_output_element_is_written():
+    # In deterministic mode torch fills uninitialised memory with NaN, the kernel's own buffers included.
+    before = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        probe = torch.empty(4)
+        assert probe.isnan().all(), "this torch does not poison empty tensors; the check would be vacuous"
+        shape = SHAPES[3]
+        q, k = make_qk(2, 4, 4, 4, 3, 8, 1, seed=12)
+        for mode in ("soft", "argmax"):
+            out = amf_cpu(_problem(q, k, shape, mode))
+            assert torch.isfinite(out).all()
+            assert rel_err(out, _reference(q, k, shape, mode)) < 1e-5 or mode == "argmax"
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.utils.deterministic.fill_uninitialized_memory = before[1]
+
+
+def test_public_api_selects_cpu_backend_by_name_and_matches_torch():
+    q, k = make_qk(2, 3, 3, 4, 5, 8, 11, layout="transposed", seed=5)
+    kw = dict(frames=3, height=4, width=5, text_tokens=11)
+    for mode in ("soft", "argmax"):
+        fast = compute_amf(q, k, mode=mode, backend="cpu", **kw)
+        ref = compute_amf(q, k, mode=mode, backend="reference", **kw)
+        assert rel_err(fast, ref) < 1e-5
+    out3 = compute_amf(q[0], k[0], backend="cpu", **kw)
+    assert out3.shape == (3, 3, 20, 2)
+
+
+def test_backend_declares_capabilities():
+    b = backends()["cpu"]
+    assert b.devices == ("cpu",) and b.differentiable and b.unavailable() is None
+    assert set(b.dtypes) == {torch.float32, torch.float64, torch.float16, torch.bfloat16}
+
+
+def test_ops_schema_and_fake_kernels():
+    ops = _native.ops()
+    qc = torch.randn(2, 24, 16)
+    kc = torch.randn(2, 24, 16)
+    args = (qc, kc, 2, 3, 4, 0.3, True)
+    torch.library.opcheck(ops.amf_forward, args, test_utils=("test_schema", "test_faketensor"))
+    target, lse = ops.amf_forward(*args)
+    grad = torch.randn_like(target)
+    bwd = (qc, kc, target, lse, grad, 2, 3, 4, 0.3, True, True)
+    torch.library.opcheck(ops.amf_backward, bwd, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_op_rejects_bad_inputs_with_a_clear_message():
+    ops = _native.ops()
+    qc = torch.randn(1, 12, 8)
+    with pytest.raises(RuntimeError, match="frames\\*height\\*width"):
+        ops.amf_forward(qc, qc, 2, 2, 2, 1.0, True)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        ops.amf_forward(qc.half(), qc.half(), 3, 2, 2, 1.0, True)
