@@ -141,6 +141,12 @@ def test_faiss_peer_agrees_with_reference():
     assert (out.double() == ref).float().mean().item() > 0.99  # random inputs: near-ties are rare
 
 
+def test_perf_model_cli(capsys):
+    assert main(["bench", "--preset", "cogvideox-5b-f6", "--perf-model"]) == 0
+    printed = capsys.readouterr().out
+    assert "H100 SXM" in printed and "RTX 4090" in printed and "403.1 GFLOP" in printed
+
+
 def test_perf_model_numbers():
     p = get_preset("cogvideox-5b-f6")
     assert perf_model.forward_flops(p) == 2 * 8100**2 * 48 * 64

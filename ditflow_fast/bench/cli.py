@@ -18,7 +18,17 @@ def _run(args) -> int:
             print(f"{name:<18} H={p.heads:<3} d={p.head_dim:<4} F={p.frames:<3} {p.height}x{p.width}  "
                   f"N={p.tokens:<6} text={p.text_tokens:<4} {p.summary}")
         return 0
-    get_preset(args.preset)  # an unknown name fails before anything slow happens
+    geometry = get_preset(args.preset)  # an unknown name fails before anything slow happens
+    if args.perf_model:
+        from .perf_model import GPU_PEAKS, floor_table
+
+        print(f"perf model of {args.preset} (N={geometry.tokens}, H={geometry.heads}, d={geometry.head_dim}), "
+              "bf16 inputs, datasheet peaks:")
+        for r in floor_table(geometry):
+            print(f"  {r['gpu']:<9} {r['mode']:<13} {r['gflop']:10.1f} GFLOP {r['min_mb']:9.1f} MB min  "
+                  f"floor {r['floor_ms']:.3g} ms")
+        print("peaks: " + "; ".join(p.source for p in GPU_PEAKS.values()))
+        return 0
     modes = tuple(_csv(args.modes)) if args.modes else MODES
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -61,6 +71,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--preset", default=DEFAULT_PRESET, help=f"shape preset (default {DEFAULT_PRESET}; "
                                                             "see --list-presets)")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    p.add_argument("--perf-model", action="store_true",
+                   help="print the preset's FLOPs, minimum bytes and datasheet floor times on A100/H100/RTX 4090, "
+                        "and exit")
     p.add_argument("--backends", help="comma-separated backends/peers (default: all but 'reference'); "
                                       "the research row and the GEMM floor are always run")
     p.add_argument("--modes", help="comma-separated among argmax,soft,soft_fwd_bwd (default: all)")
