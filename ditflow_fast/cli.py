@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_bench_parser
 
     add_bench_parser(sub)
+    from .transfer_cli import add_transfer_parser
+
+    add_transfer_parser(sub)
     return parser
 
 

@@ -45,7 +45,8 @@ class Guide:
     """Holds the model, scheduler, reference and settings of one run; :meth:`run` denoises."""
 
     def __init__(self, transformer, scheduler, *, ref_latent: torch.Tensor, prompt_embeds: torch.Tensor,
-                 negative_embeds: torch.Tensor, config: GuidanceConfig, model_id: str = ""):
+                 negative_embeds: torch.Tensor, config: GuidanceConfig, model_id: str = "",
+                 empty_embeds: torch.Tensor | None = None):
         self.tr, self.sched, self.cfg, self.model_id = transformer, scheduler, config, model_id
         self.dtype = config.torch_dtype
         self.device = torch.device(config.device)
@@ -54,6 +55,7 @@ class Guide:
         self.ref = ref_latent.to(self.device, self.dtype)
         self.cond = prompt_embeds.to(self.device, self.dtype)
         self.uncond = negative_embeds.to(self.device, self.dtype)
+        self.empty = self.uncond if empty_embeds is None else empty_embeds.to(self.device, self.dtype)
         p = transformer.config.patch_size
         _, self.frames, _, lh, lw = ref_latent.shape
         self.latent_hw = (lh, lw)
@@ -98,7 +100,7 @@ class Guide:
     @torch.no_grad()
     def reference_targets(self) -> dict[int, dict]:
         """DiTFlow's reference: the clean reference latent at timestep 0 with the empty prompt."""
-        caps = self._capture(self.ref, self.uncond, 0)
+        caps = self._capture(self.ref, self.empty, 0)
         return {b: losses.reference(self.cfg.loss, c, frames=self.frames, h=self.h, w=self.w,
                                     prop_motion=self.cfg.prop_motion, backend=self.cfg.backend)
                 for b, c in caps.items()}

@@ -1,0 +1,123 @@
+"""Predicted peak GPU memory of a guided run, by component, next to the research code's.
+
+The peak of a DiTFlow run is inside an optimisation iteration (the denoising forwards run without
+autograd, and the VAE decodes after the loop, sliced/tiled). With ``T = L_text + N`` tokens of width
+``D``, ``N = F*h*w`` video tokens, ``g`` the last guidance block and ``b`` bytes per element:
+
+- weights: the transformer's parameters (counted exactly from its config, on the meta device), and
+  the VAE's unless offloaded; the T5 encoder has been run and offloaded before the loop;
+- checkpoint inputs: one ``[T, D]`` hidden state per block ``0..g`` kept by gradient checkpointing
+  (``(g + 1) * T * D * b``), or, without checkpointing, every block's activations (below) ``g + 1`` times;
+- one block's activations, rebuilt during the backward: about ``26 T*D`` elements (AdaLN norm and
+  modulation 2, q/k/v 3, q/k norm 2, RoPE 2, attention output 2, gates and residuals 4, second
+  AdaLN 2, feed-forward 8 for its 4x hidden layer in and out, output 1); flash/memory-efficient
+  SDPA keeps only a log-sum-exp beside them;
+- captured q and k ``2 * H*N*d * b`` plus their gradients (the same again);
+- the AMF: this package's torch backend works in row chunks under a score budget (256 MiB) and
+  keeps ``F*N`` log-sum-exps; the research code materialises ``[H, N, N]`` scores plus three
+  ``[N, N]`` copies (``(H + 3) N^2 b``, :func:`ditflow_fast.reference.research_bytes`);
+- the optimised tensor in fp32 with its gradient and Adam's two moments (``4x``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..reference import research_bytes
+
+# The entries of the public CogVideoX configs that fix the sizes (so --dry-run needs no download).
+PRESETS = {
+    "THUDM/CogVideoX-5b": dict(num_attention_heads=48, attention_head_dim=64, num_layers=42, in_channels=16,
+                               out_channels=16, text_embed_dim=4096, time_embed_dim=512, max_text_seq_length=226,
+                               use_rotary_positional_embeddings=True, sample_height=60, sample_width=90,
+                               patch_size=2),
+    "THUDM/CogVideoX-2b": dict(num_attention_heads=30, attention_head_dim=64, num_layers=30, in_channels=16,
+                               out_channels=16, text_embed_dim=4096, time_embed_dim=512, max_text_seq_length=226,
+                               use_rotary_positional_embeddings=False, sample_height=60, sample_width=90,
+                               patch_size=2),
+}
+VAE_PARAMS = 215_583_907  # AutoencoderKLCogVideoX() (the public models' VAE), counted on the meta device
+BLOCK_ACTIVATIONS = 26  # [T, D] tensors alive in one block's recomputed forward (see module docstring)
+AMF_BUDGET = 256 << 20  # the torch backend's default score budget
+
+
+@dataclasses.dataclass
+class Estimate:
+    components: dict[str, int]
+    research_components: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.components.values())
+
+    @property
+    def research_total(self) -> int:
+        return sum(self.research_components.values())
+
+    def table(self) -> str:
+        names = list(dict.fromkeys([*self.components, *self.research_components]))
+        rows = [f"{'component':<34}{'ditflow_fast':>14}{'research code':>16}"]
+        for n in names:
+            a, b = self.components.get(n), self.research_components.get(n)
+            rows.append(f"{n:<34}{_gib(a):>14}{_gib(b):>16}")
+        rows.append(f"{'predicted peak':<34}{_gib(self.total):>14}{_gib(self.research_total):>16}")
+        return "\n".join(rows)
+
+
+def _gib(x) -> str:
+    return "-" if x is None else f"{x / 2**30:.2f} GiB"
+
+
+def transformer_params(config: dict) -> int:
+    """Exact parameter count of a CogVideoX transformer built from ``config`` on the meta device."""
+    import torch
+    from diffusers import CogVideoXTransformer3DModel
+
+    with torch.device("meta"):
+        model = CogVideoXTransformer3DModel.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def estimate(config: dict, *, frames: int, height: int, width: int, guidance_block: int, bytes_per_elem: int = 2,
+             opt_mode: str = "latent", checkpointing: bool = True, vae_offload: bool = False,
+             vae_params: int = VAE_PARAMS, temporal: int = 4, spatial: int = 8) -> Estimate:
+    """Predicted peak bytes by component for ``frames`` video frames at ``height x width`` pixels."""
+    heads, hd = config["num_attention_heads"], config["attention_head_dim"]
+    dim, p, b = heads * hd, config.get("patch_size", 2), bytes_per_elem
+    lat_f, lh, lw = (frames - 1) // temporal + 1, height // spatial, width // spatial
+    hh, ww = lh // p, lw // p
+    n = lat_f * hh * ww
+    t = config.get("max_text_seq_length", 226) + n
+    td = t * dim * b
+    base = {"transformer weights": transformer_params(config) * b,
+            "VAE weights": 0 if vae_offload else vae_params * b}
+    block = BLOCK_ACTIVATIONS * td
+    if checkpointing:
+        acts = {"checkpointed block inputs": (guidance_block + 1) * 2 * td, "one block recomputed": block}
+    else:
+        acts = {"block activations (no ckpt)": (guidance_block + 1) * block}
+    qk = {"captured q, k and grads": 4 * heads * n * hd * b}
+    if opt_mode == "latent":
+        opt_elems = lat_f * config["in_channels"] * lh * lw
+    elif config.get("use_rotary_positional_embeddings"):
+        opt_elems = 2 * n * hd
+    else:
+        opt_elems = n * dim
+    opt = {"optimised tensor + Adam (fp32)": 4 * opt_elems * 4}
+    ours = {**base, **acts, **qk, "AMF working set": min(AMF_BUDGET, 4 * n * n) + 3 * lat_f * n * 4, **opt}
+    research = {**base, **acts, **qk, "AMF working set": research_bytes(heads, lat_f, hh, ww, b), **opt}
+    return Estimate(ours, research)
+
+
+def config_for(model: str) -> dict:
+    """Transformer config entries for a preset hub id, or read from a local model folder."""
+    if model in PRESETS:
+        return dict(PRESETS[model])
+    from diffusers import CogVideoXTransformer3DModel
+
+    try:
+        cfg = CogVideoXTransformer3DModel.load_config(model, subfolder="transformer")
+    except Exception as exc:
+        raise ValueError(f"--model {model}: cannot read its transformer config ({exc}); "
+                         f"presets: {', '.join(PRESETS)}") from exc
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}

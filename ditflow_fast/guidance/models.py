@@ -1,0 +1,132 @@
+"""Loading CogVideoX components, prompt embeddings, and VAE encode/decode, with clear errors.
+
+Components come from a diffusers model folder or hub id (``transformer/``, ``vae/``, ``scheduler/``;
+``tokenizer/`` and ``text_encoder/`` only when prompts are encoded here). Prompt embeddings come
+either from the model's T5 encoder (needs ``transformers`` and ``sentencepiece``: the ``text`` extra)
+or from a safetensors file given with ``--prompt-embeds``: tensor ``prompt`` ``[1, L, D]`` and
+optionally ``negative`` (the negative prompt) and ``empty`` (the empty prompt, used for the
+reference pass; defaults to ``negative``), ``L`` the model's text length, ``D`` its text width.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class ModelError(ValueError):
+    """A model that cannot be loaded, or cannot take the asked size."""
+
+
+def load_components(model: str, dtype: torch.dtype):
+    """``(transformer, vae, scheduler_config)`` on the CPU in ``dtype``; raises :class:`ModelError`."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+
+    local = Path(model).expanduser()
+    if local.exists():
+        model = str(local)
+        missing = [s for s in ("transformer", "vae", "scheduler") if not (local / s).is_dir()]
+        if missing:
+            raise ModelError(f"--model {model}: not a CogVideoX diffusers folder (no {', '.join(missing)}/)")
+    elif model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelError(f"--model {model}: no such folder, and not a hub id of the form owner/name")
+    try:
+        transformer = CogVideoXTransformer3DModel.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
+        vae = AutoencoderKLCogVideoX.from_pretrained(model, subfolder="vae", torch_dtype=dtype)
+        sched_cfg = CogVideoXDDIMScheduler.load_config(model, subfolder="scheduler")
+    except Exception as exc:  # hub/network/format errors come in many types
+        raise ModelError(f"--model {model}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    return transformer.eval().requires_grad_(False), vae.eval().requires_grad_(False), sched_cfg
+
+
+def make_scheduler(sched_cfg, kind: str):
+    """DiTFlow's scheduler: ``dpm`` (CogVideoX-5B) or ``ddim`` (2B), trailing timestep spacing."""
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
+
+    cls = CogVideoXDPMScheduler if kind == "dpm" else CogVideoXDDIMScheduler
+    return cls.from_config(sched_cfg, timestep_spacing="trailing")
+
+
+def check_size(transformer, vae, frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """Latent ``(F, h, w)`` for a video of this size, or :class:`ModelError` if the model cannot take it."""
+    cfg = transformer.config
+    spatial = 2 ** (len(vae.config.block_out_channels) - 1)
+    temporal = vae.config.temporal_compression_ratio
+    step = spatial * cfg.patch_size
+    if height % step or width % step:
+        raise ModelError(f"--height/--width {height}x{width}: must be multiples of {step} for this model")
+    if cfg.patch_size_t is not None:
+        raise ModelError("CogVideoX 1.5 models (temporal patches) are not supported by the guidance loop")
+    lh, lw = height // spatial, width // spatial
+    if cfg.use_learned_positional_embeddings and (lh, lw) != (cfg.sample_height, cfg.sample_width):
+        raise ModelError(f"this model's learned positional table fixes the size to "
+                         f"{cfg.sample_height * spatial}x{cfg.sample_width * spatial}; got {height}x{width}")
+    return (frames - 1) // temporal + 1, lh, lw
+
+
+def prompt_embeddings(model: str, prompt: str | None, negative: str, embeds_file, transformer):
+    """``{"prompt", "negative", "empty"}`` -> ``[1, L, D]`` float32, from a file or the model's T5."""
+    cfg = transformer.config
+    if embeds_file is not None:
+        from safetensors.torch import load_file
+
+        path = Path(embeds_file)
+        if not path.is_file():
+            raise ModelError(f"--prompt-embeds {path}: no such file")
+        try:
+            t = load_file(str(path))
+        except Exception as exc:
+            raise ModelError(f"--prompt-embeds {path}: unreadable ({exc})") from exc
+        if "prompt" not in t:
+            raise ModelError(f"--prompt-embeds {path}: needs a tensor named 'prompt' (has {sorted(t)})")
+        out = {"prompt": t["prompt"], "negative": t.get("negative", torch.zeros_like(t["prompt"]))}
+        out["empty"] = t.get("empty", out["negative"])
+    else:
+        out = _encode_t5(model, {"prompt": prompt, "negative": negative, "empty": ""}, cfg.max_text_seq_length)
+    for k, v in out.items():
+        if v.dim() != 3 or v.shape[0] != 1 or v.shape[-1] != cfg.text_embed_dim:
+            raise ModelError(f"prompt embedding {k!r} must be [1, L, {cfg.text_embed_dim}], got {tuple(v.shape)}")
+        if not cfg.use_rotary_positional_embeddings and v.shape[1] != cfg.max_text_seq_length:
+            raise ModelError(f"prompt embedding {k!r} must have {cfg.max_text_seq_length} tokens for this model")
+    return {k: v.float() for k, v in out.items()}
+
+
+def _encode_t5(model: str, texts: dict[str, str], length: int) -> dict[str, torch.Tensor]:
+    try:
+        from transformers import AutoTokenizer, T5EncoderModel
+    except ImportError as exc:
+        raise ModelError("encoding --prompt needs transformers and sentencepiece "
+                         "(pip install 'ditflow-fast[text]'), or pass --prompt-embeds FILE") from exc
+    try:
+        tok = AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
+        enc = T5EncoderModel.from_pretrained(model, subfolder="text_encoder").eval()
+    except Exception as exc:
+        raise ModelError(f"--model {model}: cannot load its tokenizer/text encoder ({exc}); "
+                         "or pass --prompt-embeds FILE") from exc
+    out = {}
+    with torch.no_grad():
+        for k, text in texts.items():
+            ids = tok([text], padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
+                      return_tensors="pt").input_ids
+            out[k] = enc(ids)[0]
+    return out
+
+
+@torch.no_grad()
+def encode_video(vae, frames: np.ndarray, *, device, dtype, seed: int = 0) -> torch.Tensor:
+    """``uint8 [F, H, W, 3]`` -> scaled latent ``[1, F', C, h, w]`` (a sample of the posterior, seeded)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    g = torch.Generator(device=device).manual_seed(seed)
+    lat = vae.encode(x.to(device, dtype)).latent_dist.sample(generator=g)
+    return (lat * vae.config.scaling_factor).permute(0, 2, 1, 3, 4).contiguous()
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
+    """Scaled latent ``[1, F', C, h, w]`` -> ``uint8 [F, H, W, 3]``."""
+    z = latents.permute(0, 2, 1, 3, 4).to(next(vae.parameters()).dtype) / vae.config.scaling_factor
+    video = vae.decode(z).sample[0]  # [3, F, H, W] in [-1, 1]
+    video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return video.permute(1, 2, 3, 0).cpu().numpy()

@@ -1,0 +1,125 @@
+"""``ditflow-fast transfer`` end to end on a tiny model and a generated video, its errors, video I/O."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("av")
+
+from ditflow_fast.cli import main  # noqa: E402
+from ditflow_fast.guidance import tiny  # noqa: E402
+from ditflow_fast.video_io import VideoError, read_video, write_video  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny ops on a shared 2-core machine: one thread avoids oversubscription (30x faster here).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    tiny.main([str(root)])
+    return root
+
+
+def _args(assets, out, *extra):
+    return ["transfer", "--model", str(assets / "model"), "--video", str(assets / "video.mp4"),
+            "--prompt-embeds", str(assets / "model" / "prompt_embeds.safetensors"), "--frames", "9",
+            "--height", "48", "--width", "64", "--steps", "6", "--guided-steps", "2", "--opt-iters", "2",
+            "--out", str(out), "--quiet", *extra]
+
+
+def test_transfer_end_to_end_with_defaults_under_a_minute(assets, tmp_path):
+    t0 = time.time()
+    # the full default schedule (50 steps, 10 guided with 5 iterations): the acceptance run
+    rc = main(["transfer", "--model", str(assets / "model"), "--video", str(assets / "video.mp4"),
+               "--prompt-embeds", str(assets / "model" / "prompt_embeds.safetensors"), "--frames", "9",
+               "--height", "48", "--width", "64", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0 and time.time() - t0 < 60
+    rec = json.loads((tmp_path / "config.json").read_text())
+    assert rec["config"]["guidance_blocks"] == [1] and rec["config"]["scheduler"] == "dpm"
+    assert len(rec["losses"]) == 10 and all(len(v) == 5 for v in rec["losses"].values())
+    video = read_video(tmp_path / "result.mp4")
+    assert video.shape == (9, 48, 64, 3)
+
+
+def test_transfer_emb_save_inject_frames_and_resume(assets, tmp_path):
+    assert main(_args(assets, tmp_path / "a", "--opt-mode", "emb", "--format", "frames")) == 0
+    assert len(list((tmp_path / "a" / "embeds").glob("emb_t*.safetensors"))) == 2
+    assert len(list((tmp_path / "a" / "result_frames").glob("*.png"))) == 9
+    # zero-shot injection with another prompt file
+    other = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(tiny.tiny_prompt_embeds(seed=3), str(other))
+    args = _args(assets, tmp_path / "b", "--opt-mode", "emb", "--inject-embeds", str(tmp_path / "a" / "embeds"),
+                 "--format", "gif")
+    args[args.index("--prompt-embeds") + 1] = str(other)
+    assert main(args) == 0
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["losses"] == {}
+    # a finished run resumes at its end: same result, nothing recomputed
+    before = (tmp_path / "a" / "state.safetensors").read_bytes()
+    assert main(_args(assets, tmp_path / "a", "--opt-mode", "emb", "--format", "frames")) == 0
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["resumed_from_step"] == 6
+    assert (tmp_path / "a" / "state.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("change,message", [
+    (("--video", "missing.mp4"), "no such file"),
+    (("--video", "bad.mp4"), "cannot decode"),
+    (("--frames", "20"), "fewer than the 20"),
+    (("--height", "40"), "multiples of 16"),
+    (("--model", "empty_model"), "not a CogVideoX diffusers folder"),
+    (("--model", "no/such/thing"), "no such folder"),
+    (("--model", "broken_model"), "cannot be loaded"),
+    (("--inject-embeds", "nowhere"), "needs --opt-mode emb"),
+    (("--prompt-embeds", "missing.safetensors"), "no such file"),
+])
+def test_transfer_errors_are_clear(assets, tmp_path, capsys, change, message):
+    (tmp_path / "bad.mp4").write_text("not a video")
+    (tmp_path / "empty_model").mkdir()
+    for sub in ("transformer", "vae", "scheduler"):
+        (tmp_path / "broken_model" / sub).mkdir(parents=True)
+    args = _args(assets, tmp_path / "out")
+    flag, value = change
+    path_like = flag not in ("--frames", "--height") and not value.startswith("no/")
+    value = str(tmp_path / value) if path_like else value
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and message in err
+
+
+def test_dry_run_prints_memory_next_to_research(capsys):
+    assert main(["transfer", "--dry-run", "--model", "THUDM/CogVideoX-5b", "--frames", "49"]) == 0
+    out = capsys.readouterr().out
+    assert "predicted peak" in out and "research code" in out and "AMF working set" in out
+
+
+def test_video_io_folder_and_gif_round_trip(tmp_path):
+    video = tiny.moving_square(5, 32, 48)
+    write_video(video, tmp_path / "frames", fmt="frames")
+    back = read_video(tmp_path / "frames")
+    assert np.array_equal(back, video)  # PNG is lossless
+    write_video(video, tmp_path / "v.gif", fmt="gif")
+    assert read_video(tmp_path / "v.gif", frames=5).shape == (5, 32, 48, 3)
+    resized = read_video(tmp_path / "frames", frames=3, height=16, width=32)
+    assert resized.shape == (3, 16, 32, 3)
+    with pytest.raises(VideoError, match="no frames"):
+        (tmp_path / "empty").mkdir()
+        read_video(tmp_path / "empty")
+    assert not list(tmp_path.glob(".*")), "no temporary files left behind"
