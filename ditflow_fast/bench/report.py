@@ -58,6 +58,11 @@ def format_table(record: dict) -> str:
     legend = ("x GEMM: median / median of the bare Q_cat @ K_cat^T of the same shape in this run "
               "(fwd+bwd does ~4 GEMMs of work). vs research: research median / row median. "
               "mem: research peak / row peak. FLOPs: 2*N^2*H*d per forward, ~4x for soft fwd+bwd.")
+    st = record["settings"]
+    if st.get("loadavg_start"):
+        title += (f"\n{st['repeats']} repeats after {st['warmup']} warm-up, {st['torch_threads']} torch threads; "
+                  f"load average {st['loadavg_start'][0]} at start, {st['loadavg_end'][0]} at end "
+                  "(other processes on the machine distort timings)")
     out = [title, *lines, legend]
     if notes:
         out += ["notes:", *notes]

@@ -10,6 +10,7 @@ with a known datasheet the achieved fraction of the performance model's floor.
 from __future__ import annotations
 
 import gc
+import os
 import traceback
 from collections.abc import Callable
 
@@ -33,6 +34,13 @@ def default_dtype(device: str) -> str:
 
 def _fmt_bytes(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _run_case(spec: CaseSpec, *, limit: int, warmup: int, repeats: int, memory: bool) -> dict:
@@ -104,6 +112,8 @@ def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, 
     machine = machine_info()
     progress(f"preset {preset}: {geometry.summary}; {dtype} on {device}; {repeats} repeats after {warmup} warm-up; "
              f"fit limit {_fmt_bytes(limit)}")
+    # Other processes on the machine distort timings; the load average says how much was going on.
+    load_start = _loadavg()
     rows = []
     for i, spec in enumerate(specs, 1):
         progress(f"[{i}/{len(specs)}] {spec.impl} {spec.mode} ...")
@@ -119,5 +129,6 @@ def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, 
     _derive(rows, machine["gpu"])
     return {"schema": 1, "timestamp": now_utc(), "preset": geometry.as_dict(), "dtype": dtype, "device": device,
             "settings": {"repeats": repeats, "warmup": warmup, "memory": memory, "fit_limit_bytes": limit,
-                         "impls": names, "modes": list(modes), "seed": seed},
+                         "impls": names, "modes": list(modes), "seed": seed, "torch_threads": torch.get_num_threads(),
+                         "loadavg_start": load_start, "loadavg_end": _loadavg()},
             "machine": machine, "versions": versions(), "git": git_info(), "rows": rows}
