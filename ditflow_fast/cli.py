@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_bench_parser
 
     add_bench_parser(sub)
+    __import__("ditflow_fast.toyworld.cli", fromlist=["add_demo_parser"]).add_demo_parser(sub)
     from .transfer_cli import add_transfer_parser
 
     add_transfer_parser(sub)

@@ -1,0 +1,196 @@
+"""Motion transfer on the tiny DiT, every method through the package's DiTFlow loop, scored by Motion Fidelity.
+
+For each reference clip of the synthetic world and each seed, the tiny model generates a *different*
+object (other kind, other colour) under each row's method, starting from the same initial noise:
+
+- ``no guidance``: plain sampling with the target condition;
+- ``KV injection only``: block-0 video K/V of the noised reference injected on the guided steps;
+- ``DiTFlow latent`` / ``DiTFlow emb``: AMF guidance (argmax reference AMF from the clean reference
+  with the empty prompt, soft generated AMF, thresholded loss) optimising the latent / the RoPE, with
+  KV injection (the loop's defaults);
+- ``zero-shot``: the RoPE saved by the ``DiTFlow emb`` run of the same clip and seed, injected without
+  optimisation and without KV injection into a generation of a *third* object (so the motion can only
+  come from the embeddings);
+- ``MOFT`` / ``SMM``: the baselines' losses on block outputs, latent optimisation, KV injection.
+
+The generated object is tracked by its colour, the reference by its own, and Motion Fidelity
+(:mod:`.metrics`) compares the two tracks. Everything runs in :class:`ditflow_fast.guidance.loop.Guide`;
+this module only chooses the settings, runs the grid and writes videos and tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import media
+from .metrics import endpoint_error, motion_fidelity, track_condition
+from .model import DEFAULT_DIR, load_model
+from .settings import ROWS, DemoSettings
+from .world import (
+    COLOURS,
+    KINDS,
+    NULL_CONDITION,
+    Clip,
+    condition_index,
+    condition_name,
+    condition_parts,
+    reference_clips,
+)
+
+
+def other_condition(condition: int, shift: int = 1) -> int:
+    """Another object for a reference's condition: kind and colour both shifted by ``shift``."""
+    k, c = condition_parts(condition)
+    return condition_index((k + shift) % len(KINDS), (c + shift) % len(COLOURS))
+
+
+class ToyTransfer:
+    """The tiny model loaded once; :meth:`generate` runs one method through the guidance loop."""
+
+    def __init__(self, model_dir=DEFAULT_DIR, settings: DemoSettings | None = None):
+        self.transformer, self.cond_embed, self.scheduler = load_model(model_dir)
+        self.transformer.requires_grad_(False)
+        self.model_dir = str(model_dir)
+        self.settings = settings or DemoSettings()
+
+    def _config(self, row: str, seed: int, inject_embeds=None):
+        from ..guidance.config import GuidanceConfig
+
+        s = self.settings
+        frames = self.transformer.config.sample_frames
+        size = self.transformer.config.sample_height
+        blocks = None if s.guidance_block is None else (s.guidance_block,)
+        cfg = GuidanceConfig(model=self.model_dir, frames=frames, height=size, width=size, steps=s.steps,
+                             guided_steps=s.guided_steps, opt_iters=s.opt_iters, lr=tuple(s.lr),
+                             temperature=s.temperature, cfg_scale=s.cfg_scale, dynamic_cfg=False, scheduler="ddim",
+                             seed=seed, gradient_checkpointing=row == "DiTFlow emb", dtype="float32", device="cpu",
+                             guidance_blocks=blocks,
+                             inject_embeds=None if inject_embeds is None else str(inject_embeds), **ROWS[row])
+        # Checkpointing only for the emb row: without it, the processor's in-place RoPE write into q/k
+        # (as diffusers does it) breaks the backward into the RoPE tables (reported on the guidance issue).
+        return cfg.resolve(self.transformer, "cpu")
+
+    def generate(self, reference: Clip, condition: int, row: str, seed: int, *, embeds_dir=None,
+                 inject_embeds=None) -> tuple[np.ndarray, dict]:
+        """Video ``[F, 3, S, S]`` in [0, 1] of ``condition`` under method ``row``; and the loop's losses."""
+        from ..guidance.loop import Guide
+
+        if row not in ROWS:
+            raise ValueError(f"row must be one of {list(ROWS)}, got {row!r}")
+        ref = torch.from_numpy(reference.video)[None] * 2 - 1  # pixel space: the "latent" is the video
+        embeds = self.cond_embed(torch.tensor([condition, NULL_CONDITION]))
+        guide = Guide(self.transformer, self.scheduler, ref_latent=ref, prompt_embeds=embeds[:1],
+                      negative_embeds=embeds[1:], empty_embeds=embeds[1:],
+                      config=self._config(row, seed, inject_embeds), model_id=self.model_dir)
+        res = guide.run(embeds_dir=embeds_dir, progress=False)
+        video = ((res.latents[0].float().clamp(-1, 1) + 1) / 2).numpy()
+        return video, res.losses
+
+
+def run_demo(out, *, model_dir=DEFAULT_DIR, clips: int = 5, seeds: int = 5, rows=tuple(ROWS), clip_seed: int = 0,
+             settings: DemoSettings | None = None, gifs: str = "first", log=print) -> dict:
+    """Run the grid ``clips x seeds x rows``; write ``results.csv``, ``summary.json``, ``summary.md``, GIFs.
+
+    ``gifs``: ``"first"`` (the side-by-side GIF and per-row GIFs of the first clip and seed),
+    ``"all"`` (a side-by-side GIF for every clip and seed) or ``"none"``."""
+    rows = list(rows)
+    for r in rows:
+        if r not in ROWS:
+            raise ValueError(f"unknown row {r!r}; rows are {list(ROWS)}")
+    if "zero-shot" in rows and "DiTFlow emb" not in rows:
+        raise ValueError("the zero-shot row injects the embeddings of the 'DiTFlow emb' row: include that row too")
+    out = Path(out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    tt = ToyTransfer(model_dir, settings)
+    records, t0 = [], time.monotonic()
+    refs = reference_clips(clip_seed, clips, frames=tt.transformer.config.sample_frames)
+    for ci, ref in enumerate(refs):
+        ref_track = track_condition(ref.video, ref.condition)
+        target, zs_target = other_condition(ref.condition, 1), other_condition(ref.condition, 2)
+        for seed in range(seeds):
+            videos, labels = [ref.video], [f"ref {ref.name}"]
+            with tempfile.TemporaryDirectory() as emb_dir:
+                for row in rows:
+                    cond = zs_target if row == "zero-shot" else target
+                    r0 = time.monotonic()
+                    video, losses = tt.generate(
+                        ref, cond, row, seed, embeds_dir=emb_dir if row == "DiTFlow emb" else None,
+                        inject_embeds=emb_dir if row == "zero-shot" else None)
+                    track = track_condition(video, cond)
+                    rec = dict(clip=ci, seed=seed, row=row, reference=ref.name, generated=condition_name(cond),
+                               ref_velocity=list(ref.velocity), motion_fidelity=motion_fidelity(ref_track, track),
+                               endpoint_error_px=endpoint_error(ref_track, track),
+                               tracked_frames=int(np.isfinite(track).all(axis=1).sum()),
+                               final_loss=_final_loss(losses), seconds=round(time.monotonic() - r0, 2))
+                    records.append(rec)
+                    videos.append(video)
+                    labels.append(row)
+                    log(f"clip {ci} seed {seed} {row:<18} MF {rec['motion_fidelity']:+.3f}  "
+                        f"EPE {rec['endpoint_error_px']:.2f}px  ({rec['seconds']:.1f}s)")
+                    if gifs != "none" and ci == 0 and seed == 0:
+                        media.save_gif(out / "videos" / f"{row.replace(' ', '_')}.gif", [video], [row])
+            if gifs == "all" or (gifs == "first" and ci == 0 and seed == 0):
+                media.save_gif(out / "videos" / f"clip{ci}_seed{seed}_side_by_side.gif", videos, labels)
+                if ci == 0 and seed == 0:
+                    media.save_strip(out / "side_by_side_clip0_seed0.png", videos)
+    summary = summarise(records, rows)
+    meta = dict(model=str(model_dir), clips=clips, seeds=seeds, clip_seed=clip_seed,
+                settings=vars(tt.settings), seconds=round(time.monotonic() - t0, 1))
+    _write(out, records, summary, meta)
+    return {"summary": summary, "meta": meta, "records": records}
+
+
+def _final_loss(losses: dict) -> float | None:
+    # keyed by timestep: the smallest is the last guided step; its last optimisation iteration
+    return float(losses[min(losses)][-1]) if losses else None
+
+
+def summarise(records: list[dict], rows) -> dict:
+    """Per row: mean, std, and the per-clip means of Motion Fidelity and endpoint error."""
+    out = {}
+    for row in rows:
+        rs = [r for r in records if r["row"] == row]
+        if not rs:
+            continue
+        mf = np.array([r["motion_fidelity"] for r in rs])
+        epe = np.array([r["endpoint_error_px"] for r in rs])
+        out[row] = dict(n=len(rs), mf_mean=float(mf.mean()), mf_std=float(mf.std()),
+                        epe_mean=float(np.nanmean(epe)), epe_std=float(np.nanstd(epe)),
+                        tracked=float(np.mean([r["tracked_frames"] for r in rs])),
+                        seconds=float(np.mean([r["seconds"] for r in rs])))
+    return out
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write(out: Path, records, summary, meta) -> None:
+    with open(out / "results.csv.tmp", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(records[0]))
+        w.writeheader()
+        w.writerows(records)
+    os.replace(out / "results.csv.tmp", out / "results.csv")
+    _atomic_text(out / "summary.json", json.dumps({"meta": meta, "rows": summary}, indent=1))
+    _atomic_text(out / "summary.md", summary_markdown(summary, meta))
+
+
+def summary_markdown(summary: dict, meta: dict) -> str:
+    lines = [f"Motion transfer on the tiny DiT: {meta['clips']} reference clips x {meta['seeds']} seeds "
+             f"(clip seed {meta['clip_seed']}), settings {json.dumps(meta['settings'])}, {meta['seconds']} s.",
+             "", "| method | runs | Motion Fidelity (mean ± std) | endpoint error px (mean ± std) | "
+             "frames tracked | s / run |", "| --- | --- | --- | --- | --- | --- |"]
+    for row, s in summary.items():
+        lines.append(f"| {row} | {s['n']} | {s['mf_mean']:+.3f} ± {s['mf_std']:.3f} | "
+                     f"{s['epe_mean']:.2f} ± {s['epe_std']:.2f} | {s['tracked']:.1f} | {s['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"

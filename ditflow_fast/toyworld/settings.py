@@ -1,0 +1,29 @@
+"""The demo's methods and settings, importable without torch (the command line's parser needs them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Each row: the GuidanceConfig fields that make the method (everything else: the demo's settings).
+ROWS = {
+    "no guidance": dict(guidance=False, injection=False),
+    "KV injection only": dict(guidance=False, injection=True),
+    "DiTFlow latent": dict(opt_mode="latent", loss="flow"),
+    "DiTFlow emb": dict(opt_mode="emb", loss="flow"),
+    "zero-shot": dict(opt_mode="emb", loss="flow", injection=False),  # + inject_embeds from "DiTFlow emb"
+    "MOFT": dict(opt_mode="latent", loss="moft"),
+    "SMM": dict(opt_mode="latent", loss="smm"),
+}
+
+
+@dataclass
+class DemoSettings:
+    """The sampling and guidance settings of the demo (the tiny model's counterparts of DiTFlow's defaults)."""
+
+    steps: int = 30
+    guided_steps: int = 6
+    opt_iters: int = 5
+    lr: tuple[float, float] = (0.002, 0.001)
+    cfg_scale: float = 3.0
+    guidance_block: int | None = None  # None: the loop's default for a model this small (num_layers // 2)
+    temperature: float = 2.0
