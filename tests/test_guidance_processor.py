@@ -44,6 +44,19 @@ def test_installed_processor_is_bit_identical_when_idle(rope):
     assert torch.equal(stock, back)
 
 
+def test_separate_query_key_rope_equal_to_shared_when_equal():
+    tr = tiny.tiny_transformer(True)
+    x, e, t = _inputs()
+    r = forward.rotary_embedding(tr, F_LAT, H_LAT, W_LAT)
+    processor.install(tr)
+    with torch.no_grad():
+        shared = tr(x, e, t, image_rotary_emb=r, return_dict=False)[0]
+        split = tr(x, e, t, image_rotary_emb=(r, r), return_dict=False)[0]
+        other = tr(x, e, t, image_rotary_emb=(r, (r[0].flip(0), r[1].flip(0))), return_dict=False)[0]
+    assert torch.equal(shared, split)
+    assert not torch.allclose(shared, other, atol=1e-4)
+
+
 def _direct_qk(tr, block, x, e, t, rope):
     """q/k of ``block`` recomputed from the attention's inputs, outside the processor."""
     seen = {}

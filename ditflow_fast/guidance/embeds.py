@@ -1,7 +1,7 @@
 """Optimised positional embeddings, one safetensors file per guided timestep, and their validation.
 
-File ``emb_t{timestep:04d}.safetensors`` holds tensor ``emb`` (float32): RoPE ``[2, F*h*w, head_dim]``
-(cos, sin) for RoPE models, or the video part of the additive table ``[F*h*w, D]`` otherwise. Its
+File ``emb_t{timestep:04d}.safetensors`` holds tensor ``emb`` (float32): RoPE ``[2, 2, F*h*w, head_dim]``
+((query, key) x (cos, sin)) for RoPE models, or the video part of the additive table ``[F*h*w, D]`` otherwise. Its
 metadata records ``kind`` (``rope``/``posemb``), ``model`` (id or path), ``fingerprint`` (the
 transformer config entries that fix the embedding's meaning), ``shape``, ``timestep``, ``timesteps``
 (all guided timesteps of the run) and the latent ``frames``/``height``/``width``. Injection checks

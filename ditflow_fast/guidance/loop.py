@@ -5,7 +5,8 @@ Per denoising step ``i`` with timestep ``t``:
    the generation's own initial noise, up to the last injection block; keep its video K/V; every
    forward of this step (optimisation and denoising) uses them there;
 2. guided step with guidance: 5 Adam iterations on the latent or on the positional embeddings
-   (RoPE ``[2, N, d]`` for RoPE models, the video part of the additive table ``[N, D]`` otherwise),
+   (RoPE models: separate query and key RoPE ``[2, 2, N, d]``, (q, k) x (cos, sin), as DiTFlow's code
+   does; otherwise the video part of the additive table ``[N, D]``),
    each running the transformer only up to the last guidance block; or, with saved embeddings,
    inject those of timestep ``t`` instead (zero-shot);
 3. the denoising step itself: classifier-free guidance (dynamic for RoPE models), scheduler step;
@@ -60,6 +61,8 @@ class Guide:
         _, self.frames, _, lh, lw = ref_latent.shape
         self.latent_hw = (lh, lw)
         self.h, self.w = lh // p, lw // p
+        # Only the optimised tensor gets gradients (and fp32 Adam state): the weights stay frozen.
+        transformer.requires_grad_(False)
         self.ctrl = install(transformer)
         if config.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
@@ -67,7 +70,7 @@ class Guide:
         self.pos_base = None if self.rope is not None else base_position_table(transformer, self.frames, lh, lw)
         if self.pos_base is not None:
             self.pos_base = self.pos_base.to(self.device)
-        self.emb_shape = (2, *self.rope[0].shape) if self.rope is not None else tuple(self.pos_base.shape)
+        self.emb_shape = (2, 2, *self.rope[0].shape) if self.rope is not None else tuple(self.pos_base.shape)
         scheduler.set_timesteps(config.steps, device=self.device)
         self.timesteps = [int(t) for t in scheduler.timesteps]
         self.guided = self.timesteps[:config.guided_steps]
@@ -76,11 +79,11 @@ class Guide:
 
     # -- forwards ---------------------------------------------------------------------------------
     def _fwd_kwargs(self, x, embeds, t, emb):
-        rope = self.rope
-        if emb is not None and self.rope is not None:
-            rope = (emb[0], emb[1])
-        if rope is not None:
-            rope = (rope[0].to(self.dtype), rope[1].to(self.dtype))
+        rope = None
+        if emb is not None and self.rope is not None:  # [2 (q, k), 2 (cos, sin), N, d]
+            rope = tuple((emb[i, 0].to(self.dtype), emb[i, 1].to(self.dtype)) for i in range(2))
+        elif self.rope is not None:
+            rope = (self.rope[0].to(self.dtype), self.rope[1].to(self.dtype))
         ts = torch.full((x.shape[0],), t, device=self.device, dtype=torch.long)
         return dict(hidden_states=x.to(self.dtype), encoder_hidden_states=embeds, timestep=ts, image_rotary_emb=rope)
 
@@ -209,7 +212,8 @@ class Guide:
 
     def _initial_emb(self) -> torch.Tensor:
         if self.rope is not None:
-            return torch.stack([self.rope[0], self.rope[1]]).float()
+            one = torch.stack([self.rope[0], self.rope[1]]).float()
+            return torch.stack([one, one])  # queries and keys start from the same RoPE, then part
         return self.pos_base.float()
 
     # -- resumable state ------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def estimate(config: dict, *, frames: int, height: int, width: int, guidance_blo
     if opt_mode == "latent":
         opt_elems = lat_f * config["in_channels"] * lh * lw
     elif config.get("use_rotary_positional_embeddings"):
-        opt_elems = 2 * n * hd
+        opt_elems = 4 * n * hd  # separate query and key RoPE, cos and sin
     else:
         opt_elems = n * dim
     opt = {"optimised tensor + Adam (fp32)": 4 * opt_elems * 4}

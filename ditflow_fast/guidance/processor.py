@@ -4,6 +4,8 @@
 (same operations in the same order, so outputs are bit-identical when nothing is asked of it) and,
 as a shared :class:`GuidanceController` asks, per block:
 
+- accepts separate query and key RoPE (``image_rotary_emb=((cos_q, sin_q), (cos_k, sin_k))``), which
+  DiTFlow's embedding optimisation needs, besides diffusers' shared ``(cos, sin)``;
 - records ``q`` and ``k`` of one batch element after the q/k norms and RoPE, video tokens only
   (``[1, H, F*h*w, d]``, still attached to the autograd graph);
 - copies the video keys and values of a reference forward, then injects them into later forwards;
@@ -102,10 +104,11 @@ class GuidedAttnProcessor:
         if image_rotary_emb is not None:
             from diffusers.models.embeddings import apply_rotary_emb
 
+            q_rope, k_rope = split_rope(image_rotary_emb)
             # RoPE on the video tokens only, written in place as the stock processor does.
-            query[:, :, text_len:] = apply_rotary_emb(query[:, :, text_len:], image_rotary_emb)
+            query[:, :, text_len:] = apply_rotary_emb(query[:, :, text_len:], q_rope)
             if not attn.is_cross_attention:
-                key[:, :, text_len:] = apply_rotary_emb(key[:, :, text_len:], image_rotary_emb)
+                key[:, :, text_len:] = apply_rotary_emb(key[:, :, text_len:], k_rope)
 
         if ctrl.armed and idx in ctrl.qk_blocks:
             # Views into q/k: they keep the graph, and injection below never writes into them.
@@ -126,6 +129,14 @@ class GuidedAttnProcessor:
         out = attn.to_out[1](attn.to_out[0](out))
         encoder_out, video_out = out.split([text_len, out.size(1) - text_len], dim=1)
         return video_out, encoder_out
+
+
+def split_rope(rope):
+    """``(cos, sin)`` shared by queries and keys (diffusers' form), or ``((cos_q, sin_q), (cos_k, sin_k))``
+    (separate query and key RoPE, as DiTFlow optimises them) -> ``(q_rope, k_rope)``."""
+    if isinstance(rope[0], (tuple, list)):
+        return tuple(rope[0]), tuple(rope[1])
+    return rope, rope
 
 
 def _replace_video(t: torch.Tensor, ref: torch.Tensor, text_len: int) -> torch.Tensor:
