@@ -70,20 +70,24 @@ def amf_dz_kernel(
     mask_m = offs_m < HW
     mask_n = offs_n < HW
     offs_k = tl.arange(0, BLOCK_K)
+    K_STEPS: tl.constexpr = (HEAD_DIM + BLOCK_K - 1) // BLOCK_K
     q_rows = q_ptr + (text + i * HW + offs_m)[:, None].to(tl.int64) * sqt
     k_cols = k_ptr + (text + j * HW + offs_n)[None, :].to(tl.int64) * skt
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for h in range(0, HEADS):
-        for e0 in range(0, HEAD_DIM, BLOCK_K):
-            e = e0 + offs_k
-            mask_e = e < HEAD_DIM
-            qt = tl.load(q_rows + h * sqh + e[None, :] * sqd, mask=mask_m[:, None] & mask_e[None, :], other=0.0)
-            kt = tl.load(k_cols + h * skh + e[:, None] * skd, mask=mask_e[:, None] & mask_n[None, :], other=0.0)
-            if UPCAST:
-                qt = qt.to(tl.float32)
-                kt = kt.to(tl.float32)
-            acc = tl.dot(qt, kt, acc, input_precision=PRECISION)
+    # One flat loop over (head, slice of d): the software pipeliner overlaps the loads of the next
+    # step with the current dot only in the innermost loop, which a per-head loop of one step
+    # (d = BLOCK_K = 64) would leave without any overlap.
+    for step in range(0, HEADS * K_STEPS):
+        h = step // K_STEPS
+        e = (step % K_STEPS) * BLOCK_K + offs_k
+        mask_e = e < HEAD_DIM
+        qt = tl.load(q_rows + h * sqh + e[None, :] * sqd, mask=mask_m[:, None] & mask_e[None, :], other=0.0)
+        kt = tl.load(k_cols + h * skh + e[:, None] * skd, mask=mask_e[:, None] & mask_n[None, :], other=0.0)
+        if UPCAST:
+            qt = qt.to(tl.float32)
+            kt = kt.to(tl.float32)
+        acc = tl.dot(qt, kt, acc, input_precision=PRECISION)
 
     row = (i * HW + offs_m) * F + j  # [N, F] index of (m, j)
     lse2 = tl.load(lse_ptr + row, mask=mask_m, other=0.0) * LOG2E
