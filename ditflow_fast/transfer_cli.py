@@ -103,11 +103,16 @@ def run_transfer(a) -> int:
 
     t0 = time.time()
     frames = read_video(a.video, frames=cfg.frames, height=cfg.height, width=cfg.width)
-    transformer, vae, sched_cfg = models.load_components(a.model, torch.float32)
-    cfg = cfg.resolve(transformer)
+    # Resolve the dtype from the config before loading, so weights are loaded in it directly.
+    from .guidance import memory
+
+    models.check_model_ref(a.model)
+    rope = memory.config_for(a.model).get("use_rotary_positional_embeddings", False) if cfg.dtype is None else None
+    dev = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    want = cfg.dtype or ("float32" if dev.type == "cpu" else ("bfloat16" if rope else "float16"))
+    transformer, vae, sched_cfg = models.load_components(a.model, getattr(torch, want))
+    cfg = cfg.resolve(transformer, device=dev)
     dtype, device = cfg.torch_dtype, torch.device(cfg.device)
-    transformer.to(dtype)
-    vae.to(dtype)
     models.check_size(transformer, vae, cfg.frames, cfg.height, cfg.width)
     if cfg.vae_slicing:
         vae.enable_slicing()

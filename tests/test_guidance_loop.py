@@ -123,3 +123,12 @@ def test_smm_and_moft_losses_are_zero_on_the_reference_itself():
         assert float(other) > 0.01
     with pytest.raises(ValueError, match="loss must be"):
         losses.reference("l2", feats, frames=3, h=3, w=4)
+
+
+@pytest.mark.parametrize("rope,dtype,opt_mode", [(True, "bfloat16", "emb"), (False, "float16", "latent")])
+def test_half_precision_models_run(rope, dtype, opt_mode):
+    g = _guide(rope, dtype=dtype, opt_mode=opt_mode)
+    g.tr.to(getattr(torch, dtype))
+    res = g.run(progress=False)
+    assert res.latents.dtype == getattr(torch, dtype) and torch.isfinite(res.latents).all()
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in res.losses.values())

@@ -133,8 +133,14 @@ class Guide:
         for it in range(self.cfg.opt_iters):
             opt.zero_grad(set_to_none=True)
             loss = self._loss(param if latent_mode else self._latent, t, None if latent_mode else param, targets)
-            loss.backward()
-            opt.step()
+            # fp16 models (CogVideoX-2B): scale the loss so small gradients survive the fp16 backward,
+            # unscale in fp32, and skip a step whose gradient overflowed (what a GradScaler does).
+            scale = 2.0 ** 12 if self.dtype == torch.float16 else 1.0
+            (loss * scale).backward()
+            if scale != 1.0:
+                param.grad.div_(scale)
+            if torch.isfinite(param.grad).all():
+                opt.step()
             hist.append(float(loss.detach()))
             bar.set_postfix(t=t, it=f"{it + 1}/{self.cfg.opt_iters}", loss=f"{hist[-1]:.4g}")
         return hist

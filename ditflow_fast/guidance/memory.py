@@ -118,6 +118,6 @@ def config_for(model: str) -> dict:
     try:
         cfg = CogVideoXTransformer3DModel.load_config(model, subfolder="transformer")
     except Exception as exc:
-        raise ValueError(f"--model {model}: cannot read its transformer config ({exc}); "
+        raise ValueError(f"--model {model}: cannot be loaded: no readable transformer config ({exc}); "
                          f"presets: {', '.join(PRESETS)}") from exc
     return {k: v for k, v in cfg.items() if not k.startswith("_")}

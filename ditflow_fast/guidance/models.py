@@ -24,14 +24,7 @@ def load_components(model: str, dtype: torch.dtype):
     """``(transformer, vae, scheduler_config)`` on the CPU in ``dtype``; raises :class:`ModelError`."""
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
 
-    local = Path(model).expanduser()
-    if local.exists():
-        model = str(local)
-        missing = [s for s in ("transformer", "vae", "scheduler") if not (local / s).is_dir()]
-        if missing:
-            raise ModelError(f"--model {model}: not a CogVideoX diffusers folder (no {', '.join(missing)}/)")
-    elif model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise ModelError(f"--model {model}: no such folder, and not a hub id of the form owner/name")
+    model = check_model_ref(model)
     try:
         transformer = CogVideoXTransformer3DModel.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
         vae = AutoencoderKLCogVideoX.from_pretrained(model, subfolder="vae", torch_dtype=dtype)
@@ -39,6 +32,19 @@ def load_components(model: str, dtype: torch.dtype):
     except Exception as exc:  # hub/network/format errors come in many types
         raise ModelError(f"--model {model}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
     return transformer.eval().requires_grad_(False), vae.eval().requires_grad_(False), sched_cfg
+
+
+def check_model_ref(model: str) -> str:
+    """A local model folder with the needed subfolders, or something shaped like a hub id."""
+    local = Path(model).expanduser()
+    if local.exists():
+        missing = [s for s in ("transformer", "vae", "scheduler") if not (local / s).is_dir()]
+        if missing:
+            raise ModelError(f"--model {model}: not a CogVideoX diffusers folder (no {', '.join(missing)}/)")
+        return str(local)
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelError(f"--model {model}: no such folder, and not a hub id of the form owner/name")
+    return model
 
 
 def make_scheduler(sched_cfg, kind: str):
