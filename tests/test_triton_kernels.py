@@ -41,7 +41,7 @@ NOT_INTERPRETED = ("triton was imported before this module without TRITON_INTERP
 
 @pytest.mark.skipif(INTERPRETED, reason="this process already interprets; the tests below run here")
 def test_in_fresh_interpreter_process():
-    env = dict(os.environ, TRITON_INTERPRET="1")
+    env = dict(os.environ, TRITON_INTERPRET="1", DITFLOW_FAST_INTERP_RERUN="1")
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
         cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=900,
@@ -50,9 +50,24 @@ def test_in_fresh_interpreter_process():
     assert " passed" in run.stdout
 
 
+@pytest.mark.skipif(os.environ.get("DITFLOW_FAST_INTERP_RERUN") == "1", reason="the outer process ran it")
+def test_kernels_compile_for_h100_and_4090():
+    """Every kernel compiles to a cubin for sm_90 and sm_89 with its default (first) autotune
+    config: loads pipelined, no register spills, shared memory within the target's limit.
+    Runs in a process without TRITON_INTERPRET (see kernels/compile_check.py)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-m", "ditflow_fast.kernels.compile_check", "--arch", "90,89"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("sm_")]
+    assert len(lines) == 10, run.stdout
+    for ln in lines:
+        assert "spill 0" in ln and "pipelined True" in ln and "fits True" in ln, ln
+
+
 @pytest.fixture(autouse=True)
 def interpreter(request, monkeypatch):
-    if request.node.name != "test_in_fresh_interpreter_process":
+    if request.node.name not in ("test_in_fresh_interpreter_process", test_kernels_compile_for_h100_and_4090.__name__):
         if not INTERPRETED:
             pytest.skip(NOT_INTERPRETED)
         monkeypatch.setenv("TRITON_INTERPRET", "1")
