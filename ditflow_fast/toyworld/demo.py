@@ -162,8 +162,10 @@ def summarise(records: list[dict], rows) -> dict:
             continue
         mf = np.array([r["motion_fidelity"] for r in rs])
         epe = np.array([r["endpoint_error_px"] for r in rs])
+        epe = epe[np.isfinite(epe)]  # a run whose object was never found has no endpoint error
         out[row] = dict(n=len(rs), mf_mean=float(mf.mean()), mf_std=float(mf.std()),
-                        epe_mean=float(np.nanmean(epe)), epe_std=float(np.nanstd(epe)),
+                        epe_mean=float(epe.mean()) if epe.size else float("nan"),
+                        epe_std=float(epe.std()) if epe.size else float("nan"),
                         tracked=float(np.mean([r["tracked_frames"] for r in rs])),
                         seconds=float(np.mean([r["seconds"] for r in rs])))
     return out

@@ -1,0 +1,74 @@
+"""The tiny DiT: training steps, resume, save/load round trip, sampling, and the committed weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from ditflow_fast.toyworld.model import DEFAULT_DIR, build_transformer, load_model, rope  # noqa: E402
+from ditflow_fast.toyworld.sample import sample  # noqa: E402
+from ditflow_fast.toyworld.train import train, training_batch  # noqa: E402
+from ditflow_fast.toyworld.world import NULL_CONDITION  # noqa: E402
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_training_batch_is_a_function_of_seed_and_step():
+    a, ca = training_batch(3, 7, 4)
+    b, cb = training_batch(3, 7, 4)
+    c, _ = training_batch(3, 8, 4)
+    assert torch.equal(a, b) and torch.equal(ca, cb) and not torch.equal(a, c)
+    assert a.shape == (4, 8, 3, 32, 32) and -1 <= a.min() and a.max() <= 1
+    _, conds = training_batch(0, 0, 400)
+    assert 0 < (conds == NULL_CONDITION).float().mean() < 0.25  # condition dropout happens, not too often
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    kw = dict(batch=2, warmup=2, save_every=2, log_every=1, threads=1)
+    full = train(tmp_path / "a", tmp_path / "wa", max_steps=4, **kw)
+    train(tmp_path / "b", tmp_path / "wb", max_steps=2, **kw)
+    resumed = train(tmp_path / "b", tmp_path / "wb", max_steps=4, **kw)
+    assert full["steps"] == resumed["steps"] == 4
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+    log = (tmp_path / "b" / "train_log.txt").read_text().splitlines()
+    assert [int(line.split()[0]) for line in log if not line.startswith("#")] == [1, 2, 3, 4]
+    world = json.loads((tmp_path / "b" / "world.json").read_text())
+    assert world["train"]["steps"] == 4 and world["frames"] == 8
+    # the saved folder loads with diffusers' from_pretrained and samples
+    tr, ce, sc = load_model(tmp_path / "b")
+    v = sample(tr, ce, sc, [0, 5], steps=2, seed=1)
+    assert v.shape == (2, 8, 3, 32, 32) and 0 <= v.min() and v.max() <= 1
+    v1 = sample(tr, ce, sc, [5], steps=2, seed=2)
+    np.testing.assert_allclose(v[1], v1[0], atol=1e-5)  # video i uses seed + i
+
+
+def test_rope_and_loading_errors(tmp_path):
+    tr = build_transformer(num_layers=1)
+    cos, sin = rope(tr)
+    assert cos.shape == sin.shape == (8 * 64, tr.config.attention_head_dim)
+    with pytest.raises(ValueError, match="32x32"):
+        rope(tr, height=48)
+    with pytest.raises(FileNotFoundError, match="train_tiny_dit"):
+        load_model(tmp_path)
+
+
+@pytest.mark.skipif(not (DEFAULT_DIR / "transformer" / "config.json").is_file(), reason="weights not committed")
+def test_committed_weights_are_small_and_trained():
+    files = [p for p in DEFAULT_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 8 * 2**20
+    meta = json.loads((DEFAULT_DIR / "world.json").read_text())
+    assert meta["train"]["steps"] >= 1000
+    log = [line.split() for line in (DEFAULT_DIR / "train_log.txt").read_text().splitlines() if line[0] != "#"]
+    assert float(log[-1][2]) < 0.5 * float(log[0][2])  # the loss came down
