@@ -1,0 +1,53 @@
+"""Does a block's attention follow the object? The AMF of the tiny DiT against the world's ground truth.
+
+For a clip, DiTFlow's reference AMF (argmax mode, clean clip at timestep 0, empty prompt) is computed
+at every block; at the patch holding the object's centre in frame ``i`` the displacement towards
+frame ``j`` should equal the object's true displacement ``(track[j] - track[i]) / patch_size``.
+The mean error over frame pairs ``i != j`` (in patches) says which block carries the motion, i.e.
+where guidance has something to match. Used to pick the demo's guidance block; reported in the docs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..api import compute_amf
+from .world import NULL_CONDITION, Clip
+
+
+@torch.no_grad()
+def amf_errors(transformer, cond_embed, clips: list[Clip], *, timestep: int = 0) -> np.ndarray:
+    """``[blocks]`` mean AMF error (patches) at the object's centre patch over ``clips`` and frame pairs."""
+    from ..guidance import install, run_until, uninstall
+    from .model import rope
+
+    n_blocks = len(transformer.transformer_blocks)
+    p = transformer.config.patch_size
+    ctrl_installed = getattr(transformer, "_ditflow_guidance", None) is not None
+    if not ctrl_installed:
+        install(transformer)
+    errs = np.zeros((len(clips), n_blocks))
+    try:
+        for ci, clip in enumerate(clips):
+            f, _, s, _ = clip.video.shape
+            h = w = s // p
+            x = torch.from_numpy(clip.video)[None] * 2 - 1
+            text = cond_embed(torch.tensor([NULL_CONDITION]))
+            ctrl = run_until(transformer, hidden_states=x, encoder_hidden_states=text,
+                             timestep=torch.tensor([timestep]), image_rotary_emb=rope(transformer, f, s, s),
+                             stop_after=n_blocks - 1, qk_blocks=range(n_blocks))
+            centre = np.clip(np.floor(clip.track / p).astype(int), 0, h - 1)  # [F, 2] patch (x, y)
+            truth = (clip.track[None] - clip.track[:, None]) / p  # [i, j, 2]
+            off = ~np.eye(f, dtype=bool)
+            for b in range(n_blocks):
+                q, k = ctrl.qk[b]
+                d = compute_amf(q, k, frames=f, height=h, width=w, mode="argmax")[0].numpy()  # [F, F, hw, 2]
+                idx = centre[:, 1] * w + centre[:, 0]
+                got = d[np.arange(f), :, idx]  # [i, j, 2]
+                errs[ci, b] = np.linalg.norm(got - truth, axis=-1)[off].mean()
+            ctrl.clear_captures()
+    finally:
+        if not ctrl_installed:
+            uninstall(transformer)
+    return errs.mean(axis=0)
