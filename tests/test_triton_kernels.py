@@ -2,9 +2,10 @@
 
 Triton decides between interpreting and compiling when it is imported (its standard library,
 ``tl.max``, ``tl.sum``..., is wrapped then), so ``TRITON_INTERPRET=1`` must be set before the
-first ``import triton`` of the process. This module sets it when it is the first to import
-triton (the package itself never imports triton before a kernel launches). If something
-imported triton earlier without it, the tests here skip and one test reruns this file in a fresh
+first ``import triton`` of the process. On a machine without CUDA this module sets it when it
+is the first to import triton (the package itself never imports triton before a kernel
+launches). Otherwise (triton imported earlier, or a CUDA machine, where the variable would
+leak into the rest of the suite) the tests here skip and one test reruns this file in a fresh
 interpreter process, so the file checks the kernels under any test order or pytest command.
 
 Shapes are small and tiles large (32 x 32): the interpreter pays per program and per K-step.
@@ -23,7 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
-if "triton" not in sys.modules:
+# Not on a CUDA machine: there the variable would also turn the rest of the suite's GPU runs into
+# interpreter runs, so the tests below go to the fresh process instead.
+if "triton" not in sys.modules and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 triton = pytest.importorskip("triton")
 
