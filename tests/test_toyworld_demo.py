@@ -82,3 +82,27 @@ def test_demo_argument_errors(tmp_path, model_dir):
         run_demo(tmp_path, model_dir=model_dir, rows=["zero-shot"])
     with pytest.raises(ValueError, match="row must be one of"):
         ToyTransfer(model_dir).generate(reference_clips(0, 1)[0], 0, "teleport", 0)
+
+
+def test_user_clip_as_reference(tmp_path, model_dir, capsys):
+    from ditflow_fast.cli import main
+    from ditflow_fast.toyworld.media import to_uint8
+    from ditflow_fast.toyworld.world import COLOURS, condition_index, make_clip
+    from ditflow_fast.video_io import write_video
+
+    clip = make_clip(np.random.default_rng(4), condition=condition_index("disk", "red"), velocity=(1.5, 0.5))
+    frames = tmp_path / "frames"
+    write_video(to_uint8(clip.video, scale=1), frames, fmt="frames")
+    out = tmp_path / "demo"
+    rgb = ",".join(str(x) for x in COLOURS["red"])
+    assert main(["demo", "--model", str(model_dir), "--video", str(frames), "--ref-colour", rgb, "--target",
+                 "blue square", "--out", str(out), "--seeds", "1", "--rows", "no guidance,DiTFlow latent",
+                 "--steps", "3", "--guided-steps", "1", "--opt-iters", "1", "--gifs", "none"]) == 0
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["generated"] for r in rows] == ["blue square"] * 2 and rows[0]["reference"] == "user clip"
+    assert all(np.isfinite(float(r["motion_fidelity"])) for r in rows)
+    with pytest.raises(SystemExit, match="target"):
+        main(["demo", "--model", str(model_dir), "--target", "purple blob", "--out", str(out)])
+    assert main(["demo", "--model", str(model_dir), "--video", str(frames), "--out", str(out)]) == 2
+    assert "needs a target condition" in capsys.readouterr().err

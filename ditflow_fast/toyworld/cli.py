@@ -22,6 +22,12 @@ def add_demo_parser(sub) -> None:
                        "clips x M seeds, and writes videos, a side-by-side GIF and a results table.")
     p.add_argument("--model", default=None, help="tiny model folder (default: assets/tiny_dit of this checkout)")
     p.add_argument("--out", default="ditflow_demo", help="output folder")
+    p.add_argument("--video", default=None, help="a user's reference clip (video file or frame folder) instead "
+                   "of the synthetic world's; it is cut to the model's frames and resized to its size")
+    p.add_argument("--ref-colour", default=None, help="with --video: R,G,B in [0, 1] of the object to track in it "
+                   "(without it Motion Fidelity is not computed)")
+    p.add_argument("--target", default=None, help="object to generate, e.g. 'red disk' (default: another kind "
+                   "and colour than each reference's); needed with --video")
     p.add_argument("--clips", type=int, default=5, help="reference clips of the synthetic world")
     p.add_argument("--seeds", type=int, default=5, help="generation seeds per clip")
     p.add_argument("--clip-seed", type=int, default=0, help="seed of the reference clips")
@@ -52,10 +58,26 @@ def _cmd_demo(args) -> int:
             raise SystemExit(f"ditflow-fast demo: --{name.replace('_', '-')} must be positive")
     if args.quick:
         args.clips, args.seeds, args.steps, args.guided_steps, args.opt_iters = 1, 1, 8, 2, 2
+    refs, target = None, None
+    if args.target is not None:
+        from .world import condition_index
+
+        try:
+            colour, kind = args.target.split()
+            target = condition_index(kind, colour)
+        except ValueError as exc:
+            raise SystemExit(f"ditflow-fast demo: --target must be '<colour> <kind>', e.g. 'red disk': {exc}") from exc
+    if args.video is not None:
+        from .demo import user_clip
+
+        colour = None if args.ref_colour is None else [float(x) for x in args.ref_colour.split(",")]
+        if colour is not None and len(colour) != 3:
+            raise SystemExit("ditflow-fast demo: --ref-colour must be R,G,B")
+        refs = [user_clip(args.video, colour)]
     settings = DemoSettings(steps=args.steps, guided_steps=args.guided_steps, opt_iters=args.opt_iters,
                             lr=tuple(args.lr), cfg_scale=args.cfg, guidance_block=args.block)
     res = run_demo(args.out, model_dir=args.model or DEFAULT_DIR, clips=args.clips, seeds=args.seeds, rows=args.rows,
-                   clip_seed=args.clip_seed, settings=settings, gifs=args.gifs)
+                   clip_seed=args.clip_seed, settings=settings, gifs=args.gifs, references=refs, target=target)
     from pathlib import Path
 
     print((Path(args.out) / "summary.md").read_text())

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import media
-from .metrics import endpoint_error, motion_fidelity, track_condition
+from .metrics import endpoint_error, motion_fidelity, track_colour, track_condition
 from .model import DEFAULT_DIR, load_model
 from .settings import ROWS, DemoSettings
 from .world import (
@@ -95,10 +95,27 @@ class ToyTransfer:
         return video, res.losses
 
 
+def user_clip(path, colour=None, *, frames: int = 8, size: int = 32) -> Clip:
+    """A user's video (file or frame folder) as a reference: its first ``frames`` frames at ``size`` px.
+
+    ``colour`` (r, g, b in [0, 1]) of the object to follow in it; without it the run has no reference
+    track and Motion Fidelity is not computed (NaN)."""
+    from ..video_io import read_video
+
+    video = read_video(path, frames=frames, height=size, width=size)[:frames].astype(np.float32) / 255.0
+    video = np.ascontiguousarray(video.transpose(0, 3, 1, 2))
+    track = track_colour(video, colour) if colour is not None else np.full((frames, 2), np.nan, np.float32)
+    return Clip(video=video, condition=NULL_CONDITION, kind=-1, colour=-1, track=track, velocity=(np.nan, np.nan))
+
+
 def run_demo(out, *, model_dir=DEFAULT_DIR, clips: int = 5, seeds: int = 5, rows=tuple(ROWS), clip_seed: int = 0,
-             settings: DemoSettings | None = None, gifs: str = "first", log=print) -> dict:
+             settings: DemoSettings | None = None, gifs: str = "first", references: list[Clip] | None = None,
+             target: int | None = None, log=print) -> dict:
     """Run the grid ``clips x seeds x rows``; write ``results.csv``, ``summary.json``, ``summary.md``, GIFs.
 
+    ``references``: clips to transfer from (default: ``clips`` clips of the world drawn from ``clip_seed``;
+    a user's clip from :func:`user_clip`); ``target``: the condition to generate (default: another kind
+    and colour than each reference's; the zero-shot row uses a third one).
     ``gifs``: ``"first"`` (the side-by-side GIF and per-row GIFs of the first clip and seed),
     ``"all"`` (a side-by-side GIF for every clip and seed) or ``"none"``."""
     rows = list(rows)
@@ -111,22 +128,28 @@ def run_demo(out, *, model_dir=DEFAULT_DIR, clips: int = 5, seeds: int = 5, rows
     (out / "videos").mkdir(parents=True, exist_ok=True)
     tt = ToyTransfer(model_dir, settings)
     records, t0 = [], time.monotonic()
-    refs = reference_clips(clip_seed, clips, frames=tt.transformer.config.sample_frames)
+    refs = references or reference_clips(clip_seed, clips, frames=tt.transformer.config.sample_frames)
+    if target is None and any(r.condition == NULL_CONDITION for r in refs):
+        raise ValueError("a user's reference clip needs a target condition (--target)")
     for ci, ref in enumerate(refs):
-        ref_track = track_condition(ref.video, ref.condition)
-        target, zs_target = other_condition(ref.condition, 1), other_condition(ref.condition, 2)
+        user = ref.condition == NULL_CONDITION
+        ref_track = ref.track if user else track_condition(ref.video, ref.condition)
+        first = other_condition(ref.condition, 1) if target is None else target
+        zs_target = other_condition(ref.condition, 2) if target is None else other_condition(target, 1)
         for seed in range(seeds):
-            videos, labels = [ref.video], [f"ref {ref.name}"]
+            videos, labels = [ref.video], ["reference" if user else f"ref {ref.name}"]
             with tempfile.TemporaryDirectory() as emb_dir:
                 for row in rows:
-                    cond = zs_target if row == "zero-shot" else target
+                    cond = zs_target if row == "zero-shot" else first
                     r0 = time.monotonic()
                     video, losses = tt.generate(
                         ref, cond, row, seed, embeds_dir=emb_dir if row == "DiTFlow emb" else None,
                         inject_embeds=emb_dir if row == "zero-shot" else None)
                     track = track_condition(video, cond)
-                    rec = dict(clip=ci, seed=seed, row=row, reference=ref.name, generated=condition_name(cond),
-                               ref_velocity=list(ref.velocity), motion_fidelity=motion_fidelity(ref_track, track),
+                    scored = np.isfinite(ref_track).any()  # a user clip without --ref-colour has no track
+                    rec = dict(clip=ci, seed=seed, row=row, reference="user clip" if user else ref.name,
+                               generated=condition_name(cond), ref_velocity=list(ref.velocity),
+                               motion_fidelity=motion_fidelity(ref_track, track) if scored else float("nan"),
                                endpoint_error_px=endpoint_error(ref_track, track),
                                tracked_frames=int(np.isfinite(track).all(axis=1).sum()),
                                final_loss=_final_loss(losses), seconds=round(time.monotonic() - r0, 2))
@@ -142,7 +165,7 @@ def run_demo(out, *, model_dir=DEFAULT_DIR, clips: int = 5, seeds: int = 5, rows
                 if ci == 0 and seed == 0:
                     media.save_strip(out / "side_by_side_clip0_seed0.png", videos)
     summary = summarise(records, rows)
-    meta = dict(model=str(model_dir), clips=clips, seeds=seeds, clip_seed=clip_seed,
+    meta = dict(model=str(model_dir), clips=len(refs), seeds=seeds, clip_seed=clip_seed,
                 settings=vars(tt.settings), seconds=round(time.monotonic() - t0, 1))
     _write(out, records, summary, meta)
     return {"summary": summary, "meta": meta, "records": records}
