@@ -25,7 +25,7 @@ def _qk(seed=0, layout="transposed", **over):
 def test_op_matches_compute_amf(mode):
     q, k = _qk(seed=1)
     out = ops.amf(q, k, mode=mode, **GEOM)
-    assert torch.equal(out, compute_amf(q, k, mode=mode, backend="torch", **GEOM))
+    assert torch.equal(out, compute_amf(q, k, mode=mode, **GEOM))  # the same "auto" dispatch inside
     if mode == "soft":
         assert rel_err(out, amf_reference(q, k, **GEOM)) < SOFT_RTOL[torch.float32]
     else:
