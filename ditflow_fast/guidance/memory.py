@@ -6,12 +6,12 @@ autograd, and the VAE decodes after the loop, sliced/tiled). With ``T = L_text +
 
 - weights: the transformer's parameters (counted exactly from its config, on the meta device), and
   the VAE's unless offloaded; the T5 encoder has been run and offloaded before the loop;
-- checkpoint inputs: one ``[T, D]`` hidden state per block ``0..g`` kept by gradient checkpointing
-  (``(g + 1) * T * D * b``), or, without checkpointing, every block's activations (below) ``g + 1`` times;
-- one block's activations, rebuilt during the backward: about ``26 T*D`` elements (AdaLN norm and
-  modulation 2, q/k/v 3, q/k norm 2, RoPE 2, attention output 2, gates and residuals 4, second
-  AdaLN 2, feed-forward 8 for its 4x hidden layer in and out, output 1); flash/memory-efficient
-  SDPA keeps only a log-sum-exp beside them;
+- activations, in units of one ``[T, D]`` tensor (``T*D*b`` bytes), constants measured with torch's
+  memory timeline on CPU runs of CogVideoX-shaped transformers (flash SDPA, which keeps only a
+  log-sum-exp; tests/test_guidance_memory.py re-measures them):
+  with gradient checkpointing, ``g + 1`` block inputs (1 each) plus one block recomputed with its
+  backward temporaries (15); without, ``g`` full blocks (12 each), the guidance block up to q/k (5)
+  and backward temporaries (3);
 - captured q and k ``2 * H*N*d * b`` plus their gradients (the same again);
 - the AMF: this package's torch backend works in row chunks under a score budget (256 MiB) and
   keeps ``F*N`` log-sum-exps; the research code materialises ``[H, N, N]`` scores plus three
@@ -37,7 +37,9 @@ PRESETS = {
                                patch_size=2),
 }
 VAE_PARAMS = 215_583_907  # AutoencoderKLCogVideoX() (the public models' VAE), counted on the meta device
-BLOCK_ACTIVATIONS = 26  # [T, D] tensors alive in one block's recomputed forward (see module docstring)
+# Activation constants in [T, D] tensors (see the module docstring; measured, tests re-measure them).
+CKPT_INPUT, CKPT_RECOMPUTE = 1, 15
+BLOCK_ACTIVATIONS, PARTIAL_BLOCK, BACKWARD_TEMPS = 12, 5, 3
 AMF_BUDGET = 256 << 20  # the torch backend's default score budget
 
 
@@ -91,11 +93,12 @@ def estimate(config: dict, *, frames: int, height: int, width: int, guidance_blo
     td = t * dim * b
     base = {"transformer weights": transformer_params(config) * b,
             "VAE weights": 0 if vae_offload else vae_params * b}
-    block = BLOCK_ACTIVATIONS * td
     if checkpointing:
-        acts = {"checkpointed block inputs": (guidance_block + 1) * 2 * td, "one block recomputed": block}
+        acts = {"checkpointed block inputs": (guidance_block + 1) * CKPT_INPUT * td,
+                "one block recomputed + backward": CKPT_RECOMPUTE * td}
     else:
-        acts = {"block activations (no ckpt)": (guidance_block + 1) * block}
+        acts = {"block activations (no ckpt)": (guidance_block * BLOCK_ACTIVATIONS + PARTIAL_BLOCK
+                                                + BACKWARD_TEMPS) * td}
     qk = {"captured q, k and grads": 4 * heads * n * hd * b}
     if opt_mode == "latent":
         opt_elems = lat_f * config["in_channels"] * lh * lw
