@@ -90,7 +90,7 @@ def poisoned(monkeypatch):
 SHAPES = [
     (1, 2, 1, 5, 7, 16, 0, "contiguous"),  # F = 1, h*w = 35: a full and a 3-row tile
     (3, 2, 2, 3, 11, 16, 5, "transposed"),  # prime h*w = 33, batch 3, odd prefix, [B, T, H, d] buffer
-    (2, 3, 3, 5, 3, 24, 7, "strided"),  # h*w = 15 < one tile, d = 24 (masked K), every other element
+    (2, 3, 3, 5, 3, 24, 227, "strided"),  # h*w = 15 < one tile, d = 24 (masked K), odd CogVideoX-size prefix
 ]
 
 
@@ -130,6 +130,24 @@ def test_argmax_forward_agrees(shape, poisoned):
     q, k = _inputs(shape, seed=2)
     out, lse = tb.forward(_problem(q, k, shape, "argmax"))
     assert lse is None and not out.isnan().any()
+    _, _, f, h, w, _, text, _ = shape
+    assert_argmax_agrees(out, q, k, f, h, w, text)
+
+
+@pytest.mark.parametrize("seed", [101, 202])
+def test_seeded_random_shapes(seed):
+    """Shapes drawn from a seeded generator, both modes, the layout drawn too."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=gen))
+
+    layout = ("contiguous", "transposed", "strided")[draw(0, 2)]
+    shape = (draw(1, 2), draw(1, 3), draw(1, 3), draw(1, 6), draw(2, 9), 16 * draw(1, 2), draw(0, 9), layout)
+    q, k = _inputs(shape, seed=seed, scale=3.0)
+    out, _ = tb.forward(_problem(q, k, shape, "soft"))
+    assert rel_err(out, _reference(q, k, shape, "soft")) < SOFT_RTOL[torch.float32], shape
+    out, _ = tb.forward(_problem(q, k, shape, "argmax"))
     _, _, f, h, w, _, text, _ = shape
     assert_argmax_agrees(out, q, k, f, h, w, text)
 
