@@ -251,6 +251,10 @@ def test_backend_registered_and_explains_refusal(monkeypatch):
 
     b = backends()["triton"]
     assert b.devices == ("cuda",) and b.auto_rank is not None and b.auto_rank < backends()["torch"].auto_rank
+    real_find_spec = tb.importlib.util.find_spec
+    monkeypatch.setattr(tb.importlib.util, "find_spec", lambda name: None if name == "triton" else real_find_spec(name))
+    assert "triton is not installed" in b.unavailable()
+    monkeypatch.undo()
     q, k = _inputs(SHAPES[0])
     _, _, f, h, w, _, text, _ = SHAPES[0]
     choice = ditflow_fast.choose_backend(q, k, frames=f, height=h, width=w, text_tokens=text)
