@@ -12,6 +12,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include "amf_reduce.h"
@@ -19,17 +20,31 @@
 namespace ditflow_fast {
 namespace {
 
-constexpr int64_t kTileBytes = 256 * 1024;  // score tile budget: a quarter of one core's L2 here
-
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Query rows per tile: the R x hw tile fits kTileBytes, R is at least 16 (GEMM efficiency) and at
-// most max_rows, and there are enough tiles to give every thread several.
-int64_t tile_rows(int64_t total_rows, int64_t hw, int64_t elem, int64_t max_rows) {
-  int64_t r = std::clamp<int64_t>(kTileBytes / (hw * elem), 16, max_rows);
-  const int64_t spread = ceil_div(total_rows, 4 * static_cast<int64_t>(at::get_num_threads()));
-  r = std::min(r, std::max<int64_t>(16, ceil_div(spread, 8) * 8));
-  return std::max<int64_t>(1, std::min(r, total_rows));
+int64_t env_int(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  return (v && *v) ? std::max<int64_t>(1, std::atoll(v)) : fallback;
+}
+
+// How the forward cuts the work: query tiles of `rows` rows (every thread gets the same number of
+// tiles when the shape allows) and, per GEMM, `group` consecutive key frames, as many as keep the
+// rows x (group * hw) score tile within the tile budget. Wider tiles amortise MKL's packing of the
+// query tile over more keys; the budget keeps the tile in this core's share of the cache.
+struct Plan {
+  int64_t rows, tiles_per_batch, group;
+};
+
+Plan forward_plan(int64_t batch, int64_t n, int64_t frames, int64_t hw, int64_t elem) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t max_rows = env_int("DITFLOW_FAST_CPU_ROWS", 256);
+  const int64_t tile_bytes = env_int("DITFLOW_FAST_CPU_TILE_KB", 1536) * 1024;
+  int64_t tiles = ceil_div(n, max_rows);
+  // round the total number of tiles up to a multiple of the thread count (balanced threads)
+  while ((batch * tiles) % threads != 0 && tiles < n) ++tiles;
+  const int64_t rows = ceil_div(n, tiles);
+  const int64_t group = std::clamp<int64_t>(tile_bytes / (rows * hw * elem), 1, frames);
+  return {rows, ceil_div(n, rows), group};
 }
 
 template <typename T>
@@ -58,36 +73,40 @@ template <typename T>
 void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, int64_t hw, const std::vector<T>& px,
                   const std::vector<T>& py, T alpha, bool soft, at::Tensor& target, at::Tensor& lse) {
   const int64_t batch = qc.size(0), n = qc.size(1);
-  const int64_t rows = tile_rows(batch * n, hw, sizeof(T), 256);
-  const int64_t tiles_per_batch = ceil_div(n, rows);
+  const Plan plan = forward_plan(batch, n, frames, hw, sizeof(T));
   T* tgt = target.data_ptr<T>();
   T* lse_ptr = soft ? lse.data_ptr<T>() : nullptr;
-  at::parallel_for(0, batch * tiles_per_batch, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor tile = at::empty({rows, hw}, qc.options());
+  at::parallel_for(0, batch * plan.tiles_per_batch, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor tile = at::empty({plan.rows * plan.group * hw}, qc.options());
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / tiles_per_batch;
-      const int64_t r0 = (item % tiles_per_batch) * rows;
-      const int64_t nr = std::min(rows, n - r0);
+      const int64_t b = item / plan.tiles_per_batch;
+      const int64_t r0 = (item % plan.tiles_per_batch) * plan.rows;
+      const int64_t nr = std::min(plan.rows, n - r0);
+      if (nr <= 0) continue;
       const at::Tensor q_tile = qc[b].narrow(0, r0, nr);
-      at::Tensor s = tile.narrow(0, 0, nr);
-      for (int64_t j = 0; j < frames; ++j) {
-        at::mm_out(s, q_tile, kc[b].narrow(0, j * hw, hw).t());
+      for (int64_t j0 = 0; j0 < frames; j0 += plan.group) {
+        const int64_t g = std::min(plan.group, frames - j0);
+        at::Tensor s = tile.narrow(0, 0, nr * g * hw).view({nr, g * hw});
+        at::mm_out(s, q_tile, kc[b].narrow(0, j0 * hw, g * hw).t());
         const T* sp = s.data_ptr<T>();
+        const int64_t ld = s.stride(0);
         for (int64_t r = 0; r < nr; ++r) {
-          const int64_t out = (b * n + r0 + r) * frames + j;  // [B, N, F] flat index
-          const T* row = sp + r * hw;
-          if (soft) {
-            SoftState<T> st = soft_init<T>();
-            soft_block(st, row, alpha, px.data(), py.data(), static_cast<int>(hw));
-            const SoftResult<T> res = soft_finish(st);
-            tgt[2 * out] = res.ox;
-            tgt[2 * out + 1] = res.oy;
-            lse_ptr[out] = res.lse;
-          } else {
-            ArgmaxState<T> st = argmax_init<T>();
-            argmax_block(st, row, 0, static_cast<int>(hw));
-            tgt[2 * out] = px[st.index];
-            tgt[2 * out + 1] = py[st.index];
+          for (int64_t jj = 0; jj < g; ++jj) {
+            const int64_t out = (b * n + r0 + r) * frames + j0 + jj;  // [B, N, F] flat index
+            const T* row = sp + r * ld + jj * hw;
+            if (soft) {
+              SoftState<T> st = soft_init<T>();
+              soft_block(st, row, alpha, px.data(), py.data(), static_cast<int>(hw));
+              const SoftResult<T> res = soft_finish(st);
+              tgt[2 * out] = res.ox;
+              tgt[2 * out + 1] = res.oy;
+              lse_ptr[out] = res.lse;
+            } else {
+              ArgmaxState<T> st = argmax_init<T>();
+              argmax_block(st, row, 0, static_cast<int>(hw));
+              tgt[2 * out] = px[st.index];
+              tgt[2 * out + 1] = py[st.index];
+            }
           }
         }
       }
@@ -95,53 +114,47 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
   });
 }
 
-// Backward, key frame by key frame: for frame j every query tile recomputes its probabilities
-// against K_j, turns them into logit gradients in place, adds alpha * dz @ K_j to its own rows of dQ
-// (no other tile writes them) and alpha * dz^T @ Q_tile to its thread's accumulator for dK_j. The
-// accumulators are summed into dK_j after the frame, in thread order: the result does not depend on
-// timing (at::parallel_for hands each thread a fixed range of tiles).
+// Backward, by chunks of query rows against all keys. Unlike the forward, every step here is a
+// large GEMM (recompute S = Q_r K^T, then dQ_r = alpha * dz @ K and dK += alpha * dz^T @ Q_r), so
+// each runs on all threads inside MKL at full efficiency, and only the logit-gradient pass between
+// them (amf_reduce.h: dz = p * (<g, pos(n)> - <g, o>), p recomputed from the stored lse) is ours,
+// parallel over rows. The R x N chunk buffer is bounded by kBackwardChunkBytes, not by N^2; the
+// chunks run in a fixed order, so the dK accumulation is deterministic.
+constexpr int64_t kBackwardChunkBytes = int64_t(64) << 20;
+
 template <typename T>
 void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& target, const at::Tensor& lse,
                    const at::Tensor& grad, int64_t frames, int64_t hw, const std::vector<T>& px,
                    const std::vector<T>& py, T alpha, at::Tensor& dq, at::Tensor& dk) {
-  const int64_t batch = qc.size(0), n = qc.size(1), d = qc.size(2);
-  const int64_t rows = tile_rows(n, hw, sizeof(T), 512);
-  const int64_t tiles = ceil_div(n, rows);
-  const int64_t threads = at::get_num_threads();
+  const int64_t batch = qc.size(0), n = qc.size(1);
+  const int64_t budget_rows = env_int("DITFLOW_FAST_CPU_BWD_ROWS", kBackwardChunkBytes / (n * sizeof(T)));
+  const int64_t rows = std::clamp<int64_t>(budget_rows, 1, n);
   const bool want_q = dq.defined(), want_k = dk.defined();
-  at::Tensor partial = want_k ? at::zeros({threads, hw, d}, qc.options()) : at::Tensor();
+  at::Tensor buf = at::empty({rows * n}, qc.options());
   const T* tgt = target.data_ptr<T>();
   const T* lse_ptr = lse.data_ptr<T>();
   const T* g = grad.data_ptr<T>();
   for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t j = 0; j < frames; ++j) {
-      const at::Tensor k_j = kc[b].narrow(0, j * hw, hw);
-      at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
-        at::Tensor tile = at::empty({rows, hw}, qc.options());
-        at::Tensor acc = want_k ? partial[at::get_thread_num()] : at::Tensor();
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t r0 = t * rows, nr = std::min(rows, n - r0);
-          const at::Tensor q_tile = qc[b].narrow(0, r0, nr);
-          at::Tensor s = tile.narrow(0, 0, nr);
-          at::mm_out(s, q_tile, k_j.t());
-          T* sp = s.data_ptr<T>();
-          for (int64_t r = 0; r < nr; ++r) {
-            const int64_t at_ = (b * n + r0 + r) * frames + j;
-            const T gx = g[2 * at_], gy = g[2 * at_ + 1];
-            const T g_dot_o = gx * tgt[2 * at_] + gy * tgt[2 * at_ + 1];
-            const T l = lse_ptr[at_];
-            T* row = sp + r * hw;
-            for (int64_t c = 0; c < hw; ++c) row[c] = soft_logit_grad(alpha * row[c], l, gx, gy, px[c], py[c], g_dot_o);
-          }
-          if (want_q) dq[b].narrow(0, r0, nr).addmm_(s, k_j, 1.0, alpha);
-          if (want_k) acc.addmm_(s.t(), q_tile, 1.0, alpha);
+    for (int64_t r0 = 0; r0 < n; r0 += rows) {
+      const int64_t nr = std::min(rows, n - r0);
+      const at::Tensor q_r = qc[b].narrow(0, r0, nr);
+      at::Tensor s = buf.narrow(0, 0, nr * n).view({nr, n});
+      at::mm_out(s, q_r, kc[b].t());
+      T* sp = s.data_ptr<T>();
+      at::parallel_for(0, nr * frames, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t r = item / frames, j = item % frames;
+          const int64_t at_ = (b * n + r0 + r) * frames + j;  // [B, N, F] flat index
+          const T gx = g[2 * at_], gy = g[2 * at_ + 1];
+          const T g_dot_o = gx * tgt[2 * at_] + gy * tgt[2 * at_ + 1];
+          const T l = lse_ptr[at_];
+          T* row = sp + r * n + j * hw;
+          for (int64_t c = 0; c < hw; ++c) row[c] = soft_logit_grad(alpha * row[c], l, gx, gy, px[c], py[c], g_dot_o);
         }
       });
-      if (want_k) {
-        at::Tensor dk_j = dk[b].narrow(0, j * hw, hw);
-        for (int64_t t = 0; t < threads; ++t) dk_j.add_(partial[t]);
-        partial.zero_();
-      }
+      // beta = 0: dq starts uninitialised and each row chunk is written exactly once
+      if (want_q) dq[b].narrow(0, r0, nr).addmm_(s, kc[b], 0.0, alpha);
+      if (want_k) dk[b].addmm_(s.t(), q_r, 1.0, alpha);
     }
   }
 }
@@ -183,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor> amf_backward_cpu(const at::Tensor& qc_in, con
   const at::Tensor target = target_in.detach().to(opts).contiguous();
   const at::Tensor lse = lse_in.detach().to(opts).contiguous();
   const at::Tensor grad = grad_in.detach().to(opts).contiguous();
-  at::Tensor dq = need_dq ? at::zeros_like(qc) : at::Tensor();
+  at::Tensor dq = need_dq ? at::empty_like(qc) : at::Tensor();
   at::Tensor dk = need_dk ? at::zeros_like(kc) : at::Tensor();
   if (n > 0 && batch > 0 && (need_dq || need_dk)) {
     AT_DISPATCH_FLOATING_TYPES(qc.scalar_type(), "amf_backward_cpu", [&] {

@@ -42,21 +42,18 @@ class _CpuSoftAMF(torch.autograd.Function):
         target, lse = _native.ops().amf_forward(
             qc, kc, problem.frames, problem.height, problem.width, _soft_alpha(problem), True
         )
-        # q and k are kept rather than their concatenated copies: the backward re-gathers them, so
-        # the saved memory is what autograd holds anyway.
-        ctx.save_for_backward(q, k, target, lse)
+        # The concatenated copies are kept for the backward (re-gathering them costs a pass over q and k
+        # each); when q and k arrive as [B, T, H, d] views they are views, not copies.
+        ctx.save_for_backward(q, k, qc, kc, target, lse)
         ctx.problem = problem
         return _displacement(target, problem)
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, target, lse = ctx.saved_tensors
+        q, k, qc, kc, target, lse = ctx.saved_tensors
         p = ctx.problem
         want_q, want_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        cdtype = target.dtype
-        qc = _concat_heads(q, p.text_tokens, cdtype)
-        kc = _concat_heads(k, p.text_tokens, cdtype)
-        g = _from_output_layout(grad_out.to(cdtype), p).contiguous()  # pos(m) carries no gradient
+        g = _from_output_layout(grad_out.to(target.dtype), p).contiguous()  # pos(m) carries no gradient
         dqc, dkc = _native.ops().amf_backward(
             qc, kc, target, lse, g, p.frames, p.height, p.width, _soft_alpha(p), want_q, want_k
         )
