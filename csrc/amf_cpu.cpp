@@ -1,10 +1,14 @@
 // Fused CPU kernels of the Attention Motion Flow: one pass over the scores, tile by tile.
 //
-// Work is blocked over (query tile of R rows) x (key frame j). Each score tile S = Q_tile @ K_j^T
-// (R x h*w) comes from ATen's GEMM (MKL/oneDNN, single-threaded inside our parallel region) into a
-// per-thread buffer sized to stay in L2, and is reduced by the steps of amf_reduce.h while it is
-// still in cache. Extra memory: one R x h*w tile per thread (backward: plus one h*w x D key-frame
-// gradient accumulator per thread), never N x N.
+// Forward: work is blocked over (query tile of R rows) x (group of key frames). Each score tile
+// S = Q_tile @ K_group^T comes from ATen's GEMM (MKL, single-threaded inside our parallel region)
+// into a per-thread buffer of ~1.5 MiB, and is reduced by the steps of amf_reduce.h (argmax, or the
+// soft-argmax with its log-sum-exp) right after, while it is still in cache. Extra memory: one tile
+// per thread plus the [B, N, F] outputs, never N x N.
+// Backward (soft): row chunks of at most 64 MiB of scores, see backward_impl.
+// Tuning knobs for experiments (environment, read per call): DITFLOW_FAST_CPU_ROWS (max query rows
+// per forward tile, 256), DITFLOW_FAST_CPU_TILE_KB (forward tile budget, 1536),
+// DITFLOW_FAST_CPU_BWD_ROWS (backward rows per chunk, from the 64 MiB budget).
 #include "amf_cpu.h"
 
 #include <ATen/ATen.h>

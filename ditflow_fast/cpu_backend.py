@@ -1,4 +1,6 @@
-"""The ``cpu`` backend: the fused C++ kernel (``csrc/amf_cpu.cpp``) behind an autograd Function.
+"""The native backends: ``cpu``, the fused C++ kernel (``csrc/amf_cpu.cpp``) behind an autograd
+Function, and ``cuda``, the tensor-core forward (``csrc/amf_cuda.cu``) when the extension was built
+with CUDA.
 
 Forward: one pass over the scores, blocked over query tiles x key frames, each score tile reduced
 while it is in cache (argmax, or the online soft-argmax with its log-sum-exp). Backward (soft mode):
@@ -72,6 +74,27 @@ def amf_cpu(problem: AMFProblem) -> torch.Tensor:
         return _displacement(target, problem)
 
 
+def _cuda_unavailable() -> str | None:
+    why = _native.why_unavailable()
+    if why:
+        return why
+    if not _native.has_cuda_kernels():
+        return "the native extension was built without CUDA kernels (needs a CUDA torch and CUDA_HOME at build time)"
+    return None
+
+
+def amf_cuda(problem: AMFProblem) -> torch.Tensor:
+    """AMF ``[B, F, F, h*w, 2]`` float32 by the CUDA forward (bf16/fp16 in, fp32 accumulation; no gradient)."""
+    with torch.no_grad():
+        qc = _concat_heads(problem.q, problem.text_tokens, problem.q.dtype).contiguous()
+        kc = _concat_heads(problem.k, problem.text_tokens, problem.k.dtype).contiguous()
+        alpha = _soft_alpha(problem) if problem.mode == "soft" else 1.0
+        target, _ = _native.ops().amf_forward(
+            qc, kc, problem.frames, problem.height, problem.width, alpha, problem.mode == "soft"
+        )
+        return _displacement(target, problem)
+
+
 register(Backend(
     name="cpu",
     summary="fused C++ kernel: score tiles from MKL GEMM reduced in cache, recomputing backward (csrc/)",
@@ -80,4 +103,17 @@ register(Backend(
     dtypes=(torch.float32, torch.float64, torch.bfloat16, torch.float16),
     auto_rank=AUTO_RANK,
     unavailable=_native.why_unavailable,
+))
+
+# Compiled and resource-checked here (no spills for sm_80/sm_90), but never run on a GPU yet: kept
+# out of "auto" (auto_rank None) until the GPU tests have passed on real hardware.
+register(Backend(
+    name="cuda",
+    summary="CUDA forward on tensor cores (WMMA bf16/fp16, fp32 accumulate); forward only (csrc/amf_cuda.cu)",
+    run=amf_cuda,
+    devices=("cuda",),
+    dtypes=(torch.bfloat16, torch.float16),
+    differentiable=False,
+    auto_rank=None,
+    unavailable=_cuda_unavailable,
 ))

@@ -186,3 +186,26 @@ def test_op_rejects_bad_inputs_with_a_clear_message():
         ops.amf_forward(qc, qc, 2, 2, 2, 1.0, True)
     with pytest.raises(RuntimeError, match="float32 or float64"):
         ops.amf_forward(qc.half(), qc.half(), 3, 2, 2, 1.0, True)
+
+
+# The CUDA forward (csrc/amf_cuda.cu) shares this module's build; it runs only on a GPU machine.
+def _cuda_ready() -> bool:
+    return torch.cuda.is_available() and backends()["cuda"].unavailable() is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_ready(), reason="needs a CUDA device and the extension built with CUDA kernels")
+@pytest.mark.parametrize("shape", SHAPES + [(1, 48, 2, 15, 22, 64, 226, "transposed")])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_forward_matches_reference(shape, dtype):
+    b, heads, f, h, w, d, text, layout = shape
+    seed = 70 + SHAPES.index(shape) if shape in SHAPES else 99
+    q, k = make_qk(b, heads, f, h, w, d, text, dtype=dtype, layout=layout, seed=seed)
+    q, k = q.cuda(), k.cuda()
+    kw = dict(frames=f, height=h, width=w, text_tokens=text)
+    soft = compute_amf(q, k, backend="cuda", **kw)
+    assert soft.dtype == torch.float32 and soft.shape == (b, f, f, h * w, 2)
+    assert rel_err(soft.cpu(), amf_reference(q.cpu(), k.cpu(), **kw)) < SOFT_RTOL[dtype]
+    arg = compute_amf(q, k, backend="cuda", mode="argmax", **kw)
+    # bf16/fp16 products are exact in fp32; the fp32 sums over H*d terms round to ~1e-4 of a score.
+    assert_argmax_agrees(arg.cpu(), q.cpu(), k.cpu(), f, h, w, text, atol=1e-3)
