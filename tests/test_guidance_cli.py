@@ -123,3 +123,38 @@ def test_video_io_folder_and_gif_round_trip(tmp_path):
         (tmp_path / "empty").mkdir()
         read_video(tmp_path / "empty")
     assert not list(tmp_path.glob(".*")), "no temporary files left behind"
+
+
+def test_interrupted_transfer_resumes_to_the_same_video(assets, tmp_path, monkeypatch):
+    from ditflow_fast.guidance.loop import Guide
+
+    assert main(_args(assets, tmp_path / "full", "--format", "frames")) == 0
+    real, calls = Guide._denoise, []
+
+    def flaky(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C during step 4
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Guide, "_denoise", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        main(_args(assets, tmp_path / "cut", "--format", "frames"))
+    assert not (tmp_path / "cut" / "result_frames").exists()
+    monkeypatch.setattr(Guide, "_denoise", real)
+    assert main(_args(assets, tmp_path / "cut", "--format", "frames")) == 0
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["resumed_from_step"] == 3
+    cut, full = (read_video(tmp_path / d / "result_frames") for d in ("cut", "full"))
+    assert np.array_equal(cut, full)
+
+
+def test_model_size_checks():
+    from ditflow_fast.guidance.models import ModelError, check_size
+
+    tr, vae = tiny.tiny_transformer(True), tiny.tiny_vae()
+    assert check_size(tr, vae, 9, 48, 64) == (3, 6, 8)
+    with pytest.raises(ModelError, match="multiples of 16"):
+        check_size(tr, vae, 9, 40, 64)
+    tr.register_to_config(use_learned_positional_embeddings=True)
+    with pytest.raises(ModelError, match="learned positional table fixes the size to 48x64"):
+        check_size(tr, vae, 9, 64, 64)
