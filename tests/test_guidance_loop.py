@@ -24,10 +24,10 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _guide(rope=True, **kw):
+def _guide(rope=True, latent_frames=3, **kw):
     tr = tiny.tiny_transformer(rope)
     g = torch.Generator().manual_seed(7)
-    ref = torch.randn(1, 3, 4, 6, 8, generator=g)
+    ref = torch.randn(1, latent_frames, 4, 6, 8, generator=g)
     pe = tiny.tiny_prompt_embeds()
     settings = dict(model="tiny", steps=STEPS, guided_steps=GUIDED, opt_iters=2, height=48, width=64, frames=9,
                     lr=(0.05, 0.02))
@@ -132,3 +132,11 @@ def test_half_precision_models_run(rope, dtype, opt_mode):
     res = g.run(progress=False)
     assert res.latents.dtype == getattr(torch, dtype) and torch.isfinite(res.latents).all()
     assert all(torch.isfinite(torch.tensor(v)).all() for v in res.losses.values())
+
+
+@pytest.mark.parametrize("rope,frames,opt_mode", [(False, 5, "emb"), (True, 1, "latent"), (True, 4, "emb")])
+def test_any_latent_frame_count(rope, frames, opt_mode):
+    g = _guide(rope, latent_frames=frames, opt_mode=opt_mode)
+    res = g.run(progress=False)
+    assert res.latents.shape == (1, frames, 4, 6, 8) and torch.isfinite(res.latents).all()
+    assert g.emb_shape[-2] == frames * 12
