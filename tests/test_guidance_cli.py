@@ -55,7 +55,8 @@ def test_transfer_end_to_end_with_defaults_under_a_minute(assets, tmp_path):
 
 
 def test_transfer_emb_save_inject_frames_and_resume(assets, tmp_path):
-    assert main(_args(assets, tmp_path / "a", "--opt-mode", "emb", "--format", "frames")) == 0
+    assert main(_args(assets, tmp_path / "a", "--opt-mode", "emb", "--format", "frames", "--cpu-offload",
+                      "--vae-tiling")) == 0
     assert len(list((tmp_path / "a" / "embeds").glob("emb_t*.safetensors"))) == 2
     assert len(list((tmp_path / "a" / "result_frames").glob("*.png"))) == 9
     # zero-shot injection with another prompt file
@@ -70,7 +71,8 @@ def test_transfer_emb_save_inject_frames_and_resume(assets, tmp_path):
     assert json.loads((tmp_path / "b" / "config.json").read_text())["losses"] == {}
     # a finished run resumes at its end: same result, nothing recomputed
     before = (tmp_path / "a" / "state.safetensors").read_bytes()
-    assert main(_args(assets, tmp_path / "a", "--opt-mode", "emb", "--format", "frames")) == 0
+    assert main(_args(assets, tmp_path / "a", "--opt-mode", "emb", "--format", "frames", "--cpu-offload",
+                      "--vae-tiling")) == 0
     assert json.loads((tmp_path / "a" / "config.json").read_text())["resumed_from_step"] == 6
     assert (tmp_path / "a" / "state.safetensors").read_bytes() == before
 

@@ -140,3 +140,15 @@ def test_any_latent_frame_count(rope, frames, opt_mode):
     res = g.run(progress=False)
     assert res.latents.shape == (1, frames, 4, 6, 8) and torch.isfinite(res.latents).all()
     assert g.emb_shape[-2] == frames * 12
+
+
+def test_several_guidance_blocks_average_their_losses():
+    g = _guide(True, guidance_blocks=(0, 2), guided_steps=1, steps=1)
+    targets = g.reference_targets()
+    assert sorted(targets) == [0, 2]
+    both = float(g._loss(g.noise.float(), g.timesteps[0], None, targets))
+    singles = []
+    for b in (0, 2):
+        gb = _guide(True, guidance_blocks=(b,), guided_steps=1, steps=1)
+        singles.append(float(gb._loss(gb.noise.float(), gb.timesteps[0], None, gb.reference_targets())))
+    assert abs(both - sum(singles) / 2) < 1e-5
