@@ -44,7 +44,8 @@ def unavailable() -> str | None:
 
 
 def _settings(dtype: torch.dtype, device: torch.device):
-    """(interpreting, UPCAST, PRECISION) for inputs of ``dtype`` on ``device``."""
+    """(interpreting, UPCAST, PRECISION) for inputs of ``dtype`` on ``device``: tiles are upcast to
+    fp32 on load exactly when interpreting (the interpreter computes bf16 on raw bits)."""
     from ditflow_fast.kernels._jit import interpreting
 
     interp = interpreting()
@@ -63,14 +64,11 @@ def _alloc(*shape, device, dtype=torch.float32) -> torch.Tensor:
     return torch.empty(*shape, device=device, dtype=dtype)
 
 
-def _interp_blocks(head_dim: int, names=("BLOCK_M", "BLOCK_N", "BLOCK_K")) -> dict:
-    """Fixed tiles under the interpreter: large, since it pays per program and per K-step."""
-    bk = min(64, max(16, triton_next_pow2(head_dim)))
-    return {names[0]: 32, names[1]: 32, names[2]: bk}
-
-
-def triton_next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+def _interp_blocks(head_dim: int) -> dict:
+    """Fixed tiles under the interpreter: large, since it pays per program and per K-step
+    (``tl.dot`` needs every tile dimension >= 16; ``BLOCK_K`` beyond ``d`` is masked)."""
+    bk = min(64, max(16, 1 << max(0, (head_dim - 1).bit_length())))
+    return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": bk}
 
 
 def _launch(fn, grid, args, consts, config, configs, key, restore=()):
