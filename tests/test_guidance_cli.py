@@ -160,3 +160,20 @@ def test_model_size_checks():
     tr.register_to_config(use_learned_positional_embeddings=True)
     with pytest.raises(ModelError, match="learned positional table fixes the size to 48x64"):
         check_size(tr, vae, 9, 64, 64)
+
+
+def test_prompt_text_through_a_tiny_t5(tmp_path):
+    pytest.importorskip("transformers")
+    from ditflow_fast.guidance.models import prompt_embeddings
+
+    tiny.main([str(tmp_path), "--text-encoder"])
+    model = str(tmp_path / "model")
+    tr = tiny.tiny_transformer(True)
+    emb = prompt_embeddings(model, "a dog running", "", None, tr)
+    assert {k: tuple(v.shape) for k, v in emb.items()} == {k: (1, tiny.TEXT_LEN, tiny.TEXT_DIM)
+                                                          for k in ("prompt", "negative", "empty")}
+    assert not torch.equal(emb["prompt"], prompt_embeddings(model, "a cat jumping", "", None, tr)["prompt"])
+    args = ["transfer", "--model", model, "--video", str(tmp_path / "video.mp4"), "--prompt", "a dog running",
+            "--frames", "9", "--height", "48", "--width", "64", "--steps", "3", "--guided-steps", "1",
+            "--opt-iters", "1", "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(args) == 0 and (tmp_path / "out" / "result.mp4").exists()

@@ -4,7 +4,9 @@
 with ``save_pretrained``, plus ``prompt_embeds.safetensors``) and ``OUT/video.mp4`` (a moving square),
 then ``ditflow-fast transfer --model OUT/model --video OUT/video.mp4 --prompt-embeds
 OUT/model/prompt_embeds.safetensors --frames 9 --height 48 --width 64`` runs end to end on a CPU.
-The weights are random: the output is noise-like; the run exercises every code path.
+With ``--text-encoder`` the model also gets a tokenizer trained here and a tiny T5 encoder, and
+``--prompt TEXT`` replaces ``--prompt-embeds``. The weights are random: the output is noise-like;
+the run exercises every code path.
 """
 
 from __future__ import annotations
@@ -56,8 +58,26 @@ def tiny_prompt_embeds(seed: int = 0) -> dict[str, torch.Tensor]:
             "negative": torch.randn(1, TEXT_LEN, TEXT_DIM, generator=g)}
 
 
-def save_tiny_model(path, rope: bool = True) -> Path:
-    """Write a tiny model folder (``transformer/``, ``vae/``, ``scheduler/``, ``prompt_embeds.safetensors``)."""
+def save_tiny_text_encoder(path, seed: int = 0) -> None:
+    """A word-level tokenizer trained here on a few sentences, and a 1-layer T5 encoder of width
+    ``TEXT_DIM``, saved as ``tokenizer/`` and ``text_encoder/`` (needs ``transformers``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = ["a dog running on a beach", "a cat jumping over a fence", "a car driving down a road at night"]
+    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"]))
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(Path(path) / "tokenizer")
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=tok.get_vocab_size(), d_model=TEXT_DIM, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
+    T5EncoderModel(cfg).save_pretrained(Path(path) / "text_encoder")
+
+
+def save_tiny_model(path, rope: bool = True, text_encoder: bool = False) -> Path:
+    """Write a tiny model folder (``transformer/``, ``vae/``, ``scheduler/``, ``prompt_embeds.safetensors``,
+    and with ``text_encoder=True`` a tokenizer and T5 encoder so that ``--prompt`` works)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -65,6 +85,8 @@ def save_tiny_model(path, rope: bool = True) -> Path:
     tiny_vae().save_pretrained(path / "vae")
     tiny_scheduler(rope).save_pretrained(path / "scheduler")
     save_file(tiny_prompt_embeds(), str(path / "prompt_embeds.safetensors"))
+    if text_encoder:
+        save_tiny_text_encoder(path)
     return path
 
 
@@ -87,11 +109,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="write a tiny CogVideoX model and a test video")
     p.add_argument("out")
     p.add_argument("--no-rope", action="store_true", help="2B-like: additive positional table, DDIM")
+    p.add_argument("--text-encoder", action="store_true", help="add a tiny T5 + tokenizer (needs transformers)")
     a = p.parse_args(argv)
     from ..video_io import write_video
 
     out = Path(a.out)
-    save_tiny_model(out / "model", rope=not a.no_rope)
+    save_tiny_model(out / "model", rope=not a.no_rope, text_encoder=a.text_encoder)
     write_video(moving_square(), out / "video.mp4", fmt="mp4", fps=8)
     print(f"wrote {out / 'model'} and {out / 'video.mp4'}")
     return 0
