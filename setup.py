@@ -120,6 +120,8 @@ def native_extensions():
             except Exception as exc:
                 if forced:
                     raise
+                for ext in self.extensions:  # no stale module from an earlier build may ship
+                    Path(self.get_ext_fullpath(ext.name)).unlink(missing_ok=True)
                 self.extensions = []  # nothing for the install step to copy
                 say(f"native build failed ({type(exc).__name__}: {exc}); installing the pure-Python package. "
                     "Set DITFLOW_FAST_BUILD_CPU=1 to make this an error.")
