@@ -47,6 +47,7 @@ def add_transfer_parser(sub) -> None:
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--fresh", action="store_true", help="ignore a saved state in --out and start over")
     p.add_argument("--dry-run", action="store_true", help="print the predicted peak GPU memory and exit")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest for tiny models on busy CPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_transfer)
 
@@ -97,6 +98,10 @@ def run_transfer(a) -> int:
         raise ValueError("--prompt is required (or --prompt-embeds FILE)")
     import torch
 
+    if a.threads is not None:
+        if a.threads < 1:
+            raise ValueError(f"--threads must be positive, got {a.threads}")
+        torch.set_num_threads(a.threads)
     from .guidance import models
     from .guidance.loop import STATE_FILE, Guide
     from .video_io import read_video, write_video
