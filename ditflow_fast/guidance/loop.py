@@ -127,12 +127,13 @@ class Guide:
         ctrl.clear_captures()
         return kv
 
-    def _optimise(self, param, i, t, targets, latent_mode, bar):
+    def _optimise(self, param, i, t, targets, bar, latents=None):
+        """Adam on ``param``: the latent itself (``latents`` None) or the embedding used with ``latents``."""
         opt = torch.optim.Adam([param], lr=self.cfg.lr_at(i))
         hist = []
         for it in range(self.cfg.opt_iters):
             opt.zero_grad(set_to_none=True)
-            loss = self._loss(param if latent_mode else self._latent, t, None if latent_mode else param, targets)
+            loss = self._loss(param, t, None, targets) if latents is None else self._loss(latents, t, param, targets)
             # fp16 models (CogVideoX-2B): scale the loss so small gradients survive the fp16 backward,
             # unscale in fp32, and skip a step whose gradient overflowed (what a GradScaler does).
             scale = 2.0 ** 12 if self.dtype == torch.float16 else 1.0
@@ -192,13 +193,12 @@ class Guide:
                     emb = injected[t].to(self.device)
                 elif optimise and cfg.opt_mode == "latent":
                     param = latents.detach().float().requires_grad_(True)
-                    res.losses[t] = self._optimise(param, i, t, targets, True, bar)
+                    res.losses[t] = self._optimise(param, i, t, targets, bar)
                     latents = param.detach().to(self.dtype)
                 elif optimise:
                     start_emb = emb if emb is not None else self._initial_emb()
                     param = start_emb.detach().float().clone().requires_grad_(True)
-                    self._latent = latents
-                    res.losses[t] = self._optimise(param, i, t, targets, False, bar)
+                    res.losses[t] = self._optimise(param, i, t, targets, bar, latents=latents)
                     emb = param.detach()
                     if embeds_dir is not None:
                         res.saved_embeddings.append(emb_io.save_embedding(
@@ -245,6 +245,7 @@ class Guide:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             if meta.get("run_key") != self.cfg.run_key():
-                raise ValueError(f"{path} belongs to a run with other settings; use another --out or delete it")
+                raise ValueError(f"{path} belongs to a run with other settings; use another --out, "
+                                 "or --fresh to start over")
             t = {k: f.get_tensor(k).to(self.device) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
         return int(meta["next_step"]), t["latents"].to(self.dtype), t.get("x0_prev"), t.get("emb")
