@@ -123,7 +123,8 @@ def run_transfer(a) -> int:
         vae.enable_slicing()
     if cfg.vae_tiling:
         vae.enable_tiling()
-    texts = models.prompt_embeddings(a.model, a.prompt, a.negative_prompt, a.prompt_embeds, transformer)
+    texts = models.prompt_embeddings(a.model, a.prompt, a.negative_prompt, a.prompt_embeds, transformer,
+                                     device=device, dtype=dtype)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.fresh:

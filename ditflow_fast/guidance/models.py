@@ -72,8 +72,12 @@ def check_size(transformer, vae, frames: int, height: int, width: int) -> tuple[
     return (frames - 1) // temporal + 1, lh, lw
 
 
-def prompt_embeddings(model: str, prompt: str | None, negative: str, embeds_file, transformer):
-    """``{"prompt", "negative", "empty"}`` -> ``[1, L, D]`` float32, from a file or the model's T5."""
+def prompt_embeddings(model: str, prompt: str | None, negative: str, embeds_file, transformer, *,
+                      device="cpu", dtype=torch.float32):
+    """``{"prompt", "negative", "empty"}`` -> ``[1, L, D]`` float32, from a file or the model's T5.
+
+    The T5 encoder is loaded in ``dtype`` onto ``device``, run, and released before returning, so it
+    never shares the GPU with the denoising loop."""
     cfg = transformer.config
     if embeds_file is not None:
         from safetensors.torch import load_file
@@ -90,7 +94,8 @@ def prompt_embeddings(model: str, prompt: str | None, negative: str, embeds_file
         out = {"prompt": t["prompt"], "negative": t.get("negative", torch.zeros_like(t["prompt"]))}
         out["empty"] = t.get("empty", out["negative"])
     else:
-        out = _encode_t5(model, {"prompt": prompt, "negative": negative, "empty": ""}, cfg.max_text_seq_length)
+        out = _encode_t5(model, {"prompt": prompt, "negative": negative, "empty": ""}, cfg.max_text_seq_length,
+                         device, dtype)
     for k, v in out.items():
         if v.dim() != 3 or v.shape[0] != 1 or v.shape[-1] != cfg.text_embed_dim:
             raise ModelError(f"prompt embedding {k!r} must be [1, L, {cfg.text_embed_dim}], got {tuple(v.shape)}")
@@ -99,7 +104,7 @@ def prompt_embeddings(model: str, prompt: str | None, negative: str, embeds_file
     return {k: v.float() for k, v in out.items()}
 
 
-def _encode_t5(model: str, texts: dict[str, str], length: int) -> dict[str, torch.Tensor]:
+def _encode_t5(model: str, texts: dict[str, str], length: int, device, dtype) -> dict[str, torch.Tensor]:
     try:
         from transformers import AutoTokenizer, T5EncoderModel
     except ImportError as exc:
@@ -107,7 +112,7 @@ def _encode_t5(model: str, texts: dict[str, str], length: int) -> dict[str, torc
                          "(pip install 'ditflow-fast[text]'), or pass --prompt-embeds FILE") from exc
     try:
         tok = AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
-        enc = T5EncoderModel.from_pretrained(model, subfolder="text_encoder").eval()
+        enc = T5EncoderModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype).to(device).eval()
     except Exception as exc:
         raise ModelError(f"--model {model}: cannot load its tokenizer/text encoder ({exc}); "
                          "or pass --prompt-embeds FILE") from exc
@@ -116,7 +121,10 @@ def _encode_t5(model: str, texts: dict[str, str], length: int) -> dict[str, torc
         for k, text in texts.items():
             ids = tok([text], padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
                       return_tensors="pt").input_ids
-            out[k] = enc(ids)[0]
+            out[k] = enc(ids.to(device))[0].float().cpu()
+    del enc
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
     return out
 
 
