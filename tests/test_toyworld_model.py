@@ -72,3 +72,15 @@ def test_committed_weights_are_small_and_trained():
     assert meta["train"]["steps"] >= 1000
     log = [line.split() for line in (DEFAULT_DIR / "train_log.txt").read_text().splitlines() if line[0] != "#"]
     assert float(log[-1][2]) < 0.5 * float(log[0][2])  # the loss came down
+
+
+def test_amf_errors_per_block():
+    from ditflow_fast.toyworld.diagnostics import amf_errors
+    from ditflow_fast.toyworld.model import ConditionEmbedding
+    from ditflow_fast.toyworld.world import reference_clips
+
+    tr = build_transformer(num_layers=2).eval()
+    errs = amf_errors(tr, ConditionEmbedding(), reference_clips(0, 1))
+    assert errs.shape == (2,) and np.isfinite(errs).all() and (errs >= 0).all()
+    # the processors are put back: the transformer has no guidance state left on it
+    assert getattr(tr, "_ditflow_guidance", None) is None
