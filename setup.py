@@ -27,7 +27,7 @@ from setuptools import setup
 HERE = Path(__file__).resolve().parent
 # Same flags as the JIT build in ditflow_fast/_native.py (which cannot be imported from here: it
 # imports torch, and this file must run without it).
-CXX_FLAGS = ["-O3", "-fopenmp"]
+CXX_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
 LD_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
 

@@ -156,6 +156,7 @@ void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
           const T g_dot_o = gx * tgt[2 * at_] + gy * tgt[2 * at_ + 1];
           const T l = lse_ptr[at_];
           T* row = sp + r * n + j * hw;
+          AMF_SIMD
           for (int64_t c = 0; c < hw; ++c) row[c] = soft_logit_grad(alpha * row[c], l, gx, gy, px[c], py[c], g_dot_o);
         }
       });

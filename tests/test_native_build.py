@@ -122,8 +122,9 @@ def test_reduction_header_cpp_test_passes(tmp_path):
     # The same test ctest runs (csrc/tests/test_reduce.cpp), compiled directly: a few seconds.
     exe = tmp_path / "test_reduce"
     (src,) = _native.sources("test")
-    build = subprocess.run(["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-fopenmp", f"-I{CSRC}",
-                            str(ROOT / src), "-o", str(exe)], capture_output=True, text=True, timeout=300)
+    flags = ["-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-fopenmp", "-fno-trapping-math", f"-I{CSRC}"]
+    build = subprocess.run(["g++", *flags, str(ROOT / src), "-o", str(exe)], capture_output=True, text=True,
+                           timeout=300)
     assert build.returncode == 0, build.stderr
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr

@@ -177,8 +177,25 @@ static void test_logit_grad(std::mt19937& rng) {
   }
 }
 
+// The host's branch-free exp against double exp: a few ulp over the range, 0 below it, inf above.
+static void test_exp_poly() {
+  double worst = 0;
+  for (double xd = -87.0; xd <= 88.0; xd += 3.7e-4) {
+    const float x = static_cast<float>(xd);
+    const double ref = std::exp(static_cast<double>(x));
+    const double err = std::fabs(amf_exp_poly(x) - ref) / ref;
+    worst = err > worst ? err : worst;
+  }
+  CHECK(worst < 4 * 5.97e-8, "amf_exp_poly: max relative error %g over [-87, 88]", worst);
+  CHECK(amf_exp_poly(0.0f) == 1.0f, "exp(0) must be exactly 1");
+  CHECK(amf_exp_poly(-100.0f) == 0.0f && amf_exp_poly(-1e4f) == 0.0f && amf_exp_poly(-1e30f) == 0.0f,
+        "exp of very negative arguments must flush to 0");
+  CHECK(std::isinf(amf_exp_poly(89.0f)), "exp(89) must overflow to inf");
+}
+
 int main() {
   std::mt19937 rng(20261124u);
+  test_exp_poly();
   test_argmax(rng);
   test_soft<double>(rng, 1e-12);
   test_soft<float>(rng, 2e-5);
