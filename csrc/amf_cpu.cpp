@@ -162,7 +162,7 @@ void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
       });
       // beta = 0: dq starts uninitialised and each row chunk is written exactly once
       if (want_q) dq[b].narrow(0, r0, nr).addmm_(s, kc[b], 0.0, alpha);
-      if (want_k) dk[b].addmm_(s.t(), q_r, 1.0, alpha);
+      if (want_k) dk[b].addmm_(s.t(), q_r, r0 == 0 ? 0.0 : 1.0, alpha);  // the first chunk initialises dk
     }
   }
 }
@@ -205,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor> amf_backward_cpu(const at::Tensor& qc_in, con
   const at::Tensor lse = lse_in.detach().to(opts).contiguous();
   const at::Tensor grad = grad_in.detach().to(opts).contiguous();
   at::Tensor dq = need_dq ? at::empty_like(qc) : at::Tensor();
-  at::Tensor dk = need_dk ? at::zeros_like(kc) : at::Tensor();
+  at::Tensor dk = need_dk ? at::empty_like(kc) : at::Tensor();  // written by the first row chunk
   if (n > 0 && batch > 0 && (need_dq || need_dk)) {
     AT_DISPATCH_FLOATING_TYPES(qc.scalar_type(), "amf_backward_cpu", [&] {
       std::vector<scalar_t> px, py;

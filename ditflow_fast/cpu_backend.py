@@ -19,7 +19,7 @@ from . import _native
 from ._problem import AMFProblem
 from .dispatch import Backend, register
 from .geometry import patch_coords
-from .torch_backend import _concat_heads, _expand_grad, _from_output_layout, _to_output_layout
+from .torch_backend import _concat_heads, _from_output_layout, _to_output_layout
 
 # Not yet benchmarked against the torch backend (auto_rank 100): stays behind it under "auto".
 AUTO_RANK = 150
@@ -29,6 +29,29 @@ def _displacement(target: torch.Tensor, p: AMFProblem) -> torch.Tensor:
     """Absolute targets ``[B, N, F, 2]`` -> displacements in the output layout ``[B, F, F, h*w, 2]``."""
     own = patch_coords(p.height, p.width, device=target.device, dtype=target.dtype).repeat(p.frames, 1)
     return _to_output_layout(target - own[None, :, None, :], p)
+
+
+def _grad_like(dcat: torch.Tensor, like: torch.Tensor, p: AMFProblem) -> torch.Tensor:
+    """``[B, N, H*d]`` -> a gradient for ``like`` (``[B, H, T, d]``), zero on the text tokens.
+
+    Laid out like ``like`` so that autograd passes it on without re-laying it out: a
+    ``[B, T, H, d]`` buffer seen through ``permute`` when ``like`` is such a view (what a DiT's
+    attention hands over; then the video part is one contiguous copy, or none without text
+    tokens), a contiguous ``[B, H, T, d]`` tensor otherwise. Only the text rows are zero-filled.
+    """
+    b, h, _, d = like.shape
+    video = dcat.reshape(b, p.tokens, h, d)
+    if like.permute(0, 2, 1, 3).is_contiguous():
+        if p.text_tokens == 0:
+            return video.to(like.dtype).permute(0, 2, 1, 3)
+        full = dcat.new_empty((b, p.text_tokens + p.tokens, h, d), dtype=like.dtype)
+        full[:, :p.text_tokens].zero_()
+        full[:, p.text_tokens:].copy_(video)
+        return full.permute(0, 2, 1, 3)
+    full = dcat.new_empty(like.shape, dtype=like.dtype)
+    full[:, :, :p.text_tokens].zero_()
+    full[:, :, p.text_tokens:].copy_(video.permute(0, 2, 1, 3))
+    return full
 
 
 def _soft_alpha(p: AMFProblem) -> float:
@@ -59,7 +82,7 @@ class _CpuSoftAMF(torch.autograd.Function):
         dqc, dkc = _native.ops().amf_backward(
             qc, kc, target, lse, g, p.frames, p.height, p.width, _soft_alpha(p), want_q, want_k
         )
-        return (_expand_grad(dqc if want_q else None, q, p), _expand_grad(dkc if want_k else None, k, p), None)
+        return (_grad_like(dqc, q, p) if want_q else None, _grad_like(dkc, k, p) if want_k else None, None)
 
 
 def amf_cpu(problem: AMFProblem) -> torch.Tensor:

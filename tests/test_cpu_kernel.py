@@ -99,6 +99,25 @@ def test_soft_gradients_match_reference(shape):
         assert not dq[:, :, :text].any() and not dk[:, :, :text].any()  # text tokens get no gradient
 
 
+def test_small_tiles_and_chunks_agree(monkeypatch):
+    # The kernel's tuning knobs (read per call) forced small: many ragged forward tiles of one key
+    # frame each, and backward row chunks that do not divide N.
+    monkeypatch.setenv("DITFLOW_FAST_CPU_ROWS", "5")
+    monkeypatch.setenv("DITFLOW_FAST_CPU_TILE_KB", "1")
+    monkeypatch.setenv("DITFLOW_FAST_CPU_BWD_ROWS", "7")
+    shape = (2, 3, 3, 4, 5, 8, 2, "strided")
+    q, k = make_qk(2, 3, 3, 4, 5, 8, 2, layout="strided", seed=41, scale=2.0)
+    q, k = q.detach().requires_grad_(), k.detach().requires_grad_()
+    out = amf_cpu(_problem(q, k, shape, "soft"))
+    ref = _reference(q, k, shape, "soft")
+    assert rel_err(out, ref) < 1e-5
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    dq, dk = torch.autograd.grad((out * g.float()).sum(), (q, k))
+    rq, rk = torch.autograd.grad((ref * g).sum(), (q, k))
+    assert rel_err(dq, rq) < 1e-5 and rel_err(dk, rk) < 1e-5
+    assert_argmax_agrees(amf_cpu(_problem(q.detach(), k.detach(), shape, "argmax")), q.detach(), k.detach(), 3, 4, 5, 2)
+
+
 def test_gradient_of_q_only_and_k_only():
     shape = (1, 2, 3, 3, 4, 8, 5, "contiguous")
     q0, k0 = make_qk(1, 2, 3, 3, 4, 8, 5, seed=31, scale=2.0)
