@@ -46,10 +46,10 @@ def build_transformer(seed: int = 0, **overrides):
     return CogVideoXTransformer3DModel(**{**TRANSFORMER_CONFIG, **overrides})
 
 
-def build_scheduler():
+def build_scheduler(**overrides):
     from diffusers import CogVideoXDDIMScheduler
 
-    return CogVideoXDDIMScheduler(**SCHEDULER_CONFIG)
+    return CogVideoXDDIMScheduler(**{**SCHEDULER_CONFIG, **overrides})
 
 
 class ConditionEmbedding(torch.nn.Module):
@@ -88,7 +88,7 @@ def _atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save_model(folder, transformer, cond: ConditionEmbedding, extra: dict | None = None) -> Path:
+def save_model(folder, transformer, cond: ConditionEmbedding, extra: dict | None = None, scheduler=None) -> Path:
     """Write a model folder; each file is written to a temporary name then renamed (never half-written)."""
     from safetensors.torch import save_file
 
@@ -97,7 +97,7 @@ def save_model(folder, transformer, cond: ConditionEmbedding, extra: dict | None
     _atomic(folder / "transformer" / "diffusion_pytorch_model.safetensors", lambda p: save_file(state, p))
     cfg = transformer.to_json_string()
     _atomic(folder / "transformer" / "config.json", lambda p: Path(p).write_text(cfg))
-    sched = build_scheduler().to_json_string()
+    sched = (scheduler or build_scheduler()).to_json_string()
     _atomic(folder / "scheduler" / "scheduler_config.json", lambda p: Path(p).write_text(sched))
     w = {"weight": cond.weight.detach().contiguous().clone()}
     _atomic(folder / "cond_embed.safetensors", lambda p: save_file(w, p))

@@ -65,7 +65,7 @@ def training_batch(seed: int, step: int, batch: int, drop: float = 0.1):
 
 def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0, max_steps: int = 100_000,
           batch: int = 12, lr: float = 1e-3, warmup: int = 200, ema_decay: float = 0.999, seed: int = 0,
-          save_every: int = 250, log_every: int = 50, threads: int = 1) -> dict:
+          save_every: int = 250, log_every: int = 50, threads: int = 1, beta_schedule: str = "scaled_linear") -> dict:
     from safetensors.torch import load_file, save_file
 
     torch.set_num_threads(threads)
@@ -75,7 +75,9 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
     cond = ConditionEmbedding(seed=seed)
     ema, ema_cond = copy.deepcopy(net).eval().requires_grad_(False), copy.deepcopy(cond).requires_grad_(False)
     opt = torch.optim.AdamW(list(net.parameters()) + list(cond.parameters()), lr=lr, weight_decay=0.0)
-    sched = build_scheduler()
+    # "scaled_linear" (CogVideoX's, betas 0.00085..0.012) or "linear" (DDPM's pixel-space 1e-4..0.02)
+    betas = {"scaled_linear": (0.00085, 0.012), "linear": (1e-4, 0.02)}[beta_schedule]
+    sched = build_scheduler(beta_schedule=beta_schedule, beta_start=betas[0], beta_end=betas[1])
     acp = sched.alphas_cumprod
     image_rope = rope(net)
     step, state_path = 0, work / "state.safetensors"
@@ -83,6 +85,7 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
         step = _load_state(load_file(str(state_path)), net, ema, cond, ema_cond, opt)
         print(f"resumed at step {step}")
     config = dict(seed=seed, batch=batch, lr=lr, warmup=warmup, ema_decay=ema_decay, threads=threads,
+                  beta_schedule=beta_schedule,
                   objective="v_prediction MSE, uniform t in [0, 1000), 10% condition dropout")
     log_path = out / "train_log.txt"
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +100,8 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
         sd = _state_dict(net, ema, cond, ema_cond, opt, step)
         _atomic(state_path, lambda p: save_file(sd, p))
         _atomic(work / "elapsed.json", lambda p: Path(p).write_text(json.dumps({"s": elapsed})))
-        save_model(out, ema, ema_cond, extra={"train": {**config, "steps": step, "elapsed_s": round(elapsed, 1)}})
+        save_model(out, ema, ema_cond, extra={"train": {**config, "steps": step, "elapsed_s": round(elapsed, 1)}},
+                   scheduler=sched)
 
     while step < max_steps and time.monotonic() - t_start < minutes * 60:
         x0, c = training_batch(seed, step, batch)
@@ -143,10 +147,11 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--beta-schedule", choices=("scaled_linear", "linear"), default="scaled_linear")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     a = p.parse_args(argv)
     res = train(a.out, a.work, minutes=a.minutes, max_steps=a.max_steps, batch=a.batch, lr=a.lr, seed=a.seed,
-                save_every=a.save_every, threads=a.threads)
+                save_every=a.save_every, threads=a.threads, beta_schedule=a.beta_schedule)
     print(json.dumps(res))
     return 0
 
