@@ -21,8 +21,10 @@ from .dispatch import Backend, register
 from .geometry import patch_coords
 from .torch_backend import _concat_heads, _from_output_layout, _to_output_layout
 
-# Not yet benchmarked against the torch backend (auto_rank 100): stays behind it under "auto".
-AUTO_RANK = 150
+# Ahead of the torch backend (auto_rank 100) under "auto": in benchmarks/results/native_cpu-5b.jsonl
+# (`ditflow-fast bench --preset cpu-5b`, two runs on the 2-core machine) it was faster in argmax,
+# soft and soft forward+backward each time (see docs/native.md).
+AUTO_RANK = 90
 
 
 def _displacement(target: torch.Tensor, p: AMFProblem) -> torch.Tensor:
