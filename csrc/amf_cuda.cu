@@ -8,7 +8,7 @@
 // over the concatenated-head dimension D in chunks of BK = 32 staged in shared memory (the next
 // chunk is fetched into registers while the tensor cores work on the current one), writes the tile
 // to shared memory and runs the epilogue from amf_reduce.h on it: two threads per query row, each
-// keeping a running state over its half of the columns, merged by a warp shuffle at the end.
+// keeping a running state over alternate columns, merged by a warp shuffle at the end.
 // Nothing of size N x N exists anywhere; the extra memory is the [B, N, F] outputs.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -79,7 +79,7 @@ __global__ void __launch_bounds__(THREADS)
   const T* k_base = kc + (static_cast<size_t>(b) * n + static_cast<size_t>(j) * hw) * dim;
   const int warp = threadIdx.x / 32;
   const int wr = (warp / 2) * 32, wc = (warp % 2) * 32;  // this warp's quarter of the score tile
-  const int row = threadIdx.x >> 1, half = threadIdx.x & 1;  // epilogue: row and column half
+  const int row = threadIdx.x >> 1, half = threadIdx.x & 1;  // epilogue: row and column parity
 
   SoftState<float> soft_state = soft_init<float>();
   ArgmaxState<float> arg_state = argmax_init<float>();
@@ -131,12 +131,13 @@ __global__ void __launch_bounds__(THREADS)
         wmma::store_matrix_sync(sm.s + (wr + i * 16) * LDS + wc + jj * 16, acc[i][jj], LDS, wmma::mem_row_major);
     __syncthreads();
 
-    // Epilogue on the tile while it sits in shared memory: the steps of amf_reduce.h.
-    const float* srow = sm.s + row * LDS + half * (BN / 2);
-    const int key0 = n0 + half * (BN / 2);
-    const int count = min(BN / 2, hw - key0);
-    for (int c = 0; c < count; ++c) {
-      const int key = key0 + c;
+    // Epilogue on the tile while it sits in shared memory: the steps of amf_reduce.h. The two
+    // threads of a row take alternate columns (banks spread 2-way instead of 4-way with halves);
+    // both states accept keys in any order.
+    const float* srow = sm.s + row * LDS;
+    for (int c = half; c < BN; c += 2) {
+      const int key = n0 + c;
+      if (key >= hw) break;
       if (SOFT) {
         soft_step(soft_state, alpha * srow[c], static_cast<float>(key % width), static_cast<float>(key / width));
       } else {
@@ -145,7 +146,7 @@ __global__ void __launch_bounds__(THREADS)
     }
   }
 
-  // The two halves of each row live in adjacent lanes: merge them, lane `half == 0` writes.
+  // The two threads of each row are adjacent lanes: merge their states, lane `half == 0` writes.
   const int m = m0 + row;
   const size_t out = (static_cast<size_t>(b) * n + m) * frames + j;
   if (SOFT) {
