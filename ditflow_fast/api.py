@@ -36,11 +36,21 @@ def compute_amf(q, k, *, frames, height, width, temperature=2.0, mode="soft", te
         text_tokens: number of leading text tokens to skip (226 for CogVideoX, 0 for Wan).
         backend: ``"auto"`` or a registered backend name (see ``ditflow-fast info``).
 
+    Inside ``torch.compile`` (``fullgraph=True`` included) the call is routed through the
+    ``torch.ops.ditflow_fast.amf`` custom op (see :mod:`ditflow_fast.ops`).
+
     Returns:
         ``[B, F, F, h*w, 2]`` (``[F, F, h*w, 2]`` for 3-D input) displacements ``(dx, dy)`` in
         patch units, ``out[b, i, j, s]`` for query frame ``i``, target frame ``j``, patch ``s``.
         float32, or float64 for float64 input.
     """
+    if torch.compiler.is_compiling():
+        # Under torch.compile the call goes through the opaque custom op, so the backends' Python
+        # loops, launches and the finiteness check never break the graph.
+        from .ops import amf
+
+        return amf(q, k, frames=frames, height=height, width=width, temperature=temperature, mode=mode,
+                   text_tokens=text_tokens, backend=backend)
     problem = validate(
         q, k, frames=frames, height=height, width=width,
         temperature=temperature, mode=mode, text_tokens=text_tokens,
