@@ -2,10 +2,13 @@
 # CI steps of the native code (csrc/), in order; any failure fails the script:
 #   1. build the CPU extension in place (forced: a failed compile is an error here) and load it;
 #   2. build and run the reduction header's C++ tests with CMake + ctest;
-#   3. compile every .cu in csrc/ with nvcc for sm_80 and sm_90, -Xptxas -v, and fail on any
-#      register spill; the resource table goes to $REPORT (default build/ci/cuda_resources.txt;
-#      benchmarks/results/cuda_resources.txt is the committed copy: `REPORT=benchmarks/results/cuda_resources.txt`).
-# Without nvcc step 3 is skipped with a message (DITFLOW_FAST_REQUIRE_NVCC=1 makes that an error).
+#   3. compile every kernel .cu ([cuda] in csrc/sources.txt) with nvcc for sm_80 and sm_90,
+#      -Xptxas -v, and fail on any register spill; the resource table goes to $REPORT (default
+#      build/ci/cuda_resources.txt; benchmarks/results/cuda_resources.txt is the committed copy:
+#      `REPORT=benchmarks/results/cuda_resources.txt`);
+#   4. build the torch-free launcher check ([cuda_test]) with nvcc and run it: argument checks
+#      everywhere, the kernel's numbers against float64 on the host where a GPU exists.
+# Without nvcc steps 3-4 are skipped with a message (DITFLOW_FAST_REQUIRE_NVCC=1 makes that an error).
 # Python: $PY, else .venv/bin/python, else python3. Afterwards the pytest suite runs the CPU kernel
 # tests (tests/test_cpu_kernel.py) against the built extension instead of skipping them.
 set -euo pipefail
@@ -19,7 +22,14 @@ NVCC="${NVCC:-nvcc}"
 ARCHS="${ARCHS:-80 90}"
 mkdir -p "$BUILD"
 
-echo "== [1/3] CPU extension: setup.py build_ext --inplace"
+# Paths listed under [$1] in csrc/sources.txt (the list setup.py and CMake read).
+listed() {
+  awk -v want="[$1]" '{ sub(/#.*/, ""); gsub(/^[ \t]+|[ \t]+$/, "") }
+    /^\[.*\]$/ { section = $0; next }
+    NF && section == want { print }' csrc/sources.txt
+}
+
+echo "== [1/4] CPU extension: setup.py build_ext --inplace"
 DITFLOW_FAST_BUILD_CPU=1 DITFLOW_FAST_BUILD_CUDA="${DITFLOW_FAST_BUILD_CUDA:-0}" \
   nice -n 10 "$PY" setup.py -q build_ext --inplace
 "$PY" - <<'EOF'
@@ -30,14 +40,14 @@ print("native extension:", why or _native.load())
 sys.exit(1 if why else 0)
 EOF
 
-echo "== [2/3] reduction header tests: cmake + ctest"
+echo "== [2/4] reduction header tests: cmake + ctest"
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
 cmake -S . -B "$BUILD/cmake" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null
 nice -n 10 cmake --build "$BUILD/cmake" --target test_reduce
 ctest --test-dir "$BUILD/cmake" --output-on-failure
 
-echo "== [3/3] nvcc: every csrc .cu for sm_${ARCHS// /, sm_}, -Xptxas -v, no spills"
+echo "== [3/4] nvcc: every kernel .cu for sm_${ARCHS// /, sm_}, -Xptxas -v, no spills"
 if ! command -v "$NVCC" >/dev/null; then
   if [ "${DITFLOW_FAST_REQUIRE_NVCC:-0}" = 1 ]; then
     echo "nvcc not found and DITFLOW_FAST_REQUIRE_NVCC=1" >&2
@@ -46,8 +56,8 @@ if ! command -v "$NVCC" >/dev/null; then
   echo "nvcc not found: CUDA compile check skipped"
   exit 0
 fi
-mapfile -t CU_FILES < <(find csrc -name '*.cu' | sort)
-[ "${#CU_FILES[@]}" -gt 0 ] || { echo "no .cu files under csrc/" >&2; exit 1; }
+mapfile -t CU_FILES < <(listed cuda | grep '\.cu$')
+[ "${#CU_FILES[@]}" -gt 0 ] || { echo "no .cu files in the [cuda] section of csrc/sources.txt" >&2; exit 1; }
 # Same device flags as setup.py's CUDA build.
 NVCC_FLAGS=(-std=c++17 -O3 --use_fast_math -lineinfo -Icsrc -Xptxas -v)
 failed=0
@@ -93,3 +103,8 @@ mv "$REPORT.tmp" "$REPORT"
 cat "$REPORT"
 [ "$failed" = 0 ] || { echo "CUDA compile check failed" >&2; exit 1; }
 echo "CUDA compile check: ${#CU_FILES[@]} file(s) x sm_${ARCHS// /, sm_}, no spills"
+
+echo "== [4/4] CUDA launcher check (plain nvcc, no torch)"
+mapfile -t CHECK_SRC < <(listed cuda_test)
+nice -n 10 "$NVCC" -std=c++17 -O2 -Icsrc -arch=sm_80 "${CHECK_SRC[@]}" "${CU_FILES[@]}" -o "$BUILD/cuda_launch_check"
+"$BUILD/cuda_launch_check"
