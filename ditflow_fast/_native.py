@@ -33,6 +33,7 @@ OP_NAMESPACE = "ditflow_fast_native"
 # -fno-trapping-math lets GCC vectorise the branch-free exp of amf_reduce.h (results are unchanged).
 CXX_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
 LD_FLAGS = ["-fopenmp"]
+NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]  # as setup.py
 
 _lock = threading.Lock()
 _state: dict[str, object] = {"loaded": None, "error": None}
@@ -93,28 +94,39 @@ def _loaded(origin: str) -> str:
     return origin
 
 
-def build(verbose: bool = True) -> str:
-    """Compile (or reuse) the CPU extension just in time and load it; returns where it came from.
+def _cuda_buildable() -> bool:
+    from torch.utils import cpp_extension
 
-    Needs the repository's ``csrc/`` (an editable checkout), a C++ compiler and ninja.
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+
+def build(verbose: bool = True, cuda: bool | None = None) -> str:
+    """Compile (or reuse) the extension just in time and load it; returns where it came from.
+
+    Needs the repository's ``csrc/`` (an editable checkout), a C++ compiler and ninja. ``cuda``
+    adds the CUDA kernels (default: when torch is a CUDA build and ``CUDA_HOME`` finds a toolkit;
+    the arches come from ``TORCH_CUDA_ARCH_LIST``).
     """
     with _lock:
         if _state["loaded"]:
             return str(_state["loaded"])
         from torch.utils import cpp_extension
 
-        out = build_dir()
+        with_cuda = _cuda_buildable() if cuda is None else cuda
+        name = "ditflow_fast_native_cuda" if with_cuda else "ditflow_fast_native_cpu"
+        out = build_dir() / name
         out.mkdir(parents=True, exist_ok=True)
-        srcs = [str(REPO_ROOT / s) for s in sources("cpu")]
+        srcs = [str(REPO_ROOT / s) for s in sources("cpu") + (sources("cuda") if with_cuda else [])]
         cpp_extension.load(
-            name="ditflow_fast_native_cpu",
+            name=name,
             sources=srcs,
-            extra_cflags=CXX_FLAGS,
+            extra_cflags=CXX_FLAGS + (["-DDITFLOW_FAST_WITH_CUDA"] if with_cuda else []),
+            extra_cuda_cflags=NVCC_FLAGS,
             extra_ldflags=LD_FLAGS,
             extra_include_paths=[str(REPO_ROOT / "csrc")],
             build_directory=str(out),
             verbose=verbose,
-            with_cuda=False,
+            with_cuda=with_cuda,
             is_python_module=False,
         )
         return _loaded(f"jit:{out}")
