@@ -37,7 +37,7 @@ int64_t env_int(const char* name, int64_t fallback) {
 // How the forward cuts the work: query tiles of `rows` rows (every thread gets the same number of
 // tiles when the shape allows) and, per GEMM, `group` consecutive key frames, as many as keep the
 // rows x (group * hw) score tile within the tile budget. Wider tiles amortise MKL's packing of the
-// query tile over more keys; the budget keeps the tile in this core's share of the cache.
+// query tile over more keys; the budget keeps the tile in cache (L2 plus this core's share of L3).
 struct Plan {
   int64_t rows, tiles_per_batch, group;
 };
