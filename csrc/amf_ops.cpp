@@ -11,7 +11,12 @@
 
 #include "amf_cpu.h"
 
+// Bumped whenever a schema below or the meaning of an op changes: ditflow_fast/_native.py refuses a
+// prebuilt module of another version (a stale build) with a message instead of failing mid-call.
+constexpr int64_t kAbiVersion = 1;
+
 TORCH_LIBRARY(ditflow_fast_native, m) {
+  m.def("abi_version() -> int", [] { return kAbiVersion; });
   // soft=True: softmax-weighted mean position and lse; soft=False: position of the first maximum of
   // <qc[m], kc[n]> (alpha is ignored) and an empty lse.
   m.def("amf_forward(Tensor qc, Tensor kc, int frames, int height, int width, float alpha, bool soft) "

@@ -228,3 +228,19 @@ def test_cuda_forward_matches_reference(shape, dtype):
     arg = compute_amf(q, k, backend="cuda", mode="argmax", **kw)
     # bf16/fp16 products are exact in fp32; the fp32 sums over H*d terms round to ~1e-4 of a score.
     assert_argmax_agrees(arg.cpu(), q.cpu(), k.cpu(), f, h, w, text, atol=1e-3)
+
+
+def test_loaded_module_has_this_packages_ops_version():
+    assert _native.ops().abi_version() == _native.ABI_VERSION
+
+
+def test_a_stale_build_is_refused_with_a_reason():
+    import subprocess
+    import sys
+
+    code = ("import ditflow_fast._native as n\n"
+            "n.ABI_VERSION = -1\n"
+            "print(n.why_unavailable())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "stale build" in out.stdout and "rebuild" in out.stdout
