@@ -128,3 +128,11 @@ def test_reduction_header_cpp_test_passes(tmp_path):
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert "all checks passed" in run.stdout
+
+
+def test_ci_script_parses_and_reads_the_source_list():
+    script = ROOT / ".ci" / "native.sh"
+    assert os.access(script, os.X_OK), ".ci/native.sh must be executable"
+    out = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "csrc/sources.txt" in script.read_text()
