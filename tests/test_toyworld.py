@@ -136,3 +136,13 @@ def test_media_files(tmp_path):
     with Image.open(png) as im:
         assert im.size[1] >= 2 * 32 * 3
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_object_area():
+    from ditflow_fast.toyworld.metrics import object_area
+    from ditflow_fast.toyworld.world import colour_of, condition_index
+
+    clip = make_clip(np.random.default_rng(0), condition=condition_index("square", "blue"))
+    area = object_area(clip.video, colour_of(clip.condition))
+    assert 0.5 * 11 * 11 < area < 11 * 11  # a ~10 px square, weights <= 1 (texture and edges lower them)
+    assert object_area(clip.video, COLOURS["red"]) < 1.0

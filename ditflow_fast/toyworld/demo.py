@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import media
-from .metrics import endpoint_error, motion_fidelity, track_colour, track_condition
+from .metrics import endpoint_error, motion_fidelity, object_area, track_colour, track_condition
 from .model import DEFAULT_DIR, load_model
 from .settings import ROWS, DemoSettings
 from .world import (
@@ -39,6 +39,7 @@ from .world import (
     KINDS,
     NULL_CONDITION,
     Clip,
+    colour_of,
     condition_index,
     condition_name,
     condition_parts,
@@ -134,6 +135,7 @@ def run_demo(out, *, model_dir=DEFAULT_DIR, clips: int = 5, seeds: int = 5, rows
     for ci, ref in enumerate(refs):
         user = ref.condition == NULL_CONDITION
         ref_track = ref.track if user else track_condition(ref.video, ref.condition)
+        ref_area = None if user else object_area(ref.video, colour_of(ref.condition))
         first = other_condition(ref.condition, 1) if target is None else target
         zs_target = other_condition(ref.condition, 2) if target is None else other_condition(target, 1)
         for seed in range(seeds):
@@ -152,6 +154,7 @@ def run_demo(out, *, model_dir=DEFAULT_DIR, clips: int = 5, seeds: int = 5, rows
                                motion_fidelity=motion_fidelity(ref_track, track) if scored else float("nan"),
                                endpoint_error_px=endpoint_error(ref_track, track),
                                tracked_frames=int(np.isfinite(track).all(axis=1).sum()),
+                               area_ratio=object_area(video, colour_of(cond)) / ref_area if ref_area else float("nan"),
                                final_loss=_final_loss(losses), seconds=round(time.monotonic() - r0, 2))
                     records.append(rec)
                     videos.append(video)
@@ -190,6 +193,7 @@ def summarise(records: list[dict], rows) -> dict:
                         epe_mean=float(epe.mean()) if epe.size else float("nan"),
                         epe_std=float(epe.std()) if epe.size else float("nan"),
                         tracked=float(np.mean([r["tracked_frames"] for r in rs])),
+                        area_ratio=float(np.mean([r["area_ratio"] for r in rs])),
                         seconds=float(np.mean([r["seconds"] for r in rs])))
     return out
 
@@ -214,8 +218,9 @@ def summary_markdown(summary: dict, meta: dict) -> str:
     lines = [f"Motion transfer on the tiny DiT: {meta['clips']} reference clips x {meta['seeds']} seeds "
              f"(clip seed {meta['clip_seed']}), settings {json.dumps(meta['settings'])}, {meta['seconds']} s.",
              "", "| method | runs | Motion Fidelity (mean ± std) | endpoint error px (mean ± std) | "
-             "frames tracked | s / run |", "| --- | --- | --- | --- | --- | --- |"]
+             "frames tracked | object area / reference | s / run |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for row, s in summary.items():
         lines.append(f"| {row} | {s['n']} | {s['mf_mean']:+.3f} ± {s['mf_std']:.3f} | "
-                     f"{s['epe_mean']:.2f} ± {s['epe_std']:.2f} | {s['tracked']:.1f} | {s['seconds']:.1f} |")
+                     f"{s['epe_mean']:.2f} ± {s['epe_std']:.2f} | {s['tracked']:.1f} | {s['area_ratio']:.2f} | "
+                     f"{s['seconds']:.1f} |")
     return "\n".join(lines) + "\n"

@@ -27,11 +27,8 @@ import numpy as np
 from .world import colour_of
 
 
-def track_colour(video: np.ndarray, colour, *, radius: float = 0.12, min_weight: float = 2.0) -> np.ndarray:
-    """Centroid ``[F, 2]`` (x, y) of the pixels near ``colour`` in ``video`` ``[F, 3, H, W]`` (values in [0, 1]).
-
-    ``radius``: chromaticity distance at which a pixel stops counting; ``min_weight``: a frame whose
-    total weight is below this (in pixels) has no position (NaN)."""
+def colour_weights(video: np.ndarray, colour, *, radius: float = 0.12) -> np.ndarray:
+    """``[F, H, W]`` weight of each pixel for ``colour``: ``max(0, 1 - chroma distance / radius)``."""
     video = np.asarray(video, np.float64)
     if video.ndim != 4 or video.shape[1] != 3:
         raise ValueError(f"video must be [F, 3, H, W], got shape {video.shape}")
@@ -39,8 +36,16 @@ def track_colour(video: np.ndarray, colour, *, radius: float = 0.12, min_weight:
     chroma = video / np.maximum(video.sum(axis=1, keepdims=True), 1e-6)
     target = colour / colour.sum()
     dist = np.sqrt(((chroma - target[None, :, None, None]) ** 2).sum(axis=1))  # [F, H, W]
-    w = np.clip(1.0 - dist / radius, 0.0, None)
-    h, wd = video.shape[2:]
+    return np.clip(1.0 - dist / radius, 0.0, None)
+
+
+def track_colour(video: np.ndarray, colour, *, radius: float = 0.12, min_weight: float = 2.0) -> np.ndarray:
+    """Centroid ``[F, 2]`` (x, y) of the pixels near ``colour`` in ``video`` ``[F, 3, H, W]`` (values in [0, 1]).
+
+    ``radius``: chromaticity distance at which a pixel stops counting; ``min_weight``: a frame whose
+    total weight is below this (in pixels) has no position (NaN)."""
+    w = colour_weights(video, colour, radius=radius)
+    h, wd = w.shape[1:]
     yy, xx = np.mgrid[0:h, 0:wd]
     total = w.sum(axis=(1, 2))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -49,6 +54,14 @@ def track_colour(video: np.ndarray, colour, *, radius: float = 0.12, min_weight:
     out = np.stack([cx, cy], axis=-1)
     out[total < min_weight] = np.nan
     return out
+
+
+def object_area(video: np.ndarray, colour, *, radius: float = 0.12) -> float:
+    """Mean per-frame colour weight (pixels) of ``colour``: how much of the frame the object covers.
+
+    A generation whose area is far from the reference's has lost the object or smeared its colour
+    (an artefact a trajectory score alone does not see)."""
+    return float(colour_weights(video, colour, radius=radius).sum(axis=(1, 2)).mean())
 
 
 def track_condition(video: np.ndarray, condition: int, **kw) -> np.ndarray:
