@@ -18,12 +18,17 @@ ROWS = {
 
 @dataclass
 class DemoSettings:
-    """The sampling and guidance settings of the demo (the tiny model's counterparts of DiTFlow's defaults)."""
+    """The sampling and guidance settings of the demo (the tiny model's counterparts of DiTFlow's defaults).
 
-    steps: int = 30
-    guided_steps: int = 6
+    Chosen on tuning clips (clip seed 1) disjoint from the reported ones (clip seed 0); see
+    docs/toyworld.md. They differ from the paper's (10 of 50 steps guided, lr 0.002 -> 0.001, CFG 7):
+    the tiny model's own motion is weak, so half of the 20 steps are guided, and the pixel-space
+    latent takes a larger step."""
+
+    steps: int = 20
+    guided_steps: int = 10
     opt_iters: int = 5
-    lr: tuple[float, float] = (0.002, 0.001)
-    cfg_scale: float = 3.0
+    lr: tuple[float, float] = (0.01, 0.005)
+    cfg_scale: float = 5.0
     guidance_block: int | None = None  # None: the loop's default for a model this small (num_layers // 2)
     temperature: float = 2.0
