@@ -8,9 +8,12 @@ PRESET ?=
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py
+# --no-build-isolation lets setup.py see the installed torch and build the native CPU extension
+# (it prints why and goes on without it when there is no compiler).
+$(VENV)/.installed: pyproject.toml setup.py csrc/sources.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0 -e '.[dev]'
+	$(PY) -m pip install -q torch==2.13.0 'setuptools>=64' wheel
+	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
 	touch $@
 
 test: setup
