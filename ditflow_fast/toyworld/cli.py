@@ -40,7 +40,7 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--cfg", type=float, default=d.cfg_scale, help="classifier-free guidance scale")
     p.add_argument("--block", type=int, default=d.guidance_block, help="guidance block (default: the loop's)")
     p.add_argument("--gifs", choices=("first", "all", "none"), default="first")
-    p.add_argument("--quick", action="store_true", help="1 clip, 1 seed, 8 steps (2 guided, 2 iterations)")
+    p.add_argument("--quick", action="store_true", help="1 clip, 1 seed, 8 steps (4 guided, 2 iterations)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.set_defaults(func=_cmd_demo)
 
@@ -57,7 +57,7 @@ def _cmd_demo(args) -> int:
         if getattr(args, name) < 1:
             raise SystemExit(f"ditflow-fast demo: --{name.replace('_', '-')} must be positive")
     if args.quick:
-        args.clips, args.seeds, args.steps, args.guided_steps, args.opt_iters = 1, 1, 8, 2, 2
+        args.clips, args.seeds, args.steps, args.guided_steps, args.opt_iters = 1, 1, 8, 4, 2
     refs, target = None, None
     if args.target is not None:
         from .world import condition_index
