@@ -50,7 +50,9 @@ def test_in_fresh_interpreter_process():
         cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=900,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
-    assert " passed" in run.stdout
+    # Only this wrapper and the compile check may skip there; every kernel test must have run.
+    summary = run.stdout.strip().splitlines()[-1]
+    assert "2 skipped" in summary and int(summary.split(" passed")[0].split()[-1]) >= 20, summary
 
 
 @pytest.mark.skipif(os.environ.get("DITFLOW_FAST_INTERP_RERUN") == "1", reason="the outer process ran it")
