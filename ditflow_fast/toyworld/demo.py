@@ -180,7 +180,10 @@ def _final_loss(losses: dict) -> float | None:
 
 
 def summarise(records: list[dict], rows) -> dict:
-    """Per row: mean, std, and the per-clip means of Motion Fidelity and endpoint error."""
+    """Per row: mean and std of Motion Fidelity, endpoint error, area ratio; and, paired by (clip, seed)
+    with the "no guidance" run from the same noise, the mean and std of the MF difference and the
+    number of pairs the row wins."""
+    base = {(r["clip"], r["seed"]): r["motion_fidelity"] for r in records if r["row"] == "no guidance"}
     out = {}
     for row in rows:
         rs = [r for r in records if r["row"] == row]
@@ -195,6 +198,11 @@ def summarise(records: list[dict], rows) -> dict:
                         tracked=float(np.mean([r["tracked_frames"] for r in rs])),
                         area_ratio=float(np.mean([r["area_ratio"] for r in rs])),
                         seconds=float(np.mean([r["seconds"] for r in rs])))
+        diffs = np.array([r["motion_fidelity"] - base[(r["clip"], r["seed"])] for r in rs
+                          if (r["clip"], r["seed"]) in base])
+        if row != "no guidance" and diffs.size:
+            out[row].update(d_mean=float(diffs.mean()), d_std=float(diffs.std()), wins=int((diffs > 0).sum()),
+                            pairs=int(diffs.size))
     return out
 
 
@@ -223,4 +231,12 @@ def summary_markdown(summary: dict, meta: dict) -> str:
         lines.append(f"| {row} | {s['n']} | {s['mf_mean']:+.3f} ± {s['mf_std']:.3f} | "
                      f"{s['epe_mean']:.2f} ± {s['epe_std']:.2f} | {s['tracked']:.1f} | {s['area_ratio']:.2f} | "
                      f"{s['seconds']:.1f} |")
+    paired = [(row, s) for row, s in summary.items() if "d_mean" in s]
+    if paired:
+        lines += ["", "Paired with *no guidance* (same clip, seed and initial noise): Motion Fidelity difference.", "",
+                  "| method | MF - MF(no guidance) (mean ± std) | standard error | pairs won |",
+                  "| --- | --- | --- | --- |"]
+        for row, s in paired:
+            se = s["d_std"] / max(s["pairs"] - 1, 1) ** 0.5
+            lines.append(f"| {row} | {s['d_mean']:+.3f} ± {s['d_std']:.3f} | {se:.3f} | {s['wins']} / {s['pairs']} |")
     return "\n".join(lines) + "\n"
