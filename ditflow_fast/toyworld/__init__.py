@@ -6,7 +6,9 @@
 - :mod:`.sample`: plain sampling with classifier-free guidance;
 - :mod:`.metrics`: colour tracker and the Motion Fidelity score;
 - :mod:`.media`: GIF / PNG output;
-- :mod:`.demo`: ``ditflow-fast demo``, every guidance row through :mod:`ditflow_fast.guidance`.
+- :mod:`.diagnostics`: per-block AMF accuracy against the world's ground truth;
+- :mod:`.settings`, :mod:`.demo`, :mod:`.cli`: ``ditflow-fast demo``, every guidance row through
+  :mod:`ditflow_fast.guidance`.
 
 Nothing here imports diffusers at import time.
 """
