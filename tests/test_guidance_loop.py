@@ -152,3 +152,11 @@ def test_several_guidance_blocks_average_their_losses():
         gb = _guide(True, guidance_blocks=(b,), guided_steps=1, steps=1)
         singles.append(float(gb._loss(gb.noise.float(), gb.timesteps[0], None, gb.reference_targets())))
     assert abs(both - sum(singles) / 2) < 1e-5
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_rope_emb_mode_with_and_without_checkpointing(checkpointing, tmp_path):
+    # The RoPE tables' gradient needs the un-rotated q/k: an in-place RoPE write would break it
+    # when no checkpointing re-runs the block.
+    res = _guide(True, opt_mode="emb", gradient_checkpointing=checkpointing).run(progress=False, embeds_dir=tmp_path)
+    assert len(res.saved_embeddings) == GUIDED and torch.isfinite(res.latents).all()

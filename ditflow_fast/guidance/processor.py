@@ -105,10 +105,12 @@ class GuidedAttnProcessor:
             from diffusers.models.embeddings import apply_rotary_emb
 
             q_rope, k_rope = split_rope(image_rotary_emb)
-            # RoPE on the video tokens only, written in place as the stock processor does.
-            query[:, :, text_len:] = apply_rotary_emb(query[:, :, text_len:], q_rope)
+            # RoPE on the video tokens only. The stock processor writes it in place; a new tensor
+            # gives the same values and keeps the un-rotated q/k that the RoPE tables' gradient
+            # needs (emb mode without checkpointing would otherwise fail in backward).
+            query = torch.cat([query[:, :, :text_len], apply_rotary_emb(query[:, :, text_len:], q_rope)], dim=2)
             if not attn.is_cross_attention:
-                key[:, :, text_len:] = apply_rotary_emb(key[:, :, text_len:], k_rope)
+                key = torch.cat([key[:, :, :text_len], apply_rotary_emb(key[:, :, text_len:], k_rope)], dim=2)
 
         if ctrl.armed and idx in ctrl.qk_blocks:
             # Views into q/k: they keep the graph, and injection below never writes into them.

@@ -75,8 +75,8 @@ class ToyTransfer:
                              seed=seed, gradient_checkpointing=row == "DiTFlow emb", dtype="float32", device="cpu",
                              guidance_blocks=blocks,
                              inject_embeds=None if inject_embeds is None else str(inject_embeds), **ROWS[row])
-        # Checkpointing only for the emb row: without it, the processor's in-place RoPE write into q/k
-        # (as diffusers does it) breaks the backward into the RoPE tables (reported on the guidance issue).
+        # Checkpointing for the emb row only: the committed results were made so, when the processor still
+        # wrote RoPE in place and emb mode needed it; it no longer does (tests/test_guidance_loop.py).
         return cfg.resolve(self.transformer, "cpu")
 
     def generate(self, reference: Clip, condition: int, row: str, seed: int, *, embeds_dir=None,
