@@ -27,10 +27,7 @@ def elem_size(dtype: torch.dtype) -> int:
 def predicted_bytes(spec: CaseSpec) -> int | None:
     """Predicted peak extra bytes of a materialising case; None for the bounded ones.
 
-    research: ``research_bytes`` counts the ``[H, N, N]`` scores once, but measured here the
-    research procedure holds two ``[H, N, N]`` tensors at once (the per-head scores and their
-    scaled copy: 675 MB measured against 2*H*N^2*4 = 669 MB at cpu-5b in float32), and its
-    backward a few ``N x N`` more; the larger of the two predictions is used.
+    research: :func:`ditflow_fast.reference.research_bytes`.
     reference: the same pattern in float64.
     """
     p = spec.geometry
@@ -38,9 +35,8 @@ def predicted_bytes(spec: CaseSpec) -> int | None:
     if spec.impl == RESEARCH:
         from ..reference import research_bytes
 
-        e = elem_size(spec.torch_dtype)
-        extra = 12 if spec.mode == "soft_fwd_bwd" else 3
-        return max(research_bytes(p.heads, p.frames, p.height, p.width, e), (2 * p.heads + extra) * n2 * e)
+        return research_bytes(p.heads, p.frames, p.height, p.width, elem_size(spec.torch_dtype),
+                              backward=spec.mode == "soft_fwd_bwd")
     if spec.impl == "reference":
         extra = 12 if spec.mode == "soft_fwd_bwd" else 4
         return (2 * p.heads + extra) * n2 * 8

@@ -14,8 +14,8 @@ autograd, and the VAE decodes after the loop, sliced/tiled). With ``T = L_text +
   and backward temporaries (3);
 - captured q and k ``2 * H*N*d * b`` plus their gradients (the same again);
 - the AMF: this package's torch backend works in row chunks under a score budget (256 MiB) and
-  keeps ``F*N`` log-sum-exps; the research code materialises ``[H, N, N]`` scores plus three
-  ``[N, N]`` copies (``(H + 3) N^2 b``, :func:`ditflow_fast.reference.research_bytes`);
+  keeps ``F*N`` log-sum-exps; the research code holds two ``[H, N, N]`` score tensors at once plus
+  three ``[N, N]`` copies (``(2H + 3) N^2 b``, :func:`ditflow_fast.reference.research_bytes`);
 - the optimised tensor in fp32 with its gradient and Adam's two moments (``4x``).
 """
 
