@@ -3,8 +3,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?=
+DEMO_ARGS ?=
 
-.PHONY: setup test lint bench bench-gpu fresh-check clean
+.PHONY: setup test lint demo bench bench-gpu fresh-check clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +23,10 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# One thread: the tiny model's small ops run faster single-threaded than two threads contending.
+demo: setup
+	$(VENV)/bin/ditflow-fast demo --threads 1 $(DEMO_ARGS)
+
 bench: setup
 	$(VENV)/bin/ditflow-fast bench $(if $(PRESET),--preset $(PRESET),)
 
@@ -36,4 +41,4 @@ fresh-check:
 	$(MAKE) -C /tmp/ditflow_fast_fresh lint test
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache ditflow_demo
