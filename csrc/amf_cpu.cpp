@@ -76,6 +76,85 @@ void check_inputs(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
               " != frames*height*width=", frames * height * width);
 }
 
+// Row reductions of one forward score tile and the backward's logit-gradient pass: the only loops
+// of ours over N^2 elements. For float they are compiled for three x86-64 levels (AVX-512, AVX2+FMA,
+// baseline) and GCC picks one when the module loads (target_clones), so the vectorised exp of
+// amf_reduce.h runs 16 wide where the CPU allows without building for one machine.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define AMF_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define AMF_TARGET_CLONES
+#endif
+
+template <typename T>
+struct TileArgs {
+  const T* s;       // score tile, rows x (groups * hw), row pitch ld
+  int64_t ld, rows, groups, hw, frames;
+  int64_t out0;     // [B, N, F] flat index of (first row, first frame of the group)
+  T alpha;
+  const T *px, *py;
+  T *tgt, *lse;
+};
+
+template <typename T>
+inline void reduce_tile_impl(const TileArgs<T>& a, bool soft) {
+  for (int64_t r = 0; r < a.rows; ++r) {
+    for (int64_t jj = 0; jj < a.groups; ++jj) {
+      const int64_t out = a.out0 + r * a.frames + jj;
+      const T* row = a.s + r * a.ld + jj * a.hw;
+      if (soft) {
+        SoftState<T> st = soft_init<T>();
+        soft_block(st, row, a.alpha, a.px, a.py, static_cast<int>(a.hw));
+        const SoftResult<T> res = soft_finish(st);
+        a.tgt[2 * out] = res.ox;
+        a.tgt[2 * out + 1] = res.oy;
+        a.lse[out] = res.lse;
+      } else {
+        ArgmaxState<T> st = argmax_init<T>();
+        argmax_block(st, row, 0, static_cast<int>(a.hw));
+        a.tgt[2 * out] = a.px[st.index];
+        a.tgt[2 * out + 1] = a.py[st.index];
+      }
+    }
+  }
+}
+
+AMF_TARGET_CLONES void reduce_tile_f32(const TileArgs<float>& a, bool soft) { reduce_tile_impl(a, soft); }
+void reduce_tile(const TileArgs<float>& a, bool soft) { reduce_tile_f32(a, soft); }
+void reduce_tile(const TileArgs<double>& a, bool soft) { reduce_tile_impl(a, soft); }
+
+template <typename T>
+struct DzArgs {
+  T* s;             // scores of a row chunk against all keys, row pitch n; overwritten with dz
+  int64_t n, hw, frames;
+  int64_t at0;      // [B, N, F] flat index of the chunk's first row, frame 0
+  T alpha;
+  const T *px, *py, *tgt, *lse, *g;
+};
+
+// items = (row, frame) pairs of the chunk: dz = p * (<g, pos(n)> - <g, o>), p = exp(z - lse).
+template <typename T>
+inline void logit_grads_impl(const DzArgs<T>& a, int64_t begin, int64_t end) {
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t r = item / a.frames, j = item % a.frames;
+    const int64_t at = a.at0 + item;
+    const T gx = a.g[2 * at], gy = a.g[2 * at + 1];
+    const T g_dot_o = gx * a.tgt[2 * at] + gy * a.tgt[2 * at + 1];
+    const T l = a.lse[at];
+    T* row = a.s + r * a.n + j * a.hw;
+    const T *px = a.px, *py = a.py;
+    const T alpha = a.alpha;
+    AMF_SIMD
+    for (int64_t c = 0; c < a.hw; ++c) row[c] = soft_logit_grad(alpha * row[c], l, gx, gy, px[c], py[c], g_dot_o);
+  }
+}
+
+AMF_TARGET_CLONES void logit_grads_f32(const DzArgs<float>& a, int64_t begin, int64_t end) {
+  logit_grads_impl(a, begin, end);
+}
+void logit_grads(const DzArgs<float>& a, int64_t begin, int64_t end) { logit_grads_f32(a, begin, end); }
+void logit_grads(const DzArgs<double>& a, int64_t begin, int64_t end) { logit_grads_impl(a, begin, end); }
+
 template <typename T>
 void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, int64_t hw, const std::vector<T>& px,
                   const std::vector<T>& py, T alpha, bool soft, at::Tensor& target, at::Tensor& lse) {
@@ -95,27 +174,9 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
         const int64_t g = std::min(plan.group, frames - j0);
         at::Tensor s = tile.narrow(0, 0, nr * g * hw).view({nr, g * hw});
         at::mm_out(s, q_tile, kc[b].narrow(0, j0 * hw, g * hw).t());
-        const T* sp = s.data_ptr<T>();
-        const int64_t ld = s.stride(0);
-        for (int64_t r = 0; r < nr; ++r) {
-          for (int64_t jj = 0; jj < g; ++jj) {
-            const int64_t out = (b * n + r0 + r) * frames + j0 + jj;  // [B, N, F] flat index
-            const T* row = sp + r * ld + jj * hw;
-            if (soft) {
-              SoftState<T> st = soft_init<T>();
-              soft_block(st, row, alpha, px.data(), py.data(), static_cast<int>(hw));
-              const SoftResult<T> res = soft_finish(st);
-              tgt[2 * out] = res.ox;
-              tgt[2 * out + 1] = res.oy;
-              lse_ptr[out] = res.lse;
-            } else {
-              ArgmaxState<T> st = argmax_init<T>();
-              argmax_block(st, row, 0, static_cast<int>(hw));
-              tgt[2 * out] = px[st.index];
-              tgt[2 * out + 1] = py[st.index];
-            }
-          }
-        }
+        const TileArgs<T> args{s.data_ptr<T>(), s.stride(0), nr,    g,           hw,  frames,
+                               (b * n + r0) * frames + j0,    alpha, px.data(), py.data(), tgt, lse_ptr};
+        reduce_tile(args, soft);
       }
     }
   });
@@ -149,16 +210,8 @@ void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
       at::mm_out(s, q_r, kc[b].t());
       T* sp = s.data_ptr<T>();
       at::parallel_for(0, nr * frames, 16, [&](int64_t begin, int64_t end) {
-        for (int64_t item = begin; item < end; ++item) {
-          const int64_t r = item / frames, j = item % frames;
-          const int64_t at_ = (b * n + r0 + r) * frames + j;  // [B, N, F] flat index
-          const T gx = g[2 * at_], gy = g[2 * at_ + 1];
-          const T g_dot_o = gx * tgt[2 * at_] + gy * tgt[2 * at_ + 1];
-          const T l = lse_ptr[at_];
-          T* row = sp + r * n + j * hw;
-          AMF_SIMD
-          for (int64_t c = 0; c < hw; ++c) row[c] = soft_logit_grad(alpha * row[c], l, gx, gy, px[c], py[c], g_dot_o);
-        }
+        const DzArgs<T> args{sp, n, hw, frames, (b * n + r0) * frames, alpha, px.data(), py.data(), tgt, lse_ptr, g};
+        logit_grads(args, begin, end);
       });
       // beta = 0: dq starts uninitialised and each row chunk is written exactly once
       if (want_q) dq[b].narrow(0, r0, nr).addmm_(s, kc[b], 0.0, alpha);
