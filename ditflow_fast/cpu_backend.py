@@ -21,9 +21,10 @@ from .dispatch import Backend, register
 from .geometry import patch_coords
 from .torch_backend import _concat_heads, _from_output_layout, _to_output_layout
 
-# Ahead of the torch backend (auto_rank 100) under "auto": in benchmarks/results/native_cpu-5b.jsonl
-# (`ditflow-fast bench --preset cpu-5b`, two runs on the 2-core machine) it was faster in argmax,
-# soft and soft forward+backward each time (see docs/native.md).
+# Ahead of the torch backend (auto_rank 100) under "auto". benchmarks/results/native_cpu-5b.jsonl
+# (`ditflow-fast bench --preset cpu-5b`, 2-core machine): soft forward+backward faster in every run
+# (4-6% quiet, 8-20% loaded), soft forward faster in the runs since the multi-ISA reductions, argmax
+# a tie when the machine is quiet (faster when loaded), and less peak memory in every mode.
 AUTO_RANK = 90
 
 
