@@ -91,7 +91,7 @@ def test_unknown_backend():
     expect(ValueError, "backend must be 'auto' or one of", *qk(), backend="nope")
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 @pytest.mark.parametrize("which", ["q", "k"])
 def test_non_finite_input_is_an_error(bad, which):
     q, k = qk()
