@@ -16,14 +16,7 @@ from ditflow_fast.cli import main  # noqa: E402
 from ditflow_fast.guidance import tiny  # noqa: E402
 from ditflow_fast.video_io import VideoError, read_video, write_video  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny ops on a shared 2-core machine: one thread avoids oversubscription (30x faster here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

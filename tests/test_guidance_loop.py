@@ -15,13 +15,7 @@ from ditflow_fast.guidance.loop import Guide  # noqa: E402
 STEPS, GUIDED = 4, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny ops on a shared 2-core machine: one thread avoids oversubscription (30x faster here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _guide(rope=True, latent_frames=3, **kw):

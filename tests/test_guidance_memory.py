@@ -19,12 +19,7 @@ from ditflow_fast.reference import research_bytes  # noqa: E402
 HEADS, FRAMES, HH, WW, TEXT = 6, 3, 10, 14, 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _measured_peak(tmp_path, checkpointing: bool, block: int) -> tuple[int, dict]:

@@ -13,13 +13,7 @@ from ditflow_fast.guidance import forward, processor, tiny  # noqa: E402
 F_LAT, H_LAT, W_LAT = 3, 6, 8  # 3 latent frames of 3 x 4 patches
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny ops on a shared 2-core machine: one thread avoids oversubscription (30x faster here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(batch=2, seed=1):
