@@ -43,18 +43,24 @@ def predicted_bytes(spec: CaseSpec) -> int | None:
     return None
 
 
+def meminfo_bytes(field: str) -> int | None:
+    """A ``/proc/meminfo`` field (``MemTotal``, ``MemAvailable``...) in bytes; None where there is none."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def available_bytes(device: str) -> int:
     """Memory free for a new allocation now: MemAvailable on the CPU, free device memory on CUDA."""
     if device.startswith("cuda"):
         return torch.cuda.mem_get_info(torch.device(device))[0]
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    avail = meminfo_bytes("MemAvailable")
+    return avail if avail is not None else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def fit_limit(device: str, override: int | None = None) -> int:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .memory import meminfo_bytes
+
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -27,21 +29,11 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _ram_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
 
 def machine_info() -> dict:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": _cpu_model(), "cores": cores, "ram_bytes": _ram_bytes(), "gpu": gpu,
+    return {"cpu": _cpu_model(), "cores": cores, "ram_bytes": meminfo_bytes("MemTotal"), "gpu": gpu,
             "hostname": platform.node(), "os": platform.platform()}
 
 
