@@ -12,7 +12,7 @@ pytest.importorskip("diffusers")
 
 from ditflow_fast.toyworld.model import DEFAULT_DIR, build_transformer, load_model, rope  # noqa: E402
 from ditflow_fast.toyworld.sample import sample  # noqa: E402
-from ditflow_fast.toyworld.train import train, training_batch  # noqa: E402
+from ditflow_fast.toyworld.train import learning_rate, train, training_batch  # noqa: E402
 from ditflow_fast.toyworld.world import NULL_CONDITION  # noqa: E402
 
 
@@ -32,8 +32,23 @@ def test_training_batch_is_a_function_of_seed_and_step():
     assert 0 < (conds == NULL_CONDITION).float().mean() < 0.25  # condition dropout happens, not too often
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
-    kw = dict(batch=2, warmup=2, save_every=2, log_every=1, threads=1)
+def test_learning_rate_schedule():
+    # warm-up, constant, cosine decay, then the final value: a pure function of the step
+    kw = dict(warmup=4, lr_final=1e-4, anneal_start=10, anneal_end=20)
+    assert learning_rate(0, 1e-3, **kw) == pytest.approx(2.5e-4)
+    assert learning_rate(3, 1e-3, **kw) == learning_rate(9, 1e-3, **kw) == pytest.approx(1e-3)
+    assert learning_rate(15, 1e-3, **kw) == pytest.approx(5.5e-4)  # half way: the mean of the two
+    assert learning_rate(20, 1e-3, **kw) == learning_rate(10**6, 1e-3, **kw) == pytest.approx(1e-4)
+    lrs = [learning_rate(s, 1e-3, **kw) for s in range(10, 21)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert learning_rate(15, 1e-3, warmup=4) == pytest.approx(1e-3)  # no lr_final: constant after warm-up
+    with pytest.raises(ValueError, match="anneal_start"):
+        train("unused", "unused", max_steps=0, lr_final=1e-4, anneal_start=5, anneal_end=5)
+
+
+@pytest.mark.parametrize("anneal", [{}, dict(lr_final=1e-5, anneal_start=1, anneal_end=3)], ids=["constant", "cosine"])
+def test_resume_equals_uninterrupted_run(tmp_path, anneal):
+    kw = dict(batch=2, warmup=2, save_every=2, log_every=1, threads=1, **anneal)
     full = train(tmp_path / "a", tmp_path / "wa", max_steps=4, **kw)
     train(tmp_path / "b", tmp_path / "wb", max_steps=2, **kw)
     resumed = train(tmp_path / "b", tmp_path / "wb", max_steps=4, **kw)
@@ -43,9 +58,14 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
     log = (tmp_path / "b" / "train_log.txt").read_text().splitlines()
-    assert [int(line.split()[0]) for line in log if not line.startswith("#")] == [1, 2, 3, 4]
+    rows = [line.split() for line in log if not line.startswith("#")]
+    assert [int(r[0]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r[3]) for r in rows] == pytest.approx([learning_rate(s, 1e-3, warmup=2, **anneal) for s in range(4)],
+                                                        rel=1e-2)  # the log holds the lr each step used
+    assert any(line.startswith("# resumed at step 2") for line in log)
     world = json.loads((tmp_path / "b" / "world.json").read_text())
     assert world["train"]["steps"] == 4 and world["frames"] == 8
+    assert world["train"].get("lr_final") == anneal.get("lr_final")
     # the saved folder loads with diffusers' from_pretrained and samples
     tr, ce, sc = load_model(tmp_path / "b")
     v = sample(tr, ce, sc, [0, 5], steps=2, seed=1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -55,6 +56,22 @@ def _load_state(sd, net, ema, cond, ema_cond, opt) -> int:
     return int(sd["step"][0])
 
 
+def learning_rate(step: int, lr: float, *, warmup: int = 200, lr_final: float | None = None,
+                  anneal_start: int = 0, anneal_end: int = 0) -> float:
+    """The learning rate of training step ``step`` (0-based): a pure function of the step, so a
+    resumed run follows exactly the schedule of an uninterrupted one.
+
+    Linear warm-up over ``warmup`` steps; then ``lr`` until ``anneal_start``, a cosine decay to
+    ``lr_final`` reached at ``anneal_end``, and ``lr_final`` after it. ``lr_final=None``: constant ``lr``."""
+    scale = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if lr_final is None or step < anneal_start:
+        return lr * scale
+    if step >= anneal_end:
+        return lr_final * scale
+    frac = (step - anneal_start) / (anneal_end - anneal_start)
+    return (lr_final + (lr - lr_final) * 0.5 * (1.0 + math.cos(math.pi * frac))) * scale
+
+
 def training_batch(seed: int, step: int, batch: int, drop: float = 0.1):
     """``(x0 [B, F, 3, S, S] in [-1, 1], conditions [B])`` for one step, a pure function of (seed, step)."""
     rng = np.random.default_rng([seed, step])
@@ -65,9 +82,12 @@ def training_batch(seed: int, step: int, batch: int, drop: float = 0.1):
 
 def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0, max_steps: int = 100_000,
           batch: int = 12, lr: float = 1e-3, warmup: int = 200, ema_decay: float = 0.999, seed: int = 0,
-          save_every: int = 250, log_every: int = 50, threads: int = 1, beta_schedule: str = "scaled_linear") -> dict:
+          save_every: int = 250, log_every: int = 50, threads: int = 1, beta_schedule: str = "scaled_linear",
+          lr_final: float | None = None, anneal_start: int = 0, anneal_end: int = 0) -> dict:
     from safetensors.torch import load_file, save_file
 
+    if lr_final is not None and not 0 <= anneal_start < anneal_end:
+        raise ValueError(f"lr_final needs 0 <= anneal_start < anneal_end, got {anneal_start} and {anneal_end}")
     torch.set_num_threads(threads)
     out, work = Path(out), Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -86,11 +106,17 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
         print(f"resumed at step {step}")
     config = dict(seed=seed, batch=batch, lr=lr, warmup=warmup, ema_decay=ema_decay, threads=threads,
                   beta_schedule=beta_schedule,
+                  **({} if lr_final is None else dict(lr_schedule="constant, cosine decay from anneal_start to "
+                                                      "lr_final at anneal_end", lr_final=lr_final,
+                                                      anneal_start=anneal_start, anneal_end=anneal_end)),
                   objective="v_prediction MSE, uniform t in [0, 1000), 10% condition dropout")
     log_path = out / "train_log.txt"
     out.mkdir(parents=True, exist_ok=True)
     if step == 0:
         log_path.write_text(f"# {json.dumps(config)}\n# step  elapsed_s  loss(mean of last {log_every})  lr\n")
+    elif log_path.is_file():  # a resumed run says with which settings it went on
+        with open(log_path, "a") as fh:
+            fh.write(f"# resumed at step {step}: {json.dumps(config)}\n")
     t_start, losses = time.monotonic(), []
     elapsed0 = float(json.loads((work / "elapsed.json").read_text())["s"]) if (work / "elapsed.json").is_file() else 0.0
     ema_params, net_params = list(ema.parameters()), list(net.parameters())
@@ -113,7 +139,8 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
         pred = net(hidden_states=xt, encoder_hidden_states=cond(c), timestep=t, image_rotary_emb=image_rope,
                    return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred, target)
-        cur_lr = lr * min(1.0, (step + 1) / warmup)
+        cur_lr = learning_rate(step, lr, warmup=warmup, lr_final=lr_final, anneal_start=anneal_start,
+                               anneal_end=anneal_end)
         for group in opt.param_groups:
             group["lr"] = cur_lr
         opt.zero_grad(set_to_none=True)
@@ -145,13 +172,18 @@ def main(argv=None) -> int:
     p.add_argument("--max-steps", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=12)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-final", type=float, default=None,
+                   help="cosine-anneal the lr to this value from --anneal-start to --anneal-end (default: constant)")
+    p.add_argument("--anneal-start", type=int, default=0, help="step at which the cosine decay of the lr begins")
+    p.add_argument("--anneal-end", type=int, default=0, help="step at which the lr reaches --lr-final")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--beta-schedule", choices=("scaled_linear", "linear"), default="scaled_linear")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     a = p.parse_args(argv)
     res = train(a.out, a.work, minutes=a.minutes, max_steps=a.max_steps, batch=a.batch, lr=a.lr, seed=a.seed,
-                save_every=a.save_every, threads=a.threads, beta_schedule=a.beta_schedule)
+                save_every=a.save_every, threads=a.threads, beta_schedule=a.beta_schedule, lr_final=a.lr_final,
+                anneal_start=a.anneal_start, anneal_end=a.anneal_end)
     print(json.dumps(res))
     return 0
 
