@@ -1,0 +1,128 @@
+"""Is a sample the conditioned object moving coherently? Per-video quality numbers against the world.
+
+For a video that should show one object of a known condition (kind and colour), with the colour
+tracker of :mod:`.metrics`:
+
+- ``tracked``: frames in which the object's colour is found;
+- ``speed``: mean distance (px) the tracked centre moves per frame (the world: 0.75 to 2.25);
+- ``jerk``: mean ``|x[k+1] - 2 x[k] + x[k-1]|`` (px) of the tracked centre (the world: 0, constant velocity);
+- ``area``: mean pixels per frame of the object's colour (:func:`.metrics.object_area`);
+- ``iou``: per frame, the IoU of the colour mask (colour weight > 0.5) with the world's rendering of the
+  conditioned kind at the tracked centre (coverage > 0.5), averaged over tracked frames: 1 for a
+  crisp object of the right shape and size, low for a blob, a smear or a wrong size;
+- ``kind_ok``: fraction of tracked frames in which the conditioned kind fits the mask best of the
+  three kinds (chance 1/3), i.e. whether the shape is recognisably a square, a disk or a cross.
+
+``python -m ditflow_fast.toyworld.quality --model DIR --steps 20 50 --cfg 3 5`` samples the model
+(one video per condition, :func:`.sample.sample`) for every setting, prints these numbers (and the
+world's own for comparison), and with ``--png`` writes the sample strip the docs show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from .metrics import colour_weights, object_area, track_colour
+from .world import KINDS, colour_of, condition_parts, reference_clips, render_object
+
+STRIP_CONDITIONS = (0, 5, 10, 3, 7, 8)  # red square, green disk, blue cross, yellow square, yellow disk, red cross
+KEYS = ("tracked", "speed", "jerk", "area", "iou", "kind_ok")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def video_quality(video: np.ndarray, condition: int) -> dict[str, float]:
+    """The quality numbers (module docstring) of one video ``[F, 3, S, S]`` in [0, 1] meant to show ``condition``."""
+    kind, _ = condition_parts(condition)
+    colour = colour_of(condition)
+    track = track_colour(video, colour)
+    ok = np.isfinite(track).all(axis=1)
+    masks = colour_weights(video, colour) > 0.5
+    ious, kind_hits = [], []
+    for f in np.flatnonzero(ok):
+        fits = [_iou(masks[f], render_object(k, colour, track[f], size=video.shape[-1])[0] > 0.5)
+                for k in range(len(KINDS))]
+        ious.append(fits[kind])
+        kind_hits.append(float(np.argmax(fits) == kind))
+    step = np.linalg.norm(np.diff(track, axis=0), axis=1)
+    jerk = np.linalg.norm(np.diff(track, 2, axis=0), axis=1)
+    nan = float("nan")
+    return {"tracked": float(ok.sum()),
+            "speed": float(np.nanmean(step)) if np.isfinite(step).any() else nan,
+            "jerk": float(np.nanmean(jerk)) if np.isfinite(jerk).any() else nan,
+            "area": object_area(video, colour),
+            "iou": float(np.mean(ious)) if ious else 0.0,
+            "kind_ok": float(np.mean(kind_hits)) if kind_hits else 0.0}
+
+
+def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of every number over videos (NaN entries skipped)."""
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in KEYS}
+
+
+def world_quality(n: int = 12, seed: int = 0) -> dict[str, float]:
+    """The numbers on the world's own clips: what a perfect model scores."""
+    return summarise([video_quality(c.video, c.condition) for c in reference_clips(seed, n)])
+
+
+def sample_quality(transformer, cond_embed, scheduler, *, n: int = 12, steps: int = 20, cfg: float = 5.0,
+                   seed: int = 0, batch: int = 12):
+    """``(summary, videos [n, F, 3, S, S], conditions)``: ``n`` samples, condition ``i % 12`` from seed ``seed + i``."""
+    from .sample import sample
+    from .world import NUM_CONDITIONS
+
+    conds = [i % NUM_CONDITIONS for i in range(n)]
+    videos = np.concatenate([sample(transformer, cond_embed, scheduler, conds[i:i + batch], steps=steps, cfg=cfg,
+                                    seed=seed + i) for i in range(0, n, batch)])
+    return summarise([video_quality(v, c) for v, c in zip(videos, conds, strict=True)]), videos, conds
+
+
+def _fmt(s: dict[str, float]) -> str:
+    return " ".join(f"{k} {s[k]:.3f}" for k in KEYS)
+
+
+def main(argv=None) -> int:
+    from .model import DEFAULT_DIR, load_model
+
+    p = argparse.ArgumentParser(description="sample quality of the tiny DiT (shape, speed, jerk) per sampler setting")
+    p.add_argument("--model", default=str(DEFAULT_DIR))
+    p.add_argument("--steps", type=int, nargs="+", default=[20])
+    p.add_argument("--cfg", type=float, nargs="+", default=[5.0])
+    p.add_argument("--n", type=int, default=12, help="videos per setting (condition i % 12, seed + i)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--png", default=None, help="write the strip of STRIP_CONDITIONS (first setting) here")
+    p.add_argument("--json", default=None, help="append one JSON line per setting here")
+    a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    print("world  ", _fmt(world_quality(a.n, a.seed)))
+    tr, ce, sc = load_model(a.model)
+    for steps in a.steps:
+        for cfg in a.cfg:
+            t0 = time.perf_counter()
+            summary, _, _ = sample_quality(tr, ce, sc, n=a.n, steps=steps, cfg=cfg, seed=a.seed)
+            print(f"steps {steps} cfg {cfg:g} ", _fmt(summary), f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            if a.json:
+                with open(a.json, "a") as fh:
+                    fh.write(json.dumps({"model": a.model, "steps": steps, "cfg": cfg, "n": a.n, **summary}) + "\n")
+    if a.png:
+        from .media import save_strip
+        from .sample import sample
+
+        vids = [sample(tr, ce, sc, [c], steps=a.steps[0], cfg=a.cfg[0], seed=a.seed + i)[0]
+                for i, c in enumerate(STRIP_CONDITIONS)]
+        save_strip(a.png, vids)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
