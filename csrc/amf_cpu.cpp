@@ -8,9 +8,10 @@
 // the 2-core CI machine: single-threaded MKL reached 94.7 GFLOP/s on 256 x 1320 x 3072 tiles and
 // 97.8 on 660 x 1320 x 3072 (99.0 on the whole 1320^2 problem), so tiles are made as tall as the
 // thread balance allows (up to 768 rows) and as wide as 4 MiB allows.
+// The float32 argmax forward takes the bf16 screen of amf_cpu_screen.cpp where the CPU multiplies
+// bf16 natively (same result, the exact argmax; DITFLOW_FAST_CPU_SCREEN=0 turns it off).
 // Backward (soft): row chunks of at most 64 MiB of scores, see backward_impl.
-// Tuning knobs for experiments (environment, read per call): DITFLOW_FAST_CPU_ROWS (max query rows
-// per forward tile, 768), DITFLOW_FAST_CPU_TILE_KB (forward tile budget, 4096),
+// Tuning knobs for experiments (environment, read per call): amf_cpu_tiling.h for the forward tiles,
 // DITFLOW_FAST_CPU_BWD_ROWS (backward rows per chunk, from the 64 MiB budget).
 #include "amf_cpu.h"
 
@@ -20,39 +21,15 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <type_traits>
 #include <vector>
 
+#include "amf_cpu_screen.h"
+#include "amf_cpu_tiling.h"
 #include "amf_reduce.h"
 
 namespace ditflow_fast {
 namespace {
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-int64_t env_int(const char* name, int64_t fallback) {
-  const char* v = std::getenv(name);
-  return (v && *v) ? std::max<int64_t>(1, std::atoll(v)) : fallback;
-}
-
-// How the forward cuts the work: query tiles of `rows` rows (every thread gets the same number of
-// tiles when the shape allows) and, per GEMM, `group` consecutive key frames, as many as keep the
-// rows x (group * hw) score tile within the tile budget. Wider tiles amortise MKL's packing of the
-// query tile over more keys; the budget keeps the tile in cache (L2 plus this core's share of L3).
-struct Plan {
-  int64_t rows, tiles_per_batch, group;
-};
-
-Plan forward_plan(int64_t batch, int64_t n, int64_t frames, int64_t hw, int64_t elem) {
-  const int64_t threads = at::get_num_threads();
-  const int64_t max_rows = env_int("DITFLOW_FAST_CPU_ROWS", 768);
-  const int64_t tile_bytes = env_int("DITFLOW_FAST_CPU_TILE_KB", 4096) * 1024;
-  int64_t tiles = ceil_div(n, max_rows);
-  // round the total number of tiles up to a multiple of the thread count (balanced threads)
-  while ((batch * tiles) % threads != 0 && tiles < n) ++tiles;
-  const int64_t rows = ceil_div(n, tiles);
-  const int64_t group = std::clamp<int64_t>(tile_bytes / (rows * hw * elem), 1, frames);
-  return {rows, ceil_div(n, rows), group};
-}
 
 template <typename T>
 void coords(int64_t height, int64_t width, std::vector<T>& x, std::vector<T>& y) {
@@ -77,15 +54,8 @@ void check_inputs(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
 }
 
 // Row reductions of one forward score tile and the backward's logit-gradient pass: the only loops
-// of ours over N^2 elements. For float they are compiled for three x86-64 levels (AVX-512, AVX2+FMA,
-// baseline) and GCC picks one when the module loads (target_clones), so the vectorised exp of
-// amf_reduce.h runs 16 wide where the CPU allows without building for one machine.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define AMF_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define AMF_TARGET_CLONES
-#endif
-
+// of ours over N^2 elements. For float they are multi-ISA (AMF_TARGET_CLONES), so the vectorised exp
+// of amf_reduce.h runs 16 wide where the CPU allows.
 template <typename T>
 struct TileArgs {
   const T* s;       // score tile, rows x (groups * hw), row pitch ld
@@ -158,6 +128,12 @@ void logit_grads(const DzArgs<double>& a, int64_t begin, int64_t end) { logit_gr
 template <typename T>
 void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, int64_t hw, const std::vector<T>& px,
                   const std::vector<T>& py, T alpha, bool soft, at::Tensor& target, at::Tensor& lse) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!soft && argmax_screen_enabled()) {
+      argmax_forward_screened(qc, kc, frames, hw, px.data(), py.data(), target.data_ptr<float>());
+      return;
+    }
+  }
   const int64_t batch = qc.size(0), n = qc.size(1);
   const Plan plan = forward_plan(batch, n, frames, hw, sizeof(T));
   T* tgt = target.data_ptr<T>();

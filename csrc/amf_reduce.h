@@ -29,11 +29,11 @@
 // compiler will not reorder on its own); device code and builds without OpenMP see nothing.
 #if defined(_OPENMP) && !defined(__CUDA_ARCH__)
 #define AMF_PRAGMA(text) _Pragma(#text)
-#define AMF_SIMD_MAX(var) AMF_PRAGMA(omp simd reduction(max : var))
+#define AMF_SIMD_MAX(...) AMF_PRAGMA(omp simd reduction(max : __VA_ARGS__))
 #define AMF_SIMD_SUM(...) AMF_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
 #define AMF_SIMD AMF_PRAGMA(omp simd)
 #else
-#define AMF_SIMD_MAX(var)
+#define AMF_SIMD_MAX(...)
 #define AMF_SIMD_SUM(...)
 #define AMF_SIMD
 #endif

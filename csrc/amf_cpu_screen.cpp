@@ -1,0 +1,289 @@
+// bf16 screen + float64 rescoring for the float32 argmax forward; the why is in amf_cpu_screen.h.
+//
+// Error bound, per query m and key n, raw dot-product units. With q~ = bf16(q), dq = q - q~ (same
+// for k) and s~ the GEMM's bf16 output: s - s~ = q~.dk + dq.k~ + dq.dk + (fp32 accumulation error)
+// + (bf16 rounding of the result), so by Cauchy-Schwarz
+//   |s - s~| <= |q~||dk| + |dq||k~| + |dq||dk| + g_D |q~||k~| + u/(1-u) |s~| + tiny,
+// g_D = D 2^-24 / (1 - D 2^-24) (any summation order), u = 2^-8 (bf16 round to nearest), tiny
+// covering subnormals flushed by the bf16 dot-product instructions. The key norms are replaced by
+// their maximum over the key frame and |s~| by the segment's maximum, so E is one number per
+// (query, key frame) and the screen is two vectorised passes over the segment.
+#include "amf_cpu_screen.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "amf_cpu_tiling.h"
+#include "amf_reduce.h"
+
+namespace ditflow_fast {
+namespace {
+
+// Above this many candidates per (query, key frame) on average, a tile is cheaper as a float32 GEMM.
+constexpr int64_t kMaxCandidatesPerSegment = 16;
+
+inline float bf16_bits_to_float(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// x [rows, d] -> bf16 bits (round to nearest even; inputs are finite), and per row ||bf16(x)|| and
+// ||x - bf16(x)|| accumulated in float64.
+AMF_TARGET_CLONES void round_rows_range(const float* x, int64_t d, uint16_t* out, double* norm, double* resid,
+                                        int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    const float* xr = x + r * d;
+    uint16_t* o = out + r * d;
+    double s = 0.0, t = 0.0;
+    AMF_SIMD_SUM(s, t)
+    for (int64_t i = 0; i < d; ++i) {
+      uint32_t u;
+      std::memcpy(&u, xr + i, sizeof u);
+      const uint32_t h = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+      o[i] = static_cast<uint16_t>(h);
+      const uint32_t back = h << 16;
+      float hf;
+      std::memcpy(&hf, &back, sizeof hf);
+      const double delta = static_cast<double>(xr[i]) - static_cast<double>(hf);
+      s += static_cast<double>(hf) * hf;
+      t += delta * delta;
+    }
+    norm[r] = std::sqrt(s);
+    resid[r] = std::sqrt(t);
+  }
+}
+
+AMF_TARGET_CLONES void segment_stats(const uint16_t* s, int64_t n, float* max_out, float* absmax_out) {
+  float m = -std::numeric_limits<float>::infinity(), a = 0.0f;
+  AMF_SIMD_MAX(m, a)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = bf16_bits_to_float(s[i]);
+    m = std::max(m, v);
+    a = std::max(a, std::fabs(v));
+  }
+  *max_out = m;
+  *absmax_out = a;
+}
+
+int64_t collect(const uint16_t* s, int64_t n, float threshold, int32_t* out) {
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (bf16_bits_to_float(s[i]) >= threshold) out[c++] = static_cast<int32_t>(i);
+  return c;
+}
+
+// Exact up to float64 rounding: a product of two floats fits a double.
+AMF_TARGET_CLONES double dot_f64(const float* a, const float* b, int64_t d) {
+  double s = 0.0;
+  AMF_SIMD_SUM(s)
+  for (int64_t i = 0; i < d; ++i) s += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  return s;
+}
+
+// Two keys against one query in one pass: two independent memory streams keep more loads in flight
+// (the candidates' key rows are scattered over the frame and mostly come from L3 or memory).
+AMF_TARGET_CLONES void dot2_f64(const float* q, const float* ka, const float* kb, int64_t d, double* va, double* vb) {
+  double sa = 0.0, sb = 0.0;
+  AMF_SIMD_SUM(sa, sb)
+  for (int64_t i = 0; i < d; ++i) {
+    const double x = q[i];
+    sa += x * static_cast<double>(ka[i]);
+    sb += x * static_cast<double>(kb[i]);
+  }
+  *va = sa;
+  *vb = sb;
+}
+
+// Exact scores of a segment's candidates (ascending key indices), folded by the spec's rule: the
+// largest score, the lowest index among equals.
+struct Best {
+  double value = -std::numeric_limits<double>::infinity();
+  int32_t index = -1;
+  void fold(double v, int32_t n) {
+    if (index < 0 || v > value || (v == value && n < index)) {
+      value = v;
+      index = n;
+    }
+  }
+};
+
+void rescore(const float* qrow, const float* kframe, int64_t d, const int32_t* cand, int64_t count, Best& best) {
+  int64_t c = 0;
+  for (; c + 1 < count; c += 2) {
+    double va, vb;
+    dot2_f64(qrow, kframe + cand[c] * d, kframe + cand[c + 1] * d, d, &va, &vb);
+    best.fold(va, cand[c]);
+    best.fold(vb, cand[c + 1]);
+  }
+  if (c < count) best.fold(dot_f64(qrow, kframe + cand[c] * d, d), cand[c]);
+}
+
+// The largest float not above t (so that "v >= result" admits every float v >= t).
+float float_at_or_below(double t) {
+  float f = static_cast<float>(t);
+  if (static_cast<double>(f) > t) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
+  return f;
+}
+
+struct Segment {
+  float max;     // screened maximum
+  double bound;  // E: |s - s~| <= E for every key of the segment
+};
+
+struct Rounded {
+  at::Tensor bits;                 // [B, N, D] bf16
+  std::vector<double> norm, resid;  // per row
+};
+
+Rounded round_all(const at::Tensor& x) {
+  const int64_t rows = x.size(0) * x.size(1), d = x.size(2);
+  Rounded r{at::empty(x.sizes(), x.options().dtype(at::kBFloat16)), std::vector<double>(rows),
+            std::vector<double>(rows)};
+  const float* src = x.data_ptr<float>();
+  auto* dst = reinterpret_cast<uint16_t*>(r.bits.data_ptr<at::BFloat16>());
+  at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+    round_rows_range(src, d, dst, r.norm.data(), r.resid.data(), b, e);
+  });
+  return r;
+}
+
+}  // namespace
+
+bool argmax_screen_enabled() {
+  const char* v = std::getenv("DITFLOW_FAST_CPU_SCREEN");
+  if (v && std::strcmp(v, "0") == 0) return false;
+#if defined(__GNUC__) && defined(__x86_64__)
+  // without these the bf16 GEMM is emulated and slower than float32: the screen would not pay
+  return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-tile");
+#else
+  return false;
+#endif
+}
+
+void argmax_forward_screened(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, int64_t hw,
+                             const float* px, const float* py, float* target) {
+  const int64_t batch = qc.size(0), n = qc.size(1), d = qc.size(2);
+  const double eps32 = std::ldexp(1.0, -24), u_bf16 = std::ldexp(1.0, -8);
+  const double gamma = d * eps32 / (1.0 - d * eps32);
+  const double u_out = u_bf16 / (1.0 - u_bf16);
+  const double flush = std::ldexp(1.0, -120) * std::sqrt(static_cast<double>(d));
+  const Rounded qr = round_all(qc), kr = round_all(kc);
+  // the key norms' maxima per (batch, key frame)
+  std::vector<double> kn_max(batch * frames, 0.0), kd_max(batch * frames, 0.0);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t key = 0; key < n; ++key) {
+      const int64_t bj = b * frames + key / hw;
+      kn_max[bj] = std::max(kn_max[bj], kr.norm[b * n + key]);
+      kd_max[bj] = std::max(kd_max[bj], kr.resid[b * n + key]);
+    }
+  const Plan plan = forward_plan(batch, n, frames, hw, sizeof(float));
+  // stage 1's window in units of E (DITFLOW_FAST_CPU_STAGE1_PCT, percent, 125): a knob for tests
+  // (1% forces stage 2 nearly everywhere) and tuning; any value gives the same, exact result.
+  const double stage1_window = env_int("DITFLOW_FAST_CPU_STAGE1_PCT", 125) / 100.0;
+  const float* q32 = qc.data_ptr<float>();
+  const float* k32 = kc.data_ptr<float>();
+  at::parallel_for(0, batch * plan.tiles_per_batch, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor tile = at::empty({plan.rows * plan.group * hw}, qr.bits.options());
+    at::Tensor tile32;  // only for tiles that fall back to float32
+    std::vector<int32_t> cand(plan.rows * plan.group * hw);
+    std::vector<int64_t> start(plan.rows * plan.group + 1);
+    std::vector<Segment> segs(plan.rows * plan.group);
+    std::vector<int32_t> stage1, stage2;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / plan.tiles_per_batch;
+      const int64_t r0 = (item % plan.tiles_per_batch) * plan.rows;
+      const int64_t nr = std::min(plan.rows, n - r0);
+      if (nr <= 0) continue;
+      for (int64_t j0 = 0; j0 < frames; j0 += plan.group) {
+        const int64_t g = std::min(plan.group, frames - j0);
+        at::Tensor s = tile.narrow(0, 0, nr * g * hw).view({nr, g * hw});
+        at::mm_out(s, qr.bits[b].narrow(0, r0, nr), kr.bits[b].narrow(0, j0 * hw, g * hw).t());
+        const auto* sb = reinterpret_cast<const uint16_t*>(s.data_ptr<at::BFloat16>());
+        const int64_t cap = nr * g * kMaxCandidatesPerSegment;
+        int64_t total = 0;
+        bool fallback = false;
+        for (int64_t r = 0; r < nr && !fallback; ++r) {
+          const int64_t m = b * n + r0 + r;
+          for (int64_t jj = 0; jj < g; ++jj) {
+            const int64_t bj = b * frames + j0 + jj;
+            const uint16_t* seg = sb + r * g * hw + jj * hw;
+            float mx, amax;
+            segment_stats(seg, hw, &mx, &amax);
+            const double e = (qr.norm[m] * kd_max[bj] + qr.resid[m] * kn_max[bj] + qr.resid[m] * kd_max[bj] +
+                              gamma * qr.norm[m] * kn_max[bj] + u_out * amax +
+                              flush * (qr.norm[m] + kn_max[bj] + 1.0)) *
+                             (1.0 + 1e-6);
+            const double threshold = static_cast<double>(mx) - 2.0 * e;
+            start[r * g + jj] = total;
+            segs[r * g + jj] = {mx, e};
+            // overflow (an infinite bound) or too many candidates: the float32 GEMM is cheaper
+            fallback = !std::isfinite(threshold);
+            if (fallback) break;
+            total += collect(seg, hw, float_at_or_below(threshold), cand.data() + total);
+            fallback = total > cap;
+            if (fallback) break;
+          }
+        }
+        start[nr * g] = total;
+        if (fallback) {
+          if (!tile32.defined()) tile32 = at::empty({plan.rows * plan.group * hw}, qc.options());
+          at::Tensor s32 = tile32.narrow(0, 0, nr * g * hw).view({nr, g * hw});
+          at::mm_out(s32, qc[b].narrow(0, r0, nr), kc[b].narrow(0, j0 * hw, g * hw).t());
+          const float* sp = s32.data_ptr<float>();
+          for (int64_t r = 0; r < nr; ++r)
+            for (int64_t jj = 0; jj < g; ++jj) {
+              ArgmaxState<float> st = argmax_init<float>();
+              argmax_block(st, sp + r * g * hw + jj * hw, 0, static_cast<int>(hw));
+              float* out = target + 2 * ((b * n + r0 + r) * frames + j0 + jj);
+              out[0] = px[st.index];
+              out[1] = py[st.index];
+            }
+          continue;
+        }
+        for (int64_t r = 0; r < nr; ++r) {
+          const float* qrow = q32 + (b * n + r0 + r) * d;
+          for (int64_t jj = 0; jj < g; ++jj) {
+            const int64_t seg_id = r * g + jj;
+            const int32_t* c = cand.data() + start[seg_id];
+            const int64_t count = start[seg_id + 1] - start[seg_id];
+            int32_t index = c[0];  // a single candidate is the argmax: nothing to rescore
+            if (count > 1) {
+              // Stage 1 rescores only the keys within 1.25 E of the screened maximum; if
+              // the best exact score b clears t1 + E, no key below t1 can reach it (its exact score
+              // is below t1 + E), so stage 2, the rest of the 2E window, is skipped. Most segments
+              // stop after stage 1 with about half the candidates of the full window.
+              const Segment& sg = segs[seg_id];
+              const float t1 = float_at_or_below(static_cast<double>(sg.max) - stage1_window * sg.bound);
+              const uint16_t* seg = sb + r * g * hw + jj * hw;
+              stage1.clear();
+              stage2.clear();
+              for (int64_t i = 0; i < count; ++i)
+                (bf16_bits_to_float(seg[c[i]]) >= t1 ? stage1 : stage2).push_back(c[i]);
+              const float* kframe = k32 + (b * n + (j0 + jj) * hw) * d;
+              Best best;
+              rescore(qrow, kframe, d, stage1.data(), static_cast<int64_t>(stage1.size()), best);
+              if (!(best.value >= static_cast<double>(t1) + sg.bound))
+                rescore(qrow, kframe, d, stage2.data(), static_cast<int64_t>(stage2.size()), best);
+              index = best.index;
+            }
+            float* out = target + 2 * ((b * n + r0 + r) * frames + j0 + jj);
+            out[0] = px[index];
+            out[1] = py[index];
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace ditflow_fast

@@ -1,0 +1,138 @@
+"""The bf16 screen of the float32 argmax forward (csrc/amf_cpu_screen.cpp) against float64 scores.
+
+The screen claims the exact argmax, not an approximation: the keys it keeps after the bf16 GEMM
+provably contain the true maximum and its ties, and they are rescored in float64. These tests
+target what could break that claim: scores closer together than bf16 can tell apart, exact ties,
+tiles that must fall back to the float32 GEMM, overflowing scores, and ragged tiles. Each runs
+with the screen on and off (``DITFLOW_FAST_CPU_SCREEN``, read per call); where this CPU has no
+native bf16 the "on" runs take the float32 path, which is reported, not hidden.
+"""
+
+import pytest
+import torch
+from _amf_helpers import assert_argmax_agrees, head_mean_scores, make_qk
+
+from ditflow_fast import _native
+from ditflow_fast._problem import validate
+from ditflow_fast.cpu_backend import amf_cpu
+
+_WHY = _native.why_unavailable()
+pytestmark = pytest.mark.skipif(_WHY is not None, reason=f"cpu backend unavailable: {_WHY}")
+
+
+@pytest.fixture(params=["screen", "float32"])
+def path(request, monkeypatch):
+    monkeypatch.setenv("DITFLOW_FAST_CPU_SCREEN", "1" if request.param == "screen" else "0")
+    if request.param == "screen" and not _native.ops().argmax_screen_enabled():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 or AMX): the screen is off")
+    return request.param
+
+
+def _argmax(q, k, f, h, w, text=0):
+    p = validate(q, k, frames=f, height=h, width=w, temperature=2.0, mode="argmax", text_tokens=text)
+    return amf_cpu(p)
+
+
+def _float64_first_argmax(q, k, f, h, w, text=0):
+    """Displacements of the first float64 maximum, in the output layout ``[B, F, F, hw, 2]``."""
+    s = head_mean_scores(q, k, f, h, w, text)  # [B, m, j, n]
+    idx = s.argmax(-1)  # first maximum
+    hw = h * w
+    own = torch.arange(f * hw) % hw
+    dx = (idx % w - (own % w)[None, :, None]).double()
+    dy = (idx // w - (own // w)[None, :, None]).double()
+    d = torch.stack((dx, dy), -1)  # [B, m, j, 2]
+    return d.reshape(q.shape[0], f, hw, f, 2).permute(0, 1, 3, 2, 4)
+
+
+def test_screen_reports_its_state(monkeypatch):
+    monkeypatch.setenv("DITFLOW_FAST_CPU_SCREEN", "0")
+    assert _native.ops().argmax_screen_enabled() is False
+
+
+@pytest.mark.parametrize("shape", [(1, 48, 4, 5, 7, 64, 0), (2, 8, 3, 7, 5, 64, 13), (3, 2, 1, 13, 1, 33, 226)])
+def test_random_scores_match_float64_first_argmax(path, shape):
+    b, heads, f, h, w, d, text = shape
+    q, k = make_qk(b, heads, f, h, w, d, text, seed=shape[3], layout="transposed")
+    out = _argmax(q, k, f, h, w, text)
+    assert_argmax_agrees(out, q, k, f, h, w, text)
+    if path == "screen":  # rescored in float64: the float64 first maximum itself
+        assert torch.equal(out.double(), _float64_first_argmax(q, k, f, h, w, text))
+
+
+@pytest.mark.parametrize("spread", [3e-3, 3e-5])
+def test_differences_at_and_below_bf16_resolution(path, spread):
+    # Every key of a frame is one vector plus a perturbation about bf16's relative precision (3e-3:
+    # the bf16 scores come out in a scrambled order) or far below it (3e-5: they all tie); the
+    # screen must keep the true maximum among its candidates and rescore them to find it.
+    gen = torch.Generator().manual_seed(11)
+    f, h, w, heads, d = 3, 4, 6, 4, 32
+    base = torch.randn(1, heads, 1, d, generator=gen)
+    k = base + spread * torch.randn(1, heads, f * h * w, d, generator=gen)
+    q = torch.randn(1, heads, f * h * w, d, generator=gen)
+    out = _argmax(q, k, f, h, w)
+    assert_argmax_agrees(out, q, k, f, h, w, 0)
+    if path == "screen":
+        assert torch.equal(out.double(), _float64_first_argmax(q, k, f, h, w))
+
+
+@pytest.mark.parametrize("stage1_pct", ["1", "125", "200"])
+def test_two_stage_rescoring_is_exact_for_any_stage1_window(path, stage1_pct, monkeypatch):
+    # Keys spread so that about 8 per segment are candidates and the bf16 order of the top keys is
+    # often wrong (42 of 648 segments; measured with a Python model of the screen). A stage-1
+    # window of 1% of the bound leaves the true maximum to stage 2 in about 9 segments, which the
+    # merge must find by the first-maximum rule; 200% makes stage 1 the whole window.
+    monkeypatch.setenv("DITFLOW_FAST_CPU_STAGE1_PCT", stage1_pct)
+    gen = torch.Generator().manual_seed(12)
+    f, h, w, heads, d = 3, 8, 9, 3, 16
+    base = torch.randn(1, heads, 1, d, generator=gen)
+    k = base + 0.05 * torch.randn(1, heads, f * h * w, d, generator=gen)
+    k[:, :, 40] = k[:, :, 33]  # an exact tie among the candidates of frame 0
+    q = torch.randn(1, heads, f * h * w, d, generator=gen)
+    out = _argmax(q, k, f, h, w)
+    if path == "screen":
+        assert torch.equal(out.double(), _float64_first_argmax(q, k, f, h, w))
+    else:
+        assert_argmax_agrees(out, q, k, f, h, w, 0)
+
+
+def test_exact_ties_pick_the_lowest_key_index(path):
+    # Small-integer entries make every score exact in any precision, bf16 included.
+    gen = torch.Generator().manual_seed(5)
+    f, h, w, heads, d = 2, 5, 4, 2, 8
+    n = f * h * w
+    q = torch.randint(-2, 3, (1, heads, n, d), generator=gen).float()
+    k = torch.randint(-2, 3, (1, heads, n, d), generator=gen).float()
+    k[:, :, 9] = k[:, :, 3]
+    k[:, :, 17] = k[:, :, 3]
+    k[:, :, 20 + 19] = k[:, :, 20 + 0]
+    assert torch.equal(_argmax(q, k, f, h, w).double(), _float64_first_argmax(q, k, f, h, w))
+
+
+def test_tiles_with_too_many_candidates_fall_back(path, monkeypatch):
+    # Identical keys up to 1e-7: every key is a candidate, so whole tiles take the float32 GEMM;
+    # small tiles (many of them, ragged) mix fallen-back and screened tiles in one call.
+    monkeypatch.setenv("DITFLOW_FAST_CPU_ROWS", "7")
+    monkeypatch.setenv("DITFLOW_FAST_CPU_TILE_KB", "1")
+    gen = torch.Generator().manual_seed(2)
+    f, h, w, heads, d = 4, 3, 5, 2, 16
+    n = f * h * w
+    k = torch.randn(1, heads, n, d, generator=gen)
+    k[:, :, :30] = k[:, :, :1] + 1e-7 * torch.randn(1, heads, 30, d, generator=gen)  # frames 0 and 1
+    q = torch.randn(1, heads, n, d, generator=gen)
+    assert_argmax_agrees(_argmax(q, k, f, h, w), q, k, f, h, w, 0)
+
+
+def test_overflowing_scores_behave_like_the_float32_path(monkeypatch):
+    # Finite inputs whose float32 dot products overflow: the screen's bound is infinite there, so
+    # it must hand those tiles to the float32 GEMM and return what the float32 path returns.
+    gen = torch.Generator().manual_seed(4)
+    qc = torch.randn(2, 24, 64, generator=gen) * 2e19
+    kc = torch.randn(2, 24, 64, generator=gen) * 2e19
+    ops = _native.ops()
+    monkeypatch.setenv("DITFLOW_FAST_CPU_SCREEN", "0")
+    plain, _ = ops.amf_forward(qc, kc, 2, 3, 4, 1.0, False)
+    monkeypatch.setenv("DITFLOW_FAST_CPU_SCREEN", "1")
+    screened, _ = ops.amf_forward(qc, kc, 2, 3, 4, 1.0, False)
+    assert torch.isinf(qc[0] @ kc[0].T).any(), "the scores must overflow for this test to mean anything"
+    assert torch.equal(plain, screened)
