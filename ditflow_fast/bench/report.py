@@ -63,6 +63,9 @@ def format_table(record: dict) -> str:
         title += (f"\n{st['repeats']} repeats after {st['warmup']} warm-up, {st['torch_threads']} torch threads; "
                   f"load average {st['loadavg_start'][0]} at start, {st['loadavg_end'][0]} at end "
                   "(other processes on the machine distort timings)")
+    if st.get("cpu_argmax_screen") is not None:
+        title += ("\ncpu argmax: " + ("bf16 screen + float64 rescoring (exact)" if st["cpu_argmax_screen"]
+                                       else "float32 GEMM tiles (screen off or no native bf16)"))
     out = [title, *lines, legend]
     if notes:
         out += ["notes:", *notes]

@@ -16,12 +16,20 @@ from collections.abc import Callable
 
 import torch
 
+from .. import _native
 from . import perf_model
 from .cases import FLOOR, MODES, RESEARCH, CaseSpec, build_case, plan_cases, resolve_impls, skip_reason
 from .memory import fit_limit, measure, predicted_bytes
 from .presets import get_preset
 from .record import git_info, machine_info, now_utc, versions
 from .timing import summarize, time_callable
+
+
+def _cpu_argmax_screen() -> bool | None:
+    """Whether the ``cpu`` backend's float32 argmax took the bf16 screen in this run (None: not built)."""
+    if _native.why_unavailable():
+        return None
+    return bool(_native.ops().argmax_screen_enabled())
 
 
 def default_device() -> str:
@@ -130,5 +138,6 @@ def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, 
     return {"schema": 1, "timestamp": now_utc(), "preset": geometry.as_dict(), "dtype": dtype, "device": device,
             "settings": {"repeats": repeats, "warmup": warmup, "memory": memory, "fit_limit_bytes": limit,
                          "impls": names, "modes": list(modes), "seed": seed, "torch_threads": torch.get_num_threads(),
-                         "loadavg_start": load_start, "loadavg_end": _loadavg()},
+                         "loadavg_start": load_start, "loadavg_end": _loadavg(),
+                         "cpu_argmax_screen": _cpu_argmax_screen()},
             "machine": machine, "versions": versions(), "git": git_info(), "rows": rows}
