@@ -9,6 +9,8 @@ Extra memory is ``O(N * F)`` plus a few cache-sized tiles, never ``N x N``.
 
 Inputs of any float dtype are gathered once into heads-concatenated float32 (float64 for float64
 input) ``[B, N, H*d]`` copies, as the torch backend does; bf16/fp16 are therefore computed in fp32.
+The float32 argmax screens scores with a bf16 GEMM and rescores the candidates in float64 where
+the CPU multiplies bf16 natively (exact argmax; ``csrc/amf_cpu_screen.h``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,9 @@ from .dispatch import Backend, register
 from .geometry import patch_coords
 from .torch_backend import _concat_heads, _from_output_layout, _to_output_layout
 
-# Ahead of the torch backend (auto_rank 100) under "auto". benchmarks/results/native_cpu-5b.jsonl
-# (`ditflow-fast bench --preset cpu-5b`, 2-core machine): soft forward+backward faster in every run
-# (4-6% quiet, 8-20% loaded), soft forward faster in the runs since the multi-ISA reductions, argmax
-# a tie when the machine is quiet (faster when loaded), and less peak memory in every mode.
+# Ahead of the torch backend (auto_rank 100) under "auto": faster in every mode in the committed
+# benchmarks (benchmarks/results/amd-epyc-2c_cpu-5b.txt and _cogvideox-5b-f6.txt, docs/native.md),
+# the float32 argmax by 1.6x and more through the bf16 screen, and less peak memory in soft modes.
 AUTO_RANK = 90
 
 
@@ -123,7 +124,7 @@ def amf_cuda(problem: AMFProblem) -> torch.Tensor:
 
 register(Backend(
     name="cpu",
-    summary="fused C++ kernel: score tiles from MKL GEMM reduced in cache, recomputing backward (csrc/)",
+    summary="fused C++ kernel: GEMM score tiles reduced in cache (argmax: exact bf16 screen), recomputing backward",
     run=amf_cpu,
     devices=("cpu",),
     dtypes=(torch.float32, torch.float64, torch.bfloat16, torch.float16),
