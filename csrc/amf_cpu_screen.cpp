@@ -4,8 +4,11 @@
 // for k) and s~ the GEMM's bf16 output: s - s~ = q~.dk + dq.k~ + dq.dk + (fp32 accumulation error)
 // + (bf16 rounding of the result), so by Cauchy-Schwarz
 //   |s - s~| <= |q~||dk| + |dq||k~| + |dq||dk| + g_D |q~||k~| + u/(1-u) |s~| + tiny,
-// g_D = D 2^-24 / (1 - D 2^-24) (any summation order), u = 2^-8 (bf16 round to nearest), tiny
-// covering subnormals flushed by the bf16 dot-product instructions. The key norms are replaced by
+// g_D = D 2^-24 / (1 - D 2^-24) (float32 accumulation in any order), u = 2^-7 (a whole bf16 ulp,
+// so that truncating the result is covered as well as rounding it), and tiny = 2^-120 (sqrt(D)
+// (|q~| + |k~|) + D) covering subnormal inputs and products that bf16 dot-product instructions
+// flush to zero. Scores that are inf or NaN void the argument: such tiles fall back.
+// tests/test_cpu_screen.py checks this error model against the GEMM torch actually runs here. The key norms are replaced by
 // their maximum over the key frame and |s~| by the segment's maximum, so E is one number per
 // (query, key frame) and the screen is two vectorised passes over the segment.
 #include "amf_cpu_screen.h"
@@ -63,16 +66,24 @@ AMF_TARGET_CLONES void round_rows_range(const float* x, int64_t d, uint16_t* out
   }
 }
 
-AMF_TARGET_CLONES void segment_stats(const uint16_t* s, int64_t n, float* max_out, float* absmax_out) {
-  float m = -std::numeric_limits<float>::infinity(), a = 0.0f;
+// Maximum and largest magnitude of a segment; false when a score is inf or NaN (then the bound
+// argument does not hold and the caller falls back: v - v is NaN exactly for those).
+AMF_TARGET_CLONES bool segment_stats(const uint16_t* s, int64_t n, float* max_out, float* absmax_out) {
+  float m = -std::numeric_limits<float>::infinity(), a = 0.0f, bad = 0.0f;
   AMF_SIMD_MAX(m, a)
   for (int64_t i = 0; i < n; ++i) {
     const float v = bf16_bits_to_float(s[i]);
     m = std::max(m, v);
     a = std::max(a, std::fabs(v));
   }
+  AMF_SIMD_SUM(bad)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = bf16_bits_to_float(s[i]);
+    bad += v - v;
+  }
   *max_out = m;
   *absmax_out = a;
+  return bad == 0.0f;
 }
 
 int64_t collect(const uint16_t* s, int64_t n, float threshold, int32_t* out) {
@@ -175,8 +186,9 @@ void argmax_forward_screened(const at::Tensor& qc, const at::Tensor& kc, int64_t
   const int64_t batch = qc.size(0), n = qc.size(1), d = qc.size(2);
   const double eps32 = std::ldexp(1.0, -24), u_bf16 = std::ldexp(1.0, -8);
   const double gamma = d * eps32 / (1.0 - d * eps32);
-  const double u_out = u_bf16 / (1.0 - u_bf16);
-  const double flush = std::ldexp(1.0, -120) * std::sqrt(static_cast<double>(d));
+  const double u_out = 2.0 * u_bf16 / (1.0 - 2.0 * u_bf16);  // a whole ulp: RNE or truncation
+  const double flush = std::ldexp(1.0, -120);
+  const double root_d = std::sqrt(static_cast<double>(d));
   const Rounded qr = round_all(qc), kr = round_all(kc);
   // the key norms' maxima per (batch, key frame)
   std::vector<double> kn_max(batch * frames, 0.0), kd_max(batch * frames, 0.0);
@@ -218,16 +230,16 @@ void argmax_forward_screened(const at::Tensor& qc, const at::Tensor& kc, int64_t
             const int64_t bj = b * frames + j0 + jj;
             const uint16_t* seg = sb + r * g * hw + jj * hw;
             float mx, amax;
-            segment_stats(seg, hw, &mx, &amax);
+            const bool finite = segment_stats(seg, hw, &mx, &amax);
             const double e = (qr.norm[m] * kd_max[bj] + qr.resid[m] * kn_max[bj] + qr.resid[m] * kd_max[bj] +
                               gamma * qr.norm[m] * kn_max[bj] + u_out * amax +
-                              flush * (qr.norm[m] + kn_max[bj] + 1.0)) *
+                              flush * (root_d * (qr.norm[m] + kn_max[bj]) + d)) *
                              (1.0 + 1e-6);
             const double threshold = static_cast<double>(mx) - 2.0 * e;
             start[r * g + jj] = total;
             segs[r * g + jj] = {mx, e};
-            // overflow (an infinite bound) or too many candidates: the float32 GEMM is cheaper
-            fallback = !std::isfinite(threshold);
+            // overflow (inf or NaN scores, an infinite bound) or too many candidates: float32 GEMM
+            fallback = !finite || !std::isfinite(threshold);
             if (fallback) break;
             total += collect(seg, hw, float_at_or_below(threshold), cand.data() + total);
             fallback = total > cap;

@@ -136,3 +136,45 @@ def test_overflowing_scores_behave_like_the_float32_path(monkeypatch):
     screened, _ = ops.amf_forward(qc, kc, 2, 3, 4, 1.0, False)
     assert torch.isinf(qc[0] @ kc[0].T).any(), "the scores must overflow for this test to mean anything"
     assert torch.equal(plain, screened)
+
+
+def _screen_bound(a, b, out):
+    """The screen's bound on |out - a @ b^T| for bf16 a, b and bf16 out (csrc/amf_cpu_screen.cpp),
+    without its input-rounding terms (a and b are bf16 already)."""
+    d = a.shape[1]
+    gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
+    u_out = 2.0**-7 / (1 - 2.0**-7)
+    an, bn = a.double().norm(dim=1), b.double().norm(dim=1)
+    tiny = 2.0**-120 * (d**0.5 * (an[:, None] + bn[None, :]) + d)
+    return gamma * an[:, None] * bn[None, :] + u_out * out.double().abs() + tiny
+
+
+def _cancelling_inputs(d, seed):
+    # Rows whose partial sums run large and cancel at the end: a GEMM that kept bf16 partial
+    # results between blocks of the reduction would err far beyond the bound on them.
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(48, d, generator=gen)
+    a[:24, : d // 2] = 300.0 + torch.rand(24, d // 2, generator=gen)
+    a[:24, d // 2 :] = -300.0 - torch.rand(24, d - d // 2, generator=gen)
+    b = 1.0 + 0.01 * torch.randn(40, d, generator=gen)
+    b[20:] = torch.randn(20, d, generator=gen)
+    return a.bfloat16(), b.bfloat16()
+
+
+@pytest.mark.parametrize("d", [64, 3072, 5003])
+def test_the_bf16_gemm_here_meets_the_screens_error_model(d, one_thread):
+    # The bound assumes what ATen's bf16 GEMM does (float32 accumulation over all of D, one
+    # rounding of the result); this checks it on the GEMM this torch runs, single-threaded as the
+    # kernel calls it, so a library that broke the assumption fails here rather than silently.
+    a, b = _cancelling_inputs(d, seed=d)
+    out = torch.mm(a, b.t())
+    assert out.dtype == torch.bfloat16
+    err = (out.double() - a.double() @ b.double().t()).abs()
+    assert bool((err <= _screen_bound(a, b, out)).all())
+    # ...and the check has teeth: a GEMM rounding its partial sums to bf16 every 256 terms fails it.
+    partial = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float32)
+    for i in range(0, d, 256):
+        partial = (partial + a[:, i : i + 256].float() @ b[:, i : i + 256].float().t()).bfloat16().float()
+    bad_err = (partial.double() - a.double() @ b.double().t()).abs()
+    if d >= 3072:
+        assert not bool((bad_err <= _screen_bound(a, b, partial.bfloat16())).all())
