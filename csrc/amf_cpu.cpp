@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -95,7 +96,8 @@ void reduce_tile(const TileArgs<double>& a, bool soft) { reduce_tile_impl(a, sof
 
 template <typename T>
 struct DzArgs {
-  T* s;             // scores of a row chunk against all keys, row pitch n; overwritten with dz
+  const T* src;     // scores of a row chunk against all keys, row pitch n (recomputed or kept)
+  T* s;             // dz of the chunk, row pitch n (may be src itself: then computed in place)
   int64_t n, hw, frames;
   int64_t at0;      // [B, N, F] flat index of the chunk's first row, frame 0
   T alpha;
@@ -111,11 +113,12 @@ inline void logit_grads_impl(const DzArgs<T>& a, int64_t begin, int64_t end) {
     const T gx = a.g[2 * at], gy = a.g[2 * at + 1];
     const T g_dot_o = gx * a.tgt[2 * at] + gy * a.tgt[2 * at + 1];
     const T l = a.lse[at];
+    const T* in = a.src + r * a.n + j * a.hw;
     T* row = a.s + r * a.n + j * a.hw;
     const T *px = a.px, *py = a.py;
     const T alpha = a.alpha;
     AMF_SIMD
-    for (int64_t c = 0; c < a.hw; ++c) row[c] = soft_logit_grad(alpha * row[c], l, gx, gy, px[c], py[c], g_dot_o);
+    for (int64_t c = 0; c < a.hw; ++c) row[c] = soft_logit_grad(alpha * in[c], l, gx, gy, px[c], py[c], g_dot_o);
   }
 }
 
@@ -127,9 +130,10 @@ void logit_grads(const DzArgs<double>& a, int64_t begin, int64_t end) { logit_gr
 
 template <typename T>
 void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, int64_t hw, const std::vector<T>& px,
-                  const std::vector<T>& py, T alpha, bool soft, at::Tensor& target, at::Tensor& lse) {
+                  const std::vector<T>& py, T alpha, bool soft, at::Tensor& target, at::Tensor& lse,
+                  const at::Tensor& keep) {
   if constexpr (std::is_same_v<T, float>) {
-    if (!soft && argmax_screen_enabled()) {
+    if (!soft && !keep.defined() && argmax_screen_enabled()) {
       argmax_forward_screened(qc, kc, frames, hw, px.data(), py.data(), target.data_ptr<float>());
       return;
     }
@@ -148,7 +152,9 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
       const at::Tensor q_tile = qc[b].narrow(0, r0, nr);
       for (int64_t j0 = 0; j0 < frames; j0 += plan.group) {
         const int64_t g = std::min(plan.group, frames - j0);
-        at::Tensor s = tile.narrow(0, 0, nr * g * hw).view({nr, g * hw});
+        // with `keep` the tile is written where the backward will find it, instead of the scratch buffer
+        at::Tensor s = keep.defined() ? keep[b].narrow(0, r0, nr).narrow(1, j0 * hw, g * hw)
+                                      : tile.narrow(0, 0, nr * g * hw).view({nr, g * hw});
         at::mm_out(s, q_tile, kc[b].narrow(0, j0 * hw, g * hw).t());
         const TileArgs<T> args{s.data_ptr<T>(), s.stride(0), nr,    g,           hw,  frames,
                                (b * n + r0) * frames + j0,    alpha, px.data(), py.data(), tgt, lse_ptr};
@@ -169,7 +175,7 @@ constexpr int64_t kBackwardChunkBytes = int64_t(64) << 20;
 template <typename T>
 void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& target, const at::Tensor& lse,
                    const at::Tensor& grad, int64_t frames, int64_t hw, const std::vector<T>& px,
-                   const std::vector<T>& py, T alpha, at::Tensor& dq, at::Tensor& dk) {
+                   const std::vector<T>& py, T alpha, const at::Tensor& scores, at::Tensor& dq, at::Tensor& dk) {
   const int64_t batch = qc.size(0), n = qc.size(1);
   const int64_t budget_rows = env_int("DITFLOW_FAST_CPU_BWD_ROWS", kBackwardChunkBytes / (n * sizeof(T)));
   const int64_t rows = std::clamp<int64_t>(budget_rows, 1, n);
@@ -183,10 +189,15 @@ void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
       const int64_t nr = std::min(rows, n - r0);
       const at::Tensor q_r = qc[b].narrow(0, r0, nr);
       at::Tensor s = buf.narrow(0, 0, nr * n).view({nr, n});
-      at::mm_out(s, q_r, kc[b].t());
       T* sp = s.data_ptr<T>();
+      const T* src = sp;
+      if (scores.defined()) {
+        src = scores.data_ptr<T>() + (b * n + r0) * n;  // the forward's scores: no recompute
+      } else {
+        at::mm_out(s, q_r, kc[b].t());
+      }
       at::parallel_for(0, nr * frames, 16, [&](int64_t begin, int64_t end) {
-        const DzArgs<T> args{sp, n, hw, frames, (b * n + r0) * frames, alpha, px.data(), py.data(), tgt, lse_ptr, g};
+        const DzArgs<T> args{src, sp, n, hw, frames, (b * n + r0) * frames, alpha, px.data(), py.data(), tgt, lse_ptr, g};
         logit_grads(args, begin, end);
       });
       // beta = 0: dq starts uninitialised and each row chunk is written exactly once
@@ -198,8 +209,12 @@ void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> amf_forward_cpu(const at::Tensor& qc_in, const at::Tensor& kc_in, int64_t frames,
-                                                   int64_t height, int64_t width, double alpha, bool soft) {
+namespace {
+
+// Both forward ops: (target, lse, scores), scores [B, N, N] only when keep_scores (else undefined).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_entry(const at::Tensor& qc_in, const at::Tensor& kc_in,
+                                                             int64_t frames, int64_t height, int64_t width,
+                                                             double alpha, bool soft, bool keep_scores) {
   check_inputs(qc_in, kc_in, frames, height, width);
   // The op has no autograd formula of its own (the Python autograd.Function supplies the backward),
   // so the ATen calls inside run without recording a graph whatever the inputs' requires_grad.
@@ -208,19 +223,35 @@ std::tuple<at::Tensor, at::Tensor> amf_forward_cpu(const at::Tensor& qc_in, cons
   const int64_t batch = qc.size(0), n = qc.size(1), hw = height * width;
   at::Tensor target = at::empty({batch, n, frames, 2}, qc.options());
   at::Tensor lse = soft ? at::empty({batch, n, frames}, qc.options()) : at::empty({0}, qc.options());
-  if (n == 0 || batch == 0) return {target, lse};
+  at::Tensor keep = keep_scores ? at::empty({batch, n, n}, qc.options()) : at::Tensor();
+  if (n == 0 || batch == 0) return {target, lse, keep};
   AT_DISPATCH_FLOATING_TYPES(qc.scalar_type(), "amf_forward_cpu", [&] {
     std::vector<scalar_t> px, py;
     coords(height, width, px, py);
-    forward_impl<scalar_t>(qc, kc, frames, hw, px, py, static_cast<scalar_t>(alpha), soft, target, lse);
+    forward_impl<scalar_t>(qc, kc, frames, hw, px, py, static_cast<scalar_t>(alpha), soft, target, lse, keep);
   });
+  return {target, lse, keep};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> amf_forward_cpu(const at::Tensor& qc, const at::Tensor& kc, int64_t frames,
+                                                   int64_t height, int64_t width, double alpha, bool soft) {
+  auto [target, lse, unused] = forward_entry(qc, kc, frames, height, width, alpha, soft, false);
   return {target, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> amf_forward_scores_cpu(const at::Tensor& qc, const at::Tensor& kc,
+                                                                      int64_t frames, int64_t height, int64_t width,
+                                                                      double alpha) {
+  return forward_entry(qc, kc, frames, height, width, alpha, true, true);
 }
 
 std::tuple<at::Tensor, at::Tensor> amf_backward_cpu(const at::Tensor& qc_in, const at::Tensor& kc_in,
                                                     const at::Tensor& target_in, const at::Tensor& lse_in,
                                                     const at::Tensor& grad_in, int64_t frames, int64_t height,
-                                                    int64_t width, double alpha, bool need_dq, bool need_dk) {
+                                                    int64_t width, double alpha, bool need_dq, bool need_dk,
+                                                    const std::optional<at::Tensor>& scores_in) {
   check_inputs(qc_in, kc_in, frames, height, width);
   const at::NoGradGuard no_grad;
   const at::Tensor qc = qc_in.detach().contiguous(), kc = kc_in.detach().contiguous();
@@ -233,6 +264,12 @@ std::tuple<at::Tensor, at::Tensor> amf_backward_cpu(const at::Tensor& qc_in, con
   const at::Tensor target = target_in.detach().to(opts).contiguous();
   const at::Tensor lse = lse_in.detach().to(opts).contiguous();
   const at::Tensor grad = grad_in.detach().to(opts).contiguous();
+  at::Tensor scores;
+  if (scores_in.has_value() && scores_in->defined()) {
+    TORCH_CHECK(scores_in->sizes() == std::vector<int64_t>({batch, n, n}) && scores_in->scalar_type() == qc.scalar_type(),
+                "ditflow_fast cpu backward: scores must be the forward's [B, N, N] in the dtype of qc");
+    scores = scores_in->detach().contiguous();
+  }
   at::Tensor dq = need_dq ? at::empty_like(qc) : at::Tensor();
   at::Tensor dk = need_dk ? at::empty_like(kc) : at::Tensor();  // written by the first row chunk
   if (n > 0 && batch > 0 && (need_dq || need_dk)) {
@@ -240,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor> amf_backward_cpu(const at::Tensor& qc_in, con
       std::vector<scalar_t> px, py;
       coords(height, width, px, py);
       backward_impl<scalar_t>(qc, kc, target, lse, grad, frames, height * width, px, py, static_cast<scalar_t>(alpha),
-                              dq, dk);
+                              scores, dq, dk);
     });
   }
   return {need_dq ? dq : at::empty({0}, opts), need_dk ? dk : at::empty({0}, opts)};

@@ -6,6 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <tuple>
 
 namespace ditflow_fast {
@@ -17,13 +18,22 @@ namespace ditflow_fast {
 std::tuple<at::Tensor, at::Tensor> amf_forward_cpu(const at::Tensor& qc, const at::Tensor& kc, int64_t frames,
                                                    int64_t height, int64_t width, double alpha, bool soft);
 
+// The soft forward that also returns the raw scores <qc[m], kc[n]> as [B, N, N] (written by the
+// forward's own GEMM tiles), so that the backward need not recompute them: one GEMM less for
+// B * N^2 more memory; the Python side calls it only under a memory budget.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> amf_forward_scores_cpu(const at::Tensor& qc, const at::Tensor& kc,
+                                                                      int64_t frames, int64_t height, int64_t width,
+                                                                      double alpha);
+
 // Soft backward from the forward's target and lse and the upstream gradient grad [B, N, F, 2] of the
 // target: dz = p * (<g, pos(n)> - <g, o>), dqc = alpha * dz @ kc, dkc = alpha * dz^T @ qc. The
 // probabilities p are recomputed tile by tile; nothing of size N x N is kept. A gradient that is not
-// needed comes back as an empty tensor.
+// needed comes back as an empty tensor. scores: the forward's [B, N, N] from amf_forward_scores_cpu,
+// or none (then recomputed chunk by chunk).
 std::tuple<at::Tensor, at::Tensor> amf_backward_cpu(const at::Tensor& qc, const at::Tensor& kc,
                                                     const at::Tensor& target, const at::Tensor& lse,
                                                     const at::Tensor& grad, int64_t frames, int64_t height,
-                                                    int64_t width, double alpha, bool need_dq, bool need_dk);
+                                                    int64_t width, double alpha, bool need_dq, bool need_dk,
+                                                    const std::optional<at::Tensor>& scores);
 
 }  // namespace ditflow_fast

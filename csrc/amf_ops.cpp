@@ -14,7 +14,7 @@
 
 // Bumped whenever a schema below or the meaning of an op changes: ditflow_fast/_native.py refuses a
 // prebuilt module of another version (a stale build) with a message instead of failing mid-call.
-constexpr int64_t kAbiVersion = 2;
+constexpr int64_t kAbiVersion = 3;
 
 TORCH_LIBRARY(ditflow_fast_native, m) {
   m.def("abi_version() -> int", [] { return kAbiVersion; });
@@ -25,13 +25,17 @@ TORCH_LIBRARY(ditflow_fast_native, m) {
   // <qc[m], kc[n]> (alpha is ignored) and an empty lse.
   m.def("amf_forward(Tensor qc, Tensor kc, int frames, int height, int width, float alpha, bool soft) "
         "-> (Tensor target, Tensor lse)");
+  // The soft forward that also returns the raw scores <qc[m], kc[n]> [B, N, N] for the backward (CPU).
+  m.def("amf_forward_scores(Tensor qc, Tensor kc, int frames, int height, int width, float alpha) "
+        "-> (Tensor target, Tensor lse, Tensor scores)");
   // Soft-mode gradients of target with respect to qc and kc given grad = dL/dtarget [B, N, F, 2];
-  // an unrequested gradient comes back empty.
+  // an unrequested gradient comes back empty; scores (from amf_forward_scores) spare a recompute.
   m.def("amf_backward(Tensor qc, Tensor kc, Tensor target, Tensor lse, Tensor grad, int frames, int height, "
-        "int width, float alpha, bool need_dq, bool need_dk) -> (Tensor dqc, Tensor dkc)");
+        "int width, float alpha, bool need_dq, bool need_dk, Tensor? scores=None) -> (Tensor dqc, Tensor dkc)");
 }
 
 TORCH_LIBRARY_IMPL(ditflow_fast_native, CPU, m) {
   m.impl("amf_forward", &ditflow_fast::amf_forward_cpu);
+  m.impl("amf_forward_scores", &ditflow_fast::amf_forward_scores_cpu);
   m.impl("amf_backward", &ditflow_fast::amf_backward_cpu);
 }

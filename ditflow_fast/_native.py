@@ -28,7 +28,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 SOURCES_LIST = REPO_ROOT / "csrc" / "sources.txt"
 OP_NAMESPACE = "ditflow_fast_native"
-ABI_VERSION = 2  # must match kAbiVersion in csrc/amf_ops.cpp
+ABI_VERSION = 3  # must match kAbiVersion in csrc/amf_ops.cpp
 # Compiler flags of the CPU extension, shared with setup.py. -fopenmp is needed for at::parallel_for
 # to run in parallel at all (its OpenMP pragmas sit in ATen headers compiled into this extension);
 # -fno-trapping-math lets GCC vectorise the branch-free exp of amf_reduce.h (results are unchanged).
@@ -83,8 +83,13 @@ def _register_fakes() -> None:
         lse = qc.new_empty(b, n, frames) if soft else qc.new_empty(0)
         return qc.new_empty(b, n, frames, 2), lse
 
+    @torch.library.register_fake(f"{OP_NAMESPACE}::amf_forward_scores")
+    def _(qc, kc, frames, height, width, alpha):
+        b, n, _ = qc.shape
+        return qc.new_empty(b, n, frames, 2), qc.new_empty(b, n, frames), qc.new_empty(b, n, n)
+
     @torch.library.register_fake(f"{OP_NAMESPACE}::amf_backward")
-    def _(qc, kc, target, lse, grad, frames, height, width, alpha, need_dq, need_dk):
+    def _(qc, kc, target, lse, grad, frames, height, width, alpha, need_dq, need_dk, scores=None):
         return (torch.empty_like(qc) if need_dq else qc.new_empty(0),
                 torch.empty_like(kc) if need_dk else kc.new_empty(0))
 

@@ -15,6 +15,8 @@ the CPU multiplies bf16 natively (exact argmax; ``csrc/amf_cpu_screen.h``).
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import _native
@@ -62,37 +64,57 @@ def _soft_alpha(p: AMFProblem) -> float:
     return p.temperature * p.logit_scale
 
 
+def keep_scores_budget() -> int:
+    """Bytes of raw scores ``[B, N, N]`` the soft forward may keep for its backward (default 64 MiB).
+
+    Keeping them spares the backward its recompute GEMM (a quarter of the soft forward+backward's
+    work); the budget is the size of the backward's own row-chunk buffer, so at most it doubles
+    that. ``DITFLOW_FAST_CPU_KEEP_SCORES_MB=0`` turns it off.
+    """
+    raw = os.environ.get("DITFLOW_FAST_CPU_KEEP_SCORES_MB", "64").strip()
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(f"DITFLOW_FAST_CPU_KEEP_SCORES_MB must be a number of MiB, got {raw!r}") from None
+    return int(mb * (1 << 20))
+
+
 class _CpuSoftAMF(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, problem: AMFProblem):
+    def forward(ctx, q, k, problem: AMFProblem, keep: bool):
         cdtype = problem.out_dtype
         qc = _concat_heads(q, problem.text_tokens, cdtype)
         kc = _concat_heads(k, problem.text_tokens, cdtype)
-        target, lse = _native.ops().amf_forward(
-            qc, kc, problem.frames, problem.height, problem.width, _soft_alpha(problem), True
-        )
+        args = (qc, kc, problem.frames, problem.height, problem.width, _soft_alpha(problem))
+        if keep:
+            target, lse, scores = _native.ops().amf_forward_scores(*args)
+        else:
+            (target, lse), scores = _native.ops().amf_forward(*args, True), None
         # The concatenated copies are kept for the backward (re-gathering them costs a pass over q and k
         # each); when q and k arrive as [B, T, H, d] views they are views, not copies.
-        ctx.save_for_backward(q, k, qc, kc, target, lse)
+        ctx.save_for_backward(q, k, qc, kc, target, lse, scores)
         ctx.problem = problem
         return _displacement(target, problem)
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, qc, kc, target, lse = ctx.saved_tensors
+        q, k, qc, kc, target, lse, scores = ctx.saved_tensors
         p = ctx.problem
         want_q, want_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         g = _from_output_layout(grad_out.to(target.dtype), p).contiguous()  # pos(m) carries no gradient
         dqc, dkc = _native.ops().amf_backward(
-            qc, kc, target, lse, g, p.frames, p.height, p.width, _soft_alpha(p), want_q, want_k
+            qc, kc, target, lse, g, p.frames, p.height, p.width, _soft_alpha(p), want_q, want_k, scores
         )
-        return (_grad_like(dqc, q, p) if want_q else None, _grad_like(dkc, k, p) if want_k else None, None)
+        return (_grad_like(dqc, q, p) if want_q else None, _grad_like(dkc, k, p) if want_k else None, None, None)
 
 
 def amf_cpu(problem: AMFProblem) -> torch.Tensor:
     """AMF ``[B, F, F, h*w, 2]`` by the fused CPU kernel (float32, or float64 for float64 input)."""
     if problem.mode == "soft":
-        return _CpuSoftAMF.apply(problem.q, problem.k, problem)
+        grad = torch.is_grad_enabled() and (problem.q.requires_grad or problem.k.requires_grad)
+        elem = torch.finfo(problem.out_dtype).bits // 8
+        keep = grad and problem.batch * problem.tokens**2 * elem <= keep_scores_budget()
+        return _CpuSoftAMF.apply(problem.q, problem.k, problem, keep)
     with torch.no_grad():
         cdtype = problem.out_dtype
         qc = _concat_heads(problem.q, problem.text_tokens, cdtype)
