@@ -8,9 +8,10 @@
 // so that truncating the result is covered as well as rounding it), and tiny = 2^-120 (sqrt(D)
 // (|q~| + |k~|) + D) covering subnormal inputs and products that bf16 dot-product instructions
 // flush to zero. Scores that are inf or NaN void the argument: such tiles fall back.
-// tests/test_cpu_screen.py checks this error model against the GEMM torch actually runs here. The key norms are replaced by
-// their maximum over the key frame and |s~| by the segment's maximum, so E is one number per
-// (query, key frame) and the screen is two vectorised passes over the segment.
+// tests/test_cpu_screen.py checks this error model against the GEMM torch actually runs here.
+// The key norms are replaced by their maximum over the key frame and |s~| by the segment's
+// maximum, so E is one number per (query, key frame), and the screen is two vectorised passes over
+// the segment (maximum, magnitude and finiteness) plus one that collects the candidates.
 #include "amf_cpu_screen.h"
 
 #include <ATen/ATen.h>
@@ -30,7 +31,8 @@
 namespace ditflow_fast {
 namespace {
 
-// Above this many candidates per (query, key frame) on average, a tile is cheaper as a float32 GEMM.
+// Above this many candidates per (query, key frame) on average a tile is redone as a float32 GEMM:
+// it caps the rescoring work (about 3 candidates are typical; the value is a judgement, not tuned).
 constexpr int64_t kMaxCandidatesPerSegment = 16;
 
 inline float bf16_bits_to_float(uint16_t h) {
@@ -272,8 +274,10 @@ void argmax_forward_screened(const at::Tensor& qc, const at::Tensor& kc, int64_t
             if (count > 1) {
               // Stage 1 rescores only the keys within 1.25 E of the screened maximum; if
               // the best exact score b clears t1 + E, no key below t1 can reach it (its exact score
-              // is below t1 + E), so stage 2, the rest of the 2E window, is skipped. Most segments
-              // stop after stage 1 with about half the candidates of the full window.
+              // is below t1 + E), so stage 2, the rest of the 2E window, is skipped. On normal
+              // inputs of the cpu-5b shape (a Python model of this screen) a quarter of the
+              // segments have one candidate, stage 1 rescores 1.9 keys per segment against 3.4 in
+              // the window, and stage 2 is never needed.
               const Segment& sg = segs[seg_id];
               const float t1 = float_at_or_below(static_cast<double>(sg.max) - stage1_window * sg.bound);
               const uint16_t* seg = sb + r * g * hw + jj * hw;
