@@ -143,7 +143,7 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
   T* tgt = target.data_ptr<T>();
   T* lse_ptr = soft ? lse.data_ptr<T>() : nullptr;
   at::parallel_for(0, batch * plan.tiles_per_batch, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor tile = at::empty({plan.rows * plan.group * hw}, qc.options());
+    const at::Tensor tile = keep.defined() ? at::Tensor() : at::empty({plan.rows * plan.group * hw}, qc.options());
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / plan.tiles_per_batch;
       const int64_t r0 = (item % plan.tiles_per_batch) * plan.rows;
