@@ -5,7 +5,8 @@ with CUDA.
 Forward: one pass over the scores, blocked over query tiles x key frames, each score tile reduced
 while it is in cache (argmax, or the online soft-argmax with its log-sum-exp). Backward (soft mode):
 the probabilities are recomputed from the stored log-sum-exp ``[B, N, F]``, as flash attention does.
-Extra memory is ``O(N * F)`` plus a few cache-sized tiles, never ``N x N``.
+Extra memory is ``O(N * F)`` plus a few cache-sized tiles, never ``N x N``, except that the soft
+forward keeps its raw scores for the backward when they fit in 64 MiB (:func:`keep_scores_budget`).
 
 Inputs of any float dtype are gathered once into heads-concatenated float32 (float64 for float64
 input) ``[B, N, H*d]`` copies, as the torch backend does; bf16/fp16 are therefore computed in fp32.
@@ -76,7 +77,9 @@ def keep_scores_budget() -> int:
     try:
         mb = float(raw)
     except ValueError:
-        raise ValueError(f"DITFLOW_FAST_CPU_KEEP_SCORES_MB must be a number of MiB, got {raw!r}") from None
+        mb = float("nan")
+    if not 0 <= mb < float("inf"):
+        raise ValueError(f"DITFLOW_FAST_CPU_KEEP_SCORES_MB must be a number of MiB >= 0, got {raw!r}")
     return int(mb * (1 << 20))
 
 

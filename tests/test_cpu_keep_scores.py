@@ -79,8 +79,9 @@ def test_the_budget_decides(monkeypatch):
         assert _saved_square_tensors(q, k) == 0
 
 
-def test_a_bad_budget_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("DITFLOW_FAST_CPU_KEEP_SCORES_MB", "lots")
+@pytest.mark.parametrize("value", ["lots", "nan", "-1", "inf"])
+def test_a_bad_budget_is_a_clear_error(value, monkeypatch):
+    monkeypatch.setenv("DITFLOW_FAST_CPU_KEEP_SCORES_MB", value)
     with pytest.raises(ValueError, match="DITFLOW_FAST_CPU_KEEP_SCORES_MB"):
         keep_scores_budget()
 
