@@ -58,16 +58,6 @@ void check_inputs(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
 // of ours over N^2 elements. For float they are multi-ISA (AMF_TARGET_CLONES), so the vectorised exp
 // of amf_reduce.h runs 16 wide where the CPU allows.
 template <typename T>
-struct TileArgs {
-  const T* s;       // score tile, rows x (groups * hw), row pitch ld
-  int64_t ld, rows, groups, hw, frames;
-  int64_t out0;     // [B, N, F] flat index of (first row, first frame of the group)
-  T alpha;
-  const T *px, *py;
-  T *tgt, *lse;
-};
-
-template <typename T>
 inline void reduce_tile_impl(const TileArgs<T>& a, bool soft) {
   for (int64_t r = 0; r < a.rows; ++r) {
     for (int64_t jj = 0; jj < a.groups; ++jj) {
@@ -91,8 +81,13 @@ inline void reduce_tile_impl(const TileArgs<T>& a, bool soft) {
 }
 
 AMF_TARGET_CLONES void reduce_tile_f32(const TileArgs<float>& a, bool soft) { reduce_tile_impl(a, soft); }
+
+}  // namespace
+
 void reduce_tile(const TileArgs<float>& a, bool soft) { reduce_tile_f32(a, soft); }
 void reduce_tile(const TileArgs<double>& a, bool soft) { reduce_tile_impl(a, soft); }
+
+namespace {
 
 template <typename T>
 struct DzArgs {

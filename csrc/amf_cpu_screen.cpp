@@ -253,15 +253,9 @@ void argmax_forward_screened(const at::Tensor& qc, const at::Tensor& kc, int64_t
           if (!tile32.defined()) tile32 = at::empty({plan.rows * plan.group * hw}, qc.options());
           at::Tensor s32 = tile32.narrow(0, 0, nr * g * hw).view({nr, g * hw});
           at::mm_out(s32, qc[b].narrow(0, r0, nr), kc[b].narrow(0, j0 * hw, g * hw).t());
-          const float* sp = s32.data_ptr<float>();
-          for (int64_t r = 0; r < nr; ++r)
-            for (int64_t jj = 0; jj < g; ++jj) {
-              ArgmaxState<float> st = argmax_init<float>();
-              argmax_block(st, sp + r * g * hw + jj * hw, 0, static_cast<int>(hw));
-              float* out = target + 2 * ((b * n + r0 + r) * frames + j0 + jj);
-              out[0] = px[st.index];
-              out[1] = py[st.index];
-            }
+          const TileArgs<float> args{s32.data_ptr<float>(), s32.stride(0), nr, g, hw, frames,
+                                     (b * n + r0) * frames + j0, 1.0f, px, py, target, nullptr};
+          reduce_tile(args, false);
           continue;
         }
         for (int64_t r = 0; r < nr; ++r) {

@@ -1,4 +1,5 @@
-// How the CPU forward kernels cut their work (shared by amf_cpu.cpp and amf_cpu_screen.cpp).
+// How the CPU forward kernels cut their work and reduce a score tile (shared by amf_cpu.cpp and
+// amf_cpu_screen.cpp).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -46,5 +47,20 @@ inline Plan forward_plan(int64_t batch, int64_t n, int64_t frames, int64_t hw, i
   const int64_t group = std::clamp<int64_t>(tile_bytes / (rows * hw * elem), 1, frames);
   return {rows, ceil_div(n, rows), group};
 }
+
+// One forward score tile and where its reductions go; reduce_tile (amf_cpu.cpp) runs the argmax or
+// the online soft-argmax of amf_reduce.h over each (row, key frame) segment of it.
+template <typename T>
+struct TileArgs {
+  const T* s;       // score tile, rows x (groups * hw), row pitch ld
+  int64_t ld, rows, groups, hw, frames;
+  int64_t out0;     // [B, N, F] flat index of (first row, first frame of the group)
+  T alpha;
+  const T *px, *py;
+  T *tgt, *lse;     // targets [B, N, F, 2]; lse [B, N, F] (soft only)
+};
+
+void reduce_tile(const TileArgs<float>& a, bool soft);
+void reduce_tile(const TileArgs<double>& a, bool soft);
 
 }  // namespace ditflow_fast

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from ditflow_fast.toyworld.quality import KEYS, summarise, video_quality, world_quality
+from ditflow_fast.toyworld.quality import KEYS, main, summarise, video_quality, world_quality
 from ditflow_fast.toyworld.world import condition_index, make_clip, render_object
 
 
@@ -50,3 +51,10 @@ def test_jittery_motion_has_jerk_and_a_lost_object_is_not_tracked():
     good = video_quality(c.video, c.condition)
     both = summarise([q, good])  # a lost video's NaN speed is skipped, its zero IoU counts
     assert both["speed"] == good["speed"] and both["iou"] == good["iou"] / 2 and both["tracked"] == 4
+
+
+def test_command_line_help_renders(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "--cfg" in capsys.readouterr().out

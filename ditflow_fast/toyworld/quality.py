@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=str(DEFAULT_DIR))
     p.add_argument("--steps", type=int, nargs="+", default=[20])
     p.add_argument("--cfg", type=float, nargs="+", default=[5.0])
-    p.add_argument("--n", type=int, default=12, help="videos per setting (condition i % 12, seed + i)")
+    p.add_argument("--n", type=int, default=12, help="videos per setting (condition i %% 12, seed + i)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--png", default=None, help="write the strip of STRIP_CONDITIONS (first setting) here")
