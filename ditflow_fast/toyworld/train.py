@@ -25,7 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model import DEFAULT_DIR, ConditionEmbedding, _atomic, build_scheduler, build_transformer, rope, save_model
+from .model import (
+    DEFAULT_DIR,
+    TRANSFORMER_CONFIG,
+    ConditionEmbedding,
+    _atomic,
+    build_scheduler,
+    build_transformer,
+    rope,
+    save_model,
+)
 from .world import NULL_CONDITION, make_batch
 
 
@@ -83,15 +92,20 @@ def training_batch(seed: int, step: int, batch: int, drop: float = 0.1):
 def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0, max_steps: int = 100_000,
           batch: int = 12, lr: float = 1e-3, warmup: int = 200, ema_decay: float = 0.999, seed: int = 0,
           save_every: int = 250, log_every: int = 50, threads: int = 1, beta_schedule: str = "scaled_linear",
-          lr_final: float | None = None, anneal_start: int = 0, anneal_end: int = 0) -> dict:
+          lr_final: float | None = None, anneal_start: int = 0, anneal_end: int = 0, heads: int = 2,
+          layers: int = 4) -> dict:
     from safetensors.torch import load_file, save_file
 
+    if heads < 1 or layers < 1:
+        raise ValueError(f"heads and layers must be positive, got {heads} and {layers}")
     if lr_final is not None and not 0 <= anneal_start < anneal_end:
         raise ValueError(f"lr_final needs 0 <= anneal_start < anneal_end, got {anneal_start} and {anneal_end}")
     torch.set_num_threads(threads)
     out, work = Path(out), Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    net = build_transformer(seed).train()
+    # heads of TRANSFORMER_CONFIG's head dim; the time embedding is as wide as the tokens
+    width = heads * TRANSFORMER_CONFIG["attention_head_dim"]
+    net = build_transformer(seed, num_attention_heads=heads, num_layers=layers, time_embed_dim=width).train()
     cond = ConditionEmbedding(seed=seed)
     ema, ema_cond = copy.deepcopy(net).eval().requires_grad_(False), copy.deepcopy(cond).requires_grad_(False)
     opt = torch.optim.AdamW(list(net.parameters()) + list(cond.parameters()), lr=lr, weight_decay=0.0)
@@ -104,7 +118,8 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
     if state_path.is_file():
         step = _load_state(load_file(str(state_path)), net, ema, cond, ema_cond, opt)
         print(f"resumed at step {step}")
-    config = dict(seed=seed, batch=batch, lr=lr, warmup=warmup, ema_decay=ema_decay, threads=threads,
+    config = dict(seed=seed, heads=heads, layers=layers, batch=batch, lr=lr, warmup=warmup, ema_decay=ema_decay,
+                  threads=threads,
                   beta_schedule=beta_schedule,
                   **({} if lr_final is None else dict(lr_schedule="constant, cosine decay from anneal_start to "
                                                       "lr_final at anneal_end", lr_final=lr_final,
@@ -177,13 +192,15 @@ def main(argv=None) -> int:
     p.add_argument("--anneal-start", type=int, default=0, help="step at which the cosine decay of the lr begins")
     p.add_argument("--anneal-end", type=int, default=0, help="step at which the lr reaches --lr-final")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heads", type=int, default=2, help="attention heads of 32 dims (token width 32 x heads)")
+    p.add_argument("--layers", type=int, default=4, help="transformer blocks")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--beta-schedule", choices=("scaled_linear", "linear"), default="scaled_linear")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     a = p.parse_args(argv)
     res = train(a.out, a.work, minutes=a.minutes, max_steps=a.max_steps, batch=a.batch, lr=a.lr, seed=a.seed,
                 save_every=a.save_every, threads=a.threads, beta_schedule=a.beta_schedule, lr_final=a.lr_final,
-                anneal_start=a.anneal_start, anneal_end=a.anneal_end)
+                anneal_start=a.anneal_start, anneal_end=a.anneal_end, heads=a.heads, layers=a.layers)
     print(json.dumps(res))
     return 0
 
