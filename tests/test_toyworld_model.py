@@ -74,6 +74,16 @@ def test_resume_equals_uninterrupted_run(tmp_path, anneal):
     np.testing.assert_allclose(v[1], v1[0], atol=1e-5)  # video i uses seed + i
 
 
+def test_model_size_options(tmp_path):
+    train(tmp_path / "m", tmp_path / "w", max_steps=1, batch=1, heads=1, layers=2, threads=1)
+    cfg = json.loads((tmp_path / "m" / "transformer" / "config.json").read_text())
+    assert (cfg["num_attention_heads"], cfg["num_layers"], cfg["time_embed_dim"]) == (1, 2, 32)
+    assert json.loads((tmp_path / "m" / "world.json").read_text())["train"]["heads"] == 1
+    assert load_model(tmp_path / "m")[0].config.num_layers == 2
+    with pytest.raises(ValueError, match="heads and layers"):
+        train(tmp_path / "m", tmp_path / "w", max_steps=0, layers=0)
+
+
 def test_rope_and_loading_errors(tmp_path):
     tr = build_transformer(num_layers=1)
     cos, sin = rope(tr)
