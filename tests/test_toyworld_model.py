@@ -114,3 +114,18 @@ def test_amf_errors_per_block():
     assert errs.shape == (2,) and np.isfinite(errs).all() and (errs >= 0).all()
     # the processors are put back: the transformer has no guidance state left on it
     assert getattr(tr, "_ditflow_guidance", None) is None
+
+
+def test_denoise_quality_probe():
+    from ditflow_fast.toyworld.diagnostics import denoise_quality
+    from ditflow_fast.toyworld.model import ConditionEmbedding, build_scheduler
+    from ditflow_fast.toyworld.world import reference_clips
+
+    tr = build_transformer(num_layers=1).eval()
+    rows = denoise_quality(tr, ConditionEmbedding(), build_scheduler(), reference_clips(0, 2), [0, 500])
+    assert [r["t"] for r in rows] == [0, 500] and rows[0]["snr"] > rows[1]["snr"] > 0
+    assert rows[0]["input_iou"] > 0.8  # barely noised clips still show their shapes
+    assert rows[1]["input_iou"] < rows[0]["input_iou"]
+    assert all(np.isfinite(r["x0_mse"]) and 0 <= r["iou"] <= 1 for r in rows)
+    with pytest.raises(ValueError, match="timesteps"):
+        denoise_quality(tr, ConditionEmbedding(), build_scheduler(), reference_clips(0, 1), [1000])

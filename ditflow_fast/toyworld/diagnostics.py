@@ -51,3 +51,41 @@ def amf_errors(transformer, cond_embed, clips: list[Clip], *, timestep: int = 0)
         if not ctrl_installed:
             uninstall(transformer)
     return errs.mean(axis=0)
+
+
+@torch.no_grad()
+def denoise_quality(transformer, cond_embed, scheduler, clips: list[Clip], timesteps, *, seed: int = 0) -> list[dict]:
+    """One-step denoising of real clips: is the denoiser itself sharp, or only the sampler's output blurry?
+
+    Each clip is noised to timestep ``t`` (noise from ``seed``), the model (conditioned, no CFG) predicts
+    ``x0`` from its v-prediction in one step, and the prediction is scored with :func:`.quality.video_quality`.
+    ``input_iou`` scores the noisy input itself (``x_t / sqrt(alpha_bar)``): the bar the prediction should clear.
+    One dict per timestep: ``t``, ``snr``, ``x0_mse`` (in [-1, 1] units), ``iou``, ``kind_ok``, ``input_iou``."""
+    from .model import rope
+    from .quality import video_quality
+
+    x0 = torch.from_numpy(np.stack([c.video for c in clips])) * 2 - 1
+    conds = torch.tensor([c.condition for c in clips])
+    f, _, s, _ = clips[0].video.shape
+    image_rope = rope(transformer, f, s, s)
+    acp = scheduler.alphas_cumprod
+
+    def mean_scores(x: torch.Tensor) -> dict[str, float]:
+        rows = [video_quality(((y.clamp(-1, 1) + 1) / 2).numpy(), int(c)) for y, c in zip(x, conds, strict=True)]
+        return {k: float(np.mean([r[k] for r in rows])) for k in ("iou", "kind_ok")}
+
+    out = []
+    for t in timesteps:
+        if not 0 <= int(t) < len(acp):
+            raise ValueError(f"timesteps must be in [0, {len(acp)}), got {t}")
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+        tt = torch.full((len(clips),), int(t))
+        xt = scheduler.add_noise(x0, noise, tt)
+        v = transformer(hidden_states=xt, encoder_hidden_states=cond_embed(conds), timestep=tt,
+                        image_rotary_emb=image_rope, return_dict=False)[0]
+        a, sig = acp[int(t)].sqrt(), (1 - acp[int(t)]).sqrt()
+        pred = a * xt - sig * v  # x0 from v-prediction
+        out.append({"t": int(t), "snr": float(acp[int(t)] / (1 - acp[int(t)])),
+                    "x0_mse": float(((pred - x0) ** 2).mean()), **mean_scores(pred),
+                    "input_iou": mean_scores(xt / max(float(a), 1e-6))["iou"]})
+    return out

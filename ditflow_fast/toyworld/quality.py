@@ -15,7 +15,8 @@ tracker of :mod:`.metrics`:
 
 ``python -m ditflow_fast.toyworld.quality --model DIR --steps 20 50 --cfg 3 5`` samples the model
 (one video per condition, :func:`.sample.sample`) for every setting, prints these numbers (and the
-world's own for comparison), and with ``--png`` writes the sample strip the docs show.
+world's own for comparison), and with ``--png`` writes the sample strip the docs show. ``--denoise-t 50 300``
+adds the one-step denoising probe of :func:`.diagnostics.denoise_quality` on ``n`` world clips.
 """
 
 from __future__ import annotations
@@ -100,12 +101,21 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--png", default=None, help="write the strip of STRIP_CONDITIONS (first setting) here")
     p.add_argument("--json", default=None, help="append one JSON line per setting here")
+    p.add_argument("--denoise-t", type=int, nargs="*", default=[], metavar="T",
+                   help="also score one-step x0 predictions of n world clips noised to these timesteps "
+                   "(diagnostics.denoise_quality)")
     a = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(a.threads)
     print("world  ", _fmt(world_quality(a.n, a.seed)))
     tr, ce, sc = load_model(a.model)
+    if a.denoise_t:
+        from .diagnostics import denoise_quality
+        from .world import reference_clips
+
+        for r in denoise_quality(tr, ce, sc, reference_clips(a.seed + 5, a.n), a.denoise_t, seed=a.seed):
+            print("denoise", " ".join(f"{k} {v:.4g}" for k, v in r.items()), flush=True)
     for steps in a.steps:
         for cfg in a.cfg:
             t0 = time.perf_counter()
