@@ -82,6 +82,8 @@ def test_model_size_options(tmp_path):
     assert load_model(tmp_path / "m")[0].config.num_layers == 2
     with pytest.raises(ValueError, match="heads and layers"):
         train(tmp_path / "m", tmp_path / "w", max_steps=0, layers=0)
+    with pytest.raises(ValueError, match="another size"):  # resuming with another size names the options
+        train(tmp_path / "m", tmp_path / "w", max_steps=2, batch=1, heads=2, layers=2, threads=1)
 
 
 def test_rope_and_loading_errors(tmp_path):

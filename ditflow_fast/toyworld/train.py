@@ -103,7 +103,7 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
     torch.set_num_threads(threads)
     out, work = Path(out), Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    # heads of TRANSFORMER_CONFIG's head dim; the time embedding is as wide as the tokens
+    # the time embedding as wide as the tokens, as in the committed 2-head model (64)
     width = heads * TRANSFORMER_CONFIG["attention_head_dim"]
     net = build_transformer(seed, num_attention_heads=heads, num_layers=layers, time_embed_dim=width).train()
     cond = ConditionEmbedding(seed=seed)
@@ -116,7 +116,11 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
     image_rope = rope(net)
     step, state_path = 0, work / "state.safetensors"
     if state_path.is_file():
-        step = _load_state(load_file(str(state_path)), net, ema, cond, ema_cond, opt)
+        try:
+            step = _load_state(load_file(str(state_path)), net, ema, cond, ema_cond, opt)
+        except RuntimeError as exc:  # load_state_dict's size mismatch
+            raise ValueError(f"{state_path} holds a model of another size than heads={heads}, layers={layers}: "
+                             "pass the --heads/--layers it was trained with, or another --work folder") from exc
         print(f"resumed at step {step}")
     config = dict(seed=seed, heads=heads, layers=layers, batch=batch, lr=lr, warmup=warmup, ema_decay=ema_decay,
                   threads=threads,
