@@ -93,9 +93,11 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
           batch: int = 12, lr: float = 1e-3, warmup: int = 200, ema_decay: float = 0.999, seed: int = 0,
           save_every: int = 250, log_every: int = 50, threads: int = 1, beta_schedule: str = "scaled_linear",
           lr_final: float | None = None, anneal_start: int = 0, anneal_end: int = 0, heads: int = 2,
-          layers: int = 4) -> dict:
+          layers: int = 4, t_power: float = 1.0) -> dict:
     from safetensors.torch import load_file, save_file
 
+    if not t_power > 0 or not math.isfinite(t_power):
+        raise ValueError(f"t_power must be a positive number, got {t_power}")
     if heads < 1 or layers < 1:
         raise ValueError(f"heads and layers must be positive, got {heads} and {layers}")
     if lr_final is not None and not 0 <= anneal_start < anneal_end:
@@ -128,7 +130,8 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
                   **({} if lr_final is None else dict(lr_schedule="constant, cosine decay from anneal_start to "
                                                       "lr_final at anneal_end", lr_final=lr_final,
                                                       anneal_start=anneal_start, anneal_end=anneal_end)),
-                  objective="v_prediction MSE, uniform t in [0, 1000), 10% condition dropout")
+                  objective="v_prediction MSE, uniform t in [0, 1000), 10% condition dropout",
+                  **({} if t_power == 1.0 else dict(t_power=t_power)))
     log_path = out / "train_log.txt"
     out.mkdir(parents=True, exist_ok=True)
     if step == 0:
@@ -152,7 +155,10 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
         x0, c = training_batch(seed, step, batch)
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, len(acp), (batch,), generator=g)
+        if t_power == 1.0:  # uniform: the draw the committed weights were trained with
+            t = torch.randint(0, len(acp), (batch,), generator=g)
+        else:  # density of t proportional to t ** (t_power - 1): more high-noise steps for t_power > 1
+            t = (len(acp) * torch.rand(batch, generator=g) ** (1.0 / t_power)).long().clamp_(max=len(acp) - 1)
         xt = sched.add_noise(x0, noise, t)
         target = sched.get_velocity(x0, noise, t)
         pred = net(hidden_states=xt, encoder_hidden_states=cond(c), timestep=t, image_rotary_emb=image_rope,
@@ -198,13 +204,16 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--heads", type=int, default=2, help="attention heads of 32 dims (token width 32 x heads)")
     p.add_argument("--layers", type=int, default=4, help="transformer blocks")
+    p.add_argument("--t-power", type=float, default=1.0,
+                   help="timesteps drawn with density proportional to t^(P-1): 1 uniform, 2 favours high noise")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--beta-schedule", choices=("scaled_linear", "linear"), default="scaled_linear")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     a = p.parse_args(argv)
     res = train(a.out, a.work, minutes=a.minutes, max_steps=a.max_steps, batch=a.batch, lr=a.lr, seed=a.seed,
                 save_every=a.save_every, threads=a.threads, beta_schedule=a.beta_schedule, lr_final=a.lr_final,
-                anneal_start=a.anneal_start, anneal_end=a.anneal_end, heads=a.heads, layers=a.layers)
+                anneal_start=a.anneal_start, anneal_end=a.anneal_end, heads=a.heads, layers=a.layers,
+                t_power=a.t_power)
     print(json.dumps(res))
     return 0
 
