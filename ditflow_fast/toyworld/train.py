@@ -130,8 +130,8 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
                   **({} if lr_final is None else dict(lr_schedule="constant, cosine decay from anneal_start to "
                                                       "lr_final at anneal_end", lr_final=lr_final,
                                                       anneal_start=anneal_start, anneal_end=anneal_end)),
-                  objective="v_prediction MSE, uniform t in [0, 1000), 10% condition dropout",
-                  **({} if t_power == 1.0 else dict(t_power=t_power)))
+                  objective="v_prediction MSE, " + ("uniform t" if t_power == 1.0 else f"t density ~ t^{t_power - 1:g}")
+                  + " in [0, 1000), 10% condition dropout", **({} if t_power == 1.0 else dict(t_power=t_power)))
     log_path = out / "train_log.txt"
     out.mkdir(parents=True, exist_ok=True)
     if step == 0:
