@@ -12,7 +12,7 @@ pytest.importorskip("diffusers")
 
 from ditflow_fast.toyworld.model import DEFAULT_DIR, build_transformer, load_model, rope  # noqa: E402
 from ditflow_fast.toyworld.sample import sample  # noqa: E402
-from ditflow_fast.toyworld.train import learning_rate, train, training_batch  # noqa: E402
+from ditflow_fast.toyworld.train import draw_timesteps, learning_rate, train, training_batch  # noqa: E402
 from ditflow_fast.toyworld.world import NULL_CONDITION  # noqa: E402
 
 
@@ -131,3 +131,14 @@ def test_denoise_quality_probe():
     assert all(np.isfinite(r["x0_mse"]) and 0 <= r["iou"] <= 1 for r in rows)
     with pytest.raises(ValueError, match="timesteps"):
         denoise_quality(tr, ConditionEmbedding(), build_scheduler(), reference_clips(0, 1), [1000])
+
+
+def test_timestep_density():
+    uniform = draw_timesteps(torch.Generator().manual_seed(1), 8, 1000)
+    assert torch.equal(uniform, torch.randint(0, 1000, (8,), generator=torch.Generator().manual_seed(1)))
+    t = draw_timesteps(torch.Generator().manual_seed(2), 100_000, 1000, t_power=2.0).double()
+    assert 0 <= t.min() and t.max() <= 999
+    assert t.mean() / 1000 == pytest.approx(2 / 3, abs=0.01)  # density ~ t: mean 2/3 of the range
+    assert (t < 500).double().mean() == pytest.approx(0.25, abs=0.01)
+    with pytest.raises(ValueError, match="t_power"):
+        train("unused", "unused", max_steps=0, t_power=0.0)

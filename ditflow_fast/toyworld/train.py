@@ -81,6 +81,13 @@ def learning_rate(step: int, lr: float, *, warmup: int = 200, lr_final: float | 
     return (lr_final + (lr - lr_final) * 0.5 * (1.0 + math.cos(math.pi * frac))) * scale
 
 
+def draw_timesteps(g: torch.Generator, batch: int, n: int, t_power: float = 1.0) -> torch.Tensor:
+    """``[batch]`` training timesteps in ``[0, n)``, density proportional to ``t ** (t_power - 1)``."""
+    if t_power == 1.0:  # uniform: the draw the committed weights were trained with, kept bit for bit
+        return torch.randint(0, n, (batch,), generator=g)
+    return (n * torch.rand(batch, generator=g) ** (1.0 / t_power)).long().clamp_(max=n - 1)
+
+
 def training_batch(seed: int, step: int, batch: int, drop: float = 0.1):
     """``(x0 [B, F, 3, S, S] in [-1, 1], conditions [B])`` for one step, a pure function of (seed, step)."""
     rng = np.random.default_rng([seed, step])
@@ -155,10 +162,7 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
         x0, c = training_batch(seed, step, batch)
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         noise = torch.randn(x0.shape, generator=g)
-        if t_power == 1.0:  # uniform: the draw the committed weights were trained with
-            t = torch.randint(0, len(acp), (batch,), generator=g)
-        else:  # density of t proportional to t ** (t_power - 1): more high-noise steps for t_power > 1
-            t = (len(acp) * torch.rand(batch, generator=g) ** (1.0 / t_power)).long().clamp_(max=len(acp) - 1)
+        t = draw_timesteps(g, batch, len(acp), t_power)
         xt = sched.add_noise(x0, noise, t)
         target = sched.get_velocity(x0, noise, t)
         pred = net(hidden_states=xt, encoder_hidden_states=cond(c), timestep=t, image_rotary_emb=image_rope,
