@@ -62,30 +62,31 @@ def denoise_quality(transformer, cond_embed, scheduler, clips: list[Clip], times
     ``input_iou`` scores the noisy input itself (``x_t / sqrt(alpha_bar)``): the bar the prediction should clear.
     One dict per timestep: ``t``, ``snr``, ``x0_mse`` (in [-1, 1] units), ``iou``, ``kind_ok``, ``input_iou``."""
     from .model import rope
-    from .quality import video_quality
+    from .quality import summarise, video_quality
 
     x0 = torch.from_numpy(np.stack([c.video for c in clips])) * 2 - 1
     conds = torch.tensor([c.condition for c in clips])
     f, _, s, _ = clips[0].video.shape
     image_rope = rope(transformer, f, s, s)
     acp = scheduler.alphas_cumprod
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))  # the same draw at every t
 
-    def mean_scores(x: torch.Tensor) -> dict[str, float]:
-        rows = [video_quality(((y.clamp(-1, 1) + 1) / 2).numpy(), int(c)) for y, c in zip(x, conds, strict=True)]
-        return {k: float(np.mean([r[k] for r in rows])) for k in ("iou", "kind_ok")}
+    def scores(x: torch.Tensor) -> dict[str, float]:
+        videos = ((x.clamp(-1, 1) + 1) / 2).numpy()
+        return summarise([video_quality(y, int(c)) for y, c in zip(videos, conds, strict=True)])
 
     out = []
-    for t in timesteps:
-        if not 0 <= int(t) < len(acp):
+    for t in map(int, timesteps):
+        if not 0 <= t < len(acp):
             raise ValueError(f"timesteps must be in [0, {len(acp)}), got {t}")
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-        tt = torch.full((len(clips),), int(t))
+        tt = torch.full((len(clips),), t)
         xt = scheduler.add_noise(x0, noise, tt)
         v = transformer(hidden_states=xt, encoder_hidden_states=cond_embed(conds), timestep=tt,
                         image_rotary_emb=image_rope, return_dict=False)[0]
-        a, sig = acp[int(t)].sqrt(), (1 - acp[int(t)]).sqrt()
+        a, sig = acp[t].sqrt(), (1 - acp[t]).sqrt()
         pred = a * xt - sig * v  # x0 from v-prediction
-        out.append({"t": int(t), "snr": float(acp[int(t)] / (1 - acp[int(t)])),
-                    "x0_mse": float(((pred - x0) ** 2).mean()), **mean_scores(pred),
-                    "input_iou": mean_scores(xt / max(float(a), 1e-6))["iou"]})
+        got = scores(pred)
+        out.append({"t": t, "snr": float(acp[t] / (1 - acp[t])), "x0_mse": float(((pred - x0) ** 2).mean()),
+                    "iou": got["iou"], "kind_ok": got["kind_ok"],
+                    "input_iou": scores(xt / max(float(a), 1e-6))["iou"]})
     return out

@@ -125,20 +125,21 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
     image_rope = rope(net)
     step, state_path = 0, work / "state.safetensors"
     if state_path.is_file():
+        state = load_file(str(state_path))
         try:
-            step = _load_state(load_file(str(state_path)), net, ema, cond, ema_cond, opt)
+            step = _load_state(state, net, ema, cond, ema_cond, opt)
         except RuntimeError as exc:  # load_state_dict's size mismatch
             raise ValueError(f"{state_path} holds a model of another size than heads={heads}, layers={layers}: "
                              "pass the --heads/--layers it was trained with, or another --work folder") from exc
         print(f"resumed at step {step}")
+    uniform_t = t_power == 1.0  # the committed weights' draw: their logged config stays as it was
     config = dict(seed=seed, heads=heads, layers=layers, batch=batch, lr=lr, warmup=warmup, ema_decay=ema_decay,
-                  threads=threads,
-                  beta_schedule=beta_schedule,
+                  threads=threads, beta_schedule=beta_schedule,
                   **({} if lr_final is None else dict(lr_schedule="constant, cosine decay from anneal_start to "
                                                       "lr_final at anneal_end", lr_final=lr_final,
                                                       anneal_start=anneal_start, anneal_end=anneal_end)),
-                  objective="v_prediction MSE, " + ("uniform t" if t_power == 1.0 else f"t density ~ t^{t_power - 1:g}")
-                  + " in [0, 1000), 10% condition dropout", **({} if t_power == 1.0 else dict(t_power=t_power)))
+                  objective=f"v_prediction MSE, {'uniform t' if uniform_t else f't density ~ t^{t_power - 1:g}'}"
+                  " in [0, 1000), 10% condition dropout", **({} if uniform_t else dict(t_power=t_power)))
     log_path = out / "train_log.txt"
     out.mkdir(parents=True, exist_ok=True)
     if step == 0:
