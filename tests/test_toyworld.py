@@ -18,6 +18,8 @@ from ditflow_fast.toyworld.world import (
     KINDS,
     NULL_CONDITION,
     NUM_CONDITIONS,
+    RADIUS,
+    SIZE,
     condition_index,
     condition_name,
     condition_parts,
@@ -37,7 +39,7 @@ def test_clip_is_deterministic_and_well_formed():
     assert 0 <= a.condition < NUM_CONDITIONS and condition_parts(a.condition) == (a.kind, a.colour)
     # constant velocity, and the whole object stays inside the frame
     np.testing.assert_allclose(np.diff(a.track, axis=0), np.broadcast_to(a.velocity, (7, 2)), atol=1e-5)
-    assert a.track.min() >= 6.0 - 1e-5 and a.track.max() <= 25.0 + 1e-5
+    assert a.track.min() >= RADIUS + 1 - 1e-5 and a.track.max() <= SIZE - 2 - RADIUS + 1e-5
 
 
 def test_fixed_parts_are_honoured_and_others_unchanged():
@@ -45,12 +47,12 @@ def test_fixed_parts_are_honoured_and_others_unchanged():
     other = make_clip(np.random.default_rng(1), condition=condition_index("disk", "blue"), velocity=(1.0, -0.5))
     assert other.name == "blue disk" and other.velocity == (1.0, -0.5)
     assert base.condition != other.condition or base.velocity != other.velocity
-    # the background is drawn in the same order: pixels far from both objects agree
-    far = np.ones((32, 32), bool)
+    # the background is drawn in the same order: in frame 0, pixels far from both objects agree
+    far = np.ones((SIZE, SIZE), bool)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
     for c in (base, other):
-        for x, y in c.track:
-            yy, xx = np.mgrid[0:32, 0:32]
-            far &= (np.abs(xx - x) > 7) | (np.abs(yy - y) > 7)
+        x, y = c.track[0]
+        far &= (np.abs(xx - x) > RADIUS + 2) | (np.abs(yy - y) > RADIUS + 2)
     assert far.any()
     np.testing.assert_allclose(base.video[0][:, far], other.video[0][:, far])
 
@@ -144,5 +146,6 @@ def test_object_area():
 
     clip = make_clip(np.random.default_rng(0), condition=condition_index("square", "blue"))
     area = object_area(clip.video, colour_of(clip.condition))
-    assert 0.5 * 11 * 11 < area < 11 * 11  # a ~10 px square, weights <= 1 (texture and edges lower them)
+    side = 2 * RADIUS + 1  # the square's side in pixels; weights <= 1 (texture and edges lower them)
+    assert 0.5 * side * side < area < side * side
     assert object_area(clip.video, COLOURS["red"]) < 1.0

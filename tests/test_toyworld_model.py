@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from ditflow_fast.toyworld.model import DEFAULT_DIR, build_transformer, load_model, rope  # noqa: E402
+from ditflow_fast.toyworld.model import DEFAULT_DIR, build_transformer, load_model, rope, world_geometry  # noqa: E402
 from ditflow_fast.toyworld.sample import sample  # noqa: E402
 from ditflow_fast.toyworld.train import draw_timesteps, learning_rate, train, training_batch  # noqa: E402
 from ditflow_fast.toyworld.world import NULL_CONDITION  # noqa: E402
@@ -80,6 +80,12 @@ def test_model_size_options(tmp_path):
     assert (cfg["num_attention_heads"], cfg["num_layers"], cfg["time_embed_dim"]) == (1, 2, 32)
     assert json.loads((tmp_path / "m" / "world.json").read_text())["train"]["heads"] == 1
     assert load_model(tmp_path / "m")[0].config.num_layers == 2
+    meta_path = tmp_path / "m" / "world.json"
+    meta = json.loads(meta_path.read_text())
+    assert {k: meta[k] for k in world_geometry()} == world_geometry()
+    meta_path.write_text(json.dumps({**meta, "radius": meta["radius"] + 2}))
+    with pytest.warns(UserWarning, match="another world.*radius"):  # trained on other clips: said, not refused
+        load_model(tmp_path / "m")
     with pytest.raises(ValueError, match="heads and layers"):
         train(tmp_path / "m", tmp_path / "w", max_steps=0, layers=0)
     with pytest.raises(ValueError, match="another size"):  # resuming with another size names the options
@@ -102,6 +108,7 @@ def test_committed_weights_are_small_and_trained():
     assert sum(p.stat().st_size for p in files) < 8 * 2**20
     meta = json.loads((DEFAULT_DIR / "world.json").read_text())
     assert meta["train"]["steps"] >= 1000
+    assert {k: meta.get(k) for k in world_geometry()} == world_geometry()  # trained on the package's world
     log = [line.split() for line in (DEFAULT_DIR / "train_log.txt").read_text().splitlines() if line[0] != "#"]
     assert float(log[-1][2]) < 0.5 * float(log[0][2])  # the loss came down
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from ditflow_fast.toyworld.quality import KEYS, main, summarise, video_quality, world_quality
-from ditflow_fast.toyworld.world import condition_index, make_clip, render_object
+from ditflow_fast.toyworld.world import RADIUS, SPEED_RANGE, condition_index, make_clip, render_object
 
 
-def _clip(kind, colour, velocity=(1.5, 0.5), start=(9.0, 10.0), radius=5.0):
+def _clip(kind, colour, velocity=(1.5, 0.5), start=(9.0, 10.0), radius=RADIUS):
     return make_clip(np.random.default_rng(3), condition=condition_index(kind, colour), velocity=velocity,
                      start=start, radius=radius)
 
@@ -18,7 +18,7 @@ def test_world_clips_score_as_a_perfect_model():
     q = world_quality(12)
     assert set(q) == set(KEYS) and q["tracked"] == 8
     assert q["iou"] > 0.85 and q["kind_ok"] > 0.9 and q["jerk"] < 0.5
-    assert 0.75 <= q["speed"] <= 2.25
+    assert SPEED_RANGE[0] <= q["speed"] <= SPEED_RANGE[1]
 
 
 def test_every_kind_is_recognised_and_a_wrong_shape_is_not():
@@ -31,7 +31,7 @@ def test_every_kind_is_recognised_and_a_wrong_shape_is_not():
     disk = _clip("disk", "red")
     as_cross = video_quality(disk.video, condition_index("cross", "red"))
     assert as_cross["kind_ok"] == 0.0 and as_cross["iou"] < video_quality(disk.video, disk.condition)["iou"] - 0.15
-    blob = _clip("disk", "red", radius=9.0, velocity=(0.5, 0.2), start=(15.0, 15.0))  # too big: a blob
+    blob = _clip("disk", "red", radius=RADIUS * 1.6, velocity=(0.5, 0.2), start=(15.0, 15.0))  # too big: a blob
     assert video_quality(blob.video, blob.condition)["iou"] < 0.5
 
 

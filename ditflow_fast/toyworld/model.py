@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
-from .world import FRAMES, NULL_CONDITION, NUM_CONDITIONS, SIZE
+from .world import CHECKER, FRAMES, NULL_CONDITION, NUM_CONDITIONS, RADIUS, SIZE, SPEED_RANGE
 
 TEXT_TOKENS, TEXT_DIM = 4, 32
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny_dit"
@@ -88,6 +89,11 @@ def _atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def world_geometry() -> dict:
+    """The clip geometry of the package's world, as a model folder's ``world.json`` records it."""
+    return {"frames": FRAMES, "size": SIZE, "radius": RADIUS, "checker": CHECKER, "speed_range": list(SPEED_RANGE)}
+
+
 def save_model(folder, transformer, cond: ConditionEmbedding, extra: dict | None = None, scheduler=None) -> Path:
     """Write a model folder; each file is written to a temporary name then renamed (never half-written)."""
     from safetensors.torch import save_file
@@ -101,9 +107,18 @@ def save_model(folder, transformer, cond: ConditionEmbedding, extra: dict | None
     _atomic(folder / "scheduler" / "scheduler_config.json", lambda p: Path(p).write_text(sched))
     w = {"weight": cond.weight.detach().contiguous().clone()}
     _atomic(folder / "cond_embed.safetensors", lambda p: save_file(w, p))
-    world = json.dumps({"frames": FRAMES, "size": SIZE, "null_condition": NULL_CONDITION, **(extra or {})}, indent=1)
+    world = json.dumps({**world_geometry(), "null_condition": NULL_CONDITION, **(extra or {})}, indent=1)
     _atomic(folder / "world.json", lambda p: Path(p).write_text(world))
     return folder
+
+
+def _check_world(path: Path) -> None:
+    # a model trained on other clips still runs; the demo's numbers would just not mean what they say
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    differ = {k: (recorded[k], v) for k, v in world_geometry().items() if k in recorded and recorded[k] != v}
+    if differ:
+        warnings.warn(f"{path.parent} was trained on another world than this package's (recorded, now): {differ}",
+                      stacklevel=3)
 
 
 def load_model(folder=DEFAULT_DIR):
@@ -120,4 +135,5 @@ def load_model(folder=DEFAULT_DIR):
     cond = ConditionEmbedding(w.shape[1], w.shape[2])
     cond.weight.data.copy_(w)
     scheduler = CogVideoXDDIMScheduler.from_pretrained(folder / "scheduler")
+    _check_world(folder / "world.json")
     return transformer, cond.eval().requires_grad_(False), scheduler

@@ -4,7 +4,7 @@ For a video that should show one object of a known condition (kind and colour), 
 tracker of :mod:`.metrics`:
 
 - ``tracked``: frames in which the object's colour is found;
-- ``speed``: mean distance (px) the tracked centre moves per frame (the world: 0.75 to 2.25);
+- ``speed``: mean distance (px) the tracked centre moves per frame (the world: ``world.SPEED_RANGE``);
 - ``jerk``: mean ``|x[k+1] - 2 x[k] + x[k-1]|`` (px) of the tracked centre (the world: 0, constant velocity);
 - ``area``: mean pixels per frame of the object's colour (:func:`.metrics.object_area`);
 - ``iou``: per frame, the IoU of the colour mask (colour weight > 0.5) with the world's rendering of the

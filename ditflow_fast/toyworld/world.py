@@ -29,8 +29,9 @@ COLOURS = {  # saturated colours far from the grey background, so a colour track
 COLOUR_NAMES = tuple(COLOURS)
 NUM_CONDITIONS = len(KINDS) * len(COLOURS)
 NULL_CONDITION = NUM_CONDITIONS  # the "empty prompt"
-FRAMES, SIZE, RADIUS = 8, 32, 5.0
-SPEED_RANGE = (0.75, 2.25)  # pixels per frame
+FRAMES, SIZE, RADIUS = 8, 32, 7.0
+SPEED_RANGE = (0.75, 2.0)  # pixels per frame; at 2.0 a 7-frame path (14 px) fits the 15 px left to the centre
+CHECKER = 4.0  # side (px) of the object's checker cells: a token (4 x 4 px) holds about one cell
 _SUPERSAMPLE = 4  # coverage is averaged over 4 x 4 sub-pixels so sub-pixel motion is smooth
 
 
@@ -100,7 +101,7 @@ def _shape_coverage(kind: int, dx: np.ndarray, dy: np.ndarray, radius: float) ->
 def render_object(kind: int, colour: np.ndarray, centre, size: int = SIZE, radius: float = RADIUS):
     """``(alpha [S, S], rgb [3, S, S])`` of one object centred at ``centre`` (x, y), anti-aliased.
 
-    The object's texture is a 2-pixel checker in the object's own frame (it moves with the object)."""
+    The object's texture is a checker of ``CHECKER``-pixel cells in the object's own frame (it moves with the object)."""
     n = _SUPERSAMPLE
     offs = (np.arange(n, dtype=np.float32) + 0.5) / n - 0.5
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -108,7 +109,7 @@ def render_object(kind: int, colour: np.ndarray, centre, size: int = SIZE, radiu
     sy = yy[:, :, None, None] + offs[None, None, :, None]
     dx, dy = sx - centre[0], sy - centre[1]
     cover = _shape_coverage(kind, dx, dy, radius).astype(np.float32)
-    checker = ((np.floor((dx + radius) / 2.0) + np.floor((dy + radius) / 2.0)) % 2).astype(np.float32)
+    checker = ((np.floor((dx + radius) / CHECKER) + np.floor((dy + radius) / CHECKER)) % 2).astype(np.float32)
     shade = (1.0 - 0.25 * checker) * cover
     alpha = cover.mean(axis=(2, 3))
     shade = shade.sum(axis=(2, 3)) / np.maximum(cover.sum(axis=(2, 3)), 1e-6)
