@@ -90,6 +90,15 @@ def test_model_size_options(tmp_path):
         train(tmp_path / "m", tmp_path / "w", max_steps=0, layers=0)
     with pytest.raises(ValueError, match="another size"):  # resuming with another size names the options
         train(tmp_path / "m", tmp_path / "w", max_steps=2, batch=1, heads=2, layers=2, threads=1)
+    from safetensors.torch import load_file, save_file
+
+    state_path = tmp_path / "w" / "state.safetensors"
+    state = load_file(str(state_path))
+    other = {**world_geometry(), "radius": world_geometry()["radius"] + 2}
+    for metadata, match in (({"world": json.dumps(other)}, "another world"), (None, "does not record")):
+        save_file(state, str(state_path), metadata=metadata)  # a state of other clips is not resumed
+        with pytest.raises(ValueError, match=match):
+            train(tmp_path / "m", tmp_path / "w", max_steps=2, batch=1, heads=1, layers=2, threads=1)
 
 
 def test_rope_and_loading_errors(tmp_path):

@@ -34,6 +34,7 @@ from .model import (
     build_transformer,
     rope,
     save_model,
+    world_geometry,
 )
 from .world import NULL_CONDITION, make_batch
 
@@ -63,6 +64,20 @@ def _load_state(sd, net, ema, cond, ema_cond, opt) -> int:
             opt.state[p] = {"exp_avg": sd[f"opt.{i}.exp_avg"].clone(), "exp_avg_sq": sd[f"opt.{i}.exp_avg_sq"].clone(),
                             "step": torch.tensor(float(sd[f"opt.{i}.step"][0]))}
     return int(sd["step"][0])
+
+
+def _check_state_world(path: Path) -> None:
+    # resuming on other clips would silently mix two worlds in one set of weights
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        recorded = (fh.metadata() or {}).get("world")
+    if recorded is None:
+        raise ValueError(f"{path} does not record the world it was trained on (a state from before the radius-7 "
+                         "world): pass another --work folder")
+    if json.loads(recorded) != world_geometry():
+        raise ValueError(f"{path} was trained on another world ({recorded}) than this package's "
+                         f"({json.dumps(world_geometry())}): pass another --work folder")
 
 
 def learning_rate(step: int, lr: float, *, warmup: int = 200, lr_final: float | None = None,
@@ -125,6 +140,7 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
     image_rope = rope(net)
     step, state_path = 0, work / "state.safetensors"
     if state_path.is_file():
+        _check_state_world(state_path)
         state = load_file(str(state_path))
         try:
             step = _load_state(state, net, ema, cond, ema_cond, opt)
@@ -154,7 +170,7 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
     def checkpoint():
         elapsed = elapsed0 + time.monotonic() - t_start
         sd = _state_dict(net, ema, cond, ema_cond, opt, step)
-        _atomic(state_path, lambda p: save_file(sd, p))
+        _atomic(state_path, lambda p: save_file(sd, p, metadata={"world": json.dumps(world_geometry())}))
         _atomic(work / "elapsed.json", lambda p: Path(p).write_text(json.dumps({"s": elapsed})))
         save_model(out, ema, ema_cond, extra={"train": {**config, "steps": step, "elapsed_s": round(elapsed, 1)}},
                    scheduler=sched)

@@ -101,7 +101,7 @@ def _shape_coverage(kind: int, dx: np.ndarray, dy: np.ndarray, radius: float) ->
 def render_object(kind: int, colour: np.ndarray, centre, size: int = SIZE, radius: float = RADIUS):
     """``(alpha [S, S], rgb [3, S, S])`` of one object centred at ``centre`` (x, y), anti-aliased.
 
-    The object's texture is a checker of ``CHECKER``-pixel cells in the object's own frame (it moves with the object)."""
+    The object's texture is a checker of ``CHECKER``-px cells in its own frame (it moves with the object)."""
     n = _SUPERSAMPLE
     offs = (np.arange(n, dtype=np.float32) + 0.5) / n - 0.5
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
