@@ -112,10 +112,14 @@ def save_model(folder, transformer, cond: ConditionEmbedding, extra: dict | None
     return folder
 
 
+def world_mismatch(recorded: dict) -> dict:
+    """``{key: (recorded value, the package's)}`` for each geometry key that ``recorded`` holds with another value."""
+    return {k: (recorded[k], v) for k, v in world_geometry().items() if k in recorded and recorded[k] != v}
+
+
 def _check_world(path: Path) -> None:
     # a model trained on other clips still runs; the demo's numbers would just not mean what they say
-    recorded = json.loads(path.read_text()) if path.is_file() else {}
-    differ = {k: (recorded[k], v) for k, v in world_geometry().items() if k in recorded and recorded[k] != v}
+    differ = world_mismatch(json.loads(path.read_text()) if path.is_file() else {})
     if differ:
         warnings.warn(f"{path.parent} was trained on another world than this package's (recorded, now): {differ}",
                       stacklevel=3)

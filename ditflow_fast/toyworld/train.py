@@ -9,7 +9,8 @@ so a resumed run sees the same data as an uninterrupted one.
 Progress is never lost: every ``save_every`` steps the resume state (weights, EMA, Adam moments,
 step) is written atomically to ``work/state.safetensors`` and the EMA model to the output folder;
 a rerun with the same arguments resumes from there. The loss goes to ``<out>/train_log.txt``.
-The process pins itself to one thread; run it under ``nice -n 19`` on a shared machine.
+The process uses ``threads`` torch threads (the command line's default: ``OMP_NUM_THREADS``, else 1);
+run it under ``nice`` on a shared machine.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .model import (
     rope,
     save_model,
     world_geometry,
+    world_mismatch,
 )
 from .world import NULL_CONDITION, make_batch
 
@@ -73,11 +75,12 @@ def _check_state_world(path: Path) -> None:
     with safe_open(str(path), "pt") as fh:
         recorded = (fh.metadata() or {}).get("world")
     if recorded is None:
-        raise ValueError(f"{path} does not record the world it was trained on (a state from before the radius-7 "
-                         "world): pass another --work folder")
-    if json.loads(recorded) != world_geometry():
-        raise ValueError(f"{path} was trained on another world ({recorded}) than this package's "
-                         f"({json.dumps(world_geometry())}): pass another --work folder")
+        raise ValueError(f"{path} does not record the world it was trained on (written before states did): "
+                         "pass another --work folder")
+    differ = world_mismatch(json.loads(recorded))
+    if differ:
+        raise ValueError(f"{path} was trained on another world than this package's (recorded, now): {differ}; "
+                         "pass another --work folder")
 
 
 def learning_rate(step: int, lr: float, *, warmup: int = 200, lr_final: float | None = None,
