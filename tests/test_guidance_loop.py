@@ -91,6 +91,19 @@ def test_injection_validation_names_the_problem(tmp_path):
                         expected_shape=g.emb_shape)
 
 
+def test_guidance_interval_limits_cfg_to_the_noisier_steps():
+    kw = dict(guidance=False, dynamic_cfg=False)
+    full = _guide(True, **kw).run(progress=False).latents
+    cond_only = _guide(True, cfg_scale=1.0, **kw).run(progress=False).latents
+    never = _guide(True, cfg_min_t=1000, **kw)  # above every timestep: no unconditional pass at all
+    torch.testing.assert_close(never.run(progress=False).latents, cond_only)
+    first_two = _guide(True, cfg_min_t=never.timesteps[1], **kw).run(progress=False).latents
+    assert not torch.allclose(first_two, full) and not torch.allclose(first_two, cond_only)
+    assert GuidanceConfig().run_key() != GuidanceConfig(cfg_min_t=500).run_key()  # a state resumes under its interval
+    with pytest.raises(ValueError, match="cfg_min_t"):
+        GuidanceConfig(cfg_min_t=-1).validate()
+
+
 def test_config_rejects_bad_settings():
     tr = tiny.tiny_transformer(True)
     with pytest.raises(ValueError, match="multiples of 16"):

@@ -72,6 +72,12 @@ def test_resume_equals_uninterrupted_run(tmp_path, anneal):
     assert v.shape == (2, 8, 3, 32, 32) and 0 <= v.min() and v.max() <= 1
     v1 = sample(tr, ce, sc, [5], steps=2, seed=2)
     np.testing.assert_allclose(v[1], v1[0], atol=1e-5)  # video i uses seed + i
+    # a guidance interval above every timestep is plain conditional sampling; inside the schedule it
+    # guides only the noisier steps (2 trailing steps: t = 999 guided, t = 499 not)
+    plain = sample(tr, ce, sc, [0, 5], steps=2, seed=1, cfg=1.0)
+    np.testing.assert_array_equal(sample(tr, ce, sc, [0, 5], steps=2, seed=1, cfg_min_t=1000), plain)
+    interval = sample(tr, ce, sc, [0, 5], steps=2, seed=1, cfg_min_t=600)
+    assert not np.array_equal(interval, plain) and not np.array_equal(interval, v)
 
 
 def test_model_size_options(tmp_path):

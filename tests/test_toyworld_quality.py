@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ditflow_fast.toyworld.quality import KEYS, main, summarise, video_quality, world_quality
+from ditflow_fast.toyworld.quality import KEYS, main, summarise, summarise_by_kind, video_quality, world_quality
 from ditflow_fast.toyworld.world import RADIUS, SPEED_RANGE, condition_index, make_clip, render_object
 
 
@@ -53,8 +53,19 @@ def test_jittery_motion_has_jerk_and_a_lost_object_is_not_tracked():
     assert both["speed"] == good["speed"] and both["iou"] == good["iou"] / 2 and both["tracked"] == 4
 
 
+def test_summaries_by_kind_group_the_right_videos():
+    clips = [_clip(kind, colour) for kind in ("square", "cross") for colour in ("red", "green", "blue")]
+    rows = [video_quality(c.video, c.condition) for c in clips]
+    rows[3] = {**rows[3], "iou": 0.0}  # one bad cross: it must pull down the crosses' mean only
+    by_kind = summarise_by_kind(rows, [c.condition for c in clips])
+    assert list(by_kind) == ["square", "cross"]  # no disks among the videos: no disk entry
+    assert by_kind["square"] == summarise(rows[:3]) and by_kind["cross"] == summarise(rows[3:])
+    assert by_kind["square"]["iou"] > 0.85 > by_kind["cross"]["iou"]
+
+
 def test_command_line_help_renders(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0
-    assert "--cfg" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--cfg" in out and "--cfg-min-t" in out

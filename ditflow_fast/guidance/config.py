@@ -42,6 +42,7 @@ class GuidanceConfig:
     prop_motion: float = 0.04  # MOFT: fraction of channels kept as motion channels
     cfg_scale: float = 7.0
     dynamic_cfg: bool | None = None
+    cfg_min_t: int = 0  # guidance interval: CFG only at timesteps >= this; below, the conditional prediction alone
     scheduler: str | None = None  # "dpm" | "ddim"
     seed: int = 0
     gradient_checkpointing: bool = True
@@ -70,6 +71,8 @@ class GuidanceConfig:
                              f"{self.height}x{self.width}")
         if self.inject_embeds is not None and self.opt_mode != "emb":
             raise ValueError("--inject-embeds needs --opt-mode emb (it injects saved positional embeddings)")
+        if not 0 <= int(self.cfg_min_t) <= 1000:
+            raise ValueError(f"cfg_min_t must lie in [0, 1000] (a timestep), got {self.cfg_min_t}")
         if self.scheduler not in (None, "dpm", "ddim"):
             raise ValueError(f"scheduler must be dpm or ddim, got {self.scheduler!r}")
         return self
@@ -108,6 +111,8 @@ class GuidanceConfig:
         d = self.to_dict()
         for k in ("device", "cpu_offload", "vae_slicing", "vae_tiling", "extra"):
             d.pop(k, None)
+        if d.get("cfg_min_t") == 0:  # the default leaves the keys of states saved before the option valid
+            d.pop("cfg_min_t")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def lr_at(self, i: int) -> float:

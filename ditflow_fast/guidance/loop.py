@@ -149,14 +149,15 @@ class Guide:
     @torch.no_grad()
     def _denoise(self, i, t, latents, x0_prev, emb):
         x = self.sched.scale_model_input(latents, t)
+        use_cfg = t >= self.cfg.cfg_min_t  # outside the interval the unconditional pass is not needed
         with self._positions(emb):
             cond = self.tr(**self._fwd_kwargs(x, self.cond, t, emb), return_dict=False)[0].float()
-            uncond = self.tr(**self._fwd_kwargs(x, self.uncond, t, emb), return_dict=False)[0].float()
+            uncond = self.tr(**self._fwd_kwargs(x, self.uncond, t, emb), return_dict=False)[0].float() if use_cfg else None
         scale = self.cfg.cfg_scale
         if self.cfg.dynamic_cfg:  # the CogVideoX pipeline's schedule, on the timestep value
             n = self.cfg.steps
             scale = 1 + scale * (1 - math.cos(math.pi * ((n - t) / n) ** 5.0)) / 2
-        pred = uncond + scale * (cond - uncond)
+        pred = uncond + scale * (cond - uncond) if use_cfg else cond
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 1 + i)  # per step: resumable
         tt = torch.tensor(t, device=self.device)
         if self.cfg.scheduler == "dpm":

@@ -38,6 +38,8 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--opt-iters", type=int, default=d.opt_iters, help="Adam iterations per guided step")
     p.add_argument("--lr", type=float, nargs=2, default=d.lr, metavar=("START", "END"))
     p.add_argument("--cfg", type=float, default=d.cfg_scale, help="classifier-free guidance scale")
+    p.add_argument("--cfg-min-t", type=int, default=d.cfg_min_t, metavar="T",
+                   help="guidance interval: CFG only at timesteps >= T (0: every step)")
     p.add_argument("--block", type=int, default=d.guidance_block, help="guidance block (default: the loop's)")
     p.add_argument("--gifs", choices=("first", "all", "none"), default="first")
     p.add_argument("--quick", action="store_true", help="1 clip, 1 seed, 8 steps (4 guided, 2 iterations)")
@@ -75,7 +77,8 @@ def _cmd_demo(args) -> int:
             raise SystemExit("ditflow-fast demo: --ref-colour must be R,G,B")
         refs = [user_clip(args.video, colour)]
     settings = DemoSettings(steps=args.steps, guided_steps=args.guided_steps, opt_iters=args.opt_iters,
-                            lr=tuple(args.lr), cfg_scale=args.cfg, guidance_block=args.block)
+                            lr=tuple(args.lr), cfg_scale=args.cfg, cfg_min_t=args.cfg_min_t,
+                            guidance_block=args.block)
     res = run_demo(args.out, model_dir=args.model or DEFAULT_DIR, clips=args.clips, seeds=args.seeds, rows=args.rows,
                    clip_seed=args.clip_seed, settings=settings, gifs=args.gifs, references=refs, target=target)
     from pathlib import Path

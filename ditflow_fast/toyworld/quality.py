@@ -14,8 +14,8 @@ tracker of :mod:`.metrics`:
   three kinds (chance 1/3), i.e. whether the shape is recognisably a square, a disk or a cross.
 
 ``python -m ditflow_fast.toyworld.quality --model DIR --steps 20 50 --cfg 3 5`` samples the model
-(one video per condition, :func:`.sample.sample`) for every setting, prints these numbers (and the
-world's own for comparison), and with ``--png`` writes the sample strip the docs show. ``--denoise-t 50 300``
+(one video per condition, :func:`.sample.sample`) for every setting, prints these numbers, in all and
+per kind (and the world's own for comparison), and with ``--png`` writes the sample strip the docs show. ``--denoise-t 50 300``
 adds the one-step denoising probe of :func:`.diagnostics.denoise_quality` on ``n`` world clips.
 """
 
@@ -74,15 +74,22 @@ def world_quality(n: int = 12, seed: int = 0) -> dict[str, float]:
 
 
 def sample_quality(transformer, cond_embed, scheduler, *, n: int = 12, steps: int = 20, cfg: float = 5.0,
-                   seed: int = 0, batch: int = 12):
+                   seed: int = 0, batch: int = 12, cfg_min_t: int = 0):
     """``(summary, videos [n, F, 3, S, S], conditions)``: ``n`` samples, condition ``i % 12`` from seed ``seed + i``."""
     from .sample import sample
     from .world import NUM_CONDITIONS
 
     conds = [i % NUM_CONDITIONS for i in range(n)]
     videos = np.concatenate([sample(transformer, cond_embed, scheduler, conds[i:i + batch], steps=steps, cfg=cfg,
-                                    seed=seed + i) for i in range(0, n, batch)])
+                                    seed=seed + i, cfg_min_t=cfg_min_t) for i in range(0, n, batch)])
     return summarise([video_quality(v, c) for v, c in zip(videos, conds, strict=True)]), videos, conds
+
+
+def summarise_by_kind(rows: list[dict[str, float]], conditions) -> dict[str, dict[str, float]]:
+    """``{kind name: summary}`` of the rows whose condition shows that kind (kinds with no rows left out)."""
+    kinds = [condition_parts(int(c))[0] for c in conditions]
+    return {name: summarise([r for r, k in zip(rows, kinds, strict=True) if k == i])
+            for i, name in enumerate(KINDS) if i in kinds}
 
 
 def _fmt(s: dict[str, float]) -> str:
@@ -96,6 +103,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=str(DEFAULT_DIR))
     p.add_argument("--steps", type=int, nargs="+", default=[20])
     p.add_argument("--cfg", type=float, nargs="+", default=[5.0])
+    p.add_argument("--cfg-min-t", type=int, default=0, metavar="T",
+                   help="guidance interval: CFG only at timesteps >= T (0: every step)")
     p.add_argument("--n", type=int, default=12, help="videos per setting (condition i %% 12, seed + i)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -119,16 +128,21 @@ def main(argv=None) -> int:
     for steps in a.steps:
         for cfg in a.cfg:
             t0 = time.perf_counter()
-            summary, _, _ = sample_quality(tr, ce, sc, n=a.n, steps=steps, cfg=cfg, seed=a.seed)
+            summary, videos, conds = sample_quality(tr, ce, sc, n=a.n, steps=steps, cfg=cfg, seed=a.seed,
+                                                    cfg_min_t=a.cfg_min_t)
             print(f"steps {steps} cfg {cfg:g} ", _fmt(summary), f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            rows = [video_quality(v, c) for v, c in zip(videos, conds, strict=True)]
+            for kind, s in summarise_by_kind(rows, conds).items():
+                print(f"  {kind:<6}", _fmt(s), flush=True)
             if a.json:
                 with open(a.json, "a") as fh:
-                    fh.write(json.dumps({"model": a.model, "steps": steps, "cfg": cfg, "n": a.n, **summary}) + "\n")
+                    fh.write(json.dumps({"model": a.model, "steps": steps, "cfg": cfg, "cfg_min_t": a.cfg_min_t,
+                                         "n": a.n, **summary}) + "\n")
     if a.png:
         from .media import save_strip
         from .sample import sample
 
-        vids = [sample(tr, ce, sc, [c], steps=a.steps[0], cfg=a.cfg[0], seed=a.seed + i)[0]
+        vids = [sample(tr, ce, sc, [c], steps=a.steps[0], cfg=a.cfg[0], seed=a.seed + i, cfg_min_t=a.cfg_min_t)[0]
                 for i, c in enumerate(STRIP_CONDITIONS)]
         save_strip(a.png, vids)
     return 0

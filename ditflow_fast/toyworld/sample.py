@@ -15,11 +15,12 @@ from .world import FRAMES, NULL_CONDITION, SIZE
 
 @torch.no_grad()
 def sample(transformer, cond_embed, scheduler, conditions, *, steps: int = 25, cfg: float = 3.0, seed: int = 0,
-           frames: int = FRAMES, size: int = SIZE) -> np.ndarray:
+           frames: int = FRAMES, size: int = SIZE, cfg_min_t: int = 0) -> np.ndarray:
     """Videos ``[B, F, 3, S, S]`` in [0, 1] for the condition indices ``conditions`` (one video each).
 
     The initial noise of video ``i`` is drawn from ``seed + i`` so a batch equals its videos drawn one
-    at a time. ``cfg`` <= 1 disables classifier-free guidance (one forward per step instead of two)."""
+    at a time. ``cfg`` <= 1 disables classifier-free guidance (one forward per step instead of two);
+    ``cfg_min_t`` limits it to the timesteps ``>= cfg_min_t`` (below them, the conditional prediction alone)."""
     conds = torch.as_tensor(list(conditions), dtype=torch.long)
     b = conds.shape[0]
     noise = torch.stack([torch.randn(frames, 3, size, size, generator=torch.Generator().manual_seed(seed + i))
@@ -32,10 +33,11 @@ def sample(transformer, cond_embed, scheduler, conditions, *, steps: int = 25, c
     if use_cfg:
         text = torch.cat([cond_embed(torch.full_like(conds, NULL_CONDITION)), text])
     for t in scheduler.timesteps:
-        inp = torch.cat([x, x]) if use_cfg else x
-        v = transformer(hidden_states=inp, encoder_hidden_states=text, timestep=t.expand(inp.shape[0]),
-                        image_rotary_emb=image_rope, return_dict=False)[0]
-        if use_cfg:
+        guided = use_cfg and int(t) >= cfg_min_t
+        inp = torch.cat([x, x]) if guided else x
+        v = transformer(hidden_states=inp, encoder_hidden_states=text if guided else text[-b:],
+                        timestep=t.expand(inp.shape[0]), image_rotary_emb=image_rope, return_dict=False)[0]
+        if guided:
             v_u, v_c = v.chunk(2)
             v = v_u + cfg * (v_c - v_u)
         x = scheduler.step(v, t, x, return_dict=False)[0]
