@@ -152,7 +152,8 @@ class Guide:
         use_cfg = t >= self.cfg.cfg_min_t  # outside the interval the unconditional pass is not needed
         with self._positions(emb):
             cond = self.tr(**self._fwd_kwargs(x, self.cond, t, emb), return_dict=False)[0].float()
-            uncond = self.tr(**self._fwd_kwargs(x, self.uncond, t, emb), return_dict=False)[0].float() if use_cfg else None
+            uncond = (self.tr(**self._fwd_kwargs(x, self.uncond, t, emb), return_dict=False)[0].float()
+                      if use_cfg else None)
         scale = self.cfg.cfg_scale
         if self.cfg.dynamic_cfg:  # the CogVideoX pipeline's schedule, on the timestep value
             n = self.cfg.steps

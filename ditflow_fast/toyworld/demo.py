@@ -71,8 +71,9 @@ class ToyTransfer:
         blocks = None if s.guidance_block is None else (s.guidance_block,)
         cfg = GuidanceConfig(model=self.model_dir, frames=frames, height=size, width=size, steps=s.steps,
                              guided_steps=s.guided_steps, opt_iters=s.opt_iters, lr=tuple(s.lr),
-                             temperature=s.temperature, cfg_scale=s.cfg_scale, cfg_min_t=s.cfg_min_t, dynamic_cfg=False, scheduler="ddim",
-                             seed=seed, gradient_checkpointing=row == "DiTFlow emb", dtype="float32", device="cpu",
+                             temperature=s.temperature, cfg_scale=s.cfg_scale, cfg_min_t=s.cfg_min_t,
+                             dynamic_cfg=False, scheduler="ddim", seed=seed,
+                             gradient_checkpointing=row == "DiTFlow emb", dtype="float32", device="cpu",
                              guidance_blocks=blocks,
                              inject_embeds=None if inject_embeds is None else str(inject_embeds), **ROWS[row])
         # Checkpointing for the emb row only: the committed results were made so, when the processor still

@@ -15,8 +15,9 @@ tracker of :mod:`.metrics`:
 
 ``python -m ditflow_fast.toyworld.quality --model DIR --steps 20 50 --cfg 3 5`` samples the model
 (one video per condition, :func:`.sample.sample`) for every setting, prints these numbers, in all and
-per kind (and the world's own for comparison), and with ``--png`` writes the sample strip the docs show. ``--denoise-t 50 300``
-adds the one-step denoising probe of :func:`.diagnostics.denoise_quality` on ``n`` world clips.
+per kind (and the world's own for comparison), and with ``--png`` writes the sample strip the docs
+show. ``--cfg-min-t T`` applies the guidance only at timesteps >= T. ``--denoise-t 50 300`` adds
+the one-step denoising probe of :func:`.diagnostics.denoise_quality` on ``n`` world clips.
 """
 
 from __future__ import annotations

@@ -21,9 +21,9 @@ class DemoSettings:
     """The sampling and guidance settings of the demo (the tiny model's counterparts of DiTFlow's defaults).
 
     Chosen on tuning clips (clip seed 1) disjoint from the reported ones (clip seed 0), and the guidance
-    interval on unguided samples' quality numbers; see docs/toyworld.md. They differ from the paper's (10 of 50 steps guided, lr 0.002 -> 0.001, CFG 7):
-    the tiny model's own motion is weak, so half of the 20 steps are guided, and the pixel-space
-    latent takes a larger step."""
+    interval on unguided samples' quality numbers; see docs/toyworld.md. They differ from the paper's (10
+    of 50 steps guided, lr 0.002 -> 0.001, CFG 7 at every step): the tiny model's own motion is weak, so
+    half of the 20 steps are guided, and the pixel-space latent takes a larger step."""
 
     steps: int = 20
     guided_steps: int = 10
