@@ -20,6 +20,7 @@ from ditflow_fast.toyworld.world import (
     NUM_CONDITIONS,
     RADIUS,
     SIZE,
+    colour_of,
     condition_index,
     condition_name,
     condition_parts,
@@ -70,6 +71,13 @@ def test_conditions_cover_every_kind_and_colour():
 def test_batch_and_reference_clips():
     v, c = make_batch(np.random.default_rng(0), 3)
     assert v.shape == (3, 8, 3, 32, 32) and c.shape == (3,)
+    v2, c2, alpha = make_batch(np.random.default_rng(0), 3, with_alpha=True)  # the same clips, and their coverage
+    assert np.array_equal(v, v2) and np.array_equal(c, c2) and alpha.shape == (3, 8, 32, 32)
+    assert 0 <= alpha.min() and alpha.max() == 1 and 0.05 < alpha.mean() < 0.3
+    for k in range(3):  # where the object covers a pixel fully, the pixel is a shade of the object's colour
+        full = alpha[k] == 1
+        rgb = v[k].transpose(0, 2, 3, 1)[full]
+        assert np.allclose(rgb / colour_of(int(c[k])), (rgb / colour_of(int(c[k])))[:, :1], atol=1e-5)
     r1, r2 = reference_clips(0, 4), reference_clips(0, 4)
     assert all(np.array_equal(x.video, y.video) for x, y in zip(r1, r2, strict=True))
     assert len({(x.condition, x.velocity) for x in r1}) == 4

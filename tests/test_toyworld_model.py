@@ -12,7 +12,7 @@ pytest.importorskip("diffusers")
 
 from ditflow_fast.toyworld.model import DEFAULT_DIR, build_transformer, load_model, rope, world_geometry  # noqa: E402
 from ditflow_fast.toyworld.sample import sample  # noqa: E402
-from ditflow_fast.toyworld.train import draw_timesteps, learning_rate, train, training_batch  # noqa: E402
+from ditflow_fast.toyworld.train import draw_timesteps, learning_rate, object_weighted_mse, train, training_batch  # noqa: E402
 from ditflow_fast.toyworld.world import NULL_CONDITION  # noqa: E402
 
 
@@ -30,6 +30,24 @@ def test_training_batch_is_a_function_of_seed_and_step():
     assert a.shape == (4, 8, 3, 32, 32) and -1 <= a.min() and a.max() <= 1
     _, conds = training_batch(0, 0, 400)
     assert 0 < (conds == NULL_CONDITION).float().mean() < 0.25  # condition dropout happens, not too often
+    a2, ca2, alpha = training_batch(3, 7, 4, with_alpha=True)  # the coverage rides along without changing the clips
+    assert torch.equal(a, a2) and torch.equal(ca, ca2) and alpha.shape == (4, 8, 32, 32)
+
+
+def test_object_weighted_loss():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(2, 3, 3, 4, 4, generator=g), torch.randn(2, 3, 3, 4, 4, generator=g)
+    alpha = torch.zeros(2, 3, 4, 4)
+    mse = torch.nn.functional.mse_loss(pred, target)
+    torch.testing.assert_close(object_weighted_mse(pred, target, alpha, 4.0), mse)  # no object: the plain loss
+    torch.testing.assert_close(object_weighted_mse(pred, target, alpha + 1, 4.0), mse)  # all object: also
+    alpha[0, 1, 2, 3] = 1.0  # one pixel of the object: its error counts 5 times, the total is renormalised
+    err = (pred - target) ** 2
+    w = torch.ones_like(err)
+    w[0, 1, :, 2, 3] = 5.0
+    torch.testing.assert_close(object_weighted_mse(pred, target, alpha, 4.0), (err * w).sum() / w.sum())
+    with pytest.raises(ValueError, match="object_weight"):
+        train("unused", "unused", max_steps=0, object_weight=-1.0)
 
 
 def test_learning_rate_schedule():

@@ -37,7 +37,8 @@ _SUPERSAMPLE = 4  # coverage is averaged over 4 x 4 sub-pixels so sub-pixel moti
 
 @dataclass(frozen=True)
 class Clip:
-    """One clip: ``video`` ``[F, 3, S, S]`` float32 in [0, 1]; ``track`` ``[F, 2]`` (x, y) object centres."""
+    """One clip: ``video`` ``[F, 3, S, S]`` float32 in [0, 1]; ``track`` ``[F, 2]`` (x, y) object centres;
+    ``alpha`` ``[F, S, S]`` the object's coverage of each pixel (None where unknown, e.g. a user's clip)."""
 
     video: np.ndarray
     condition: int
@@ -45,6 +46,7 @@ class Clip:
     colour: int
     track: np.ndarray
     velocity: tuple[float, float]
+    alpha: np.ndarray | None = None
 
     @property
     def name(self) -> str:
@@ -138,17 +140,21 @@ def make_clip(rng: np.random.Generator, *, condition: int | None = None, velocit
     p0 = span_lo + u * (span_hi - span_lo) if start is None else np.asarray(start, float)
     track = (p0[None] + np.arange(frames)[:, None] * v[None]).astype(np.float32)
     video = np.empty((frames, 3, size, size), np.float32)
+    alphas = np.empty((frames, size, size), np.float32)
     rgb_col = colour_of(cond)
     for f in range(frames):
-        alpha, rgb = render_object(kind, rgb_col, track[f], size, radius)
-        video[f] = bg * (1 - alpha[None]) + rgb * alpha[None]
-    return Clip(video=video, condition=cond, kind=kind, colour=col, track=track, velocity=(float(v[0]), float(v[1])))
+        alphas[f], rgb = render_object(kind, rgb_col, track[f], size, radius)
+        video[f] = bg * (1 - alphas[f][None]) + rgb * alphas[f][None]
+    return Clip(video=video, condition=cond, kind=kind, colour=col, track=track, velocity=(float(v[0]), float(v[1])),
+                alpha=alphas)
 
 
-def make_batch(rng: np.random.Generator, n: int, **kw) -> tuple[np.ndarray, np.ndarray]:
-    """``(videos [n, F, 3, S, S] in [0, 1], conditions [n] int64)`` of random clips."""
+def make_batch(rng: np.random.Generator, n: int, *, with_alpha: bool = False, **kw):
+    """``(videos [n, F, 3, S, S] in [0, 1], conditions [n] int64)`` of random clips, and with ``with_alpha``
+    their object coverage ``[n, F, S, S]`` as a third item."""
     clips = [make_clip(rng, **kw) for _ in range(n)]
-    return np.stack([c.video for c in clips]), np.array([c.condition for c in clips], np.int64)
+    out = np.stack([c.video for c in clips]), np.array([c.condition for c in clips], np.int64)
+    return (*out, np.stack([c.alpha for c in clips])) if with_alpha else out
 
 
 def reference_clips(seed: int, n: int, frames: int = FRAMES) -> list[Clip]:
