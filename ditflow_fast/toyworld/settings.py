@@ -28,7 +28,7 @@ class DemoSettings:
     steps: int = 20
     guided_steps: int = 10
     opt_iters: int = 5
-    lr: tuple[float, float] = (0.01, 0.005)
+    lr: tuple[float, float] = (0.005, 0.0025)
     cfg_scale: float = 7.0
     # guidance interval: CFG only at timesteps >= 600 (the first 8 of 20 steps); at every step it shrinks
     # thin objects (crosses) while it inflates squares (docs/toyworld.md, "A guidance interval")
