@@ -76,14 +76,16 @@ def world_quality(n: int = 12, seed: int = 0) -> dict[str, float]:
 
 def sample_quality(transformer, cond_embed, scheduler, *, n: int = 12, steps: int = 20, cfg: float = 5.0,
                    seed: int = 0, batch: int = 12, cfg_min_t: int = 0):
-    """``(summary, videos [n, F, 3, S, S], conditions)``: ``n`` samples, condition ``i % 12`` from seed ``seed + i``."""
+    """``(summary, summary by kind, videos [n, F, 3, S, S], conditions)``: ``n`` samples, condition ``i % 12``
+    from seed ``seed + i``."""
     from .sample import sample
     from .world import NUM_CONDITIONS
 
     conds = [i % NUM_CONDITIONS for i in range(n)]
     videos = np.concatenate([sample(transformer, cond_embed, scheduler, conds[i:i + batch], steps=steps, cfg=cfg,
                                     seed=seed + i, cfg_min_t=cfg_min_t) for i in range(0, n, batch)])
-    return summarise([video_quality(v, c) for v, c in zip(videos, conds, strict=True)]), videos, conds
+    rows = [video_quality(v, c) for v, c in zip(videos, conds, strict=True)]
+    return summarise(rows), summarise_by_kind(rows, conds), videos, conds
 
 
 def summarise_by_kind(rows: list[dict[str, float]], conditions) -> dict[str, dict[str, float]]:
@@ -129,11 +131,10 @@ def main(argv=None) -> int:
     for steps in a.steps:
         for cfg in a.cfg:
             t0 = time.perf_counter()
-            summary, videos, conds = sample_quality(tr, ce, sc, n=a.n, steps=steps, cfg=cfg, seed=a.seed,
+            summary, by_kind, _, _ = sample_quality(tr, ce, sc, n=a.n, steps=steps, cfg=cfg, seed=a.seed,
                                                     cfg_min_t=a.cfg_min_t)
             print(f"steps {steps} cfg {cfg:g} ", _fmt(summary), f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            rows = [video_quality(v, c) for v, c in zip(videos, conds, strict=True)]
-            for kind, s in summarise_by_kind(rows, conds).items():
+            for kind, s in by_kind.items():
                 print(f"  {kind:<6}", _fmt(s), flush=True)
             if a.json:
                 with open(a.json, "a") as fh:

@@ -121,7 +121,7 @@ def object_weighted_mse(pred: torch.Tensor, target: torch.Tensor, alpha: torch.T
     normalised by the mean weight so its scale stays the plain MSE's. A thin object covers a tenth of a
     clip; the plain loss spends the model on the background, and samples draw such objects faint."""
     w = (1.0 + weight * alpha).unsqueeze(2)  # over the colour channels of [B, F, C, S, S]
-    return ((pred - target) ** 2 * w).mean() / w.expand_as(pred).mean()
+    return ((pred - target) ** 2 * w).mean() / w.mean()  # broadcasting over C leaves the mean weight as is
 
 
 def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0, max_steps: int = 100_000,
