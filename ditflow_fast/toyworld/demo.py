@@ -32,6 +32,7 @@ import torch
 
 from . import media
 from .metrics import endpoint_error, motion_fidelity, object_area, track_colour, track_condition
+from .codec import load_codec
 from .model import DEFAULT_DIR, load_model
 from .settings import ROWS, DemoSettings
 from .world import (
@@ -58,6 +59,7 @@ class ToyTransfer:
 
     def __init__(self, model_dir=DEFAULT_DIR, settings: DemoSettings | None = None):
         self.transformer, self.cond_embed, self.scheduler = load_model(model_dir)
+        self.codec = load_codec(model_dir)
         self.transformer.requires_grad_(False)
         self.model_dir = str(model_dir)
         self.settings = settings or DemoSettings()
@@ -67,7 +69,7 @@ class ToyTransfer:
 
         s = self.settings
         frames = self.transformer.config.sample_frames
-        size = self.transformer.config.sample_height
+        size = self.transformer.config.sample_height * self.codec.factor  # in pixels, as for a real model
         blocks = None if s.guidance_block is None else (s.guidance_block,)
         cfg = GuidanceConfig(model=self.model_dir, frames=frames, height=size, width=size, steps=s.steps,
                              guided_steps=s.guided_steps, opt_iters=s.opt_iters, lr=tuple(s.lr),
@@ -87,13 +89,15 @@ class ToyTransfer:
 
         if row not in ROWS:
             raise ValueError(f"row must be one of {list(ROWS)}, got {row!r}")
-        ref = torch.from_numpy(reference.video)[None] * 2 - 1  # pixel space: the "latent" is the video
+        with torch.no_grad():
+            ref = self.codec.encode(torch.from_numpy(reference.video)[None])
         embeds = self.cond_embed(torch.tensor([condition, NULL_CONDITION]))
         guide = Guide(self.transformer, self.scheduler, ref_latent=ref, prompt_embeds=embeds[:1],
                       negative_embeds=embeds[1:], empty_embeds=embeds[1:],
                       config=self._config(row, seed, inject_embeds), model_id=self.model_dir)
         res = guide.run(embeds_dir=embeds_dir, progress=False)
-        video = ((res.latents[0].float().clamp(-1, 1) + 1) / 2).numpy()
+        with torch.no_grad():
+            video = self.codec.decode(res.latents[:1].float())[0].numpy()
         return video, res.losses
 
 

@@ -17,13 +17,16 @@ from .world import NULL_CONDITION, Clip
 
 
 @torch.no_grad()
-def amf_errors(transformer, cond_embed, clips: list[Clip], *, timestep: int = 0) -> np.ndarray:
-    """``[blocks]`` mean AMF error (patches) at the object's centre patch over ``clips`` and frame pairs."""
+def amf_errors(transformer, cond_embed, clips: list[Clip], *, timestep: int = 0, codec=None) -> np.ndarray:
+    """``[blocks]`` mean AMF error (patches) at the object's centre patch over ``clips`` and frame pairs
+    (``codec``: the model's, default pixels)."""
     from ..guidance import install, run_until, uninstall
+    from .codec import PixelCodec
     from .model import rope
 
+    codec = PixelCodec() if codec is None else codec
     n_blocks = len(transformer.transformer_blocks)
-    p = transformer.config.patch_size
+    p = transformer.config.patch_size * codec.factor  # pixels per token side
     ctrl_installed = getattr(transformer, "_ditflow_guidance", None) is not None
     if not ctrl_installed:
         install(transformer)
@@ -32,10 +35,10 @@ def amf_errors(transformer, cond_embed, clips: list[Clip], *, timestep: int = 0)
         for ci, clip in enumerate(clips):
             f, _, s, _ = clip.video.shape
             h = w = s // p
-            x = torch.from_numpy(clip.video)[None] * 2 - 1
+            x = codec.encode(torch.from_numpy(clip.video)[None])
             text = cond_embed(torch.tensor([NULL_CONDITION]))
             ctrl = run_until(transformer, hidden_states=x, encoder_hidden_states=text,
-                             timestep=torch.tensor([timestep]), image_rotary_emb=rope(transformer, f, s, s),
+                             timestep=torch.tensor([timestep]), image_rotary_emb=rope(transformer, f),
                              stop_after=n_blocks - 1, qk_blocks=range(n_blocks))
             centre = np.clip(np.floor(clip.track / p).astype(int), 0, h - 1)  # [F, 2] patch (x, y)
             truth = (clip.track[None] - clip.track[:, None]) / p  # [i, j, 2]
@@ -54,25 +57,28 @@ def amf_errors(transformer, cond_embed, clips: list[Clip], *, timestep: int = 0)
 
 
 @torch.no_grad()
-def denoise_quality(transformer, cond_embed, scheduler, clips: list[Clip], timesteps, *, seed: int = 0) -> list[dict]:
+def denoise_quality(transformer, cond_embed, scheduler, clips: list[Clip], timesteps, *, seed: int = 0,
+                    codec=None) -> list[dict]:
     """One-step denoising of real clips: is the denoiser itself sharp, or only the sampler's output blurry?
 
     Each clip is noised to timestep ``t`` (noise from ``seed``), the model (conditioned, no CFG) predicts
     ``x0`` from its v-prediction in one step, and the prediction is scored with :func:`.quality.video_quality`.
     ``input_iou`` scores the noisy input itself (``x_t / sqrt(alpha_bar)``): the bar the prediction should clear.
-    One dict per timestep: ``t``, ``snr``, ``x0_mse`` (in [-1, 1] units), ``iou``, ``kind_ok``, ``input_iou``."""
+    One dict per timestep: ``t``, ``snr``, ``x0_mse`` (in latent units: [-1, 1] for pixels), ``iou``,
+    ``kind_ok``, ``input_iou``. ``codec``: the model's (default pixels); scores are of decoded videos."""
+    from .codec import PixelCodec
     from .model import rope
     from .quality import summarise, video_quality
 
-    x0 = torch.from_numpy(np.stack([c.video for c in clips])) * 2 - 1
+    codec = PixelCodec() if codec is None else codec
+    x0 = codec.encode(torch.from_numpy(np.stack([c.video for c in clips])))
     conds = torch.tensor([c.condition for c in clips])
-    f, _, s, _ = clips[0].video.shape
-    image_rope = rope(transformer, f, s, s)
+    image_rope = rope(transformer, clips[0].video.shape[0])
     acp = scheduler.alphas_cumprod
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))  # the same draw at every t
 
     def scores(x: torch.Tensor) -> dict[str, float]:
-        videos = ((x.clamp(-1, 1) + 1) / 2).numpy()
+        videos = codec.decode(x).numpy()
         return summarise([video_quality(y, int(c)) for y, c in zip(videos, conds, strict=True)])
 
     out = []

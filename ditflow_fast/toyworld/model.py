@@ -11,7 +11,9 @@ zero-terminal-SNR schedule.
 A model folder (``assets/tiny_dit``) holds ``transformer/`` (``config.json`` and
 ``diffusion_pytorch_model.safetensors``, loadable by ``from_pretrained``), ``scheduler/``,
 ``cond_embed.safetensors`` (``weight``: ``[NUM_CONDITIONS + 1, TEXT_TOKENS, text_embed_dim]``) and
-``world.json`` (the clip geometry it was trained on).
+``world.json`` (the clip geometry it was trained on). A *latent* model also holds ``vae/``, the frame
+autoencoder whose latents it denoises (:mod:`.codec`; the DiT then has patch size 1 on an 8 x 8 x C
+latent grid, so its tokens and AMF are the pixel model's); :func:`.codec.load_codec` returns it.
 """
 
 from __future__ import annotations
@@ -65,18 +67,32 @@ class ConditionEmbedding(torch.nn.Module):
         return self.weight[condition]
 
 
-def rope(transformer, frames: int = FRAMES, height: int = SIZE, width: int = SIZE):
-    """RoPE ``(cos, sin)`` for a clip of this size, as the CogVideoX pipeline builds it.
+def latent_overrides(codec) -> dict:
+    """Transformer config keys for a DiT that works in ``codec``'s latents (none for pixels)."""
+    if codec.factor == 1:
+        return {}
+    size = codec.latent_size(SIZE)
+    # patch 1: a latent cell covers 4 x 4 px, so the token grid (8 x 8) and the AMF stay the pixel model's
+    return dict(in_channels=codec.channels, out_channels=codec.channels, sample_width=size, sample_height=size,
+                patch_size=1)
 
-    The pixel grid is the sample grid here, so the crop that CogVideoX 1.0 fits the token grid into is
+
+def rope(transformer, frames: int = FRAMES, height: int | None = None, width: int | None = None):
+    """RoPE ``(cos, sin)`` for a clip of this size (latent cells; default the model's sample grid), as the
+    CogVideoX pipeline builds it.
+
+    The latent grid is the sample grid here, so the crop that CogVideoX 1.0 fits the token grid into is
     the whole grid."""
     from diffusers.models.embeddings import get_3d_rotary_pos_embed
 
     cfg = transformer.config
+    height = cfg.sample_height if height is None else height
+    width = cfg.sample_width if width is None else width
     p = cfg.patch_size
     gh, gw = height // p, width // p
     if (gh, gw) != (cfg.sample_height // p, cfg.sample_width // p):
-        raise ValueError(f"the tiny model works at {cfg.sample_height}x{cfg.sample_width} px, got {height}x{width}")
+        raise ValueError(f"the tiny model works at {cfg.sample_height}x{cfg.sample_width} latent cells, "
+                         f"got {height}x{width}")
     cos, sin = get_3d_rotary_pos_embed(embed_dim=cfg.attention_head_dim, crops_coords=((0, 0), (gh, gw)),
                                        grid_size=(gh, gw), temporal_size=frames)
     return cos.float(), sin.float()
@@ -126,7 +142,8 @@ def _check_world(path: Path) -> None:
 
 
 def load_model(folder=DEFAULT_DIR):
-    """``(transformer, condition_embedding, scheduler)`` from a model folder, in eval mode, float32."""
+    """``(transformer, condition_embedding, scheduler)`` from a model folder, in eval mode, float32
+    (its codec, pixels or a ``vae/``: :func:`.codec.load_codec`)."""
     from diffusers import CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
     from safetensors.torch import load_file
 

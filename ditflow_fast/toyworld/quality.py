@@ -69,21 +69,29 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.nanmean([r[k] for r in rows])) for k in KEYS}
 
 
-def world_quality(n: int = 12, seed: int = 0) -> dict[str, float]:
-    """The numbers on the world's own clips: what a perfect model scores."""
-    return summarise([video_quality(c.video, c.condition) for c in reference_clips(seed, n)])
+def world_quality(n: int = 12, seed: int = 0, codec=None) -> dict[str, float]:
+    """The numbers on the world's own clips: what a perfect model scores; with ``codec``, on the clips
+    encoded and decoded by it (what a perfect model of its latents scores)."""
+    clips = reference_clips(seed, n)
+    if codec is None:
+        return summarise([video_quality(c.video, c.condition) for c in clips])
+    import torch
+
+    with torch.no_grad():
+        videos = codec.decode(codec.encode(torch.from_numpy(np.stack([c.video for c in clips])))).numpy()
+    return summarise([video_quality(v, c.condition) for v, c in zip(videos, clips, strict=True)])
 
 
 def sample_quality(transformer, cond_embed, scheduler, *, n: int = 12, steps: int = 20, cfg: float = 5.0,
-                   seed: int = 0, batch: int = 12, cfg_min_t: int = 0):
+                   seed: int = 0, batch: int = 12, cfg_min_t: int = 0, codec=None):
     """``(summary, summary by kind, videos [n, F, 3, S, S], conditions)``: ``n`` samples, condition ``i % 12``
-    from seed ``seed + i``."""
+    from seed ``seed + i`` (``codec``: the model's, :func:`.codec.load_codec`; default pixels)."""
     from .sample import sample
     from .world import NUM_CONDITIONS
 
     conds = [i % NUM_CONDITIONS for i in range(n)]
     videos = np.concatenate([sample(transformer, cond_embed, scheduler, conds[i:i + batch], steps=steps, cfg=cfg,
-                                    seed=seed + i, cfg_min_t=cfg_min_t) for i in range(0, n, batch)])
+                                    seed=seed + i, cfg_min_t=cfg_min_t, codec=codec) for i in range(0, n, batch)])
     rows = [video_quality(v, c) for v, c in zip(videos, conds, strict=True)]
     return summarise(rows), summarise_by_kind(rows, conds), videos, conds
 
@@ -100,6 +108,7 @@ def _fmt(s: dict[str, float]) -> str:
 
 
 def main(argv=None) -> int:
+    from .codec import PixelCodec, load_codec
     from .model import DEFAULT_DIR, load_model
 
     p = argparse.ArgumentParser(description="sample quality of the tiny DiT (shape, speed, jerk) per sampler setting")
@@ -122,17 +131,21 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     print("world  ", _fmt(world_quality(a.n, a.seed)))
     tr, ce, sc = load_model(a.model)
+    codec = load_codec(a.model)
+    if not isinstance(codec, PixelCodec):
+        print("decoded", _fmt(world_quality(a.n, a.seed, codec)), "(the world's clips through the autoencoder)")
     if a.denoise_t:
         from .diagnostics import denoise_quality
         from .world import reference_clips
 
-        for r in denoise_quality(tr, ce, sc, reference_clips(a.seed + 5, a.n), a.denoise_t, seed=a.seed):
+        for r in denoise_quality(tr, ce, sc, reference_clips(a.seed + 5, a.n), a.denoise_t, seed=a.seed,
+                                 codec=codec):
             print("denoise", " ".join(f"{k} {v:.4g}" for k, v in r.items()), flush=True)
     for steps in a.steps:
         for cfg in a.cfg:
             t0 = time.perf_counter()
             summary, by_kind, _, _ = sample_quality(tr, ce, sc, n=a.n, steps=steps, cfg=cfg, seed=a.seed,
-                                                    cfg_min_t=a.cfg_min_t)
+                                                    cfg_min_t=a.cfg_min_t, codec=codec)
             print(f"steps {steps} cfg {cfg:g} ", _fmt(summary), f"({time.perf_counter() - t0:.0f} s)", flush=True)
             for kind, s in by_kind.items():
                 print(f"  {kind:<6}", _fmt(s), flush=True)
@@ -144,7 +157,8 @@ def main(argv=None) -> int:
         from .media import save_strip
         from .sample import sample
 
-        vids = [sample(tr, ce, sc, [c], steps=a.steps[0], cfg=a.cfg[0], seed=a.seed + i, cfg_min_t=a.cfg_min_t)[0]
+        vids = [sample(tr, ce, sc, [c], steps=a.steps[0], cfg=a.cfg[0], seed=a.seed + i, cfg_min_t=a.cfg_min_t,
+                       codec=codec)[0]
                 for i, c in enumerate(STRIP_CONDITIONS)]
         save_strip(a.png, vids)
     return 0

@@ -9,25 +9,29 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .codec import PixelCodec
 from .model import rope
 from .world import FRAMES, NULL_CONDITION, SIZE
 
 
 @torch.no_grad()
 def sample(transformer, cond_embed, scheduler, conditions, *, steps: int = 25, cfg: float = 3.0, seed: int = 0,
-           frames: int = FRAMES, size: int = SIZE, cfg_min_t: int = 0) -> np.ndarray:
+           frames: int = FRAMES, size: int = SIZE, cfg_min_t: int = 0, codec=None) -> np.ndarray:
     """Videos ``[B, F, 3, S, S]`` in [0, 1] for the condition indices ``conditions`` (one video each).
 
     The initial noise of video ``i`` is drawn from ``seed + i`` so a batch equals its videos drawn one
     at a time. ``cfg`` <= 1 disables classifier-free guidance (one forward per step instead of two);
-    ``cfg_min_t`` limits it to the timesteps ``>= cfg_min_t`` (below them, the conditional prediction alone)."""
+    ``cfg_min_t`` limits it to the timesteps ``>= cfg_min_t`` (below them, the conditional prediction alone).
+    ``codec`` (:mod:`.codec`) decodes the latents; the default is a pixel-space model's."""
+    codec = PixelCodec() if codec is None else codec
     conds = torch.as_tensor(list(conditions), dtype=torch.long)
     b = conds.shape[0]
-    noise = torch.stack([torch.randn(frames, 3, size, size, generator=torch.Generator().manual_seed(seed + i))
+    ls = codec.latent_size(size)
+    noise = torch.stack([torch.randn(frames, codec.channels, ls, ls, generator=torch.Generator().manual_seed(seed + i))
                          for i in range(b)])
     x = noise * scheduler.init_noise_sigma
     scheduler.set_timesteps(steps)
-    image_rope = rope(transformer, frames, size, size)
+    image_rope = rope(transformer, frames, ls, ls)
     use_cfg = cfg > 1.0
     text = cond_embed(conds)
     if use_cfg:
@@ -41,4 +45,4 @@ def sample(transformer, cond_embed, scheduler, conditions, *, steps: int = 25, c
             v_u, v_c = v.chunk(2)
             v = v_u + cfg * (v_c - v_u)
         x = scheduler.step(v, t, x, return_dict=False)[0]
-    return ((x.clamp(-1, 1) + 1) / 2).numpy()
+    return codec.decode(x).numpy()

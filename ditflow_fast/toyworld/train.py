@@ -1,5 +1,8 @@
 """Train the tiny video DiT on the synthetic world, on a CPU, for a bounded wall-clock time.
 
+With ``vae`` (a model folder holding a trained :class:`~.codec.FrameAutoencoder`) the DiT learns the
+autoencoder's latents instead of pixels, and the output folder gets a copy of the autoencoder.
+
 Objective: v-prediction MSE at uniformly drawn timesteps of the CogVideoX DDIM schedule; the
 condition is dropped to the empty prompt 10% of the time (so classifier-free guidance works and
 the "empty prompt" of DiTFlow's reference pass is meaningful). An exponential moving average of
@@ -20,6 +23,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -33,6 +37,7 @@ from .model import (
     _atomic,
     build_scheduler,
     build_transformer,
+    latent_overrides,
     rope,
     save_model,
     world_geometry,
@@ -128,8 +133,10 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
           batch: int = 12, lr: float = 1e-3, warmup: int = 200, ema_decay: float = 0.999, seed: int = 0,
           save_every: int = 250, log_every: int = 50, threads: int = 1, beta_schedule: str = "scaled_linear",
           lr_final: float | None = None, anneal_start: int = 0, anneal_end: int = 0, heads: int = 2,
-          layers: int = 4, t_power: float = 1.0, object_weight: float = 0.0) -> dict:
+          layers: int = 4, t_power: float = 1.0, object_weight: float = 0.0, vae=None) -> dict:
     from safetensors.torch import load_file, save_file
+
+    from .codec import PixelCodec, load_codec
 
     if not t_power > 0 or not math.isfinite(t_power):
         raise ValueError(f"t_power must be a positive number, got {t_power}")
@@ -139,12 +146,19 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
         raise ValueError(f"heads and layers must be positive, got {heads} and {layers}")
     if lr_final is not None and not 0 <= anneal_start < anneal_end:
         raise ValueError(f"lr_final needs 0 <= anneal_start < anneal_end, got {anneal_start} and {anneal_end}")
+    codec = PixelCodec() if vae is None else load_codec(vae)
+    if vae is not None and isinstance(codec, PixelCodec):
+        raise ValueError(f"vae: {vae} holds no autoencoder (expected {Path(vae) / 'vae' / 'config.json'}); "
+                         "train one with python -m ditflow_fast.toyworld.train_vae")
+    if object_weight and not isinstance(codec, PixelCodec):
+        raise ValueError("object_weight weights pixels: it needs a pixel-space model (no vae)")
     torch.set_num_threads(threads)
     out, work = Path(out), Path(work)
     work.mkdir(parents=True, exist_ok=True)
     # the time embedding as wide as the tokens, as in the committed 2-head model (64)
     width = heads * TRANSFORMER_CONFIG["attention_head_dim"]
-    net = build_transformer(seed, num_attention_heads=heads, num_layers=layers, time_embed_dim=width).train()
+    net = build_transformer(seed, num_attention_heads=heads, num_layers=layers, time_embed_dim=width,
+                            **latent_overrides(codec)).train()
     cond = ConditionEmbedding(seed=seed)
     ema, ema_cond = copy.deepcopy(net).eval().requires_grad_(False), copy.deepcopy(cond).requires_grad_(False)
     opt = torch.optim.AdamW(list(net.parameters()) + list(cond.parameters()), lr=lr, weight_decay=0.0)
@@ -160,8 +174,9 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
         try:
             step = _load_state(state, net, ema, cond, ema_cond, opt)
         except RuntimeError as exc:  # load_state_dict's size mismatch
-            raise ValueError(f"{state_path} holds a model of another size than heads={heads}, layers={layers}: "
-                             "pass the --heads/--layers it was trained with, or another --work folder") from exc
+            raise ValueError(f"{state_path} holds a model of another size than heads={heads}, layers={layers}, "
+                             f"{'pixels' if vae is None else f'the latents of {vae}'}: pass the --heads/--layers/--vae "
+                             "it was trained with, or another --work folder") from exc
         print(f"resumed at step {step}")
     uniform_t = t_power == 1.0  # the committed weights' draw: their logged config stays as it was
     config = dict(seed=seed, heads=heads, layers=layers, batch=batch, lr=lr, warmup=warmup, ema_decay=ema_decay,
@@ -171,9 +186,12 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
                                                       anneal_start=anneal_start, anneal_end=anneal_end)),
                   objective=f"v_prediction MSE, {'uniform t' if uniform_t else f't density ~ t^{t_power - 1:g}'}"
                   " in [0, 1000), 10% condition dropout", **({} if uniform_t else dict(t_power=t_power)),
-                  **(dict(object_weight=object_weight) if object_weight else {}))
+                  **(dict(object_weight=object_weight) if object_weight else {}),
+                  **({} if vae is None else dict(vae=str(vae), latent_channels=codec.channels)))
     log_path = out / "train_log.txt"
     out.mkdir(parents=True, exist_ok=True)
+    if vae is not None and Path(vae).resolve() != out.resolve():  # the model folder carries its autoencoder
+        shutil.copytree(Path(vae) / "vae", out / "vae", dirs_exist_ok=True)
     if step == 0:
         log_path.write_text(f"# {json.dumps(config)}\n# step  elapsed_s  loss(mean of last {log_every})  lr\n")
     elif log_path.is_file():  # a resumed run says with which settings it went on
@@ -193,6 +211,9 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
 
     while step < max_steps and time.monotonic() - t_start < minutes * 60:
         x0, c, alpha = training_batch(seed, step, batch, with_alpha=True)
+        if not isinstance(codec, PixelCodec):
+            with torch.no_grad():
+                x0 = codec.encode((x0 + 1) / 2)
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         noise = torch.randn(x0.shape, generator=g)
         t = draw_timesteps(g, batch, len(acp), t_power)
@@ -246,6 +267,8 @@ def main(argv=None) -> int:
                    help="timesteps drawn with density proportional to t^(P-1): 1 uniform, 2 favours high noise")
     p.add_argument("--object-weight", type=float, default=0.0,
                    help="weight each pixel of the loss 1 + W x the object's coverage (0: plain MSE)")
+    p.add_argument("--vae", default=None,
+                   help="model folder whose vae/ autoencoder the DiT works in (default: pixel space)")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--beta-schedule", choices=("scaled_linear", "linear"), default="scaled_linear")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -253,7 +276,7 @@ def main(argv=None) -> int:
     res = train(a.out, a.work, minutes=a.minutes, max_steps=a.max_steps, batch=a.batch, lr=a.lr, seed=a.seed,
                 save_every=a.save_every, threads=a.threads, beta_schedule=a.beta_schedule, lr_final=a.lr_final,
                 anneal_start=a.anneal_start, anneal_end=a.anneal_end, heads=a.heads, layers=a.layers,
-                t_power=a.t_power, object_weight=a.object_weight)
+                t_power=a.t_power, object_weight=a.object_weight, vae=a.vae)
     print(json.dumps(res))
     return 0
 
