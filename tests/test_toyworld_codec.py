@@ -94,7 +94,8 @@ def test_a_latent_model_trains_samples_and_runs_the_demo(tmp_path):
     tr, ce, sc = load_model(tmp_path / "m")
     codec = load_codec(tmp_path / "m")  # the model folder carries its autoencoder
     assert isinstance(codec, FrameAutoencoder) and codec.channels == 4
-    assert (tr.config.in_channels, tr.config.out_channels, tr.config.patch_size, tr.config.sample_height) == (4, 4, 1, 8)
+    c = tr.config
+    assert (c.in_channels, c.out_channels, c.patch_size, c.sample_height) == (4, 4, 1, 8)
     v = sample(tr, ce, sc, [0, 5], steps=2, seed=1, codec=codec)
     assert v.shape == (2, 8, 3, 32, 32) and 0 <= v.min() and v.max() <= 1
     # a batch is its videos drawn one at a time (up to the batched convolutions' rounding)

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from . import media
-from .metrics import endpoint_error, motion_fidelity, object_area, track_colour, track_condition
 from .codec import load_codec
+from .metrics import endpoint_error, motion_fidelity, object_area, track_colour, track_condition
 from .model import DEFAULT_DIR, load_model
 from .settings import ROWS, DemoSettings
 from .world import (
