@@ -18,10 +18,10 @@ from ditflow_fast.toyworld.world import condition_parts, reference_clips  # noqa
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """The committed weights when present, else a random 2-block model of the same architecture."""
+    """The committed weights when present, else a random pixel model of the same depth (the demo guides block 3)."""
     if (DEFAULT_DIR / "transformer" / "config.json").is_file():
         return DEFAULT_DIR
-    return save_model(tmp_path_factory.mktemp("m"), build_transformer(num_layers=2), ConditionEmbedding())
+    return save_model(tmp_path_factory.mktemp("m"), build_transformer(), ConditionEmbedding())
 
 
 def test_other_condition_changes_kind_and_colour():

@@ -40,7 +40,8 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--cfg", type=float, default=d.cfg_scale, help="classifier-free guidance scale")
     p.add_argument("--cfg-min-t", type=int, default=d.cfg_min_t, metavar="T",
                    help="guidance interval: CFG only at timesteps >= T (0: every step)")
-    p.add_argument("--block", type=int, default=d.guidance_block, help="guidance block (default: the loop's)")
+    p.add_argument("--block", type=int, default=d.guidance_block,
+                   help="guidance block (default: 3, the committed model's; see docs/toyworld.md)")
     p.add_argument("--gifs", choices=("first", "all", "none"), default="first")
     p.add_argument("--quick", action="store_true", help="1 clip, 1 seed, 8 steps (4 guided, 2 iterations)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
