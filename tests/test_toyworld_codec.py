@@ -91,6 +91,8 @@ def test_a_latent_model_trains_samples_and_runs_the_demo(tmp_path):
     with pytest.raises(ValueError, match="pixel-space"):
         train(tmp_path / "m", tmp_path / "w", max_steps=1, vae=tmp_path / "ae", object_weight=1.0)
     train(tmp_path / "m", tmp_path / "w", max_steps=2, save_every=1, vae=tmp_path / "ae", layers=1)
+    with pytest.raises(ValueError, match="latent model's autoencoder"):
+        train(tmp_path / "m", tmp_path / "w2", max_steps=1)  # a pixel model over a latent one
     tr, ce, sc = load_model(tmp_path / "m")
     codec = load_codec(tmp_path / "m")  # the model folder carries its autoencoder
     assert isinstance(codec, FrameAutoencoder) and codec.channels == 4

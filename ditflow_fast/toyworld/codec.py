@@ -96,6 +96,13 @@ class FrameAutoencoder(nn.Module):
         return {"class": "FrameAutoencoder", "channels": self.channels, "width": self.width}
 
 
+def check_codec(transformer, codec) -> None:
+    """Raise unless ``codec``'s latents are what ``transformer`` takes (e.g. a latent model without its codec)."""
+    if codec.channels != transformer.config.in_channels:
+        raise ValueError(f"codec has {codec.channels} latent channels, the transformer takes "
+                         f"{transformer.config.in_channels}: pass the model folder's codec (codec.load_codec)")
+
+
 def save_codec(folder, ae: FrameAutoencoder, extra: dict | None = None) -> Path:
     from safetensors.torch import save_file
 

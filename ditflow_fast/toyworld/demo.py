@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import media
-from .codec import load_codec
+from .codec import check_codec, load_codec
 from .metrics import endpoint_error, motion_fidelity, object_area, track_colour, track_condition
 from .model import DEFAULT_DIR, load_model
 from .settings import ROWS, DemoSettings
@@ -60,6 +60,7 @@ class ToyTransfer:
     def __init__(self, model_dir=DEFAULT_DIR, settings: DemoSettings | None = None):
         self.transformer, self.cond_embed, self.scheduler = load_model(model_dir)
         self.codec = load_codec(model_dir)
+        check_codec(self.transformer, self.codec)
         self.transformer.requires_grad_(False)
         self.model_dir = str(model_dir)
         self.settings = settings or DemoSettings()

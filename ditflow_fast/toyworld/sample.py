@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .codec import PixelCodec
+from .codec import PixelCodec, check_codec
 from .model import rope
 from .world import FRAMES, NULL_CONDITION, SIZE
 
@@ -24,9 +24,7 @@ def sample(transformer, cond_embed, scheduler, conditions, *, steps: int = 25, c
     ``cfg_min_t`` limits it to the timesteps ``>= cfg_min_t`` (below them, the conditional prediction alone).
     ``codec`` (:mod:`.codec`) decodes the latents; the default is a pixel-space model's."""
     codec = PixelCodec() if codec is None else codec
-    if codec.channels != transformer.config.in_channels:
-        raise ValueError(f"codec has {codec.channels} latent channels, the transformer takes "
-                         f"{transformer.config.in_channels}: pass the model folder's codec (codec.load_codec)")
+    check_codec(transformer, codec)
     conds = torch.as_tensor(list(conditions), dtype=torch.long)
     b = conds.shape[0]
     ls = codec.latent_size(size)
