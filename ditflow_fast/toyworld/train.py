@@ -152,11 +152,11 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
                          "train one with python -m ditflow_fast.toyworld.train_vae")
     if object_weight and not isinstance(codec, PixelCodec):
         raise ValueError("object_weight weights pixels: it needs a pixel-space model (no vae)")
-    if vae is None and (Path(out) / "vae").is_dir():
+    out, work = Path(out), Path(work)
+    if vae is None and (out / "vae").is_dir():
         raise ValueError(f"{out} holds a latent model's autoencoder (vae/): a pixel model written there would not "
                          "load with it; pass --vae (that folder) to train a latent model, or another --out")
     torch.set_num_threads(threads)
-    out, work = Path(out), Path(work)
     work.mkdir(parents=True, exist_ok=True)
     # the time embedding as wide as the tokens, as in the committed 2-head model (64)
     width = heads * TRANSFORMER_CONFIG["attention_head_dim"]

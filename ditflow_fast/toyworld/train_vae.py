@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .codec import FrameAutoencoder, save_codec
+from .train import learning_rate
 from .world import make_batch
 
 _STREAM = 4049  # keeps the autoencoder's frames apart from the DiT's training clips
@@ -75,7 +76,7 @@ def train_vae(out, *, minutes: float = 10.0, max_steps: int = 3000, clips: int =
         mu = ae.encoder(x)
         y = ae.decoder(mu + latent_noise * torch.randn(mu.shape, generator=g))
         mse, ms = torch.nn.functional.mse_loss(y, x), (mu ** 2).mean()
-        cur = lr_final + (lr - lr_final) * 0.5 * (1 + np.cos(np.pi * step / max_steps))
+        cur = learning_rate(step, lr, warmup=0, lr_final=lr_final, anneal_start=0, anneal_end=max_steps)
         for group in opt.param_groups:
             group["lr"] = cur
         opt.zero_grad(set_to_none=True)
