@@ -1,19 +1,19 @@
 """Video in and out: an mp4 (any container FFmpeg reads, through PyAV) or a folder of frames.
 
-Frames travel as ``uint8`` arrays ``[F, H, W, 3]`` (RGB). Outputs are written atomically: to a
-temporary name in the destination folder, then renamed, so an interrupted run never leaves a
-half-written video under the final name.
+Frames travel as ``uint8`` arrays ``[F, H, W, 3]`` (RGB). Outputs are written atomically through
+:mod:`ditflow_fast.atomic` (a temporary name in the destination folder, then renamed), so an
+interrupted or failing run never leaves a half-written video under the final name, and what is
+written gets the umask's usual modes (0644 files, 0755 folders under umask 022).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_dir, atomic_path
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -87,13 +87,6 @@ def read_video(path, frames: int | None = None, height: int | None = None, width
     return np.stack(got)
 
 
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def write_video(frames: np.ndarray, path, fmt: str = "mp4", fps: int = 8) -> Path:
     """Write ``uint8 [F, H, W, 3]`` as ``mp4`` (H.264), ``gif`` or ``frames`` (a folder of PNGs), atomically.
 
@@ -107,8 +100,7 @@ def write_video(frames: np.ndarray, path, fmt: str = "mp4", fps: int = 8) -> Pat
         return _write_frames(frames, path)
     if fmt not in ("mp4", "gif"):
         raise ValueError(f"format must be mp4, gif or frames, got {fmt!r}")
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         if fmt == "gif":
             from PIL import Image
 
@@ -116,9 +108,6 @@ def write_video(frames: np.ndarray, path, fmt: str = "mp4", fps: int = 8) -> Pat
             imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:], duration=int(1000 / fps), loop=0)
         else:
             _write_mp4(frames, tmp, fps)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -143,15 +132,7 @@ def _write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
 def _write_frames(frames: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         for i, f in enumerate(frames):
             Image.fromarray(f).save(tmp / f"frame_{i:05d}.png")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return path
