@@ -1,0 +1,646 @@
+"""The Wan2.1 / Wan2.2 family for the guidance loop: loading, guided self-attention, RoPE, VAE, sampler.
+
+Everything Wan-specific lives in :class:`WanFamily`; the loop stays family-agnostic. Differences
+from CogVideoX that shape this module:
+
+- **Attention.** Wan's self-attention (``block.attn1``) sees video tokens only; text enters through
+  cross-attention (``attn2``), so ``text_tokens = 0`` and every self-attention token is a video
+  token. Q/K/V are ``[B, N, H, d]`` (diffusers' ``WanAttnProcessor``); the controller's records are
+  the transposed views ``[1, H, N, d]`` (no copy), the layout :mod:`ditflow_fast.guidance.processor`
+  uses for CogVideoX.
+- **RoPE.** ``transformer.rope(latent)`` returns ``(cos, sin)`` ``[1, N, 1, d]`` (float32, each
+  frequency repeated twice along ``d``; the rotation reads ``cos[..., 0::2]`` and ``sin[..., 1::2]``,
+  so the other halves of an optimised table get zero gradient). Separate query/key RoPE are passed
+  to the blocks by a forward hook on ``transformer.rope`` (:meth:`WanFamily.emb_override`).
+- **Latents** are ``[B, C, F, H, W]`` (``latent_layout = "BCFHW"``), normalised per channel with
+  the VAE's ``latents_mean`` / ``latents_std`` as ``WanPipeline`` does, not by a scaling factor.
+- **Sampler.** UniPC multistep on flow sigmas; it keeps a history of model outputs, which
+  :meth:`WanFamily.scheduler_state` / :meth:`WanFamily.load_scheduler_state` save and restore so a
+  resumed run is bit-identical.
+- **Wan2.2 A14B** has two experts: ``transformer`` for timesteps ``>= boundary_ratio * 1000``,
+  ``transformer_2`` below (:meth:`WanFamily.expert_for`). **TI2V-5B** takes one timestep per token
+  (``expand_timesteps``) and a 16x-spatial VAE with 48 latent channels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..guidance.models import ModelError
+from ..guidance.processor import GuidanceController, StopForward, split_rope
+
+TEXT_LEN = 512  # umT5 tokens; also hard-coded in diffusers' WanAttnProcessor for I2V
+
+# Wan2.1 VAE (AutoencoderKLWan's defaults): 8x spatial, 4x temporal, z_dim 16.
+_VAE21 = dict(z_dim=16, scale_factor_spatial=8, scale_factor_temporal=4, patch_size=None, base_dim=96,
+              decoder_base_dim=None, is_residual=False, in_channels=3, out_channels=3)
+# Wan2.2 TI2V-5B VAE (diffusers scripts/convert_wan_to_diffusers.py, vae22_diffusers_config):
+# patchified 2x2 input (12 channels), residual, 16x spatial, 4x temporal, z_dim 48.
+_VAE22 = dict(z_dim=48, scale_factor_spatial=16, scale_factor_temporal=4, patch_size=2, base_dim=160,
+              decoder_base_dim=256, is_residual=True, in_channels=12, out_channels=12)
+_COMMON = dict(patch_size=(1, 2, 2), attention_head_dim=128, text_dim=4096, freq_dim=256, cross_attn_norm=True,
+               qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+
+# The public transformer configs (so a dry run needs no download). Sources: diffusers
+# scripts/convert_wan_to_diffusers.py (get_transformer_config: "Wan-T2V-1.3B", "Wan-T2V-14B",
+# "Wan2.2-T2V-A14B", "Wan2.2-TI2V-5B", and its __main__: two experts for Wan2.2 non-TI2V,
+# boundary_ratio=0.875 for T2V, expand_timesteps=True for TI2V, UniPC flow_shift 3.0, or 5.0 for TI2V);
+# the Wan team's configs (mlx-examples video/Wan2.1|Wan2.2/wan/configs: dims, heads, layers, ffn,
+# vae_stride, A14B boundary 0.875, sample_shift / steps / guide scales). rope_max_seq_len is
+# diffusers' default (1024): the converter does not set it for these models.
+PRESETS = {
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": dict(
+        transformer=dict(_COMMON, num_attention_heads=12, num_layers=30, in_channels=16, out_channels=16,
+                         ffn_dim=8960),
+        vae=_VAE21, text_len=TEXT_LEN, experts=1, boundary_ratio=None, expand_timesteps=False),
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers": dict(
+        transformer=dict(_COMMON, num_attention_heads=40, num_layers=40, in_channels=16, out_channels=16,
+                         ffn_dim=13824),
+        vae=_VAE21, text_len=TEXT_LEN, experts=1, boundary_ratio=None, expand_timesteps=False),
+    "Wan-AI/Wan2.2-TI2V-5B-Diffusers": dict(
+        transformer=dict(_COMMON, num_attention_heads=24, num_layers=30, in_channels=48, out_channels=48,
+                         ffn_dim=14336),
+        vae=_VAE22, text_len=TEXT_LEN, experts=1, boundary_ratio=None, expand_timesteps=True),
+    "Wan-AI/Wan2.2-T2V-A14B-Diffusers": dict(
+        transformer=dict(_COMMON, num_attention_heads=40, num_layers=40, in_channels=16, out_channels=16,
+                         ffn_dim=13824),
+        vae=_VAE21, text_len=TEXT_LEN, experts=2, boundary_ratio=0.875, expand_timesteps=False),
+}
+
+_PIPELINES = ("WanPipeline", "WanVideoToVideoPipeline")
+_TRANSFORMERS = ("WanTransformer3DModel",)
+FINGERPRINT_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size", "in_channels",
+                    "rope_max_seq_len", "text_dim")
+
+
+def _cfg_get(cfg, key, default=None):
+    if cfg is None:
+        return default
+    if isinstance(cfg, dict):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def transformer_params(preset) -> int:
+    """Parameters of one transformer of ``preset`` (a PRESETS name or entry, or a transformer config
+    dict), counted on the meta device (no memory, no download)."""
+    from diffusers import WanTransformer3DModel
+
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ModelError(f"--model {preset}: no Wan preset of that name (known: {', '.join(PRESETS)})")
+        preset = PRESETS[preset]
+    cfg = preset.get("transformer", preset)
+    with torch.device("meta"):
+        model = WanTransformer3DModel(**cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+class WanGuidedAttnProcessor:
+    """Wan self-attention (``attn1``) with capture, K/V injection and early stop.
+
+    Computes what diffusers' ``WanAttnProcessor`` computes, with the same operations in the same
+    order (bit-identical output when the controller asks nothing), and as the shared
+    :class:`GuidanceController` asks (fields as in :mod:`ditflow_fast.guidance.processor`):
+    records q/k of the picked batch element after ``norm_q``/``norm_k`` and RoPE as ``[1, H, N, d]``
+    views (graph kept); copies K/V; writes reference K/V over every batch element; raises
+    :class:`StopForward` after the guidance block. Accepts shared ``(cos, sin)`` or separate
+    ``((cos_q, sin_q), (cos_k, sin_k))`` RoPE. Only for self-attention: Wan's cross-attention
+    (``attn2``, text and image keys) keeps the stock processor.
+    """
+
+    # What diffusers' dispatcher reads off a processor (set_attention_backend writes the first).
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, block_index: int, controller: GuidanceController):
+        self.block_index = block_index
+        self.controller = controller
+
+    # Spelled out, as the stock processor's: WanAttention.forward passes them positionally and
+    # diffusers' attention helpers inspect processor signatures for the keyword arguments they pass.
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb=None,
+    ) -> torch.Tensor:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        if encoder_hidden_states is not None or attn.add_k_proj is not None:
+            raise ValueError("WanGuidedAttnProcessor is for Wan's self-attention (attn1) only")
+        ctrl, idx = self.controller, self.block_index
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query = attn.norm_q(query)
+        key = attn.norm_k(key)
+        query = query.unflatten(2, (attn.heads, -1))
+        key = key.unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            q_rope, k_rope = split_rope(rotary_emb)
+            query = _apply_rotary(query, *q_rope)
+            key = _apply_rotary(key, *k_rope)
+
+        if ctrl.armed and idx in ctrl.qk_blocks:
+            ctrl.qk[idx] = (ctrl._pick(query).transpose(1, 2), ctrl._pick(key).transpose(1, 2))
+        if ctrl.armed and idx in ctrl.copy_kv_blocks:
+            ctrl.kv[idx] = (ctrl._pick(key).transpose(1, 2).detach().contiguous().clone(),
+                            ctrl._pick(value).transpose(1, 2).detach().contiguous().clone())
+        if ctrl.armed and idx == ctrl.stop_after and idx not in ctrl.out_blocks:
+            raise StopForward
+        if idx in ctrl.inject_kv:
+            ref_k, ref_v = ctrl.inject_kv[idx]
+            key = _replace_all(key, ref_k)
+            value = _replace_all(value, ref_v)
+
+        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                    backend=self._attention_backend, parallel_config=self._parallel_config)
+        out = out.flatten(2, 3).type_as(query)
+        out = attn.to_out[0](out)
+        return attn.to_out[1](out)
+
+
+def _apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """diffusers' Wan rotation (``WanAttnProcessor``'s inner ``apply_rotary_emb``), same operations."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+def _replace_all(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` ``[B, N, H, d]`` replaced by ``ref`` ``[1, H, N, d]`` for every batch element (a new tensor)."""
+    b, n, h, d = t.shape
+    if tuple(ref.shape) != (1, h, n, d):
+        raise ValueError(f"injected K/V of shape {tuple(ref.shape)} do not fit Wan attention of shape "
+                         f"[1, {h}, {n}, {d}]")
+    return ref.to(dtype=t.dtype, device=t.device).transpose(1, 2).expand(b, -1, -1, -1)
+
+
+def _output_hook(block_index: int, controller: GuidanceController):
+    def hook(module, args, output):
+        ctrl = controller
+        if ctrl.armed and block_index in ctrl.out_blocks:
+            ctrl.out[block_index] = ctrl._pick(output)  # Wan blocks return hidden states [B, N, D]
+            if block_index == ctrl.stop_after:
+                raise StopForward
+        return None
+
+    return hook
+
+
+def _read_model_index(model: str) -> dict:
+    local = Path(model).expanduser()
+    if local.exists():
+        idx = local / "model_index.json"
+        if not idx.is_file():
+            return {}
+        try:
+            return json.loads(idx.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"--model {model}: unreadable model_index.json ({exc})") from exc
+    from diffusers import DiffusionPipeline
+
+    try:
+        return dict(DiffusionPipeline.load_config(model))
+    except Exception:  # a transformer-only repo, or offline: the subfolders decide
+        return {}
+
+
+def _has_component(model_index: dict, name: str) -> bool:
+    entry = model_index.get(name)
+    return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] is not None and entry[1] is not None
+
+
+class WanFamily:
+    """Wan2.1 / Wan2.2 text-to-video models (``WanPipeline`` folders) for the guidance loop."""
+
+    name = "wan"
+    text_tokens = 0  # text enters by cross-attention: the AMF sees video tokens only
+    latent_layout = "BCFHW"
+    PRESETS = PRESETS
+
+    # -- recognising and loading -----------------------------------------------------------------
+    @staticmethod
+    def matches(model_index: dict | None, transformer_class_name: str | None) -> bool:
+        """A Wan text-to-video folder: WanPipeline (Wan2.1, Wan2.2 A14B with ``transformer_2``,
+        TI2V-5B) or WanVideoToVideoPipeline, or a bare WanTransformer3DModel."""
+        if transformer_class_name in _TRANSFORMERS:
+            return True
+        if not model_index:
+            return False
+        if model_index.get("_class_name") in _PIPELINES:
+            return True
+        return any(isinstance(model_index.get(k), (list, tuple)) and len(model_index[k]) == 2
+                   and model_index[k][1] in _TRANSFORMERS for k in ("transformer", "transformer_2"))
+
+    @staticmethod
+    def load(model: str, dtype: torch.dtype, vae_dtype: torch.dtype = torch.float32) -> dict:
+        """Components on the CPU: ``transformer`` (and ``transformer_2`` for two-expert Wan2.2, else
+        None) in ``dtype``, ``vae`` (AutoencoderKLWan) in ``vae_dtype`` (float32 by default, as
+        diffusers recommends for Wan decoding quality), ``scheduler_config`` (None if the folder has no
+        scheduler/), ``boundary_ratio`` (None without a second expert), ``expand_timesteps``.
+        Raises :class:`ModelError` naming ``--model``."""
+        from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+
+        local = Path(model).expanduser()
+        if local.exists():
+            missing = [s for s in ("transformer", "vae") if not (local / s).is_dir()]
+            if missing:
+                raise ModelError(f"--model {model}: not a Wan diffusers folder (no {', '.join(missing)}/)")
+            model = str(local)
+        elif model.startswith((".", "/", "~")) or model.count("/") != 1:
+            raise ModelError(f"--model {model}: no such folder, and not a hub id of the form owner/name")
+        index = _read_model_index(model)
+        cls = index.get("_class_name")
+        if cls is not None and cls not in _PIPELINES:
+            raise ModelError(f"--model {model}: a {cls} folder; the Wan guidance loop takes text-to-video "
+                             f"{' / '.join(_PIPELINES)} folders")
+        if "transformer_2" in index:
+            two = _has_component(index, "transformer_2")
+        else:  # no model_index.json: the folder decides
+            two = local.exists() and (local / "transformer_2").is_dir()
+        try:
+            transformer = WanTransformer3DModel.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
+            transformer_2 = (WanTransformer3DModel.from_pretrained(model, subfolder="transformer_2", torch_dtype=dtype)
+                             if two else None)
+            vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae", torch_dtype=vae_dtype)
+        except Exception as exc:  # hub/network/format errors come in many types
+            raise ModelError(f"--model {model}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
+        try:
+            sched_cfg = dict(UniPCMultistepScheduler.load_config(model, subfolder="scheduler"))
+        except Exception:
+            sched_cfg = None  # make_scheduler falls back to the Wan defaults
+        for t in (transformer, transformer_2):
+            if t is None:
+                continue
+            cfg = t.config
+            if cfg.image_dim is not None or cfg.added_kv_proj_dim is not None or cfg.in_channels != vae.config.z_dim:
+                raise ModelError(f"--model {model}: an image-conditioned Wan transformer (in_channels "
+                                 f"{cfg.in_channels}, VAE z_dim {vae.config.z_dim}); only text-to-video is supported")
+        boundary = index.get("boundary_ratio")
+        expand = bool(index.get("expand_timesteps", False))
+        for t in (transformer, transformer_2):
+            if t is not None:
+                t.eval().requires_grad_(False)
+                t._ditflow_expand_timesteps = expand  # read by WanFamily.forward
+        return dict(transformer=transformer, transformer_2=transformer_2, vae=vae.eval().requires_grad_(False),
+                    scheduler_config=sched_cfg, boundary_ratio=None if transformer_2 is None else boundary,
+                    expand_timesteps=expand)
+
+    # -- guided attention ------------------------------------------------------------------------
+    @staticmethod
+    def blocks(transformer) -> list:
+        return list(transformer.blocks)
+
+    @classmethod
+    def install(cls, transformer, controller: GuidanceController | None = None) -> GuidanceController:
+        """A :class:`WanGuidedAttnProcessor` on every block's ``attn1`` and an output hook per block
+        (MOFT/SMM records); returns the controller (fresh unless given: pass the same one to both
+        experts). Idempotent. Kept where processor.controller_of looks (``_ditflow_guidance``)."""
+        controller = controller or GuidanceController()
+        cls.uninstall(transformer)
+        handles = []
+        for i, block in enumerate(transformer.blocks):
+            block.attn1.set_processor(WanGuidedAttnProcessor(i, controller))
+            handles.append(block.register_forward_hook(_output_hook(i, controller)))
+        transformer._ditflow_guidance = (controller, handles)
+        return controller
+
+    @staticmethod
+    def uninstall(transformer) -> None:
+        """Remove what :meth:`install` added; the stock ``WanAttnProcessor`` goes back on ``attn1``."""
+        state = getattr(transformer, "_ditflow_guidance", None)
+        if state is None:
+            return
+        from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+        for h in state[1]:
+            h.remove()
+        for block in transformer.blocks:
+            block.attn1.set_processor(WanAttnProcessor())
+        del transformer._ditflow_guidance
+
+    # -- positional embeddings -------------------------------------------------------------------
+    @staticmethod
+    def rope(transformer, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)``, each ``[F'*h*w, head_dim]`` float32: the tables ``transformer.rope`` makes
+        for this latent (``[B, C, F, H, W]``; only its shape is read). Hooks are bypassed, so an active
+        :meth:`emb_override` does not change the answer."""
+        cos, sin = transformer.rope.forward(latent)
+        return cos[0, :, 0].float(), sin[0, :, 0].float()
+
+    @classmethod
+    def initial_emb(cls, transformer, latent: torch.Tensor) -> torch.Tensor:
+        """``[2 (q, k), 2 (cos, sin), N, head_dim]`` float32, queries and keys both from the model's RoPE."""
+        cos, sin = cls.rope(transformer, latent)
+        one = torch.stack([cos, sin])
+        return torch.stack([one, one.clone()])
+
+    @staticmethod
+    @contextlib.contextmanager
+    def emb_override(transformer, emb: torch.Tensor | None):
+        """While active, every forward of ``transformer`` uses ``emb`` ``[2, 2, N, d]`` as separate
+        query and key RoPE (a forward hook on ``transformer.rope`` returns it in the blocks' form,
+        ``((cos_q, sin_q), (cos_k, sin_k))`` each ``[1, N, 1, d]`` in the stock tables' dtype; the
+        gradient reaches ``emb``). Needs :meth:`install` (the stock processor takes shared RoPE only).
+        ``emb=None``: no change."""
+        if emb is None:
+            yield
+            return
+        if getattr(transformer, "_ditflow_guidance", None) is None:
+            raise ValueError("emb_override needs the guided processors: call WanFamily.install(transformer) first")
+        if emb.dim() != 4 or emb.shape[:2] != (2, 2):
+            raise ValueError(f"emb must be [2 (q, k), 2 (cos, sin), N, d], got {tuple(emb.shape)}")
+
+        def hook(module, args, output):
+            cos = output[0]
+            n, d = cos.shape[1], cos.shape[-1]
+            if tuple(emb.shape[2:]) != (n, d):
+                raise ValueError(f"emb of shape {tuple(emb.shape)} does not fit this latent's RoPE [2, 2, {n}, {d}]")
+            e = emb.to(device=cos.device, dtype=cos.dtype)
+
+            def tab(x):
+                return x.reshape(1, n, 1, d)
+
+            return (tab(e[0, 0]), tab(e[0, 1])), (tab(e[1, 0]), tab(e[1, 1]))
+
+        handle = transformer.rope.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @classmethod
+    def emb_fingerprint(cls, transformer) -> str:
+        """The config entries that fix the embedding's meaning, with the family name (JSON)."""
+        cfg = transformer.config
+        d = {k: _cfg_get(cfg, k) for k in FINGERPRINT_KEYS}
+        d["patch_size"] = list(d["patch_size"]) if d["patch_size"] is not None else None
+        d["family"] = cls.name
+        return json.dumps(d, sort_keys=True)
+
+    # -- forwards --------------------------------------------------------------------------------
+    @staticmethod
+    def timestep_input(transformer, latent: torch.Tensor, timestep, expand_timesteps: bool | None = None):
+        """The ``timestep`` argument ``WanPipeline`` gives the transformer: ``t`` per batch element, or,
+        with ``expand_timesteps`` (TI2V-5B), ``t`` per video token ``[B, F'*h*w]`` float32."""
+        if expand_timesteps is None:
+            expand_timesteps = getattr(transformer, "_ditflow_expand_timesteps", False)
+        b = latent.shape[0]
+        t = torch.as_tensor(timestep, device=latent.device)
+        if t.dim() == 1 and t.numel() == b and not expand_timesteps:
+            return t
+        if t.dim() == 2:
+            return t
+        if t.dim() == 1:
+            if t.numel() != 1:
+                raise ValueError(f"timestep of shape {tuple(t.shape)} for a batch of {b}")
+            t = t[0]
+        if not expand_timesteps:
+            return t.expand(b)
+        f, h, w = WanFamily.token_grid(transformer, latent)
+        # The pipeline: (mask[0][0][:, ::2, ::2] * t).flatten() with a float32 mask of ones.
+        per_token = (torch.ones(f, h, w, dtype=torch.float32, device=latent.device) * t).flatten()
+        return per_token.unsqueeze(0).expand(b, -1)
+
+    @classmethod
+    def forward(cls, transformer, latent: torch.Tensor, text_embeds: torch.Tensor, timestep, emb=None, *,
+                expand_timesteps: bool | None = None) -> torch.Tensor:
+        """One call of the Wan transformer in its own signature; returns the prediction ``[B, C, F, H, W]``.
+        ``emb`` (``[2, 2, N, d]``): separate q/k RoPE for this call (:meth:`emb_override`)."""
+        ts = cls.timestep_input(transformer, latent, timestep, expand_timesteps)
+        with cls.emb_override(transformer, emb):
+            return transformer(hidden_states=latent, timestep=ts, encoder_hidden_states=text_embeds,
+                               return_dict=False)[0]
+
+    @classmethod
+    def run_until(cls, transformer, latent, text_embeds, timestep, emb=None, *, stop_after: int | None,
+                  qk_blocks=(), out_blocks=(), copy_kv_blocks=(), expand_timesteps: bool | None = None):
+        """:func:`ditflow_fast.guidance.forward.run_until` for Wan (same arming, checks and early stop),
+        calling the transformer through :meth:`forward`. Returns the controller with its records."""
+        from torch.utils.checkpoint import set_checkpoint_early_stop
+
+        from ..guidance.processor import controller_of
+
+        ctrl = controller_of(transformer)
+        n_blocks = len(transformer.blocks)
+        wanted = set(qk_blocks) | set(out_blocks) | set(copy_kv_blocks)
+        for b in wanted | ({stop_after} if stop_after is not None else set()):
+            if not 0 <= b < n_blocks:
+                raise ValueError(f"block index {b} out of range: the transformer has {n_blocks} blocks")
+        if stop_after is not None and wanted and stop_after < max(wanted):
+            raise ValueError(f"stop_after={stop_after} comes before block {max(wanted)}, whose records are wanted")
+        ctrl.clear_captures()
+        ctrl.qk_blocks, ctrl.out_blocks = frozenset(qk_blocks), frozenset(out_blocks)
+        ctrl.copy_kv_blocks, ctrl.stop_after = frozenset(copy_kv_blocks), stop_after
+        ctrl.armed = True
+        stopped = False
+        try:
+            with set_checkpoint_early_stop(True):
+                cls.forward(transformer, latent, text_embeds, timestep, emb, expand_timesteps=expand_timesteps)
+        except StopForward:
+            stopped = True
+        finally:
+            ctrl.armed = False
+            ctrl.qk_blocks = ctrl.out_blocks = ctrl.copy_kv_blocks = frozenset()
+            ctrl.stop_after = None
+        if stop_after is not None and not stopped:
+            raise RuntimeError(f"the forward never reached guidance block {stop_after}")
+        return ctrl
+
+    # -- sizes -----------------------------------------------------------------------------------
+    @staticmethod
+    def token_grid(transformer, latent: torch.Tensor) -> tuple[int, int, int]:
+        """``(F', h, w)`` patches of ``latent`` ``[B, C, F, H, W]``."""
+        pt, ph, pw = transformer.config.patch_size
+        _, _, f, h, w = latent.shape
+        return f // pt, h // ph, w // pw
+
+    @staticmethod
+    def latent_shape(vae_config, transformer_config, frames: int, height: int, width: int) -> tuple:
+        """``(1, z_dim, F', H/s, W/s)`` for a video of this size, or :class:`ModelError`: the Wan VAE
+        gives exactly ``(frames - 1) / 4 + 1`` latent frames only for ``frames = 4k + 1``, and the
+        size must be a multiple of the VAE's spatial factor times the patch size."""
+        temporal = int(_cfg_get(vae_config, "scale_factor_temporal", None)
+                       or 2 ** sum(bool(x) for x in _cfg_get(vae_config, "temperal_downsample", [False, True, True])))
+        spatial = int(_cfg_get(vae_config, "scale_factor_spatial", None) or 8)
+        z = int(_cfg_get(vae_config, "z_dim", 16))
+        patch = tuple(_cfg_get(transformer_config, "patch_size", (1, 2, 2)))
+        if frames < 1 or (frames - 1) % temporal:
+            lo, hi = nearest_frames(frames, temporal)
+            near = f"{lo} or {hi}" if lo != hi else f"{lo}"
+            raise ModelError(f"--frames {frames}: the Wan VAE takes {temporal}k+1 frames; nearest: {near}")
+        sh, sw = spatial * patch[1], spatial * patch[2]
+        if height % sh or width % sw:
+            raise ModelError(f"--height/--width {height}x{width}: must be multiples of {sh}x{sw} for this model "
+                             f"(VAE x{spatial}, patch {patch[1]}x{patch[2]})")
+        if patch[0] != 1 and ((frames - 1) // temporal + 1) % patch[0]:
+            raise ModelError(f"--frames {frames}: latent frames not a multiple of the temporal patch {patch[0]}")
+        return 1, z, (frames - 1) // temporal + 1, height // spatial, width // spatial
+
+    # -- VAE -------------------------------------------------------------------------------------
+    @staticmethod
+    def _norm_tables(vae, device, dtype):
+        z = vae.config.z_dim
+        mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(device, dtype)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(device, dtype)
+        return mean, inv_std
+
+    @classmethod
+    @torch.no_grad()
+    def encode_video(cls, vae, frames: np.ndarray, device, dtype, seed: int = 0) -> torch.Tensor:
+        """``uint8 [F, H, W, 3]`` -> normalised latent ``[1, C, F', h, w]`` float32: a seeded sample of
+        the posterior, then ``(z - latents_mean) / latents_std`` as WanPipeline normalises."""
+        f, h, w, _ = frames.shape
+        cls.latent_shape(vae.config, {"patch_size": (1, 1, 1)}, f, h, w)  # frame count / size checks
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        g = torch.Generator(device=device).manual_seed(seed)
+        lat = vae.encode(x.to(device, dtype)).latent_dist.sample(generator=g).float()
+        mean, inv_std = cls._norm_tables(vae, lat.device, torch.float32)
+        return (lat - mean) * inv_std
+
+    @classmethod
+    @torch.no_grad()
+    def decode_latents(cls, vae, latent: torch.Tensor) -> np.ndarray:
+        """Normalised latent ``[1, C, F', h, w]`` -> ``uint8 [F, H, W, 3]`` (``z * std + mean``, as
+        WanPipeline writes it: ``latents / (1 / std) + mean``)."""
+        p = next(vae.parameters())
+        mean, inv_std = cls._norm_tables(vae, latent.device, torch.float32)
+        z = (latent.float() / inv_std + mean).to(p.device, p.dtype)
+        video = vae.decode(z).sample[0]  # [3, F, H, W] in [-1, 1]
+        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return video.permute(1, 2, 3, 0).cpu().numpy()
+
+    # -- sampler ---------------------------------------------------------------------------------
+    @staticmethod
+    def make_scheduler(scheduler_config=None, flow_shift: float | None = None):
+        """UniPC multistep on flow sigmas (what diffusers' Wan folders ship; their docs: flow_shift 3.0
+        by default, 5.0 for 720p). From the folder's scheduler config when it is UniPC, with
+        ``flow_shift`` overriding; otherwise diffusers' Wan defaults."""
+        from diffusers import UniPCMultistepScheduler
+
+        base = dict(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0)
+        cfg = dict(scheduler_config or {})
+        if cfg.get("_class_name", "UniPCMultistepScheduler") == "UniPCMultistepScheduler" and cfg:
+            sched = UniPCMultistepScheduler.from_config(cfg)
+        else:  # e.g. FlowMatchEulerDiscreteScheduler in a folder: keep its shift
+            shift = cfg.get("shift", cfg.get("flow_shift"))
+            sched = UniPCMultistepScheduler(**dict(base, **({"flow_shift": shift} if shift else {})))
+        if flow_shift is not None:
+            sched = UniPCMultistepScheduler.from_config(sched.config, flow_shift=float(flow_shift))
+        return sched
+
+    @staticmethod
+    def scheduler_state(scheduler) -> dict:
+        """UniPC's multistep history: ``{"tensors": {name: tensor}, "meta": json-able dict}``.
+
+        Tensors: ``model_outputs.{i}`` (entries not None), ``last_sample``, ``timestep_list.{i}`` (tensor
+        entries). Meta: which entries exist, non-tensor timesteps, ``lower_order_nums``, ``this_order``,
+        ``step_index``, ``begin_index``, ``num_inference_steps``. With :meth:`load_scheduler_state` a
+        resumed loop continues bit for bit (tested)."""
+        tensors, meta = {}, {}
+        outs = []
+        for i, m in enumerate(scheduler.model_outputs):
+            outs.append(m is not None)
+            if m is not None:
+                tensors[f"model_outputs.{i}"] = m.detach().cpu().contiguous()
+        ts = []
+        for i, t in enumerate(scheduler.timestep_list):
+            if isinstance(t, torch.Tensor):
+                tensors[f"timestep_list.{i}"] = t.detach().cpu().contiguous()
+                ts.append("tensor")
+            else:
+                ts.append(None if t is None else (int(t) if float(t).is_integer() else float(t)))
+        if scheduler.last_sample is not None:
+            tensors["last_sample"] = scheduler.last_sample.detach().cpu().contiguous()
+        meta.update(model_outputs=outs, timestep_list=ts, lower_order_nums=int(scheduler.lower_order_nums),
+                    this_order=getattr(scheduler, "this_order", None), step_index=scheduler.step_index,
+                    begin_index=scheduler.begin_index, num_inference_steps=scheduler.num_inference_steps,
+                    has_last_sample=scheduler.last_sample is not None)
+        json.dumps(meta)  # must stay json-able (safetensors metadata)
+        return {"tensors": tensors, "meta": meta}
+
+    @staticmethod
+    def load_scheduler_state(scheduler, state: dict, device=None) -> None:
+        """Restore :meth:`scheduler_state` into ``scheduler`` (calls ``set_timesteps`` first when the step
+        count differs or was never set). ``device``: where the history tensors go (default: as saved)."""
+        tensors, meta = state["tensors"], state["meta"]
+        n = meta["num_inference_steps"]
+        if n is not None and scheduler.num_inference_steps != n:
+            scheduler.set_timesteps(n, device=device)
+
+        def dev(t):
+            return t if device is None else t.to(device)
+
+        scheduler.model_outputs = [dev(tensors[f"model_outputs.{i}"]) if present else None
+                                   for i, present in enumerate(meta["model_outputs"])]
+        scheduler.timestep_list = [dev(tensors[f"timestep_list.{i}"]) if t == "tensor" else t
+                                   for i, t in enumerate(meta["timestep_list"])]
+        scheduler.last_sample = dev(tensors["last_sample"]) if meta["has_last_sample"] else None
+        scheduler.lower_order_nums = meta["lower_order_nums"]
+        if meta["this_order"] is not None:
+            scheduler.this_order = meta["this_order"]
+        scheduler._step_index = meta["step_index"]
+        scheduler._begin_index = meta["begin_index"]
+
+    @staticmethod
+    def cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+        """WanPipeline's classifier-free guidance: ``uncond + scale * (cond - uncond)``."""
+        return uncond + scale * (cond - uncond)
+
+    @staticmethod
+    def expert_for(timestep, boundary_ratio: float | None, num_train_timesteps: int = 1000) -> str:
+        """``"transformer"`` (Wan2.1, or Wan2.2's high-noise expert, ``t >= boundary_ratio * T``) or
+        ``"transformer_2"`` (the low-noise expert, below), as WanPipeline chooses."""
+        if boundary_ratio is None:
+            return "transformer"
+        t = float(timestep.item() if isinstance(timestep, torch.Tensor) else timestep)
+        return "transformer" if t >= boundary_ratio * num_train_timesteps else "transformer_2"
+
+    # -- defaults --------------------------------------------------------------------------------
+    @staticmethod
+    def defaults(config: dict) -> dict:
+        """Run defaults for a Wan transformer config (``config``: its config dict, or a PRESETS entry).
+
+        Guidance block: FastVMT guides Wan2.1-1.3B at block 14 of 30 (the middle of the stack, where
+        cross-frame attention is most motion-like); 40-block models take the same relative depth,
+        round(14 * 40 / 30) = 19; other (tiny) models n_blocks // 2. Size: Wan's 480p, 81 frames
+        (4k+1), except TI2V-5B, trained for 704x1280 at 121 frames. bf16 on GPUs. Sampling: diffusers'
+        WanPipeline defaults (50 steps, CFG 5.0) and the shift its folders ship (3.0; 5.0 for TI2V);
+        Wan2.2 A14B as the Wan team samples it: 40 steps, CFG 4.0 for the high-noise expert and 3.0 for
+        the low-noise one (its original repo samples with shift 12.0; the diffusers folder ships 3.0).
+        """
+        cfg = dict(config.get("transformer", config))
+        experts = int(config.get("experts", 1))
+        n = int(cfg.get("num_layers", 0))
+        heads, in_ch = cfg.get("num_attention_heads"), cfg.get("in_channels")
+        block = 14 if n == 30 else (round(14 * 40 / 30) if n == 40 else max(n // 2, 0))
+        out = dict(guidance_blocks=(block,), injection_blocks=(0,), frames=81, height=480, width=832,
+                   dtype="bfloat16", cfg_scale=5.0, cfg_scale_2=None, steps=50, flow_shift=3.0,
+                   scheduler="unipc")
+        if n == 30 and in_ch == 48:  # TI2V-5B
+            out.update(frames=121, height=704, width=1280, flow_shift=5.0)
+        if n == 40 and experts == 2:  # A14B
+            out.update(steps=40, cfg_scale=4.0, cfg_scale_2=3.0)
+        if n not in (30, 40) or heads not in (12, 24, 40):  # tiny/test models: CPU sizes, fp32
+            out.update(frames=9, height=48, width=80, dtype="float32")
+        return out
+
+
+
+def nearest_frames(frames: int, temporal: int = 4) -> tuple[int, int]:
+    """The two frame counts of the form ``temporal * k + 1`` around ``frames`` (equal ones for frames < 1)."""
+    lo = max(1, (frames - 1) // temporal * temporal + 1)
+    return (lo, lo + temporal) if lo <= frames else (lo, lo)
