@@ -27,6 +27,10 @@ Rules, the same for all of them:
 - ``dest`` being a symlink: the link itself is replaced, not its target (as with any rename).
 - No ``fsync``: the rename protects against an interrupted process, not against power loss.
 
+``check_writable(dest, option=..., folder=...)`` is the matching up-front check for a command line:
+it raises a one-line ``ValueError`` naming the option when ``dest`` could not be written, before
+any expensive work.
+
 ``atomic_dir`` replaces an existing folder by moving it aside to a unique name, renaming the new one
 in and deleting the old; between those two renames (microseconds) ``dest`` is missing, but it is
 never half-written. A ``dest`` that exists and is not a folder is refused before the block runs.
@@ -44,7 +48,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_path", "current_umask", "write_bytes", "write_json", "write_text"]
+__all__ = ["atomic_dir", "atomic_path", "check_writable", "current_umask", "write_bytes", "write_json", "write_text"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -184,3 +188,40 @@ def atomic_dir(dest) -> Iterator[Path]:
         raise
     for a in asides:
         _remove(a)
+
+
+def check_writable(dest, *, option: str = "path", folder: bool = False) -> None:
+    """Raise ``ValueError("<option> <dest>: <why>")`` unless ``dest`` can be written; creates nothing that stays.
+
+    ``folder=False``: ``dest`` is a file; it must not be a folder, and an existing one must open for
+    appending; a missing one must be creatable (its missing folders included). ``folder=True``:
+    ``dest`` is a folder; it must not be a file, and files must be creatable in it (or, when it is
+    missing, in its nearest existing parent, where it will be created). Creatability is probed by
+    making and removing a temporary file, so a read-only file system, missing permissions and a
+    parent that is a file are all caught, whoever the user is.
+    """
+    dest = Path(dest)
+    where = f"{option} {dest}"
+    if folder:
+        if (dest.exists() or dest.is_symlink()) and not dest.is_dir():
+            raise ValueError(f"{where}: exists and is not a folder")
+    else:
+        if dest.is_dir():
+            raise ValueError(f"{where}: is a folder, not a file")
+        if dest.exists():
+            try:
+                open(dest, "ab").close()
+            except OSError as exc:
+                raise ValueError(f"{where}: cannot write to it ({exc.strerror or exc})") from None
+            return
+    probe = dest if folder and dest.is_dir() else dest.parent
+    while not (probe.exists() or probe.is_symlink()) and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{where}: {probe} is not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-probe-", dir=probe)
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot create files in {probe} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(name)

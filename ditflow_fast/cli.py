@@ -1,4 +1,4 @@
-"""``ditflow-fast`` command line: ``info``, ``amf`` and ``bench``.
+"""``ditflow-fast`` command line: ``info``, ``amf``, ``bench``, ``demo`` and ``transfer``.
 
 Subcommands import their modules lazily, so ``ditflow-fast info`` stays quick and a missing
 optional dependency of one subcommand never breaks another.
@@ -11,6 +11,20 @@ import platform
 import sys
 
 
+def _auto_order_line(all_backends, devices: list[str]) -> str:
+    """``auto tries: triton (unavailable: ...), cpu, torch; first available: cpu`` (per device when several)."""
+    ranked = sorted((b for b in all_backends if b.auto_rank is not None), key=lambda b: b.auto_rank)
+    missing = {b.name: b.unavailable() for b in ranked}
+    order = ", ".join(b.name if missing[b.name] is None else f"{b.name} (unavailable: {missing[b.name]})"
+                      for b in ranked)
+    firsts = {d: next((b.name for b in ranked if missing[b.name] is None and d in b.devices), None) for d in devices}
+    if len(devices) == 1:
+        first = firsts[devices[0]] or "none"
+    else:
+        first = ", ".join(f"{n or 'none'} ({d} inputs)" for d, n in firsts.items())
+    return f"auto tries: {order or 'nothing'}; first available: {first}"
+
+
 def _cmd_info(args) -> int:
     import torch
 
@@ -19,7 +33,8 @@ def _cmd_info(args) -> int:
 
     print(f"ditflow_fast {__version__}  python {platform.python_version()}  torch {torch.__version__}")
     print(f"cuda available: {torch.cuda.is_available()}")
-    print("backends (auto tries them by rank; '-' = never picked by auto):")
+    print(_auto_order_line(backends().values(), ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]))
+    print("backends (auto tries them by rank, lowest first; '-' = never picked by auto):")
     for b in backends().values():
         missing = b.unavailable()
         state = "available" if missing is None else f"unavailable: {missing}"
@@ -63,16 +78,17 @@ def _add_amf(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Only the parsers are imported here; each subcommand imports its heavy modules when it runs.
+    from .bench.cli import add_bench_parser
+    from .toyworld.cli import add_demo_parser
+    from .transfer_cli import add_transfer_parser
+
     parser = argparse.ArgumentParser(prog="ditflow-fast", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions and backends, with why any is unavailable").set_defaults(func=_cmd_info)
     _add_amf(sub)
-    from .bench.cli import add_bench_parser
-
     add_bench_parser(sub)
-    __import__("ditflow_fast.toyworld.cli", fromlist=["add_demo_parser"]).add_demo_parser(sub)
-    from .transfer_cli import add_transfer_parser
-
+    add_demo_parser(sub)
     add_transfer_parser(sub)
     return parser
 

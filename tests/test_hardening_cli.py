@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import stat
 
 import numpy as np
 import pytest
 
 from ditflow_fast import atomic
+from ditflow_fast.cli import main
 
 
 @contextlib.contextmanager
@@ -140,3 +143,174 @@ def test_write_video_failure_leaves_the_old_video_and_no_temp(tmp_path, monkeypa
     with pytest.raises(OSError, match="disk full"):
         video_io.write_video(FRAMES, dest, fmt="mp4")
     assert dest.read_bytes() == b"the previous result" and _entries(tmp_path) == ["result.mp4"]
+
+
+def test_check_writable_probes_and_leaves_nothing(tmp_path):
+    atomic.check_writable(tmp_path / "a" / "b" / "bench.jsonl", option="--out")  # missing folders: creatable
+    atomic.check_writable(tmp_path / "a" / "b", option="--out", folder=True)
+    (tmp_path / "f").write_bytes(b"kept")
+    atomic.check_writable(tmp_path / "f", option="--out")  # an existing file opens for appending, unchanged
+    assert _entries(tmp_path) == ["f"] and (tmp_path / "f").read_bytes() == b"kept"
+    with pytest.raises(ValueError, match=r"^--out .*: exists and is not a folder$"):
+        atomic.check_writable(tmp_path / "f", option="--out", folder=True)
+    with pytest.raises(ValueError, match=r"^--out .*: is a folder, not a file$"):
+        atomic.check_writable(tmp_path, option="--out")
+    with pytest.raises(ValueError, match=r"^--out .*f is not a folder$"):
+        atomic.check_writable(tmp_path / "f" / "x.jsonl", option="--out")
+
+
+# ----------------------------------------------------------------------------------- early CLI errors
+
+
+def _one_line_error(capsys, command: str, option: str) -> str:
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith(f"ditflow-fast {command}: error: {option}"), err
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def no_bench(monkeypatch):
+    """Fail the test if the benchmark itself starts: every error must come before it."""
+    from ditflow_fast.bench import runner
+
+    def run_bench(*a, **k):
+        pytest.fail("run_bench was called: the error came after the expensive work started")
+
+    monkeypatch.setattr(runner, "run_bench", run_bench)
+
+
+def _erofs(*a, **k):
+    raise OSError(errno.EROFS, "Read-only file system")
+
+
+BENCH = ["bench", "--preset", "smoke", "--no-memory", "--repeats", "1", "--warmup", "0"]
+
+
+def _eacces(*a, **k):
+    raise PermissionError(errno.EACCES, "Permission denied")
+
+
+@pytest.mark.parametrize("case", ["a folder", "under a file", "read-only fs", "unwritable file"])
+def test_bench_unusable_out_fails_before_benchmarking(tmp_path, capsys, monkeypatch, no_bench, case):
+    (tmp_path / "file").write_bytes(b"")
+    out = {"a folder": tmp_path, "under a file": tmp_path / "file" / "bench.jsonl",
+           "read-only fs": tmp_path / "results" / "bench.jsonl", "unwritable file": tmp_path / "file"}[case]
+    # What the OS says on a read-only mount or for a file without write permission; neither can be
+    # made for real here (no mount rights; root ignores permission bits), so the call is stood in for.
+    if case == "read-only fs":
+        monkeypatch.setattr(atomic.tempfile, "mkstemp", _erofs)
+    if case == "unwritable file":
+        monkeypatch.setattr(atomic, "open", _eacces, raising=False)
+    assert main([*BENCH, "--out", str(out)]) == 2
+    err = _one_line_error(capsys, "bench", "--out")
+    why = {"a folder": "is a folder", "under a file": "is not a folder", "read-only fs": "Read-only",
+           "unwritable file": "cannot write to it (Permission denied)"}
+    assert why[case] in err
+    assert _entries(tmp_path) == ["file"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+def test_bench_unwritable_out_fails_before_benchmarking(tmp_path, capsys, no_bench):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    (tmp_path / "ro.jsonl").write_text("")
+    os.chmod(tmp_path / "ro.jsonl", 0o444)
+    for out in (locked / "bench.jsonl", tmp_path / "ro.jsonl"):
+        assert main([*BENCH, "--out", str(out)]) == 2
+        assert "Permission denied" in _one_line_error(capsys, "bench", "--out")
+
+
+def test_bench_usable_out_in_a_missing_folder_reaches_the_run(tmp_path, monkeypatch):
+    from ditflow_fast.bench import runner
+
+    def run_bench(*a, **k):
+        raise KeyboardInterrupt("reached run_bench")
+
+    monkeypatch.setattr(runner, "run_bench", run_bench)
+    with pytest.raises(KeyboardInterrupt, match="reached"):
+        main([*BENCH, "--out", str(tmp_path / "new" / "bench.jsonl")])
+    assert _entries(tmp_path) == []  # the probe created nothing; the folder is made when the record is appended
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--modes", ","], "--modes names nothing"),
+    (["--modes", " , "], "--modes names nothing"),
+    (["--backends", ","], "--backends names nothing"),
+    (["--mem-limit", "-1"], "--mem-limit must be >= 0"),
+])
+def test_bench_bad_arguments_fail_before_benchmarking(tmp_path, capsys, no_bench, args, option):
+    assert main([*BENCH, *args, "--out", str(tmp_path / "b.jsonl")]) == 2
+    _one_line_error(capsys, "bench", option)
+
+
+@pytest.fixture
+def no_demo(monkeypatch):
+    from ditflow_fast.toyworld import demo
+
+    def fail(*a, **k):
+        pytest.fail("the demo started: the error came after the expensive work started")
+
+    monkeypatch.setattr(demo, "run_demo", fail)
+    monkeypatch.setattr(demo, "user_clip", fail)
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--threads", "0"], "--threads must be positive"),
+    (["--threads", "-2"], "--threads must be positive"),
+    (["--clips", "0"], "--clips must be positive"),
+    (["--opt-iters", "0"], "--opt-iters must be positive"),
+    (["--target", "purple blob"], "--target must be '<colour> <kind>'"),
+    (["--target", "red"], "--target must be '<colour> <kind>'"),
+    (["--video", "clip.mp4"], "--target is needed with --video"),
+    (["--video", "clip.mp4", "--target", "red disk", "--ref-colour", "1,2"], "--ref-colour must be R,G,B"),
+    (["--video", "clip.mp4", "--target", "red disk", "--ref-colour", "a,b,c"], "--ref-colour must be R,G,B"),
+    (["--ref-colour", "1,0,0"], "--ref-colour is only used with --video"),
+    (["--model", "no/such/model"], "--model no/such/model: no such folder"),
+])
+def test_demo_bad_arguments_exit_2_before_running(tmp_path, capsys, no_demo, args, option):
+    assert main(["demo", "--out", str(tmp_path / "demo"), *args]) == 2
+    _one_line_error(capsys, "demo", option)
+    assert _entries(tmp_path) == []
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "read-only fs"])
+def test_demo_unusable_out_fails_before_running(tmp_path, capsys, monkeypatch, no_demo, case):
+    (tmp_path / "file").write_bytes(b"")
+    out = {"a file": tmp_path / "file", "under a file": tmp_path / "file" / "demo",
+           "read-only fs": tmp_path / "d"}[case]
+    if case == "read-only fs":
+        monkeypatch.setattr(atomic.tempfile, "mkstemp", _erofs)
+    assert main(["demo", "--out", str(out)]) == 2
+    err = _one_line_error(capsys, "demo", "--out")
+    why = {"a file": "exists and is not a folder", "under a file": "is not a folder", "read-only fs": "Read-only"}
+    assert why[case] in err
+    assert _entries(tmp_path) == ["file"]
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    usage, listing = out.split("positional arguments:", 1)
+    for name in ("info", "amf", "bench", "demo", "transfer"):
+        assert name in usage.split("\n\n", 1)[1]  # the description names it
+        (line,) = [ln for ln in listing.splitlines() if ln.strip().startswith(name + " ")]
+        assert len(line.split()) > 1, line  # with a help text
+
+
+def test_info_says_what_auto_tries_first(capsys):
+    import torch
+
+    from ditflow_fast.api import choose_backend
+
+    assert main(["info"]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("auto tries: ")]
+    order, first = line.removeprefix("auto tries: ").split("; first available: ")
+    assert order.startswith("triton") and order.index(", cpu") < order.index(", torch")  # by rank
+    assert not re.search(r"(^|, )(reference|cuda)( |,|$)", order)  # auto never picks them
+    q = torch.randn(1, 2, 2 * 3 * 4, 8)
+    picked = choose_backend(q, q, frames=2, height=3, width=4).name
+    assert (first if not torch.cuda.is_available() else first.split(", ")[-1].split(" (")[0]) == picked

@@ -9,6 +9,16 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _csv_option(text: str | None, option: str) -> tuple[str, ...] | None:
+    """The names of a comma-separated option; None when it was not given; an error when it names nothing."""
+    if text is None:
+        return None
+    names = tuple(_csv(text))
+    if not names:
+        raise ValueError(f"{option} names nothing (got {text!r}); leave it out for the default")
+    return names
+
+
 def _run(args) -> int:
     from .cases import MODES
     from .presets import PRESETS, get_preset
@@ -29,7 +39,9 @@ def _run(args) -> int:
                   f"floor {r['floor_ms']:.3g} ms")
         print("peaks: " + "; ".join(p.source for p in GPU_PEAKS.values()))
         return 0
-    modes = tuple(_csv(args.modes)) if args.modes else MODES
+    # Every argument is checked before anything is timed, so a run is never lost to a typo.
+    modes = _csv_option(args.modes, "--modes") or MODES
+    impls = _csv_option(args.backends, "--backends")
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f"--modes must be among {', '.join(MODES)}, got {', '.join(bad)}")
@@ -46,17 +58,21 @@ def _run(args) -> int:
             raise ValueError(f"--device {args.device}: torch sees no CUDA device here")
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
-    from .record import append_record, default_results_path
+    if args.mem_limit is not None and args.mem_limit < 0:
+        raise ValueError(f"--mem-limit must be >= 0 bytes, got {args.mem_limit}")
+    from ..atomic import check_writable
+    from .record import append_record, default_results_path, machine_info
     from .report import format_table
     from .runner import run_bench
 
-    record = run_bench(args.preset, impls=_csv(args.backends) if args.backends else None, modes=modes,
+    out = Path(args.out) if args.out else default_results_path(machine_info())
+    check_writable(out, option="--out")
+    record = run_bench(args.preset, impls=list(impls) if impls else None, modes=modes,
                        dtype=args.dtype, device=args.device, repeats=args.repeats, warmup=args.warmup,
                        memory=not args.no_memory, mem_limit=args.mem_limit,
                        progress=lambda s: print(s, flush=True))
     print()
     print(format_table(record))
-    out = Path(args.out) if args.out else default_results_path(record["machine"])
     print(f"\nappended to {append_record(record, out)}")
     return 0
 

@@ -48,34 +48,64 @@ def add_demo_parser(sub) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+def _check_args(args) -> None:
+    """Every argument error, as a ValueError naming the option (``cli.main`` prints it, exit 2), before any work."""
+    from pathlib import Path
+
+    from ..atomic import check_writable
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be positive, got {args.threads}")
+    for name in ("clips", "seeds", "steps", "opt_iters"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.model is not None and not Path(args.model).is_dir():
+        raise ValueError(f"--model {args.model}: no such folder")
+    if args.video is not None and args.target is None:
+        raise ValueError("--target is needed with --video: a user's reference clip needs a target condition "
+                         "(e.g. --target 'red disk')")
+    if args.ref_colour is not None and args.video is None:
+        raise ValueError("--ref-colour is only used with --video")
+    check_writable(args.out, option="--out", folder=True)
+
+
+def _parse_target(text: str) -> int:
+    from .world import COLOUR_NAMES, KINDS, condition_index
+
+    words = text.split()
+    if len(words) != 2 or words[0] not in COLOUR_NAMES or words[1] not in KINDS:
+        raise ValueError(f"--target must be '<colour> <kind>', e.g. 'red disk' (colours: {', '.join(COLOUR_NAMES)}; "
+                         f"kinds: {', '.join(KINDS)}), got {text!r}")
+    return condition_index(words[1], words[0])
+
+
+def _parse_colour(text: str) -> list[float]:
+    try:
+        colour = [float(x) for x in text.split(",")]
+    except ValueError:
+        colour = []
+    if len(colour) != 3 or not all(0.0 <= c <= 1.0 for c in colour):
+        raise ValueError(f"--ref-colour must be R,G,B with each in [0, 1], got {text!r}")
+    return colour
+
+
 def _cmd_demo(args) -> int:
+    _check_args(args)
+    target = None if args.target is None else _parse_target(args.target)
+    colour = None if args.ref_colour is None else _parse_colour(args.ref_colour)
     import torch
 
     from .demo import run_demo
     from .model import DEFAULT_DIR
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    for name in ("clips", "seeds", "steps", "opt_iters"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"ditflow-fast demo: --{name.replace('_', '-')} must be positive")
     if args.quick:
         args.clips, args.seeds, args.steps, args.guided_steps, args.opt_iters = 1, 1, 8, 4, 2
-    refs, target = None, None
-    if args.target is not None:
-        from .world import condition_index
-
-        try:
-            colour, kind = args.target.split()
-            target = condition_index(kind, colour)
-        except ValueError as exc:
-            raise SystemExit(f"ditflow-fast demo: --target must be '<colour> <kind>', e.g. 'red disk': {exc}") from exc
+    refs = None
     if args.video is not None:
         from .demo import user_clip
 
-        colour = None if args.ref_colour is None else [float(x) for x in args.ref_colour.split(",")]
-        if colour is not None and len(colour) != 3:
-            raise SystemExit("ditflow-fast demo: --ref-colour must be R,G,B")
         refs = [user_clip(args.video, colour)]
     settings = DemoSettings(steps=args.steps, guided_steps=args.guided_steps, opt_iters=args.opt_iters,
                             lr=tuple(args.lr), cfg_scale=args.cfg, cfg_min_t=args.cfg_min_t,
