@@ -40,9 +40,12 @@ def test_processor_signature_is_spelled_out():
     assert params == ["self", "attn", "hidden_states", "encoder_hidden_states", "attention_mask", "rotary_emb"]
 
 
-def test_idle_processor_is_bit_identical_to_stock():
-    tr = wan_tiny.tiny_transformer()
-    x, e = _inputs()
+@pytest.mark.parametrize("dtype,fused", [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)])
+def test_idle_processor_is_bit_identical_to_stock(dtype, fused):
+    tr = wan_tiny.tiny_transformer().to(dtype)
+    if fused:
+        tr.fuse_qkv_projections()
+    x, e = (t.to(dtype) for t in _inputs())
     stock = _run(tr, x, e)
     ctrl = W.install(tr)
     assert all(type(b.attn1.processor).__name__ == "WanGuidedAttnProcessor" for b in tr.blocks)
@@ -56,6 +59,9 @@ def test_idle_processor_is_bit_identical_to_stock():
     back = _run(tr, x, e)
     assert torch.equal(stock, ours) and torch.equal(stock, armed) and torch.equal(stock, back)
     assert not hasattr(tr, "_ditflow_guidance")
+    if dtype == torch.bfloat16:  # the override with the model's own RoPE is exact in bf16 too
+        W.install(tr)
+        assert torch.equal(_run(tr, x, e, emb=W.initial_emb(tr, x)), stock)
 
 
 def _rotate_pairs(x, cos, sin):
@@ -224,6 +230,11 @@ def test_expand_timesteps_gives_the_same_prediction():
     ts = W.timestep_input(tr, x, torch.tensor(321), expand_timesteps=True)
     assert ts.shape == (2, 45) and ts.dtype == torch.float32 and (ts == 321).all()
     assert W.timestep_input(tr, x, 321).tolist() == [321, 321]
+    assert W.timestep_input(tr, x, torch.tensor([5, 7])).tolist() == [5, 7]
+    per = W.timestep_input(tr, x, torch.tensor([5, 7]), expand_timesteps=True)
+    assert per.shape == (2, 45) and (per[0] == 5).all() and (per[1] == 7).all()
+    with pytest.raises(ValueError, match="batch of 2"):
+        W.timestep_input(tr, x, torch.tensor([1, 2, 3]))
     with torch.no_grad():
         a = W.forward(tr, x, e, 321)
         b = W.forward(tr, x, e, 321, expand_timesteps=True)

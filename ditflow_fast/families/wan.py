@@ -400,20 +400,16 @@ class WanFamily:
             expand_timesteps = getattr(transformer, "_ditflow_expand_timesteps", False)
         b = latent.shape[0]
         t = torch.as_tensor(timestep, device=latent.device)
-        if t.dim() == 1 and t.numel() == b and not expand_timesteps:
+        if t.dim() == 2:  # already per token
             return t
-        if t.dim() == 2:
-            return t
-        if t.dim() == 1:
-            if t.numel() != 1:
-                raise ValueError(f"timestep of shape {tuple(t.shape)} for a batch of {b}")
-            t = t[0]
+        if t.dim() == 1 and t.numel() not in (1, b):
+            raise ValueError(f"timestep of shape {tuple(t.shape)} for a batch of {b}")
+        t = t.reshape(-1).expand(b)  # one per batch element
         if not expand_timesteps:
-            return t.expand(b)
+            return t
         f, h, w = WanFamily.token_grid(transformer, latent)
-        # The pipeline: (mask[0][0][:, ::2, ::2] * t).flatten() with a float32 mask of ones.
-        per_token = (torch.ones(f, h, w, dtype=torch.float32, device=latent.device) * t).flatten()
-        return per_token.unsqueeze(0).expand(b, -1)
+        # The pipeline: (mask[0][0][:, ::2, ::2] * t).flatten() with a float32 mask of ones, per batch element.
+        return torch.ones(b, f * h * w, dtype=torch.float32, device=latent.device) * t[:, None]
 
     @classmethod
     def forward(cls, transformer, latent: torch.Tensor, text_embeds: torch.Tensor, timestep, emb=None, *,
