@@ -122,8 +122,10 @@ class WanGuidedAttnProcessor:
         self.block_index = block_index
         self.controller = controller
 
-    # Spelled out, as the stock processor's: WanAttention.forward passes them positionally and
-    # diffusers' attention helpers inspect processor signatures for the keyword arguments they pass.
+    # Spelled out with the stock processor's names and order. WanAttention.forward (diffusers 0.42)
+    # passes (hidden_states, encoder_hidden_states, attention_mask, rotary_emb) positionally and does
+    # not filter keywords by the signature (the older Attention.forward does): a **kwargs catch-all
+    # would hide a wrong call instead of failing.
     def __call__(
         self,
         attn,
