@@ -6,13 +6,23 @@ error message names the argument that is wrong and what was expected.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
 
+try:
+    from numpy import bool_ as np_bool
+except ImportError:  # pragma: no cover - numpy ships with torch's usual installs
+    np_bool = bool
+
 MODES = ("soft", "argmax")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# Device types whose autocast the AMF turns off for itself (see autocast_disabled).
+AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "xla", "privateuseone")
 
 
 @dataclass(frozen=True)
@@ -70,37 +80,156 @@ class AMFProblem:
         return shape if self.squeeze else (self.batch,) + shape
 
 
+def as_int(name: str, value) -> int:
+    """``value`` as a Python int: any integer-like value (``numpy.int64``, a 0-dim integer tensor)
+    through ``operator.index``; bools, floats, strings and the rest are a ``TypeError`` naming ``name``."""
+    if isinstance(value, (bool, np_bool)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        raise TypeError(f"{name} must be an int, got a bool ({value!r})")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})") from None
+
+
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = as_int(name, value)
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
 
 
-def check_finite(name: str, t: torch.Tensor) -> None:
-    """Raise if ``t`` holds NaN or inf.
+def finite_max(t: torch.Tensor) -> float:
+    """``max|t|`` (0 for an empty tensor), or NaN when ``t`` holds NaN or inf.
+
+    One ``aminmax`` reduction pass (min and max propagate NaN and reach +-inf), no ``t``-shaped
+    bool temporary, and one host sync.
+    """
+    if t.numel() == 0:
+        return 0.0
+    with autocast_disabled():  # torch.stack is an autocast "promote" op: under fp16 autocast it refuses bf16
+        lo, hi = torch.stack(torch.aminmax(t.detach())).tolist()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return math.nan
+    return max(-lo, hi)
+
+
+def check_finite(name: str, t: torch.Tensor, what: str = "the AMF of non-finite attention is undefined") -> float:
+    """Raise ``ValueError`` naming ``name`` if ``t`` holds NaN or inf; else return ``max|t|``.
 
     The argmax of a row with a NaN is undefined yet finite-looking, so non-finite input is an
     error rather than something to propagate. Costs one reduction pass over the input (O(N*H*d),
     small next to the O(N^2*H*d) scoring) and one host sync.
     """
-    if t.numel() == 0:
-        return
-    # min and max propagate NaN and reach +-inf: one reduction pass, no [t.shape] bool temporary.
-    lo, hi = torch.aminmax(t)
-    if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
-        raise ValueError(f"{name} contains NaN or inf values; the AMF of non-finite attention is undefined")
+    m = finite_max(t)
+    if math.isnan(m):
+        raise ValueError(f"{name} contains NaN or inf values; {what}")
+    return m
 
 
-def validate(q, k, *, frames, height, width, temperature, mode, text_tokens) -> AMFProblem:
+def range_limit(dtype: torch.dtype) -> float:
+    """Largest score magnitude the backends may form in their accumulation dtype (float32, or float64
+    for float64 input): an eighth of its range, which leaves room for Triton's ``log2(e)`` factor and
+    for rounding."""
+    return torch.finfo(dtype).max / 8
+
+
+def check_range(problem: AMFProblem, qmax: float, kmax: float) -> None:
+    """Refuse finite q, k (and temperature) whose scores would overflow the accumulation dtype.
+
+    ``|sum_h <q_h[m], k_h[n]>| <= max|q| * max|k| * H * d`` bounds every partial sum of every
+    backend's score GEMM (they scale after the sum, or scale q first: both bounded below), and the
+    soft logits ``temperature * S`` are that times ``temperature / (H * sqrt(d))``. Past
+    :func:`range_limit` the float32 scores would be inf and the result NaN or a wrong argmax, so
+    the call is refused (float64 input has float64's range). Costs nothing beyond the finiteness scan.
+    """
+    limit = range_limit(problem.out_dtype)
+    acc = str(problem.out_dtype).replace("torch.", "")
+    raw = qmax * kmax * problem.heads * problem.head_dim  # Python floats: overflow gives inf, never raises
+    if not raw <= limit:
+        raise ValueError(
+            f"q and k are too large for {acc} scores: max|q| * max|k| * H * d = {qmax:.3g} * {kmax:.3g} * "
+            f"{problem.heads} * {problem.head_dim} = {raw:.3g} exceeds the limit {limit:.3g}; scale q or k down "
+            f"(or pass float64)"
+        )
+    if problem.mode == "soft":
+        alpha = problem.temperature * problem.logit_scale
+        logits = alpha * max(raw, qmax)  # the logits, and q pre-scaled by alpha (torch backend)
+        if not logits <= limit:
+            raise ValueError(
+                f"temperature={problem.temperature:g} is too large for these q, k: the logits "
+                f"temperature * S reach {logits:.3g}, over the {acc} limit {limit:.3g} "
+                f"(temperature * max|q| * max|k| * sqrt(d) must stay below it)"
+            )
+
+
+def check_values(problem: AMFProblem) -> None:
+    """The value checks of every call (one pass over q and over k): finite, and in range."""
+    q, k = problem.q, problem.k
+    same = k is q or (k.data_ptr() == q.data_ptr() and k.stride() == q.stride() and k.shape == q.shape)
+    qmax = check_finite("q", q)
+    kmax = qmax if same else check_finite("k", k)
+    check_range(problem, qmax, kmax)
+
+
+def autocast_disabled() -> contextlib.ExitStack:
+    """A context with autocast off on every device type where it is on.
+
+    The AMF's accuracy rests on its own dtypes (fp32 accumulation of bf16/fp16/fp32 input, fp64
+    for fp64 input); autocast would run its GEMMs in bf16/fp16 and mix dtypes in the backward.
+    The public entry runs every backend's forward inside this context, and every backend's
+    backward runs inside it (:func:`no_autocast`): the autograd engine runs a backward with the
+    autocast state of the ``.backward()`` call, not the forward's.
+    """
+    stack = contextlib.ExitStack()
+    for device_type in AUTOCAST_DEVICES:
+        try:
+            enabled = torch.is_autocast_enabled(device_type)
+        except RuntimeError:  # a device type this build of torch has no autocast for
+            continue
+        if enabled:
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+    return stack
+
+
+def no_autocast(fn):
+    """Decorator: run ``fn`` (an autograd Function's ``forward``/``backward``) under :func:`autocast_disabled`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with autocast_disabled():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+LAYOUTS = ("bhtd", "bthd")
+
+
+def apply_layout(q, k, layout: str):
+    """``q, k`` as ``[B, H, T, d]`` (``[H, T, d]``) views: ``layout="bthd"`` takes ``[B, T, H, d]``
+    (``[T, H, d]``), Wan's and most non-diffusers models' layout, and transposes without a copy."""
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "bhtd":
+        return q, k
+    out = []
+    for t in (q, k):
+        if isinstance(t, torch.Tensor) and t.dim() in (3, 4):
+            t = t.transpose(-3, -2)
+        out.append(t)  # anything else is left for validate to refuse
+    return tuple(out)
+
+
+def validate(q, k, *, frames, height, width, temperature, mode, text_tokens, layout="bhtd") -> AMFProblem:
+    """Check every argument of :func:`ditflow_fast.compute_amf` but the values of q and k
+    (:func:`check_values`), and return the problem with q, k as ``[B, H, T, d]`` views."""
+    q, k = apply_layout(q, k, layout)
     for name, t in (("q", q), ("k", k)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() not in (3, 4):
-            raise ValueError(
-                f"{name} must be [B, H, T, d] or [H, T, d], got {t.dim()} dims with shape {tuple(t.shape)}"
-            )
+            want = "[B, H, T, d] or [H, T, d]" if layout == "bhtd" else "[B, T, H, d] or [T, H, d] (layout='bthd')"
+            raise ValueError(f"{name} must be {want}, got {t.dim()} dims with shape {tuple(t.shape)}")
         if t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
     if q.shape != k.shape:
@@ -112,7 +241,8 @@ def validate(q, k, *, frames, height, width, temperature, mode, text_tokens) -> 
     frames = _positive_int("frames", frames)
     height = _positive_int("height", height)
     width = _positive_int("width", width)
-    if isinstance(text_tokens, bool) or not isinstance(text_tokens, int) or text_tokens < 0:
+    text_tokens = as_int("text_tokens", text_tokens)
+    if text_tokens < 0:
         raise ValueError(f"text_tokens must be an int >= 0, got {text_tokens!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(f"temperature must be a real number, got {type(temperature).__name__}")

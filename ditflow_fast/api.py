@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _builtin_backends  # noqa: F401  (registers reference and torch)
-from ._problem import check_finite, validate
+from ._problem import autocast_disabled, check_values, finite_max, validate
 from .dispatch import Choice, backends, select
 
 
@@ -13,8 +15,9 @@ def _needs_grad(problem) -> bool:
     return problem.mode == "soft" and torch.is_grad_enabled() and (problem.q.requires_grad or problem.k.requires_grad)
 
 
-def compute_amf(q, k, *, frames, height, width, temperature=2.0, mode="soft", text_tokens=0, backend="auto"):
-    """Attention Motion Flow of one DiT block, exactly as ``spec/amf.md`` defines it.
+def compute_amf(q, k, *, frames, height, width, temperature=2.0, mode="soft", text_tokens=0, backend="auto",
+                layout="bhtd"):
+    """Attention Motion Flow of one DiT block, exactly as ``docs/amf.md`` defines it.
 
     For video tokens ``m`` (query) and ``n`` (key) the head-averaged logits are
     ``S[m, n] = (1/H) sum_h <q_h[m], k_h[n]> / sqrt(d)``. For query ``m = i*h*w + s`` and each
@@ -26,15 +29,25 @@ def compute_amf(q, k, *, frames, height, width, temperature=2.0, mode="soft", te
       gradient; ``temperature`` does not change it).
 
     Args:
-        q, k: ``[B, H, T, d]`` (diffusers' layout) or ``[H, T, d]``, same shape, dtype and
+        q, k: ``[B, H, T, d]`` (CogVideoX's attention processor layout) or ``[H, T, d]``; with
+            ``layout="bthd"``, ``[B, T, H, d]`` (Wan's) or ``[T, H, d]``. Same shape, dtype and
             device; any strides; float32, float16, bfloat16 or float64. ``T`` must equal
             ``text_tokens + frames*height*width``; video tokens are frame-major, then row-major.
-            NaN or inf anywhere in q or k raises ``ValueError``.
-        frames, height, width: latent frames ``F`` and patches per frame ``h x w`` (>= 1).
+            NaN or inf anywhere in q or k raises ``ValueError``, and so do finite values large
+            enough to overflow the float32 scores (``max|q| * max|k| * H * d``, or the logits
+            ``temperature * S``, over ``float32 max / 8``; float64's range for float64 input).
+        frames, height, width: latent frames ``F`` and patches per frame ``h x w`` (>= 1); any
+            integer (``int``, ``numpy.int64``, a 0-dim integer tensor), not a bool.
         temperature: softmax temperature ``tau`` (> 0, finite); DiTFlow uses 2.
         mode: ``"soft"`` or ``"argmax"``.
-        text_tokens: number of leading text tokens to skip (226 for CogVideoX, 0 for Wan).
+        text_tokens: number of leading text tokens to skip (226 for CogVideoX, 0 for Wan); an integer >= 0.
         backend: ``"auto"`` or a registered backend name (see ``ditflow-fast info``).
+        layout: ``"bhtd"`` (default) or ``"bthd"``: the order of q's and k's dimensions. ``"bthd"``
+            is a transposed view, no copy; every backend reads it in place.
+
+    Every backend computes with autocast turned off (forward and backward), so inside
+    ``torch.autocast`` the result and the gradients are the same as outside it: scores
+    accumulated in float32 from the inputs' own dtype.
 
     Inside ``torch.compile`` (``fullgraph=True`` included) the call is routed through the
     ``torch.ops.ditflow_fast.amf`` custom op (see :mod:`ditflow_fast.ops`).
@@ -50,25 +63,28 @@ def compute_amf(q, k, *, frames, height, width, temperature=2.0, mode="soft", te
         from .ops import amf
 
         return amf(q, k, frames=frames, height=height, width=width, temperature=temperature, mode=mode,
-                   text_tokens=text_tokens, backend=backend)
+                   text_tokens=text_tokens, backend=backend, layout=layout)
     problem = validate(
         q, k, frames=frames, height=height, width=width,
-        temperature=temperature, mode=mode, text_tokens=text_tokens,
+        temperature=temperature, mode=mode, text_tokens=text_tokens, layout=layout,
     )
     choice = select(problem, backend, _needs_grad(problem))
-    check_finite("q", q)
-    if k is not q:
-        check_finite("k", k)
-    out = backends()[choice.name].run(problem)
+    with autocast_disabled():
+        check_values(problem)
+        out = backends()[choice.name].run(problem)
+    # A safety net over the (small, F*N*2) output: no backend may hand back NaN, whatever slipped past.
+    if math.isnan(finite_max(out)):
+        raise RuntimeError(f"backend {choice.name!r} produced NaN or inf from finite, in-range q and k; "
+                           "this is a bug, please report it with the shapes and the backend")
     return out[0] if problem.squeeze else out
 
 
 def choose_backend(
-    q, k, *, frames, height, width, temperature=2.0, mode="soft", text_tokens=0, backend="auto"
+    q, k, *, frames, height, width, temperature=2.0, mode="soft", text_tokens=0, backend="auto", layout="bhtd"
 ) -> Choice:
     """The backend :func:`compute_amf` would use for these arguments, and why others were skipped."""
     problem = validate(
         q, k, frames=frames, height=height, width=width,
-        temperature=temperature, mode=mode, text_tokens=text_tokens,
+        temperature=temperature, mode=mode, text_tokens=text_tokens, layout=layout,
     )
     return select(problem, backend, _needs_grad(problem))

@@ -21,7 +21,7 @@ import os
 import torch
 
 from . import _native
-from ._problem import AMFProblem
+from ._problem import AMFProblem, no_autocast
 from .dispatch import Backend, register
 from .geometry import patch_coords
 from .torch_backend import _concat_heads, _from_output_layout, _to_output_layout
@@ -85,6 +85,7 @@ def keep_scores_budget() -> int:
 
 class _CpuSoftAMF(torch.autograd.Function):
     @staticmethod
+    @no_autocast
     def forward(ctx, q, k, problem: AMFProblem, keep: bool):
         cdtype = problem.out_dtype
         qc = _concat_heads(q, problem.text_tokens, cdtype)
@@ -101,6 +102,7 @@ class _CpuSoftAMF(torch.autograd.Function):
         return _displacement(target, problem)
 
     @staticmethod
+    @no_autocast
     def backward(ctx, grad_out):
         q, k, qc, kc, target, lse, scores = ctx.saved_tensors
         p = ctx.problem

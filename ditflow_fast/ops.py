@@ -9,7 +9,8 @@ calls. The op wraps :func:`ditflow_fast.compute_amf` and its backend dispatch un
 Ops (schemas are generated from the annotations below):
 
 * ``ditflow_fast::amf(Tensor q, Tensor k, int frames, int height, int width, float temperature,
-  str mode, int text_tokens, str backend) -> Tensor``: the forward.
+  str mode, int text_tokens, str backend) -> Tensor``: the forward, on ``[B, H, T, d]`` (``[H, T, d]``)
+  q and k; :func:`amf` takes ``layout="bthd"`` and transposes before the op.
 * ``ditflow_fast::amf_backward(Tensor grad, Tensor q, Tensor k, ...same...) -> (Tensor, Tensor)``:
   ``(dq, dk)`` of the soft AMF. A custom op cannot hand a backend's saved state (the
   log-sum-exp) from its forward to its backward, so the backward re-runs the chosen backend's
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from ._problem import validate
+from ._problem import apply_layout, as_int, validate
 from .api import compute_amf
 
 _NAMESPACE = "ditflow_fast"
@@ -81,11 +82,19 @@ def _backward(ctx, grad):
 torch.library.register_autograd(f"{_NAMESPACE}::amf", _backward, setup_context=_setup_context)
 
 
-def amf(q, k, *, frames, height, width, temperature=2.0, mode="soft", text_tokens=0, backend="auto"):
+def amf(q, k, *, frames, height, width, temperature=2.0, mode="soft", text_tokens=0, backend="auto",
+        layout="bhtd"):
     """:func:`ditflow_fast.compute_amf` through the custom op (same arguments, shapes and errors).
 
     Use this inside functions given to ``torch.compile``; it is differentiable in soft mode.
+    ``layout="bthd"`` is applied here, as a transposed view, so the op itself always sees
+    ``[B, H, T, d]``; integer-like geometry (``numpy.int64``, ...) is made a Python int for the schema.
     """
+    q, k = apply_layout(q, k, layout)
+    frames, height, width, text_tokens = (
+        as_int(name, v) for name, v in
+        (("frames", frames), ("height", height), ("width", width), ("text_tokens", text_tokens))
+    )
     if isinstance(temperature, int) and not isinstance(temperature, bool):
         temperature = float(temperature)  # the schema's float does not take an int
     return torch.ops.ditflow_fast.amf(q, k, frames, height, width, temperature, mode, text_tokens, backend)

@@ -2,7 +2,7 @@
 
 Two procedures live here:
 
-* :func:`amf_reference` is ``spec/amf.md`` step by step, in float64. It keeps the full
+* :func:`amf_reference` is ``docs/amf.md`` step by step, in float64. It keeps the full
   ``[B, H, N, N]`` logits, so it is for tests and small shapes only.
 * :func:`research_procedure` redoes what the DiTFlow research code does, in the caller's dtype
   (per-head scores, head mean, per-frame softmax, one displacement per frame pair), so the
@@ -58,7 +58,9 @@ def research_procedure(q, k, *, h=30, w=45, temp=5.0, nframes=6, argmax=False, t
 
     Scores are formed per head in the input dtype and averaged, softmax runs per target frame in
     the input dtype, and each of the ``F*F`` frame pairs is reduced against relative-coordinate
-    matrices, as the original does. Soft mode returns the input dtype; argmax mode returns int64.
+    matrices, as the original does. Soft mode returns the input dtype; argmax mode returns the default
+    float dtype (float32), as the original does: it divides its integer displacements by the number of
+    averaged score maps (1), and true division of an integer tensor gives a float one.
     """
     qv = q[-1, :, text_tokens:]
     kv = k[-1, :, text_tokens:]
@@ -76,4 +78,5 @@ def research_procedure(q, k, *, h=30, w=45, temp=5.0, nframes=6, argmax=False, t
             else:
                 rel = (pos[None, :, :] - pos[:, None, :]).to(block.dtype)  # [s, n, 2]: pos(n) - pos(s)
                 flows.append(torch.stack([(rel[..., c] * block).sum(dim=1) for c in range(2)], dim=-1))
-    return torch.stack(flows, dim=0)
+    flows = torch.stack(flows, dim=0)
+    return flows / 1 if argmax else flows  # the original's `total_predicted_flows / A_all.shape[0]`

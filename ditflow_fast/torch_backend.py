@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._problem import AMFProblem
+from ._problem import AMFProblem, no_autocast
 from .geometry import patch_coords
 
 # Room for the AMF next to CogVideoX-5B on a 24 GB GPU: the bf16 weights take ~11 GB and the
@@ -73,6 +73,7 @@ def _forward(p: AMFProblem, qc, kc, rows: int, soft: bool):
 
 class _SoftAMF(torch.autograd.Function):
     @staticmethod
+    @no_autocast
     def forward(ctx, q, k, problem: AMFProblem, rows: int):
         cdtype = problem.out_dtype
         qc = _concat_heads(q, problem.text_tokens, cdtype)
@@ -84,6 +85,7 @@ class _SoftAMF(torch.autograd.Function):
         return _to_output_layout(target - own[None, :, None, :], problem)
 
     @staticmethod
+    @no_autocast
     def backward(ctx, grad_out):
         q, k, target, lse = ctx.saved_tensors
         p, rows = ctx.problem, ctx.rows

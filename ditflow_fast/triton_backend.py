@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ._problem import AMFProblem
+from ._problem import AMFProblem, no_autocast
 from .dispatch import Backend, register
 from .geometry import patch_coords
 from .torch_backend import _expand_grad
@@ -203,6 +203,7 @@ def _gemm(amf_bwd, args, rows, cols, d, accumulate, common, config):
 
 class _TritonSoftAMF(torch.autograd.Function):
     @staticmethod
+    @no_autocast
     def forward(ctx, q, k, problem: AMFProblem):
         out, lse = forward(problem)
         ctx.save_for_backward(q, k, out, lse)
@@ -210,6 +211,7 @@ class _TritonSoftAMF(torch.autograd.Function):
         return out
 
     @staticmethod
+    @no_autocast
     def backward(ctx, grad_out):
         q, k, out, lse = ctx.saved_tensors
         p = dataclasses.replace(ctx.problem, q=q, k=k)
