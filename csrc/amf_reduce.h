@@ -2,7 +2,7 @@
 //
 // Everything here is plain arithmetic on scalars, compiled for the host by any C++17 compiler and
 // for the device by nvcc (AMF_HD expands to __host__ __device__ there). The CPU tests therefore check
-// the exact steps the CUDA epilogue runs. Contract: spec/amf.md.
+// the exact steps the CUDA epilogue runs. Contract: docs/amf.md.
 //
 // For one query m and one target frame j the kernels see the keys n of frame j as a stream of
 // (logit, key index, coordinate) triples, possibly split over several threads or tiles:

@@ -3,7 +3,7 @@
 // Everywhere: the launcher must refuse bad arguments with cudaErrorInvalidValue before touching the
 // device, and a launch without a usable device must come back as an error, not a crash.
 // On a machine with a GPU it also checks the kernel's numbers against a float64 computation on the
-// host from the same bf16/fp16 values (spec/amf.md "Agreement"): soft relative error < 2e-2 (fp32
+// host from the same bf16/fp16 values (docs/amf.md "Agreement"): soft relative error < 2e-2 (fp32
 // accumulation gives ~1e-5 in practice), argmax within 1e-3 of the row maximum and equal to the
 // host's lowest-index maximum wherever the top two differ by more than that.
 #include <cuda_bf16.h>
