@@ -636,9 +636,82 @@ class WanFamily:
             out.update(frames=9, height=48, width=80, dtype="float32")
         return out
 
+    # -- the seam's remaining entries (see families/base.py) -------------------------------------
+    @staticmethod
+    def make_sampler(scheduler, cfg) -> WanSampler:
+        """``scheduler``: a scheduler object (used as it is) or a folder's config (UniPC built from it)."""
+        if scheduler is None or isinstance(scheduler, dict) or not hasattr(scheduler, "step"):
+            scheduler = WanFamily.make_scheduler(scheduler, getattr(cfg, "flow_shift", None))
+        return WanSampler(scheduler)
+
+    @classmethod
+    def guide_cfg(cls, cond, uncond, scale: float, t, cfg):
+        return cls.cfg(cond, uncond, scale)
+
+    @classmethod
+    def geometry(cls, transformer, vae, frames: int, height: int, width: int) -> tuple:
+        return cls.latent_shape(vae.config, transformer.config, frames, height, width)
+
+    @staticmethod
+    def check_frames(frames: int, temporal: int = 4) -> None:
+        if frames < 1 or (frames - 1) % temporal:
+            lo, hi = nearest_frames(frames, temporal)
+            near = f"{lo} or {hi}" if lo != hi else f"{lo}"
+            raise ModelError(f"--frames {frames}: the Wan VAE takes {temporal}k+1 frames; nearest: {near}")
+
+    @staticmethod
+    def emb_kind(transformer) -> str:
+        return "rope"
+
+    @staticmethod
+    def text_spec(transformer) -> tuple[int | None, int]:
+        """``(required length or None, width)``: any length (the pipeline pads umT5's output to 512)."""
+        return None, int(_cfg_get(transformer.config, "text_dim"))
+
+    @staticmethod
+    def encode_prompts(model: str, texts: dict[str, str], transformer, device, dtype) -> dict:
+        from .wan_text import encode_prompts_umt5
+
+        return encode_prompts_umt5(model, texts, device, dtype)
 
 
 def nearest_frames(frames: int, temporal: int = 4) -> tuple[int, int]:
     """The two frame counts of the form ``temporal * k + 1`` around ``frames`` (equal ones for frames < 1)."""
     lo = max(1, (frames - 1) // temporal * temporal + 1)
     return (lo, lo + temporal) if lo <= frames else (lo, lo)
+
+
+class WanSampler:
+    """UniPC on flow sigmas; its multistep history lives in the scheduler and travels in the state."""
+
+    def __init__(self, scheduler):
+        self.sched = scheduler
+
+    def set_timesteps(self, steps, device):
+        self.sched.set_timesteps(steps, device=device)
+        return list(self.sched.timesteps)
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return float(getattr(self.sched, "init_noise_sigma", 1.0))
+
+    def add_noise(self, x, noise, t):
+        return self.sched.add_noise(x, noise, torch.as_tensor([t], device=x.device).reshape(1))
+
+    def scale_model_input(self, x, t):
+        return self.sched.scale_model_input(x, t)
+
+    def step(self, i, t, pred, latents, generator):
+        # UniPC is deterministic: no generator (the per-step seeding is CogVideoX DDIM/DPM's)
+        return self.sched.step(pred, torch.as_tensor(t, device=latents.device), latents, return_dict=False)[0]
+
+    def state(self):
+        s = WanFamily.scheduler_state(self.sched)
+        return {f"sched.{k}": v for k, v in s["tensors"].items()}, s["meta"]
+
+    def load_state(self, tensors, meta, device):
+        if not meta:
+            return
+        inner = {k[len("sched."):]: v for k, v in tensors.items() if k.startswith("sched.")}
+        WanFamily.load_scheduler_state(self.sched, {"tensors": inner, "meta": meta}, device=device)
+

@@ -23,9 +23,9 @@ class GuidanceConfig:
     """
 
     model: str = "THUDM/CogVideoX-5b"
-    frames: int = 24  # video frames taken from the reference
-    height: int = 480
-    width: int = 720
+    frames: int | None = 24  # video frames taken from the reference; None: the family's default
+    height: int | None = 480
+    width: int | None = 720
     opt_mode: str = "latent"
     loss: str = "flow"
     guidance: bool = True
@@ -40,10 +40,12 @@ class GuidanceConfig:
     temperature: float = 2.0
     threshold: bool = True
     prop_motion: float = 0.04  # MOFT: fraction of channels kept as motion channels
-    cfg_scale: float = 7.0
+    cfg_scale: float | None = None  # None: the family's (CogVideoX 7, DiTFlow's; Wan 5, or 4 for A14B)
     dynamic_cfg: bool | None = None
     cfg_min_t: int = 0  # guidance interval: CFG only at timesteps >= this; below, the conditional prediction alone
-    scheduler: str | None = None  # "dpm" | "ddim"
+    cfg_scale_2: float | None = None  # Wan2.2 A14B: the scale of the low-noise expert (None: cfg_scale)
+    flow_shift: float | None = None  # Wan: UniPC's flow shift (None: the model folder's)
+    scheduler: str | None = None  # "dpm" | "ddim" (CogVideoX) | "unipc" (Wan)
     seed: int = 0
     gradient_checkpointing: bool = True
     dtype: str | None = None  # "float32" | "bfloat16" | "float16"
@@ -62,40 +64,48 @@ class GuidanceConfig:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         for name in ("frames", "height", "width", "steps", "opt_iters"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.guided_steps <= self.steps:
             raise ValueError(f"guided_steps must lie in [0, steps={self.steps}], got {self.guided_steps}")
-        if self.height % 16 or self.width % 16:
+        if self.height is not None and self.width is not None and (self.height % 16 or self.width % 16):
             raise ValueError(f"--height/--width must be multiples of 16 (VAE x8, patch x2), got "
                              f"{self.height}x{self.width}")
         if self.inject_embeds is not None and self.opt_mode != "emb":
             raise ValueError("--inject-embeds needs --opt-mode emb (it injects saved positional embeddings)")
         if not 0 <= int(self.cfg_min_t) <= 1000:
             raise ValueError(f"cfg_min_t must lie in [0, 1000] (a timestep), got {self.cfg_min_t}")
-        if self.scheduler not in (None, "dpm", "ddim"):
-            raise ValueError(f"scheduler must be dpm or ddim, got {self.scheduler!r}")
+        if self.scheduler not in (None, "dpm", "ddim", "unipc"):
+            raise ValueError(f"scheduler must be dpm, ddim or unipc, got {self.scheduler!r}")
         return self
 
-    def resolve(self, transformer, device: torch.device | str | None = None) -> GuidanceConfig:
-        """Fill the model-dependent defaults; raise if the blocks do not exist in this transformer."""
+    def resolve(self, transformer, device: torch.device | str | None = None, family=None) -> GuidanceConfig:
+        """Fill the model-dependent defaults from the family (one place, shared with ``--dry-run``);
+        raise if the blocks do not exist in this transformer. ``transformer``: a loaded transformer
+        or its config (a dict, as read from ``transformer/config.json``)."""
         self.validate()
-        cfg = transformer.config
-        rope = bool(cfg.use_rotary_positional_embeddings)
-        n = cfg.num_layers
-        blocks = self.guidance_blocks
-        if blocks is None:
-            want = 20 if rope else 15
-            blocks = (want,) if want < n else (n // 2,)  # tiny test models have few blocks
+        if family is None:
+            from ..families import family_of
+
+            family = family_of(transformer)
+        cfg = dict(transformer.config) if hasattr(transformer, "config") else dict(transformer)
+        d = family.defaults(cfg)
+        n = int(cfg["num_layers"])
+        blocks = self.guidance_blocks if self.guidance_blocks is not None else d["guidance_blocks"]
         for b in tuple(blocks) + tuple(self.injection_blocks):
             if not 0 <= b < n:
                 raise ValueError(f"block {b} does not exist: the model has {n} transformer blocks")
         dev = torch.device(device or self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = self.dtype or ("float32" if dev.type == "cpu" else ("bfloat16" if rope else "float16"))
+        dtype = self.dtype or ("float32" if dev.type == "cpu" else d["dtype"])
         return dataclasses.replace(
             self, guidance_blocks=tuple(int(b) for b in blocks), injection_blocks=tuple(self.injection_blocks),
-            dynamic_cfg=rope if self.dynamic_cfg is None else self.dynamic_cfg,
-            scheduler=self.scheduler or ("dpm" if rope else "ddim"), dtype=dtype, device=str(dev))
+            dynamic_cfg=d.get("dynamic_cfg", False) if self.dynamic_cfg is None else self.dynamic_cfg,
+            scheduler=self.scheduler or d["scheduler"], dtype=dtype, device=str(dev),
+            frames=self.frames if self.frames is not None else d["frames"],
+            height=self.height if self.height is not None else d["height"],
+            width=self.width if self.width is not None else d["width"],
+            cfg_scale=self.cfg_scale if self.cfg_scale is not None else d["cfg_scale"],
+            cfg_scale_2=self.cfg_scale_2 if self.cfg_scale_2 is not None else d.get("cfg_scale_2"))
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -113,6 +123,9 @@ class GuidanceConfig:
             d.pop(k, None)
         if d.get("cfg_min_t") == 0:  # the default leaves the keys of states saved before the option valid
             d.pop("cfg_min_t")
+        for k in ("cfg_scale_2", "flow_shift"):  # likewise for the options the Wan family added
+            if d.get(k) is None:
+                d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def lr_at(self, i: int) -> float:

@@ -11,13 +11,17 @@ every one of them against the model and the run and names the mismatch.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..atomic import atomic_path
+
+# RoPE tables are cosines and sines, additive tables of the order of the hidden states; an optimised
+# one far beyond this is broken (and would overflow half precision into a black video).
+EMB_LIMIT = 1e4
 FINGERPRINT_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size", "in_channels",
                     "use_rotary_positional_embeddings", "max_text_seq_length", "sample_height", "sample_width")
 
@@ -26,14 +30,24 @@ class EmbeddingError(ValueError):
     """Saved embeddings missing or not matching the model or the run."""
 
 
-def fingerprint(transformer) -> str:
+def config_fingerprint(transformer, keys=FINGERPRINT_KEYS) -> str:
     cfg = transformer.config
-    return json.dumps({k: cfg.get(k) if hasattr(cfg, "get") else getattr(cfg, k, None) for k in FINGERPRINT_KEYS},
+    return json.dumps({k: cfg.get(k) if hasattr(cfg, "get") else getattr(cfg, k, None) for k in keys},
                       sort_keys=True)
 
 
+def fingerprint(transformer) -> str:
+    """The family's fingerprint of what fixes an embedding's meaning (config entries, family)."""
+    from ..families import family_of
+
+    return family_of(transformer).emb_fingerprint(transformer)
+
+
 def kind_of(transformer) -> str:
-    return "rope" if transformer.config.use_rotary_positional_embeddings else "posemb"
+    from ..families import family_of
+
+    fam = family_of(transformer)
+    return fam.emb_kind(transformer) if hasattr(fam, "emb_kind") else "rope"
 
 
 def file_for(directory, timestep: int) -> Path:
@@ -41,7 +55,7 @@ def file_for(directory, timestep: int) -> Path:
 
 
 def save_embedding(directory, emb: torch.Tensor, *, timestep: int, timesteps, transformer, model_id: str,
-                   latent_shape: tuple[int, int, int]) -> Path:
+                   latent_shape: tuple[int, int, int], run_key: str | None = None) -> Path:
     """Write one timestep's embedding atomically; returns its path."""
     path = file_for(directory, timestep)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,9 +63,10 @@ def save_embedding(directory, emb: torch.Tensor, *, timestep: int, timesteps, tr
             "shape": json.dumps(list(emb.shape)), "timestep": str(int(timestep)),
             "timesteps": json.dumps([int(t) for t in timesteps]),
             "frames": str(latent_shape[0]), "height": str(latent_shape[1]), "width": str(latent_shape[2])}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"emb": emb.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    if run_key is not None:
+        meta["run_key"] = run_key
+    with atomic_path(path) as tmp:
+        save_file({"emb": emb.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
     return path
 
 
@@ -63,7 +78,7 @@ def load_embeddings(directory, *, timesteps, transformer, latent_shape: tuple[in
         raise EmbeddingError(f"--inject-embeds {directory}: no such folder (save embeddings first with "
                              "--opt-mode emb)")
     kind, fp = kind_of(transformer), fingerprint(transformer)
-    out = {}
+    out, runs = {}, set()
     for t in timesteps:
         path = file_for(directory, t)
         if not path.exists():
@@ -86,5 +101,14 @@ def load_embeddings(directory, *, timesteps, transformer, latent_shape: tuple[in
                 extra = f" (saved for model {meta.get('model')!r})" if name == "model" else ""
                 raise EmbeddingError(f"--inject-embeds {path}: {name} mismatch: saved {got}, this run needs "
                                      f"{want}{extra}")
+        bad = ~torch.isfinite(emb)
+        if bad.any() or emb.abs().max() > EMB_LIMIT:
+            what = f"{int(bad.sum())} non-finite values" if bad.any() else f"max |x| = {float(emb.abs().max()):.3g}"
+            raise EmbeddingError(f"--inject-embeds {path}: tensor 'emb' holds {what} (a positional embedding "
+                                 f"stays within +-{EMB_LIMIT:g}); not injecting it")
+        runs.add(meta.get("run_key"))
         out[int(t)] = emb
+    if len(runs) > 1:
+        raise EmbeddingError(f"--inject-embeds {directory}: the files come from {len(runs)} different runs "
+                             "(their run keys differ); save them again into an empty folder")
     return out

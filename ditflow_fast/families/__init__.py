@@ -1,0 +1,109 @@
+"""Model families behind one seam: the guidance loop talks only to a family and its sampler.
+
+One small module per family (the contract is :mod:`.base`); a family is found by the transformer's
+class or the folder's ``model_index.json``. Supported: CogVideoX (1.0, 2B/5B) and Wan (2.1 T2V
+1.3B/14B, 2.2 TI2V-5B and T2V-A14B). ``docs/families.md`` says how to add the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..guidance.models import ModelError
+from .cogvideox import CogVideoXFamily
+from .wan import WanFamily
+
+FAMILIES = {f.name: f for f in (CogVideoXFamily, WanFamily)}
+SUPPORTED = "CogVideoX (CogVideoXPipeline folders), Wan2.1/2.2 (WanPipeline folders)"
+
+
+def family_of(transformer):
+    """The family of a loaded transformer, by its class."""
+    name = type(transformer).__name__
+    for fam in FAMILIES.values():
+        if fam.matches(None, name):
+            return fam
+    raise ModelError(f"a {name} transformer is not of a supported family: {SUPPORTED}")
+
+
+def preset_family(model: str):
+    """The family whose built-in configs (the dry run's, no download) name ``model``; None otherwise."""
+    from ..guidance.memory import PRESETS as COG_PRESETS
+
+    if model in COG_PRESETS:
+        return CogVideoXFamily
+    if model in WanFamily.PRESETS:
+        return WanFamily
+    return None
+
+
+def looks_local(model: str) -> bool:
+    """A path the user means on this machine: never sent to the hub."""
+    if model.startswith((".", "/", "~")) or os.sep in model and Path(model.split(os.sep)[0]).exists():
+        return True
+    return Path(model).expanduser().exists() or model.count("/") != 1
+
+
+def resolve_model_ref(model: str) -> tuple[str, bool]:
+    """``(reference, is_local)``: a local folder, or a hub id that may be fetched. Fails in
+    milliseconds for a mistyped path (nothing local-looking is sent to the hub) and honours
+    ``HF_HUB_OFFLINE=1``: a hub id then needs the local cache."""
+    local = Path(model).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelError(f"--model {model}: a file, not a diffusers model folder")
+        return str(local), True
+    if looks_local(model):
+        raise ModelError(f"--model {model}: no such folder (and a path, so not looked up on the hub)")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "model_index.json")
+        except Exception:  # noqa: BLE001 - an odd cache is the same as none
+            cached = None
+        if not isinstance(cached, str):
+            raise ModelError(f"--model {model}: not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 "
+                             "forbids downloading it; unset HF_HUB_OFFLINE or give a local folder")
+    return model, False
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def detect(model: str):
+    """The family of a model folder or hub id (from ``model_index.json`` and the transformer's
+    config), or :class:`ModelError` listing the supported families."""
+    ref, local = resolve_model_ref(model)
+    if local:
+        index = _read_json(Path(ref) / "model_index.json")
+        tcfg = _read_json(Path(ref) / "transformer" / "config.json")
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            index = _read_json(Path(hf_hub_download(ref, "model_index.json")))
+            tcfg = None
+        except Exception as exc:  # noqa: BLE001 - hub errors come in many types
+            raise ModelError(f"--model {model}: cannot read its model_index.json from the hub "
+                             f"({type(exc).__name__}: {exc})") from exc
+    cls = (tcfg or {}).get("_class_name")
+    for fam in FAMILIES.values():
+        if fam.matches(index, cls):
+            return fam
+    if local and index is None and tcfg is None:
+        if (Path(ref) / "transformer").is_dir():
+            raise ModelError(f"--model {model}: cannot be loaded (transformer/config.json missing or unreadable)")
+        raise ModelError(f"--model {model}: not a CogVideoX diffusers folder nor a Wan one (no model_index.json, "
+                         f"no transformer/); supported: {SUPPORTED}")
+    what = (index or {}).get("_class_name") or cls or "unknown model"
+    raise ModelError(f"--model {model}: a {what}, not of a supported family; supported: {SUPPORTED}")
+
+
+__all__ = ["FAMILIES", "CogVideoXFamily", "WanFamily", "detect", "family_of", "preset_family", "resolve_model_ref"]

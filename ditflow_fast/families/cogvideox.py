@@ -1,0 +1,242 @@
+"""The CogVideoX family (1.0: 2B and 5B) on the seam; the implementation stays in ``guidance/``.
+
+Differences from Wan that shape this module: text tokens are a *prefix* of the joint attention;
+latents are ``[B, F, C, H, W]`` scaled by ``scaling_factor``; 5B has 3-D RoPE (passed to the
+blocks as ``image_rotary_emb``, optimised as separate query and key tables), 2B an additive table
+(optimised through a hook on the patch embedding); the sampler is DPM (5B, whose step carries the
+previous ``x0`` outside the scheduler) or DDIM (2B), with dynamic CFG for 5B.
+
+Frame counts: the encoder gives ``(frames - 1) // 4 + 1`` latent frames, but diffusers' decoder
+works on pairs of latent frames and gives ``4 * L`` frames for an even count ``L`` and ``4 * (L - 1)
++ 1`` for an odd one (measured on the tiny VAE for 1..49 frames, tests/test_families.py). So
+exactly the counts ``1, 8, 9, 16, 17, 24, 25, ...`` come back as asked; 24 (the paper's) and 49 do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..guidance import forward as fwd
+from ..guidance import models, processor
+from .base import Sampler, nearest_valid
+
+FINGERPRINT_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size", "in_channels",
+                    "use_rotary_positional_embeddings", "max_text_seq_length", "sample_height", "sample_width")
+
+
+def decoded_frames(latent_frames: int) -> int:
+    """Frames diffusers' CogVideoX decoder returns for ``latent_frames`` (pairs of latent frames)."""
+    if latent_frames <= 1:
+        return 1
+    return 4 * latent_frames if latent_frames % 2 == 0 else 4 * (latent_frames - 1) + 1
+
+
+def latent_frames_for(frames: int, temporal: int = 4) -> int:
+    return (frames - 1) // temporal + 1
+
+
+def valid_frames(limit: int, temporal: int = 4) -> list[int]:
+    return [f for f in range(1, limit + 1) if decoded_frames(latent_frames_for(f, temporal)) == f]
+
+
+class CogVideoXSampler(Sampler):
+    """DDIM or DPM; DPM's step needs the previous ``x0`` and timestep, kept in the saved state."""
+
+    def __init__(self, scheduler, kind: str):
+        super().__init__(scheduler)
+        self.kind = kind
+        self.x0_prev = None
+        self.timesteps: list = []
+
+    def set_timesteps(self, steps, device):
+        self.timesteps = super().set_timesteps(steps, device)
+        return self.timesteps
+
+    def step(self, i, t, pred, latents, generator):
+        tt = torch.as_tensor(t, device=latents.device)
+        if self.kind == "dpm":
+            back = torch.as_tensor(self.timesteps[i - 1], device=latents.device) if i > 0 else None
+            out, self.x0_prev = self.sched.step(pred, self.x0_prev, tt, back, latents, generator=generator,
+                                                return_dict=False)
+            return out
+        return self.sched.step(pred, tt, latents, generator=generator, return_dict=False)[0]
+
+    def state(self):
+        return ({} if self.x0_prev is None else {"x0_prev": self.x0_prev.detach().cpu().contiguous()}), {}
+
+    def load_state(self, tensors, meta, device):
+        x0 = tensors.get("x0_prev")
+        self.x0_prev = None if x0 is None else x0.to(device)
+
+
+class CogVideoXFamily:
+    name = "cogvideox"
+    text_position = "prefix"
+    latent_layout = "BFCHW"
+    PRESETS = None  # filled below from guidance.memory (the flat configs the dry run reads)
+
+    # -- recognising and loading -----------------------------------------------------------------
+    @staticmethod
+    def matches(model_index: dict | None, transformer_class_name: str | None) -> bool:
+        if transformer_class_name == "CogVideoXTransformer3DModel":
+            return True
+        cls = (model_index or {}).get("_class_name") or ""
+        return cls in ("CogVideoXPipeline", "CogVideoXVideoToVideoPipeline")
+
+    @staticmethod
+    def load(model: str, dtype: torch.dtype) -> dict:
+        tr, vae, sched_cfg = models.load_components(model, dtype)
+        return dict(transformer=tr, transformer_2=None, vae=vae, scheduler_config=sched_cfg, boundary_ratio=None,
+                    expand_timesteps=False)
+
+    # -- attention -------------------------------------------------------------------------------
+    @staticmethod
+    def blocks(transformer) -> list:
+        return list(transformer.transformer_blocks)
+
+    @staticmethod
+    def install(transformer, controller=None):
+        return processor.install(transformer, controller)
+
+    @staticmethod
+    def uninstall(transformer) -> None:
+        processor.uninstall(transformer)
+
+    # -- positions -------------------------------------------------------------------------------
+    @staticmethod
+    def _tables(transformer, latent):
+        """``(rope, base)`` for this latent size, cached on the transformer (one of them None)."""
+        _, f, _, lh, lw = latent.shape
+        key = (f, lh, lw, str(latent.device))
+        cache = transformer.__dict__.setdefault("_ditflow_pos_cache", {})
+        if key not in cache:
+            rope = fwd.rotary_embedding(transformer, f, lh, lw, device=latent.device)
+            base = None if rope is not None else fwd.base_position_table(transformer, f, lh, lw).to(latent.device)
+            cache.clear()
+            cache[key] = (rope, base)
+        return cache[key]
+
+    @classmethod
+    def initial_emb(cls, transformer, latent) -> torch.Tensor:
+        rope, base = cls._tables(transformer, latent)
+        if rope is not None:
+            one = torch.stack([rope[0], rope[1]]).float()
+            return torch.stack([one, one])  # queries and keys start from the same RoPE, then part
+        return base.float()
+
+    @staticmethod
+    def emb_kind(transformer) -> str:
+        return "rope" if transformer.config.use_rotary_positional_embeddings else "posemb"
+
+    @staticmethod
+    def emb_fingerprint(transformer) -> str:
+        from ..guidance.embeds import config_fingerprint
+
+        return config_fingerprint(transformer, FINGERPRINT_KEYS)  # unchanged: older saved files stay valid
+
+    @classmethod
+    def _kwargs(cls, transformer, latent, text, t, emb):
+        rope, base = cls._tables(transformer, latent)
+        dtype = latent.dtype
+        if emb is not None and rope is not None:  # [2 (q, k), 2 (cos, sin), N, d]
+            rope = tuple((emb[i, 0].to(dtype), emb[i, 1].to(dtype)) for i in range(2))
+        elif rope is not None:
+            rope = (rope[0].to(dtype), rope[1].to(dtype))
+        ts = torch.full((latent.shape[0],), int(t), device=latent.device, dtype=torch.long)
+        ctx = fwd.position_override(transformer, emb if rope is None else None, base)
+        return dict(hidden_states=latent, encoder_hidden_states=text, timestep=ts, image_rotary_emb=rope), ctx
+
+    @classmethod
+    def forward(cls, transformer, latent, text, t, emb=None) -> torch.Tensor:
+        kw, ctx = cls._kwargs(transformer, latent, text, t, emb)
+        with ctx:
+            return transformer(**kw, return_dict=False)[0]
+
+    @classmethod
+    def run_until(cls, transformer, latent, text, t, emb=None, **what):
+        kw, ctx = cls._kwargs(transformer, latent, text, t, emb)
+        with ctx:
+            return fwd.run_until(transformer, **kw, **what)
+
+    # -- latents ---------------------------------------------------------------------------------
+    @staticmethod
+    def token_grid(transformer, latent) -> tuple[int, int, int]:
+        p = transformer.config.patch_size
+        _, f, _, lh, lw = latent.shape
+        return f, lh // p, lw // p
+
+    @staticmethod
+    def geometry(transformer, vae, frames: int, height: int, width: int) -> tuple[int, ...]:
+        """Latent ``(1, F', C, h, w)``; :class:`ModelError` for sizes or frame counts the model cannot give."""
+        temporal = vae.config.temporal_compression_ratio
+        f, lh, lw = models.check_size(transformer, vae, frames, height, width)
+        if decoded_frames(f) != frames:
+            near = nearest_valid(frames, valid_frames(frames + 16, temporal))
+            raise models.ModelError(
+                f"--frames {frames}: this model's VAE would write {decoded_frames(f)} frames, not {frames}; "
+                f"CogVideoX gives exactly 1, 8, 9, 16, 17, ... (8k and 8k+1); nearest: "
+                f"{' or '.join(map(str, near))}")
+        return 1, f, transformer.config.in_channels, lh, lw
+
+    @staticmethod
+    def check_frames(frames: int) -> None:
+        """The frame rule alone (no model needed), for ``--dry-run`` and early checks."""
+        if decoded_frames(latent_frames_for(frames)) != frames:
+            near = nearest_valid(frames, valid_frames(frames + 16))
+            raise models.ModelError(f"--frames {frames}: CogVideoX's VAE gives exactly 1, 8, 9, 16, 17, ... "
+                                    f"(8k and 8k+1) frames; nearest: {' or '.join(map(str, near))}")
+
+    @staticmethod
+    def encode_video(vae, frames, device, dtype, seed: int = 0) -> torch.Tensor:
+        return models.encode_video(vae, frames, device=device, dtype=dtype, seed=seed)
+
+    @staticmethod
+    def decode_latents(vae, latents) -> object:
+        return models.decode_latents(vae, latents)
+
+    # -- text ------------------------------------------------------------------------------------
+    @staticmethod
+    def text_spec(transformer) -> tuple[int | None, int]:
+        """``(required length or None, width)`` of the prompt embeddings."""
+        cfg = transformer.config
+        need = None if cfg.use_rotary_positional_embeddings else cfg.max_text_seq_length
+        return need, cfg.text_embed_dim
+
+    @staticmethod
+    def encode_prompts(model: str, texts: dict[str, str], transformer, device, dtype) -> dict:
+        return models._encode_t5(model, texts, transformer.config.max_text_seq_length, device, dtype)
+
+    # -- sampler ---------------------------------------------------------------------------------
+    @staticmethod
+    def make_sampler(scheduler, cfg) -> CogVideoXSampler:
+        """``scheduler``: a scheduler object (used as it is) or a config (DPM/DDIM built from it)."""
+        if isinstance(scheduler, dict) or not hasattr(scheduler, "step"):
+            scheduler = models.make_scheduler(scheduler, cfg.scheduler)
+        return CogVideoXSampler(scheduler, cfg.scheduler)
+
+    @staticmethod
+    def guide_cfg(cond, uncond, scale: float, t, cfg):
+        if cfg.dynamic_cfg:  # the CogVideoX pipeline's schedule, on the timestep value
+            n = cfg.steps
+            scale = 1 + scale * (1 - math.cos(math.pi * ((n - t) / n) ** 5.0)) / 2
+        return uncond + scale * (cond - uncond)
+
+    # -- defaults --------------------------------------------------------------------------------
+    @staticmethod
+    def defaults(config: dict) -> dict:
+        """DiTFlow's: guidance block 20 (RoPE, 5B) or 15 (2B), or half the blocks of smaller models;
+        24 frames at 480x720; bf16 (5B) / fp16 (2B) on GPUs; CFG 7, dynamic for 5B; DPM (5B) / DDIM (2B)."""
+        rope = bool(config.get("use_rotary_positional_embeddings", False))
+        n = int(config.get("num_layers", 30))
+        want = 20 if rope else 15
+        return dict(guidance_blocks=(want,) if want < n else (n // 2,), injection_blocks=(0,), frames=24,
+                    height=480, width=720, dtype="bfloat16" if rope else "float16", cfg_scale=7.0,
+                    dynamic_cfg=rope, scheduler="dpm" if rope else "ddim", steps=50)
+
+    @staticmethod
+    def memory_config(model: str) -> dict:
+        from ..guidance import memory
+
+        return memory.config_for(model)
