@@ -1,18 +1,24 @@
 """``ditflow-fast transfer``: DiTFlow motion transfer from a reference video to a new prompt.
 
-Writes into ``--out``: ``config.json`` (the resolved settings), ``state.safetensors`` (after every
-denoising step; a rerun with the same settings resumes from it), ``embeds/`` (``--opt-mode emb``:
-one file per guided timestep, for ``--inject-embeds``), and ``result.mp4`` / ``result.gif`` /
-``result_frames/``. Every file is written atomically.
+Any supported model family (CogVideoX, Wan2.1/2.2; ``ditflow_fast.families``). Writes into
+``--out``: ``state.safetensors`` (after every denoising step, keyed by everything that determines
+the result: a rerun of the same command resumes from it, any other is refused, naming what
+differs), ``embeds/`` (``--opt-mode emb``: one file per guided timestep, for ``--inject-embeds``),
+``result.mp4`` / ``result.gif`` / ``result_frames/``, and last ``config.json`` (the run record:
+resolved settings, inputs, losses, time). Every file is written atomically; a refused command
+leaves the folder as it was; two runs into one folder at once: the second is refused (a lock).
 """
 
 from __future__ import annotations
 
-import json
+import fcntl
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
+
+RESULT_NAMES = {"mp4": "result.mp4", "gif": "result.gif", "frames": "result_frames"}
 
 
 def add_transfer_parser(sub) -> None:
@@ -24,15 +30,20 @@ def add_transfer_parser(sub) -> None:
     p.add_argument("--prompt-embeds", metavar="FILE",
                    help="safetensors with 'prompt' [1, L, D] (and optional 'negative', 'empty') instead of T5")
     p.add_argument("--model", default="THUDM/CogVideoX-5b", help="hub id or local diffusers folder")
-    p.add_argument("--frames", type=int, default=24, help="video frames taken from the reference")
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=720)
+    p.add_argument("--frames", type=int, help="video frames taken from the reference and generated (default: the "
+                   "model's: 24 for CogVideoX, 81 for Wan; CogVideoX gives exactly 8k or 8k+1, Wan 4k+1)")
+    p.add_argument("--height", type=int, help="default: the model's (480 for both families)")
+    p.add_argument("--width", type=int, help="default: the model's (720 CogVideoX, 832 Wan)")
     p.add_argument("--opt-mode", choices=("latent", "emb"), default="latent")
     p.add_argument("--loss", choices=("flow", "moft", "smm"), default="flow")
     p.add_argument("--no-guidance", action="store_true", help="no optimisation (injection still applies)")
     p.add_argument("--no-injection", action="store_true", help="no K/V injection at block 0")
     p.add_argument("--inject-embeds", metavar="DIR", help="zero-shot: reuse embeddings saved by an emb run")
-    p.add_argument("--guidance-block", type=int, action="append", help="default 20 (5B) / 15 (2B); repeatable")
+    p.add_argument("--guidance-block", type=int, action="append",
+                   help="default: the model's (CogVideoX 20 (5B) / 15 (2B), Wan 14 (1.3B) / 19 (14B)); repeatable")
+    p.add_argument("--cfg", type=float,
+                   help="classifier-free guidance scale (default: the model's, 7 CogVideoX, 5 Wan)")
+    p.add_argument("--flow-shift", type=float, help="Wan: the sampler's flow shift (default: the model folder's)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guided-steps", type=int, default=10)
     p.add_argument("--opt-iters", type=int, default=5)
@@ -41,10 +52,13 @@ def add_transfer_parser(sub) -> None:
     p.add_argument("--device")
     p.add_argument("--no-checkpointing", action="store_true", help="disable gradient checkpointing")
     p.add_argument("--cpu-offload", action="store_true", help="keep the VAE on the CPU except when it runs")
+    p.add_argument("--offload", choices=("none", "model", "group"), default="none",
+                   help="model: only the running component on the GPU; group: diffusers' block-level group "
+                        "offloading of the transformer (smallest GPU memory)")
     p.add_argument("--vae-tiling", action="store_true")
     p.add_argument("--out", default="ditflow_out")
     p.add_argument("--format", choices=("mp4", "gif", "frames"), default="mp4")
-    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--fps", type=int, default=8, help="frames per second of the mp4/gif (> 0)")
     p.add_argument("--fresh", action="store_true", help="ignore a saved state in --out and start over")
     p.add_argument("--dry-run", action="store_true", help="print the predicted peak GPU memory and exit")
     p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest for tiny models on busy CPUs)")
@@ -61,34 +75,115 @@ def _config(a):
         guidance_blocks=tuple(a.guidance_block) if a.guidance_block else None, steps=a.steps,
         guided_steps=a.guided_steps, opt_iters=a.opt_iters, seed=a.seed, dtype=a.dtype, device=a.device,
         gradient_checkpointing=not a.no_checkpointing, cpu_offload=a.cpu_offload, vae_tiling=a.vae_tiling,
+        cfg_scale=a.cfg, flow_shift=a.flow_shift,
     ).validate()
 
 
 def _dry_run(a, cfg) -> int:
+    from .families import detect, preset_family
+
+    fam = preset_family(a.model) or detect(a.model)
+    if fam.name == "wan":
+        from .families.wan_memory import dry_run_table
+
+        print(dry_run_table(a.model, frames=cfg.frames, height=cfg.height, width=cfg.width,
+                            guidance_blocks=cfg.guidance_blocks, dtype=cfg.dtype, opt_mode=cfg.opt_mode,
+                            checkpointing=cfg.gradient_checkpointing, offload=a.offload))
+        return 0
     from .guidance import memory
 
     mc = memory.config_for(a.model)
-    rope = mc.get("use_rotary_positional_embeddings", False)
-    n = mc.get("num_layers", 30)
-    block = max(cfg.guidance_blocks) if cfg.guidance_blocks else ((20 if rope else 15) if n > 20 else n // 2)
-    b = 4 if (cfg.dtype or "bfloat16") == "float32" else 2
-    est = memory.estimate(mc, frames=cfg.frames, height=cfg.height, width=cfg.width, guidance_block=block,
+    d = fam.defaults(mc)
+    frames, height, width = cfg.frames or d["frames"], cfg.height or d["height"], cfg.width or d["width"]
+    fam.check_frames(frames)
+    block = max(cfg.guidance_blocks or d["guidance_blocks"])
+    b = 4 if (cfg.dtype or d["dtype"]) == "float32" else 2
+    est = memory.estimate(mc, frames=frames, height=height, width=width, guidance_block=block,
                           bytes_per_elem=b, opt_mode=cfg.opt_mode, checkpointing=cfg.gradient_checkpointing,
-                          vae_offload=cfg.cpu_offload)
-    print(f"{a.model}: {cfg.frames} frames at {cfg.height}x{cfg.width}, guidance block {block}, {b}-byte "
+                          vae_offload=cfg.cpu_offload or a.offload != "none")
+    print(f"{a.model}: {frames} frames at {height}x{width}, guidance block {block}, {b}-byte "
           f"elements, opt-mode {cfg.opt_mode}, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}")
     print(est.table())
     print("(derivation: docs/memory.md; the T5 encoder runs before the loop and is offloaded)")
     return 0
 
 
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+def _check_device(device: str | None):
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"--device {device!r}: not a device torch knows ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: the guidance loop runs on cpu or cuda")
+    return dev
+
+
+def _check_out(a) -> Path:
+    """``--out`` usable and the result's name free for the result's kind, before any work."""
+    from .atomic import check_writable
+
+    out = Path(a.out).expanduser()
+    check_writable(out, option="--out", folder=True)
+    result = out / RESULT_NAMES[a.format]
+    if a.format == "frames" and result.exists() and not result.is_dir():
+        raise ValueError(f"--out {out}: {result.name} exists and is not a folder; remove it or use another --out")
+    if a.format != "frames" and result.is_dir():
+        raise ValueError(f"--out {out}: {result.name} is a folder; remove it or use another --out")
+    return out
+
+
+def _lock(out: Path):
+    """An exclusive lock on the ``--out`` folder itself (no lock file: the folder stays as it was)."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ValueError(f"--out {out}: another ditflow-fast transfer is writing into it; wait for it or use "
+                         "another --out") from None
+    return fd
+
+
+def _configs(fam, ref: str) -> tuple[dict, dict]:
+    """The transformer's and the VAE's configs, read without loading any weights."""
+    import diffusers
+
+    from .guidance.models import ModelError
+
+    out = []
+    for cls, sub in ((fam.transformer_class, "transformer"), (fam.vae_class, "vae")):
+        try:
+            cfg = getattr(diffusers, cls).load_config(ref, subfolder=sub)
+        except Exception as exc:  # noqa: BLE001 - hub/format errors come in many types
+            raise ModelError(f"--model {ref}: cannot be loaded: no readable {sub}/config.json "
+                             f"({type(exc).__name__}: {exc})") from exc
+        out.append({k: v for k, v in cfg.items() if not k.startswith("_")})
+    return out[0], out[1]
+
+
+class _Cfg(dict):
+    __getattr__ = dict.get
+
+
+def _with_config(d: dict):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=_Cfg(d))
 
 
 def run_transfer(a) -> int:
+    # Cheap checks first: nothing is loaded, decoded or written before every argument is known good.
+    if a.fps <= 0:
+        raise ValueError(f"--fps must be positive, got {a.fps}")
+    if a.threads is not None and a.threads < 1:
+        raise ValueError(f"--threads must be positive, got {a.threads}")
     cfg = _config(a)
     if a.dry_run:
         return _dry_run(a, cfg)
@@ -96,64 +191,104 @@ def run_transfer(a) -> int:
         raise ValueError("--video is required")
     if not a.prompt and not a.prompt_embeds:
         raise ValueError("--prompt is required (or --prompt-embeds FILE)")
+    dev = _check_device(a.device)
+    out = _check_out(a)
+    from .families import detect, resolve_model_ref
+
+    fam = detect(a.model)  # milliseconds for a mistyped path: nothing path-like goes to the hub
+    ref, local = resolve_model_ref(a.model)
+    tcfg, vcfg = _configs(fam, ref)
+    cfg = cfg.resolve(tcfg, device=dev, family=fam)
     import torch
 
-    if a.threads is not None:
-        if a.threads < 1:
-            raise ValueError(f"--threads must be positive, got {a.threads}")
-        torch.set_num_threads(a.threads)
-    from .guidance import models
-    from .guidance.loop import STATE_FILE, Guide
+    from .guidance import run_key as rk
+    from .guidance.loop import STATE_FILE, Guide, differing, read_state
     from .video_io import read_video, write_video
 
     t0 = time.time()
     frames = read_video(a.video, frames=cfg.frames, height=cfg.height, width=cfg.width)
-    # Resolve the dtype from the config before loading, so weights are loaded in it directly.
-    from .guidance import memory
+    fam.geometry(_with_config(tcfg), _with_config(vcfg), cfg.frames, cfg.height, cfg.width)
+    if a.prompt_embeds is not None:
+        from .guidance.models import read_prompt_file
 
-    models.check_model_ref(a.model)
-    rope = memory.config_for(a.model).get("use_rotary_positional_embeddings", False) if cfg.dtype is None else None
-    dev = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    want = cfg.dtype or ("float32" if dev.type == "cpu" else ("bfloat16" if rope else "float16"))
-    transformer, vae, sched_cfg = models.load_components(a.model, getattr(torch, want))
-    cfg = cfg.resolve(transformer, device=dev)
+        read_prompt_file(Path(a.prompt_embeds))
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
+    parts = {"settings": cfg.run_key(), "video": rk.video_digest(frames),
+             "prompts": rk.prompts_digest(a.prompt, a.negative_prompt, a.prompt_embeds),
+             "model": rk.model_digest(ref, local), "dtype": cfg.dtype}
+    key = rk.key_of(parts)
+    state = out / STATE_FILE
+    if state.exists() and not a.fresh:
+        meta, _ = read_state(state)  # a damaged state: an error saying to use --fresh
+        if meta.get("run_key") != key:
+            raise ValueError(f"--out {out}: holds a run with other {differing(meta, parts)}; use --fresh to "
+                             "start over there, or another --out")
+    lock = _lock(out)
+    try:
+        if a.fresh:  # only now that every check has passed: the old run's record goes with it
+            state.unlink(missing_ok=True)
+            (out / "config.json").unlink(missing_ok=True)
+            shutil.rmtree(out / "embeds", ignore_errors=True)
+        return _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_video)
+    finally:
+        os.close(lock)
+
+
+def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_video) -> int:  # noqa: N803
+    from .atomic import write_json
+    from .guidance import models
+    from .guidance.loop import STATE_FILE
+
     dtype, device = cfg.torch_dtype, torch.device(cfg.device)
-    models.check_size(transformer, vae, cfg.frames, cfg.height, cfg.width)
-    if cfg.vae_slicing:
+    comps = fam.load(ref, dtype)
+    transformer, vae = comps["transformer"], comps["vae"]
+    if cfg.vae_slicing and hasattr(vae, "enable_slicing"):
         vae.enable_slicing()
     if cfg.vae_tiling:
         vae.enable_tiling()
-    texts = models.prompt_embeddings(a.model, a.prompt, a.negative_prompt, a.prompt_embeds, transformer,
-                                     device=device, dtype=dtype)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if a.fresh:
-        (out / STATE_FILE).unlink(missing_ok=True)
-    record = {"config": cfg.to_dict(), "video": str(a.video), "prompt": a.prompt, "prompt_embeds": a.prompt_embeds,
-              "negative_prompt": a.negative_prompt, "run_key": cfg.run_key(), "torch": torch.__version__}
-    _write_json(out / "config.json", record)
-
+    texts = models.prompt_embeddings(ref, a.prompt, a.negative_prompt, a.prompt_embeds, transformer,
+                                     device=device, dtype=dtype, family=fam)
     vae.to(device)
-    ref_latent = models.encode_video(vae, frames, device=device, dtype=dtype, seed=cfg.seed)
-    if cfg.cpu_offload:
+    ref_latent = fam.encode_video(vae, frames, device=device, dtype=next(vae.parameters()).dtype, seed=cfg.seed)
+    if cfg.cpu_offload or a.offload != "none":
         vae.to("cpu")
-    transformer.to(device)
-    guide = Guide(transformer, models.make_scheduler(sched_cfg, cfg.scheduler), ref_latent=ref_latent,
-                  prompt_embeds=texts["prompt"], negative_embeds=texts["negative"], empty_embeds=texts["empty"],
-                  config=cfg, model_id=a.model)
+    _place(a.offload, comps, device)
+    guide = Guide(transformer, comps["scheduler_config"], ref_latent=ref_latent, prompt_embeds=texts["prompt"],
+                  negative_embeds=texts["negative"], empty_embeds=texts["empty"], config=cfg, model_id=a.model,
+                  family=fam, transformer_2=comps["transformer_2"], boundary_ratio=comps["boundary_ratio"],
+                  run_key=key, key_parts=parts)
     embeds_dir = out / "embeds" if cfg.opt_mode == "emb" and cfg.inject_embeds is None and cfg.guidance else None
     if (out / STATE_FILE).exists() and not a.quiet:
         print(f"resuming from {out / STATE_FILE}", file=sys.stderr)
     res = guide.run(state_dir=out, embeds_dir=embeds_dir, progress=not a.quiet)
-    if cfg.cpu_offload:
-        transformer.to("cpu")
+    if cfg.cpu_offload or a.offload != "none":
+        for name in ("transformer", "transformer_2"):
+            if comps[name] is not None:
+                comps[name].to("cpu")
     vae.to(device)
-    video = models.decode_latents(vae, res.latents)
-    name = {"mp4": "result.mp4", "gif": "result.gif", "frames": "result_frames"}[a.format]
-    path = write_video(video, out / name, fmt=a.format, fps=a.fps)
-    record.update(result=str(path), resumed_from_step=res.resumed_from, seconds=round(time.time() - t0, 2),
-                  losses={str(k): v for k, v in res.losses.items()},
-                  embeddings=str(embeds_dir) if embeds_dir is not None else None)
-    _write_json(out / "config.json", record)
+    video = fam.decode_latents(vae, res.latents)
+    if video.shape[0] != cfg.frames:  # geometry() admits only counts the VAE gives exactly
+        raise RuntimeError(f"the VAE decoded {video.shape[0]} frames, not the {cfg.frames} asked for")
+    path = write_video(video, out / RESULT_NAMES[a.format], fmt=a.format, fps=a.fps)
+    record = {"family": fam.name, "config": cfg.to_dict(), "video": str(a.video), "prompt": a.prompt,
+              "prompt_embeds": a.prompt_embeds, "negative_prompt": a.negative_prompt, "run_key": key,
+              "run_key_parts": parts, "torch": torch.__version__, "result": str(path),
+              "resumed_from_step": res.resumed_from, "seconds": round(time.time() - t0, 2),
+              "losses": {str(k): v for k, v in res.losses.items()},
+              "embeddings": str(embeds_dir) if embeds_dir is not None else None}
+    write_json(out / "config.json", record)
     print(f"wrote {path} ({video.shape[0]} frames {video.shape[2]}x{video.shape[1]}) in {record['seconds']} s")
     return 0
+
+
+def _place(offload: str, comps: dict, device) -> None:
+    """Transformer(s) onto the device, or diffusers' group offloading (``--offload group``); with two
+    experts only the first goes to the device now, the loop swaps them."""
+    tr, tr2 = comps["transformer"], comps["transformer_2"]
+    if offload == "group":
+        from .families.offload import apply_offload
+
+        apply_offload({"transformer": tr, **({"transformer_2": tr2} if tr2 is not None else {})}, "group", device)
+        return
+    tr.to(device)

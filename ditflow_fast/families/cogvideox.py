@@ -73,6 +73,7 @@ class CogVideoXSampler(Sampler):
 
 class CogVideoXFamily:
     name = "cogvideox"
+    transformer_class, vae_class = "CogVideoXTransformer3DModel", "AutoencoderKLCogVideoX"
     text_position = "prefix"
     latent_layout = "BFCHW"
     PRESETS = None  # filled below from guidance.memory (the flat configs the dry run reads)

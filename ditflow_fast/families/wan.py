@@ -229,6 +229,8 @@ class WanFamily:
     """Wan2.1 / Wan2.2 text-to-video models (``WanPipeline`` folders) for the guidance loop."""
 
     name = "wan"
+    transformer_class, vae_class = "WanTransformer3DModel", "AutoencoderKLWan"
+    text_position = "none"
     text_tokens = 0  # text enters by cross-attention: the AMF sees video tokens only
     latent_layout = "BCFHW"
     PRESETS = PRESETS

@@ -73,35 +73,52 @@ def check_size(transformer, vae, frames: int, height: int, width: int) -> tuple[
 
 
 def prompt_embeddings(model: str, prompt: str | None, negative: str, embeds_file, transformer, *,
-                      device="cpu", dtype=torch.float32):
-    """``{"prompt", "negative", "empty"}`` -> ``[1, L, D]`` float32, from a file or the model's T5.
+                      device="cpu", dtype=torch.float32, family=None):
+    """``{"prompt", "negative", "empty"}`` -> ``[1, L, D]`` float32, from a file or the model's text
+    encoder (T5 for CogVideoX, umT5 for Wan: the family says which, and the length and width it needs).
 
-    The T5 encoder is loaded in ``dtype`` onto ``device``, run, and released before returning, so it
-    never shares the GPU with the denoising loop."""
-    cfg = transformer.config
+    The encoder is loaded in ``dtype`` onto ``device``, run, and released before returning, so it
+    never shares the GPU with the denoising loop. NaN or inf in a file's tensors is refused, naming
+    the file and the tensor."""
+    if family is None:
+        from ..families import family_of
+
+        family = family_of(transformer)
+    need_len, dim = family.text_spec(transformer)
+    where = ""
     if embeds_file is not None:
-        from safetensors.torch import load_file
-
         path = Path(embeds_file)
-        if not path.is_file():
-            raise ModelError(f"--prompt-embeds {path}: no such file")
-        try:
-            t = load_file(str(path))
-        except Exception as exc:
-            raise ModelError(f"--prompt-embeds {path}: unreadable ({exc})") from exc
-        if "prompt" not in t:
-            raise ModelError(f"--prompt-embeds {path}: needs a tensor named 'prompt' (has {sorted(t)})")
+        t = read_prompt_file(path)
+        where = f" in --prompt-embeds {path}"
         out = {"prompt": t["prompt"], "negative": t.get("negative", torch.zeros_like(t["prompt"]))}
         out["empty"] = t.get("empty", out["negative"])
     else:
-        out = _encode_t5(model, {"prompt": prompt, "negative": negative, "empty": ""}, cfg.max_text_seq_length,
-                         device, dtype)
+        out = family.encode_prompts(model, {"prompt": prompt, "negative": negative, "empty": ""}, transformer,
+                                    device, dtype)
     for k, v in out.items():
-        if v.dim() != 3 or v.shape[0] != 1 or v.shape[-1] != cfg.text_embed_dim:
-            raise ModelError(f"prompt embedding {k!r} must be [1, L, {cfg.text_embed_dim}], got {tuple(v.shape)}")
-        if not cfg.use_rotary_positional_embeddings and v.shape[1] != cfg.max_text_seq_length:
-            raise ModelError(f"prompt embedding {k!r} must have {cfg.max_text_seq_length} tokens for this model")
+        if v.dim() != 3 or v.shape[0] != 1 or v.shape[-1] != dim:
+            raise ModelError(f"prompt embedding {k!r}{where} must be [1, L, {dim}], got {tuple(v.shape)}")
+        if need_len is not None and v.shape[1] != need_len:
+            raise ModelError(f"prompt embedding {k!r}{where} must have {need_len} tokens for this model")
+        if not torch.isfinite(v).all():
+            raise ModelError(f"prompt embedding {k!r}{where} holds {int((~torch.isfinite(v)).sum())} non-finite "
+                             "values (NaN or inf)")
     return {k: v.float() for k, v in out.items()}
+
+
+def read_prompt_file(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``--prompt-embeds`` file (safetensors, no pickle), checked for a ``prompt``."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelError(f"--prompt-embeds {path}: no such file")
+    try:
+        t = load_file(str(path))
+    except Exception as exc:
+        raise ModelError(f"--prompt-embeds {path}: unreadable ({exc})") from exc
+    if "prompt" not in t:
+        raise ModelError(f"--prompt-embeds {path}: needs a tensor named 'prompt' (has {sorted(t)})")
+    return t
 
 
 def _encode_t5(model: str, texts: dict[str, str], length: int, device, dtype) -> dict[str, torch.Tensor]:
