@@ -1,0 +1,226 @@
+"""Predicted peak GPU memory of a guided Wan run, by component, next to the research procedure's.
+
+The same accounting as the CogVideoX model (:mod:`ditflow_fast.guidance.memory`, whose
+:class:`~ditflow_fast.guidance.memory.Estimate` and table this reuses), with Wan's differences:
+
+- **tokens.** Wan's self-attention sees video tokens only: ``T = N = F'*h*w`` (patch ``(1, 2, 2)``
+  over the Wan VAE's latent: 4x temporal, 8x spatial and ``z_dim`` 16 for Wan2.1 / A14B, 16x and 48
+  for TI2V-5B). Text (512 umT5 tokens) enters through cross-attention; its projected embeddings and
+  the per-block cross-attention K/V are counted in units of ``L*D*b`` (small next to ``N*D*b``).
+- **weights.** One transformer (:func:`ditflow_fast.families.wan.transformer_params`, exact, meta
+  device) and the VAE (``AutoencoderKLWan`` from the preset's VAE config, counted on the meta device).
+  Wan2.2 A14B has two experts but only one is on the GPU at a time (the other waits on the CPU,
+  :func:`ditflow_fast.families.offload.expert_swap`), so its weights are one expert's. The umT5-XXL
+  encoder (5.7 B parameters) has been run and released before the loop
+  (:func:`ditflow_fast.families.wan_text.encode_prompts_umt5`); it never shares the GPU with it.
+  ``offload``: ``"none"`` (all resident), ``"model"`` (the VAE on the CPU except while it runs:
+  during the loop only the transformer is on the GPU), ``"group"`` (diffusers' block-level group
+  offloading of the transformer, one block per group, VAE as in ``"model"``: resident are the
+  non-block parameters plus two blocks, the running one and the one prefetched / kept by a backward).
+- **activations,** in units of one ``[N, D]`` tensor (``N*D*b``) and one ``[N, ffn_dim]`` tensor,
+  constants measured with torch's memory timeline on CPU runs of Wan-shaped tiny transformers
+  (``tests/test_wan_memory.py`` re-measures them on another shape). They are larger than
+  CogVideoX's because Wan's blocks upcast to float32 around their three LayerNorms and the
+  modulations (``hidden.float()``): in bf16 each saved LayerNorm input is two units. Separate
+  constants for 2-byte (bf16/fp16) and 4-byte (fp32) runs.
+- **RoPE tables** ``(cos, sin)`` ``[N, d]`` float32 in every dtype; TI2V-5B's per-token timesteps
+  (``expand_timesteps``) add a per-token ``[N, 6, D]`` modulation (measured constants).
+- the AMF working sets, captured q/k and the optimised tensor with Adam as for CogVideoX.
+
+What the CPU cannot show (as for CogVideoX): the CUDA context and cuBLAS workspaces (about 0.5-1 GB)
+and allocator fragmentation come on top of both columns.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from ..guidance.memory import AMF_BUDGET, Estimate
+from ..guidance.models import ModelError
+from ..reference import research_bytes
+from .wan import _VAE21, PRESETS, TEXT_LEN, WanFamily, transformer_params
+
+# Activation constants, measured (torch.profiler memory timeline, export_memory_timeline(device="cpu"),
+# peak minus start of one steady-state guided iteration: WanFamily.run_until truncated after block g
+# with q/k captured, a dense gradient into q and k, backward) on WanTransformer3DModel with 4 heads x 64,
+# ffn_dim 2x and 6x D, 3 latent frames of 10 x 14 patches, 16 text tokens, g = 2 and 4, after
+# subtracting the components modelled on their own (RoPE tables, captured q/k and grads, text).
+# Units: one [N, D] tensor of the run's element size (*_FFN: one [N, ffn_dim] tensor). CPU SDPA is a
+# flash kernel keeping a log-sum-exp, as flash / memory-efficient SDPA on a GPU. The raw numbers:
+# bf16 checkpointed 34.94 U (g 2, ffn 2x), 36.99 (g 4), 41.92 (ffn 6x); without checkpointing 60.10,
+# 100.62, 68.10; fp32 checkpointed 23.75, 25.77, 34.74; without 39.84, 68.16, 51.82.
+# Predicted on another shape (6 heads x 48, ffn 3x, 2 frames of 12 x 16, 24 text tokens, g = 3), bf16:
+# 37.56 vs 36.88 U measured with checkpointing, 83.47 vs 83.38 U without.
+ACT = {
+    2: dict(ckpt_input=1.0, ckpt_recompute=23.3, ckpt_recompute_ffn=1.75,  # bf16 / fp16
+            block=18.2, block_ffn=1.0, partial_and_backward=14.5,
+            expand_ckpt=22.0, expand_fixed=17.1, expand_block=16.0,
+            emb_ckpt=1.4, emb_fixed=-6.6, emb_block=2.0),
+    4: dict(ckpt_input=1.0, ckpt_recompute=10.6, ckpt_recompute_ffn=2.75,  # fp32
+            block=11.1, block_ffn=1.5, partial_and_backward=7.0,
+            # TI2V's per-token modulation and --opt-mode emb measured in bf16 only; used in fp32 too (units)
+            expand_ckpt=22.0, expand_fixed=17.1, expand_block=16.0,
+            emb_ckpt=1.4, emb_fixed=-6.6, emb_block=2.0),
+}
+# Text, in [L, D] units (analytic, checked against the measured growth with 16 -> 256 tokens: +3.0
+# with checkpointing, +4.0 without at g = 2): the projected prompt (1, held through the forward),
+# cross-attention K/V kept by SDPA per saved block (2) or for the recomputed block (2).
+TEXT_FIXED, TEXT_PER_BLOCK = 1, 2
+GROUP_RESIDENT_BLOCKS = 2  # group offload, one block per group: the running block and one prefetched / in backward
+OFFLOAD_MODES = ("none", "model", "group")
+
+
+def _entry(preset_or_config) -> dict:
+    """A PRESETS-shaped entry (``transformer``, ``vae``, ``text_len``, ``experts``, ``expand_timesteps``)."""
+    if isinstance(preset_or_config, str):
+        if preset_or_config not in PRESETS:
+            raise ModelError(f"--model {preset_or_config}: no Wan preset of that name (known: {', '.join(PRESETS)})")
+        return PRESETS[preset_or_config]
+    if "transformer" in preset_or_config:
+        return preset_or_config
+    return dict(transformer=preset_or_config, vae=_VAE21, text_len=TEXT_LEN, experts=1, expand_timesteps=False)
+
+
+@functools.lru_cache(maxsize=32)
+def _counts(transformer_json: str) -> tuple[int, int, int]:
+    """(all parameters, parameters of one block, blocks) of a Wan transformer config, on the meta device."""
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    cfg = json.loads(transformer_json)
+    if "patch_size" in cfg:
+        cfg["patch_size"] = tuple(cfg["patch_size"])
+    with torch.device("meta"):
+        model = WanTransformer3DModel(**cfg)
+    total = sum(p.numel() for p in model.parameters())
+    assert total == transformer_params(cfg)
+    return total, sum(p.numel() for p in model.blocks[0].parameters()), len(model.blocks)
+
+
+@functools.lru_cache(maxsize=8)
+def vae_params(vae_json: str) -> int:
+    """Parameters of ``AutoencoderKLWan(**config)`` counted on the meta device (config as JSON)."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    with torch.device("meta"):
+        vae = AutoencoderKLWan(**json.loads(vae_json))
+    return sum(p.numel() for p in vae.parameters())
+
+
+def _json(d: dict) -> str:
+    return json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if not k.startswith("_")},
+                      sort_keys=True)
+
+
+def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guidance_block: int,
+                 bytes_per_elem: int = 2, opt_mode: str = "latent", checkpointing: bool = True,
+                 offload: str = "none", experts: int = 1) -> Estimate:
+    """Predicted peak bytes by component of a guided Wan run (see the module docstring).
+
+    ``preset_or_config``: a :data:`ditflow_fast.families.wan.PRESETS` name or entry, or a bare
+    transformer config dict (then the Wan2.1 VAE is assumed). ``experts``: how many experts the model
+    has (a preset entry says it itself); it does not change the prediction, since only one expert is
+    ever on the GPU (the other waits on the CPU: host memory, not counted here)."""
+    del experts  # one expert resident whatever the count
+    if offload not in OFFLOAD_MODES:
+        raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
+    if opt_mode not in ("latent", "emb"):
+        raise ValueError(f"opt_mode must be 'latent' or 'emb', got {opt_mode!r}")
+    if bytes_per_elem not in ACT:
+        raise ValueError(f"bytes_per_elem must be 2 (bf16/fp16) or 4 (fp32), got {bytes_per_elem}")
+    entry = _entry(preset_or_config)
+    cfg, vae_cfg = entry["transformer"], entry.get("vae", _VAE21)
+    _, z, lat_f, lh, lw = WanFamily.latent_shape(vae_cfg, cfg, frames, height, width)
+    pt, ph, pw = tuple(cfg.get("patch_size", (1, 2, 2)))
+    ff, hh, ww = lat_f // pt, lh // ph, lw // pw
+    heads, hd = cfg["num_attention_heads"], cfg["attention_head_dim"]
+    dim, ffn, b = heads * hd, cfg["ffn_dim"], bytes_per_elem
+    text_len, text_dim = int(entry.get("text_len", TEXT_LEN)), cfg.get("text_dim", 4096)
+    total, per_block, n_blocks = _counts(_json(cfg))
+    if not 0 <= guidance_block < n_blocks:
+        raise ValueError(f"guidance block {guidance_block} out of range: the transformer has {n_blocks} blocks")
+    g, c = guidance_block, ACT[b]
+    n = ff * hh * ww
+    u, uf, ul = n * dim * b, n * ffn * b, text_len * dim * b
+
+    resident = total if offload != "group" else total - n_blocks * per_block + GROUP_RESIDENT_BLOCKS * per_block
+    vae = 0 if offload != "none" else vae_params(_json(vae_cfg))
+    base = {"transformer weights": resident * b, "VAE weights": vae * b}
+    expand = bool(entry.get("expand_timesteps", False))
+    emb = opt_mode == "emb"
+    if checkpointing:
+        acts = {"checkpointed block inputs": round((g + 1) * c["ckpt_input"] * u),
+                "one block recomputed + backward": round(c["ckpt_recompute"] * u + c["ckpt_recompute_ffn"] * uf
+                                                         + (c["expand_ckpt"] * u if expand else 0)
+                                                         + (c["emb_ckpt"] * u if emb else 0))}
+        text_blocks = 1
+    else:
+        units = g * c["block"] + c["partial_and_backward"]
+        if expand:
+            units += c["expand_fixed"] + g * c["expand_block"]
+        if emb:
+            units += c["emb_fixed"] + g * c["emb_block"]
+        acts = {"block activations (no ckpt)": round(units * u + g * c["block_ffn"] * uf)}
+        text_blocks = g
+    acts["text embeds + cross-attn K/V"] = (TEXT_FIXED + TEXT_PER_BLOCK * text_blocks) * ul + text_len * text_dim * b
+    acts["RoPE tables (fp32)"] = 2 * n * hd * 4
+    qk = {"captured q, k and grads": 4 * n * dim * b}
+    opt_elems = lat_f * z * lh * lw if opt_mode == "latent" else 4 * n * hd
+    opt = {"optimised tensor + Adam (fp32)": 4 * opt_elems * 4}
+    ours = {**base, **acts, **qk, "AMF working set": min(AMF_BUDGET, 4 * n * n) + 3 * ff * n * 4, **opt}
+    research = {**base, **acts, **qk, "AMF working set": research_bytes(heads, ff, hh, ww, b), **opt}
+    return Estimate(ours, research)
+
+
+def dry_run_table(model_id_or_preset, frames: int | None = None, height: int | None = None, width: int | None = None,
+                  *, guidance_block: int | None = None, bytes_per_elem: int | None = None, opt_mode: str = "latent",
+                  checkpointing: bool = True, offload: str = "none") -> str:
+    """The text ``ditflow-fast transfer --dry-run`` prints for a Wan model: a header line (model,
+    frames, size, guidance block, offload) and the table. Unset sizes, block and dtype come from
+    :meth:`WanFamily.defaults`. ``model_id_or_preset``: a preset name, a PRESETS-shaped entry, or a
+    local Wan folder (its ``transformer/config.json`` and ``vae/config.json`` are read)."""
+    entry = _entry(model_id_or_preset) if not isinstance(model_id_or_preset, str) or \
+        model_id_or_preset in PRESETS else memory_config(model_id_or_preset)
+    d = WanFamily.defaults(entry)
+    frames, height, width = frames or d["frames"], height or d["height"], width or d["width"]
+    block = d["guidance_blocks"][-1] if guidance_block is None else guidance_block
+    b = bytes_per_elem or (4 if d["dtype"] == "float32" else 2)
+    est = estimate_wan(entry, frames=frames, height=height, width=width, guidance_block=block, bytes_per_elem=b,
+                       opt_mode=opt_mode, checkpointing=checkpointing, offload=offload)
+    name = model_id_or_preset if isinstance(model_id_or_preset, str) else "Wan (config)"
+    experts = int(entry.get("experts", 1))
+    head = (f"{name}: {frames} frames, {height}x{width}, guidance block {block}, "
+            f"{'bf16' if b == 2 else 'fp32'}, opt-mode {opt_mode}, checkpointing {'on' if checkpointing else 'off'}, "
+            f"offload {offload}" + (f", {experts} experts (one on the GPU at a time)" if experts > 1 else ""))
+    if offload == "group":
+        head += f"\n(transformer weights: non-block parameters + {GROUP_RESIDENT_BLOCKS} blocks resident)"
+    note = "(umT5 encoder run and released before the loop; CUDA context and fragmentation not included)"
+    return f"{head}\n{est.table()}\n{note}"
+
+
+def memory_config(model: str) -> dict:
+    """A PRESETS-shaped entry for a preset name or a local Wan folder (no weights read)."""
+    if model in PRESETS:
+        return PRESETS[model]
+    from pathlib import Path
+
+    root = Path(model).expanduser()
+    try:
+        tr = json.loads((root / "transformer" / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"--model {model}: no readable transformer/config.json ({exc}); "
+                         f"Wan presets: {', '.join(PRESETS)}") from exc
+    try:
+        vae = json.loads((root / "vae" / "config.json").read_text())
+    except (OSError, ValueError):
+        vae = dict(_VAE21)
+    index = {}
+    if (root / "model_index.json").is_file():
+        index = json.loads((root / "model_index.json").read_text())
+    two = (root / "transformer_2" / "config.json").is_file()
+    clean = {k: v for k, v in tr.items() if not k.startswith("_")}
+    vae = {k: v for k, v in vae.items() if not k.startswith("_")}
+    return dict(transformer=clean, vae=vae, text_len=TEXT_LEN, experts=2 if two else 1,
+                boundary_ratio=index.get("boundary_ratio"), expand_timesteps=bool(index.get("expand_timesteps")))

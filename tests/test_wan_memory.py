@@ -1,0 +1,182 @@
+"""The Wan memory model (ditflow_fast.families.wan_memory) against torch's measured memory timeline
+of a guided iteration on a Wan-shaped tiny transformer (CPU), and its numbers for the public presets."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from ditflow_fast.families.wan import PRESETS, WanFamily  # noqa: E402
+from ditflow_fast.families.wan_memory import dry_run_table, estimate_wan  # noqa: E402
+from ditflow_fast.reference import research_bytes  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Not the shape the constants were measured on (4 heads x 64, ffn 2x/6x, 3 frames of 10 x 14, 16 text
+# tokens): 8 heads x 32 (head_dim / D = 1/8, nearer the real 1/12), ffn 3x, 2 latent frames of 12 x 16.
+HEADS, HD, FFN_MULT, FRAMES, HH, WW, TEXT, TEXT_DIM, Z = 8, 32, 3, 2, 12, 16, 24, 32, 4
+GiB = 2**30
+
+
+def _tiny_entry(expand=False, layers=5):
+    d = HEADS * HD
+    tr = dict(patch_size=(1, 2, 2), num_attention_heads=HEADS, attention_head_dim=HD, in_channels=Z, out_channels=Z,
+              text_dim=TEXT_DIM, freq_dim=32, ffn_dim=FFN_MULT * d, num_layers=layers, cross_attn_norm=True,
+              qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64)
+    vae = dict(z_dim=Z, scale_factor_spatial=8, scale_factor_temporal=4, base_dim=2, dim_mult=[1, 1, 1, 1],
+               num_res_blocks=1, attn_scales=[], temperal_downsample=[False, True, True])
+    return dict(transformer=tr, vae=vae, text_len=TEXT, experts=1, expand_timesteps=expand)
+
+
+def _measured(tmp_path, entry, *, block, checkpointing, dtype, opt_mode="latent") -> int:
+    """Peak minus start of one steady-state guided iteration: forward truncated after ``block`` with
+    q/k captured, a dense gradient into q and k (what the AMF loss gives), backward."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    tr = WanTransformer3DModel(**entry["transformer"]).eval().requires_grad_(False).to(dtype)
+    tr._ditflow_expand_timesteps = entry["expand_timesteps"]
+    if checkpointing:
+        tr.enable_gradient_checkpointing()
+    WanFamily.install(tr)
+    x = torch.randn(1, Z, FRAMES, HH * 2, WW * 2, requires_grad=opt_mode == "latent")
+    e = torch.randn(1, TEXT, TEXT_DIM, dtype=dtype)
+    n = FRAMES * HH * WW
+    wq, wk = torch.randn(2, 1, HEADS, n, HD, dtype=dtype)
+    emb = WanFamily.initial_emb(tr, x).requires_grad_(True) if opt_mode == "emb" else None
+
+    def iteration():
+        ctrl = WanFamily.run_until(tr, x.to(dtype), e, 500, emb, stop_after=block, qk_blocks=[block])
+        q, k = ctrl.qk.pop(block)
+        ((q * wq).sum() + (k * wk).sum()).float().backward()
+        x.grad = None
+        if emb is not None:
+            emb.grad = None
+
+    iteration()  # warm-up: lazily created buffers are not part of the steady state
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
+                                record_shapes=True, with_stack=True) as prof:
+        iteration()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            prof.export_memory_timeline(str(tmp_path / "t.json"), device="cpu")
+        except Exception as exc:  # the exporter is deprecated; its absence must not fail CI
+            pytest.skip(f"memory timeline unavailable: {exc}")
+    sizes = [sum(s) for s in json.loads((tmp_path / "t.json").read_text())[1]]
+    return max(sizes) - sizes[0]
+
+
+def _predicted(entry, *, block, checkpointing, b, opt_mode="latent") -> int:
+    """The model's activations for the measured iteration: the total less what the measurement does
+    not allocate (weights, the AMF, which it replaces by a dense gradient, the text input, and the
+    optimised tensor and Adam's moments: only its gradient is new in an iteration)."""
+    est = estimate_wan(entry, frames=(FRAMES - 1) * 4 + 1, height=HH * 16, width=WW * 16, guidance_block=block,
+                       bytes_per_elem=b, checkpointing=checkpointing, offload="model", opt_mode=opt_mode)
+    c = est.components
+    return (est.total - c["transformer weights"] - c["VAE weights"] - c["AMF working set"]
+            - TEXT * TEXT_DIM * b - c["optimised tensor + Adam (fp32)"] * 3 // 4)
+
+
+@pytest.mark.parametrize("checkpointing,dtype,expand,opt_mode", [
+    (True, torch.bfloat16, False, "latent"),
+    (False, torch.bfloat16, False, "latent"),
+    (True, torch.float32, False, "latent"),
+    (True, torch.bfloat16, True, "latent"),  # TI2V-5B's per-token timesteps
+    (True, torch.bfloat16, False, "emb"),
+])
+def test_activation_constants_match_measured_peak(tmp_path, checkpointing, dtype, expand, opt_mode):
+    entry, block = _tiny_entry(expand), 3
+    measured = _measured(tmp_path, entry, block=block, checkpointing=checkpointing, dtype=dtype, opt_mode=opt_mode)
+    b = 2 if dtype == torch.bfloat16 else 4
+    predicted = _predicted(entry, block=block, checkpointing=checkpointing, b=b, opt_mode=opt_mode)
+    print(f"ckpt={checkpointing} {dtype} expand={expand} {opt_mode}: measured {measured / 2**20:.2f} MiB, "
+          f"predicted {predicted / 2**20:.2f} MiB")
+    assert abs(predicted - measured) / measured < 0.10, (predicted, measured)
+
+
+def test_per_block_slope_without_checkpointing(tmp_path):
+    """The per-block constant on its own: two more saved blocks cost what the model says."""
+    entry = _tiny_entry(layers=6)
+    m1 = _measured(tmp_path, entry, block=1, checkpointing=False, dtype=torch.bfloat16)
+    m3 = _measured(tmp_path, entry, block=3, checkpointing=False, dtype=torch.bfloat16)
+    p1, p3 = (_predicted(entry, block=g, checkpointing=False, b=2) for g in (1, 3))
+    assert abs((p3 - p1) - (m3 - m1)) / (m3 - m1) < 0.10, (p3 - p1, m3 - m1)
+
+
+def _est(model, frames=81, height=480, width=832, **kw):
+    block = WanFamily.defaults(PRESETS[model])["guidance_blocks"][-1]
+    return estimate_wan(model, frames=frames, height=height, width=width, guidance_block=block, **kw)
+
+
+MODELS = ["Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "Wan-AI/Wan2.2-TI2V-5B-Diffusers", "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+          "Wan-AI/Wan2.2-T2V-A14B-Diffusers"]
+
+
+def test_public_presets_without_download(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ests = {m: _est(m, height=704 if "TI2V" in m else 480, width=1280 if "TI2V" in m else 832) for m in MODELS}
+    totals = [ests[m].total for m in MODELS]
+    assert totals[0] < totals[1] < totals[2] == totals[3]  # 1.3B < 5B < 14B = A14B (one expert resident)
+    for m, est in ests.items():
+        assert est.research_total > est.total
+        assert est.research_components["AMF working set"] > 50 * est.components["AMF working set"]
+        for off in ("model", "group"):
+            o = _est(m, height=704 if "TI2V" in m else 480, width=1280 if "TI2V" in m else 832, offload=off)
+            assert o.components["VAE weights"] == 0 < est.components["VAE weights"]
+            assert o.total < est.total
+        g = _est(m, height=704 if "TI2V" in m else 480, width=1280 if "TI2V" in m else 832, offload="group")
+        assert g.components["transformer weights"] < est.components["transformer weights"] / 5
+    one = ests[MODELS[0]]
+    assert one.research_components["AMF working set"] == research_bytes(12, 21, 30, 52, 2)
+    assert abs(one.components["transformer weights"] / 2 - 1_418_996_800) < 1
+
+
+def test_issue_targets():
+    """Wan2.1-1.3B at 81 x 480 x 832 under 12 GiB. 14B at 81 frames: 480p fits 48 GB unoffloaded and 24 GB
+    with group offload; 720p misses both (docs/memory.md: what would close it) -- kept as a check that
+    the numbers stay honest rather than tuned."""
+    assert _est(MODELS[0]).total <= 12 * GiB
+    assert _est(MODELS[2]).total <= 48e9 and _est(MODELS[2], offload="group").total <= 24e9
+    assert _est(MODELS[2], height=720, width=1280).total > 48e9
+    assert _est(MODELS[2], height=720, width=1280, offload="group").total > 24e9
+
+
+def test_no_checkpointing_and_emb_mode_cost_more():
+    base = _est(MODELS[0])
+    assert _est(MODELS[0], checkpointing=False).total > base.total
+    assert _est(MODELS[0], opt_mode="emb").components["optimised tensor + Adam (fp32)"] > 0
+
+
+def test_dry_run_table_header_and_rows():
+    text = dry_run_table("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", offload="group")
+    head = text.splitlines()[0]
+    for word in ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "81 frames", "480x832", "guidance block 14", "offload group"):
+        assert word in head
+    assert "predicted peak" in text and "AMF working set" in text
+    assert "2 experts" in dry_run_table("Wan-AI/Wan2.2-T2V-A14B-Diffusers")
+    assert "121 frames, 704x1280" in dry_run_table("Wan-AI/Wan2.2-TI2V-5B-Diffusers")
+
+
+def test_bad_arguments():
+    from ditflow_fast.guidance.models import ModelError
+
+    with pytest.raises(ModelError, match="4k\\+1"):
+        _est(MODELS[0], frames=80)
+    with pytest.raises(ValueError, match="offload"):
+        _est(MODELS[0], offload="disk")
+    with pytest.raises(ModelError, match="no Wan preset"):
+        estimate_wan("nope/nope", frames=81, height=480, width=832, guidance_block=1)
+
+
+def test_local_folder_config(tmp_path):
+    from ditflow_fast.families import wan_tiny
+
+    path = wan_tiny.save_tiny_wan(tmp_path / "m", two_experts=True)
+    text = dry_run_table(str(path))
+    assert "9 frames, 48x80" in text and "2 experts" in text
