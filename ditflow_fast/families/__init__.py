@@ -57,17 +57,36 @@ def resolve_model_ref(model: str) -> tuple[str, bool]:
         return str(local), True
     if looks_local(model):
         raise ModelError(f"--model {model}: no such folder (and a path, so not looked up on the hub)")
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        try:
-            from huggingface_hub import try_to_load_from_cache
+    try:
+        from huggingface_hub import try_to_load_from_cache
 
-            cached = try_to_load_from_cache(model, "model_index.json")
-        except Exception:  # noqa: BLE001 - an odd cache is the same as none
-            cached = None
-        if not isinstance(cached, str):
+        cached = isinstance(try_to_load_from_cache(model, "model_index.json"), str)
+    except Exception:  # noqa: BLE001 - an odd cache is the same as none
+        cached = False
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        if not cached:
             raise ModelError(f"--model {model}: not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 "
                              "forbids downloading it; unset HF_HUB_OFFLINE or give a local folder")
+    elif not cached:
+        _probe_hub(model)
     return model, False
+
+
+def _probe_hub(model: str, timeout: float = 3.0) -> None:
+    """One connection attempt to the hub, so that an unreachable hub fails in seconds, not after the
+    download client's retries (about 25 s)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except OSError as exc:
+        raise ModelError(f"--model {model}: no such local folder, and the hub ({url.hostname}) cannot be reached "
+                         f"to fetch it as a hub id ({exc}); check the path, or the network") from None
 
 
 def _read_json(path: Path) -> dict | None:

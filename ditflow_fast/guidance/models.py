@@ -118,6 +118,10 @@ def read_prompt_file(path: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"--prompt-embeds {path}: unreadable ({exc})") from exc
     if "prompt" not in t:
         raise ModelError(f"--prompt-embeds {path}: needs a tensor named 'prompt' (has {sorted(t)})")
+    for k, v in t.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ModelError(f"--prompt-embeds {path}: tensor {k!r} holds {int((~torch.isfinite(v)).sum())} "
+                             "non-finite values (NaN or inf)")
     return t
 
 
