@@ -214,7 +214,7 @@ def run_transfer(a) -> int:
         read_prompt_file(Path(a.prompt_embeds))
     if a.threads is not None:
         torch.set_num_threads(a.threads)
-    parts = {"settings": cfg.run_key(), "video": rk.video_digest(frames),
+    parts = {"settings": cfg.run_key(exclude=("dtype",)), "video": rk.video_digest(frames),
              "prompts": rk.prompts_digest(a.prompt, a.negative_prompt, a.prompt_embeds),
              "model": rk.model_digest(ref, local), "dtype": cfg.dtype}
     key = rk.key_of(parts)

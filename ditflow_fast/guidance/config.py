@@ -116,10 +116,11 @@ class GuidanceConfig:
         d["lr"] = list(self.lr)
         return d
 
-    def run_key(self) -> str:
-        """A hash of everything that changes the numbers: a saved state resumes only under the same key."""
+    def run_key(self, exclude: tuple[str, ...] = ()) -> str:
+        """A hash of everything that changes the numbers: a saved state resumes only under the same key.
+        ``exclude``: fields the caller keys separately (the command line names ``dtype`` on its own)."""
         d = self.to_dict()
-        for k in ("device", "cpu_offload", "vae_slicing", "vae_tiling", "extra"):
+        for k in ("device", "cpu_offload", "vae_slicing", "vae_tiling", "extra", *exclude):
             d.pop(k, None)
         if d.get("cfg_min_t") == 0:  # the default leaves the keys of states saved before the option valid
             d.pop("cfg_min_t")
