@@ -156,7 +156,8 @@ def test_no_checkpointing_and_emb_mode_cost_more():
 def test_dry_run_table_header_and_rows():
     text = dry_run_table("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", offload="group")
     head = text.splitlines()[0]
-    for word in ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "81 frames", "480x832", "guidance block 14", "offload group"):
+    for word in ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "81 frames", "480x832", "guidance block 14", "bfloat16",
+                 "offload group"):
         assert word in head
     assert "predicted peak" in text and "AMF working set" in text
     assert "2 experts" in dry_run_table("Wan-AI/Wan2.2-T2V-A14B-Diffusers")
@@ -180,3 +181,112 @@ def test_local_folder_config(tmp_path):
     path = wan_tiny.save_tiny_wan(tmp_path / "m", two_experts=True)
     text = dry_run_table(str(path))
     assert "9 frames, 48x80" in text and "2 experts" in text
+
+
+# -- offloading (ditflow_fast.families.offload) on the CPU -------------------------------------------
+
+def _tiny_run(tr, block=1, checkpointing=False, backward=False):
+    from ditflow_fast.families import wan_tiny
+
+    if checkpointing:
+        tr.enable_gradient_checkpointing()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, wan_tiny.Z_DIM, 3, 6, 10, generator=g, requires_grad=backward)
+    e = torch.randn(1, wan_tiny.TEXT_LEN, wan_tiny.TEXT_DIM, generator=g)
+    ctrl = WanFamily.run_until(tr, x, e, 500, stop_after=block, qk_blocks=[block])
+    q, k = ctrl.qk.pop(block)
+    if backward:
+        (q.square().sum() + k.sum()).backward()
+    return q.detach(), k.detach(), x.grad
+
+
+def test_group_offload_on_cpu_installs_hooks_and_keeps_outputs():
+    from ditflow_fast.families import offload, wan_tiny
+
+    ref = wan_tiny.tiny_transformer()
+    x = torch.randn(1, wan_tiny.Z_DIM, 3, 6, 10)
+    e = torch.randn(1, wan_tiny.TEXT_LEN, wan_tiny.TEXT_DIM)
+    with torch.no_grad():
+        stock = WanFamily.forward(ref, x, e, 500)
+    tr = wan_tiny.tiny_transformer()
+    offload.apply_offload({"transformer": tr}, "group", "cpu")
+    assert offload.is_group_offloaded(tr) and len(offload._groups(tr)) == len(tr.blocks) + 1
+    with torch.no_grad():
+        assert torch.equal(WanFamily.forward(tr, x, e, 500), stock)
+    # Our guided processors capture q/k under group offloading (the hooks fire, the records match).
+    WanFamily.install(ref)
+    WanFamily.install(tr)
+    q0, k0, _ = _tiny_run(ref)
+    q1, k1, _ = _tiny_run(tr)
+    assert torch.equal(q0, q1) and torch.equal(k0, k1)
+
+
+def test_group_offload_backward_keeps_two_blocks_and_settle_clears_the_rest():
+    """The checkpointed backward's early-stopped recomputation never offloads a block (without the
+    eviction every block down to the guidance block stays onloaded); with it at most two block groups
+    are onloaded at any time, the gradient is unchanged, and settle() sends back what is left."""
+    from ditflow_fast.families import offload, wan_tiny
+
+    ref, tr = wan_tiny.tiny_transformer(layers=6), wan_tiny.tiny_transformer(layers=6)
+    offload.apply_offload(tr, "group", "cpu")
+    for m in (ref, tr):
+        WanFamily.install(m)
+    groups = offload._groups(tr)
+    peak = [0]
+    for g in groups:
+        def watched(on=g.onload_):
+            on()
+            peak[0] = max(peak[0], sum(x._ditflow_onloaded and x._ditflow_index is not None for x in groups))
+        g.onload_ = watched
+    _, _, g0 = _tiny_run(ref, block=4, checkpointing=True, backward=True)
+    _, _, g1 = _tiny_run(tr, block=4, checkpointing=True, backward=True)
+    assert torch.equal(g0, g1)  # the same gradient through the hooks
+    assert peak[0] == 2
+    left = offload.onloaded_groups(tr)
+    assert sorted(str(g._ditflow_index) for g in left) == ["0", "1", "None"]  # top level (StopForward), 2 blocks
+    assert offload.settle(tr) == 3 and offload.onloaded_groups(tr) == []
+    assert offload.settle(wan_tiny.tiny_transformer()) == 0  # no group offloading: nothing to do
+    with pytest.raises(ValueError, match="checkpointing"):
+        offload.apply_offload(wan_tiny.tiny_transformer(), "group", "cpu", checkpointing=False)
+
+
+def test_model_offload_hooks_keep_one_component_resident():
+    from ditflow_fast.families import offload, wan_tiny
+
+    tr, tr2, vae = wan_tiny.tiny_transformer(), wan_tiny.tiny_transformer(seed=1), wan_tiny.tiny_vae()
+    z = torch.randn(1, wan_tiny.Z_DIM, 1, 6, 10)
+    with torch.no_grad():
+        plain = vae.decode(z).sample
+    handles = offload.apply_offload({"transformer": tr, "transformer_2": tr2, "vae": vae}, "model", "cpu")
+    assert set(handles) == {"transformer", "transformer_2", "vae"}
+    assert all(hasattr(m, "_hf_hook") for m in (tr, tr2, vae))
+    x = torch.randn(1, wan_tiny.Z_DIM, 3, 6, 10)
+    e = torch.randn(1, wan_tiny.TEXT_LEN, wan_tiny.TEXT_DIM)
+    with torch.no_grad():
+        out = WanFamily.forward(tr, x, e, 500)
+        assert torch.equal(out, WanFamily.forward(wan_tiny.tiny_transformer(), x, e, 500))
+        assert torch.equal(vae.decode(z).sample, plain)  # through apply_forward_hook and the hook's pre_forward
+    with pytest.raises(ValueError, match="offload mode"):
+        offload.apply_offload(tr, "disk", "cpu")
+
+
+def test_expert_swap_is_a_noop_when_placed():
+    from ditflow_fast.families import offload, wan_tiny
+
+    a, b = wan_tiny.tiny_transformer(), wan_tiny.tiny_transformer(seed=1)
+    moved = []
+    for m in (a, b):
+        orig = m.to
+        m.to = lambda *args, _o=orig, _m=m, **kw: (moved.append(_m), _o(*args, **kw))[1]
+    offload.expert_swap(a, b, "cpu")
+    assert moved == []  # both already where they belong (the CPU is the device here)
+    offload.apply_offload(b, "group", "cpu")
+    offload.expert_swap(b, a, "cpu")  # group-offloaded experts manage themselves
+    assert moved == [b]  # only apply_offload's own move
+
+
+def test_dry_run_table_takes_the_cli_arguments():
+    text = dry_run_table("Wan-AI/Wan2.1-T2V-14B-Diffusers", frames=81, height=720, width=1280, guidance_blocks=[10, 12],
+                         dtype="float32", opt_mode="emb", checkpointing=False, offload="model")
+    head = text.splitlines()[0]
+    assert "720x1280" in head and "guidance block 12" in head and "float32" in head and "checkpointing off" in head

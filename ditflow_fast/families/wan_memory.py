@@ -175,24 +175,31 @@ def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guid
 
 
 def dry_run_table(model_id_or_preset, frames: int | None = None, height: int | None = None, width: int | None = None,
-                  *, guidance_block: int | None = None, bytes_per_elem: int | None = None, opt_mode: str = "latent",
-                  checkpointing: bool = True, offload: str = "none") -> str:
+                  *, guidance_block: int | None = None, guidance_blocks=None, bytes_per_elem: int | None = None,
+                  dtype: str | None = None, opt_mode: str = "latent", checkpointing: bool = True,
+                  offload: str = "none") -> str:
     """The text ``ditflow-fast transfer --dry-run`` prints for a Wan model: a header line (model,
     frames, size, guidance block, offload) and the table. Unset sizes, block and dtype come from
     :meth:`WanFamily.defaults`. ``model_id_or_preset``: a preset name, a PRESETS-shaped entry, or a
-    local Wan folder (its ``transformer/config.json`` and ``vae/config.json`` are read)."""
+    local Wan folder (its ``transformer/config.json`` and ``vae/config.json`` are read).
+    ``guidance_blocks`` (the run's list; the last one counts) or ``guidance_block``; ``dtype``
+    (``"bfloat16"``, ``"float16"``, ``"float32"``) or ``bytes_per_elem``."""
     entry = _entry(model_id_or_preset) if not isinstance(model_id_or_preset, str) or \
         model_id_or_preset in PRESETS else memory_config(model_id_or_preset)
     d = WanFamily.defaults(entry)
     frames, height, width = frames or d["frames"], height or d["height"], width or d["width"]
-    block = d["guidance_blocks"][-1] if guidance_block is None else guidance_block
-    b = bytes_per_elem or (4 if d["dtype"] == "float32" else 2)
+    if guidance_block is None:
+        guidance_block = max(guidance_blocks or d["guidance_blocks"])
+    block = int(guidance_block)
+    dtype = str(dtype or d["dtype"]).replace("torch.", "")
+    b = bytes_per_elem or (4 if dtype == "float32" else 2)
+    label = dtype if bytes_per_elem is None else f"{b}-byte elements"
     est = estimate_wan(entry, frames=frames, height=height, width=width, guidance_block=block, bytes_per_elem=b,
                        opt_mode=opt_mode, checkpointing=checkpointing, offload=offload)
     name = model_id_or_preset if isinstance(model_id_or_preset, str) else "Wan (config)"
     experts = int(entry.get("experts", 1))
     head = (f"{name}: {frames} frames, {height}x{width}, guidance block {block}, "
-            f"{'bf16' if b == 2 else 'fp32'}, opt-mode {opt_mode}, checkpointing {'on' if checkpointing else 'off'}, "
+            f"{label}, opt-mode {opt_mode}, checkpointing {'on' if checkpointing else 'off'}, "
             f"offload {offload}" + (f", {experts} experts (one on the GPU at a time)" if experts > 1 else ""))
     if offload == "group":
         head += f"\n(transformer weights: non-block parameters + {GROUP_RESIDENT_BLOCKS} blocks resident)"
