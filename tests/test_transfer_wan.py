@@ -26,6 +26,7 @@ def wan(tmp_path_factory):
     root = tmp_path_factory.mktemp("wan")
     wan_tiny.save_tiny_wan(root / "wan21")
     wan_tiny.save_tiny_wan(root / "wan22", two_experts=True)
+    wan_tiny.save_tiny_wan(root / "ti2v", wan22_vae=True)  # Wan2.2 TI2V-5B's layout: 16x VAE, per-token timesteps
     write_video(tiny.moving_square(13, 48, 80), root / "video.mp4")
     return root
 
@@ -51,6 +52,13 @@ def test_latent_emb_and_zero_shot_write_exactly_the_asked_frames(wan, tmp_path, 
                       str(tmp_path / "emb" / "embeds"), "--format", "gif")) == 0
     assert json.loads((tmp_path / "zs" / "config.json").read_text())["losses"] == {}
     assert read_video(tmp_path / "zs" / "result.gif").shape[0] == frames
+
+
+def test_ti2v_layout_runs_in_emb_mode_and_refuses_sizes_its_vae_cannot_take(wan, tmp_path, capsys):
+    assert main(_args(wan, "ti2v", tmp_path / "ok", "--height", "64", "--width", "96", "--opt-mode", "emb")) == 0
+    assert read_video(tmp_path / "ok" / "result.mp4").shape == (9, 64, 96, 3)
+    assert main(_args(wan, "ti2v", tmp_path / "bad", "--height", "48", "--width", "80")) == 2
+    assert "multiples of 32x32" in capsys.readouterr().err
 
 
 def test_wan_defaults_and_frame_refusal(wan, tmp_path, capsys):
