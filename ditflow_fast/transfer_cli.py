@@ -178,7 +178,9 @@ def _with_config(d: dict):
     return SimpleNamespace(config=_Cfg(d))
 
 
-def run_transfer(a) -> int:
+def run_transfer(a, loader=None) -> int:
+    """One transfer from parsed arguments ``a``. ``loader(family, ref, dtype) -> components`` (default
+    ``family.load``) lets a long-lived worker (``ditflow-fast batch``) hand over a model it holds."""
     # Cheap checks first: nothing is loaded, decoded or written before every argument is known good.
     if a.fps <= 0:
         raise ValueError(f"--fps must be positive, got {a.fps}")
@@ -230,18 +232,18 @@ def run_transfer(a) -> int:
             state.unlink(missing_ok=True)
             (out / "config.json").unlink(missing_ok=True)
             shutil.rmtree(out / "embeds", ignore_errors=True)
-        return _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_video)
+        return _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_video, loader)
     finally:
         os.close(lock)
 
 
-def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_video) -> int:  # noqa: N803
+def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_video, loader) -> int:  # noqa: N803
     from .atomic import write_json
     from .guidance import models
     from .guidance.loop import STATE_FILE
 
     dtype, device = cfg.torch_dtype, torch.device(cfg.device)
-    comps = fam.load(ref, dtype)
+    comps = fam.load(ref, dtype) if loader is None else loader(fam, ref, dtype)
     transformer, vae = comps["transformer"], comps["vae"]
     if cfg.vae_slicing and hasattr(vae, "enable_slicing"):
         vae.enable_slicing()
