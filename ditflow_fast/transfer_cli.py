@@ -63,6 +63,8 @@ def add_transfer_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the predicted peak GPU memory and exit")
     p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest for tiny models on busy CPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--ref-cache", metavar="DIR", help="cache the reference latent and its guidance targets in DIR "
+                   "(safetensors keyed by a hash of their inputs), shared by every run on the same reference")
     p.set_defaults(func=run_transfer)
 
 
@@ -186,6 +188,9 @@ def run_transfer(a, loader=None) -> int:
         raise ValueError(f"--fps must be positive, got {a.fps}")
     if a.threads is not None and a.threads < 1:
         raise ValueError(f"--threads must be positive, got {a.threads}")
+    if a.offload == "group" and a.no_checkpointing:
+        raise ValueError("--offload group needs gradient checkpointing (drop --no-checkpointing): the backward of a "
+                         "block reads weights that group offloading has sent back to the CPU")
     cfg = _config(a)
     if a.dry_run:
         return _dry_run(a, cfg)
@@ -195,6 +200,10 @@ def run_transfer(a, loader=None) -> int:
         raise ValueError("--prompt is required (or --prompt-embeds FILE)")
     dev = _check_device(a.device)
     out = _check_out(a)
+    if getattr(a, "ref_cache", None):
+        from .atomic import check_writable
+
+        check_writable(Path(a.ref_cache).expanduser(), option="--ref-cache", folder=True)
     from .families import detect, resolve_model_ref
 
     fam = detect(a.model)  # milliseconds for a mistyped path: nothing path-like goes to the hub
@@ -252,23 +261,36 @@ def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_vide
     texts = models.prompt_embeddings(ref, a.prompt, a.negative_prompt, a.prompt_embeds, transformer,
                                      device=device, dtype=dtype, family=fam)
     vae.to(device)
-    ref_latent = fam.encode_video(vae, frames, device=device, dtype=next(vae.parameters()).dtype, seed=cfg.seed)
-    if cfg.cpu_offload or a.offload != "none":
+
+    def encode():
+        return fam.encode_video(vae, frames, device=device, dtype=next(vae.parameters()).dtype, seed=cfg.seed)
+    cache = None
+    if getattr(a, "ref_cache", None):
+        from .guidance.ref_cache import RefCache
+
+        cache = RefCache(a.ref_cache, model=parts["model"])
+        ref_latent = cache.latent({"video": parts["video"], "family": fam.name, "dtype": cfg.dtype,
+                                   "device": device.type, "seed": cfg.seed, "size": [cfg.frames, cfg.height, cfg.width],
+                                   "vae_tiling": cfg.vae_tiling, "vae_slicing": cfg.vae_slicing}, encode, device)
+    else:
+        ref_latent = encode()
+    if cfg.cpu_offload:
         vae.to("cpu")
-    _place(a.offload, comps, device)
+    _place(a.offload, comps, device, cfg.gradient_checkpointing)
     guide = Guide(transformer, comps["scheduler_config"], ref_latent=ref_latent, prompt_embeds=texts["prompt"],
                   negative_embeds=texts["negative"], empty_embeds=texts["empty"], config=cfg, model_id=a.model,
                   family=fam, transformer_2=comps["transformer_2"], boundary_ratio=comps["boundary_ratio"],
-                  run_key=key, key_parts=parts)
+                  run_key=key, key_parts=parts, ref_cache=cache)
     embeds_dir = out / "embeds" if cfg.opt_mode == "emb" and cfg.inject_embeds is None and cfg.guidance else None
     if (out / STATE_FILE).exists() and not a.quiet:
         print(f"resuming from {out / STATE_FILE}", file=sys.stderr)
     res = guide.run(state_dir=out, embeds_dir=embeds_dir, progress=not a.quiet)
-    if cfg.cpu_offload or a.offload != "none":
+    if cfg.cpu_offload and a.offload == "none":
         for name in ("transformer", "transformer_2"):
             if comps[name] is not None:
                 comps[name].to("cpu")
-    vae.to(device)
+    if a.offload == "none":
+        vae.to(device)  # otherwise the offload hooks bring it in for decoding
     video = fam.decode_latents(vae, res.latents)
     if video.shape[0] != cfg.frames:  # geometry() admits only counts the VAE gives exactly
         raise RuntimeError(f"the VAE decoded {video.shape[0]} frames, not the {cfg.frames} asked for")
@@ -278,19 +300,22 @@ def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_vide
               "run_key_parts": parts, "torch": torch.__version__, "result": str(path),
               "resumed_from_step": res.resumed_from, "seconds": round(time.time() - t0, 2),
               "losses": {str(k): v for k, v in res.losses.items()},
-              "embeddings": str(embeds_dir) if embeds_dir is not None else None}
+              "embeddings": str(embeds_dir) if embeds_dir is not None else None,
+              "ref_cache": cache.summary() if cache is not None else None}
     write_json(out / "config.json", record)
     print(f"wrote {path} ({video.shape[0]} frames {video.shape[2]}x{video.shape[1]}) in {record['seconds']} s")
     return 0
 
 
-def _place(offload: str, comps: dict, device) -> None:
-    """Transformer(s) onto the device, or diffusers' group offloading (``--offload group``); with two
-    experts only the first goes to the device now, the loop swaps them."""
-    tr, tr2 = comps["transformer"], comps["transformer_2"]
-    if offload == "group":
-        from .families.offload import apply_offload
+def _place(offload: str, comps: dict, device, checkpointing: bool) -> None:
+    """Components where ``--offload`` wants them, through diffusers'/accelerate's own hooks
+    (``families/offload.py``); with two experts only the first is on the device, the loop swaps them."""
+    from .families.offload import apply_offload
 
-        apply_offload({"transformer": tr, **({"transformer_2": tr2} if tr2 is not None else {})}, "group", device)
+    if offload == "none":
+        for name in ("transformer", "transformer_2"):
+            if comps[name] is not None:
+                comps[name].to(device if name == "transformer" else "cpu")
         return
-    tr.to(device)
+    apply_offload({k: comps[k] for k in ("transformer", "transformer_2", "vae")}, offload, device,
+                  checkpointing=checkpointing)

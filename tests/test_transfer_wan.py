@@ -132,3 +132,34 @@ def test_every_loss_guides_a_wan_model(loss):
     plain = _wan_guide(False, guidance=False).run(progress=False)
     assert all(np.isfinite(v).all() for v in res.losses.values()) and len(res.losses) == 3
     assert not torch.equal(res.latents, plain.latents)
+
+
+def test_offload_modes_give_the_same_video(wan, tmp_path):
+    """diffusers' group offloading and accelerate's model offload hooks, with the CPU as the onload device."""
+    videos = []
+    for mode in ("none", "model", "group"):
+        assert main(_args(wan, "wan22", tmp_path / mode, "--offload", mode, "--format", "frames")) == 0
+        videos.append(read_video(tmp_path / mode / "result_frames"))
+    assert all(np.array_equal(videos[0], v) for v in videos[1:])
+
+
+def test_group_offload_without_checkpointing_is_refused_early(wan, tmp_path, capsys):
+    assert main(_args(wan, "wan21", tmp_path / "x", "--offload", "group", "--no-checkpointing")) == 2
+    assert "needs gradient checkpointing" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("model,size", [
+    ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", ("480", "832")), ("Wan-AI/Wan2.1-T2V-14B-Diffusers", ("720", "1280")),
+    ("Wan-AI/Wan2.2-TI2V-5B-Diffusers", ("704", "1280")), ("Wan-AI/Wan2.2-T2V-A14B-Diffusers", ("720", "1280")),
+])
+def test_dry_run_of_the_public_wan_models_needs_no_download(capsys, monkeypatch, model, size):
+    import socket
+
+    def no_network(*a, **k):
+        raise AssertionError("the dry run went to the network")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    assert main(["transfer", "--dry-run", "--model", model, "--frames", "81", "--height", size[0],
+                 "--width", size[1]]) == 0
+    out = capsys.readouterr().out
+    assert "predicted peak" in out and "research code" in out and "transformer weights" in out

@@ -31,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..atomic import atomic_path
+from ..families.offload import settle
 from . import embeds as emb_io
 from . import losses
 from .config import GuidanceConfig
@@ -75,7 +76,7 @@ class Guide:
                  negative_embeds: torch.Tensor, config: GuidanceConfig, model_id: str = "",
                  empty_embeds: torch.Tensor | None = None, family=None, transformer_2=None,
                  boundary_ratio: float | None = None, run_key: str | None = None,
-                 key_parts: dict | None = None):
+                 key_parts: dict | None = None, ref_cache=None):
         from ..families import family_of
 
         self.family = family or family_of(transformer)
@@ -119,6 +120,7 @@ class Guide:
         self.noise = (torch.randn(self.ref.shape, generator=g) * self.sampler.init_noise_sigma).to(self.device,
                                                                                                    self.dtype)
         self._targets: dict[str, dict] = {}
+        self.ref_cache = ref_cache  # a guidance.ref_cache.RefCache: targets shared by runs on one reference
 
     # -- experts ----------------------------------------------------------------------------------
     def _expert_name(self, t) -> str:
@@ -132,10 +134,11 @@ class Guide:
         name = self._expert_name(t)
         tr = self.experts[name]
         if len(self.experts) > 1 and self.device.type != "cpu":
+            from ..families.offload import expert_swap
+
             for other_name, other in self.experts.items():
-                if other_name != name and next(other.parameters()).device.type != "cpu":
-                    other.to("cpu")
-            tr.to(self.device)
+                if other_name != name:
+                    expert_swap(tr, other, self.device)
         return tr
 
     # -- forwards ---------------------------------------------------------------------------------
@@ -153,11 +156,14 @@ class Guide:
         """DiTFlow's reference: the clean reference latent at timestep 0 with the empty prompt, through
         the expert that guides (so its AMF is compared with the same model's)."""
         if expert not in self._targets:
-            caps = self._capture(self.experts[expert], self.ref, self.empty, 0)
-            self._targets[expert] = {
-                b: losses.reference(self.cfg.loss, c, frames=self.frames, h=self.h, w=self.w,
-                                    prop_motion=self.cfg.prop_motion, backend=self.cfg.backend)
-                for b, c in caps.items()}
+            def compute():
+                caps = self._capture(self.experts[expert], self.ref, self.empty, 0)
+                return {b: losses.reference(self.cfg.loss, c, frames=self.frames, h=self.h, w=self.w,
+                                            prop_motion=self.cfg.prop_motion, backend=self.cfg.backend)
+                        for b, c in caps.items()}
+            # cached only when nothing is injected (what is injected depends on the step and the prompt)
+            use_cache = self.ref_cache is not None and not self.ctrl.inject_kv
+            self._targets[expert] = self.ref_cache.targets_for(self, expert, compute) if use_cache else compute()
         return self._targets[expert]
 
     def _loss(self, x, t, emb, targets, tr=None):
@@ -190,6 +196,7 @@ class Guide:
             # unscale in fp32, and skip a step whose gradient overflowed (what a GradScaler does).
             scale = 2.0 ** 12 if self.dtype == torch.float16 else 1.0
             (loss * scale).backward()
+            settle(tr)  # group offloading: send back the blocks the stopped forward left on the device
             if scale != 1.0:
                 param.grad.div_(scale)
             if torch.isfinite(param.grad).all():
