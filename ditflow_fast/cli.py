@@ -1,4 +1,4 @@
-"""``ditflow-fast`` command line: ``info``, ``amf``, ``bench``, ``demo`` and ``transfer``.
+"""``ditflow-fast`` command line: ``info``, ``amf``, ``bench``, ``demo``, ``transfer`` and ``eval``.
 
 Subcommands import their modules lazily, so ``ditflow-fast info`` stays quick and a missing
 optional dependency of one subcommand never breaks another.
@@ -79,17 +79,22 @@ def _add_amf(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     # Only the parsers are imported here; each subcommand imports its heavy modules when it runs.
+    from .amf_cli import add_amf_parser
+    from .batch.cli import add_batch_parser
     from .bench.cli import add_bench_parser
+    from .eval_cli import add_eval_parser
     from .toyworld.cli import add_demo_parser
     from .transfer_cli import add_transfer_parser
 
     parser = argparse.ArgumentParser(prog="ditflow-fast", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions and backends, with why any is unavailable").set_defaults(func=_cmd_info)
-    _add_amf(sub)
+    add_amf_parser(sub)  # the AMF viewer of a video; --random: the smoke test of _cmd_amf
     add_bench_parser(sub)
     add_demo_parser(sub)
     add_transfer_parser(sub)
+    add_batch_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 
