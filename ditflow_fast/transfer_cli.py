@@ -295,6 +295,9 @@ def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_vide
     if video.shape[0] != cfg.frames:  # geometry() admits only counts the VAE gives exactly
         raise RuntimeError(f"the VAE decoded {video.shape[0]} frames, not the {cfg.frames} asked for")
     path = write_video(video, out / RESULT_NAMES[a.format], fmt=a.format, fps=a.fps)
+    from .viewer.transfer import write_transfer_viewer  # out/amf/: reference vs result AMF (docs/viewer.md)
+
+    write_transfer_viewer(out, guide, res.latents, frames, video, model=a.model, video=a.video, offload=a.offload)
     record = {"family": fam.name, "config": cfg.to_dict(), "video": str(a.video), "prompt": a.prompt,
               "prompt_embeds": a.prompt_embeds, "negative_prompt": a.negative_prompt, "run_key": key,
               "run_key_parts": parts, "torch": torch.__version__, "result": str(path),

@@ -10,12 +10,12 @@ def test_info_lists_backends(capsys):
 
 
 def test_amf_reports_the_backend_it_used(capsys):
-    assert main(["amf", "--frames", "2", "--height", "3", "--width", "4"]) == 0
+    assert main(["amf", "--random", "--frames", "2", "--height", "3", "--width", "4"]) == 0
     out = capsys.readouterr().out
     used = out.split("backend: ", 1)[1].split()[0]
     assert used in ("torch", "cpu") and "shape (1, 2, 2, 12, 2)" in out
 
 
 def test_amf_bad_argument_is_a_clean_error(capsys):
-    assert main(["amf", "--temperature", "0"]) == 2
+    assert main(["amf", "--random", "--temperature", "0"]) == 2
     assert "temperature must be finite and > 0" in capsys.readouterr().err
