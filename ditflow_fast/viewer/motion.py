@@ -31,7 +31,8 @@ Trackers (:func:`track`):
 - ``lk`` (default, offline, no weights): OpenCV's pyramidal Lucas-Kanade from a grid on the first frame,
   frame to frame, with a forward-backward check (a point whose backward track misses its start by more
   than ``fb_px`` is lost from then on; lost points are NaN). Frames smaller than 128 px are upscaled for
-  the pyramid. Needs ``opencv-python-headless`` (the ``eval`` extra).
+  the pyramid. Only the tracks kept to the last frame are scored (CoTracker's are all complete); the
+  result says how many of the grid's points that is. Needs ``opencv-python-headless`` (the ``eval`` extra).
 - ``cotracker``: CoTracker3 offline, ``grid_size=55`` as in DiTFlow's eval script, from the torch hub cache
   (``torch.hub.get_dir()``); a clear error when it is not there (nothing is downloaded unless the
   caller allows it).
@@ -69,7 +70,7 @@ def grid_points(height: int, width: int, grid: int) -> np.ndarray:
 
 
 def track_lk(video: np.ndarray, *, grid: int = 30, fb_px: float | None = None, points: np.ndarray | None = None,
-             min_side: int = 128) -> np.ndarray:
+             min_side: int = 128, min_eig: float = 1e-5) -> np.ndarray:
     """Tracks ``[N, T, 2]`` (x, y in pixels of ``video``; NaN once lost) of grid points (or ``points``)
     through ``video`` uint8 ``[T, H, W, 3]`` with pyramidal Lucas-Kanade and a forward-backward check."""
     cv2 = _cv2()
@@ -82,7 +83,7 @@ def track_lk(video: np.ndarray, *, grid: int = 30, fb_px: float | None = None, p
     if up > 1:
         grey = [cv2.resize(g, (w * up, h * up), interpolation=cv2.INTER_CUBIC) for g in grey]
     side = min(h, w) * up
-    win = int(np.clip(side // 12, 9, 31)) | 1
+    win = int(np.clip(side // 6, 9, 31)) | 1
     levels = int(np.clip(math.log2(max(side, 32) / 32), 1, 4))
     crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 40, 0.01)
     fb = (0.02 * side if fb_px is None else fb_px * up)  # in the upscaled frame's pixels
@@ -96,10 +97,9 @@ def track_lk(video: np.ndarray, *, grid: int = 30, fb_px: float | None = None, p
         if idx.size == 0:
             break
         pts = cur[idx].reshape(-1, 1, 2)
-        nxt, st, _ = cv2.calcOpticalFlowPyrLK(grey[k], grey[k + 1], pts, None, winSize=(win, win), maxLevel=levels,
-                                              criteria=crit)
-        back, st2, _ = cv2.calcOpticalFlowPyrLK(grey[k + 1], grey[k], nxt, None, winSize=(win, win),
-                                                maxLevel=levels, criteria=crit)
+        kw = dict(winSize=(win, win), maxLevel=levels, criteria=crit, minEigThreshold=min_eig)
+        nxt, st, _ = cv2.calcOpticalFlowPyrLK(grey[k], grey[k + 1], pts, None, **kw)
+        back, st2, _ = cv2.calcOpticalFlowPyrLK(grey[k + 1], grey[k], nxt, None, **kw)
         err = np.linalg.norm(back.reshape(-1, 2) - pts.reshape(-1, 2), axis=-1)
         ok = (st.ravel() == 1) & (st2.ravel() == 1) & (err <= fb) & np.isfinite(nxt.reshape(-1, 2)).all(axis=1)
         nxt = nxt.reshape(-1, 2)
@@ -182,7 +182,7 @@ def similarity(generated: np.ndarray, reference: np.ndarray, static_px: float = 
     a = unit_displacements(generated, static_px).astype(np.float32)
     b = unit_displacements(reference, static_px).astype(np.float32)
     steps = a.shape[1]
-    return (a.reshape(len(a), -1) @ b.reshape(len(b), -1).T) / steps
+    return (a.reshape(len(a), steps * 3) @ b.reshape(len(b), steps * 3).T) / steps
 
 
 def moving_tracks(tracks: np.ndarray, static_px: float = 0.1) -> np.ndarray:
@@ -205,6 +205,8 @@ def motion_fidelity(reference_tracks: np.ndarray, generated_tracks: np.ndarray, 
     ref, gen = np.asarray(reference_tracks), np.asarray(generated_tracks)
     t = min(ref.shape[1], gen.shape[1])
     ref, gen = ref[:, :t], gen[:, :t]
+    n_ref, n_gen = len(ref), len(gen)
+    ref, gen = ref[np.isfinite(ref).all(axis=(1, 2))], gen[np.isfinite(gen).all(axis=(1, 2))]  # kept to the end
     one, sym = _scores(similarity(gen, ref, static_px))
     mr, mg = moving_tracks(ref, static_px), moving_tracks(gen, static_px)
     if mr.any() and mg.any():
@@ -216,6 +218,7 @@ def motion_fidelity(reference_tracks: np.ndarray, generated_tracks: np.ndarray, 
             "moving": {"motion_fidelity": m_one, "motion_fidelity_symmetric": m_sym,
                        "reference_tracks": int(mr.sum()), "generated_tracks": int(mg.sum())},
             "reference_tracks": int(len(ref)), "generated_tracks": int(len(gen)), "frames": int(t),
+            "reference_points": int(n_ref), "generated_points": int(n_gen),
             "static_px": static_px}
 
 
