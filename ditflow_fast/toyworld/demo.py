@@ -33,12 +33,14 @@ import torch
 from . import media
 from .codec import check_codec, load_codec
 from .metrics import endpoint_error, motion_fidelity, object_area, track_colour, track_condition
-from .model import DEFAULT_DIR, load_model
+from .model import DEFAULT_DIR, from_family_layout, load_model, to_family_layout
 from .settings import ROWS, DemoSettings
 from .world import (
     COLOURS,
+    FRAMES,
     KINDS,
     NULL_CONDITION,
+    SIZE,
     Clip,
     colour_of,
     condition_index,
@@ -66,16 +68,17 @@ class ToyTransfer:
         self.settings = settings or DemoSettings()
 
     def _config(self, row: str, seed: int, inject_embeds=None):
+        from ..families import family_of
         from ..guidance.config import GuidanceConfig
 
         s = self.settings
-        frames = self.transformer.config.sample_frames
-        size = self.transformer.config.sample_height * self.codec.factor  # in pixels, as for a real model
+        frames, size = FRAMES, SIZE  # the world's clips, in pixels, as for a real model
         blocks = None if s.guidance_block is None else (s.guidance_block,)
+        cog = family_of(self.transformer).name == "cogvideox"  # Wan: its own UniPC flow sampler
         cfg = GuidanceConfig(model=self.model_dir, frames=frames, height=size, width=size, steps=s.steps,
                              guided_steps=s.guided_steps, opt_iters=s.opt_iters, lr=tuple(s.lr),
                              temperature=s.temperature, cfg_scale=s.cfg_scale, cfg_min_t=s.cfg_min_t,
-                             dynamic_cfg=False, scheduler="ddim", seed=seed,
+                             dynamic_cfg=False, scheduler="ddim" if cog else "unipc", seed=seed,
                              gradient_checkpointing=row == "DiTFlow emb", dtype="float32", device="cpu",
                              guidance_blocks=blocks,
                              inject_embeds=None if inject_embeds is None else str(inject_embeds), **ROWS[row])
@@ -91,14 +94,14 @@ class ToyTransfer:
         if row not in ROWS:
             raise ValueError(f"row must be one of {list(ROWS)}, got {row!r}")
         with torch.no_grad():
-            ref = self.codec.encode(torch.from_numpy(reference.video)[None])
+            ref = to_family_layout(self.transformer, self.codec.encode(torch.from_numpy(reference.video)[None]))
         embeds = self.cond_embed(torch.tensor([condition, NULL_CONDITION]))
         guide = Guide(self.transformer, self.scheduler, ref_latent=ref, prompt_embeds=embeds[:1],
                       negative_embeds=embeds[1:], empty_embeds=embeds[1:],
                       config=self._config(row, seed, inject_embeds), model_id=self.model_dir)
         res = guide.run(embeds_dir=embeds_dir, progress=False)
         with torch.no_grad():
-            video = self.codec.decode(res.latents[:1].float())[0].numpy()
+            video = self.codec.decode(from_family_layout(self.transformer, res.latents[:1].float()))[0].numpy()
         return video, res.losses
 
 
@@ -135,7 +138,7 @@ def run_demo(out, *, model_dir=DEFAULT_DIR, clips: int = 5, seeds: int = 5, rows
     (out / "videos").mkdir(parents=True, exist_ok=True)
     tt = ToyTransfer(model_dir, settings)
     records, t0 = [], time.monotonic()
-    refs = references or reference_clips(clip_seed, clips, frames=tt.transformer.config.sample_frames)
+    refs = references or reference_clips(clip_seed, clips, frames=FRAMES)
     if target is None and any(r.condition == NULL_CONDITION for r in refs):
         raise ValueError("a user's reference clip needs a target condition (--target)")
     for ci, ref in enumerate(refs):

@@ -143,18 +143,37 @@ def _check_world(path: Path) -> None:
 
 def load_model(folder=DEFAULT_DIR):
     """``(transformer, condition_embedding, scheduler)`` from a model folder, in eval mode, float32
-    (its codec, pixels or a ``vae/``: :func:`.codec.load_codec`)."""
-    from diffusers import CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+    (its codec, pixels or a ``vae/``: :func:`.codec.load_codec`). The transformer's class (its
+    ``config.json``) says the family: CogVideoX (DDIM scheduler) or Wan (UniPC flow scheduler)."""
+    import diffusers
     from safetensors.torch import load_file
 
     folder = Path(folder)
     if not (folder / "transformer" / "config.json").is_file():
         raise FileNotFoundError(f"no tiny DiT in {folder} (expected transformer/config.json); "
                                 "train one with scripts/train_tiny_dit.py")
-    transformer = CogVideoXTransformer3DModel.from_pretrained(folder / "transformer").eval()
+    cls = json.loads((folder / "transformer" / "config.json").read_text()).get("_class_name")
+    classes = {"CogVideoXTransformer3DModel": "CogVideoXDDIMScheduler",
+               "WanTransformer3DModel": "UniPCMultistepScheduler"}
+    if cls not in classes:
+        raise ValueError(f"{folder}: a {cls} transformer; the toy world has CogVideoX and Wan models")
+    transformer = getattr(diffusers, cls).from_pretrained(folder / "transformer").eval()
     w = load_file(str(folder / "cond_embed.safetensors"))["weight"]
     cond = ConditionEmbedding(w.shape[1], w.shape[2])
     cond.weight.data.copy_(w)
-    scheduler = CogVideoXDDIMScheduler.from_pretrained(folder / "scheduler")
+    scheduler = getattr(diffusers, classes[cls]).from_pretrained(folder / "scheduler")
     _check_world(folder / "world.json")
     return transformer, cond.eval().requires_grad_(False), scheduler
+
+
+def to_family_layout(transformer, latents: torch.Tensor) -> torch.Tensor:
+    """The codec's ``[B, F, C, h, w]`` in the layout of the transformer's family (Wan: ``[B, C, F, h, w]``)."""
+    from ..families import family_of
+
+    return latents if family_of(transformer).latent_layout == "BFCHW" else latents.permute(0, 2, 1, 3, 4)
+
+
+def from_family_layout(transformer, latents: torch.Tensor) -> torch.Tensor:
+    from ..families import family_of
+
+    return latents if family_of(transformer).latent_layout == "BFCHW" else latents.permute(0, 2, 1, 3, 4)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .codec import PixelCodec, check_codec
-from .model import rope
+from .model import from_family_layout, to_family_layout
 from .world import FRAMES, NULL_CONDITION, SIZE
 
 
@@ -22,28 +22,32 @@ def sample(transformer, cond_embed, scheduler, conditions, *, steps: int = 25, c
     The initial noise of video ``i`` is drawn from ``seed + i`` so a batch equals its videos drawn one
     at a time. ``cfg`` <= 1 disables classifier-free guidance (one forward per step instead of two);
     ``cfg_min_t`` limits it to the timesteps ``>= cfg_min_t`` (below them, the conditional prediction alone).
-    ``codec`` (:mod:`.codec`) decodes the latents; the default is a pixel-space model's."""
+    ``codec`` (:mod:`.codec`) decodes the latents; the default is a pixel-space model's. The model runs
+    through its family's adapter and sampler (``ditflow_fast.families``): CogVideoX or Wan."""
+    from ..families import family_of
+    from ..guidance.config import GuidanceConfig
+
     codec = PixelCodec() if codec is None else codec
     check_codec(transformer, codec)
+    fam = family_of(transformer)
     conds = torch.as_tensor(list(conditions), dtype=torch.long)
     b = conds.shape[0]
     ls = codec.latent_size(size)
     noise = torch.stack([torch.randn(frames, codec.channels, ls, ls, generator=torch.Generator().manual_seed(seed + i))
                          for i in range(b)])
-    x = noise * scheduler.init_noise_sigma
-    scheduler.set_timesteps(steps)
-    image_rope = rope(transformer, frames, ls, ls)
+    sampler = fam.make_sampler(scheduler, GuidanceConfig(scheduler="ddim" if fam.name == "cogvideox" else "unipc"))
+    x = to_family_layout(transformer, noise * sampler.init_noise_sigma)
+    timesteps = sampler.set_timesteps(steps, device="cpu")
     use_cfg = cfg > 1.0
     text = cond_embed(conds)
     if use_cfg:
         text = torch.cat([cond_embed(torch.full_like(conds, NULL_CONDITION)), text])
-    for t in scheduler.timesteps:
+    for i, t in enumerate(timesteps):
         guided = use_cfg and int(t) >= cfg_min_t
         inp = torch.cat([x, x]) if guided else x
-        v = transformer(hidden_states=inp, encoder_hidden_states=text if guided else text[-b:],
-                        timestep=t.expand(inp.shape[0]), image_rotary_emb=image_rope, return_dict=False)[0]
+        v = fam.forward(transformer, inp, text if guided else text[-b:], int(t))
         if guided:
             v_u, v_c = v.chunk(2)
             v = v_u + cfg * (v_c - v_u)
-        x = scheduler.step(v, t, x, return_dict=False)[0]
-    return codec.decode(x).numpy()
+        x = sampler.step(i, t, v, x, None)
+    return codec.decode(from_family_layout(transformer, x)).numpy()
