@@ -1,0 +1,183 @@
+"""The device check's driver (scripts/gpu_check/): budgeting, step running, planning and the summary.
+
+Cheap: no package install, no GPU. The whole rehearsal runs in CI through scripts/gpu_check/rehearse.sh.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_CHECK = ROOT / "scripts" / "gpu_check"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"gpu_check_{name}", GPU_CHECK / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+check = _load("check")
+summary = _load("summary")
+
+
+def test_allot_fits_caps_and_skips():
+    assert check.allot(100, 10, remaining=480, later_minimums=50, reserve=15) == (100, None)
+    # capped by what is left after the later steps' minimums and the reserve
+    assert check.allot(300, 10, remaining=200, later_minimums=50, reserve=15) == (135, None)
+    timeout, why = check.allot(300, 60, remaining=100, later_minimums=50, reserve=15)
+    assert timeout is None and "would run over" in why and "100 s left" in why and "65 s are kept" in why
+    assert check.allot(10, 10, remaining=25, later_minimums=0, reserve=15) == (10, None)  # exactly enough
+
+
+def test_later_reserve_ignores_steps_that_can_never_fit():
+    assert check.later_reserve([20, 30], remaining=100, reserve=15) == 50
+    assert check.later_reserve([20, 500], remaining=100, reserve=15) == 20
+
+
+def test_wheel_name_version():
+    assert check.wheel_name_version("diffusers-0.42.1-py3-none-any.whl") == ("diffusers", "0.42.1")
+    assert check.wheel_name_version("/x/importlib_metadata-8.7.0-py3-none-any.whl") == ("importlib_metadata", "8.7.0")
+    with pytest.raises(ValueError):
+        check.wheel_name_version("diffusers-0.42.1.tar.gz")
+
+
+def test_listed_wheels_are_pinned_and_small_set():
+    lines = [ln.split("#")[0].strip() for ln in (GPU_CHECK / "wheels.txt").read_text().splitlines()]
+    reqs = [ln for ln in lines if ln]
+    assert reqs and all("==" in r for r in reqs), reqs
+    assert {r.split("==")[0] for r in reqs} == {"diffusers", "importlib_metadata"}
+
+
+def test_steps_run_time_out_and_skip_with_notes(tmp_path):
+    c = check.Check(tmp_path / "out", sys.executable, budget=60, wheels=tmp_path / "none")
+    py = sys.executable
+    steps = [
+        check.Step("sleeps", 1, 0.5, cmd=[py, "-c", "import time; print('started', flush=True); time.sleep(60)"]),
+        check.Step("no-gpu", 10, 1, why_not="no CUDA device here"),
+        check.Step("too-big", 1000, 500, cmd=[py, "-c", "pass"]),
+        check.Step("fails", 10, 1, cmd=[py, "-c", "import sys; sys.exit(3)"]),
+        check.Step("prints", 10, 1, cmd=[py, "-c", "print('figure 42')"], stdout="prints.txt"),
+    ]
+    t = time.monotonic()
+    c.run_steps(steps)
+    assert time.monotonic() - t < 30  # the sleeper was killed at its 1 s budget
+    rows = {r["name"]: r for r in summary.read_jsonl(c.out / "steps.jsonl")}
+    assert rows["sleeps"]["status"] == "timeout" and "killed after its 1 s budget" in rows["sleeps"]["reason"]
+    assert "started" in (c.out / "sleeps.log").read_text()  # partial output kept
+    assert rows["no-gpu"] == {**rows["no-gpu"], "status": "skipped", "reason": "no CUDA device here"}
+    assert rows["too-big"]["status"] == "skipped" and "would run over" in rows["too-big"]["reason"]
+    assert rows["fails"]["status"] == "failed" and rows["fails"]["rc"] == 3
+    assert rows["prints"]["status"] == "ok" and (c.out / "prints.txt").read_text() == "figure 42\n"
+    assert c.failed
+    s = json.loads((c.out / "summary.json").read_text())  # rewritten after every step
+    assert {p["step"] for p in s["problems"]} == {"sleeps", "fails"}
+    assert {x["what"] for x in s["skipped"]} == {"no-gpu", "too-big"}
+
+
+def _fake_check(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "no_such_dist_xyz-1.0-py3-none-any.whl").write_bytes(b"")
+    return check.Check(tmp_path / "out", sys.executable, budget=480, wheels=wheels)
+
+
+def test_plan_without_a_gpu_is_the_rehearsal(tmp_path):
+    steps = check.plan(_fake_check(tmp_path), {"device": None, "torch_cuda": None, "nvcc": None})
+    steps = {s.name: s for s in steps}
+    assert steps["install_wheels"].why_not is None and steps["install_wheels"].cmd[-1].endswith(".whl")
+    assert "--no-index" in steps["install_wheels"].cmd and "--no-deps" in steps["install_wheels"].cmd
+    assert "CPU build" in steps["build_native"].why_not
+    for name in ("bench:cogvideox-5b-f6", "bench:cogvideox-5b-f13", "bench:wan2.1-1.3b-f21", "guided_step"):
+        assert "no CUDA device" in steps[name].why_not
+    assert steps["rehearsal:bench-smoke"].why_not is None and "--rehearsal" in steps["rehearsal:guided-step-toy"].cmd
+    assert steps["pytest_gpu"].why_not is None and "--continue-on-collection-errors" in steps["pytest_gpu"].cmd
+
+
+def test_plan_on_a_gpu_fits_the_eight_minutes(tmp_path):
+    before = {"device": {"name": "NVIDIA H200", "capability": "9.0"}, "torch_cuda": "13.0", "nvcc": "V13.0"}
+    steps = check.plan(_fake_check(tmp_path), before)
+    names = [s.name for s in steps]
+    assert not [n for n in names if n.startswith("rehearsal:")]
+    assert all(s.why_not is None for s in steps), [(s.name, s.why_not) for s in steps]
+    by = {s.name: s for s in steps}
+    build_env = by["build_native"].env
+    assert build_env["TORCH_CUDA_ARCH_LIST"] == "9.0" and build_env["DITFLOW_FAST_BUILD_CUDA"] == "1"
+    for preset in check.GPU_PRESETS:
+        cmd = by[f"bench:{preset}"].cmd
+        assert cmd[cmd.index("--device") + 1] == "cuda" and cmd[cmd.index("--dtype") + 1] == "bfloat16"
+        assert cmd[cmd.index("--backends") + 1] == "triton,cuda,torch,sdpa"
+    # every step gets at least its minimum inside the default budget
+    assert sum(s.minimum for s in steps) + check.FINAL_RESERVE_S <= check.DEFAULT_BUDGET_S
+
+
+def _bench_record():
+    rows = [
+        {"impl": "gemm", "mode": "gemm", "status": "ok", "median_s": 0.01, "flops": 1e12},
+        {"impl": "research", "mode": "soft", "status": "ok", "median_s": 0.04, "flops": 1e12,
+         "peak_extra_bytes": 2**31, "memory_label": "measured"},
+        {"impl": "triton", "mode": "soft", "status": "ok", "median_s": 0.02, "flops": 1e12, "speedup_vs_research": 2.0},
+        {"impl": "cuda", "mode": "soft_fwd_bwd", "status": "skipped", "reason": "has no backward", "flops": 4e12},
+    ]
+    return {"preset": {"name": "cogvideox-5b-f6", "tokens": 8100, "heads": 48, "head_dim": 64}, "dtype": "bfloat16",
+            "device": "cuda", "machine": {"gpu": "NVIDIA H200"}, "rows": rows}
+
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" time="3.5">
+<testcase classname="tests.gpu.test_triton_gpu" name="test_a" time="1"/>
+<testcase classname="tests.gpu.test_triton_gpu" name="test_b" time="1">
+<failure message="AssertionError: rel err 0.1">x</failure></testcase>
+<testcase classname="tests.test_guidance_gpu" name="test_c" time="0"><skipped message="needs a CUDA device"/></testcase>
+</testsuite></testsuites>"""
+
+
+def test_summary_from_a_partial_outdir(tmp_path):
+    out = tmp_path
+    (out / "steps.jsonl").write_text(json.dumps({"name": "pytest_gpu", "status": "ok", "seconds": 4.0}) + "\n"
+                                     + json.dumps({"name": "bench:x", "status": "timeout", "reason": "killed"}) + "\n"
+                                     + '{"name": "cut by a ki')  # a line cut by a kill is dropped
+    (out / "bench.jsonl").write_text(json.dumps(_bench_record()) + "\n")
+    (out / "pytest-gpu.xml").write_text(JUNIT)
+    (out / "guided_step.json").write_text(json.dumps({
+        "what": "CogVideoX-5B step", "amf_backend": "triton",
+        "timing": {"iteration_s": 2.0, "forward_s": 0.5, "amf_s": 0.2, "backward_s": 1.3, "amf_share": 0.1},
+        "memory": {"measured_peak_bytes": 14 * 2**30, "predicted_without_vae_bytes": 14.5 * 2**30}}))
+    (out / "env.json").write_text(json.dumps({"device": {"name": "NVIDIA H200", "capability": "9.0",
+                                                         "total_memory_bytes": 140 * 2**30},
+                                              "driver": "580.159", "versions": {"torch": "2.11.0", "triton": "3.6.0"}}))
+    s = summary.write(out)
+    assert [st["name"] for st in s["steps"]] == ["pytest_gpu", "bench:x"]
+    assert s["pytest_gpu"]["passed"] == 1 and s["pytest_gpu"]["failed"] == 1 and s["pytest_gpu"]["skipped"] == 1
+    b = s["bench"][0]
+    assert b["gemm_tflop_s"] == 100.0 and not b["rehearsal"]
+    share = {(r["impl"], r["mode"]): r["share_of_gemm"] for r in b["rows"]}
+    assert share[("triton", "soft")] == 0.5 and share[("research", "soft")] == 0.25
+    assert share[("cuda", "soft_fwd_bwd")] is None
+    assert {"what": "bench cogvideox-5b-f6: cuda soft_fwd_bwd", "why": "has no backward"} in s["skipped"]
+    assert s["problems"] == [{"step": "bench:x", "status": "timeout", "reason": "killed"}]
+    md = (out / "summary.md").read_text()
+    for text in ("NVIDIA H200", "580.159", "FAILED tests.gpu.test_triton_gpu::test_b",
+                 "| triton | soft | 20.000 | 50.00 | 50.0% |", "AMF share of the step | 10.0%", "14.00 GiB",
+                 "bench:x: timeout: killed"):
+        assert text in md, text
+    assert json.loads((out / "summary.json").read_text())["bench"][0]["preset"] == "cogvideox-5b-f6"
+
+
+def test_summary_of_an_empty_outdir(tmp_path):
+    s = summary.write(tmp_path)
+    assert s["steps"] == [] and s["bench"] == [] and s["guided_step"] is None
+    assert "no benchmark record" in (tmp_path / "summary.md").read_text()
+
+
+def test_gpu_check_sh_needs_an_outdir():
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True)
+    assert done.returncode == 2 and "usage" in done.stderr
