@@ -80,6 +80,7 @@ def _add_amf(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     # Only the parsers are imported here; each subcommand imports its heavy modules when it runs.
     from .amf_cli import add_amf_parser
+    from .batch.cli import add_batch_parser
     from .bench.cli import add_bench_parser
     from .eval_cli import add_eval_parser
     from .toyworld.cli import add_demo_parser
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_demo_parser(sub)
     add_transfer_parser(sub)
+    add_batch_parser(sub)
     add_eval_parser(sub)
     return parser
 

@@ -1,0 +1,102 @@
+"""``ditflow-fast batch`` on Ray with 2 CPU workers and the tiny CogVideoX model: a broken video, two
+prompts on one reference (cache hits), a worker killed mid-job, a rerun that skips, results equal to
+``transfer``'s. Skipped when ray is not importable (``pip install 'ditflow-fast[cluster]'``)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("av")
+pytest.importorskip("ray")
+
+from safetensors.torch import save_file  # noqa: E402
+
+from ditflow_fast.batch.runner import FAULT_ENV  # noqa: E402
+from ditflow_fast.cli import main  # noqa: E402
+from ditflow_fast.guidance import tiny  # noqa: E402
+from ditflow_fast.video_io import read_video  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+COMMON = ["--frames", "9", "--height", "48", "--width", "64", "--steps", "6", "--guided-steps", "2",
+          "--opt-iters", "2", "--threads", "1", "--format", "frames"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_batch")
+    tiny.main([str(root)])
+    (root / "broken.mp4").write_bytes(b"this is not a video")
+    # another prompt, the same negative (so the same empty-prompt embedding, which the reference pass uses)
+    other = {"prompt": tiny.tiny_prompt_embeds(seed=7)["prompt"], "negative": tiny.tiny_prompt_embeds()["negative"]}
+    save_file(other, str(root / "other_prompt.safetensors"))
+    return root
+
+
+def _transfer(assets, out, embeds, *extra):
+    rc = main(["transfer", "--model", str(assets / "model"), "--video", str(assets / "video.mp4"),
+               "--prompt-embeds", str(embeds), "--out", str(out), "--quiet", *COMMON, *extra])
+    assert rc == 0
+    return read_video(out / "result_frames")
+
+
+def _manifest(out):
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def test_batch_failures_cache_killed_worker_rerun(assets, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "batch"
+    prompt, other = assets / "model" / "prompt_embeds.safetensors", assets / "other_prompt.safetensors"
+    # The transfer runs to compare with; the first one fills the batch's reference cache.
+    ref_a = _transfer(assets, tmp_path / "t_a", prompt, "--ref-cache", str(out / ".ref_cache"))
+    ref_b = _transfer(assets, tmp_path / "t_b", other)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join(json.dumps(j) for j in [
+        {"id": "a"},
+        {"id": "broken", "video": str(assets / "broken.mp4")},
+        {"id": "b", "prompt_embeds": str(other)},
+        {"id": "killed"},  # the same job as "a": its worker is killed after step 2 of 6
+    ]) + "\n")
+    monkeypatch.setenv(FAULT_ENV, "killed:2")
+    argv = ["batch", str(jobs), "--out", str(out), "--workers", "2", "--quiet", "--model", str(assets / "model"),
+            "--video", str(assets / "video.mp4"), "--prompt-embeds", str(prompt), *COMMON]
+    assert main(argv) == 1  # one job failed
+    table = capsys.readouterr().out
+    assert "3 done, 1 failed" in table and "VideoError" in table
+
+    recs = _manifest(out)
+    final = {r["id"]: r for r in recs if r.get("event") in ("done", "failed")}
+    assert {k: r["event"] for k, r in final.items()} == {"a": "done", "b": "done", "killed": "done",
+                                                         "broken": "failed"}
+    assert "cannot decode it as a video" in final["broken"]["error"]
+    assert not (out / "broken" / "config.json").exists()
+    # one reference, two prompts: both found the reference latent and targets in the cache
+    for k in ("a", "b"):
+        assert final[k]["cache"] == {"latent": "hit", "targets": "hit"}, (k, final[k]["cache"])
+    # resumed after the guided steps: the targets are not needed any more
+    assert final["killed"]["cache"] == {"latent": "hit"}
+    # the killed worker: its job went back to the queue and another worker resumed it after step 2
+    died = [r for r in recs if r.get("event") == "worker-died"]
+    assert [r["id"] for r in died] == ["killed"]
+    assert final["killed"]["worker"] != died[0]["worker"] and final["killed"]["attempt"] == 2
+    assert final["killed"]["resumed_from_step"] == 2
+    # results identical to transfer's, whether interrupted or not
+    for k, ref in (("a", ref_a), ("b", ref_b), ("killed", ref_a)):
+        assert np.array_equal(read_video(out / k / "result_frames"), ref), k
+    cfg = json.loads((out / "b" / "config.json").read_text())
+    assert cfg["run_key"] == json.loads((tmp_path / "t_b" / "config.json").read_text())["run_key"]
+
+    # the same command again: nothing runs (no Ray even), the finished jobs are skipped, the broken one
+    # is reported from the earlier run (its inputs did not change), the exit status still says so
+    monkeypatch.delenv(FAULT_ENV)
+    t0 = time.time()
+    assert main(argv) == 1
+    assert time.time() - t0 < 10
+    table = capsys.readouterr().out
+    assert "0 done, 1 failed, 3 skipped" in table and "(earlier run) VideoError" in table
+    assert _manifest(out)[-1]["event"] == "skipped"
