@@ -19,27 +19,26 @@ from .world import NULL_CONDITION, Clip
 @torch.no_grad()
 def amf_errors(transformer, cond_embed, clips: list[Clip], *, timestep: int = 0, codec=None) -> np.ndarray:
     """``[blocks]`` mean AMF error (patches) at the object's centre patch over ``clips`` and frame pairs
-    (``codec``: the model's, default pixels)."""
-    from ..guidance import install, run_until, uninstall
+    (``codec``: the model's, default pixels). Any family: the forward goes through its adapter."""
+    from ..families import family_of
     from .codec import PixelCodec
-    from .model import rope
+    from .model import to_family_layout
 
     codec = PixelCodec() if codec is None else codec
-    n_blocks = len(transformer.transformer_blocks)
-    p = transformer.config.patch_size * codec.factor  # pixels per token side
-    ctrl_installed = getattr(transformer, "_ditflow_guidance", None) is not None
-    if not ctrl_installed:
-        install(transformer)
+    fam = family_of(transformer)
+    n_blocks = len(fam.blocks(transformer))
+    installed = getattr(transformer, "_ditflow_guidance", None) is not None
+    if not installed:
+        fam.install(transformer)
     errs = np.zeros((len(clips), n_blocks))
     try:
         for ci, clip in enumerate(clips):
             f, _, s, _ = clip.video.shape
-            h = w = s // p
-            x = codec.encode(torch.from_numpy(clip.video)[None])
+            x = to_family_layout(transformer, codec.encode(torch.from_numpy(clip.video)[None]))
+            _, h, w = fam.token_grid(transformer, x)
+            p = s // h  # pixels per token side
             text = cond_embed(torch.tensor([NULL_CONDITION]))
-            ctrl = run_until(transformer, hidden_states=x, encoder_hidden_states=text,
-                             timestep=torch.tensor([timestep]), image_rotary_emb=rope(transformer, f),
-                             stop_after=n_blocks - 1, qk_blocks=range(n_blocks))
+            ctrl = fam.run_until(transformer, x, text, timestep, stop_after=n_blocks - 1, qk_blocks=range(n_blocks))
             centre = np.clip(np.floor(clip.track / p).astype(int), 0, h - 1)  # [F, 2] patch (x, y)
             truth = (clip.track[None] - clip.track[:, None]) / p  # [i, j, 2]
             off = ~np.eye(f, dtype=bool)
@@ -51,8 +50,8 @@ def amf_errors(transformer, cond_embed, clips: list[Clip], *, timestep: int = 0,
                 errs[ci, b] = np.linalg.norm(got - truth, axis=-1)[off].mean()
             ctrl.clear_captures()
     finally:
-        if not ctrl_installed:
-            uninstall(transformer)
+        if not installed:
+            fam.uninstall(transformer)
     return errs.mean(axis=0)
 
 
