@@ -168,14 +168,14 @@ def run_demo(out, *, model_dir=DEFAULT_DIR, clips: int = 5, seeds: int = 5, rows
                     records.append(rec)
                     videos.append(video)
                     labels.append(row)
-                    log(f"clip {ci} seed {seed} {row:<18} MF {rec['motion_fidelity']:+.3f}  "
-                        f"EPE {rec['endpoint_error_px']:.2f}px  ({rec['seconds']:.1f}s)")
+                    log(f"clip {ci} seed {seed} {row:<18} MF {_fmt(rec['motion_fidelity'], '+.3f')}  "
+                        f"EPE {_fmt(rec['endpoint_error_px'], '.2f', 'px')}  ({rec['seconds']:.1f}s)")
                     if gifs != "none" and ci == 0 and seed == 0:
                         media.save_gif(out / "videos" / f"{row.replace(' ', '_')}.gif", [video], [row])
             if gifs == "all" or (gifs == "first" and ci == 0 and seed == 0):
                 media.save_gif(out / "videos" / f"clip{ci}_seed{seed}_side_by_side.gif", videos, labels)
                 if ci == 0 and seed == 0:
-                    media.save_strip(out / "side_by_side_clip0_seed0.png", videos)
+                    media.save_strip(out / "side_by_side_clip0_seed0.png", videos, labels)
     summary = summarise(records, rows)
     meta = dict(model=str(model_dir), clips=len(refs), seeds=seeds, clip_seed=clip_seed,
                 settings=vars(tt.settings), seconds=round(time.monotonic() - t0, 1))
@@ -225,10 +225,36 @@ def _write(out: Path, records, summary, meta) -> None:
     with open(out / "results.csv.tmp", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(records[0]))
         w.writeheader()
-        w.writerows(records)
+        w.writerows([{k: _na(v, "n/a") for k, v in r.items()} for r in records])
     os.replace(out / "results.csv.tmp", out / "results.csv")
-    _atomic_text(out / "summary.json", json.dumps({"meta": meta, "rows": summary}, indent=1))
+    _atomic_text(out / "summary.json", json.dumps(_na({"meta": meta, "rows": summary}, None), indent=1))
     _atomic_text(out / "summary.md", summary_markdown(summary, meta))
+
+
+def _na(v, missing):
+    """``v`` with every NaN/inf float replaced by ``missing`` (``"n/a"`` in the CSV, ``null`` in the JSON)."""
+    if isinstance(v, dict):
+        return {k: _na(x, missing) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_na(x, missing) for x in v]
+    if isinstance(v, float) and not np.isfinite(v):
+        return missing
+    return v
+
+
+def _fmt(v, spec: str, unit: str = "") -> str:
+    """A number as ``spec``, or ``n/a`` where it cannot be computed (None, NaN: e.g. a user's clip without
+    --ref-colour has no reference track, so no Motion Fidelity); never ``nan``."""
+    try:
+        ok = v is not None and np.isfinite(float(v))
+    except (TypeError, ValueError):
+        ok = False
+    return f"{format(float(v), spec)}{unit}" if ok else "n/a"
+
+
+def _pm(mean, std, spec_mean: str, spec_std: str) -> str:
+    m = _fmt(mean, spec_mean)
+    return m if m == "n/a" else f"{m} ± {_fmt(std, spec_std)}"
 
 
 def summary_markdown(summary: dict, meta: dict) -> str:
@@ -237,9 +263,9 @@ def summary_markdown(summary: dict, meta: dict) -> str:
              "", "| method | runs | Motion Fidelity (mean ± std) | endpoint error px (mean ± std) | "
              "frames tracked | object area / reference | s / run |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for row, s in summary.items():
-        lines.append(f"| {row} | {s['n']} | {s['mf_mean']:+.3f} ± {s['mf_std']:.3f} | "
-                     f"{s['epe_mean']:.2f} ± {s['epe_std']:.2f} | {s['tracked']:.1f} | {s['area_ratio']:.2f} | "
-                     f"{s['seconds']:.1f} |")
+        lines.append(f"| {row} | {s['n']} | {_pm(s['mf_mean'], s['mf_std'], '+.3f', '.3f')} | "
+                     f"{_pm(s['epe_mean'], s['epe_std'], '.2f', '.2f')} | {_fmt(s['tracked'], '.1f')} | "
+                     f"{_fmt(s['area_ratio'], '.2f')} | {s['seconds']:.1f} |")
     paired = [(row, s) for row, s in summary.items() if "d_mean" in s]
     if paired:
         lines += ["", "Paired with *no guidance* (same clip, seed and initial noise): Motion Fidelity difference.", "",
@@ -247,5 +273,6 @@ def summary_markdown(summary: dict, meta: dict) -> str:
                   "| --- | --- | --- | --- |"]
         for row, s in paired:
             se = s["d_std"] / max(s["pairs"] - 1, 1) ** 0.5
-            lines.append(f"| {row} | {s['d_mean']:+.3f} ± {s['d_std']:.3f} | {se:.3f} | {s['wins']} / {s['pairs']} |")
+            lines.append(f"| {row} | {_pm(s['d_mean'], s['d_std'], '+.3f', '.3f')} | {_fmt(se, '.3f')} | "
+                         f"{s['wins']} / {s['pairs']} |")
     return "\n".join(lines) + "\n"

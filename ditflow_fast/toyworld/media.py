@@ -55,15 +55,27 @@ def save_gif(path, videos: list[np.ndarray], labels: list[str] | None = None, *,
 
 
 def save_strip(path, videos: list[np.ndarray], labels: list[str] | None = None, *, scale: int = 3) -> Path:
-    """A PNG with one row per video and its frames left to right (for looking at motion in one image)."""
-    from PIL import Image
+    """A PNG with one row per video and its frames left to right (for looking at motion in one image);
+    with ``labels``, each row's label (the method of the row) in a column on the left."""
+    from PIL import Image, ImageDraw
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [np.concatenate(list(_grid([v[f:f + 1] for f in range(v.shape[0])], None, scale, None)[0:1]), 0)
             for v in videos]
     canvas = np.concatenate([np.asarray(r) for r in rows], axis=0)
+    if labels:
+        width = 6 * max(len(t) for t in labels) + 8
+        image = Image.new("RGB", (width + canvas.shape[1], canvas.shape[0]), (255, 255, 255))
+        image.paste(Image.fromarray(canvas), (width, 0))
+        draw, y = ImageDraw.Draw(image), 0
+        for label, row in zip(labels, rows, strict=False):
+            h = np.asarray(row).shape[0]
+            draw.text((3, y + h // 2 - 5), label, fill=(0, 0, 0))
+            y += h
+    else:
+        image = Image.fromarray(canvas)
     tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(canvas).save(tmp, format="PNG")
+    image.save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
