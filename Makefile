@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PRESET ?=
 DEMO_ARGS ?=
 
-.PHONY: setup test lint demo bench bench-gpu fresh-check clean
+.PHONY: setup test lint demo bench bench-gpu gpu-check gpu-wheels gpu-rehearsal fresh-check clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,19 @@ bench: setup
 bench-gpu: setup
 	$(PY) -m pytest -q -m gpu tests
 	$(VENV)/bin/ditflow-fast bench --preset cogvideox-5b-f6
+
+# The device check for the lent GPU machine (no network there; no `make setup`): the machine's own
+# torch and triton, the carried wheels (.gpu_wheels/, `make gpu-wheels` here), 8 minutes, OUTDIR/summary.md.
+# `make gpu-rehearsal` runs the same script here without a GPU, as CI does.
+OUTDIR ?= build/gpu_check
+gpu-check:
+	bash scripts/gpu_check.sh $(OUTDIR)
+
+gpu-wheels:
+	bash scripts/fetch_gpu_wheels.sh
+
+gpu-rehearsal:
+	bash scripts/gpu_check/rehearse.sh build/gpu_check_rehearsal
 
 # What CI sees: the README's commands on a fresh clone of the committed tree.
 fresh-check:
