@@ -8,7 +8,7 @@ import torch
 
 from ditflow_fast.reference import amf_reference
 
-# spec/amf.md "Agreement": relative error of soft outputs and gradients against float64.
+# docs/amf.md "Agreement": relative error of soft outputs and gradients against float64.
 SOFT_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 ARGMAX_SCORE_ATOL = 1e-4
 

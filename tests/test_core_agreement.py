@@ -1,4 +1,4 @@
-"""Torch backend and public API against the float64 oracle, per spec/amf.md "Agreement"."""
+"""Torch backend and public API against the float64 oracle, per docs/amf.md "Agreement"."""
 
 import pytest
 import torch

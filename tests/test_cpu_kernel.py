@@ -1,4 +1,4 @@
-"""The fused CPU kernel (``cpu`` backend, csrc/amf_cpu.cpp) against the float64 oracle, per spec/amf.md.
+"""The fused CPU kernel (``cpu`` backend, csrc/amf_cpu.cpp) against the float64 oracle, per docs/amf.md.
 
 Skipped with the reason when the native extension is not built (build it with
 ``pip install -e . --no-build-isolation`` or ``.ci/native.sh``; see docs/native.md).

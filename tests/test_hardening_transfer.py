@@ -322,3 +322,20 @@ def test_resume_after_finish_gives_the_same_state_bytes(assets, tmp_path):
     assert main(_args(assets, tmp_path / "r")) == 0
     assert (tmp_path / "r" / "state.safetensors").read_bytes() == state
     assert np.isfinite(json.loads((tmp_path / "r" / "config.json").read_text())["seconds"])
+
+
+def test_an_unreachable_hub_fails_in_seconds_not_after_retries(assets, tmp_path, capsys, monkeypatch):
+    import socket
+
+    calls = []
+
+    def unreachable(*a, **k):
+        calls.append(a)
+        raise OSError(-2, "Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    t0 = time.time()
+    assert main(_set(_args(assets, tmp_path / "out"), "--model", "nobody/nothing-here")) == 2
+    assert time.time() - t0 < 2 and len(calls) == 1  # one attempt, not the download client's retries
+    assert "cannot be reached" in capsys.readouterr().err

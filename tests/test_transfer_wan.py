@@ -163,3 +163,18 @@ def test_dry_run_of_the_public_wan_models_needs_no_download(capsys, monkeypatch,
                  "--width", size[1]]) == 0
     out = capsys.readouterr().out
     assert "predicted peak" in out and "research code" in out and "transformer weights" in out
+
+
+def test_prompt_text_through_a_tiny_umt5(wan, tmp_path):
+    pytest.importorskip("transformers")
+    import shutil
+
+    from ditflow_fast.families.wan_text import save_tiny_umt5
+
+    model = tmp_path / "wan_text"
+    shutil.copytree(wan / "wan21", model)
+    save_tiny_umt5(model)
+    args = ["transfer", "--model", str(model), "--video", str(wan / "video.mp4"), "--prompt", "a dog running",
+            "--steps", "3", "--guided-steps", "1", "--opt-iters", "1", "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(args) == 0
+    assert read_video(tmp_path / "out" / "result.mp4").shape[0] == 9
