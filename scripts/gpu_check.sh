@@ -1,16 +1,33 @@
 #!/usr/bin/env bash
 # The one command of the device check, for the lent GPU machine (no network there):
-#   bash scripts/gpu_check.sh OUTDIR [--budget SECONDS]
+#   bash scripts/gpu_check.sh OUTDIR
 # installs the carried wheels (.gpu_wheels/, from scripts/fetch_gpu_wheels.sh) and this package with
 # `pip install --no-index --no-deps` into the machine's own Python (torch and triton as they are there),
 # builds the CUDA extension with the machine's nvcc, runs `pytest -m gpu`, the bf16 benchmark at
 # cogvideox-5b-f6/-f13 and wan2.1-1.3b-f21, one real-size CogVideoX-5B guided step, and writes
 # OUTDIR/summary.md and summary.json (after every step, so a timeout still leaves them). Each step has
-# its own time budget within 8 minutes (scripts/gpu_check/check.py). Without a CUDA device the same
-# script is the rehearsal: GPU steps skip with their reason, toy CPU stand-ins run, exit 0.
+# its own time budget within GPU_CHECK_BUDGET_S (default 480 s; scripts/gpu_check/check.py); a hard
+# limit of that plus 40 s stops a hung check. Without a CUDA device the same script is the rehearsal:
+# GPU steps skip with their reason, toy CPU stand-ins run.
 # PY: the Python to install into and run (default python3, the one holding torch on the GPU machine).
-set -euo pipefail
+# GPU_CHECK_PACK=DIR: afterwards (also after a timeout) put OUTDIR as gpu_check.tar.gz and the two
+# summary files into DIR (the device returns at most 8 files: use GPU_CHECK_PACK=$OUT there).
+# Exit status: the check's (0 unless a step failed or timed out; 124 when the hard limit stopped it).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 1 ] || { echo "usage: bash scripts/gpu_check.sh OUTDIR [--budget SECONDS]" >&2; exit 2; }
+[ $# -eq 1 ] || { echo "usage: bash scripts/gpu_check.sh OUTDIR" >&2; exit 2; }
+OUTDIR="$1"
 PY="${PY:-python3}"
-exec "$PY" scripts/gpu_check/check.py --python "$(command -v "$PY")" "$@"
+BUDGET="${GPU_CHECK_BUDGET_S:-480}"
+mkdir -p "$OUTDIR"
+status=0
+timeout -k 10 "$((${BUDGET%.*} + 40))" "$PY" scripts/gpu_check/check.py --python "$(command -v "$PY")" \
+  --budget "$BUDGET" "$OUTDIR" || status=$?
+if [ -n "${GPU_CHECK_PACK:-}" ]; then
+  mkdir -p "$GPU_CHECK_PACK"
+  "$PY" scripts/gpu_check/summary.py "$OUTDIR" >/dev/null 2>&1 || true  # in case the check was killed
+  tar czf "$GPU_CHECK_PACK/gpu_check.tar.gz" -C "$(dirname "$OUTDIR")" "$(basename "$OUTDIR")"
+  cp "$OUTDIR"/summary.md "$OUTDIR"/summary.json "$GPU_CHECK_PACK"/ 2>/dev/null || true
+  echo "packed into $GPU_CHECK_PACK: gpu_check.tar.gz summary.md summary.json"
+fi
+exit "$status"

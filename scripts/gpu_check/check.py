@@ -284,6 +284,11 @@ def main(argv=None) -> int:
     print(f"device check: {dev.get('name') or 'no CUDA device (rehearsal)'}; python {a.python}; "
           f"torch {before.get('versions', {}).get('torch')}; budget {a.budget:.0f} s; writing to {check.out}",
           flush=True)
+    if not (before.get("versions") or {}).get("xformers"):
+        check.meta.setdefault("notes", []).append(
+            "xformers is not installed here: the SDPA-with-coordinates rows are torch's "
+            "scaled_dot_product_attention (peer `sdpa`); the benchmark has no xformers row")
+        check._save_meta()
     check.run_steps(plan(check, before))
     check.probe("env.json")
     check.meta.update(finished=now(), elapsed_s=round(time.monotonic() - check.t0, 1))

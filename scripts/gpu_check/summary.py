@@ -218,6 +218,7 @@ def markdown(s: dict) -> str:
         lines += ["", "## ditflow-fast transfer --dry-run", "", "```", s["dry_run"].rstrip(), "```"]
     lines += ["", "## Skipped, and why", ""]
     lines += [f"- {x['what']}: {x['why']}" for x in s.get("skipped", [])] or ["nothing"]
+    lines += [f"- {n}" for n in s.get("notes", [])]
     if s.get("problems"):
         lines += ["", "## Problems", ""] + [f"- {p['step']}: {p['status']}: {p['reason']}" for p in s["problems"]]
     return "\n".join(lines) + "\n"
