@@ -181,3 +181,18 @@ def test_summary_of_an_empty_outdir(tmp_path):
 def test_gpu_check_sh_needs_an_outdir():
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True)
     assert done.returncode == 2 and "usage" in done.stderr
+
+
+def test_cuda_home_from_a_symlinked_nvcc(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    root = tmp_path / "cuda-13.0"
+    (root / "bin").mkdir(parents=True)
+    (root / "include").mkdir()
+    (root / "include" / "cuda_runtime.h").write_text("")
+    (root / "bin" / "nvcc").write_text("")
+    (tmp_path / "nvcc").symlink_to(root / "bin" / "nvcc")
+    env = check.cuda_home_env(str(tmp_path / "nvcc"))
+    assert env["CUDA_HOME"] == str(root.resolve()) and env["PATH"].startswith(str((root / "bin").resolve()))
+    assert check.cuda_home_env(None) == {}
+    monkeypatch.setenv("CUDA_HOME", "/given")
+    assert check.cuda_home_env(str(tmp_path / "nvcc")) == {}

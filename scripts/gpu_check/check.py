@@ -131,7 +131,8 @@ class Check:
         log = self.out / f"{step.name.replace(':', '-')}.log"
         print(f"== {step.name} (timeout {timeout:.0f} s): {' '.join(step.cmd)}", flush=True)
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        env.update({"PYTHONUNBUFFERED": "1", **(step.env or {})})
+        # HF_HUB_OFFLINE: nothing may wait on a network the GPU machine does not have
+        env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(step.env or {})})
         t = time.monotonic()
         with open(log, "w") as lf:
             out = open(self.out / step.stdout, "w") if step.stdout else lf
@@ -198,6 +199,18 @@ class Check:
         return done.stdout.strip() or None
 
 
+def cuda_home_env(nvcc_path: str | None) -> dict:
+    """CUDA_HOME (the toolkit root, symlinks resolved, where its headers are) and nvcc's folder on PATH,
+    unless CUDA_HOME is set already; torch's own guess from a symlinked nvcc can miss the headers."""
+    if not nvcc_path or os.environ.get("CUDA_HOME"):
+        return {}
+    real = Path(nvcc_path).resolve()
+    env = {"PATH": str(real.parent) + os.pathsep + os.environ.get("PATH", "")}
+    if (real.parent.parent / "include" / "cuda_runtime.h").exists():
+        env["CUDA_HOME"] = str(real.parent.parent)
+    return env
+
+
 def plan(check: Check, before: dict) -> list[Step]:
     """The steps for this machine, in order of value: install, build, tests, benchmark, guided step."""
     py = check.py
@@ -234,9 +247,10 @@ def plan(check: Check, before: dict) -> list[Step]:
     else:
         why = None
     cap = (before.get("device") or {}).get("capability") or "9.0"
-    steps.append(Step("build_native", 300, 30, why_not=why,
-                      env={"DITFLOW_FAST_BUILD_CPU": "1", "DITFLOW_FAST_BUILD_CUDA": "1", "TORCH_CUDA_ARCH_LIST": cap,
-                           "MAX_JOBS": str(os.cpu_count() or 4)},
+    build_env = {"DITFLOW_FAST_BUILD_CPU": "1", "DITFLOW_FAST_BUILD_CUDA": "1", "TORCH_CUDA_ARCH_LIST": cap,
+                 "MAX_JOBS": str(os.cpu_count() or 4)}
+    build_env.update(cuda_home_env(before.get("nvcc_path")))
+    steps.append(Step("build_native", 300, 30, why_not=why, env=build_env,
                       cmd=[py, "setup.py", "-q", "build_ext", "--inplace"]))
     steps.append(Step("dry_run", 60, 8, stdout="dry_run.txt",
                       cmd=[py, "-m", "ditflow_fast.cli", "transfer", "--dry-run", "--model", "THUDM/CogVideoX-5b",

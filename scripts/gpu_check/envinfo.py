@@ -19,7 +19,7 @@ DISTS = ("torch", "triton", "numpy", "diffusers", "huggingface_hub", "safetensor
 
 
 def _run(cmd: list[str]) -> str | None:
-    if not shutil.which(cmd[0]):
+    if not (shutil.which(cmd[0]) or os.access(cmd[0], os.X_OK)):
         return None
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
@@ -40,11 +40,14 @@ def versions() -> dict:
 
 def info() -> dict:
     smi = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
-    nvcc = _run(["nvcc", "--version"])
+    # nvcc on PATH, else the toolkit's usual place (the build step puts its folder on PATH)
+    nvcc_path = shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc",) if os.access(p, os.X_OK)), None)
+    nvcc = _run([nvcc_path, "--version"]) if nvcc_path else None
     out = {"python_executable": sys.executable, "versions": versions(), "host": platform.node(),
            "os": platform.platform(), "cpus": os.cpu_count(), "nvidia_smi": smi,
            "driver": smi.split(",")[1].strip() if smi and smi.count(",") >= 2 else None,
-           "nvcc": nvcc.splitlines()[-1] if nvcc else None, "device": None, "torch_cuda": None}
+           "nvcc": nvcc.splitlines()[-1] if nvcc else None, "nvcc_path": nvcc_path, "device": None,
+           "torch_cuda": None}
     try:
         import torch
     except ImportError as exc:
