@@ -159,8 +159,8 @@ def test_amf_errors_per_block():
 
 
 def test_denoise_quality_probe():
-    from ditflow_fast.toyworld.diagnostics import denoise_quality
     from ditflow_fast.toyworld.model import ConditionEmbedding, build_scheduler
+    from ditflow_fast.toyworld.quality import denoise_quality
     from ditflow_fast.toyworld.world import reference_clips
 
     tr = build_transformer(num_layers=1).eval()

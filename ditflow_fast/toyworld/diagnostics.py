@@ -5,6 +5,7 @@ at every block; at the patch holding the object's centre in frame ``i`` the disp
 frame ``j`` should equal the object's true displacement ``(track[j] - track[i]) / patch_size``.
 The mean error over frame pairs ``i != j`` (in patches) says which block carries the motion, i.e.
 where guidance has something to match. Used to pick the demo's guidance block; reported in the docs.
+(The one-step denoising probe, once here too, is :func:`.quality.denoise_quality`.)
 """
 
 from __future__ import annotations
@@ -53,45 +54,3 @@ def amf_errors(transformer, cond_embed, clips: list[Clip], *, timestep: int = 0,
         if not installed:
             fam.uninstall(transformer)
     return errs.mean(axis=0)
-
-
-@torch.no_grad()
-def denoise_quality(transformer, cond_embed, scheduler, clips: list[Clip], timesteps, *, seed: int = 0,
-                    codec=None) -> list[dict]:
-    """One-step denoising of real clips: is the denoiser itself sharp, or only the sampler's output blurry?
-
-    Each clip is noised to timestep ``t`` (noise from ``seed``), the model (conditioned, no CFG) predicts
-    ``x0`` from its v-prediction in one step, and the prediction is scored with :func:`.quality.video_quality`.
-    ``input_iou`` scores the noisy input itself (``x_t / sqrt(alpha_bar)``): the bar the prediction should clear.
-    One dict per timestep: ``t``, ``snr``, ``x0_mse`` (in latent units: [-1, 1] for pixels), ``iou``,
-    ``kind_ok``, ``input_iou``. ``codec``: the model's (default pixels); scores are of decoded videos."""
-    from .codec import PixelCodec
-    from .model import rope
-    from .quality import summarise, video_quality
-
-    codec = PixelCodec() if codec is None else codec
-    x0 = codec.encode(torch.from_numpy(np.stack([c.video for c in clips])))
-    conds = torch.tensor([c.condition for c in clips])
-    image_rope = rope(transformer, clips[0].video.shape[0])
-    acp = scheduler.alphas_cumprod
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))  # the same draw at every t
-
-    def scores(x: torch.Tensor) -> dict[str, float]:
-        videos = codec.decode(x).numpy()
-        return summarise([video_quality(y, int(c)) for y, c in zip(videos, conds, strict=True)])
-
-    out = []
-    for t in map(int, timesteps):
-        if not 0 <= t < len(acp):
-            raise ValueError(f"timesteps must be in [0, {len(acp)}), got {t}")
-        tt = torch.full((len(clips),), t)
-        xt = scheduler.add_noise(x0, noise, tt)
-        v = transformer(hidden_states=xt, encoder_hidden_states=cond_embed(conds), timestep=tt,
-                        image_rotary_emb=image_rope, return_dict=False)[0]
-        a, sig = acp[t].sqrt(), (1 - acp[t]).sqrt()
-        pred = a * xt - sig * v  # x0 from v-prediction
-        got = scores(pred)
-        out.append({"t": t, "snr": float(acp[t] / (1 - acp[t])), "x0_mse": float(((pred - x0) ** 2).mean()),
-                    "iou": got["iou"], "kind_ok": got["kind_ok"],
-                    "input_iou": scores(xt / max(float(a), 1e-6))["iou"]})
-    return out

@@ -1,8 +1,11 @@
-"""The tiny pixel-space video DiT of the CogVideoX architecture, its condition embedding and I/O.
+"""The tiny video DiT of the CogVideoX architecture, its condition embedding and I/O (and loading of
+the Wan-architecture one, :mod:`.train_wan`).
 
-The denoiser is diffusers' ``CogVideoXTransformer3DModel`` with a small config and RoPE on, run
-directly on pixels (3 channels, values in [-1, 1], layout ``[B, F, C, H, W]``): with patch size 4
-a 32 x 32 frame is an 8 x 8 token grid, so the AMF of a block is ``[F, F, 64, 2]``. The "prompt" is a
+The denoiser is diffusers' ``CogVideoXTransformer3DModel`` with a small config and RoPE on. The
+committed model is a *latent* model: it denoises the frame autoencoder's 8 x 8 x 8 latents with patch
+size 1 (see below); a pixel model (the first one, kept as history) ran on pixels (3 channels,
+values in [-1, 1], layout ``[B, F, C, H, W]``) with patch size 4. Either way a 32 x 32 frame is an
+8 x 8 token grid, so the AMF of a block is ``[F, F, 64, 2]``. The "prompt" is a
 learned table mapping each condition (object kind x colour, plus the empty prompt) to
 ``TEXT_TOKENS`` text tokens of ``text_embed_dim``; they enter as ``encoder_hidden_states`` exactly
 as T5 embeddings do in CogVideoX. The scheduler is CogVideoX's DDIM with v-prediction and a

@@ -17,7 +17,7 @@ tracker of :mod:`.metrics`:
 (one video per condition, :func:`.sample.sample`) for every setting, prints these numbers, in all and
 per kind (and the world's own for comparison), and with ``--png`` writes the sample strip the docs
 show. ``--cfg-min-t T`` applies the guidance only at timesteps >= T. ``--denoise-t 50 300`` adds
-the one-step denoising probe of :func:`.diagnostics.denoise_quality` on ``n`` world clips.
+the one-step denoising probe of :func:`denoise_quality` on ``n`` world clips.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from .metrics import colour_weights, object_area, track_colour
-from .world import KINDS, colour_of, condition_parts, reference_clips, render_object
+from .world import KINDS, Clip, colour_of, condition_parts, reference_clips, render_object
 
 STRIP_CONDITIONS = (0, 5, 10, 3, 7, 8)  # red square, green disk, blue cross, yellow square, yellow disk, red cross
 KEYS = ("tracked", "speed", "jerk", "area", "iou", "kind_ok")
@@ -103,6 +103,55 @@ def summarise_by_kind(rows: list[dict[str, float]], conditions) -> dict[str, dic
             for i, name in enumerate(KINDS) if i in kinds}
 
 
+def denoise_quality(transformer, cond_embed, scheduler, clips: list[Clip], timesteps, *, seed: int = 0,
+                    codec=None) -> list[dict]:
+    """One-step denoising of real clips: is the denoiser itself sharp, or only the sampler's output blurry?
+
+    Each clip is noised to timestep ``t`` (noise from ``seed``), the model (conditioned, no CFG) predicts
+    ``x0`` from its v-prediction in one step, and the prediction is scored with :func:`video_quality`.
+    ``input_iou`` scores the noisy input itself (``x_t / sqrt(alpha_bar)``): the bar the prediction should clear.
+    One dict per timestep: ``t``, ``snr``, ``x0_mse`` (in latent units: [-1, 1] for pixels), ``iou``,
+    ``kind_ok``, ``input_iou``. ``codec``: the model's (default pixels); scores are of decoded videos."""
+    import torch
+
+    with torch.no_grad():
+        return _denoise_quality(transformer, cond_embed, scheduler, clips, timesteps, seed, codec)
+
+
+def _denoise_quality(transformer, cond_embed, scheduler, clips, timesteps, seed, codec) -> list[dict]:
+    import torch
+
+    from .codec import PixelCodec
+    from .model import rope
+
+    codec = PixelCodec() if codec is None else codec
+    x0 = codec.encode(torch.from_numpy(np.stack([c.video for c in clips])))
+    conds = torch.tensor([c.condition for c in clips])
+    image_rope = rope(transformer, clips[0].video.shape[0])
+    acp = scheduler.alphas_cumprod
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))  # the same draw at every t
+
+    def scores(x: torch.Tensor) -> dict[str, float]:
+        videos = codec.decode(x).numpy()
+        return summarise([video_quality(y, int(c)) for y, c in zip(videos, conds, strict=True)])
+
+    out = []
+    for t in map(int, timesteps):
+        if not 0 <= t < len(acp):
+            raise ValueError(f"timesteps must be in [0, {len(acp)}), got {t}")
+        tt = torch.full((len(clips),), t)
+        xt = scheduler.add_noise(x0, noise, tt)
+        v = transformer(hidden_states=xt, encoder_hidden_states=cond_embed(conds), timestep=tt,
+                        image_rotary_emb=image_rope, return_dict=False)[0]
+        a, sig = acp[t].sqrt(), (1 - acp[t]).sqrt()
+        pred = a * xt - sig * v  # x0 from v-prediction
+        got = scores(pred)
+        out.append({"t": t, "snr": float(acp[t] / (1 - acp[t])), "x0_mse": float(((pred - x0) ** 2).mean()),
+                    "iou": got["iou"], "kind_ok": got["kind_ok"],
+                    "input_iou": scores(xt / max(float(a), 1e-6))["iou"]})
+    return out
+
+
 def _fmt(s: dict[str, float]) -> str:
     return " ".join(f"{k} {s[k]:.3f}" for k in KEYS)
 
@@ -124,7 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="append one JSON line per setting here")
     p.add_argument("--denoise-t", type=int, nargs="*", default=[], metavar="T",
                    help="also score one-step x0 predictions of n world clips noised to these timesteps "
-                   "(diagnostics.denoise_quality)")
+                   "(denoise_quality)")
     a = p.parse_args(argv)
     import torch
 
@@ -135,7 +184,6 @@ def main(argv=None) -> int:
     if not isinstance(codec, PixelCodec):
         print("decoded", _fmt(world_quality(a.n, a.seed, codec)), "(the world's clips through the autoencoder)")
     if a.denoise_t:
-        from .diagnostics import denoise_quality
         from .world import reference_clips
 
         for r in denoise_quality(tr, ce, sc, reference_clips(a.seed + 5, a.n), a.denoise_t, seed=a.seed,
