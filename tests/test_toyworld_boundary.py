@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "ditflow_fast"
 # what may import the toy world: commands and the user-facing tools built on the library
 APPLICATION = {"cli.py", "amf_cli.py", "eval_cli.py", "transfer_cli.py", "viewer", "app", "batch", "toyworld"}
 # what the toy world may import of the library
-PUBLIC = {"families", "guidance.config", "guidance.loop", "api", "video_io", "atomic", "loss"}
+PUBLIC = {"families", "guidance.config", "guidance.loop", "api", "video_io", "atomic", "loss", "viewer.transfer"}
 
 
 def _imports(path: Path) -> set[str]:

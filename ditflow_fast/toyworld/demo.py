@@ -87,8 +87,10 @@ class ToyTransfer:
         return cfg.resolve(self.transformer, "cpu")
 
     def generate(self, reference: Clip, condition: int, row: str, seed: int, *, embeds_dir=None,
-                 inject_embeds=None) -> tuple[np.ndarray, dict]:
-        """Video ``[F, 3, S, S]`` in [0, 1] of ``condition`` under method ``row``; and the loop's losses."""
+                 inject_embeds=None, viewer_dir=None) -> tuple[np.ndarray, dict]:
+        """Video ``[F, 3, S, S]`` in [0, 1] of ``condition`` under method ``row``; and the loop's losses.
+        ``viewer_dir``: also write the AMF viewer of the reference and the result there (as ``transfer``
+        does: argmax, timestep 0, empty prompt, the guidance block), ``viewer_dir/amf/amf.html``."""
         from ..guidance.loop import Guide
 
         if row not in ROWS:
@@ -102,6 +104,14 @@ class ToyTransfer:
         res = guide.run(embeds_dir=embeds_dir, progress=False)
         with torch.no_grad():
             video = self.codec.decode(from_family_layout(self.transformer, res.latents[:1].float()))[0].numpy()
+        if viewer_dir is not None:
+            from ..viewer.transfer import write_transfer_viewer
+
+            def uint8(v):
+                return (np.clip(v.transpose(0, 2, 3, 1), 0, 1) * 255).round().astype(np.uint8)
+
+            write_transfer_viewer(viewer_dir, guide, res.latents, uint8(reference.video), uint8(video),
+                                  model=self.model_dir, video=f"toy clip ({row})", quiet=True)
         return video, res.losses
 
 
@@ -153,9 +163,11 @@ def run_demo(out, *, model_dir=DEFAULT_DIR, clips: int = 5, seeds: int = 5, rows
                 for row in rows:
                     cond = zs_target if row == "zero-shot" else first
                     r0 = time.monotonic()
+                    first_run = gifs != "none" and ci == 0 and seed == 0
                     video, losses = tt.generate(
                         ref, cond, row, seed, embeds_dir=emb_dir if row == "DiTFlow emb" else None,
-                        inject_embeds=emb_dir if row == "zero-shot" else None)
+                        inject_embeds=emb_dir if row == "zero-shot" else None,
+                        viewer_dir=out / "viewers" / row.replace(" ", "_") if first_run else None)
                     track = track_condition(video, cond)
                     scored = np.isfinite(ref_track).any()  # a user clip without --ref-colour has no track
                     rec = dict(clip=ci, seed=seed, row=row, reference="user clip" if user else ref.name,
