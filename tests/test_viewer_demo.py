@@ -49,3 +49,21 @@ def test_side_by_side_png_has_row_labels(tmp_path):
     gif = Image.open(media.save_gif(tmp_path / "c.gif", videos, ["ref red disk", "DiTFlow latent"]))
     top = np.asarray(gif.convert("L"))[:12]
     assert (top < 128).any(), "the GIF's tiles carry their labels"
+
+
+def test_the_demo_writes_the_viewer_of_each_row_for_the_first_run(tmp_path):
+    from ditflow_fast.viewer.output import load_amf
+
+    demo.run_demo(tmp_path, clips=1, seeds=1, rows=["no guidance", "DiTFlow latent"],
+                  settings=demo.DemoSettings(steps=3, guided_steps=1, opt_iters=1), log=lambda *a: None)
+    for row in ("no_guidance", "DiTFlow_latent"):
+        folder = tmp_path / "viewers" / row / "amf"
+        html = (folder / "amf.html").read_text()
+        assert "<script" in html and "http://" not in html and "https://" not in html
+        ref, info = load_amf(folder / "amf.safetensors")
+        gen, _ = load_amf(folder / "amf_generated.safetensors")
+        assert ref.shape == gen.shape == (8, 8, 64, 2) and info["block"] == 3
+    # the same reference field for both rows: it depends on the reference clip only
+    a, _ = load_amf(tmp_path / "viewers" / "no_guidance" / "amf" / "amf.safetensors")
+    b, _ = load_amf(tmp_path / "viewers" / "DiTFlow_latent" / "amf" / "amf.safetensors")
+    assert np.array_equal(a, b)
