@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -196,3 +197,31 @@ def test_cuda_home_from_a_symlinked_nvcc(tmp_path, monkeypatch):
     assert check.cuda_home_env(None) == {}
     monkeypatch.setenv("CUDA_HOME", "/given")
     assert check.cuda_home_env(str(tmp_path / "nvcc")) == {}
+
+
+def test_a_stopped_check_ends_its_running_step(tmp_path):
+    """The wrapper's hard limit sends SIGTERM: the step (a session of its own) must not outlive the check."""
+    pidfile = tmp_path / "pid"
+    sleeper = tmp_path / "sleeper.py"
+    sleeper.write_text(f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        f"import signal, sys\nsys.path.insert(0, {str(GPU_CHECK)!r})\nimport check\n"
+        f"c = check.Check(check.Path({str(tmp_path / 'out')!r}), sys.executable, 60, check.Path('/nonexistent'))\n"
+        "signal.signal(signal.SIGTERM, c.stop)\n"
+        f"c.run(check.Step('sleeper', 60, 1, cmd=[sys.executable, {str(sleeper)!r}]), 60)\n")
+    proc = subprocess.Popen([sys.executable, str(driver)])
+    for _ in range(200):
+        if pidfile.exists() and pidfile.read_text():
+            break
+        time.sleep(0.1)
+    pid = int(pidfile.read_text())
+    proc.terminate()
+    assert proc.wait(timeout=20) == 124
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"step process {pid} outlived the stopped check")

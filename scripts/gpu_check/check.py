@@ -91,6 +91,7 @@ class Check:
         self.out, self.py, self.budget, self.wheels = outdir, py, budget, wheels
         self.t0 = time.monotonic()
         self.failed = False
+        self.current: subprocess.Popen | None = None  # the running step (its own process group)
         outdir.mkdir(parents=True, exist_ok=True)
         for stale in ("steps.jsonl", "bench.jsonl", "guided_step.json", "pytest-gpu.xml", "dry_run.txt"):
             (outdir / stale).unlink(missing_ok=True)
@@ -108,6 +109,17 @@ class Check:
 
     def _save_meta(self):
         (self.out / "check.json").write_text(json.dumps(self.meta, indent=1) + "\n")
+
+    def stop(self, signum, frame):
+        """SIGTERM/SIGINT (the wrapper's hard limit): end the running step's process group too (it is
+        a session of its own, which outlives this process otherwise), then exit 124."""
+        if self.current is not None:
+            try:
+                os.killpg(self.current.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        print(f"device check stopped by signal {signum}", flush=True)
+        os._exit(124)
 
     def remaining(self) -> float:
         return self.budget - (time.monotonic() - self.t0)
@@ -139,6 +151,7 @@ class Check:
             try:
                 proc = subprocess.Popen(step.cmd, cwd=REPO, env=env, stdout=out, stderr=lf, stdin=subprocess.DEVNULL,
                                         start_new_session=True)
+                self.current = proc
                 try:
                     rc = proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
@@ -154,6 +167,7 @@ class Check:
                         except subprocess.TimeoutExpired:
                             continue
             finally:
+                self.current = None
                 if out is not lf:
                     out.close()
         secs = time.monotonic() - t
@@ -291,6 +305,8 @@ def main(argv=None) -> int:
     ap.add_argument("--wheels", default=str(REPO / ".gpu_wheels"), help="folder of the carried wheels")
     a = ap.parse_args(argv)
     check = Check(Path(a.outdir).resolve(), a.python, a.budget, Path(a.wheels))
+    signal.signal(signal.SIGTERM, check.stop)
+    signal.signal(signal.SIGINT, check.stop)
     before = check.probe("env-before.json")
     check.meta["rehearsal"] = not before.get("device")
     check._save_meta()
