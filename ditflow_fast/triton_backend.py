@@ -37,7 +37,7 @@ def unavailable() -> str | None:
     # Asked on every "auto" dispatch, so it must not import triton: triton reads TRITON_INTERPRET
     # when imported, and an early import would fix that choice for the process.
     if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (pip install 'triton==3.8.*')"
+        return "triton is not installed (pip install 'triton>=3.6,<3.9')"
     if not torch.cuda.is_available():
         return "no CUDA device (torch.cuda.is_available() is False)"
     return None
