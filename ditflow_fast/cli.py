@@ -1,4 +1,4 @@
-"""``ditflow-fast`` command line: ``info``, ``amf``, ``bench``, ``demo``, ``transfer`` and ``eval``.
+"""``ditflow-fast`` command line: ``info``, ``amf``, ``bench``, ``demo``, ``transfer``, ``eval`` and ``app``.
 
 Subcommands import their modules lazily, so ``ditflow-fast info`` stays quick and a missing
 optional dependency of one subcommand never breaks another.
@@ -80,6 +80,7 @@ def _add_amf(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     # Only the parsers are imported here; each subcommand imports its heavy modules when it runs.
     from .amf_cli import add_amf_parser
+    from .app import add_app_parser
     from .batch.cli import add_batch_parser
     from .bench.cli import add_bench_parser
     from .eval_cli import add_eval_parser
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_transfer_parser(sub)
     add_batch_parser(sub)
     add_eval_parser(sub)
+    add_app_parser(sub)  # the web app (gradio, imported only when it runs)
     return parser
 
 

@@ -1,0 +1,250 @@
+"""The Gradio Blocks page of ``ditflow-fast app`` (docs/app.md). Logic lives in :mod:`ditflow_fast.app.core`."""
+
+from __future__ import annotations
+
+import html
+import os
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry, no version check: works offline
+
+import gradio as gr  # noqa: E402
+
+from . import core  # noqa: E402
+
+DTYPES = ["auto", "bfloat16", "float16", "float32"]
+CSS = "#status {min-height: 2em} #viewer iframe {width: 100%; height: 820px; border: 1px solid #ccc}"
+
+
+def _theme():
+    # system fonts only: the default theme would fetch a web font, and the page must work offline
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "monospace"])
+
+
+def _opt(label: str, value, elem: str | None = None):
+    """An optional number: empty means the model's default (a gr.Number would send 0)."""
+    return gr.Textbox("" if value is None else str(value), label=label, placeholder="model's default",
+                      elem_id=elem, min_width=100)
+
+
+def _md_error(msg: str) -> str:
+    return f"**Error:** {html.escape(msg)}"
+
+
+def _viewer_html(run_dir: Path) -> str:
+    page = Path(run_dir) / "amf" / "amf.html"
+    if not page.is_file():
+        return "<p>No AMF viewer for this run (see the log).</p>"
+    src = html.escape(page.read_text(encoding="utf-8"), quote=True)
+    return (f'<iframe id="amf-viewer" title="AMF viewer: reference and result" srcdoc="{src}"></iframe>'
+            f"<p>The same page is <code>{html.escape(str(page))}</code> in the run folder (and in the zip).</p>")
+
+
+def _mf_text(mf: dict | None) -> str:
+    if mf is None:
+        return ""
+    if "unavailable" in mf:
+        return f"Motion Fidelity: n/a ({html.escape(mf['unavailable'])})"
+
+    def f(v):
+        return "n/a" if v is None else f"{v:+.3f}"
+    m = mf.get("moving", {})
+    return (f"**Motion Fidelity** (Lucas-Kanade tracks, {mf['frames']} frames, as `ditflow-fast eval`): "
+            f"{f(mf['motion_fidelity'])} (symmetric {f(mf['motion_fidelity_symmetric'])}); moving tracks only: "
+            f"{f(m.get('motion_fidelity'))} (symmetric {f(m.get('motion_fidelity_symmetric'))})")
+
+
+def _losses_md(step: int, steps: int, losses: dict[int, list[float]]) -> str:
+    rows = [f"**Denoising step {max(step, 0)} of {steps}**"]
+    if losses:
+        rows += ["", "| guided step | timestep | loss (first -> last iteration) |", "| --- | --- | --- |"]
+        for n, (t, hist) in enumerate(sorted(losses.items(), key=lambda kv: -kv[0]), 1):
+            rows.append(f"| {n} | {t} | {hist[0]:.4g} -> {hist[-1]:.4g} ({len(hist)} iterations) |")
+    return "\n".join(rows)
+
+
+def build(out: Path, *, model: str | None = None, cache: Path | None = None,
+          gpu_memory_gib: float | None = None) -> gr.Blocks:
+    """The Blocks app; runs under ``out/runs``. ``model`` None: the tiny offline model (written into ``cache``)."""
+    out = Path(out).expanduser().resolve()
+    cache = Path(cache or core.default_cache()).expanduser()
+    core.warm_imports()
+    tiny = core.ensure_tiny_model(cache)
+    samples = core.ensure_samples(cache)
+    default_model = model or str(tiny)
+    hints = core.model_hints(default_model)
+
+    def request(video, sample, prompt, negative, embeds, model_, method, inject, frames, height, width, steps,
+                guided, iters, seed, cfg, block, injection, dtype, device, offload, fps):
+        src = video or (str(samples[sample]) if sample in samples else None)
+        return core.Request(video=src, prompt=prompt or "", negative_prompt=negative or "",
+                            prompt_embeds=embeds or None, model=model_ or "", method=method,
+                            inject_embeds=inject or None,
+                            frames=frames, height=height, width=width, steps=steps, guided_steps=guided,
+                            opt_iters=iters, seed=seed, cfg=cfg, guidance_block=block, injection=bool(injection),
+                            dtype=dtype, device=device, offload=offload, fps=fps)
+
+    def memory(*fields):
+        try:
+            r = request(*fields)
+            r.video = r.video or None
+            ns = core.transfer_namespace([*core.request_argv(r), "--out", str(out / "runs" / "_dry")])
+            return html.escape(core.predict_memory(ns, gpu_memory_gib).message()).replace("\n", "  \n")
+        except (ValueError, TypeError) as exc:
+            return _md_error(str(exc))
+        except Exception as exc:  # noqa: BLE001 - e.g. a hub that cannot be reached: one line, no trace
+            return _md_error(f"{type(exc).__name__}: {exc}")
+
+    def show_results(prep: core.Prepared, note: str):
+        run_dir = prep.run_dir
+        rec = core.run_record(run_dir)
+        mf = core.motion_fidelity(run_dir, prep.namespace)
+        resumed = rec.get("resumed_from_step") if rec else None
+        msg = note + (f" (resumed from step {resumed})" if resumed else "") + f" in `{run_dir}`"
+        return {status: msg, ref_video: core.reference_clip(run_dir, prep.namespace.fps),
+                result_video: rec["result"] if rec and str(rec["result"]).endswith(".mp4") else None,
+                viewer: _viewer_html(run_dir), mf_md: _mf_text(mf),
+                download: str(core.zip_run(run_dir, out)), runs_dd: gr.update(choices=core.runs(out)),
+                inject: gr.update(choices=core.emb_runs(out))}
+
+    def follow(prep: core.Prepared, progress):
+        steps = prep.namespace.steps
+        if not prep.namespace.video:
+            raise ValueError("--video is required")
+        mem = core.predict_memory(prep.namespace, gpu_memory_gib)
+        if not mem.fits:
+            yield {status: _md_error(mem.message())}
+            return
+        start, _ = core.read_progress(prep.run_dir)
+        core.save_request(prep)
+        job = core.Job(prep).start()
+        try:
+            yield {status: f"Starting ({mem.message()})" + (f"; resuming from step {start}" if start > 0 else ""),
+                   result_video: None, viewer: "", mf_md: "", download: None}
+            while not job.done.wait(0.3):
+                step, losses = core.read_progress(prep.run_dir)
+                if step >= 0:
+                    progress((max(step, 0), steps), desc="denoising", unit="steps")
+                    yield {status: ("Waiting for the previous run to stop" if not job.started.is_set() else
+                                    "Running" if step < steps else "Decoding and measuring the AMF"),
+                           loss_md: _losses_md(step, steps, losses)}
+            step, losses = core.read_progress(prep.run_dir)
+            yield {loss_md: _losses_md(step, steps, losses)}
+        finally:
+            if not job.done.is_set():  # the page went away: stop at the next block; the state stays
+                job.stop()
+        if job.error is not None:
+            yield {status: _md_error(job.error)}
+            return
+        if job.cancelled:
+            yield {status: "Stopped; run it again to resume."}
+            return
+        yield show_results(prep, "Done")
+
+    def run(*fields, progress=gr.Progress()):  # noqa: B008 - gradio's injection idiom
+        try:
+            prep = core.prepare(request(*fields), out)
+            yield from follow(prep, progress)
+        except (ValueError, TypeError) as exc:
+            yield {status: _md_error(str(exc))}
+        except Exception as exc:  # noqa: BLE001 - one line in the page, the traceback in the server log
+            traceback.print_exc()
+            yield {status: _md_error(f"{type(exc).__name__}: {exc}")}
+
+    def resume(run_dir, progress=gr.Progress()):  # noqa: B008
+        try:
+            if not run_dir:
+                raise ValueError("pick a run first")
+            prep = core.load_request(Path(run_dir))
+            if core.run_record(prep.run_dir) is not None:
+                yield show_results(prep, "Finished")
+                return
+            yield from follow(prep, progress)
+        except (ValueError, TypeError) as exc:
+            yield {status: _md_error(str(exc))}
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            yield {status: _md_error(f"{type(exc).__name__}: {exc}")}
+
+    def model_changed(m):
+        h = core.model_hints(m or "")
+        return (gr.update(value=h.get("frames")), gr.update(value=h.get("height")), gr.update(value=h.get("width")))
+
+    with gr.Blocks(title="DiTFlow motion transfer", analytics_enabled=False) as demo:
+        gr.Markdown("# DiTFlow motion transfer\nThe motion of a reference video, a new prompt: "
+                    "`ditflow-fast transfer` in a page. Every run is a resumable folder under "
+                    f"`{out / 'runs'}`.")
+        with gr.Row():
+            with gr.Column(scale=2, min_width=380):
+                video = gr.Video(label="Reference video", sources=["upload"], elem_id="reference-upload")
+                sample = gr.Dropdown(["(none)", *samples], value="(none)", label="...or a bundled sample",
+                                     elem_id="sample")
+                prompt = gr.Textbox(label="Prompt", value=hints.get("prompt", ""), elem_id="prompt")
+                negative = gr.Textbox(label="Negative prompt", value="")
+                embeds = gr.File(label="Prompt embeddings instead (safetensors: 'prompt' [1, L, D], optional "
+                                 "'negative', 'empty')", file_types=[".safetensors"], type="filepath")
+                model_ = gr.Textbox(label="Model: a local diffusers folder or a hub id", value=default_model,
+                                    elem_id="model")
+                method = gr.Radio(list(core.METHODS), value="DiTFlow (latent)", label="Method", elem_id="method")
+                inject = gr.Dropdown(core.emb_runs(out), label="Zero-shot: embeddings of an earlier DiTFlow (emb) "
+                                     "run (or a folder)", allow_custom_value=True, visible=False)
+                with gr.Accordion("Settings (empty: the model's default; the others: the paper's)", open=True):
+                    with gr.Row():
+                        frames = _opt("frames", hints.get("frames"), "frames")
+                        height = _opt("height", hints.get("height"))
+                        width = _opt("width", hints.get("width"))
+                    with gr.Row():
+                        steps = gr.Number(50, label="denoising steps", precision=0, elem_id="steps", min_width=100)
+                        guided = gr.Number(10, label="guided steps", precision=0, elem_id="guided", min_width=100)
+                        iters = gr.Number(5, label="Adam iterations / step", precision=0, elem_id="iters",
+                                          min_width=100)
+                    with gr.Row():
+                        seed = gr.Number(0, label="seed", precision=0, min_width=100)
+                        cfg = _opt("CFG scale", None, "cfg")
+                        block = _opt("guidance block", None, "block")
+                    with gr.Row():
+                        dtype = gr.Dropdown(DTYPES, value="auto", label="dtype", min_width=100)
+                        device = gr.Textbox("auto", label="device", min_width=100)
+                        fps = gr.Number(8, label="fps", precision=0, min_width=100)
+                    with gr.Row():
+                        offload = gr.Radio(["none", "model", "group"], value="none", label="offload")
+                        injection = gr.Checkbox(True, label="K/V injection at block 0")
+                mem_md = gr.Markdown(elem_id="memory")
+                run_btn = gr.Button("Run", variant="primary", elem_id="run")
+                with gr.Accordion("Runs under --out (resume one after a restart)", open=False):
+                    runs_dd = gr.Dropdown(core.runs(out), label="run", elem_id="runs")
+                    resume_btn = gr.Button("Resume / show", elem_id="resume")
+            with gr.Column(scale=3):
+                status = gr.Markdown(elem_id="status")
+                loss_md = gr.Markdown(elem_id="losses")
+                with gr.Row():
+                    ref_video = gr.Video(label="Reference (as the run read it)", interactive=False,
+                                         elem_id="reference-video")
+                    result_video = gr.Video(label="Result", interactive=False, elem_id="result-video")
+                mf_md = gr.Markdown(elem_id="motion-fidelity")
+                download = gr.File(label="Run folder (zip)", interactive=False, elem_id="download")
+                viewer = gr.HTML(elem_id="viewer")
+
+        fields = [video, sample, prompt, negative, embeds, model_, method, inject, frames, height, width, steps,
+                  guided, iters, seed, cfg, block, injection, dtype, device, offload, fps]
+        outputs = [status, loss_md, ref_video, result_video, viewer, mf_md, download, runs_dd, inject]
+        method.change(lambda m: gr.update(visible=m == core.ZERO_SHOT, choices=core.emb_runs(out)), method, inject,
+                      queue=False)
+        model_.change(model_changed, model_, [frames, height, width], queue=False)
+        for comp in (model_, method, frames, height, width, block, dtype, device, offload, inject):
+            comp.change(memory, fields, mem_md, concurrency_limit=4, concurrency_id="memory",
+                        show_progress="hidden")
+        demo.load(memory, fields, mem_md, concurrency_limit=4, concurrency_id="memory")
+        run_btn.click(run, fields, outputs, concurrency_limit=1, concurrency_id="device")
+        resume_btn.click(resume, runs_dd, outputs, concurrency_limit=1, concurrency_id="device")
+    demo.queue(default_concurrency_limit=1)
+    demo.ditflow_out = out  # for launch()'s allowed paths
+    return demo
+
+
+def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
+    return demo.launch(server_name=host, server_port=port, allowed_paths=[str(demo.ditflow_out)],
+                       prevent_thread_lock=not block, show_error=False, ssr_mode=False, quiet=not block,
+                       footer_links=[], theme=_theme(), css=CSS)
