@@ -14,7 +14,7 @@ import gradio as gr  # noqa: E402
 from . import core  # noqa: E402
 
 DTYPES = ["auto", "bfloat16", "float16", "float32"]
-CSS = "#status {min-height: 2em} #viewer iframe {width: 100%; height: 820px; border: 1px solid #ccc}"
+CSS = "#status {min-height: 2em} #viewer iframe {width: 100%; height: 1100px; border: 1px solid #ccc}"
 
 
 def _theme():
@@ -201,7 +201,7 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
                         iters = gr.Number(5, label="Adam iterations / step", precision=0, elem_id="iters",
                                           min_width=100)
                     with gr.Row():
-                        seed = gr.Number(0, label="seed", precision=0, min_width=100)
+                        seed = gr.Number(0, label="seed", precision=0, elem_id="seed", min_width=100)
                         cfg = _opt("CFG scale", None, "cfg")
                         block = _opt("guidance block", None, "block")
                     with gr.Row():
