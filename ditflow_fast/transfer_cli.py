@@ -11,6 +11,7 @@ leaves the folder as it was; two runs into one folder at once: the second is ref
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import shutil
@@ -55,6 +56,12 @@ def add_transfer_parser(sub) -> None:
     p.add_argument("--offload", choices=("none", "model", "group"), default="none",
                    help="model: only the running component on the GPU; group: diffusers' block-level group "
                         "offloading of the transformer (smallest GPU memory)")
+    p.add_argument("--offload-activations", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep what the guided forward saves for its backward (the checkpointed block inputs) in "
+                        "host memory (torch's save_on_cpu; exact). Default: on with --offload group")
+    p.add_argument("--ffn-chunks", type=int, metavar="N",
+                   help="Wan: run the guided backward's feed-forward in N token slices, each checkpointed "
+                        "(exact; default: automatic, enough slices for 256 MiB per [slice, ffn_dim]; 0/1: off)")
     p.add_argument("--vae-tiling", action="store_true")
     p.add_argument("--out", default="ditflow_out")
     p.add_argument("--format", choices=("mp4", "gif", "frames"), default="mp4")
@@ -77,8 +84,17 @@ def _config(a):
         guidance_blocks=tuple(a.guidance_block) if a.guidance_block else None, steps=a.steps,
         guided_steps=a.guided_steps, opt_iters=a.opt_iters, seed=a.seed, dtype=a.dtype, device=a.device,
         gradient_checkpointing=not a.no_checkpointing, cpu_offload=a.cpu_offload, vae_tiling=a.vae_tiling,
-        cfg_scale=a.cfg, flow_shift=a.flow_shift,
+        cfg_scale=a.cfg, flow_shift=a.flow_shift, offload_activations=_offload_activations(a),
+        ffn_chunks=getattr(a, "ffn_chunks", None),
     ).validate()
+
+
+def _offload_activations(a) -> bool:
+    """``--offload-activations`` as given, else on exactly with ``--offload group``."""
+    chosen = getattr(a, "offload_activations", None)
+    if chosen is None:
+        return getattr(a, "offload", "none") == "group" and not getattr(a, "no_checkpointing", False)
+    return bool(chosen)
 
 
 def _dry_run(a, cfg) -> int:
@@ -90,7 +106,8 @@ def _dry_run(a, cfg) -> int:
 
         print(dry_run_table(a.model, frames=cfg.frames, height=cfg.height, width=cfg.width,
                             guidance_blocks=cfg.guidance_blocks, dtype=cfg.dtype, opt_mode=cfg.opt_mode,
-                            checkpointing=cfg.gradient_checkpointing, offload=a.offload))
+                            checkpointing=cfg.gradient_checkpointing, offload=a.offload,
+                            offload_activations=cfg.offload_activations, ffn_chunks=cfg.ffn_chunks))
         return 0
     from .guidance import memory
 

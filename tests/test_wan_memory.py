@@ -33,10 +33,40 @@ def _tiny_entry(expand=False, layers=5):
     return dict(transformer=tr, vae=vae, text_len=TEXT, experts=1, expand_timesteps=expand)
 
 
-def _measured(tmp_path, entry, *, block, checkpointing, dtype, opt_mode="latent") -> int:
+class _HostMemory(torch.autograd.graph.saved_tensors_hooks):
+    """What ``offload.activation_offload`` does on a GPU, with the CPU standing in for the GPU: the packed
+    copies live in numpy memory (invisible to the profiler, as host memory is not GPU memory), each
+    tensor object once (as ActivationOffload); unpacking makes a tracked tensor (the host-to-device copy)."""
+
+    def __init__(self):
+        import weakref
+
+        cache = {}
+
+        def pack(t):
+            hit = cache.get(id(t))
+            if hit is not None and hit[0]() is t:
+                return hit[1]
+            packed = (t.dtype, t.shape, t.detach().contiguous().view(torch.uint8).numpy().copy())
+            cache[id(t)] = (weakref.ref(t), packed)
+            return packed
+
+        def unpack(packed):
+            dtype, shape, array = packed
+            return torch.from_numpy(array).view(dtype).reshape(shape).clone()
+
+        super().__init__(pack, unpack)
+
+
+def _measured(tmp_path, entry, *, block, checkpointing, dtype, opt_mode="latent", chunks=1, host=False) -> int:
     """Peak minus start of one steady-state guided iteration: forward truncated after ``block`` with
-    q/k captured, a dense gradient into q and k (what the AMF loss gives), backward."""
+    q/k captured, a dense gradient into q and k (what the AMF loss gives), backward. ``chunks``: the
+    FFN in token slices (wan_chunking); ``host``: the saved tensors in (emulated) host memory."""
+    import contextlib
+
     from diffusers import WanTransformer3DModel
+
+    from ditflow_fast.families import wan_chunking
 
     torch.manual_seed(0)
     tr = WanTransformer3DModel(**entry["transformer"]).eval().requires_grad_(False).to(dtype)
@@ -44,6 +74,7 @@ def _measured(tmp_path, entry, *, block, checkpointing, dtype, opt_mode="latent"
     if checkpointing:
         tr.enable_gradient_checkpointing()
     WanFamily.install(tr)
+    wan_chunking.install(tr, chunks)
     x = torch.randn(1, Z, FRAMES, HH * 2, WW * 2, requires_grad=opt_mode == "latent")
     e = torch.randn(1, TEXT, TEXT_DIM, dtype=dtype)
     n = FRAMES * HH * WW
@@ -51,7 +82,8 @@ def _measured(tmp_path, entry, *, block, checkpointing, dtype, opt_mode="latent"
     emb = WanFamily.initial_emb(tr, x).requires_grad_(True) if opt_mode == "emb" else None
 
     def iteration():
-        ctrl = WanFamily.run_until(tr, x.to(dtype), e, 500, emb, stop_after=block, qk_blocks=[block])
+        with _HostMemory() if host else contextlib.nullcontext():
+            ctrl = WanFamily.run_until(tr, x.to(dtype), e, 500, emb, stop_after=block, qk_blocks=[block])
         q, k = ctrl.qk.pop(block)
         ((q * wq).sum() + (k * wk).sum()).float().backward()
         x.grad = None
@@ -72,12 +104,14 @@ def _measured(tmp_path, entry, *, block, checkpointing, dtype, opt_mode="latent"
     return max(sizes) - sizes[0]
 
 
-def _predicted(entry, *, block, checkpointing, b, opt_mode="latent") -> int:
+def _predicted(entry, *, block, checkpointing, b, opt_mode="latent", chunks=1, host=False) -> int:
     """The model's activations for the measured iteration: the total less what the measurement does
     not allocate (weights, the AMF, which it replaces by a dense gradient, the text input, and the
     optimised tensor and Adam's moments: only its gradient is new in an iteration)."""
     est = estimate_wan(entry, frames=(FRAMES - 1) * 4 + 1, height=HH * 16, width=WW * 16, guidance_block=block,
-                       bytes_per_elem=b, checkpointing=checkpointing, offload="model", opt_mode=opt_mode)
+                       bytes_per_elem=b, checkpointing=checkpointing, offload="model", opt_mode=opt_mode,
+                       offload_activations=host, ffn_chunks=chunks)
+    assert est.ffn_chunks_used == (chunks if checkpointing else 1)
     c = est.components
     return (est.total - c["transformer weights"] - c["VAE weights"] - c["AMF working set"]
             - TEXT * TEXT_DIM * b - c["optimised tensor + Adam (fp32)"] * 3 // 4)
@@ -98,6 +132,33 @@ def test_activation_constants_match_measured_peak(tmp_path, checkpointing, dtype
     print(f"ckpt={checkpointing} {dtype} expand={expand} {opt_mode}: measured {measured / 2**20:.2f} MiB, "
           f"predicted {predicted / 2**20:.2f} MiB")
     assert abs(predicted - measured) / measured < 0.10, (predicted, measured)
+
+
+@pytest.mark.parametrize("dtype,chunks,host", [
+    (torch.bfloat16, 3, False),  # slices of [N/3, ffn_dim]: the peak leaves the FFN
+    (torch.bfloat16, 1, True),  # block inputs in host memory
+    (torch.bfloat16, 3, True),  # both
+    (torch.bfloat16, 2, True),  # both, FFN width 3x over 2 slices
+    (torch.float32, 3, True),
+])
+def test_offload_and_chunking_constants_match_measured_peak(tmp_path, dtype, chunks, host):
+    entry, block = _tiny_entry(), 3
+    measured = _measured(tmp_path, entry, block=block, checkpointing=True, dtype=dtype, chunks=chunks, host=host)
+    b = 2 if dtype == torch.bfloat16 else 4
+    predicted = _predicted(entry, block=block, checkpointing=True, b=b, chunks=chunks, host=host)
+    print(f"{dtype} chunks={chunks} host={host}: measured {measured / 2**20:.2f} MiB, "
+          f"predicted {predicted / 2**20:.2f} MiB")
+    assert abs(predicted - measured) / measured < 0.10, (predicted, measured)
+
+
+def test_offloaded_inputs_do_not_grow_with_the_guidance_block(tmp_path):
+    entry = _tiny_entry(layers=6)
+    m1, m4 = (_measured(tmp_path, entry, block=g, checkpointing=True, dtype=torch.bfloat16, chunks=3, host=True)
+              for g in (1, 4))
+    plain1, plain4 = (_measured(tmp_path, entry, block=g, checkpointing=True, dtype=torch.bfloat16) for g in (1, 4))
+    u = FRAMES * HH * WW * HEADS * HD * 2
+    assert abs(m4 - m1) < 0.5 * u  # offloaded: three more blocks cost (almost) nothing on the device (0.31 U)
+    assert abs((plain4 - plain1) - 3 * u) < 0.5 * u  # on the device: one [N, D] per block
 
 
 def test_per_block_slope_without_checkpointing(tmp_path):
@@ -145,6 +206,16 @@ def test_issue_targets():
     assert _est(MODELS[2]).total <= 48e9 and _est(MODELS[2], offload="group").total <= 24e9
     assert _est(MODELS[2], height=720, width=1280).total > 48e9
     assert _est(MODELS[2], height=720, width=1280, offload="group").total > 24e9
+    # with activation offload and the FFN in slices (8, automatic): closer, still over both targets
+    best = {off: _est(MODELS[2], height=720, width=1280, offload=off, offload_activations=True)
+            for off in ("none", "group")}
+    plain = {off: _est(MODELS[2], height=720, width=1280, offload=off, ffn_chunks=0) for off in ("none", "group")}
+    assert best["group"].ffn_chunks_used == 8 and plain["group"].ffn_chunks_used == 1
+    for off in ("none", "group"):
+        assert best[off].total < plain[off].total - 14 * GiB
+        assert best[off].components["checkpointed block inputs"] == 0
+    assert 24e9 < best["group"].total < 26 * GiB and 48e9 < best["none"].total < 51 * GiB
+    assert best["group"].host_bytes > 14 * GiB  # the 20 block inputs wait in (pinned) host memory
 
 
 def test_no_checkpointing_and_emb_mode_cost_more():

@@ -23,9 +23,20 @@ CPU: blocks 0..g all left onloaded): onloading a block evicts the blocks two or 
 assumes. (3) A forward stopped by ``StopForward`` never reaches the top-level post-forward (the
 non-block parameters stay on the device, as counted) nor the guidance block's: call :func:`settle`
 after each backward to send back whatever is left (a no-op without group offloading).
+
+Activations (:func:`activation_offload`, independent of the mode; the transfer command turns it on
+with ``"group"``): the tensors a truncated guided forward saves for its backward -- with gradient
+checkpointing the input of every checkpointed block, ``[N, D]`` each -- go to host memory
+(torch's ``torch.autograd.graph.save_on_cpu``, pinned on CUDA) and come back one block at a time as
+the backward recomputes that block. Each tensor object is packed once: the arguments every block
+shares (the projected prompt, the timestep projection, TI2V-5B's per-token ``[N, 6, D]`` one) are
+one host copy, not one per block. Copies are exact: the gradient is unchanged (tested).
 """
 
 from __future__ import annotations
+
+import contextlib
+import weakref
 
 import torch
 
@@ -213,3 +224,52 @@ def expert_swap(active, inactive, device) -> None:
             torch.cuda.empty_cache()
     if active is not None and not is_group_offloaded(active) and not _same(_device_of(active), device):
         active.to(device)
+
+
+class ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
+    """``torch.autograd.graph.save_on_cpu(pin_memory, device_type)``'s own pack and unpack, with each
+    tensor object packed once while the context is active (a tensor saved by several nodes, e.g.
+    an argument of every checkpointed block, has one host copy; a hit needs the same live object
+    at the same version, so a freed tensor whose memory is reused is never mistaken for it).
+    ``packed_bytes`` / ``packed_tensors``: what went to the host (tests, logs)."""
+
+    def __init__(self, pin_memory: bool = False, device_type: str = "cuda"):
+        base = torch.autograd.graph.save_on_cpu(pin_memory=pin_memory, device_type=device_type)
+        pack, unpack = base.pack_hook, base.unpack_hook
+        cache: dict[int, tuple] = {}
+        self._cache = cache
+        self.packed_bytes = self.packed_tensors = 0
+
+        def pack_once(t: torch.Tensor):
+            hit = cache.get(id(t))
+            if hit is not None and hit[0]() is t and hit[1] == t._version:
+                return hit[2]
+            packed = pack(t)
+            try:
+                cache[id(t)] = (weakref.ref(t), t._version, packed)
+            except TypeError:  # not weak-referenceable: packed every time, as save_on_cpu does
+                pass
+            self.packed_tensors += 1
+            self.packed_bytes += t.numel() * t.element_size()
+            return packed
+
+        super().__init__(pack_once, unpack)
+
+    def __enter__(self):
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._cache.clear()  # the graph holds what it needs; the lookup table is for this forward only
+        return super().__exit__(*exc)
+
+
+def activation_offload(device, enabled: bool = True, *, pin_memory: bool | None = None):
+    """The context to run a guided forward in: :class:`ActivationOffload` when ``enabled`` and
+    ``device`` is not the CPU (there the saved tensors are on the host already; a no-op context),
+    else a null context. ``pin_memory``: default on for CUDA (asynchronous copies)."""
+    device = torch.device(device)
+    if not enabled or (device.type == "cpu" and not pin_memory):
+        return contextlib.nullcontext()
+    pin = device.type == "cuda" if pin_memory is None else bool(pin_memory)
+    return ActivationOffload(pin_memory=pin, device_type=device.type if device.type != "cpu" else "cuda")

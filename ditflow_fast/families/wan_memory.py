@@ -26,6 +26,13 @@ The same accounting as the CogVideoX model (:mod:`ditflow_fast.guidance.memory`,
 - **RoPE tables** ``(cos, sin)`` ``[N, d]`` float32 in every dtype; TI2V-5B's per-token timesteps
   (``expand_timesteps``) add a per-token ``[N, 6, D]`` modulation (measured constants).
 - the AMF working sets, captured q/k and the optimised tensor with Adam as for CogVideoX.
+- ``offload_activations`` (:func:`ditflow_fast.families.offload.activation_offload`, torch's
+  ``save_on_cpu``): the checkpointed block inputs wait in host memory (``(g + 1) [N, D]``, pinned;
+  reported, not counted), and the block being back-propagated gets its input back as a fresh copy:
+  measured constants ``*_host``. ``ffn_chunks`` (:mod:`ditflow_fast.families.wan_chunking`; None:
+  automatic): the recomputed block's FFN in token slices, measured constants ``*_chunked`` with a
+  per-slice ``[N/chunks, ffn_dim]`` term. Both apply with checkpointing only (the loop chunks only then;
+  activation offload refuses ``--no-checkpointing``).
 
 What the CPU cannot show (as for CogVideoX): the CUDA context and cuBLAS workspaces (about 0.5-1 GB)
 and allocator fragmentation come on top of both columns.
@@ -40,6 +47,7 @@ from ..guidance.memory import AMF_BUDGET, Estimate
 from ..guidance.models import ModelError
 from ..reference import research_bytes
 from .wan import _VAE21, PRESETS, TEXT_LEN, WanFamily, transformer_params
+from .wan_chunking import resolve_chunks
 
 # Activation constants, measured (torch.profiler memory timeline, export_memory_timeline(device="cpu"),
 # peak minus start of one steady-state guided iteration: WanFamily.run_until truncated after block g
@@ -52,12 +60,32 @@ from .wan import _VAE21, PRESETS, TEXT_LEN, WanFamily, transformer_params
 # 100.62, 68.10; fp32 checkpointed 23.75, 25.77, 34.74; without 39.84, 68.16, 51.82.
 # Predicted on another shape (6 heads x 48, ffn 3x, 2 frames of 12 x 16, 24 text tokens, g = 3), bf16:
 # 37.56 vs 36.88 U measured with checkpointing, 83.47 vs 83.38 U without.
+#
+# Activation offload and the chunked FFN, measured the same way (same shapes, g = 2 and 4, ffn 2x, 6x,
+# 8x, 12x, 1 to 12 slices; the offloaded run with a saved-tensor hook that keeps the packed copies in
+# numpy memory, which the profiler does not see, as host memory is not GPU memory, and unpacks into a
+# tracked tensor, the host-to-device copy). Offloaded, the peak no longer grows with g (+0.01 U per
+# block) and the recomputed block costs ``*_host``. With slices the recomputed block peaks either
+# outside the FFN (``chunked + chunked_per_slice * chunks``, where the FFN width no longer matters) or
+# in one slice's backward (``chunked_ffn_phase + chunked_ffn * ffn/chunks + chunked_ffn_per_slice * chunks``,
+# ffn/chunks in [N, D] units of the slice's [N/chunks, ffn_dim]). Raw bf16 numbers (U, less modelled
+# components and, unoffloaded, the g + 1 inputs): 1 slice 26.8 / 33.8 (ffn 2x / 6x); 2 slices 24.97 (2x),
+# 26.90 (6x), 29.90 (8x), 35.90 (12x); 3: 25.04 (6x), 30.26 (12x); 4: 25.11 (2x, 6x); 6: 25.25; 8: 25.39
+# (6x, 12x); 12: 25.67; offloaded 1 slice 28.77 / 34.77; 2 slices 26.91, 28.41, 30.78, 36.78; 3: 26.98,
+# 31.14; 4: 27.05; 6: 27.19; 8: 27.33; 12: 27.61. fp32: 1 slice 16.14 / 27.12, 2 slices 14.17 / 20.17,
+# 4: 13.28 / 16.19, 6 (6x): 14.88; offloaded 18.14 / 29.07, 16.12 / 22.12, 15.28 / 18.14, 16.83.
 ACT = {
     2: dict(ckpt_input=1.0, ckpt_recompute=23.3, ckpt_recompute_ffn=1.75,  # bf16 / fp16
+            ckpt_recompute_host=25.8, ckpt_recompute_ffn_host=1.5,
+            chunked=24.83, chunked_host=26.77, chunked_per_slice=0.07,
+            chunked_ffn_phase=17.18, chunked_ffn_phase_host=18.36, chunked_ffn=3.0, chunked_ffn_per_slice=0.36,
             block=18.2, block_ffn=1.0, partial_and_backward=14.5,
             expand_ckpt=22.0, expand_fixed=17.1, expand_block=16.0,
             emb_ckpt=1.4, emb_fixed=-6.6, emb_block=2.0),
     4: dict(ckpt_input=1.0, ckpt_recompute=10.6, ckpt_recompute_ffn=2.75,  # fp32
+            ckpt_recompute_host=12.7, ckpt_recompute_ffn_host=2.75,
+            chunked=10.6, chunked_host=12.44, chunked_per_slice=0.0,
+            chunked_ffn_phase=10.6, chunked_ffn_phase_host=12.44, chunked_ffn=3.0, chunked_ffn_per_slice=0.32,
             block=11.1, block_ffn=1.5, partial_and_backward=7.0,
             # TI2V's per-token modulation and --opt-mode emb measured in bf16 only; used in fp32 too (units)
             expand_ckpt=22.0, expand_fixed=17.1, expand_block=16.0,
@@ -114,15 +142,30 @@ def _json(d: dict) -> str:
                       sort_keys=True)
 
 
+def recompute_units(bytes_per_elem: int, ffn_units: float, *, offload_activations: bool = False,
+                    chunks: int = 1) -> float:
+    """The "one block recomputed + backward" term in ``[N, D]`` units, ``ffn_units = ffn_dim / D``."""
+    c, h = ACT[bytes_per_elem], "_host" if offload_activations else ""
+    if chunks <= 1:
+        return c["ckpt_recompute" + h] + c["ckpt_recompute_ffn" + h] * ffn_units
+    return max(c["chunked" + h] + c["chunked_per_slice"] * chunks,
+               c["chunked_ffn_phase" + h] + c["chunked_ffn"] * ffn_units / chunks + c["chunked_ffn_per_slice"] * chunks)
+
+
 def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guidance_block: int,
                  bytes_per_elem: int = 2, opt_mode: str = "latent", checkpointing: bool = True,
-                 offload: str = "none", experts: int = 1) -> Estimate:
+                 offload: str = "none", experts: int = 1, offload_activations: bool = False,
+                 ffn_chunks: int | None = None) -> Estimate:
     """Predicted peak bytes by component of a guided Wan run (see the module docstring).
 
     ``preset_or_config``: a :data:`ditflow_fast.families.wan.PRESETS` name or entry, or a bare
     transformer config dict (then the Wan2.1 VAE is assumed). ``experts``: how many experts the model
     has (a preset entry says it itself); it does not change the prediction, since only one expert is
-    ever on the GPU (the other waits on the CPU: host memory, not counted here)."""
+    ever on the GPU (the other waits on the CPU: host memory, not counted here).
+    ``offload_activations``: the checkpointed block inputs in host memory (``host_bytes`` of the
+    result: what they take there). ``ffn_chunks``: the recomputed FFN in token slices (None:
+    automatic, :func:`ditflow_fast.families.wan_chunking.resolve_chunks`; 0/1: off); the slice count
+    used is ``ffn_chunks_used`` of the result. Both need ``checkpointing``."""
     del experts  # one expert resident whatever the count
     if offload not in OFFLOAD_MODES:
         raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
@@ -143,6 +186,9 @@ def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guid
         raise ValueError(f"guidance block {guidance_block} out of range: the transformer has {n_blocks} blocks")
     g, c = guidance_block, ACT[b]
     n = ff * hh * ww
+    if offload_activations and not checkpointing:
+        raise ValueError("offload_activations needs checkpointing (the loop refuses the combination)")
+    chunks = resolve_chunks(ffn_chunks, n, ffn) if checkpointing else 1
     u, uf, ul = n * dim * b, n * ffn * b, text_len * dim * b
 
     resident = total if offload != "group" else total - n_blocks * per_block + GROUP_RESIDENT_BLOCKS * per_block
@@ -151,10 +197,12 @@ def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guid
     expand = bool(entry.get("expand_timesteps", False))
     emb = opt_mode == "emb"
     if checkpointing:
-        acts = {"checkpointed block inputs": round((g + 1) * c["ckpt_input"] * u),
-                "one block recomputed + backward": round(c["ckpt_recompute"] * u + c["ckpt_recompute_ffn"] * uf
-                                                         + (c["expand_ckpt"] * u if expand else 0)
-                                                         + (c["emb_ckpt"] * u if emb else 0))}
+        def ckpt_acts(host, k):
+            rec = recompute_units(b, ffn / dim, offload_activations=host, chunks=k)
+            return {"checkpointed block inputs": 0 if host else round((g + 1) * c["ckpt_input"] * u),
+                    "one block recomputed + backward": round(rec * u + (c["expand_ckpt"] * u if expand else 0)
+                                                             + (c["emb_ckpt"] * u if emb else 0))}
+        acts, plain = ckpt_acts(offload_activations, chunks), ckpt_acts(False, 1)  # research code: neither
         text_blocks = 1
     else:
         units = g * c["block"] + c["partial_and_backward"]
@@ -163,27 +211,36 @@ def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guid
         if emb:
             units += c["emb_fixed"] + g * c["emb_block"]
         acts = {"block activations (no ckpt)": round(units * u + g * c["block_ffn"] * uf)}
+        plain = dict(acts)
         text_blocks = g
-    acts["text embeds + cross-attn K/V"] = (TEXT_FIXED + TEXT_PER_BLOCK * text_blocks) * ul + text_len * text_dim * b
-    acts["RoPE tables (fp32)"] = 2 * n * hd * 4
+    for a in (acts, plain):
+        a["text embeds + cross-attn K/V"] = (TEXT_FIXED + TEXT_PER_BLOCK * text_blocks) * ul + text_len * text_dim * b
+        a["RoPE tables (fp32)"] = 2 * n * hd * 4
     qk = {"captured q, k and grads": 4 * n * dim * b}
     opt_elems = lat_f * z * lh * lw if opt_mode == "latent" else 4 * n * hd
     opt = {"optimised tensor + Adam (fp32)": 4 * opt_elems * 4}
     ours = {**base, **acts, **qk, "AMF working set": min(AMF_BUDGET, 4 * n * n) + 3 * ff * n * 4, **opt}
-    research = {**base, **acts, **qk, "AMF working set": research_bytes(heads, ff, hh, ww, b), **opt}
-    return Estimate(ours, research)
+    research = {**base, **plain, **qk, "AMF working set": research_bytes(heads, ff, hh, ww, b), **opt}
+    est = Estimate(ours, research)
+    # host memory of the offloaded block inputs (pinned); the shared arguments once
+    est.host_bytes = (g + 1) * u + (TEXT_FIXED * ul + 6 * dim * 4 * (n if expand else 1)) if offload_activations else 0
+    est.ffn_chunks_used = chunks
+    return est
 
 
 def dry_run_table(model_id_or_preset, frames: int | None = None, height: int | None = None, width: int | None = None,
                   *, guidance_block: int | None = None, guidance_blocks=None, bytes_per_elem: int | None = None,
                   dtype: str | None = None, opt_mode: str = "latent", checkpointing: bool = True,
-                  offload: str = "none") -> str:
+                  offload: str = "none", offload_activations: bool | None = None,
+                  ffn_chunks: int | None = None) -> str:
     """The text ``ditflow-fast transfer --dry-run`` prints for a Wan model: a header line (model,
     frames, size, guidance block, offload) and the table. Unset sizes, block and dtype come from
     :meth:`WanFamily.defaults`. ``model_id_or_preset``: a preset name, a PRESETS-shaped entry, or a
     local Wan folder (its ``transformer/config.json`` and ``vae/config.json`` are read).
     ``guidance_blocks`` (the run's list; the last one counts) or ``guidance_block``; ``dtype``
-    (``"bfloat16"``, ``"float16"``, ``"float32"``) or ``bytes_per_elem``."""
+    (``"bfloat16"``, ``"float16"``, ``"float32"``) or ``bytes_per_elem``. ``offload_activations``: None
+    (the command's default) means on with ``offload="group"`` and checkpointing; ``ffn_chunks`` as
+    :func:`estimate_wan`."""
     entry = _entry(model_id_or_preset) if not isinstance(model_id_or_preset, str) or \
         model_id_or_preset in PRESETS else memory_config(model_id_or_preset)
     d = WanFamily.defaults(entry)
@@ -194,8 +251,11 @@ def dry_run_table(model_id_or_preset, frames: int | None = None, height: int | N
     dtype = str(dtype or d["dtype"]).replace("torch.", "")
     b = bytes_per_elem or (4 if dtype == "float32" else 2)
     label = dtype if bytes_per_elem is None else f"{b}-byte elements"
+    if offload_activations is None:
+        offload_activations = offload == "group" and checkpointing
     est = estimate_wan(entry, frames=frames, height=height, width=width, guidance_block=block, bytes_per_elem=b,
-                       opt_mode=opt_mode, checkpointing=checkpointing, offload=offload)
+                       opt_mode=opt_mode, checkpointing=checkpointing, offload=offload,
+                       offload_activations=offload_activations, ffn_chunks=ffn_chunks)
     name = model_id_or_preset if isinstance(model_id_or_preset, str) else "Wan (config)"
     experts = int(entry.get("experts", 1))
     head = (f"{name}: {frames} frames, {height}x{width}, guidance block {block}, "
@@ -203,6 +263,11 @@ def dry_run_table(model_id_or_preset, frames: int | None = None, height: int | N
             f"offload {offload}" + (f", {experts} experts (one on the GPU at a time)" if experts > 1 else ""))
     if offload == "group":
         head += f"\n(transformer weights: non-block parameters + {GROUP_RESIDENT_BLOCKS} blocks resident)"
+    if offload_activations:
+        head += f"\n(activations offloaded: the checkpointed block inputs take {est.host_bytes / 2**30:.2f} GiB of " \
+                "pinned host memory)"
+    if est.ffn_chunks_used > 1:
+        head += f"\n(recomputed FFN in {est.ffn_chunks_used} token slices)"
     note = "(umT5 encoder run and released before the loop; CUDA context and fragmentation not included)"
     return f"{head}\n{est.table()}\n{note}"
 

@@ -54,6 +54,10 @@ class GuidanceConfig:
     vae_slicing: bool = True
     vae_tiling: bool = False
     backend: str = "auto"
+    # Host memory for what the truncated guided forward saves for its backward (torch's save_on_cpu;
+    # exact copies: placement only, like cpu_offload, so not in the run key). Needs checkpointing.
+    offload_activations: bool = False
+    ffn_chunks: int | None = None  # Wan: the guided backward's FFN in token slices; None automatic, 0/1 off
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> GuidanceConfig:
@@ -77,6 +81,11 @@ class GuidanceConfig:
             raise ValueError(f"cfg_min_t must lie in [0, 1000] (a timestep), got {self.cfg_min_t}")
         if self.scheduler not in (None, "dpm", "ddim", "unipc"):
             raise ValueError(f"scheduler must be dpm, ddim or unipc, got {self.scheduler!r}")
+        if self.ffn_chunks is not None and int(self.ffn_chunks) < 0:
+            raise ValueError(f"ffn_chunks must be >= 0 (0 or 1: off), got {self.ffn_chunks}")
+        if self.offload_activations and not self.gradient_checkpointing:
+            raise ValueError("--offload-activations needs gradient checkpointing (drop --no-checkpointing): without "
+                             "it the backward's saved tensors include the weights themselves")
         return self
 
     def resolve(self, transformer, device: torch.device | str | None = None, family=None) -> GuidanceConfig:
@@ -120,11 +129,11 @@ class GuidanceConfig:
         """A hash of everything that changes the numbers: a saved state resumes only under the same key.
         ``exclude``: fields the caller keys separately (the command line names ``dtype`` on its own)."""
         d = self.to_dict()
-        for k in ("device", "cpu_offload", "vae_slicing", "vae_tiling", "extra", *exclude):
+        for k in ("device", "cpu_offload", "offload_activations", "vae_slicing", "vae_tiling", "extra", *exclude):
             d.pop(k, None)
         if d.get("cfg_min_t") == 0:  # the default leaves the keys of states saved before the option valid
             d.pop("cfg_min_t")
-        for k in ("cfg_scale_2", "flow_shift"):  # likewise for the options the Wan family added
+        for k in ("cfg_scale_2", "flow_shift", "ffn_chunks"):  # likewise for the options the Wan family added
             if d.get(k) is None:
                 d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

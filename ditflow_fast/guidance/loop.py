@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..atomic import atomic_path
-from ..families.offload import settle
+from ..families.offload import activation_offload, settle
 from . import embeds as emb_io
 from . import losses
 from .config import GuidanceConfig
@@ -110,6 +110,12 @@ class Guide:
             self.ctrl = self.family.install(tr, self.ctrl)  # one controller shared by the experts
             if config.gradient_checkpointing:
                 tr.enable_gradient_checkpointing()
+        if self.family.name == "wan" and config.gradient_checkpointing:  # the recomputed FFN in token slices
+            from ..families import wan_chunking
+
+            for tr in self.experts.values():
+                wan_chunking.install(tr, wan_chunking.resolve_chunks(getattr(config, "ffn_chunks", None),
+                                                                     self.frames * self.h * self.w, tr.config.ffn_dim))
         self.emb_shape = tuple(self.family.initial_emb(transformer, self.ref).shape)
         self.sampler = self.family.make_sampler(scheduler, config)
         self.sched = self.sampler.sched
@@ -167,7 +173,9 @@ class Guide:
         return self._targets[expert]
 
     def _loss(self, x, t, emb, targets, tr=None):
-        caps = self._capture(tr if tr is not None else self._expert(t), x, self.cond, t, emb)
+        # --offload-activations: what the truncated forward saves for the backward waits in host memory
+        with activation_offload(self.device, getattr(self.cfg, "offload_activations", False)):
+            caps = self._capture(tr if tr is not None else self._expert(t), x, self.cond, t, emb)
         total = sum(losses.loss(self.cfg.loss, caps.pop(b), targets[b], frames=self.frames, h=self.h, w=self.w,
                                 temperature=self.cfg.temperature, threshold=self.cfg.threshold,
                                 backend=self.cfg.backend) for b in self.cfg.guidance_blocks)
