@@ -12,6 +12,7 @@ leaves the folder as it was; two runs into one folder at once: the second is ref
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import os
 import shutil
@@ -45,7 +46,7 @@ def add_transfer_parser(sub) -> None:
     p.add_argument("--cfg", type=float,
                    help="classifier-free guidance scale (default: the model's, 7 CogVideoX, 5 Wan)")
     p.add_argument("--flow-shift", type=float, help="Wan: the sampler's flow shift (default: the model folder's)")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's, 50; Wan2.2 A14B 40)")
     p.add_argument("--guided-steps", type=int, default=10)
     p.add_argument("--opt-iters", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -163,10 +164,13 @@ def _lock(out: Path):
     fd = os.open(out, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
         os.close(fd)
-        raise ValueError(f"--out {out}: another ditflow-fast transfer is writing into it; wait for it or use "
-                         "another --out") from None
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise ValueError(f"--out {out}: another ditflow-fast transfer is writing into it; wait for it or "
+                             "use another --out") from None
+        raise ValueError(f"--out {out}: cannot be locked ({exc.strerror or exc}); use a folder on a local "
+                         "file system") from None
     return fd
 
 
@@ -185,6 +189,11 @@ def _configs(fam, ref: str) -> tuple[dict, dict]:
                              f"({type(exc).__name__}: {exc})") from exc
         out.append({k: v for k, v in cfg.items() if not k.startswith("_")})
     return out[0], out[1]
+
+
+def _second_expert(fam, ref: str) -> bool:
+    """Whether the folder or hub id holds a second expert (Wan2.2 A14B), as the family's loader decides."""
+    return bool(getattr(fam, "has_second_expert", lambda r: False)(ref))
 
 
 class _Cfg(dict):
@@ -226,6 +235,8 @@ def run_transfer(a, loader=None) -> int:
     fam = detect(a.model)  # milliseconds for a mistyped path: nothing path-like goes to the hub
     ref, local = resolve_model_ref(a.model)
     tcfg, vcfg = _configs(fam, ref)
+    if _second_expert(fam, ref):  # Wan2.2 A14B: its defaults (steps, CFG per expert) differ from 14B's
+        tcfg = {**tcfg, "experts": 2}
     cfg = cfg.resolve(tcfg, device=dev, family=fam)
     import torch
 
@@ -252,15 +263,17 @@ def run_transfer(a, loader=None) -> int:
         if meta.get("run_key") != key:
             raise ValueError(f"--out {out}: holds a run with other {differing(meta, parts)}; use --fresh to "
                              "start over there, or another --out")
+    created = not out.exists()
     lock = _lock(out)
+    ok = False
     try:
-        if a.fresh:  # only now that every check has passed: the old run's record goes with it
-            state.unlink(missing_ok=True)
-            (out / "config.json").unlink(missing_ok=True)
-            shutil.rmtree(out / "embeds", ignore_errors=True)
-        return _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_video, loader)
+        rc = _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_video, loader)
+        ok = True
+        return rc
     finally:
         os.close(lock)
+        if created and not ok and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a refusal after the lock (e.g. a prompt file of the wrong width) leaves no trace
 
 
 def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_video, loader) -> int:  # noqa: N803
@@ -299,7 +312,11 @@ def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_vide
                   family=fam, transformer_2=comps["transformer_2"], boundary_ratio=comps["boundary_ratio"],
                   run_key=key, key_parts=parts, ref_cache=cache)
     embeds_dir = out / "embeds" if cfg.opt_mode == "emb" and cfg.inject_embeds is None and cfg.guidance else None
-    if (out / STATE_FILE).exists() and not a.quiet:
+    if a.fresh:  # only now that every check has passed (model, prompts, set-up): the old run goes
+        (out / STATE_FILE).unlink(missing_ok=True)
+        (out / "config.json").unlink(missing_ok=True)
+        shutil.rmtree(out / "embeds", ignore_errors=True)
+    elif (out / STATE_FILE).exists() and not a.quiet:
         print(f"resuming from {out / STATE_FILE}", file=sys.stderr)
     res = guide.run(state_dir=out, embeds_dir=embeds_dir, progress=not a.quiet)
     if cfg.cpu_offload and a.offload == "none":

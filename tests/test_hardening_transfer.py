@@ -339,3 +339,15 @@ def test_an_unreachable_hub_fails_in_seconds_not_after_retries(assets, tmp_path,
     assert main(_set(_args(assets, tmp_path / "out"), "--model", "nobody/nothing-here")) == 2
     assert time.time() - t0 < 2 and len(calls) == 1  # one attempt, not the download client's retries
     assert "cannot be reached" in capsys.readouterr().err
+
+
+def test_fresh_with_a_bad_prompt_file_keeps_the_old_run_and_a_new_out_leaves_no_folder(assets, finished, tmp_path,
+                                                                                        capsys):
+    bad = tmp_path / "wide.safetensors"
+    save_file({"prompt": torch.zeros(1, tiny.TEXT_LEN, tiny.TEXT_DIM + 1)}, str(bad))  # the wrong text width
+    before = _snapshot(finished)
+    args = _set(_args(assets, finished, "--opt-mode", "emb", "--fresh"), "--prompt-embeds", str(bad))
+    assert main(args) == 2 and "must be [1, L, 16]" in capsys.readouterr().err
+    assert _snapshot(finished) == before  # --fresh removes the old run only once every check has passed
+    assert main(_set(_args(assets, tmp_path / "new"), "--prompt-embeds", str(bad))) == 2
+    assert not (tmp_path / "new").exists()

@@ -178,3 +178,14 @@ def test_prompt_text_through_a_tiny_umt5(wan, tmp_path):
             "--steps", "3", "--guided-steps", "1", "--opt-iters", "1", "--out", str(tmp_path / "out"), "--quiet"]
     assert main(args) == 0
     assert read_video(tmp_path / "out" / "result.mp4").shape[0] == 9
+
+
+def test_the_second_experts_reference_is_taken_without_injection():
+    """Its reference AMF is computed mid-run, while the step's K/V injection is armed: it must be the
+    model's own attention, as a fresh computation (and a resumed run) sees it."""
+    g = _wan_guide(True, guided_steps=6)
+    g.run(progress=False)
+    assert set(g._targets) == {"transformer", "transformer_2"}
+    fresh = _wan_guide(True, guided_steps=6).reference_targets("transformer_2")
+    for b, t in fresh.items():
+        assert torch.equal(t["amf"], g._targets["transformer_2"][b]["amf"])

@@ -168,26 +168,22 @@ class CogVideoXFamily:
         _, f, _, lh, lw = latent.shape
         return f, lh // p, lw // p
 
-    @staticmethod
-    def geometry(transformer, vae, frames: int, height: int, width: int) -> tuple[int, ...]:
+    @classmethod
+    def geometry(cls, transformer, vae, frames: int, height: int, width: int) -> tuple[int, ...]:
         """Latent ``(1, F', C, h, w)``; :class:`ModelError` for sizes or frame counts the model cannot give."""
-        temporal = vae.config.temporal_compression_ratio
         f, lh, lw = models.check_size(transformer, vae, frames, height, width)
-        if decoded_frames(f) != frames:
-            near = nearest_valid(frames, valid_frames(frames + 16, temporal))
-            raise models.ModelError(
-                f"--frames {frames}: this model's VAE would write {decoded_frames(f)} frames, not {frames}; "
-                f"CogVideoX gives exactly 1, 8, 9, 16, 17, ... (8k and 8k+1); nearest: "
-                f"{' or '.join(map(str, near))}")
+        cls.check_frames(frames, vae.config.temporal_compression_ratio)
         return 1, f, transformer.config.in_channels, lh, lw
 
     @staticmethod
-    def check_frames(frames: int) -> None:
+    def check_frames(frames: int, temporal: int = 4) -> None:
         """The frame rule alone (no model needed), for ``--dry-run`` and early checks."""
-        if decoded_frames(latent_frames_for(frames)) != frames:
-            near = nearest_valid(frames, valid_frames(frames + 16))
-            raise models.ModelError(f"--frames {frames}: CogVideoX's VAE gives exactly 1, 8, 9, 16, 17, ... "
-                                    f"(8k and 8k+1) frames; nearest: {' or '.join(map(str, near))}")
+        if decoded_frames(latent_frames_for(frames, temporal)) != frames:
+            near = nearest_valid(frames, valid_frames(frames + 16, temporal))
+            raise models.ModelError(
+                f"--frames {frames}: this model's VAE would write {decoded_frames(latent_frames_for(frames, temporal))}"
+                f" frames, not {frames}; CogVideoX gives exactly 1, 8, 9, 16, 17, ... (8k and 8k+1); nearest: "
+                f"{' or '.join(map(str, near))}")
 
     @staticmethod
     def encode_video(vae, frames, device, dtype, seed: int = 0) -> torch.Tensor:

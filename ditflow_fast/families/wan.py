@@ -32,174 +32,15 @@ import numpy as np
 import torch
 
 from ..guidance.models import ModelError
-from ..guidance.processor import GuidanceController, StopForward, split_rope
-
-TEXT_LEN = 512  # umT5 tokens; also hard-coded in diffusers' WanAttnProcessor for I2V
-
-# Wan2.1 VAE (AutoencoderKLWan's defaults): 8x spatial, 4x temporal, z_dim 16.
-_VAE21 = dict(z_dim=16, scale_factor_spatial=8, scale_factor_temporal=4, patch_size=None, base_dim=96,
-              decoder_base_dim=None, is_residual=False, in_channels=3, out_channels=3)
-# Wan2.2 TI2V-5B VAE (diffusers scripts/convert_wan_to_diffusers.py, vae22_diffusers_config):
-# patchified 2x2 input (12 channels), residual, 16x spatial, 4x temporal, z_dim 48.
-_VAE22 = dict(z_dim=48, scale_factor_spatial=16, scale_factor_temporal=4, patch_size=2, base_dim=160,
-              decoder_base_dim=256, is_residual=True, in_channels=12, out_channels=12)
-_COMMON = dict(patch_size=(1, 2, 2), attention_head_dim=128, text_dim=4096, freq_dim=256, cross_attn_norm=True,
-               qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
-
-# The public transformer configs (so a dry run needs no download). Sources: diffusers
-# scripts/convert_wan_to_diffusers.py (get_transformer_config: "Wan-T2V-1.3B", "Wan-T2V-14B",
-# "Wan2.2-T2V-A14B", "Wan2.2-TI2V-5B", and its __main__: two experts for Wan2.2 non-TI2V,
-# boundary_ratio=0.875 for T2V, expand_timesteps=True for TI2V, UniPC flow_shift 3.0, or 5.0 for TI2V);
-# the Wan team's configs (mlx-examples video/Wan2.1|Wan2.2/wan/configs: dims, heads, layers, ffn,
-# vae_stride, A14B boundary 0.875, sample_shift / steps / guide scales). rope_max_seq_len is
-# diffusers' default (1024): the converter does not set it for these models.
-PRESETS = {
-    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": dict(
-        transformer=dict(_COMMON, num_attention_heads=12, num_layers=30, in_channels=16, out_channels=16,
-                         ffn_dim=8960),
-        vae=_VAE21, text_len=TEXT_LEN, experts=1, boundary_ratio=None, expand_timesteps=False),
-    "Wan-AI/Wan2.1-T2V-14B-Diffusers": dict(
-        transformer=dict(_COMMON, num_attention_heads=40, num_layers=40, in_channels=16, out_channels=16,
-                         ffn_dim=13824),
-        vae=_VAE21, text_len=TEXT_LEN, experts=1, boundary_ratio=None, expand_timesteps=False),
-    "Wan-AI/Wan2.2-TI2V-5B-Diffusers": dict(
-        transformer=dict(_COMMON, num_attention_heads=24, num_layers=30, in_channels=48, out_channels=48,
-                         ffn_dim=14336),
-        vae=_VAE22, text_len=TEXT_LEN, experts=1, boundary_ratio=None, expand_timesteps=True),
-    "Wan-AI/Wan2.2-T2V-A14B-Diffusers": dict(
-        transformer=dict(_COMMON, num_attention_heads=40, num_layers=40, in_channels=16, out_channels=16,
-                         ffn_dim=13824),
-        vae=_VAE21, text_len=TEXT_LEN, experts=2, boundary_ratio=0.875, expand_timesteps=False),
-}
+from ..guidance.processor import GuidanceController, StopForward
+from .wan_attention import WanGuidedAttnProcessor, _output_hook
+from .wan_presets import _VAE21, _VAE22, PRESETS, TEXT_LEN, _cfg_get, transformer_params  # noqa: F401 - re-exported
+from .wan_sampler import WanSampler, load_scheduler_state, scheduler_state
 
 _PIPELINES = ("WanPipeline", "WanVideoToVideoPipeline")
 _TRANSFORMERS = ("WanTransformer3DModel",)
 FINGERPRINT_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size", "in_channels",
                     "rope_max_seq_len", "text_dim")
-
-
-def _cfg_get(cfg, key, default=None):
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
-def transformer_params(preset) -> int:
-    """Parameters of one transformer of ``preset`` (a PRESETS name or entry, or a transformer config
-    dict), counted on the meta device (no memory, no download)."""
-    from diffusers import WanTransformer3DModel
-
-    if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ModelError(f"--model {preset}: no Wan preset of that name (known: {', '.join(PRESETS)})")
-        preset = PRESETS[preset]
-    cfg = preset.get("transformer", preset)
-    with torch.device("meta"):
-        model = WanTransformer3DModel(**cfg)
-    return sum(p.numel() for p in model.parameters())
-
-
-class WanGuidedAttnProcessor:
-    """Wan self-attention (``attn1``) with capture, K/V injection and early stop.
-
-    Computes what diffusers' ``WanAttnProcessor`` computes, with the same operations in the same
-    order (bit-identical output when the controller asks nothing), and as the shared
-    :class:`GuidanceController` asks (fields as in :mod:`ditflow_fast.guidance.processor`):
-    records q/k of the picked batch element after ``norm_q``/``norm_k`` and RoPE as ``[1, H, N, d]``
-    views (graph kept); copies K/V; writes reference K/V over every batch element; raises
-    :class:`StopForward` after the guidance block. Accepts shared ``(cos, sin)`` or separate
-    ``((cos_q, sin_q), (cos_k, sin_k))`` RoPE. Only for self-attention: Wan's cross-attention
-    (``attn2``, text and image keys) keeps the stock processor.
-    """
-
-    # What diffusers' dispatcher reads off a processor (set_attention_backend writes the first).
-    _attention_backend = None
-    _parallel_config = None
-
-    def __init__(self, block_index: int, controller: GuidanceController):
-        self.block_index = block_index
-        self.controller = controller
-
-    # Spelled out with the stock processor's names and order. WanAttention.forward (diffusers 0.42)
-    # passes (hidden_states, encoder_hidden_states, attention_mask, rotary_emb) positionally and does
-    # not filter keywords by the signature (the older Attention.forward does): a **kwargs catch-all
-    # would hide a wrong call instead of failing.
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        rotary_emb=None,
-    ) -> torch.Tensor:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
-
-        if encoder_hidden_states is not None or attn.add_k_proj is not None:
-            raise ValueError("WanGuidedAttnProcessor is for Wan's self-attention (attn1) only")
-        ctrl, idx = self.controller, self.block_index
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query = attn.norm_q(query)
-        key = attn.norm_k(key)
-        query = query.unflatten(2, (attn.heads, -1))
-        key = key.unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            q_rope, k_rope = split_rope(rotary_emb)
-            query = _apply_rotary(query, *q_rope)
-            key = _apply_rotary(key, *k_rope)
-
-        if ctrl.armed and idx in ctrl.qk_blocks:
-            ctrl.qk[idx] = (ctrl._pick(query).transpose(1, 2), ctrl._pick(key).transpose(1, 2))
-        if ctrl.armed and idx in ctrl.copy_kv_blocks:
-            ctrl.kv[idx] = (ctrl._pick(key).transpose(1, 2).detach().contiguous().clone(),
-                            ctrl._pick(value).transpose(1, 2).detach().contiguous().clone())
-        if ctrl.armed and idx == ctrl.stop_after and idx not in ctrl.out_blocks:
-            raise StopForward
-        if idx in ctrl.inject_kv:
-            ref_k, ref_v = ctrl.inject_kv[idx]
-            key = _replace_all(key, ref_k)
-            value = _replace_all(value, ref_v)
-
-        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                    backend=self._attention_backend, parallel_config=self._parallel_config)
-        out = out.flatten(2, 3).type_as(query)
-        out = attn.to_out[0](out)
-        return attn.to_out[1](out)
-
-
-def _apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    """diffusers' Wan rotation (``WanAttnProcessor``'s inner ``apply_rotary_emb``), same operations."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos = freqs_cos[..., 0::2]
-    sin = freqs_sin[..., 1::2]
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(x)
-
-
-def _replace_all(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """``t`` ``[B, N, H, d]`` replaced by ``ref`` ``[1, H, N, d]`` for every batch element (a new tensor)."""
-    b, n, h, d = t.shape
-    if tuple(ref.shape) != (1, h, n, d):
-        raise ValueError(f"injected K/V of shape {tuple(ref.shape)} do not fit Wan attention of shape "
-                         f"[1, {h}, {n}, {d}]")
-    return ref.to(dtype=t.dtype, device=t.device).transpose(1, 2).expand(b, -1, -1, -1)
-
-
-def _output_hook(block_index: int, controller: GuidanceController):
-    def hook(module, args, output):
-        ctrl = controller
-        if ctrl.armed and block_index in ctrl.out_blocks:
-            ctrl.out[block_index] = ctrl._pick(output)  # Wan blocks return hidden states [B, N, D]
-            if block_index == ctrl.stop_after:
-                raise StopForward
-        return None
-
-    return hook
 
 
 def _read_model_index(model: str) -> dict:
@@ -271,10 +112,7 @@ class WanFamily:
         if cls is not None and cls not in _PIPELINES:
             raise ModelError(f"--model {model}: a {cls} folder; the Wan guidance loop takes text-to-video "
                              f"{' / '.join(_PIPELINES)} folders")
-        if "transformer_2" in index:
-            two = _has_component(index, "transformer_2")
-        else:  # no model_index.json: the folder decides
-            two = local.exists() and (local / "transformer_2").is_dir()
+        two = WanFamily.has_second_expert(model, index)
         try:
             transformer = WanTransformer3DModel.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
             transformer_2 = (WanTransformer3DModel.from_pretrained(model, subfolder="transformer_2", torch_dtype=dtype)
@@ -302,6 +140,16 @@ class WanFamily:
         return dict(transformer=transformer, transformer_2=transformer_2, vae=vae.eval().requires_grad_(False),
                     scheduler_config=sched_cfg, boundary_ratio=None if transformer_2 is None else boundary,
                     expand_timesteps=expand)
+
+    @staticmethod
+    def has_second_expert(model: str, index: dict | None = None) -> bool:
+        """Wan2.2 A14B's layout: a non-null ``transformer_2`` in ``model_index.json`` (local or hub), or,
+        without an index, a ``transformer_2/`` folder."""
+        index = _read_model_index(model) if index is None else index
+        if "transformer_2" in index:
+            return _has_component(index, "transformer_2")
+        local = Path(model).expanduser()
+        return local.exists() and (local / "transformer_2").is_dir()
 
     # -- guided attention ------------------------------------------------------------------------
     @staticmethod
@@ -478,10 +326,7 @@ class WanFamily:
         spatial = int(_cfg_get(vae_config, "scale_factor_spatial", None) or 8)
         z = int(_cfg_get(vae_config, "z_dim", 16))
         patch = tuple(_cfg_get(transformer_config, "patch_size", (1, 2, 2)))
-        if frames < 1 or (frames - 1) % temporal:
-            lo, hi = nearest_frames(frames, temporal)
-            near = f"{lo} or {hi}" if lo != hi else f"{lo}"
-            raise ModelError(f"--frames {frames}: the Wan VAE takes {temporal}k+1 frames; nearest: {near}")
+        WanFamily.check_frames(frames, temporal)
         sh, sw = spatial * patch[1], spatial * patch[2]
         if height % sh or width % sw:
             raise ModelError(f"--height/--width {height}x{width}: must be multiples of {sh}x{sw} for this model "
@@ -542,58 +387,8 @@ class WanFamily:
             sched = UniPCMultistepScheduler.from_config(sched.config, flow_shift=float(flow_shift))
         return sched
 
-    @staticmethod
-    def scheduler_state(scheduler) -> dict:
-        """UniPC's multistep history: ``{"tensors": {name: tensor}, "meta": json-able dict}``.
-
-        Tensors: ``model_outputs.{i}`` (entries not None), ``last_sample``, ``timestep_list.{i}`` (tensor
-        entries). Meta: which entries exist, non-tensor timesteps, ``lower_order_nums``, ``this_order``,
-        ``step_index``, ``begin_index``, ``num_inference_steps``. With :meth:`load_scheduler_state` a
-        resumed loop continues bit for bit (tested)."""
-        tensors, meta = {}, {}
-        outs = []
-        for i, m in enumerate(scheduler.model_outputs):
-            outs.append(m is not None)
-            if m is not None:
-                tensors[f"model_outputs.{i}"] = m.detach().cpu().contiguous()
-        ts = []
-        for i, t in enumerate(scheduler.timestep_list):
-            if isinstance(t, torch.Tensor):
-                tensors[f"timestep_list.{i}"] = t.detach().cpu().contiguous()
-                ts.append("tensor")
-            else:
-                ts.append(None if t is None else (int(t) if float(t).is_integer() else float(t)))
-        if scheduler.last_sample is not None:
-            tensors["last_sample"] = scheduler.last_sample.detach().cpu().contiguous()
-        meta.update(model_outputs=outs, timestep_list=ts, lower_order_nums=int(scheduler.lower_order_nums),
-                    this_order=getattr(scheduler, "this_order", None), step_index=scheduler.step_index,
-                    begin_index=scheduler.begin_index, num_inference_steps=scheduler.num_inference_steps,
-                    has_last_sample=scheduler.last_sample is not None)
-        json.dumps(meta)  # must stay json-able (safetensors metadata)
-        return {"tensors": tensors, "meta": meta}
-
-    @staticmethod
-    def load_scheduler_state(scheduler, state: dict, device=None) -> None:
-        """Restore :meth:`scheduler_state` into ``scheduler`` (calls ``set_timesteps`` first when the step
-        count differs or was never set). ``device``: where the history tensors go (default: as saved)."""
-        tensors, meta = state["tensors"], state["meta"]
-        n = meta["num_inference_steps"]
-        if n is not None and scheduler.num_inference_steps != n:
-            scheduler.set_timesteps(n, device=device)
-
-        def dev(t):
-            return t if device is None else t.to(device)
-
-        scheduler.model_outputs = [dev(tensors[f"model_outputs.{i}"]) if present else None
-                                   for i, present in enumerate(meta["model_outputs"])]
-        scheduler.timestep_list = [dev(tensors[f"timestep_list.{i}"]) if t == "tensor" else t
-                                   for i, t in enumerate(meta["timestep_list"])]
-        scheduler.last_sample = dev(tensors["last_sample"]) if meta["has_last_sample"] else None
-        scheduler.lower_order_nums = meta["lower_order_nums"]
-        if meta["this_order"] is not None:
-            scheduler.this_order = meta["this_order"]
-        scheduler._step_index = meta["step_index"]
-        scheduler._begin_index = meta["begin_index"]
+    scheduler_state = staticmethod(scheduler_state)
+    load_scheduler_state = staticmethod(load_scheduler_state)
 
     @staticmethod
     def cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -681,39 +476,3 @@ def nearest_frames(frames: int, temporal: int = 4) -> tuple[int, int]:
     """The two frame counts of the form ``temporal * k + 1`` around ``frames`` (equal ones for frames < 1)."""
     lo = max(1, (frames - 1) // temporal * temporal + 1)
     return (lo, lo + temporal) if lo <= frames else (lo, lo)
-
-
-class WanSampler:
-    """UniPC on flow sigmas; its multistep history lives in the scheduler and travels in the state."""
-
-    def __init__(self, scheduler):
-        self.sched = scheduler
-
-    def set_timesteps(self, steps, device):
-        self.sched.set_timesteps(steps, device=device)
-        return list(self.sched.timesteps)
-
-    @property
-    def init_noise_sigma(self) -> float:
-        return float(getattr(self.sched, "init_noise_sigma", 1.0))
-
-    def add_noise(self, x, noise, t):
-        return self.sched.add_noise(x, noise, torch.as_tensor([t], device=x.device).reshape(1))
-
-    def scale_model_input(self, x, t):
-        return self.sched.scale_model_input(x, t)
-
-    def step(self, i, t, pred, latents, generator):
-        # UniPC is deterministic: no generator (the per-step seeding is CogVideoX DDIM/DPM's)
-        return self.sched.step(pred, torch.as_tensor(t, device=latents.device), latents, return_dict=False)[0]
-
-    def state(self):
-        s = WanFamily.scheduler_state(self.sched)
-        return {f"sched.{k}": v for k, v in s["tensors"].items()}, s["meta"]
-
-    def load_state(self, tensors, meta, device):
-        if not meta:
-            return
-        inner = {k[len("sched."):]: v for k, v in tensors.items() if k.startswith("sched.")}
-        WanFamily.load_scheduler_state(self.sched, {"tensors": inner, "meta": meta}, device=device)
-

@@ -23,9 +23,10 @@ class GuidanceConfig:
     """
 
     model: str = "THUDM/CogVideoX-5b"
-    frames: int | None = 24  # video frames taken from the reference; None: the family's default
-    height: int | None = 480
-    width: int | None = 720
+    # None: the family's default (CogVideoX 24 frames at 480x720; Wan 81 at 480x832), filled by resolve()
+    frames: int | None = None  # video frames taken from the reference
+    height: int | None = None
+    width: int | None = None
     opt_mode: str = "latent"
     loss: str = "flow"
     guidance: bool = True
@@ -33,7 +34,7 @@ class GuidanceConfig:
     inject_embeds: str | None = None
     guidance_blocks: tuple[int, ...] | None = None
     injection_blocks: tuple[int, ...] = (0,)
-    steps: int = 50
+    steps: int | None = None  # None: the family's (50; Wan2.2 A14B 40)
     guided_steps: int = 10
     opt_iters: int = 5
     lr: tuple[float, float] = (0.002, 0.001)
@@ -70,7 +71,7 @@ class GuidanceConfig:
         for name in ("frames", "height", "width", "steps", "opt_iters"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.guided_steps <= self.steps:
+        if not 0 <= self.guided_steps <= (self.steps if self.steps is not None else self.guided_steps):
             raise ValueError(f"guided_steps must lie in [0, steps={self.steps}], got {self.guided_steps}")
         if self.height is not None and self.width is not None and (self.height % 16 or self.width % 16):
             raise ValueError(f"--height/--width must be multiples of 16 (VAE x8, patch x2), got "
@@ -114,7 +115,8 @@ class GuidanceConfig:
             height=self.height if self.height is not None else d["height"],
             width=self.width if self.width is not None else d["width"],
             cfg_scale=self.cfg_scale if self.cfg_scale is not None else d["cfg_scale"],
-            cfg_scale_2=self.cfg_scale_2 if self.cfg_scale_2 is not None else d.get("cfg_scale_2"))
+            cfg_scale_2=self.cfg_scale_2 if self.cfg_scale_2 is not None else d.get("cfg_scale_2"),
+            steps=self.steps if self.steps is not None else d["steps"]).validate()
 
     @property
     def torch_dtype(self) -> torch.dtype:

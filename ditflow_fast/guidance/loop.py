@@ -163,13 +163,15 @@ class Guide:
         the expert that guides (so its AMF is compared with the same model's)."""
         if expert not in self._targets:
             def compute():
-                caps = self._capture(self.experts[expert], self.ref, self.empty, 0)
+                # the second expert's reference is taken mid-run, while the step's K/V injection is armed:
+                # the reference is the model's own attention, so nothing is injected into it
+                with self.ctrl.no_injection():
+                    caps = self._capture(self.experts[expert], self.ref, self.empty, 0)
                 return {b: losses.reference(self.cfg.loss, c, frames=self.frames, h=self.h, w=self.w,
                                             prop_motion=self.cfg.prop_motion, backend=self.cfg.backend)
                         for b, c in caps.items()}
-            # cached only when nothing is injected (what is injected depends on the step and the prompt)
-            use_cache = self.ref_cache is not None and not self.ctrl.inject_kv
-            self._targets[expert] = self.ref_cache.targets_for(self, expert, compute) if use_cache else compute()
+            cache = self.ref_cache
+            self._targets[expert] = cache.targets_for(self, expert, compute) if cache is not None else compute()
         return self._targets[expert]
 
     def _loss(self, x, t, emb, targets, tr=None):

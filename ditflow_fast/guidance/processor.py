@@ -20,6 +20,7 @@ while injection (a property of the whole denoising step) is applied identically.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -51,6 +52,16 @@ class GuidanceController:
     qk: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     out: dict[int, torch.Tensor] = field(default_factory=dict)
     kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def no_injection(self):
+        """While active, nothing is injected (a measurement of the model itself, e.g. the reference AMF,
+        taken in the middle of a guided step whose reference K/V are armed); restored after."""
+        saved, self.inject_kv = self.inject_kv, {}
+        try:
+            yield
+        finally:
+            self.inject_kv = saved
 
     def clear_captures(self) -> None:
         """Drop every recorded tensor (frees q/k and the graph hanging off them)."""

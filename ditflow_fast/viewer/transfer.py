@@ -8,6 +8,7 @@ reference from its clean latent, the generated video from the run's final latent
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -29,21 +30,24 @@ def transfer_fields(guide, latents: torch.Tensor, *, offload: str = "none") -> t
     fam, tr = guide.family, _guiding_expert(guide)
     block = int(max(guide.cfg.guidance_blocks))
     ctrl = getattr(tr, "_ditflow_guidance", (None,))[0]
-    saved = None if ctrl is None else ctrl.inject_kv
-    if ctrl is not None:
-        ctrl.inject_kv = {}  # the last guided step's reference K/V must not leak into the measurement
     params = next(tr.parameters(), None)
     moved = offload == "none" and params is not None and params.device != guide.device
     if moved:
+        from ..families.offload import expert_swap
+
+        for other in guide.experts.values():  # only one expert on the device at a time
+            if other is not tr:
+                expert_swap(tr, other, guide.device)
         tr.to(guide.device)
+    # the last guided step's reference K/V must not leak into the measurement
+    no_inject = ctrl.no_injection() if ctrl is not None else contextlib.nullcontext()
     try:
-        ref = capture_amf(fam, tr, guide.ref, guide.empty, block)
-        gen = capture_amf(fam, tr, latents.to(guide.device, guide.dtype), guide.empty, block)
+        with no_inject:
+            ref = capture_amf(fam, tr, guide.ref, guide.empty, block)
+            gen = capture_amf(fam, tr, latents.to(guide.device, guide.dtype), guide.empty, block)
     finally:
         if moved:
             tr.to("cpu")
-        if ctrl is not None:
-            ctrl.inject_kv = saved
     f, h, w = fam.token_grid(tr, guide.ref)
     return ref, gen, dict(frames=f, height=h, width=w, block=block)
 

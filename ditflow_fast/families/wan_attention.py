@@ -1,0 +1,113 @@
+"""Wan's guided self-attention: the processor on each block's ``attn1`` and the block output hook.
+
+The processor computes q/k/v as diffusers' ``WanAttnProcessor`` does (bit-identical when nothing is
+asked) and lets the shared :class:`~ditflow_fast.guidance.processor.GuidanceController` capture,
+inject and stop; it takes separate query and key RoPE for emb-mode optimisation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..guidance.processor import GuidanceController, StopForward, split_rope
+
+
+class WanGuidedAttnProcessor:
+    """Wan self-attention (``attn1``) with capture, K/V injection and early stop.
+
+    Computes what diffusers' ``WanAttnProcessor`` computes, with the same operations in the same
+    order (bit-identical output when the controller asks nothing), and as the shared
+    :class:`GuidanceController` asks (fields as in :mod:`ditflow_fast.guidance.processor`):
+    records q/k of the picked batch element after ``norm_q``/``norm_k`` and RoPE as ``[1, H, N, d]``
+    views (graph kept); copies K/V; writes reference K/V over every batch element; raises
+    :class:`StopForward` after the guidance block. Accepts shared ``(cos, sin)`` or separate
+    ``((cos_q, sin_q), (cos_k, sin_k))`` RoPE. Only for self-attention: Wan's cross-attention
+    (``attn2``, text and image keys) keeps the stock processor.
+    """
+
+    # What diffusers' dispatcher reads off a processor (set_attention_backend writes the first).
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, block_index: int, controller: GuidanceController):
+        self.block_index = block_index
+        self.controller = controller
+
+    # Spelled out with the stock processor's names and order. WanAttention.forward (diffusers 0.42)
+    # passes (hidden_states, encoder_hidden_states, attention_mask, rotary_emb) positionally and does
+    # not filter keywords by the signature (the older Attention.forward does): a **kwargs catch-all
+    # would hide a wrong call instead of failing.
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb=None,
+    ) -> torch.Tensor:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        if encoder_hidden_states is not None or attn.add_k_proj is not None:
+            raise ValueError("WanGuidedAttnProcessor is for Wan's self-attention (attn1) only")
+        ctrl, idx = self.controller, self.block_index
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query = attn.norm_q(query)
+        key = attn.norm_k(key)
+        query = query.unflatten(2, (attn.heads, -1))
+        key = key.unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            q_rope, k_rope = split_rope(rotary_emb)
+            query = _apply_rotary(query, *q_rope)
+            key = _apply_rotary(key, *k_rope)
+
+        if ctrl.armed and idx in ctrl.qk_blocks:
+            ctrl.qk[idx] = (ctrl._pick(query).transpose(1, 2), ctrl._pick(key).transpose(1, 2))
+        if ctrl.armed and idx in ctrl.copy_kv_blocks:
+            ctrl.kv[idx] = (ctrl._pick(key).transpose(1, 2).detach().contiguous().clone(),
+                            ctrl._pick(value).transpose(1, 2).detach().contiguous().clone())
+        if ctrl.armed and idx == ctrl.stop_after and idx not in ctrl.out_blocks:
+            raise StopForward
+        if idx in ctrl.inject_kv:
+            ref_k, ref_v = ctrl.inject_kv[idx]
+            key = _replace_all(key, ref_k)
+            value = _replace_all(value, ref_v)
+
+        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                    backend=self._attention_backend, parallel_config=self._parallel_config)
+        out = out.flatten(2, 3).type_as(query)
+        out = attn.to_out[0](out)
+        return attn.to_out[1](out)
+
+
+def _apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """diffusers' Wan rotation (``WanAttnProcessor``'s inner ``apply_rotary_emb``), same operations."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+def _replace_all(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` ``[B, N, H, d]`` replaced by ``ref`` ``[1, H, N, d]`` for every batch element (a new tensor)."""
+    b, n, h, d = t.shape
+    if tuple(ref.shape) != (1, h, n, d):
+        raise ValueError(f"injected K/V of shape {tuple(ref.shape)} do not fit Wan attention of shape "
+                         f"[1, {h}, {n}, {d}]")
+    return ref.to(dtype=t.dtype, device=t.device).transpose(1, 2).expand(b, -1, -1, -1)
+
+
+def _output_hook(block_index: int, controller: GuidanceController):
+    def hook(module, args, output):
+        ctrl = controller
+        if ctrl.armed and block_index in ctrl.out_blocks:
+            ctrl.out[block_index] = ctrl._pick(output)  # Wan blocks return hidden states [B, N, D]
+            if block_index == ctrl.stop_after:
+                raise StopForward
+        return None
+
+    return hook
