@@ -66,11 +66,11 @@ def test_fields_become_transfer_arguments(env):
         ("v.mp4", "a cat", "THUDM/CogVideoX-5b", "emb", "flow", 49, None, None, 6.0)
     assert (ns.no_injection, ns.dtype, ns.device, ns.offload, ns.seed, ns.guidance_block) == \
         (True, None, None, "group", 3, None)
-    # the paper's defaults are transfer's: 50 steps, 10 guided, 5 iterations
-    d = core.transfer_namespace(core.request_argv(core.Request(model="m", steps=None, guided_steps=None,
-                                                               opt_iters=None)) + ["--out", "o"])
-    assert (d.steps, d.guided_steps, d.opt_iters, d.opt_mode, d.loss, d.no_guidance) == (50, 10, 5, "latent", "flow",
-                                                                                         False)
+    # the page's defaults are the paper's, as transfer has them: 10 guided steps, 5 iterations, steps the model's
+    d = core.transfer_namespace(core.request_argv(core.Request(model="m")) + ["--out", "o"])
+    cli = core.transfer_namespace(["--model", "m", "--out", "o"])
+    assert vars(d) == vars(cli)
+    assert (d.guided_steps, d.opt_iters, d.opt_mode, d.loss, d.no_guidance) == (10, 5, "latent", "flow", False)
     # every method, as the CLI spells it
     want = {"DiTFlow (latent)": ("latent", "flow", False), "DiTFlow (emb)": ("emb", "flow", False),
             "MOFT": ("latent", "moft", False), "SMM": ("latent", "smm", False), "No guidance": ("latent", "flow", True)}
@@ -116,6 +116,9 @@ def test_run_folder_is_named_by_the_inputs(env, tmp_path):
 
 def test_memory_prediction_and_refusal(env):
     prep = core.prepare(_request(env), env["out"])
+    assert core.total_steps(prep.namespace) == FAST["steps"]
+    default = core.prepare(_request(env, steps=None), env["out"])
+    assert core.total_steps(default.namespace) == 50  # the model's default, resolved as transfer does
     mem = core.predict_memory(prep.namespace)
     assert "predicted peak" in mem.table and mem.peak_bytes is not None and mem.peak_bytes > 0
     assert mem.fits and "no GPU limit" in mem.message()  # this machine runs it on the CPU

@@ -27,6 +27,7 @@ pytest.importorskip("gradio", reason="gradio is not installed (pip install 'ditf
 sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
 
 from ditflow_fast.app import core, ui  # noqa: E402
+from ditflow_fast.cli import main  # noqa: E402
 from ditflow_fast.guidance import tiny  # noqa: E402
 from ditflow_fast.video_io import write_video  # noqa: E402
 
@@ -123,22 +124,31 @@ def test_upload_run_see_result_viewer_and_score(served, browser, tmp_path):
     assert (run / "result.mp4").is_file() and (run / "amf" / "amf.html").is_file()
 
 
-def test_bad_input_shows_the_cli_message(served, browser):
+def test_bad_input_shows_the_cli_message(served, browser, capsys):
     _, url, out = served["apps"]["main"]
     errors: list[str] = []
     page = _page(browser, url, errors)
     try:
         _fill(page, served["clip"], frames=10)
-        # the memory panel already says so (the dry run's own check) ...
+        # the memory panel already says something is wrong (the dry run's own check) ...
         page.wait_for_function("document.querySelector('#memory').innerText.includes('--frames 10')", timeout=30000)
-        page.click("#run")  # ... and a run does, with transfer's message
+        page.click("#run")  # ... and a run says what `ditflow-fast transfer` says for the same arguments
         page.wait_for_function(DONE, timeout=60000)
         status = page.inner_text("#status")
-        assert "Error" in status and "--frames 10: CogVideoX's VAE gives exactly" in status, status
+        model, prompt = page.input_value("#model textarea, #model input"), page.input_value("#prompt textarea")
         assert "Traceback" not in page.inner_text("body")
     finally:
         page.close()
     assert errors == []
+    hints = core.model_hints(model)
+    r = core.Request(video=str(served["clip"]), prompt=prompt, model=model, frames=10, height=hints["height"],
+                     width=hints["width"], steps=6, guided_steps=2, opt_iters=2)
+    argv = core.prepare(r, out).argv
+    capsys.readouterr()
+    assert main(["transfer", *argv]) == 2
+    cli = capsys.readouterr().err.strip().removeprefix("ditflow-fast transfer: error: ")
+    assert "--frames 10" in cli or "10 asked for (--frames)" in cli, cli
+    assert status == f"Error: {cli}", (status, cli)
 
 
 def test_closing_the_page_stops_the_run_and_the_same_request_resumes_it(served, browser):
@@ -170,6 +180,18 @@ def test_closing_the_page_stops_the_run_and_the_same_request_resumes_it(served, 
         page.wait_for_function(DONE, timeout=180000)
         status = page.inner_text("#status")
         assert f"Done (resumed from step {stopped})" in status and run.name in status, status
+    finally:
+        page.close()
+    # after a restart the page lists the runs under --out (from their app_request.json): pick it, resume/show
+    page = _page(browser, url, [])
+    try:
+        page.click("text=Runs under --out")
+        page.click("#runs input")
+        page.click(f"#runs [role=option][aria-label^='{run.name}']")
+        page.click("#resume")
+        page.wait_for_function("document.querySelector('#status').innerText.includes('Finished')", timeout=60000)
+        assert run.name in page.inner_text("#status")
+        page.wait_for_selector("#result-video video", timeout=30000)
     finally:
         page.close()
 

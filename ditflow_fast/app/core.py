@@ -128,7 +128,7 @@ class Request:
     frames: int | None = None
     height: int | None = None
     width: int | None = None
-    steps: int | None = 50
+    steps: int | str | None = None  # transfer's default: the model's (50; Wan2.2 A14B 40)
     guided_steps: int | None = 10
     opt_iters: int | None = 5
     seed: int | None = 0
@@ -304,6 +304,25 @@ def warm_imports() -> None:
                      "UMT5EncoderModel"):
             with contextlib.suppress(ImportError, AttributeError):
                 getattr(transformers, name)
+
+
+def total_steps(namespace: argparse.Namespace) -> int | None:
+    """The run's denoising steps: ``--steps``, else the model's default resolved as ``run_transfer`` does
+    (None when that cannot be read without running)."""
+    if namespace.steps:
+        return int(namespace.steps)
+    try:
+        from .. import transfer_cli as tc
+        from ..families import detect, resolve_model_ref
+
+        fam = detect(namespace.model)
+        ref, local = resolve_model_ref(namespace.model)
+        tcfg, _ = tc._configs(fam, ref)
+        if getattr(tc, "_second_expert", None) and tc._second_expert(ref, local):
+            tcfg = {**tcfg, "experts": 2}
+        return int(tc._config(namespace).resolve(tcfg, device=tc._check_device(namespace.device), family=fam).steps)
+    except Exception:  # noqa: BLE001 - only the progress bar's total; the run says what is wrong
+        return None
 
 
 # -- predicted memory ---------------------------------------------------------------------------------

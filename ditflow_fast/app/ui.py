@@ -56,8 +56,8 @@ def _mf_text(mf: dict | None) -> str:
             f"{f(m.get('motion_fidelity'))} (symmetric {f(m.get('motion_fidelity_symmetric'))})")
 
 
-def _losses_md(step: int, steps: int, losses: dict[int, list[float]]) -> str:
-    rows = [f"**Denoising step {max(step, 0)} of {steps}**"]
+def _losses_md(step: int, steps: int | None, losses: dict[int, list[float]]) -> str:
+    rows = [f"**Denoising step {max(step, 0)}" + (f" of {steps}**" if steps else "**")]
     if losses:
         rows += ["", "| guided step | timestep | loss (first -> last iteration) |", "| --- | --- | --- |"]
         for n, (t, hist) in enumerate(sorted(losses.items(), key=lambda kv: -kv[0]), 1):
@@ -110,25 +110,30 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
                 inject: gr.update(choices=core.emb_runs(out))}
 
     def follow(prep: core.Prepared, progress):
-        steps = prep.namespace.steps
         if not prep.namespace.video:
             raise ValueError("--video is required")
-        mem = core.predict_memory(prep.namespace, gpu_memory_gib)
-        if not mem.fits:
+        steps = core.total_steps(prep.namespace)
+        try:
+            mem = core.predict_memory(prep.namespace, gpu_memory_gib)
+        except (ValueError, TypeError):
+            mem = None  # the run itself says what is wrong, in transfer's words (its checks run in its order)
+        if mem is not None and not mem.fits:
             yield {status: _md_error(mem.message())}
             return
         start, _ = core.read_progress(prep.run_dir)
         core.save_request(prep)
         job = core.Job(prep).start()
         try:
-            yield {status: f"Starting ({mem.message()})" + (f"; resuming from step {start}" if start > 0 else ""),
+            yield {status: "Starting" + (f" ({mem.message()})" if mem else "")
+                   + (f"; resuming from step {start}" if start > 0 else ""),
                    result_video: None, viewer: "", mf_md: "", download: None}
             while not job.done.wait(0.3):
                 step, losses = core.read_progress(prep.run_dir)
                 if step >= 0:
-                    progress((max(step, 0), steps), desc="denoising", unit="steps")
+                    if steps:
+                        progress((max(step, 0), steps), desc="denoising", unit="steps")
                     yield {status: ("Waiting for the previous run to stop" if not job.started.is_set() else
-                                    "Running" if step < steps else "Decoding and measuring the AMF"),
+                                    "Running" if not steps or step < steps else "Decoding and measuring the AMF"),
                            loss_md: _losses_md(step, steps, losses)}
             step, losses = core.read_progress(prep.run_dir)
             yield {loss_md: _losses_md(step, steps, losses)}
@@ -196,7 +201,7 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
                         height = _opt("height", hints.get("height"))
                         width = _opt("width", hints.get("width"))
                     with gr.Row():
-                        steps = gr.Number(50, label="denoising steps", precision=0, elem_id="steps", min_width=100)
+                        steps = _opt("denoising steps", None, "steps")
                         guided = gr.Number(10, label="guided steps", precision=0, elem_id="guided", min_width=100)
                         iters = gr.Number(5, label="Adam iterations / step", precision=0, elem_id="iters",
                                           min_width=100)
@@ -237,6 +242,8 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
             comp.change(memory, fields, mem_md, concurrency_limit=4, concurrency_id="memory",
                         show_progress="hidden")
         demo.load(memory, fields, mem_md, concurrency_limit=4, concurrency_id="memory")
+        demo.load(lambda: (gr.update(choices=core.runs(out)), gr.update(choices=core.emb_runs(out))), None,
+                  [runs_dd, inject], queue=False)  # what ran since the app started (or before a restart)
         run_btn.click(run, fields, outputs, concurrency_limit=1, concurrency_id="device")
         resume_btn.click(resume, runs_dd, outputs, concurrency_limit=1, concurrency_id="device")
     demo.queue(default_concurrency_limit=1)
