@@ -62,21 +62,6 @@ def _cmd_amf(args) -> int:
     return 0
 
 
-def _add_amf(sub) -> None:
-    p = sub.add_parser("amf", help="compute the AMF of random q/k (a smoke test of dispatch)")
-    p.add_argument("--frames", type=int, default=2)
-    p.add_argument("--height", type=int, default=6)
-    p.add_argument("--width", type=int, default=9)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--head-dim", type=int, default=16)
-    p.add_argument("--text-tokens", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=2.0)
-    p.add_argument("--mode", choices=("soft", "argmax"), default="soft")
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_amf)
-
-
 def build_parser() -> argparse.ArgumentParser:
     # Only the parsers are imported here; each subcommand imports its heavy modules when it runs.
     from .amf_cli import add_amf_parser

@@ -6,6 +6,8 @@ import json
 
 import torch
 
+from .base import Sampler
+
 
 def scheduler_state(scheduler) -> dict:
     """UniPC's multistep history: ``{"tensors": {name: tensor}, "meta": json-able dict}``.
@@ -59,25 +61,8 @@ def load_scheduler_state(scheduler, state: dict, device=None) -> None:
     scheduler._begin_index = meta["begin_index"]
 
 
-class WanSampler:
+class WanSampler(Sampler):
     """UniPC on flow sigmas; its multistep history lives in the scheduler and travels in the state."""
-
-    def __init__(self, scheduler):
-        self.sched = scheduler
-
-    def set_timesteps(self, steps, device):
-        self.sched.set_timesteps(steps, device=device)
-        return list(self.sched.timesteps)
-
-    @property
-    def init_noise_sigma(self) -> float:
-        return float(getattr(self.sched, "init_noise_sigma", 1.0))
-
-    def add_noise(self, x, noise, t):
-        return self.sched.add_noise(x, noise, torch.as_tensor([t], device=x.device).reshape(1))
-
-    def scale_model_input(self, x, t):
-        return self.sched.scale_model_input(x, t)
 
     def step(self, i, t, pred, latents, generator):
         # UniPC is deterministic: no generator (the per-step seeding is CogVideoX DDIM/DPM's)
