@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -227,20 +226,15 @@ def summarise(records: list[dict], rows) -> dict:
     return out
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write(out: Path, records, summary, meta) -> None:
-    with open(out / "results.csv.tmp", "w", newline="") as fh:
+    from ..atomic import atomic_path, write_text
+
+    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(records[0]))
         w.writeheader()
         w.writerows([{k: _na(v, "n/a") for k, v in r.items()} for r in records])
-    os.replace(out / "results.csv.tmp", out / "results.csv")
-    _atomic_text(out / "summary.json", json.dumps(_na({"meta": meta, "rows": summary}, None), indent=1))
-    _atomic_text(out / "summary.md", summary_markdown(summary, meta))
+    write_text(out / "summary.json", json.dumps(_na({"meta": meta, "rows": summary}, None), indent=1))
+    write_text(out / "summary.md", summary_markdown(summary, meta))
 
 
 def _na(v, missing):

@@ -6,10 +6,11 @@ Videos are ``[F, 3, H, W]`` float arrays in [0, 1]; they are upscaled by pixel r
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_path
 
 
 def to_uint8(video: np.ndarray, scale: int = 4) -> np.ndarray:
@@ -48,9 +49,8 @@ def save_gif(path, videos: list[np.ndarray], labels: list[str] | None = None, *,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     images = _grid(videos, labels, scale, columns)
-    tmp = path.with_name(path.name + ".tmp")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     return path
 
 
@@ -75,7 +75,6 @@ def save_strip(path, videos: list[np.ndarray], labels: list[str] | None = None, 
             y += h
     else:
         image = Image.fromarray(canvas)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
     return path

@@ -22,7 +22,6 @@ latent grid, so its tokens and AMF are the pixel model's); :func:`.codec.load_co
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -102,10 +101,11 @@ def rope(transformer, frames: int = FRAMES, height: int | None = None, width: in
 
 
 def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
+    """``write(temporary path)``, then the rename: the package's one atomic writer (unique temporaries)."""
+    from ..atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def world_geometry() -> dict:
