@@ -92,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         print(f"ditflow-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ditflow-fast info | head`: the reader left; nothing more to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -19,3 +19,14 @@ def test_amf_reports_the_backend_it_used(capsys):
 def test_amf_bad_argument_is_a_clean_error(capsys):
     assert main(["amf", "--random", "--temperature", "0"]) == 2
     assert "temperature must be finite and > 0" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """``ditflow-fast ... | head -1``: the closed pipe ends the command quietly (exit 0), not with a traceback."""
+    import subprocess
+    import sys
+
+    cmd = (f"{sys.executable} -m ditflow_fast.cli transfer --dry-run --model Wan-AI/Wan2.2-T2V-A14B-Diffusers "
+           "| head -c 10 > /dev/null; exit ${PIPESTATUS[0]}")
+    res = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
