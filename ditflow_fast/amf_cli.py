@@ -59,10 +59,10 @@ def run_amf(a) -> int:
             raise ValueError(f"--{name} must be positive, got {v}")
     if a.block is not None and a.block < 0:
         raise ValueError(f"--block must be >= 0, got {a.block}")
-    if not Path(a.video).exists():
-        raise ValueError(f"--video {a.video}: no such file or folder")
     from .atomic import check_writable
+    from .video_io import check_video
 
+    check_video(a.video, a.frames)  # opened and decoded (--frames of them, else one) before any model loads
     out = Path(a.out).expanduser()
     check_writable(out, option="--out", folder=True)
     import torch

@@ -31,6 +31,10 @@ Rules, the same for all of them:
 it raises a one-line ``ValueError`` naming the option when ``dest`` could not be written, before
 any expensive work.
 
+``dir_lock(folder, what, option=...)`` takes an exclusive, non-blocking ``flock`` on a folder itself
+(no lock file: the folder stays as it was; created when missing) and returns the descriptor to
+``os.close`` when done; a folder another process holds is refused with a one-line ``ValueError``.
+
 ``atomic_dir`` replaces an existing folder by moving it aside to a unique name, renaming the new one
 in and deleting the old; between those two renames (microseconds) ``dest`` is missing, but it is
 never half-written. A ``dest`` that exists and is not a folder is refused before the block runs.
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -48,7 +53,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_path", "check_writable", "current_umask", "write_bytes", "write_json", "write_text"]
+__all__ = ["atomic_dir", "atomic_path", "check_writable", "current_umask", "dir_lock", "write_bytes", "write_json",
+           "write_text"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -225,3 +231,31 @@ def check_writable(dest, *, option: str = "path", folder: bool = False) -> None:
         raise ValueError(f"{where}: cannot create files in {probe} ({exc.strerror or exc})") from None
     os.close(fd)
     os.unlink(name)
+
+
+def dir_lock(path, what: str, *, option: str = "--out") -> int:
+    """An exclusive, non-blocking ``flock`` on the folder ``path`` itself (created with its parents when
+    missing); returns the open descriptor, which holds the lock until it is ``os.close``d.
+
+    Raises ``ValueError("<option> <path>: another <what> is writing into it; ...")`` when another open
+    descriptor (another process, or another lock in this one) holds it, and ``ValueError`` naming the
+    system's reason (``strerror``) for any other failure: a folder that cannot be created or opened, a
+    file system without locks (some network mounts).
+    """
+    path = Path(path)
+    where = f"{option} {path}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot be opened to lock it ({exc.strerror or exc})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise ValueError(f"{where}: another {what} is writing into it; wait for it or use another "
+                             f"{option}") from None
+        raise ValueError(f"{where}: cannot be locked ({exc.strerror or exc}); use a folder on a local "
+                         "file system") from None
+    return fd

@@ -56,8 +56,8 @@ def run_eval(a) -> int:
                                             " 'cotracker3_offline')\" (or use the default --tracker lk)")
     else:
         motion._cv2()
-    ref = read_video(a.reference)
-    gen = read_video(a.generated)
+    ref = read_video(a.reference, option="--reference")
+    gen = read_video(a.generated, option="--generated")
     res = motion.evaluate(ref, gen, tracker=a.tracker, grid=a.grid, static_px=a.static_px,
                           max_side=a.max_side or None, frames=a.frames)
     res.update(reference=str(a.reference), generated=str(a.generated))

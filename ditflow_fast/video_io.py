@@ -26,7 +26,7 @@ def _natural_key(p: Path):
     return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.name)]
 
 
-def _read_container(path: Path, limit: int | None) -> list[np.ndarray]:
+def _read_container(path: Path, limit: int | None, option: str = "--video") -> list[np.ndarray]:
     try:
         import av
     except ImportError as exc:  # pragma: no cover - av is a declared dependency
@@ -35,7 +35,7 @@ def _read_container(path: Path, limit: int | None) -> list[np.ndarray]:
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise VideoError(f"--video {path}: the file has no video stream")
+                raise VideoError(f"{option} {path}: the file has no video stream")
             for frame in container.decode(video=0):
                 frames.append(frame.to_ndarray(format="rgb24"))
                 if limit is not None and len(frames) >= limit:
@@ -43,48 +43,61 @@ def _read_container(path: Path, limit: int | None) -> list[np.ndarray]:
     except VideoError:
         raise
     except Exception as exc:  # PyAV raises its own error family for corrupt or non-video files
-        raise VideoError(f"--video {path}: cannot decode it as a video ({type(exc).__name__}: {exc})") from exc
+        raise VideoError(f"{option} {path}: cannot decode it as a video ({type(exc).__name__}: {exc})") from exc
     return frames
 
 
-def _read_folder(path: Path, limit: int | None) -> list[np.ndarray]:
+def _read_folder(path: Path, limit: int | None, option: str = "--video") -> list[np.ndarray]:
     from PIL import Image
 
     files = sorted((p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES), key=_natural_key)
     if not files:
-        raise VideoError(f"--video {path}: the folder holds no frames ({', '.join(FRAME_SUFFIXES)})")
+        raise VideoError(f"{option} {path}: the folder holds no frames ({', '.join(FRAME_SUFFIXES)})")
     frames = []
     for p in files[:limit]:
         try:
             with Image.open(p) as im:
                 frames.append(np.asarray(im.convert("RGB")))
         except Exception as exc:
-            raise VideoError(f"--video {path}: cannot read frame {p.name} ({exc})") from exc
+            raise VideoError(f"{option} {path}: cannot read frame {p.name} ({exc})") from exc
     return frames
 
 
-def read_video(path, frames: int | None = None, height: int | None = None, width: int | None = None) -> np.ndarray:
+def read_video(path, frames: int | None = None, height: int | None = None, width: int | None = None, *,
+               option: str = "--video") -> np.ndarray:
     """The first ``frames`` frames of a video file or frame folder, resized to ``height x width``.
 
     Returns ``uint8 [F, H, W, 3]``. Raises :class:`VideoError` for a missing or unreadable input,
-    or one with fewer than ``frames`` frames.
+    or one with fewer than ``frames`` frames; its message starts with ``option`` (the command-line
+    option the path came from) and the path.
     """
     from PIL import Image
 
-    path = Path(path)
-    if not path.exists():
-        raise VideoError(f"--video {path}: no such file or folder")
-    got = _read_folder(path, frames) if path.is_dir() else _read_container(path, frames)
-    if not got:
-        raise VideoError(f"--video {path}: no frames could be decoded")
-    if frames is not None and len(got) < frames:
-        raise VideoError(f"--video {path}: has {len(got)} frames, fewer than the {frames} asked for (--frames)")
+    got = _read_frames(path, frames, option)
     if height is not None and width is not None:
         got = [f if f.shape[:2] == (height, width) else
                np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC)) for f in got]
     if len({f.shape for f in got}) != 1:
-        raise VideoError(f"--video {path}: frames differ in size; give --height and --width to resize them")
+        raise VideoError(f"{option} {Path(path)}: frames differ in size; give --height and --width to resize them")
     return np.stack(got)
+
+
+def _read_frames(path, frames: int | None, option: str) -> list[np.ndarray]:
+    path = Path(path)
+    if not path.exists():
+        raise VideoError(f"{option} {path}: no such file or folder")
+    got = _read_folder(path, frames, option) if path.is_dir() else _read_container(path, frames, option)
+    if not got:
+        raise VideoError(f"{option} {path}: no frames could be decoded")
+    if frames is not None and len(got) < frames:
+        raise VideoError(f"{option} {path}: has {len(got)} frames, fewer than the {frames} asked for (--frames)")
+    return got
+
+
+def check_video(path, frames: int | None = None, *, option: str = "--video") -> None:
+    """Raise what :func:`read_video` would for a missing, unreadable or too short input, decoding only
+    ``frames`` frames (default 1) and keeping none: the cheap check a command makes before loading a model."""
+    _read_frames(path, frames or 1, option)
 
 
 def write_video(frames: np.ndarray, path, fmt: str = "mp4", fps: int = 8) -> Path:

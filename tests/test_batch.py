@@ -19,7 +19,7 @@ from safetensors.torch import save_file  # noqa: E402
 from ditflow_fast.batch.runner import FAULT_ENV  # noqa: E402
 from ditflow_fast.cli import main  # noqa: E402
 from ditflow_fast.guidance import tiny  # noqa: E402
-from ditflow_fast.video_io import read_video  # noqa: E402
+from ditflow_fast.video_io import read_video, write_video  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,11 +55,13 @@ def test_batch_failures_cache_killed_worker_rerun(assets, tmp_path, monkeypatch,
     # The transfer runs to compare with; the first one fills the batch's reference cache.
     ref_a = _transfer(assets, tmp_path / "t_a", prompt, "--ref-cache", str(out / ".ref_cache"))
     ref_b = _transfer(assets, tmp_path / "t_b", other)
+    b_video = tmp_path / "b.mp4"  # the same video under another path: changed at the end
+    b_video.write_bytes((assets / "video.mp4").read_bytes())
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text("\n".join(json.dumps(j) for j in [
         {"id": "a"},
         {"id": "broken", "video": str(assets / "broken.mp4")},
-        {"id": "b", "prompt_embeds": str(other)},
+        {"id": "b", "prompt_embeds": str(other), "video": str(b_video)},
         {"id": "killed"},  # the same job as "a": its worker is killed after step 2 of 6
     ]) + "\n")
     monkeypatch.setenv(FAULT_ENV, "killed:2")
@@ -100,3 +102,18 @@ def test_batch_failures_cache_killed_worker_rerun(assets, tmp_path, monkeypatch,
     table = capsys.readouterr().out
     assert "0 done, 1 failed, 3 skipped" in table and "(earlier run) VideoError" in table
     assert _manifest(out)[-1]["event"] == "skipped"
+
+    # b's video changes at the same path: b runs again (not skipped); transfer refuses its folder, which
+    # holds the first video's run, and the batch says why and what to do; --fresh-changed starts it over
+    first_key = json.loads((out / "b" / "config.json").read_text())["run_key"]
+    write_video(read_video(b_video)[::-1].copy(), b_video)
+    assert main(argv) == 1
+    assert "0 done, 2 failed, 2 skipped" in capsys.readouterr().out
+    last = _manifest(out)[-1]
+    assert last["id"] == "b" and last["event"] == "failed" and last["stale"] is True
+    assert "holds a run with other video" in last["error"] and "--fresh-changed" in last["error"]
+    assert main([*argv, "--fresh-changed"]) == 1  # the broken one still fails
+    assert "1 done, 1 failed, 2 skipped" in capsys.readouterr().out
+    cfg = json.loads((out / "b" / "config.json").read_text())
+    fresh_run = json.loads((out / "a" / "config.json").read_text())["resumed_from_step"]  # never interrupted
+    assert cfg["run_key"] != first_key and cfg["resumed_from_step"] == fresh_run

@@ -103,3 +103,16 @@ def test_eval_clean_errors(videos, tmp_path, monkeypatch, capsys):
     assert "cotracker" in err and "torch hub cache" in err and "--tracker lk" in err
     assert main(["eval", "--reference", str(videos / "ref"), "--generated", str(videos / "gen"),
                  "--frames", "9"]) == 2
+
+
+def test_eval_errors_name_the_option_the_video_came_from(videos, tmp_path, capsys):
+    pytest.importorskip("cv2")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"this is not a video")
+    assert main(["eval", "--reference", str(bad), "--generated", str(videos / "gen")]) == 2
+    err = capsys.readouterr().err
+    assert f"--reference {bad}: cannot decode it as a video" in err and "--video" not in err
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", "--reference", str(videos / "ref"), "--generated", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert f"--generated {tmp_path / 'empty'}: the folder holds no frames" in err and "--video" not in err

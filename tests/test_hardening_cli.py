@@ -314,3 +314,27 @@ def test_info_says_what_auto_tries_first(capsys):
     q = torch.randn(1, 2, 2 * 3 * 4, 8)
     picked = choose_backend(q, q, frames=2, height=3, width=4).name
     assert (first if not torch.cuda.is_available() else first.split(", ")[-1].split(" (")[0]) == picked
+
+
+def test_dir_lock_refuses_a_held_folder_and_names_other_errors(tmp_path, monkeypatch):
+    out = tmp_path / "a" / "out"
+    fd = atomic.dir_lock(out, "ditflow-fast thing")  # created with its parents, no lock file in it
+    try:
+        assert out.is_dir() and not any(out.iterdir())
+        with pytest.raises(ValueError, match=r"^--out .*out: another ditflow-fast thing is writing into it; wait"):
+            atomic.dir_lock(out, "ditflow-fast thing")  # another descriptor: refused, not blocked
+    finally:
+        os.close(fd)
+    os.close(atomic.dir_lock(out, "ditflow-fast thing", option="--cache"))  # free again once closed
+
+    def fail(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(atomic.fcntl, "flock", fail)
+    with pytest.raises(ValueError, match="cannot be locked") as exc:
+        atomic.dir_lock(out, "ditflow-fast thing", option="--cache")
+    assert str(exc.value).startswith("--cache ") and os.strerror(errno.ENOLCK) in str(exc.value)
+    assert "another" not in str(exc.value)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"file/sub: cannot be opened to lock it \(Not a directory\)"):
+        atomic.dir_lock(tmp_path / "file" / "sub", "ditflow-fast thing")

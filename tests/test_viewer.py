@@ -153,3 +153,50 @@ def test_transfer_writes_the_side_by_side_viewer(tiny_folders, tmp_path, capsys)
     err = np.linalg.norm(ref - gen, axis=-1).mean(-1).ravel()
     np.testing.assert_allclose(data["errors"], err, atol=1e-4)
     assert (out / "amf" / "amf.png").is_file() and (out / "config.json").is_file()
+
+
+def test_amf_checks_the_video_before_loading_the_model(toy_video, tmp_path, monkeypatch, capsys):
+    from ditflow_fast.viewer import reference
+
+    def no_load(*a, **k):
+        pytest.fail("the model was loaded before --video was checked")
+
+    monkeypatch.setattr(reference, "open_model", no_load)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"this is not a video")
+    assert main(["amf", "--video", str(bad), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert f"--video {bad}: cannot decode it as a video" in err
+    assert main(["amf", "--video", str(toy_video[0]), "--frames", "999", "--out", str(tmp_path / "x")]) == 2
+    assert "fewer than the 999 asked for" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_side_by_side_png_is_composed_in_memory_and_written_once(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from ditflow_fast.viewer import output
+
+    rng = np.random.default_rng(0)
+    fields = [(name, rng.normal(size=(3, 3, 6, 2)).astype(np.float32),
+               rng.integers(0, 256, (3, 16, 24, 3), dtype=np.uint8)) for name in ("reference", "generated")]
+    out = tmp_path / "view"
+    # another writer's file under the old fixed temporary name: nothing here may collide with it
+    (out / ".amf_0.grid.png").mkdir(parents=True)
+    paths = output.write_viewer(out, fields, {"height": 2, "width": 3})
+    scale = output.field_scale(fields[0][1], fields[1][1])
+    left, right = (np.asarray(output.grid_image(a, fr, 2, 3, title=n, scale=scale)) for n, a, fr in fields)
+    png = np.asarray(Image.open(paths["png"]).convert("RGB"))
+    assert png.shape == (max(left.shape[0], right.shape[0]), left.shape[1] + right.shape[1] + 10, 3)
+    assert np.array_equal(png[:left.shape[0], :left.shape[1]], left)
+    assert np.array_equal(png[:right.shape[0], left.shape[1] + 10:], right)
+    assert sorted(p.name for p in out.iterdir()) == [".amf_0.grid.png", "amf.html", "amf.png", "amf.safetensors",
+                                                     "amf_generated.safetensors"]
+
+    def broken_save(self, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(OSError, match="No space left"):
+        output.write_viewer(out, fields, {"height": 2, "width": 3}, stem="again")
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".again")]  # no temporary left behind

@@ -5,8 +5,10 @@ Each line of JOBS is a JSON object whose keys are ``transfer``'s options with un
 optional ``id`` (default ``job-<line>``); ``transfer``'s options given here are the defaults of every
 job. Job ``ID`` writes ``DIR/ID/`` exactly as ``transfer --out DIR/ID`` does; ``DIR/manifest.jsonl``
 records every job's outcome; the reference latents and targets are cached in ``DIR/.ref_cache``
-(``--ref-cache``, ``--no-ref-cache``). The same command again skips finished jobs and resumes the
-others. Exit status: 0 when every job is done, 1 when any failed, 2 for a bad JOBS file or option.
+(``--ref-cache``, ``--no-ref-cache``). The same command again skips finished jobs (same options,
+same input files) and resumes the others; ``--fresh-changed`` starts over those whose options or
+inputs changed. Exit status: 0 when every job is done, 1 when any failed, 2 for a bad JOBS file or
+option.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def add_batch_parser(sub) -> None:
     p.add_argument("--no-ref-cache", action="store_true", help="compute every job's reference itself")
     p.add_argument("--retry-failed", action="store_true", help="rerun jobs that failed with their own error "
                    "although their inputs did not change since (by default they are reported, not rerun)")
+    p.add_argument("--fresh-changed", action="store_true", help="start over (transfer --fresh) the jobs whose "
+                   "options or input files changed since their last run into OUT (by default such a job resumes "
+                   "its folder when transfer finds the same run there, else it fails naming what differs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("defaults of every job (transfer's options)")
     for dest, act in job_actions().items():
@@ -58,7 +63,7 @@ def run_batch_cli(a) -> int:
 
     given = {k: v for k, v in vars(a).items()
              if k not in ("jobs", "out", "workers", "address", "max_retries", "models_per_worker", "ref_cache",
-                          "no_ref_cache", "quiet", "func", "command", "retry_failed")}
+                          "no_ref_cache", "quiet", "func", "command", "retry_failed", "fresh_changed")}
     for name in ("workers", "max_retries", "models_per_worker"):
         v = getattr(a, name)
         if v is not None and v < (0 if name == "max_retries" else 1):
@@ -74,7 +79,7 @@ def run_batch_cli(a) -> int:
         return 2
     settings = BatchSettings(out=out, workers=a.workers, address=a.address, max_retries=a.max_retries,
                              max_models=a.models_per_worker, threads=given.get("threads"), progress=not a.quiet,
-                             retry_failed=a.retry_failed)
+                             retry_failed=a.retry_failed, fresh_changed=a.fresh_changed)
     results = run_batch(jobs, settings)
     print(summary_table(results))
     return 1 if any(r["status"] == "failed" for r in results.values()) else 0

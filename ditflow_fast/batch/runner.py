@@ -9,15 +9,21 @@
   whose process dies (killed, out of host memory, a lost node) is replaced and its job goes back to
   the front of the queue, to be resumed by another worker from the job's saved state (``transfer``
   saves it after every denoising step); at most ``--max-retries`` times.
-- ``OUT/manifest.jsonl``: one JSON record per event (``start``, ``done``, ``failed``,
-  ``worker-died``, ``skipped``), rewritten atomically after each; a rerun skips every job whose
-  last record is ``done`` with the same options and whose ``OUT/<id>/config.json`` exists, and
-  resumes the others. Two batches into one ``OUT`` at once: the second is refused (a lock).
+- ``OUT/manifest.jsonl``: one JSON line appended per event (``start``, ``done``, ``failed``,
+  ``worker-died``, ``skipped``); a line torn by a crash mid-write is skipped when the manifest is read.
+  A rerun skips every job whose last record is ``done`` with the same options and the same input
+  files (size and modification time of its video, prompt and embedding files and local model
+  folder) and whose ``OUT/<id>/config.json`` exists, and resumes the others. Two batches into one
+  ``OUT`` at once: the second is refused (a lock).
+- A job whose options or input files changed since its last record is run again into its
+  ``OUT/<id>/``, which then holds the earlier run: ``transfer`` resumes it when the run key is the
+  same (a file only touched), and refuses it otherwise (naming what differs), which the batch records
+  as that job's failure, with a hint. ``--fresh-changed`` (``BatchSettings.fresh_changed``) runs such
+  jobs with ``transfer --fresh`` instead (first attempt only: a retry after a worker died resumes).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sys
@@ -42,49 +48,50 @@ class BatchSettings:
     threads: int | None = None  # torch threads per worker
     progress: bool = True
     retry_failed: bool = False  # rerun jobs that failed with their own error on unchanged inputs
+    fresh_changed: bool = False  # jobs whose options or inputs changed since their last run: transfer --fresh
 
 
 class Manifest:
-    """``OUT/manifest.jsonl``: appended by rewriting the whole file atomically (one writer: the driver)."""
+    """``OUT/manifest.jsonl``: one JSON line appended per record (one writer: the driver, under the lock).
+
+    Each record is one ``write`` of its whole line and a flush, so the file grows by one line per
+    event (never rewritten). A crash mid-write can leave a torn last line: it is skipped when the
+    manifest is read, and the next record starts on a line of its own.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self.lines: list[str] = []
+        self.records: list[dict] = []
+        self._sep = b""
         if path.exists():
-            for raw in path.read_text().splitlines():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                self._sep = b"\n"  # a torn last line: the next record must not be glued to it
+            for raw in data.decode("utf-8", "replace").splitlines():
                 try:
-                    json.loads(raw)
-                    self.lines.append(raw)
+                    rec = json.loads(raw)
                 except ValueError:
-                    continue  # a torn line cannot happen with atomic rewrites; skip anything foreign
+                    continue  # a line torn by a crash mid-write, or anything foreign
+                if isinstance(rec, dict):
+                    self.records.append(rec)
 
     def add(self, **rec) -> dict:
-        from ..atomic import write_text
-
         rec = {"time": round(time.time(), 3), **rec}
-        self.lines.append(json.dumps(rec, default=str))
-        write_text(self.path, "\n".join(self.lines) + "\n")
+        line = json.dumps(rec, default=str)
+        with open(self.path, "ab") as fh:
+            fh.write(self._sep + line.encode() + b"\n")
+            fh.flush()
+        self._sep = b""
+        self.records.append(json.loads(line))
         return rec
 
     def latest(self) -> dict[str, dict]:
         """The last ``done``/``failed`` record per job id."""
         last: dict[str, dict] = {}
-        for raw in self.lines:
-            rec = json.loads(raw)
+        for rec in self.records:
             if rec.get("event") in ("done", "failed") and "id" in rec:
                 last[rec["id"]] = rec
         return last
-
-
-def _lock(out: Path):
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise ValueError(f"--out {out}: another ditflow-fast batch is running into it") from None
-    return fd
 
 
 def _fault() -> tuple[str, int] | None:
@@ -116,7 +123,7 @@ def _start_ray(ray, s: BatchSettings) -> bool:
 
 
 def _inputs_stamp(job: Job) -> dict:
-    """Size and modification time of a job's input files: a failed job is retried when they change."""
+    """Size and modification time of a job's input files: a job is run again when they change."""
     stamp = {}
     for dest in ("video", "prompt_embeds", "inject_embeds", "model"):
         v = job.options.get(dest)
@@ -141,14 +148,46 @@ def run_batch(jobs: list[Job], s: BatchSettings) -> dict[str, dict]:
     """Run ``jobs`` into ``s.out``; returns ``id -> result`` (``status``: done, failed or skipped)."""
     ray = _import_ray()
     out = Path(s.out).expanduser()
-    from ..atomic import check_writable
+    from ..atomic import check_writable, dir_lock
 
     check_writable(out, option="--out", folder=True)
-    lock = _lock(out)
+    lock = dir_lock(out, "ditflow-fast batch")
     try:
         return _run(ray, jobs, s, out)
     finally:
         os.close(lock)
+
+
+CHANGED_HINT = ("(batch: its options or input files changed since its last run into this folder; "
+                "--fresh-changed starts such jobs over)")
+
+
+def _plan(jobs: list[Job], last: dict[str, dict], out: Path, retry_failed: bool
+          ) -> tuple[dict[str, dict], list[Job], set[str]]:
+    """``(results of the jobs not to run, the jobs to run, ids of those whose options or inputs changed
+    since their last record)``. Skipped: done before with the same options and input files, its
+    ``config.json`` there. Reported, not run: failed before with its own error, on the same options and
+    inputs (unless ``retry_failed``). A job refused because its folder holds the run of other options
+    or inputs (a ``stale`` failure) stays changed until it is started over (``--fresh-changed``)."""
+    results: dict[str, dict] = {}
+    todo: list[Job] = []
+    changed: set[str] = set()
+    for job in jobs:
+        prev = last.get(job.id)
+        same = (prev is not None and prev.get("fingerprint") == job.fingerprint
+                and prev.get("inputs") == _inputs_stamp(job) and not prev.get("stale"))
+        if same and prev["event"] == "done" and (out / job.id / "config.json").exists():
+            results[job.id] = {"status": "skipped", "seconds": prev.get("seconds"), "worker": prev.get("worker"),
+                               "attempts": 0, "error": None, "cache": prev.get("cache")}
+        elif same and prev["event"] == "failed" and not retry_failed and prev.get("job_error"):
+            # the job's own error, on unchanged inputs: it would fail again (--retry-failed runs it anyway)
+            results[job.id] = {"status": "failed", "seconds": prev.get("seconds"), "worker": prev.get("worker"),
+                               "attempts": 0, "error": "(earlier run) " + str(prev.get("error")), "cache": None}
+        else:
+            todo.append(job)
+            if prev is not None and not same:
+                changed.add(job.id)
+    return results, todo, changed
 
 
 def _run(ray, jobs: list[Job], s: BatchSettings, out: Path) -> dict[str, dict]:
@@ -157,22 +196,7 @@ def _run(ray, jobs: list[Job], s: BatchSettings, out: Path) -> dict[str, dict]:
     from .worker import TransferWorker
 
     manifest = Manifest(out / MANIFEST)
-    last = manifest.latest()
-    results: dict[str, dict] = {}
-    todo = []
-    for job in jobs:
-        prev = last.get(job.id)
-        same = prev is not None and prev.get("fingerprint") == job.fingerprint
-        if same and prev["event"] == "done" and (out / job.id / "config.json").exists():
-            results[job.id] = {"status": "skipped", "seconds": prev.get("seconds"), "worker": prev.get("worker"),
-                               "attempts": 0, "error": None, "cache": prev.get("cache")}
-        elif (same and prev["event"] == "failed" and not s.retry_failed and prev.get("job_error")
-              and prev.get("inputs") == _inputs_stamp(job)):
-            # the job's own error, on unchanged inputs: it would fail again (--retry-failed runs it anyway)
-            results[job.id] = {"status": "failed", "seconds": prev.get("seconds"), "worker": prev.get("worker"),
-                               "attempts": 0, "error": "(earlier run) " + str(prev.get("error")), "cache": None}
-        else:
-            todo.append(job)
+    results, todo, changed = _plan(jobs, manifest.latest(), out, s.retry_failed)
     if results:
         manifest.add(event="skipped", done=sorted(k for k, r in results.items() if r["status"] == "skipped"),
                      failed_before=sorted(k for k, r in results.items() if r["status"] == "failed"))
@@ -205,14 +229,19 @@ def _run(ray, jobs: list[Job], s: BatchSettings, out: Path) -> dict[str, dict]:
         held: dict[str, tuple] = {}
         running: dict[object, tuple[str, Job]] = {}
         attempts: dict[str, int] = {}
+        stamps: dict[str, dict] = {}  # each job's input files as its latest attempt started
         while pending or running:
             while idle and pending:
                 w = idle.pop(0)
                 job = _pick(pending, held.get(w))
                 attempts[job.id] = attempts.get(job.id, 0) + 1
                 die = fault[1] if fault and fault[0] == job.id and attempts[job.id] == 1 else None
-                manifest.add(event="start", id=job.id, worker=w, attempt=attempts[job.id])
-                ref = actors[w].run.remote(job.id, job.argv, str(out / job.id), die)
+                fresh = s.fresh_changed and job.id in changed and attempts[job.id] == 1  # a retry resumes
+                stamps[job.id] = _inputs_stamp(job)
+                manifest.add(event="start", id=job.id, worker=w, attempt=attempts[job.id],
+                             **({"fresh": True} if fresh else {}))
+                argv = [*job.argv, "--fresh"] if fresh and "--fresh" not in job.argv else job.argv
+                ref = actors[w].run.remote(job.id, argv, str(out / job.id), die)
                 running[ref] = (w, job)
                 held[w] = job.model_key
             ready, _ = ray.wait(list(running), num_returns=1)
@@ -238,12 +267,17 @@ def _run(ray, jobs: list[Job], s: BatchSettings, out: Path) -> dict[str, dict]:
                     idle.append(w)
                 cache = (res.get("record") or {}).get("ref_cache")
                 cache = None if cache is None else {e["kind"]: "hit" if e["hit"] else "miss" for e in cache["events"]}
+                error = res.get("error")
+                # transfer refused the folder: it holds the run of the job's earlier options or inputs
+                stale = bool(error) and job.id in changed and "holds a run with other" in error
+                if stale:
+                    error = f"{error} {CHANGED_HINT}"
                 rec = manifest.add(event="done" if res["ok"] else "failed", id=job.id, line=job.line, worker=w,
                                    attempt=attempts[job.id], seconds=res.get("seconds"), model=res.get("model"),
-                                   fingerprint=job.fingerprint, cache=cache, error=res.get("error"),
+                                   fingerprint=job.fingerprint, cache=cache, error=error,
                                    resumed_from_step=(res.get("record") or {}).get("resumed_from_step"),
-                                   job_error="traceback" in res, inputs=_inputs_stamp(job),
-                                   traceback=res.get("traceback"))
+                                   job_error="traceback" in res, inputs=stamps[job.id],
+                                   traceback=res.get("traceback"), **({"stale": True} if stale else {}))
                 results[job.id] = {"status": rec["event"], "seconds": rec["seconds"], "worker": w,
                                    "attempts": attempts[job.id], "error": rec["error"], "cache": cache,
                                    "resumed_from_step": rec["resumed_from_step"]}

@@ -5,8 +5,9 @@ used and tested without Ray. It holds the models it loaded, keyed by (model refe
 fingerprint, dtype), at most ``max_models`` of them (least recently used goes first), and runs one
 job at a time through :func:`ditflow_fast.transfer_cli.run_transfer` with a loader that hands the
 held model over. Before a held model is handed over again, what a run leaves on it is undone: the
-guidance processors and hooks, gradient checkpointing, VAE tiling and slicing. Runs with
-``--offload`` load their own copy and drop it afterwards (offloading hooks are not undone).
+guidance processors and hooks, Wan's token-chunked FFN, gradient checkpointing, VAE tiling and
+slicing. Runs with ``--offload`` load their own copy and drop it afterwards (offloading hooks are
+not undone).
 
 A job's ordinary errors (a broken video, a wrong size, an out-of-memory) come back as a result
 with ``error`` set; only the death of the worker's process is left to the driver, which retries
@@ -24,11 +25,14 @@ from collections import OrderedDict
 
 
 def _reset(fam, comps: dict) -> None:
+    from ..families import wan_chunking
+
     for name in ("transformer", "transformer_2"):
         tr = comps.get(name)
         if tr is None:
             continue
         fam.uninstall(tr)
+        wan_chunking.uninstall(tr)  # the guided backward's FFN slices (a no-op where none were installed)
         if getattr(tr, "is_gradient_checkpointing", False):
             tr.disable_gradient_checkpointing()
         tr.requires_grad_(False)

@@ -1,30 +1,26 @@
 """The viewer's files: ``amf.safetensors`` (field + provenance), ``amf.png`` (every frame pair), ``amf.html``.
 
-Every file is written to a temporary name and renamed (``ditflow_fast.atomic``), so a reader never
-sees half of one.
+Every file is written to a temporary name and renamed (``ditflow_fast.atomic``: a unique temporary
+per writer, removed on failure), so a reader never sees half of one and concurrent writers never
+share a temporary. The side-by-side picture of two fields is composed in memory and written once.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path, write_text
 from .colour import flow_to_rgb, legend
 
 FORMAT = "ditflow-fast amf 1"
 
 
-def _replace(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _save_png(path: Path, image) -> Path:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
     return path
 
 
@@ -47,7 +43,10 @@ def save_amf(path, amf: np.ndarray, info: dict) -> Path:
     meta = {"format": FORMAT, "layout": "amf[i, j, y*w + x] = (dx, dy) in patches: where patch (x, y) of latent "
             "frame i moves in latent frame j",
             **{k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}}
-    return _replace(Path(path), lambda p: save_file({"amf": torch.from_numpy(amf)}, str(p), metadata=meta))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file({"amf": torch.from_numpy(amf)}, str(tmp), metadata=meta)
+    return path
 
 
 def load_amf(path) -> tuple[np.ndarray, dict]:
@@ -80,6 +79,11 @@ def grid_png(path, amf: np.ndarray, frames: np.ndarray, h: int, w: int, *, title
              scale: float | None = None) -> Path:
     """``amf.png``: row ``i`` (first frame), column ``j`` (second frame), tile = the pair's field over frame ``i``;
     a legend wheel and the scale in the corner. ``frames``: uint8 ``[F, H, W, 3]``, one per latent frame."""
+    return _save_png(Path(path), grid_image(amf, frames, h, w, title=title, scale=scale))
+
+
+def grid_image(amf: np.ndarray, frames: np.ndarray, h: int, w: int, *, title: str = "", scale: float | None = None):
+    """The picture of :func:`grid_png`, as a PIL RGB image (nothing written)."""
     from PIL import Image, ImageDraw
 
     f = amf.shape[0]
@@ -102,7 +106,7 @@ def grid_png(path, amf: np.ndarray, frames: np.ndarray, h: int, w: int, *, title
     lg = Image.fromarray(legend(96), "RGBA")
     canvas.paste(lg, (margin + f * (tw + 2) + 8, top), lg)
     draw.text((margin + f * (tw + 2) + 8, top + 100), "right: red\ndown: yellow\nleft: cyan\nup: blue", fill=(0, 0, 0))
-    return _replace(Path(path), lambda p: canvas.save(p, format="PNG"))
+    return canvas
 
 
 def pair_errors(ref: np.ndarray, gen: np.ndarray) -> np.ndarray:
@@ -129,18 +133,13 @@ def write_viewer(out, fields: list[tuple[str, np.ndarray, np.ndarray]], info: di
     else:
         from PIL import Image
 
-        tiles = []
-        for name, amf, frames in fields:
-            tmp = out / f".{stem}_{len(tiles)}.grid.png"
-            grid_png(tmp, amf, frames, h, w, title=name, scale=scale)
-            tiles.append(Image.open(tmp).convert("RGB"))
-            tmp.unlink()
+        tiles = [grid_image(amf, frames, h, w, title=name, scale=scale) for name, amf, frames in fields]
         canvas = Image.new("RGB", (sum(t.width for t in tiles) + 10, max(t.height for t in tiles)), (255, 255, 255))
         x = 0
         for t in tiles:
             canvas.paste(t, (x, 0))
             x += t.width + 10
-        paths["png"] = _replace(out / f"{stem}.png", lambda p: canvas.save(p, format="PNG"))
+        paths["png"] = _save_png(out / f"{stem}.png", canvas)
     html = render_page(fields, info, scale=scale, title=title)
-    paths["html"] = _replace(out / f"{stem}.html", lambda p: p.write_text(html, encoding="utf-8"))
+    paths["html"] = write_text(out / f"{stem}.html", html)
     return paths
