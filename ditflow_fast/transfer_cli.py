@@ -12,8 +12,6 @@ leaves the folder as it was; two runs into one folder at once: the second is ref
 from __future__ import annotations
 
 import argparse
-import errno
-import fcntl
 import os
 import shutil
 import sys
@@ -160,18 +158,9 @@ def _check_out(a) -> Path:
 
 def _lock(out: Path):
     """An exclusive lock on the ``--out`` folder itself (no lock file: the folder stays as it was)."""
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise ValueError(f"--out {out}: another ditflow-fast transfer is writing into it; wait for it or "
-                             "use another --out") from None
-        raise ValueError(f"--out {out}: cannot be locked ({exc.strerror or exc}); use a folder on a local "
-                         "file system") from None
-    return fd
+    from .atomic import dir_lock
+
+    return dir_lock(out, "ditflow-fast transfer")
 
 
 def _configs(fam, ref: str) -> tuple[dict, dict]:
