@@ -18,7 +18,8 @@ import torch
 
 from ..guidance.models import ModelError
 
-_HINT = "or pass --prompt-embeds FILE (tensors 'prompt' and 'negative' [1, 512, 4096])"
+_HINT = ("or pass --prompt-embeds FILE (tensors 'prompt', 'negative' and optionally 'empty', each [1, 512, D] with "
+         "D the transformer's text_dim, 4096 for Wan2.1/2.2)")
 
 
 def _clean(text: str) -> str:
