@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..guidance.models import ModelError
-from ..guidance.processor import GuidanceController, StopForward
+from ..guidance.processor import GuidanceController
 from .wan_attention import WanGuidedAttnProcessor, _output_hook
 from .wan_presets import _VAE21, _VAE22, PRESETS, TEXT_LEN, _cfg_get, transformer_params  # noqa: F401 - re-exported
 from .wan_sampler import WanSampler, load_scheduler_state, scheduler_state
@@ -276,37 +276,14 @@ class WanFamily:
     @classmethod
     def run_until(cls, transformer, latent, text_embeds, timestep, emb=None, *, stop_after: int | None,
                   qk_blocks=(), out_blocks=(), copy_kv_blocks=(), expand_timesteps: bool | None = None):
-        """:func:`ditflow_fast.guidance.forward.run_until` for Wan (same arming, checks and early stop),
-        calling the transformer through :meth:`forward`. Returns the controller with its records."""
-        from torch.utils.checkpoint import set_checkpoint_early_stop
+        """:func:`ditflow_fast.guidance.forward.run_until` (the same arming, checks and early stop) with
+        Wan's own call (:meth:`forward`). Returns the controller with its records."""
+        from ..guidance.forward import run_until
 
-        from ..guidance.processor import controller_of
-
-        ctrl = controller_of(transformer)
-        n_blocks = len(transformer.blocks)
-        wanted = set(qk_blocks) | set(out_blocks) | set(copy_kv_blocks)
-        for b in wanted | ({stop_after} if stop_after is not None else set()):
-            if not 0 <= b < n_blocks:
-                raise ValueError(f"block index {b} out of range: the transformer has {n_blocks} blocks")
-        if stop_after is not None and wanted and stop_after < max(wanted):
-            raise ValueError(f"stop_after={stop_after} comes before block {max(wanted)}, whose records are wanted")
-        ctrl.clear_captures()
-        ctrl.qk_blocks, ctrl.out_blocks = frozenset(qk_blocks), frozenset(out_blocks)
-        ctrl.copy_kv_blocks, ctrl.stop_after = frozenset(copy_kv_blocks), stop_after
-        ctrl.armed = True
-        stopped = False
-        try:
-            with set_checkpoint_early_stop(True):
-                cls.forward(transformer, latent, text_embeds, timestep, emb, expand_timesteps=expand_timesteps)
-        except StopForward:
-            stopped = True
-        finally:
-            ctrl.armed = False
-            ctrl.qk_blocks = ctrl.out_blocks = ctrl.copy_kv_blocks = frozenset()
-            ctrl.stop_after = None
-        if stop_after is not None and not stopped:
-            raise RuntimeError(f"the forward never reached guidance block {stop_after}")
-        return ctrl
+        return run_until(transformer, stop_after=stop_after, qk_blocks=qk_blocks, out_blocks=out_blocks,
+                         copy_kv_blocks=copy_kv_blocks, n_blocks=len(transformer.blocks),
+                         call=lambda: cls.forward(transformer, latent, text_embeds, timestep, emb,
+                                                  expand_timesteps=expand_timesteps))
 
     # -- sizes -----------------------------------------------------------------------------------
     @staticmethod

@@ -21,21 +21,27 @@ from torch.utils.checkpoint import set_checkpoint_early_stop
 from .processor import GuidanceController, StopForward, controller_of
 
 
-def run_until(transformer, *, hidden_states, encoder_hidden_states, timestep, image_rotary_emb=None,
-              stop_after: int | None, qk_blocks=(), out_blocks=(), copy_kv_blocks=()) -> GuidanceController:
+def run_until(transformer, *, stop_after: int | None, qk_blocks=(), out_blocks=(), copy_kv_blocks=(), call=None,
+              n_blocks: int | None = None, **model_kwargs) -> GuidanceController:
     """Run ``transformer`` and record what is asked; stop after block ``stop_after`` (None: run all).
 
-    Returns the controller, whose ``qk`` / ``out`` / ``kv`` dicts hold the records (block -> tensors).
-    The transformer's own output is discarded: this is for losses and reference captures.
+    The forward is ``call()`` when given (a family's own call, e.g. Wan's), else
+    ``transformer(**model_kwargs, return_dict=False)`` (CogVideoX's keywords: ``hidden_states``,
+    ``encoder_hidden_states``, ``timestep``, ``image_rotary_emb``); ``n_blocks`` defaults to
+    ``len(transformer.transformer_blocks)``. Returns the controller, whose ``qk`` / ``out`` / ``kv``
+    dicts hold the records (block -> tensors). The transformer's own output is discarded.
     """
     ctrl = controller_of(transformer)
-    n_blocks = len(transformer.transformer_blocks)
+    n_blocks = len(transformer.transformer_blocks) if n_blocks is None else n_blocks
     wanted = set(qk_blocks) | set(out_blocks) | set(copy_kv_blocks)
     for b in wanted | ({stop_after} if stop_after is not None else set()):
         if not 0 <= b < n_blocks:
             raise ValueError(f"block index {b} out of range: the transformer has {n_blocks} blocks")
     if stop_after is not None and wanted and stop_after < max(wanted):
         raise ValueError(f"stop_after={stop_after} comes before block {max(wanted)}, whose records are wanted")
+    if call is None:
+        def call():
+            return transformer(**model_kwargs, return_dict=False)
     ctrl.clear_captures()
     ctrl.qk_blocks, ctrl.out_blocks = frozenset(qk_blocks), frozenset(out_blocks)
     ctrl.copy_kv_blocks, ctrl.stop_after = frozenset(copy_kv_blocks), stop_after
@@ -43,8 +49,7 @@ def run_until(transformer, *, hidden_states, encoder_hidden_states, timestep, im
     stopped = False
     try:
         with set_checkpoint_early_stop(True):
-            transformer(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
-                        timestep=timestep, image_rotary_emb=image_rotary_emb, return_dict=False)
+            call()
     except StopForward:
         stopped = True
     finally:
