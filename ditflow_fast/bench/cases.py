@@ -14,7 +14,7 @@ A case is one implementation in one mode on one preset:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -36,6 +36,8 @@ class CaseSpec:
     dtype: str = "float32"
     device: str = "cpu"
     seed: int = 0
+    # (frames, height, width) in place of the preset's: the reduced problem of the reference check.
+    shape: tuple[int, int, int] | None = None
 
     @property
     def kind(self) -> str:
@@ -57,10 +59,24 @@ class CaseSpec:
 
     @property
     def geometry(self) -> Preset:
-        return get_preset(self.preset)
+        p = get_preset(self.preset)
+        if self.shape is None:
+            return p
+        f, h, w = self.shape
+        return replace(p, frames=f, height=h, width=w,
+                       summary=f"{p.name} reduced to F={f}, h x w={h}x{w} (N={f * h * w:,})")
+
+    def reduced(self, frames: int, height: int, width: int) -> CaseSpec:
+        """The same case (impl, mode, dtype, device, heads, head size, text prefix) on fewer frames/patches."""
+        p = get_preset(self.preset)
+        same = (frames, height, width) == (p.frames, p.height, p.width)
+        return replace(self, shape=None if same else (frames, height, width))
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["shape"] is None:
+            del d["shape"]  # the timed rows run the preset itself
+        return d
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -119,10 +135,17 @@ def skip_reason(spec: CaseSpec) -> str | None:
     return "; ".join(why) or None
 
 
-def _with_backward(forward: Callable, q: torch.Tensor, k: torch.Tensor, shape) -> Callable[[], None]:
+def upstream_grad(spec: CaseSpec, device) -> torch.Tensor:
+    """The fixed random upstream gradient of a soft fwd+bwd case, float32, in the case's output layout
+    (the research code's ``[F*F, hw, 2]``, everything else the package's ``[1, F, F, hw, 2]``)."""
+    p = spec.geometry
+    lead = (p.frames * p.frames,) if spec.impl == RESEARCH else (1, p.frames, p.frames)
+    gen = torch.Generator(device=device).manual_seed(1)
+    return torch.randn((*lead, p.patches, 2), generator=gen, device=device, dtype=torch.float32)
+
+
+def _with_backward(forward: Callable, q: torch.Tensor, k: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
     """Forward plus backward with a fixed random upstream gradient (drawn once, outside the timing)."""
-    gen = torch.Generator(device=q.device).manual_seed(1)
-    grad = torch.randn(shape, generator=gen, device=q.device, dtype=torch.float32)
 
     def run():
         q.grad = k.grad = None
@@ -130,6 +153,34 @@ def _with_backward(forward: Callable, q: torch.Tensor, k: torch.Tensor, shape) -
         out.backward(grad.to(out.dtype))
 
     return run
+
+
+def build_forward(spec: CaseSpec):
+    """``(forward, q, k)``: the AMF-producing call of an AMF case on its own inputs (built now); ``q`` and
+    ``k`` require grad in ``soft_fwd_bwd``. The timed callable and the reference check both run it."""
+    p = spec.geometry
+    if spec.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {spec.mode!r}")
+    q, k = make_inputs(spec, requires_grad=spec.mode == "soft_fwd_bwd")
+    if spec.impl == RESEARCH:
+        from ..reference import research_procedure
+
+        def forward():
+            return research_procedure(q, k, h=p.height, w=p.width, temp=TEMPERATURE, nframes=p.frames,
+                                      argmax=spec.mode == "argmax", text_tokens=p.text_tokens)
+        return forward, q, k
+    from .peers import PEERS, build_peer
+
+    if spec.impl in PEERS:
+        return build_peer(spec, q, k), q, k
+    from ..api import compute_amf
+
+    mode = "argmax" if spec.mode == "argmax" else "soft"
+
+    def forward():
+        return compute_amf(q, k, frames=p.frames, height=p.height, width=p.width, temperature=TEMPERATURE,
+                           mode=mode, text_tokens=p.text_tokens, backend=spec.impl)
+    return forward, q, k
 
 
 def build_case(spec: CaseSpec) -> Callable[[], object]:
@@ -140,33 +191,9 @@ def build_case(spec: CaseSpec) -> Callable[[], object]:
         qc, kc = _concat(q, p, floor_dtype(spec)), _concat(k, p, floor_dtype(spec))
         del q, k
         return lambda: torch.mm(qc, kc.t())
-    if spec.mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {spec.mode!r}")
-    bwd = spec.mode == "soft_fwd_bwd"
-    q, k = make_inputs(spec, requires_grad=bwd)
-    if spec.impl == RESEARCH:
-        from ..reference import research_procedure
-
-        def forward():
-            return research_procedure(q, k, h=p.height, w=p.width, temp=TEMPERATURE, nframes=p.frames,
-                                      argmax=spec.mode == "argmax", text_tokens=p.text_tokens)
-    else:
-        from .peers import PEERS, build_peer
-
-        if spec.impl in PEERS:
-            forward = build_peer(spec, q, k)
-        else:
-            from ..api import compute_amf
-
-            mode = "argmax" if spec.mode == "argmax" else "soft"
-
-            def forward():
-                return compute_amf(q, k, frames=p.frames, height=p.height, width=p.width, temperature=TEMPERATURE,
-                                   mode=mode, text_tokens=p.text_tokens, backend=spec.impl)
-    if bwd:
-        # The research code returns [F*F, hw, 2]; everything else the package layout [1, F, F, hw, 2].
-        lead = (p.frames * p.frames,) if spec.impl == RESEARCH else (1, p.frames, p.frames)
-        return _with_backward(forward, q, k, (*lead, p.patches, 2))
+    forward, q, k = build_forward(spec)
+    if spec.mode == "soft_fwd_bwd":
+        return _with_backward(forward, q, k, upstream_grad(spec, q.device))
 
     def run_no_grad():
         with torch.no_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 
@@ -69,7 +70,7 @@ def _run(args) -> int:
     check_writable(out, option="--out")
     record = run_bench(args.preset, impls=list(impls) if impls else None, modes=modes,
                        dtype=args.dtype, device=args.device, repeats=args.repeats, warmup=args.warmup,
-                       memory=not args.no_memory, mem_limit=args.mem_limit,
+                       memory=not args.no_memory, mem_limit=args.mem_limit, refcheck=args.refcheck,
                        progress=lambda s: print(s, flush=True))
     print()
     print(format_table(record))
@@ -98,6 +99,10 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before them (default 1)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe (one subprocess per case)")
+    p.add_argument("--refcheck", action=argparse.BooleanOptionalAction, default=True,
+                   help="before timing a row, compare its AMF with the float64 reference on the same inputs "
+                        "(on a reduced problem for presets too large for it) and mark a row that disagrees "
+                        "WRONG instead of timing it (default: on; --no-refcheck skips the check)")
     p.add_argument("--mem-limit", type=int, metavar="BYTES",
                    help="largest predicted peak of a materialising case that is still run "
                         "(default: 60%% of available memory)")

@@ -24,10 +24,27 @@ def _mem(row: dict) -> str:
     return text + (" (predicted)" if row.get("memory_label") == "predicted" else "")
 
 
+def _check(row: dict) -> str:
+    """The refcheck cell: the row's error against its tolerance, "n/a" for the GEMM floor."""
+    c = row.get("refcheck")
+    if not c:
+        return "-"
+    if c["status"] in ("n/a", "unchecked"):
+        return c["status"]
+    return f"{'ok' if c['passed'] else 'WRONG'} {c['err']:.2g} (tol {c['tol']:.0e})"
+
+
+def _median(row: dict) -> str:
+    if row["status"] == "wrong":
+        return f"WRONG (max err {row['refcheck']['max_abs_err']:.3g})"
+    status = {"ok": None, "predicted": "not run"}.get(row["status"], row["status"])
+    return status or _t(row.get("median_s"))
+
+
 def format_table(record: dict) -> str:
     rows = record["rows"]
     gpu = any("floor_fraction" in r for r in rows)
-    head = ["impl", "mode", "median", "min", "max", "GFLOP/s", "x GEMM", "vs research", "peak extra mem",
+    head = ["impl", "mode", "median", "min", "max", "refcheck", "GFLOP/s", "x GEMM", "vs research", "peak extra mem",
             "mem: research/row"] + (["% datasheet floor"] if gpu else [])
     table = [head]
     notes = []
@@ -36,8 +53,7 @@ def format_table(record: dict) -> str:
         mem_ratio = _x(r.get("memory_ratio_vs_research"), 1)
         if r.get("memory_ratio_label") == "predicted" and mem_ratio != "-":
             mem_ratio += " (pred.)"
-        status = {"ok": None, "predicted": "not run"}.get(r["status"], r["status"])
-        line = [r["impl"], r["mode"], status or _t(r.get("median_s")), _t(r.get("min_s")), _t(r.get("max_s")),
+        line = [r["impl"], r["mode"], _median(r), _t(r.get("min_s")), _t(r.get("max_s")), _check(r),
                 f"{r['flops_per_s'] / 1e9:.1f}" if ok else "-", _x(r.get("x_floor")),
                 _x(r.get("speedup_vs_research")), _mem(r), mem_ratio]
         if gpu:
@@ -45,6 +61,8 @@ def format_table(record: dict) -> str:
         table.append(line)
         if not ok:
             notes.append(f"  {r['impl']} {r['mode']}: {r['status']}: {r['reason']}")
+        elif (r.get("refcheck") or {}).get("status") == "unchecked":
+            notes.append(f"  {r['impl']} {r['mode']}: refcheck {r['refcheck']['reason']}")
         elif r.get("memory_error"):
             notes.append(f"  {r['impl']} {r['mode']}: memory not measured: {r['memory_error']}")
     widths = [max(len(row[c]) for row in table) for c in range(len(head))]
@@ -66,6 +84,14 @@ def format_table(record: dict) -> str:
     if st.get("cpu_argmax_screen") is not None:
         title += ("\ncpu argmax: " + ("bf16 screen + float64 rescoring (exact)" if st["cpu_argmax_screen"]
                                        else "float32 GEMM tiles (screen off or no native bf16)"))
+    if st.get("refcheck") is False:
+        title += "\nrefcheck: off (--no-refcheck): no row was compared with the float64 reference"
+    elif st.get("refcheck"):
+        title += ("\nrefcheck: each row's AMF (and in fwd+bwd its dq, dk) against the float64 reference before "
+                  "timing; a row that disagrees is WRONG and not timed; "
+                  + (st.get("refcheck_note") or "on the preset's own problem"))
+    legend += (" refcheck: soft rows relative L2 error, argmax rows the largest float64 score gap of a chosen key, "
+               "against the tolerance of docs/amf.md (the research row: its own, for input-dtype accumulation).")
     out = [title, *lines, legend]
     if notes:
         out += ["notes:", *notes]

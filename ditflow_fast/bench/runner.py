@@ -22,6 +22,7 @@ from .cases import FLOOR, MODES, RESEARCH, CaseSpec, build_case, plan_cases, res
 from .memory import fit_limit, measure, predicted_bytes
 from .presets import get_preset
 from .record import git_info, machine_info, now_utc, versions
+from .refcheck import check_case, check_shape, describe, shape_note
 from .timing import summarize, time_callable
 
 
@@ -51,9 +52,13 @@ def _loadavg() -> list[float] | None:
         return None
 
 
-def _run_case(spec: CaseSpec, *, limit: int, warmup: int, repeats: int, memory: bool) -> dict:
+def _run_case(spec: CaseSpec, *, limit: int, warmup: int, repeats: int, memory: bool,
+              check: dict | None = None) -> dict:
+    """One row. ``check`` (``{"shape", "refs"}``, None with ``--no-refcheck``): compare the row's AMF with
+    the float64 reference first; a row that disagrees is marked ``wrong`` and neither timed nor measured."""
     row = {**spec.as_dict(), "kind": spec.kind, "status": "ok", "reason": None,
-           "predicted_bytes": predicted_bytes(spec), "peak_extra_bytes": None, "memory_label": None}
+           "predicted_bytes": predicted_bytes(spec), "peak_extra_bytes": None, "memory_label": None,
+           "refcheck": None}
     why = skip_reason(spec)
     if why:
         return {**row, "status": "skipped", "reason": why}
@@ -61,6 +66,17 @@ def _run_case(spec: CaseSpec, *, limit: int, warmup: int, repeats: int, memory: 
     if pred is not None and pred > limit:
         return {**row, "status": "predicted", "peak_extra_bytes": pred, "memory_label": "predicted",
                 "reason": f"predicted peak {_fmt_bytes(pred)} > fit limit {_fmt_bytes(limit)}: not run"}
+    if check is not None:
+        try:
+            entry = check_case(spec, check["refs"], shape=check["shape"])
+        except Exception as exc:  # the row's own call failed on the check problem
+            traceback.print_exc()
+            return {**row, "status": "error", "reason": f"reference check: {type(exc).__name__}: {exc}"}
+        row["refcheck"] = entry
+        if entry["passed"] is False:
+            return {**row, "status": "wrong", "reason": describe(entry)}
+        if entry["passed"] and not entry["problem"]["reduced"] and warmup > 0:
+            warmup -= 1  # the check ran this very case once: it was the first warm-up call
     try:
         fn = build_case(spec)
         times = time_callable(fn, warmup=warmup, repeats=repeats, device=spec.device)
@@ -108,7 +124,7 @@ def _derive(rows: list[dict], gpu_name: str | None) -> None:
 
 def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, ...] = MODES,
               dtype: str | None = None, device: str | None = None, repeats: int = 5, warmup: int = 1,
-              memory: bool = True, mem_limit: int | None = None, seed: int = 0,
+              memory: bool = True, mem_limit: int | None = None, seed: int = 0, refcheck: bool = True,
               progress: Callable[[str], None] = print) -> dict:
     """Run every case of ``preset`` and return the record (``rows`` plus machine, versions, commit)."""
     geometry = get_preset(preset)
@@ -121,12 +137,20 @@ def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, 
     progress(f"preset {preset}: {geometry.summary}; {dtype} on {device}; {repeats} repeats after {warmup} warm-up; "
              f"fit limit {_fmt_bytes(limit)}")
     # Other processes on the machine distort timings; the load average says how much was going on.
+    check = None
+    if refcheck:
+        shape = check_shape(preset, dtype, device)
+        check = {"shape": shape, "refs": {}}
+        progress("refcheck: each row's AMF against the float64 reference before it is timed; "
+                 + (shape_note(preset, shape, dtype) or "on the preset's own problem"))
     load_start = _loadavg()
     rows = []
     for i, spec in enumerate(specs, 1):
         progress(f"[{i}/{len(specs)}] {spec.impl} {spec.mode} ...")
-        row = _run_case(spec, limit=limit, warmup=warmup, repeats=repeats, memory=memory)
+        row = _run_case(spec, limit=limit, warmup=warmup, repeats=repeats, memory=memory, check=check)
         rows.append(row)
+        if row["refcheck"] and row["refcheck"]["status"] != "n/a" and row["status"] != "wrong":
+            progress(f"      refcheck {describe(row['refcheck'])}")
         if row["status"] == "ok":
             mem = f", peak extra {_fmt_bytes(row['peak_extra_bytes'])}" if row["peak_extra_bytes"] is not None else ""
             progress(f"      median {row['median_s']:.4f} s (min {row['min_s']:.4f}, max {row['max_s']:.4f}){mem}")
@@ -139,5 +163,9 @@ def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, 
             "settings": {"repeats": repeats, "warmup": warmup, "memory": memory, "fit_limit_bytes": limit,
                          "impls": names, "modes": list(modes), "seed": seed, "torch_threads": torch.get_num_threads(),
                          "loadavg_start": load_start, "loadavg_end": _loadavg(),
-                         "cpu_argmax_screen": _cpu_argmax_screen()},
+                         "cpu_argmax_screen": _cpu_argmax_screen(), "refcheck": refcheck,
+                         "refcheck_shape": list(check["shape"]) if check else None,
+                         "refcheck_note": shape_note(preset, check["shape"], dtype) if check else None,
+                         "refcheck_reference_s": (sum(r.seconds for r in check["refs"].values())
+                                                  if check else None)},
             "machine": machine, "versions": versions(), "git": git_info(), "rows": rows}
