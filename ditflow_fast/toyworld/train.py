@@ -129,6 +129,21 @@ def object_weighted_mse(pred: torch.Tensor, target: torch.Tensor, alpha: torch.T
     return ((pred - target) ** 2 * w).mean() / w.mean()  # broadcasting over C leaves the mean weight as is
 
 
+def optimiser_step(opt, loss, lr: float, step: int, ema_decay: float, net_params, ema_params, cond, ema_cond) -> None:
+    """One training step of either toy model: the lr, the backward, gradient clipping at 1, AdamW, and the
+    EMA of the weights and of the condition table (with a short warm-up of the average)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net_params + list(cond.parameters()), 1.0)
+    opt.step()
+    d = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(ema_params, net_params, 1 - d)
+        ema_cond.weight.lerp_(cond.weight, 1 - d)
+
+
 def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0, max_steps: int = 100_000,
           batch: int = 12, lr: float = 1e-3, warmup: int = 200, ema_decay: float = 0.999, seed: int = 0,
           save_every: int = 250, log_every: int = 50, threads: int = 1, beta_schedule: str = "scaled_linear",
@@ -228,16 +243,7 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
                 else torch.nn.functional.mse_loss(pred, target))
         cur_lr = learning_rate(step, lr, warmup=warmup, lr_final=lr_final, anneal_start=anneal_start,
                                anneal_end=anneal_end)
-        for group in opt.param_groups:
-            group["lr"] = cur_lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net_params + list(cond.parameters()), 1.0)
-        opt.step()
-        d = min(ema_decay, (1 + step) / (10 + step))  # short warm-up of the average
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, net_params, 1 - d)
-            ema_cond.weight.lerp_(cond.weight, 1 - d)
+        optimiser_step(opt, loss, cur_lr, step, ema_decay, net_params, ema_params, cond, ema_cond)
         step += 1
         losses.append(loss.item())
         if step % log_every == 0:

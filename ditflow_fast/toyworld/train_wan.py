@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .model import ConditionEmbedding, _atomic, save_model, world_geometry
-from .train import _load_state, _state_dict, learning_rate, training_batch
+from .train import _load_state, _state_dict, learning_rate, optimiser_step, training_batch
 
 WAN_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny_wan"
 FLOW_SHIFT = 3.0
@@ -121,16 +121,7 @@ def train_wan(out=WAN_DIR, work="build/tiny_wan_train", *, vae, minutes: float =
         pred = net(hidden_states=xt, timestep=s * 1000, encoder_hidden_states=cond(c), return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred, noise - x0)
         cur_lr = learning_rate(step, lr, warmup=warmup)
-        for group in opt.param_groups:
-            group["lr"] = cur_lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net_params + list(cond.parameters()), 1.0)
-        opt.step()
-        d = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, net_params, 1 - d)
-            ema_cond.weight.lerp_(cond.weight, 1 - d)
+        optimiser_step(opt, loss, cur_lr, step, ema_decay, net_params, ema_params, cond, ema_cond)
         step += 1
         losses.append(loss.item())
         if step % log_every == 0:
