@@ -46,7 +46,13 @@ def add_transfer_parser(sub) -> None:
     p.add_argument("--flow-shift", type=float, help="Wan: the sampler's flow shift (default: the model folder's)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's, 50; Wan2.2 A14B 40)")
     p.add_argument("--guided-steps", type=int, default=10)
-    p.add_argument("--opt-iters", type=int, default=5)
+    p.add_argument("--opt-iters", type=int, default=5, help="Adam iterations per guided step")
+    p.add_argument("--grad-reuse", type=int, default=1, metavar="K",
+                   help="speed lever: one real forward+backward every K-th Adam iteration, its gradient reused "
+                        "in between (1: every iteration, the paper's; FastVMT uses 3). See docs/guidance.md")
+    p.add_argument("--early-stop", type=float, default=0.0, metavar="TOL",
+                   help="speed lever: end a guided step's iterations once its AMF loss falls by less than TOL "
+                        "(relative) from one pass to the next (0: off, the paper's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--device")
@@ -82,6 +88,7 @@ def _config(a):
         guidance=not a.no_guidance, injection=not a.no_injection, inject_embeds=a.inject_embeds,
         guidance_blocks=tuple(a.guidance_block) if a.guidance_block else None, steps=a.steps,
         guided_steps=a.guided_steps, opt_iters=a.opt_iters, seed=a.seed, dtype=a.dtype, device=a.device,
+        grad_reuse=getattr(a, "grad_reuse", 1), early_stop=getattr(a, "early_stop", 0.0),
         gradient_checkpointing=not a.no_checkpointing, cpu_offload=a.cpu_offload, vae_tiling=a.vae_tiling,
         cfg_scale=a.cfg, flow_shift=a.flow_shift, offload_activations=_offload_activations(a),
         ffn_chunks=getattr(a, "ffn_chunks", None),
@@ -325,6 +332,7 @@ def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_vide
               "prompt_embeds": a.prompt_embeds, "negative_prompt": a.negative_prompt, "run_key": key,
               "run_key_parts": parts, "torch": torch.__version__, "result": str(path),
               "resumed_from_step": res.resumed_from, "seconds": round(time.time() - t0, 2),
+              "guided_passes": res.passes,
               "losses": {str(k): v for k, v in res.losses.items()},
               "embeddings": str(embeds_dir) if embeds_dir is not None else None,
               "ref_cache": cache.summary() if cache is not None else None}

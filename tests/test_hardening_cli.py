@@ -261,6 +261,8 @@ def no_demo(monkeypatch):
     (["--threads", "-2"], "--threads must be positive"),
     (["--clips", "0"], "--clips must be positive"),
     (["--opt-iters", "0"], "--opt-iters must be positive"),
+    (["--grad-reuse", "0"], "--grad-reuse must be >= 1"),
+    (["--early-stop", "1"], "--early-stop must lie in"),
     (["--target", "purple blob"], "--target must be '<colour> <kind>'"),
     (["--target", "red"], "--target must be '<colour> <kind>'"),
     (["--video", "clip.mp4"], "--target is needed with --video"),

@@ -37,6 +37,11 @@ class GuidanceConfig:
     steps: int | None = None  # None: the family's (50; Wan2.2 A14B 40)
     guided_steps: int = 10
     opt_iters: int = 5
+    # speed levers (docs/guidance.md, "Speed levers"): one real forward+backward every ``grad_reuse``-th
+    # iteration, the Adam steps in between reuse its gradient (FastVMT's is 3); a guided step stops its
+    # iterations once its AMF loss falls by less than ``early_stop`` (relative) from one pass to the next
+    grad_reuse: int = 1
+    early_stop: float = 0.0
     lr: tuple[float, float] = (0.002, 0.001)
     temperature: float = 2.0
     threshold: bool = True
@@ -71,6 +76,12 @@ class GuidanceConfig:
         for name in ("frames", "height", "width", "steps", "opt_iters"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if isinstance(self.grad_reuse, bool) or int(self.grad_reuse) != self.grad_reuse or self.grad_reuse < 1:
+            raise ValueError(f"grad_reuse (--grad-reuse) must be a whole number >= 1 (1: a real backward every "
+                             f"iteration), got {self.grad_reuse!r}")
+        if not 0.0 <= float(self.early_stop) < 1.0:
+            raise ValueError(f"early_stop (--early-stop) must lie in [0, 1) (a relative fall of the loss; 0: off), got "
+                             f"{self.early_stop!r}")
         if not 0 <= self.guided_steps <= (self.steps if self.steps is not None else self.guided_steps):
             raise ValueError(f"guided_steps must lie in [0, steps={self.steps}], got {self.guided_steps}")
         if self.height is not None and self.width is not None and (self.height % 16 or self.width % 16):
@@ -137,6 +148,9 @@ class GuidanceConfig:
             d.pop("cfg_min_t")
         for k in ("cfg_scale_2", "flow_shift", "ffn_chunks"):  # likewise for the options the Wan family added
             if d.get(k) is None:
+                d.pop(k, None)
+        for k, off in (("grad_reuse", 1), ("early_stop", 0.0)):  # and for the speed levers, when off
+            if d.get(k) == off:
                 d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -61,6 +61,7 @@ class RunResult:
     losses: dict[int, list[float]] = field(default_factory=dict)  # timestep -> loss per iteration
     resumed_from: int = 0
     saved_embeddings: list[Path] = field(default_factory=list)
+    passes: int = 0  # guided forward+backward passes this call ran (the speed levers' cost, in passes)
 
 
 class Guide:
@@ -127,6 +128,7 @@ class Guide:
                                                                                                    self.dtype)
         self._targets: dict[str, dict] = {}
         self.ref_cache = ref_cache  # a guidance.ref_cache.RefCache: targets shared by runs on one reference
+        self.passes = 0
 
     # -- experts ----------------------------------------------------------------------------------
     def _expert_name(self, t) -> str:
@@ -195,24 +197,40 @@ class Guide:
         return kv
 
     def _optimise(self, tr, param, i, t, targets, bar, latents=None):
-        """Adam on ``param``: the latent itself (``latents`` None) or the embedding used with ``latents``."""
-        opt = torch.optim.Adam([param], lr=self.cfg.lr_at(i))
-        hist = []
-        for it in range(self.cfg.opt_iters):
-            opt.zero_grad(set_to_none=True)
-            loss = (self._loss(param, t, None, targets, tr) if latents is None
-                    else self._loss(latents, t, param, targets, tr))
-            # fp16 models (CogVideoX-2B): scale the loss so small gradients survive the fp16 backward,
-            # unscale in fp32, and skip a step whose gradient overflowed (what a GradScaler does).
-            scale = 2.0 ** 12 if self.dtype == torch.float16 else 1.0
-            (loss * scale).backward()
-            settle(tr)  # group offloading: send back the blocks the stopped forward left on the device
-            if scale != 1.0:
-                param.grad.div_(scale)
+        """Adam on ``param``: the latent itself (``latents`` None) or the embedding used with ``latents``.
+
+        Returns the loss of every real forward+backward pass. With ``grad_reuse`` k > 1 only every k-th
+        iteration runs one; the Adam steps in between reuse its gradient (no forward, so no loss). With
+        ``early_stop`` the step's iterations end once a pass's loss falls by less than that fraction of
+        the previous pass's (its own Adam step is still taken: its gradient is already paid for)."""
+        cfg = self.cfg
+        opt = torch.optim.Adam([param], lr=cfg.lr_at(i))
+        hist, grad = [], None
+        reuse, tol = int(getattr(cfg, "grad_reuse", 1)), float(getattr(cfg, "early_stop", 0.0))
+        for it in range(cfg.opt_iters):
+            if it % reuse == 0 or grad is None:
+                opt.zero_grad(set_to_none=True)
+                loss = (self._loss(param, t, None, targets, tr) if latents is None
+                        else self._loss(latents, t, param, targets, tr))
+                # fp16 models (CogVideoX-2B): scale the loss so small gradients survive the fp16 backward,
+                # unscale in fp32, and skip a step whose gradient overflowed (what a GradScaler does).
+                scale = 2.0 ** 12 if self.dtype == torch.float16 else 1.0
+                (loss * scale).backward()
+                settle(tr)  # group offloading: send back the blocks the stopped forward left on the device
+                if scale != 1.0:
+                    param.grad.div_(scale)
+                grad = param.grad.detach().clone() if reuse > 1 else None
+                hist.append(float(loss.detach()))
+                self.passes += 1
+                stop = tol > 0 and len(hist) > 1 and hist[-2] - hist[-1] < tol * abs(hist[-2])
+            else:
+                param.grad = grad.clone()
+                stop = False
             if torch.isfinite(param.grad).all():
                 opt.step()
-            hist.append(float(loss.detach()))
-            bar.set_postfix(t=t, it=f"{it + 1}/{self.cfg.opt_iters}", loss=f"{hist[-1]:.4g}")
+            bar.set_postfix(t=t, it=f"{it + 1}/{cfg.opt_iters}", loss=f"{hist[-1]:.4g}")
+            if stop:
+                break
         return hist
 
     @torch.no_grad()
@@ -276,11 +294,13 @@ class Guide:
                 self._save_state(state_dir, i + 1, latents, emb, res.losses)
                 bar.update(1)
                 if max_steps is not None and i + 1 - start >= max_steps and i + 1 < cfg.steps:
+                    res.passes = self.passes
                     return res  # interrupted on purpose (tests, budgets): the state is on disk
         finally:
             self.ctrl.inject_kv = {}
             bar.close()
         res.latents = latents
+        res.passes = self.passes
         return res
 
     # -- resumable state ------------------------------------------------------------------------

@@ -36,6 +36,12 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="denoising steps")
     p.add_argument("--guided-steps", type=int, default=d.guided_steps, help="first steps that are guided")
     p.add_argument("--opt-iters", type=int, default=d.opt_iters, help="Adam iterations per guided step")
+    p.add_argument("--grad-reuse", type=int, default=d.grad_reuse, metavar="K",
+                   help="speed lever: one real forward+backward every K-th Adam iteration, reused in between "
+                        "(1: every iteration; FastVMT uses 3)")
+    p.add_argument("--early-stop", type=float, default=d.early_stop, metavar="TOL",
+                   help="speed lever: end a guided step's iterations once its AMF loss falls by less than TOL "
+                        "(relative) from one pass to the next (0: off)")
     p.add_argument("--lr", type=float, nargs=2, default=d.lr, metavar=("START", "END"))
     p.add_argument("--cfg", type=float, default=d.cfg_scale, help="classifier-free guidance scale")
     p.add_argument("--cfg-min-t", type=int, default=d.cfg_min_t, metavar="T",
@@ -59,6 +65,10 @@ def _check_args(args) -> None:
     for name in ("clips", "seeds", "steps", "opt_iters"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.grad_reuse < 1:
+        raise ValueError(f"--grad-reuse must be >= 1 (1: a real backward every iteration), got {args.grad_reuse}")
+    if not 0.0 <= args.early_stop < 1.0:
+        raise ValueError(f"--early-stop must lie in [0, 1) (0: off), got {args.early_stop}")
     if args.model is not None and not Path(args.model).is_dir():
         raise ValueError(f"--model {args.model}: no such folder")
     if args.video is not None and args.target is None:
@@ -109,7 +119,7 @@ def _cmd_demo(args) -> int:
         refs = [user_clip(args.video, colour)]
     settings = DemoSettings(steps=args.steps, guided_steps=args.guided_steps, opt_iters=args.opt_iters,
                             lr=tuple(args.lr), cfg_scale=args.cfg, cfg_min_t=args.cfg_min_t,
-                            guidance_block=args.block)
+                            guidance_block=args.block, grad_reuse=args.grad_reuse, early_stop=args.early_stop)
     res = run_demo(args.out, model_dir=args.model or DEFAULT_DIR, clips=args.clips, seeds=args.seeds, rows=args.rows,
                    clip_seed=args.clip_seed, settings=settings, gifs=args.gifs, references=refs, target=target)
     from pathlib import Path

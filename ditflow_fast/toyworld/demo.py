@@ -76,6 +76,7 @@ class ToyTransfer:
         cog = family_of(self.transformer).name == "cogvideox"  # Wan: its own UniPC flow sampler
         cfg = GuidanceConfig(model=self.model_dir, frames=frames, height=size, width=size, steps=s.steps,
                              guided_steps=s.guided_steps, opt_iters=s.opt_iters, lr=tuple(s.lr),
+                             grad_reuse=s.grad_reuse, early_stop=s.early_stop,
                              temperature=s.temperature, cfg_scale=s.cfg_scale, cfg_min_t=s.cfg_min_t,
                              dynamic_cfg=False, scheduler="ddim" if cog else "unipc", seed=seed,
                              gradient_checkpointing=row == "DiTFlow emb", dtype="float32", device="cpu",
@@ -101,6 +102,7 @@ class ToyTransfer:
                       negative_embeds=embeds[1:], empty_embeds=embeds[1:],
                       config=self._config(row, seed, inject_embeds), model_id=self.model_dir)
         res = guide.run(embeds_dir=embeds_dir, progress=False)
+        self.last_result = res  # its guided passes are the demo's cost measure beside seconds
         with torch.no_grad():
             video = self.codec.decode(from_family_layout(self.transformer, res.latents[:1].float()))[0].numpy()
         if viewer_dir is not None:
@@ -175,7 +177,8 @@ def run_demo(out, *, model_dir=DEFAULT_DIR, clips: int = 5, seeds: int = 5, rows
                                endpoint_error_px=endpoint_error(ref_track, track),
                                tracked_frames=int(np.isfinite(track).all(axis=1).sum()),
                                area_ratio=object_area(video, colour_of(cond)) / ref_area if ref_area else float("nan"),
-                               final_loss=_final_loss(losses), seconds=round(time.monotonic() - r0, 2))
+                               final_loss=_final_loss(losses), seconds=round(time.monotonic() - r0, 2),
+                               guided_passes=tt.last_result.passes)
                     records.append(rec)
                     videos.append(video)
                     labels.append(row)
@@ -217,7 +220,8 @@ def summarise(records: list[dict], rows) -> dict:
                         epe_std=float(epe.std()) if epe.size else float("nan"),
                         tracked=float(np.mean([r["tracked_frames"] for r in rs])),
                         area_ratio=float(np.mean([r["area_ratio"] for r in rs])),
-                        seconds=float(np.mean([r["seconds"] for r in rs])))
+                        seconds=float(np.mean([r["seconds"] for r in rs])),
+                        passes=float(np.mean([r.get("guided_passes", 0) for r in rs])))
         diffs = np.array([r["motion_fidelity"] - base[(r["clip"], r["seed"])] for r in rs
                           if (r["clip"], r["seed"]) in base])
         if row != "no guidance" and diffs.size:
@@ -267,11 +271,12 @@ def summary_markdown(summary: dict, meta: dict) -> str:
     lines = [f"Motion transfer on the tiny DiT: {meta['clips']} reference clips x {meta['seeds']} seeds "
              f"(clip seed {meta['clip_seed']}), settings {json.dumps(meta['settings'])}, {meta['seconds']} s.",
              "", "| method | runs | Motion Fidelity (mean ± std) | endpoint error px (mean ± std) | "
-             "frames tracked | object area / reference | s / run |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "frames tracked | object area / reference | s / run | guided passes / run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row, s in summary.items():
         lines.append(f"| {row} | {s['n']} | {_pm(s['mf_mean'], s['mf_std'], '+.3f', '.3f')} | "
                      f"{_pm(s['epe_mean'], s['epe_std'], '.2f', '.2f')} | {_fmt(s['tracked'], '.1f')} | "
-                     f"{_fmt(s['area_ratio'], '.2f')} | {s['seconds']:.1f} |")
+                     f"{_fmt(s['area_ratio'], '.2f')} | {s['seconds']:.1f} | {s.get('passes', 0):.1f} |")
     paired = [(row, s) for row, s in summary.items() if "d_mean" in s]
     if paired:
         lines += ["", "Paired with *no guidance* (same clip, seed and initial noise): Motion Fidelity difference.", "",
