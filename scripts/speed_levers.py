@@ -1,0 +1,147 @@
+"""The guidance loop's speed levers on the toy world: Motion Fidelity against seconds (and guided passes) per video.
+
+``python scripts/speed_levers.py --model assets/tiny_dit --clip-seed 1 --out build/levers/cog_seed1``
+
+For every reference clip and seed it runs *no guidance* once and then DiTFlow latent under each lever
+(same clip, seed and initial noise; the runs of one pair follow each other, so a busy machine slows them
+alike), and writes ``results.csv``, ``summary.json`` and ``levers.md``. A lever *keeps* Motion Fidelity when
+its paired gain over no guidance is at least the default's gain minus the default's standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LEVERS = {  # name -> the DemoSettings fields it changes
+    "defaults (10 guided steps x 5 iterations)": {},
+    "3 iterations": dict(opt_iters=3),
+    "2 iterations": dict(opt_iters=2),
+    "5 guided steps": dict(guided_steps=5),
+    "gradient reuse 3 (FastVMT)": dict(grad_reuse=3),
+    "early stop 2 %": dict(early_stop=0.02),
+    "early stop 4 %": dict(early_stop=0.04),
+}
+DEFAULT = next(iter(LEVERS))
+
+
+def _flag(settings: dict) -> str:
+    names = {"opt_iters": "--opt-iters", "guided_steps": "--guided-steps", "grad_reuse": "--grad-reuse",
+             "early_stop": "--early-stop"}
+    return " ".join(f"{names[k]} {v}" for k, v in settings.items()) or "(none)"
+
+
+def run(model: str, clip_seed: int, clips: int, seeds: int, levers: list[str], log=print) -> list[dict]:
+    from ditflow_fast.toyworld.demo import ToyTransfer, other_condition
+    from ditflow_fast.toyworld.metrics import motion_fidelity, track_condition
+    from ditflow_fast.toyworld.settings import DemoSettings
+    from ditflow_fast.toyworld.world import FRAMES, reference_clips
+
+    tt = ToyTransfer(model)
+    base = DemoSettings()
+    records = []
+    for ci, ref in enumerate(reference_clips(clip_seed, clips, frames=FRAMES)):
+        ref_track = track_condition(ref.video, ref.condition)
+        target = other_condition(ref.condition, 1)
+        for seed in range(seeds):
+            for name, row in [("no guidance", "no guidance")] + [(lv, "DiTFlow latent") for lv in levers]:
+                tt.settings = replace(base, **LEVERS.get(name, {}))
+                t0 = time.monotonic()
+                video, _ = tt.generate(ref, target, row, seed)
+                sec = time.monotonic() - t0
+                mf = motion_fidelity(ref_track, track_condition(video, target))
+                records.append(dict(clip=ci, seed=seed, row=name, motion_fidelity=mf, seconds=round(sec, 3),
+                                    guided_passes=tt.last_result.passes))
+                log(f"clip {ci} seed {seed} {name:<42} MF {mf:+.3f}  {sec:5.1f} s  {tt.last_result.passes} passes")
+    return records
+
+
+def summarise(records: list[dict], levers: list[str]) -> dict:
+    by = {(r["row"], r["clip"], r["seed"]): r for r in records}
+    keys = sorted({(r["clip"], r["seed"]) for r in records})
+    out = {}
+    for name in levers:
+        gain = np.array([by[(name, *k)]["motion_fidelity"] - by[("no guidance", *k)]["motion_fidelity"]
+                         for k in keys])
+        vs_default = np.array([by[(name, *k)]["motion_fidelity"] - by[(DEFAULT, *k)]["motion_fidelity"]
+                               for k in keys]) if DEFAULT in levers else np.zeros(len(keys))
+        n = len(keys)
+        out[name] = dict(settings=LEVERS[name], pairs=n,
+                         mf_mean=float(np.mean([by[(name, *k)]["motion_fidelity"] for k in keys])),
+                         gain_mean=float(gain.mean()), gain_se=float(gain.std() / max(n - 1, 1) ** 0.5),
+                         wins=int((gain > 0).sum()), vs_default_mean=float(vs_default.mean()),
+                         vs_default_se=float(vs_default.std() / max(n - 1, 1) ** 0.5),
+                         seconds=float(np.median([by[(name, *k)]["seconds"] for k in keys])),
+                         passes=float(np.mean([by[(name, *k)]["guided_passes"] for k in keys])))
+    base_s = float(np.median([by[("no guidance", *k)]["seconds"] for k in keys]))
+    if DEFAULT in out:
+        d = out[DEFAULT]
+        for s in out.values():
+            s["keeps_mf"] = s["gain_mean"] >= d["gain_mean"] - d["gain_se"]
+            s["cheaper"] = s["passes"] < d["passes"]
+            s["seconds_ratio"] = s["seconds"] / d["seconds"]
+    return {"rows": out, "no_guidance_seconds": base_s,
+            "no_guidance_mf": float(np.mean([by[("no guidance", *k)]["motion_fidelity"] for k in keys]))}
+
+
+def markdown(summary: dict, meta: dict) -> str:
+    lines = [f"Speed levers, {meta['model']}: {meta['pairs']} pairs ({meta['clips']} clips x {meta['seeds']} seeds, "
+             f"clip seed {meta['clip_seed']}), torch threads {meta['threads']}, {meta['seconds']:.0f} s in all. "
+             f"No guidance: MF {summary['no_guidance_mf']:+.3f}, {summary['no_guidance_seconds']:.2f} s / video.", "",
+             "| lever | option | MF | gain over no guidance (mean ± SE) | pairs won | vs defaults (mean ± SE) | "
+             "s / video (median) | x defaults | guided passes | keeps MF |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, s in summary["rows"].items():
+        keeps = "—" if name == DEFAULT else ("yes" if s.get("keeps_mf") else "no")
+        lines.append(f"| {name} | `{_flag(s['settings'])}` | {s['mf_mean']:+.3f} | {s['gain_mean']:+.3f} ± "
+                     f"{s['gain_se']:.3f} | {s['wins']} / {s['pairs']} | {s['vs_default_mean']:+.3f} ± "
+                     f"{s['vs_default_se']:.3f} | {s['seconds']:.2f} | {s.get('seconds_ratio', 1.0):.2f} | "
+                     f"{s['passes']:.1f} | {keeps} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="assets/tiny_dit")
+    p.add_argument("--clip-seed", type=int, default=1, help="1: the tuning clips; 2: held out")
+    p.add_argument("--clips", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--levers", default=",".join(LEVERS), help="comma-separated subset of: " + ", ".join(LEVERS))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    levers = [x.strip() for x in a.levers.split(",") if x.strip()]
+    bad = [x for x in levers if x not in LEVERS]
+    if bad or not levers:
+        p.error(f"--levers: unknown {bad}; choose from {list(LEVERS)}")
+    if a.clips < 1 or a.seeds < 1 or a.threads < 1:
+        p.error("--clips, --seeds and --threads must be positive")
+    torch.set_num_threads(a.threads)
+    from ditflow_fast.atomic import atomic_path, write_text
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    records = run(a.model, a.clip_seed, a.clips, a.seeds, levers)
+    summary = summarise(records, levers)
+    meta = dict(model=a.model, clip_seed=a.clip_seed, clips=a.clips, seeds=a.seeds, pairs=a.clips * a.seeds,
+                threads=a.threads, seconds=time.monotonic() - t0, torch=torch.__version__)
+    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(records[0]))
+        w.writeheader()
+        w.writerows(records)
+    write_text(out / "summary.json", json.dumps({"meta": meta, **summary}, indent=1))
+    write_text(out / "levers.md", markdown(summary, meta))
+    print(markdown(summary, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
