@@ -1,8 +1,11 @@
-"""ditflow_fast: fused Attention Motion Flow (DiTFlow) kernels and guidance for video DiTs."""
+"""ditflow_fast: fused Attention Motion Flow (DiTFlow) kernels and guidance for video DiTs.
 
-from . import ops  # noqa: E402,F401  (registers torch.ops.ditflow_fast.amf)
+``ops`` is imported for its side effect (it registers ``torch.ops.ditflow_fast.amf``); ``backends``
+is the backends package, and calling it, ``ditflow_fast.backends()``, lists the registry.
+"""
+
+from . import backends, ops  # noqa: F401
 from .api import choose_backend, compute_amf
-from .dispatch import backends
 from .loss import amf_loss
 
 __all__ = ["compute_amf", "amf_loss", "choose_backend", "backends"]

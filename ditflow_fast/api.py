@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from . import _builtin_backends  # noqa: F401  (registers reference and torch)
-from ._problem import autocast_disabled, check_values, finite_max, validate
-from .dispatch import Choice, backends, select
-
-
-def _needs_grad(problem) -> bool:
-    return problem.mode == "soft" and torch.is_grad_enabled() and (problem.q.requires_grad or problem.k.requires_grad)
+from . import eager, ops
+from .dispatch import Choice
 
 
 def compute_amf(q, k, *, frames, height, width, temperature=2.0, mode="soft", text_tokens=0, backend="auto",
@@ -57,34 +50,18 @@ def compute_amf(q, k, *, frames, height, width, temperature=2.0, mode="soft", te
         patch units, ``out[b, i, j, s]`` for query frame ``i``, target frame ``j``, patch ``s``.
         float32, or float64 for float64 input.
     """
+    kw = dict(frames=frames, height=height, width=width, temperature=temperature, mode=mode,
+              text_tokens=text_tokens, backend=backend, layout=layout)
     if torch.compiler.is_compiling():
         # Under torch.compile the call goes through the opaque custom op, so the backends' Python
         # loops, launches and the finiteness check never break the graph.
-        from .ops import amf
-
-        return amf(q, k, frames=frames, height=height, width=width, temperature=temperature, mode=mode,
-                   text_tokens=text_tokens, backend=backend, layout=layout)
-    problem = validate(
-        q, k, frames=frames, height=height, width=width,
-        temperature=temperature, mode=mode, text_tokens=text_tokens, layout=layout,
-    )
-    choice = select(problem, backend, _needs_grad(problem))
-    with autocast_disabled():
-        check_values(problem)
-        out = backends()[choice.name].run(problem)
-    # A safety net over the (small, F*N*2) output: no backend may hand back NaN, whatever slipped past.
-    if math.isnan(finite_max(out)):
-        raise RuntimeError(f"backend {choice.name!r} produced NaN or inf from finite, in-range q and k; "
-                           "this is a bug, please report it with the shapes and the backend")
-    return out[0] if problem.squeeze else out
+        return ops.amf(q, k, **kw)
+    return eager.run(q, k, **kw)
 
 
 def choose_backend(
     q, k, *, frames, height, width, temperature=2.0, mode="soft", text_tokens=0, backend="auto", layout="bhtd"
 ) -> Choice:
     """The backend :func:`compute_amf` would use for these arguments, and why others were skipped."""
-    problem = validate(
-        q, k, frames=frames, height=height, width=width,
-        temperature=temperature, mode=mode, text_tokens=text_tokens, layout=layout,
-    )
-    return select(problem, backend, _needs_grad(problem))
+    return eager.choose(q, k, frames=frames, height=height, width=width, temperature=temperature, mode=mode,
+                        text_tokens=text_tokens, backend=backend, layout=layout)[1]

@@ -37,7 +37,7 @@ class Backend:
         if missing:
             why.append(missing)
         if problem.q.device.type not in self.devices:
-            why.append(f"runs on {'/'.join(self.devices)}, not {problem.q.device.type}")
+            why.append(f"runs on {'/'.join(self.devices) or 'no device'}, not {problem.q.device.type}")
         if problem.q.dtype not in self.dtypes:
             why.append(f"does not take {problem.q.dtype}")
         if problem.mode not in self.modes:

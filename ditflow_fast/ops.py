@@ -3,8 +3,9 @@
 A custom op is opaque to ``torch.compile``: the compiler traces its fake kernel for shapes and
 calls the real one at run time, so a function that calls :func:`amf` compiles with
 ``fullgraph=True`` even though the backends inside are Python loops, Triton launches or native
-calls. The op wraps :func:`ditflow_fast.compute_amf` and its backend dispatch unchanged
-(validation, error messages, ``backend="auto"``), so every backend is reachable through it.
+calls. The op's real kernel is the eager path of :func:`ditflow_fast.compute_amf`
+(:func:`ditflow_fast.eager.run`: validation, error messages, ``backend="auto"``), so every backend
+is reachable through it.
 
 Ops (schemas are generated from the annotations below):
 
@@ -16,7 +17,7 @@ Ops (schemas are generated from the annotations below):
   log-sum-exp) from its forward to its backward, so the backward re-runs the chosen backend's
   forward under autograd and then its own recomputing backward: one extra forward, which every
   backend's backward recomputes in part anyway. Call the backend directly
-  (:func:`ditflow_fast.compute_amf`) when that matters more than compilation.
+  (:func:`ditflow_fast.compute_amf` outside ``torch.compile``) when that matters more than compilation.
 
 Argmax mode is piecewise constant in q and k: its gradient through the op is zero (``None``),
 and the op does not raise when its inputs require grad.
@@ -26,8 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from . import eager
 from ._problem import apply_layout, as_int, validate
-from .api import compute_amf
 
 _NAMESPACE = "ditflow_fast"
 
@@ -35,8 +36,8 @@ _NAMESPACE = "ditflow_fast"
 @torch.library.custom_op(f"{_NAMESPACE}::amf", mutates_args=())
 def _amf_op(q: torch.Tensor, k: torch.Tensor, frames: int, height: int, width: int, temperature: float,
             mode: str, text_tokens: int, backend: str) -> torch.Tensor:
-    out = compute_amf(q, k, frames=frames, height=height, width=width, temperature=temperature, mode=mode,
-                      text_tokens=text_tokens, backend=backend)
+    out = eager.run(q, k, frames=frames, height=height, width=width, temperature=temperature, mode=mode,
+                    text_tokens=text_tokens, backend=backend, layout="bhtd")
     return out.contiguous()
 
 
@@ -53,8 +54,8 @@ def _amf_backward_op(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, frame
                      temperature: float, text_tokens: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.enable_grad():
         qq, kk = q.detach().requires_grad_(), k.detach().requires_grad_()
-        out = compute_amf(qq, kk, frames=frames, height=height, width=width, temperature=temperature,
-                          mode="soft", text_tokens=text_tokens, backend=backend)
+        out = eager.run(qq, kk, frames=frames, height=height, width=width, temperature=temperature,
+                        mode="soft", text_tokens=text_tokens, backend=backend, layout="bhtd")
         dq, dk = torch.autograd.grad(out, (qq, kk), grad)
     return dq.contiguous(), dk.contiguous()
 

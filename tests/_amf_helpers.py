@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ditflow_fast.reference import amf_reference
+from ditflow_fast.backends.reference import amf_reference
 
 # docs/amf.md "Agreement": relative error of soft outputs and gradients against float64.
 SOFT_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 2e-2}

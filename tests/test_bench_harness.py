@@ -9,12 +9,12 @@ import sys
 import pytest
 import torch
 
+from ditflow_fast.backends.reference import amf_reference, research_bytes
 from ditflow_fast.bench import perf_model
 from ditflow_fast.bench.cases import CaseSpec, build_case, make_inputs
 from ditflow_fast.bench.memory import predicted_bytes
 from ditflow_fast.bench.presets import PRESETS, get_preset
 from ditflow_fast.cli import main
-from ditflow_fast.reference import amf_reference, research_bytes
 
 
 def _bench(tmp_path, *extra) -> dict:

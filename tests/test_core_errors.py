@@ -136,7 +136,7 @@ def test_backend_name_cannot_be_reused():
 
 def test_chunk_rows_must_be_positive():
     from ditflow_fast._problem import validate
-    from ditflow_fast.torch_backend import amf_torch
+    from ditflow_fast.backends.torch_chunked import amf_torch
 
     p = validate(*qk(), temperature=2.0, mode="soft", **OK)
     with pytest.raises(ValueError, match="chunk_rows must be an int >= 1"):

@@ -6,8 +6,8 @@ from _amf_helpers import SOFT_RTOL, make_qk, rel_err
 
 from ditflow_fast import compute_amf
 from ditflow_fast._problem import validate
-from ditflow_fast.reference import amf_reference
-from ditflow_fast.torch_backend import amf_torch
+from ditflow_fast.backends.reference import amf_reference
+from ditflow_fast.backends.torch_chunked import amf_torch
 
 # (batch, heads, frames, height, width, head_dim, text_tokens, layout, chunk_rows)
 CASES = [

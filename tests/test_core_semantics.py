@@ -5,8 +5,8 @@ import torch
 from _amf_helpers import make_qk, rel_err
 
 from ditflow_fast import amf_loss, compute_amf
+from ditflow_fast.backends.reference import research_procedure
 from ditflow_fast.compat import compute_motion_flow
-from ditflow_fast.reference import research_procedure
 
 
 @pytest.mark.parametrize("backend", ["torch", "reference"])

@@ -11,8 +11,8 @@ from _amf_helpers import make_qk, rel_err
 
 from ditflow_fast import _native
 from ditflow_fast._problem import validate
-from ditflow_fast.cpu_backend import amf_cpu, keep_scores_budget
-from ditflow_fast.reference import amf_reference
+from ditflow_fast.backends.cpu import amf_cpu, keep_scores_budget
+from ditflow_fast.backends.reference import amf_reference
 
 _WHY = _native.why_unavailable()
 pytestmark = pytest.mark.skipif(_WHY is not None, reason=f"cpu backend unavailable: {_WHY}")

@@ -10,9 +10,9 @@ from _amf_helpers import SOFT_RTOL, assert_argmax_agrees, make_qk, rel_err
 
 from ditflow_fast import _native, compute_amf
 from ditflow_fast._problem import validate
-from ditflow_fast.cpu_backend import amf_cpu
+from ditflow_fast.backends.cpu import amf_cpu
+from ditflow_fast.backends.reference import amf_reference
 from ditflow_fast.dispatch import backends
-from ditflow_fast.reference import amf_reference
 
 _WHY = _native.why_unavailable()
 pytestmark = pytest.mark.skipif(_WHY is not None, reason=f"cpu backend unavailable: {_WHY}")

@@ -14,7 +14,7 @@ from _amf_helpers import assert_argmax_agrees, head_mean_scores, make_qk
 
 from ditflow_fast import _native
 from ditflow_fast._problem import validate
-from ditflow_fast.cpu_backend import amf_cpu
+from ditflow_fast.backends.cpu import amf_cpu
 
 _WHY = _native.why_unavailable()
 pytestmark = pytest.mark.skipif(_WHY is not None, reason=f"cpu backend unavailable: {_WHY}")

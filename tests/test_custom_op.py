@@ -7,8 +7,8 @@ import torch
 from _amf_helpers import SOFT_RTOL, assert_argmax_agrees, make_qk, rel_err
 
 from ditflow_fast import compute_amf, ops
+from ditflow_fast.backends.reference import amf_reference
 from ditflow_fast.loss import amf_loss
-from ditflow_fast.reference import amf_reference
 
 # batch, heads, frames, height, width, head_dim, text_tokens: prime h*w, odd prefix, batch 3
 SHAPE = dict(batch=3, heads=2, frames=2, height=3, width=5, head_dim=8, text_tokens=3)

@@ -30,10 +30,10 @@ from _amf_helpers import SOFT_RTOL, assert_argmax_agrees, rel_err  # noqa: E402
 from ditflow_fast import amf_loss, choose_backend, compute_amf  # noqa: E402
 from ditflow_fast import dispatch as dispatch_mod  # noqa: E402
 from ditflow_fast._problem import range_limit  # noqa: E402
+from ditflow_fast.backends.reference import amf_reference, research_procedure  # noqa: E402
 from ditflow_fast.compat import compute_motion_flow  # noqa: E402
 from ditflow_fast.dispatch import Backend, backends  # noqa: E402
 from ditflow_fast.ops import amf as amf_op  # noqa: E402
-from ditflow_fast.reference import amf_reference, research_procedure  # noqa: E402
 
 
 def _cpu_backends():

@@ -32,9 +32,9 @@ triton = pytest.importorskip("triton")
 
 from _amf_helpers import SOFT_RTOL, assert_argmax_agrees, make_qk, rel_err  # noqa: E402
 
-from ditflow_fast import triton_backend as tb  # noqa: E402
 from ditflow_fast._problem import validate  # noqa: E402
-from ditflow_fast.reference import amf_reference  # noqa: E402
+from ditflow_fast.backends import triton_launch as tb  # noqa: E402
+from ditflow_fast.backends.reference import amf_reference  # noqa: E402
 
 # True when triton's own library was wrapped for the interpreter at import.
 INTERPRETED = type(triton.language.max).__name__ == "InterpretedFunction"

@@ -11,9 +11,9 @@ import torch
 
 pytest.importorskip("diffusers")
 
+from ditflow_fast.backends.reference import research_bytes  # noqa: E402
 from ditflow_fast.families.wan import PRESETS, WanFamily  # noqa: E402
 from ditflow_fast.families.wan_memory import dry_run_table, estimate_wan  # noqa: E402
-from ditflow_fast.reference import research_bytes  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

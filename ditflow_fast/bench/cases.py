@@ -4,7 +4,7 @@ pytest-benchmark suites in ``benchmarks/`` all build their timed callables here.
 A case is one implementation in one mode on one preset:
 
 * ``impl``: a registered backend name (``ditflow_fast.dispatch.backends()``), ``"research"``
-  (:func:`ditflow_fast.reference.research_procedure`, the original code's procedure),
+  (:func:`ditflow_fast.backends.reference.research_procedure`, the original code's procedure),
   ``"gemm"`` (the bare heads-concatenated ``Q_cat @ K_cat^T``: the floor), or a peer
   (see :mod:`ditflow_fast.bench.peers`);
 * ``mode``: ``"argmax"`` or ``"soft"`` (forward only, no autograd graph) or ``"soft_fwd_bwd"``
@@ -163,7 +163,7 @@ def build_forward(spec: CaseSpec):
         raise ValueError(f"mode must be one of {MODES}, got {spec.mode!r}")
     q, k = make_inputs(spec, requires_grad=spec.mode == "soft_fwd_bwd")
     if spec.impl == RESEARCH:
-        from ..reference import research_procedure
+        from ..backends.reference import research_procedure
 
         def forward():
             return research_procedure(q, k, h=p.height, w=p.width, temp=TEMPERATURE, nframes=p.frames,

@@ -27,13 +27,13 @@ def elem_size(dtype: torch.dtype) -> int:
 def predicted_bytes(spec: CaseSpec) -> int | None:
     """Predicted peak extra bytes of a materialising case; None for the bounded ones.
 
-    research: :func:`ditflow_fast.reference.research_bytes`.
+    research: :func:`ditflow_fast.backends.reference.research_bytes`.
     reference: the same pattern in float64.
     """
     p = spec.geometry
     n2 = p.tokens * p.tokens
     if spec.impl == RESEARCH:
-        from ..reference import research_bytes
+        from ..backends.reference import research_bytes
 
         return research_bytes(p.heads, p.frames, p.height, p.width, elem_size(spec.torch_dtype),
                               backward=spec.mode == "soft_fwd_bwd")

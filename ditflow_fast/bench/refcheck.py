@@ -11,7 +11,7 @@ Tolerances (:func:`tolerance`):
   (and of each gradient) at most 1e-5 for float32 inputs, 2e-2 for bfloat16/float16, 1e-10 for
   float64. Argmax: the float64 head-mean score of every chosen key within 1e-4 of its row maximum,
   and the entry equal to the reference wherever the top two scores differ by more than that.
-* the research procedure (:func:`ditflow_fast.reference.research_procedure`): it forms the
+* the research procedure (:func:`ditflow_fast.backends.reference.research_procedure`): it forms the
   per-head scores, their head mean and the softmax *in the input dtype* (no float32
   accumulation), so with unit roundoff ``u`` of the input dtype (2^-8 bf16, 2^-11 fp16, 2^-24
   fp32) its argmax tolerance is ``max(1e-4, 16*u)`` on the same score-gap rule: probabilities
@@ -25,7 +25,7 @@ Tolerances (:func:`tolerance`):
 
 The reference: the head-mean logits ``S = Q_cat K_cat^T / (H sqrt(d))`` in float64 (one GEMM of the
 heads-concatenated vectors, which docs/amf.md step 1 says the head mean is), then the per-frame
-softmax or argmax of :func:`ditflow_fast.reference.amf_reference`, with float64 autograd for the
+softmax or argmax of :func:`ditflow_fast.backends.reference.amf_reference`, with float64 autograd for the
 gradients. It keeps ``[N, N]`` float64, not ``amf_reference``'s ``[B, H, N, N]``; the two agree to
 float64 rounding (``tests/test_bench_refcheck.py``).
 
@@ -88,7 +88,7 @@ def _reference_cost(heads: int, head_dim: int, tokens: int, text: int, research:
     flops = 2 * tokens * tokens * heads * head_dim
     nbytes = 10 * tokens * tokens * 8 + 4 * heads * (text + tokens) * head_dim * 8
     if research:  # the research row materialises [H, N, N] in the input dtype, with autograd in fwd+bwd
-        from ..reference import research_bytes
+        from ..backends.reference import research_bytes
 
         nbytes += research_bytes(heads, 1, 1, tokens, elem, backward=True)
     return flops, nbytes

@@ -43,9 +43,9 @@ from __future__ import annotations
 import functools
 import json
 
+from ..backends.reference import research_bytes
 from ..guidance.memory import AMF_BUDGET, Estimate
 from ..guidance.models import ModelError
-from ..reference import research_bytes
 from .wan import _VAE21, PRESETS, TEXT_LEN, WanFamily, transformer_params
 from .wan_chunking import resolve_chunks
 

@@ -15,7 +15,7 @@ autograd, and the VAE decodes after the loop, sliced/tiled). With ``T = L_text +
 - captured q and k ``2 * H*N*d * b`` plus their gradients (the same again);
 - the AMF: this package's torch backend works in row chunks under a score budget (256 MiB) and
   keeps ``F*N`` log-sum-exps; the research code holds two ``[H, N, N]`` score tensors at once plus
-  three ``[N, N]`` copies (``(2H + 3) N^2 b``, :func:`ditflow_fast.reference.research_bytes`);
+  three ``[N, N]`` copies (``(2H + 3) N^2 b``, :func:`ditflow_fast.backends.reference.research_bytes`);
 - the optimised tensor in fp32 with its gradient and Adam's two moments (``4x``).
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..reference import research_bytes
+from ..backends.reference import research_bytes
 
 # The entries of the public CogVideoX configs that fix the sizes (so --dry-run needs no download).
 PRESETS = {

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/_amf_helpe
 from _amf_helpers import SOFT_RTOL, rel_err  # noqa: E402
 
 from ditflow_fast import amf_loss, compute_amf  # noqa: E402
+from ditflow_fast.backends.reference import amf_reference  # noqa: E402
 from ditflow_fast.compat import compute_motion_flow  # noqa: E402
 from ditflow_fast.dispatch import backends  # noqa: E402
-from ditflow_fast.reference import amf_reference  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,

@@ -25,7 +25,7 @@ from _amf_helpers import SOFT_RTOL, assert_argmax_agrees, make_qk, rel_err  # no
 
 from ditflow_fast import choose_backend, compute_amf  # noqa: E402
 from ditflow_fast._problem import validate  # noqa: E402
-from ditflow_fast.reference import amf_reference  # noqa: E402
+from ditflow_fast.backends.reference import amf_reference  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -103,7 +103,7 @@ def _cogvideox(frames, seed):
 
 @pytest.mark.parametrize("frames", [6, pytest.param(13, marks=pytest.mark.slow)])
 def test_cogvideox_5b_agrees_with_torch_backend_within_bounded_memory(frames):
-    from ditflow_fast import triton_backend as tb
+    from ditflow_fast.backends import triton_launch as tb
 
     q, k = _cogvideox(frames, seed=4)
     g = dict(frames=frames, height=30, width=45, text_tokens=226)

@@ -1,6 +1,7 @@
 """The AMF written literally, materialising every score: the oracle the fast backends answer to.
 
-Two procedures live here:
+Registers the ``reference`` backend (:func:`amf_reference` behind the dispatcher; never picked by
+``auto``). Two procedures live here:
 
 * :func:`amf_reference` is ``docs/amf.md`` step by step, in float64. It keeps the full
   ``[B, H, N, N]`` logits, so it is for tests and small shapes only.
@@ -16,7 +17,10 @@ import math
 
 import torch
 
-from .geometry import patch_coords
+from .._problem import FLOAT_DTYPES
+from ..dispatch import Backend, register
+from ..geometry import patch_coords
+from .ranking import AUTO_RANK
 
 
 def amf_reference(q, k, *, frames, height, width, temperature=2.0, mode="soft", text_tokens=0):
@@ -80,3 +84,21 @@ def research_procedure(q, k, *, h=30, w=45, temp=5.0, nframes=6, argmax=False, t
                 flows.append(torch.stack([(rel[..., c] * block).sum(dim=1) for c in range(2)], dim=-1))
     flows = torch.stack(flows, dim=0)
     return flows / 1 if argmax else flows  # the original's `total_predicted_flows / A_all.shape[0]`
+
+
+def _run_reference(p):
+    out = amf_reference(
+        p.q, p.k, frames=p.frames, height=p.height, width=p.width,
+        temperature=p.temperature, mode=p.mode, text_tokens=p.text_tokens,
+    )
+    return out.to(p.out_dtype)
+
+
+register(Backend(
+    name="reference",
+    summary="literal definition in float64, materialises [B, H, N, N] scores (test oracle)",
+    run=_run_reference,
+    devices=("cpu", "cuda"),
+    dtypes=FLOAT_DTYPES,
+    auto_rank=AUTO_RANK["reference"],
+))

@@ -1,5 +1,8 @@
 """The ``torch`` backend: exact AMF, chunked over query rows, on any device torch runs on.
 
+(Named ``torch_chunked``, not ``torch``, so that no module of the package carries a library's name;
+see :mod:`ditflow_fast.backends`.)
+
 Extra memory is bounded by a byte budget instead of growing with ``N^2``: each chunk of ``R``
 query rows scores against all ``N`` keys (``R x N`` floats), reduces per target frame, and is
 dropped before the next. The backward recomputes each chunk's probabilities from the stored
@@ -13,8 +16,11 @@ from __future__ import annotations
 
 import torch
 
-from ._problem import AMFProblem, no_autocast
-from .geometry import patch_coords
+from .._problem import FLOAT_DTYPES, AMFProblem, no_autocast
+from ..dispatch import Backend, register
+from ..geometry import patch_coords
+from .layout import concat_heads, displacement, expand_grad, from_output_layout
+from .ranking import AUTO_RANK
 
 # Room for the AMF next to CogVideoX-5B on a 24 GB GPU: the bf16 weights take ~11 GB and the
 # checkpointed activations most of the rest. 256 MiB still gives chunks of ~4,000 query rows at
@@ -28,23 +34,6 @@ def chunk_rows_for(problem: AMFProblem, budget_bytes: int) -> int:
     """Query rows per chunk so that the chunk's ``R x N`` buffers fit ``budget_bytes``."""
     elem = 8 if problem.out_dtype == torch.float64 else 4
     return max(1, min(problem.tokens, budget_bytes // (_LIVE_BUFFERS * problem.tokens * elem)))
-
-
-def _concat_heads(t: torch.Tensor, text_tokens: int, dtype: torch.dtype) -> torch.Tensor:
-    """``[B, H, T, d]`` -> ``[B, N, H*d]`` video tokens in the compute dtype (one copy)."""
-    b, h, _, d = t.shape
-    return t[:, :, text_tokens:].permute(0, 2, 1, 3).to(dtype).reshape(b, -1, h * d)
-
-
-def _to_output_layout(per_query: torch.Tensor, p: AMFProblem) -> torch.Tensor:
-    """``[B, N, F_j, 2]`` (query-major) -> ``[B, F_i, F_j, h*w, 2]``."""
-    b = per_query.shape[0]
-    return per_query.reshape(b, p.frames, p.patches, p.frames, 2).permute(0, 1, 3, 2, 4).contiguous()
-
-
-def _from_output_layout(grad: torch.Tensor, p: AMFProblem) -> torch.Tensor:
-    """Inverse of :func:`_to_output_layout`: ``[B, F_i, F_j, h*w, 2]`` -> ``[B, N, F_j, 2]``."""
-    return grad.permute(0, 1, 3, 2, 4).reshape(grad.shape[0], p.tokens, p.frames, 2)
 
 
 def _forward(p: AMFProblem, qc, kc, rows: int, soft: bool):
@@ -76,13 +65,12 @@ class _SoftAMF(torch.autograd.Function):
     @no_autocast
     def forward(ctx, q, k, problem: AMFProblem, rows: int):
         cdtype = problem.out_dtype
-        qc = _concat_heads(q, problem.text_tokens, cdtype)
-        kc = _concat_heads(k, problem.text_tokens, cdtype)
+        qc = concat_heads(q, problem.text_tokens, cdtype)
+        kc = concat_heads(k, problem.text_tokens, cdtype)
         target, lse = _forward(problem, qc, kc, rows, soft=True)
         ctx.save_for_backward(q, k, target, lse)
         ctx.problem, ctx.rows = problem, rows
-        own = patch_coords(problem.height, problem.width, device=q.device, dtype=cdtype).repeat(problem.frames, 1)
-        return _to_output_layout(target - own[None, :, None, :], problem)
+        return displacement(target, problem)
 
     @staticmethod
     @no_autocast
@@ -91,9 +79,9 @@ class _SoftAMF(torch.autograd.Function):
         p, rows = ctx.problem, ctx.rows
         want_q, want_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         cdtype = target.dtype
-        qc = _concat_heads(q, p.text_tokens, cdtype)
-        kc = _concat_heads(k, p.text_tokens, cdtype)
-        g = _from_output_layout(grad_out.to(cdtype), p)  # [B, N, F, 2]; pos(m) has no gradient
+        qc = concat_heads(q, p.text_tokens, cdtype)
+        kc = concat_heads(k, p.text_tokens, cdtype)
+        g = from_output_layout(grad_out.to(cdtype), p)  # [B, N, F, 2]; pos(m) has no gradient
         pos = patch_coords(p.height, p.width, device=q.device, dtype=cdtype)
         alpha = p.temperature * p.logit_scale
         dqc = torch.zeros_like(qc) if want_q else None
@@ -113,17 +101,7 @@ class _SoftAMF(torch.autograd.Function):
                     dqc[bi, r0:r1] = alpha * (dz @ kc[bi])
                 if want_k:
                     dkc[bi].addmm_(dz.t(), qc[bi, r0:r1], alpha=alpha)
-        return _expand_grad(dqc, q, p), _expand_grad(dkc, k, p), None, None
-
-
-def _expand_grad(dcat, like: torch.Tensor, p: AMFProblem):
-    """``[B, N, H*d]`` -> a gradient shaped like ``like`` (``[B, H, T, d]``), zero on text tokens."""
-    if dcat is None:
-        return None
-    b, h, _, d = like.shape
-    grad = torch.zeros(like.shape, dtype=like.dtype, device=like.device)
-    grad[:, :, p.text_tokens:] = dcat.reshape(b, p.tokens, h, d).permute(0, 2, 1, 3)
-    return grad
+        return expand_grad(dqc, q, p), expand_grad(dkc, k, p), None, None
 
 
 def amf_torch(problem: AMFProblem, *, chunk_rows: int | None = None, budget_bytes: int = DEFAULT_BUDGET_BYTES):
@@ -141,8 +119,17 @@ def amf_torch(problem: AMFProblem, *, chunk_rows: int | None = None, budget_byte
         return _SoftAMF.apply(problem.q, problem.k, problem, rows)
     with torch.no_grad():
         cdtype = problem.out_dtype
-        qc = _concat_heads(problem.q, problem.text_tokens, cdtype)
-        kc = _concat_heads(problem.k, problem.text_tokens, cdtype)
+        qc = concat_heads(problem.q, problem.text_tokens, cdtype)
+        kc = concat_heads(problem.k, problem.text_tokens, cdtype)
         target, _ = _forward(problem, qc, kc, rows, soft=False)
-        own = patch_coords(problem.height, problem.width, device=qc.device, dtype=cdtype).repeat(problem.frames, 1)
-        return _to_output_layout(target - own[None, :, None, :], problem)
+        return displacement(target, problem)
+
+
+register(Backend(
+    name="torch",
+    summary="chunked over query rows under a byte budget, recomputing backward; any device",
+    run=amf_torch,
+    devices=("cpu", "cuda", "mps", "xpu"),
+    dtypes=FLOAT_DTYPES,
+    auto_rank=AUTO_RANK["torch"],
+))

@@ -1,5 +1,8 @@
 """The ``triton`` backend: launchers for the fused kernels in ``ditflow_fast.kernels``, autograd, registration.
 
+(Named ``triton_launch``, not ``triton``, so that no module of the package carries a library's name;
+see :mod:`ditflow_fast.backends`.)
+
 :func:`forward` and :func:`backward` launch the kernels on a validated :class:`AMFProblem`;
 :func:`amf_triton` is the backend entry (a custom autograd Function in soft mode). Triton is
 imported only when a kernel launches, so ``import ditflow_fast`` works without it, and the
@@ -18,10 +21,11 @@ import math
 
 import torch
 
-from ._problem import AMFProblem, no_autocast
-from .dispatch import Backend, register
-from .geometry import patch_coords
-from .torch_backend import _expand_grad
+from .._problem import AMFProblem, no_autocast
+from ..dispatch import Backend, register
+from ..geometry import patch_coords
+from .layout import expand_grad
+from .ranking import AUTO_RANK
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LOG2E = 1.4426950408889634
@@ -190,7 +194,7 @@ def backward(p: AMFProblem, out, lse, grad, *, want_q=True, want_k=True, budget_
                 args = (ws, qv, dk_cat[bi], 1, n, qv.stride(1), qv.stride(0), qv.stride(2), cols,
                         n, cols, rows, 1.0 / range_scale)
                 _gemm(amf_bwd, args, n, cols, d, i0 > 0, common, gemm_cfg)
-    return _expand_grad(dq_cat, q, p), _expand_grad(dk_cat, k, p)
+    return expand_grad(dq_cat, q, p), expand_grad(dk_cat, k, p)
 
 
 def _gemm(amf_bwd, args, rows, cols, d, accumulate, common, config):
@@ -233,6 +237,6 @@ register(Backend(
     run=amf_triton,
     devices=("cuda",),
     dtypes=DTYPES,
-    auto_rank=10,
+    auto_rank=AUTO_RANK["triton"],
     unavailable=unavailable,
 ))

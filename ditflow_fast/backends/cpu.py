@@ -1,0 +1,107 @@
+"""The ``cpu`` backend: the fused C++ kernel (``csrc/amf_cpu.cpp``) behind an autograd Function.
+
+Importing this module loads no native code: :mod:`ditflow_fast._native` loads the extension when
+the dispatcher first asks whether the backend can run, and its reason becomes the backend's
+``unavailable`` when the extension is missing or switched off.
+
+Forward: one pass over the scores, blocked over query tiles x key frames, each score tile reduced
+while it is in cache (argmax, or the online soft-argmax with its log-sum-exp). Backward (soft mode):
+the probabilities are recomputed from the stored log-sum-exp ``[B, N, F]``, as flash attention does.
+Extra memory is ``O(N * F)`` plus a few cache-sized tiles, never ``N x N``, except that the soft
+forward keeps its raw scores for the backward when they fit in 64 MiB (:func:`keep_scores_budget`).
+
+Inputs of any float dtype are gathered once into heads-concatenated float32 (float64 for float64
+input) ``[B, N, H*d]`` copies, as the torch backend does; bf16/fp16 are therefore computed in fp32.
+The float32 argmax screens scores with a bf16 GEMM and rescores the candidates in float64 where
+the CPU multiplies bf16 natively (exact argmax; ``csrc/amf_cpu_screen.h``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .. import _native
+from .._problem import AMFProblem, no_autocast
+from ..dispatch import Backend, register
+from .layout import concat_heads, displacement, expand_grad, from_output_layout
+from .ranking import AUTO_RANK
+
+
+def _soft_alpha(p: AMFProblem) -> float:
+    return p.temperature * p.logit_scale
+
+
+def keep_scores_budget() -> int:
+    """Bytes of raw scores ``[B, N, N]`` the soft forward may keep for its backward (default 64 MiB).
+
+    Keeping them spares the backward its recompute GEMM (a quarter of the soft forward+backward's
+    work); the budget is the size of the backward's own row-chunk buffer, so at most it doubles
+    that. ``DITFLOW_FAST_CPU_KEEP_SCORES_MB=0`` turns it off.
+    """
+    raw = os.environ.get("DITFLOW_FAST_CPU_KEEP_SCORES_MB", "64").strip()
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = float("nan")
+    if not 0 <= mb < float("inf"):
+        raise ValueError(f"DITFLOW_FAST_CPU_KEEP_SCORES_MB must be a number of MiB >= 0, got {raw!r}")
+    return int(mb * (1 << 20))
+
+
+class _CpuSoftAMF(torch.autograd.Function):
+    @staticmethod
+    @no_autocast
+    def forward(ctx, q, k, problem: AMFProblem, keep: bool):
+        cdtype = problem.out_dtype
+        qc = concat_heads(q, problem.text_tokens, cdtype)
+        kc = concat_heads(k, problem.text_tokens, cdtype)
+        args = (qc, kc, problem.frames, problem.height, problem.width, _soft_alpha(problem))
+        if keep:
+            target, lse, scores = _native.ops().amf_forward_scores(*args)
+        else:
+            (target, lse), scores = _native.ops().amf_forward(*args, True), None
+        # The concatenated copies are kept for the backward (re-gathering them costs a pass over q and k
+        # each); when q and k arrive as [B, T, H, d] views they are views, not copies.
+        ctx.save_for_backward(q, k, qc, kc, target, lse, scores)
+        ctx.problem = problem
+        return displacement(target, problem)
+
+    @staticmethod
+    @no_autocast
+    def backward(ctx, grad_out):
+        q, k, qc, kc, target, lse, scores = ctx.saved_tensors
+        p = ctx.problem
+        want_q, want_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        g = from_output_layout(grad_out.to(target.dtype), p).contiguous()  # pos(m) carries no gradient
+        dqc, dkc = _native.ops().amf_backward(
+            qc, kc, target, lse, g, p.frames, p.height, p.width, _soft_alpha(p), want_q, want_k, scores
+        )
+        return (expand_grad(dqc, q, p) if want_q else None, expand_grad(dkc, k, p) if want_k else None, None, None)
+
+
+def amf_cpu(problem: AMFProblem) -> torch.Tensor:
+    """AMF ``[B, F, F, h*w, 2]`` by the fused CPU kernel (float32, or float64 for float64 input)."""
+    if problem.mode == "soft":
+        grad = torch.is_grad_enabled() and (problem.q.requires_grad or problem.k.requires_grad)
+        elem = torch.finfo(problem.out_dtype).bits // 8
+        keep = grad and problem.batch * problem.tokens**2 * elem <= keep_scores_budget()
+        return _CpuSoftAMF.apply(problem.q, problem.k, problem, keep)
+    with torch.no_grad():
+        cdtype = problem.out_dtype
+        qc = concat_heads(problem.q, problem.text_tokens, cdtype)
+        kc = concat_heads(problem.k, problem.text_tokens, cdtype)
+        target, _ = _native.ops().amf_forward(qc, kc, problem.frames, problem.height, problem.width, 1.0, False)
+        return displacement(target, problem)
+
+
+register(Backend(
+    name="cpu",
+    summary="fused C++ kernel: GEMM score tiles reduced in cache (argmax: exact bf16 screen), recomputing backward",
+    run=amf_cpu,
+    devices=("cpu",),
+    dtypes=(torch.float32, torch.float64, torch.bfloat16, torch.float16),
+    auto_rank=AUTO_RANK["cpu"],
+    unavailable=_native.why_unavailable,
+))
