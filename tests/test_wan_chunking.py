@@ -250,7 +250,7 @@ def test_config_validation_and_run_key_unchanged():
 
 
 def _args(*argv):
-    from ditflow_fast import transfer_cli
+    from ditflow_fast.cli import transfer as transfer_cli
 
     p = argparse.ArgumentParser()
     transfer_cli.add_transfer_parser(p.add_subparsers())
@@ -258,7 +258,7 @@ def _args(*argv):
 
 
 def test_cli_flags_and_defaults():
-    from ditflow_fast import transfer_cli
+    from ditflow_fast.cli import transfer as transfer_cli
 
     assert transfer_cli._config(_args()).offload_activations is False
     assert transfer_cli._config(_args("--offload", "group")).offload_activations is True  # on with group
@@ -269,7 +269,7 @@ def test_cli_flags_and_defaults():
 
 
 def test_cli_dry_run_prints_the_options(capsys):
-    from ditflow_fast import transfer_cli
+    from ditflow_fast.cli import transfer as transfer_cli
 
     model = "Wan-AI/Wan2.1-T2V-14B-Diffusers"
     common = ("--model", model, "--frames", "81", "--height", "720", "--width", "1280", "--dry-run")

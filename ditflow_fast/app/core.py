@@ -2,7 +2,7 @@
 
 Every run is ``ditflow-fast transfer`` itself: the page's fields become an argv for the transfer parser
 (:func:`transfer_namespace`, so defaults, choices and types are the CLI's) and the job calls
-:func:`ditflow_fast.transfer_cli.run_transfer` with it. The run folder is named by a hash of that argv
+:func:`ditflow_fast.cli.transfer.run_transfer` with it. The run folder is named by a hash of that argv
 with every input file replaced by its content hash, so the same inputs always land in the same folder:
 a run stopped by closing the page or restarting the app resumes from transfer's saved state when it is
 asked for again (or from the list of runs, which keeps each run's argv in ``app_request.json``).
@@ -157,7 +157,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def transfer_parser() -> argparse.ArgumentParser:
-    from ..transfer_cli import add_transfer_parser
+    from ..cli.transfer import add_transfer_parser
 
     p = _Parser(prog="ditflow-fast", add_help=False)
     add_transfer_parser(p.add_subparsers(dest="command", parser_class=_Parser))
@@ -321,15 +321,16 @@ def total_steps(namespace: argparse.Namespace) -> int | None:
     if namespace.steps:
         return int(namespace.steps)
     try:
-        from .. import transfer_cli as tc
+        from ..cli import transfer as tc
+        from ..cli.transfer_checks import check_device, has_second_expert, model_configs
         from ..families import detect, resolve_model_ref
 
         fam = detect(namespace.model)
-        ref, local = resolve_model_ref(namespace.model)
-        tcfg, _ = tc._configs(fam, ref)
-        if getattr(tc, "_second_expert", None) and tc._second_expert(ref, local):
+        ref = resolve_model_ref(namespace.model)[0]
+        tcfg, _ = model_configs(fam, ref)
+        if has_second_expert(fam, ref):
             tcfg = {**tcfg, "experts": 2}
-        return int(tc._config(namespace).resolve(tcfg, device=tc._check_device(namespace.device), family=fam).steps)
+        return int(tc._config(namespace).resolve(tcfg, device=check_device(namespace.device), family=fam).steps)
     except Exception:  # noqa: BLE001 - only the progress bar's total; the run says what is wrong
         return None
 
@@ -404,9 +405,9 @@ _PEAK = re.compile(r"^predicted peak\s+([0-9.]+) GiB", re.M)
 def _device_limit(namespace, gpu_memory_gib: float | None) -> tuple[str, int | None]:
     import torch
 
-    from ..transfer_cli import _check_device
+    from ..cli.transfer_checks import check_device
 
-    dev = _check_device(namespace.device)
+    dev = check_device(namespace.device)
     if dev.type != "cuda":
         return str(dev), (None if gpu_memory_gib is None else int(gpu_memory_gib * 2 ** 30))
     idx = dev.index if dev.index is not None else torch.cuda.current_device()
@@ -418,7 +419,7 @@ def _device_limit(namespace, gpu_memory_gib: float | None) -> tuple[str, int | N
 def predict_memory(namespace: argparse.Namespace, gpu_memory_gib: float | None = None) -> Memory:
     """``transfer --dry-run`` for these arguments (its table and peak), against the device's memory
     (``gpu_memory_gib`` instead, when given: what to plan for on a shared GPU, and for tests)."""
-    from ..transfer_cli import run_transfer
+    from ..cli.transfer import run_transfer
 
     dry = argparse.Namespace(**{**vars(namespace), "dry_run": True})
     with _DRY_LOCK, capture_output() as buf:
@@ -479,7 +480,7 @@ class Job:
         return comps
 
     def _work(self):
-        from ..transfer_cli import run_transfer
+        from ..cli.transfer import run_transfer
 
         try:
             with DEVICE_LOCK:

@@ -39,7 +39,7 @@ class _Raising(argparse.ArgumentParser):
 
 def transfer_parser() -> argparse.ArgumentParser:
     """``transfer``'s parser, raising ``ValueError`` instead of exiting."""
-    from ..transfer_cli import add_transfer_parser
+    from ..cli.transfer import add_transfer_parser
 
     root = _Raising(prog="ditflow-fast", add_help=False)
     sub = root.add_subparsers(dest="command", parser_class=_Raising)

@@ -3,7 +3,7 @@
 A plain class, made a Ray actor by the driver (``ray.remote(TransferWorker)``), so it can also be
 used and tested without Ray. It holds the models it loaded, keyed by (model reference, its
 fingerprint, dtype), at most ``max_models`` of them (least recently used goes first), and runs one
-job at a time through :func:`ditflow_fast.transfer_cli.run_transfer` with a loader that hands the
+job at a time through :func:`ditflow_fast.cli.transfer.run_transfer` with a loader that hands the
 held model over. Before a held model is handed over again, what a run leaves on it is undone: the
 guidance processors and hooks, Wan's token-chunked FFN, gradient checkpointing, VAE tiling and
 slicing. Runs with ``--offload`` load their own copy and drop it afterwards (offloading hooks are
@@ -91,7 +91,7 @@ class TransferWorker:
         res = {"id": job_id, "worker": self.name, "pid": os.getpid()}
         restore = _fault(fault_after_steps) if fault_after_steps else None
         try:
-            from ..transfer_cli import run_transfer
+            from ..cli.transfer import run_transfer
 
             a = transfer_parser().parse_args([*argv, "--out", out, "--quiet"])
             run_transfer(a, loader=self._loader(a.offload == "none" and not a.cpu_offload, events))

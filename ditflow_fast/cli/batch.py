@@ -22,7 +22,7 @@ _OWN = ("out", "quiet", "dry_run", "ref_cache", "help", "func")
 
 
 def add_batch_parser(sub) -> None:
-    from .jobs import job_actions
+    from ..batch.jobs import job_actions
 
     p = sub.add_parser("batch", help="many transfers (JOBS.jsonl) on Ray workers that keep their models loaded",
                        description=__doc__.split("\n\n")[0].splitlines()[0] + "\n\n" + __doc__.split("\n\n", 1)[1],
@@ -58,8 +58,8 @@ def add_batch_parser(sub) -> None:
 
 
 def run_batch_cli(a) -> int:
-    from .jobs import JobsError, parse_jobs
-    from .runner import BatchSettings, run_batch, summary_table
+    from ..batch.jobs import JobsError, parse_jobs
+    from ..batch.runner import BatchSettings, run_batch, summary_table
 
     given = {k: v for k, v in vars(a).items()
              if k not in ("jobs", "out", "workers", "address", "max_retries", "models_per_worker", "ref_cache",

@@ -45,8 +45,8 @@ def run_eval(a) -> int:
         raise ValueError(f"--frames must be at least 2, got {a.frames}")
     if a.max_side < 0 or a.static_px < 0:
         raise ValueError("--max-side and --static-px must not be negative")
-    from .video_io import read_video
-    from .viewer import motion
+    from ..video_io import read_video
+    from ..viewer import motion
 
     if a.tracker == "cotracker":
         why = motion.cotracker_available()

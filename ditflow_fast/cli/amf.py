@@ -45,12 +45,10 @@ def add_amf_parser(sub) -> None:
 
 def run_amf(a) -> int:
     if a.random:
-        from .cli import _cmd_amf
-
         a.frames = 2 if a.frames is None else a.frames
         a.height = 6 if a.height is None else a.height
         a.width = 9 if a.width is None else a.width
-        return _cmd_amf(a)
+        return random_amf(a)
     if not a.video:
         raise ValueError("--video is required (or --random for the smoke test on random q/k)")
     for name in ("frames", "height", "width", "threads"):
@@ -59,8 +57,8 @@ def run_amf(a) -> int:
             raise ValueError(f"--{name} must be positive, got {v}")
     if a.block is not None and a.block < 0:
         raise ValueError(f"--block must be >= 0, got {a.block}")
-    from .atomic import check_writable
-    from .video_io import check_video
+    from ..atomic import check_writable
+    from ..video_io import check_video
 
     check_video(a.video, a.frames)  # opened and decoded (--frames of them, else one) before any model loads
     out = Path(a.out).expanduser()
@@ -71,8 +69,8 @@ def run_amf(a) -> int:
         torch.set_num_threads(a.threads)
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
-    from .video_io import read_video
-    from .viewer.reference import check_geometry, default_model, frame_for_latent, open_model, reference_amf
+    from ..video_io import read_video
+    from ..viewer.reference import check_geometry, default_model, frame_for_latent, open_model, reference_amf
 
     model = a.model or default_model()
     handle = open_model(model, device=device, dtype=getattr(torch, a.dtype), prompt_embeds=a.prompt_embeds)
@@ -84,7 +82,7 @@ def run_amf(a) -> int:
     amf, geo = reference_amf(handle, video, a.block)
     shown = video[frame_for_latent(video.shape[0], geo["frames"])]
     info = provenance(handle, geo, video=str(a.video), torch_version=torch.__version__)
-    from .viewer.output import write_viewer
+    from ..viewer.output import write_viewer
 
     paths = write_viewer(out, [(f"reference AMF of {Path(a.video).name}", amf, shown)], info,
                          title=f"AMF of {Path(a.video).name}, block {geo['block']} of {model}")
@@ -99,9 +97,28 @@ def run_amf(a) -> int:
 
 def provenance(handle, geo: dict, **extra) -> dict:
     """The metadata every AMF file carries: geometry, how it was measured, by what."""
-    from . import __version__
+    from .. import __version__
 
     return {**geo, "model": str(handle.name), "family": handle.kind, "mode": "argmax", "timestep": 0,
             "prompt": "empty", "units": "patches (dx right, dy down)",
             "patch_px_x": geo["video_width"] / geo["width"], "patch_px_y": geo["video_height"] / geo["height"],
             "ditflow_fast": __version__, **extra}
+
+
+def random_amf(args) -> int:
+    """The AMF of random q/k of the given geometry, and which backend computed it (and why others were skipped)."""
+    import torch
+
+    from ..api import choose_backend, compute_amf
+
+    gen = torch.Generator().manual_seed(args.seed)
+    t = args.text_tokens + args.frames * args.height * args.width
+    q = torch.randn(1, args.heads, t, args.head_dim, generator=gen)
+    k = torch.randn(1, args.heads, t, args.head_dim, generator=gen)
+    kw = dict(frames=args.frames, height=args.height, width=args.width, mode=args.mode,
+              text_tokens=args.text_tokens, temperature=args.temperature, backend=args.backend)
+    choice = choose_backend(q, k, **kw)
+    out = compute_amf(q, k, **kw)
+    print(f"backend: {choice.name}" + "".join(f"\n  skipped {n}: {'; '.join(w)}" for n, w in choice.skipped.items()))
+    print(f"AMF of random q/k: shape {tuple(out.shape)}, mean |D| = {out.norm(dim=-1).mean():.4f} patches")
+    return 0

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-RESULT_NAMES = {"mp4": "result.mp4", "gif": "result.gif", "frames": "result_frames"}
+from .transfer_checks import RESULT_NAMES, check_device, check_out, has_second_expert, model_configs, with_config
 
 
 def add_transfer_parser(sub) -> None:
@@ -81,7 +81,7 @@ def add_transfer_parser(sub) -> None:
 
 
 def _config(a):
-    from .guidance.config import GuidanceConfig
+    from ..guidance.config import GuidanceConfig
 
     return GuidanceConfig(
         model=a.model, frames=a.frames, height=a.height, width=a.width, opt_mode=a.opt_mode, loss=a.loss,
@@ -104,18 +104,18 @@ def _offload_activations(a) -> bool:
 
 
 def _dry_run(a, cfg) -> int:
-    from .families import detect, preset_family
+    from ..families import detect, preset_family
 
     fam = preset_family(a.model) or detect(a.model)
     if fam.name == "wan":
-        from .families.wan_memory import dry_run_table
+        from ..families.wan_memory import dry_run_table
 
         print(dry_run_table(a.model, frames=cfg.frames, height=cfg.height, width=cfg.width,
                             guidance_blocks=cfg.guidance_blocks, dtype=cfg.dtype, opt_mode=cfg.opt_mode,
                             checkpointing=cfg.gradient_checkpointing, offload=a.offload,
                             offload_activations=cfg.offload_activations, ffn_chunks=cfg.ffn_chunks))
         return 0
-    from .guidance import memory
+    from ..guidance import memory
 
     mc = memory.config_for(a.model)
     d = fam.defaults(mc)
@@ -133,73 +133,11 @@ def _dry_run(a, cfg) -> int:
     return 0
 
 
-def _check_device(device: str | None):
-    import torch
-
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"--device {device!r}: not a device torch knows ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device}: the guidance loop runs on cpu or cuda")
-    return dev
-
-
-def _check_out(a) -> Path:
-    """``--out`` usable and the result's name free for the result's kind, before any work."""
-    from .atomic import check_writable
-
-    out = Path(a.out).expanduser()
-    check_writable(out, option="--out", folder=True)
-    result = out / RESULT_NAMES[a.format]
-    if a.format == "frames" and result.exists() and not result.is_dir():
-        raise ValueError(f"--out {out}: {result.name} exists and is not a folder; remove it or use another --out")
-    if a.format != "frames" and result.is_dir():
-        raise ValueError(f"--out {out}: {result.name} is a folder; remove it or use another --out")
-    return out
-
-
 def _lock(out: Path):
     """An exclusive lock on the ``--out`` folder itself (no lock file: the folder stays as it was)."""
-    from .atomic import dir_lock
+    from ..atomic import dir_lock
 
     return dir_lock(out, "ditflow-fast transfer")
-
-
-def _configs(fam, ref: str) -> tuple[dict, dict]:
-    """The transformer's and the VAE's configs, read without loading any weights."""
-    import diffusers
-
-    from .guidance.models import ModelError
-
-    out = []
-    for cls, sub in ((fam.transformer_class, "transformer"), (fam.vae_class, "vae")):
-        try:
-            cfg = getattr(diffusers, cls).load_config(ref, subfolder=sub)
-        except Exception as exc:  # noqa: BLE001 - hub/format errors come in many types
-            raise ModelError(f"--model {ref}: cannot be loaded: no readable {sub}/config.json "
-                             f"({type(exc).__name__}: {exc})") from exc
-        out.append({k: v for k, v in cfg.items() if not k.startswith("_")})
-    return out[0], out[1]
-
-
-def _second_expert(fam, ref: str) -> bool:
-    """Whether the folder or hub id holds a second expert (Wan2.2 A14B), as the family's loader decides."""
-    return bool(getattr(fam, "has_second_expert", lambda r: False)(ref))
-
-
-class _Cfg(dict):
-    __getattr__ = dict.get
-
-
-def _with_config(d: dict):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(config=_Cfg(d))
 
 
 def run_transfer(a, loader=None) -> int:
@@ -220,31 +158,31 @@ def run_transfer(a, loader=None) -> int:
         raise ValueError("--video is required")
     if not a.prompt and not a.prompt_embeds:
         raise ValueError("--prompt is required (or --prompt-embeds FILE)")
-    dev = _check_device(a.device)
-    out = _check_out(a)
+    dev = check_device(a.device)
+    out = check_out(a)
     if getattr(a, "ref_cache", None):
-        from .atomic import check_writable
+        from ..atomic import check_writable
 
         check_writable(Path(a.ref_cache).expanduser(), option="--ref-cache", folder=True)
-    from .families import detect, resolve_model_ref
+    from ..families import detect, resolve_model_ref
 
     fam = detect(a.model)  # milliseconds for a mistyped path: nothing path-like goes to the hub
     ref, local = resolve_model_ref(a.model)
-    tcfg, vcfg = _configs(fam, ref)
-    if _second_expert(fam, ref):  # Wan2.2 A14B: its defaults (steps, CFG per expert) differ from 14B's
+    tcfg, vcfg = model_configs(fam, ref)
+    if has_second_expert(fam, ref):  # Wan2.2 A14B: its defaults (steps, CFG per expert) differ from 14B's
         tcfg = {**tcfg, "experts": 2}
     cfg = cfg.resolve(tcfg, device=dev, family=fam)
     import torch
 
-    from .guidance import run_key as rk
-    from .guidance.loop import STATE_FILE, Guide, differing, read_state
-    from .video_io import read_video, write_video
+    from ..guidance import run_key as rk
+    from ..guidance.loop import STATE_FILE, Guide, differing, read_state
+    from ..video_io import read_video, write_video
 
     t0 = time.time()
     frames = read_video(a.video, frames=cfg.frames, height=cfg.height, width=cfg.width)
-    fam.geometry(_with_config(tcfg), _with_config(vcfg), cfg.frames, cfg.height, cfg.width)
+    fam.geometry(with_config(tcfg), with_config(vcfg), cfg.frames, cfg.height, cfg.width)
     if a.prompt_embeds is not None:
-        from .guidance.models import read_prompt_file
+        from ..guidance.models import read_prompt_file
 
         read_prompt_file(Path(a.prompt_embeds))
     if a.threads is not None:
@@ -273,9 +211,9 @@ def run_transfer(a, loader=None) -> int:
 
 
 def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_video, loader) -> int:  # noqa: N803
-    from .atomic import write_json
-    from .guidance import models
-    from .guidance.loop import STATE_FILE
+    from ..atomic import write_json
+    from ..guidance import models
+    from ..guidance.loop import STATE_FILE
 
     dtype, device = cfg.torch_dtype, torch.device(cfg.device)
     comps = fam.load(ref, dtype) if loader is None else loader(fam, ref, dtype)
@@ -292,7 +230,7 @@ def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_vide
         return fam.encode_video(vae, frames, device=device, dtype=next(vae.parameters()).dtype, seed=cfg.seed)
     cache = None
     if getattr(a, "ref_cache", None):
-        from .guidance.ref_cache import RefCache
+        from ..guidance.ref_cache import RefCache
 
         cache = RefCache(a.ref_cache, model=parts["model"])
         ref_latent = cache.latent({"video": parts["video"], "family": fam.name, "dtype": cfg.dtype,
@@ -325,7 +263,7 @@ def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_vide
     if video.shape[0] != cfg.frames:  # geometry() admits only counts the VAE gives exactly
         raise RuntimeError(f"the VAE decoded {video.shape[0]} frames, not the {cfg.frames} asked for")
     path = write_video(video, out / RESULT_NAMES[a.format], fmt=a.format, fps=a.fps)
-    from .viewer.transfer import write_transfer_viewer  # out/amf/: reference vs result AMF (docs/viewer.md)
+    from ..viewer.transfer import write_transfer_viewer  # out/amf/: reference vs result AMF (docs/viewer.md)
 
     write_transfer_viewer(out, guide, res.latents, frames, video, model=a.model, video=a.video, offload=a.offload)
     record = {"family": fam.name, "config": cfg.to_dict(), "video": str(a.video), "prompt": a.prompt,
@@ -344,7 +282,7 @@ def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_vide
 def _place(offload: str, comps: dict, device, checkpointing: bool) -> None:
     """Components where ``--offload`` wants them, through diffusers'/accelerate's own hooks
     (``families/offload.py``); with two experts only the first is on the device, the loop swaps them."""
-    from .families.offload import apply_offload
+    from ..families.offload import apply_offload
 
     if offload == "none":
         for name in ("transformer", "transformer_2"):

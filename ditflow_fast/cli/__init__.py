@@ -1,0 +1,22 @@
+"""The ``ditflow-fast`` command line, one module per subcommand (``python -m ditflow_fast.cli`` runs it too).
+
+- :mod:`.main`: the parser (every subcommand registered, in ``--help`` order) and :func:`main`, which
+  turns a ``ValueError``/``TypeError`` into ``ditflow-fast CMD: error: ...`` and exit status 2;
+- :mod:`.info`: ``info``, versions and backends;
+- :mod:`.amf`: ``amf``, the reference AMF of a video (``--random``: the dispatch smoke test);
+- :mod:`.transfer`: ``transfer``, DiTFlow motion transfer; :mod:`.transfer_checks` holds what it checks
+  before loading anything (device, ``--out``, the model's configs);
+- :mod:`.batch`: ``batch``, many transfers on Ray (``ditflow_fast.batch``);
+- :mod:`.eval`: ``eval``, Motion Fidelity of two videos;
+- :mod:`.app`: ``app``, the web app (``ditflow_fast.app``);
+- :mod:`.demo`: ``demo``, registered here, written in ``ditflow_fast/toyworld/cli.py`` (the toy world is an
+  application the library never imports);
+- ``bench`` is registered from ``ditflow_fast/bench/cli.py``.
+
+Each module's ``add_<command>_parser(sub)`` adds its parser; the modules a command runs are imported only
+when it runs, so ``ditflow-fast info`` stays quick and one command's missing extra never breaks another.
+"""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,48 @@
+"""``ditflow-fast`` command line: ``info``, ``amf``, ``bench``, ``demo``, ``transfer``, ``eval`` and ``app``.
+
+Subcommands import their modules lazily, so ``ditflow-fast info`` stays quick and a missing
+optional dependency of one subcommand never breaks another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Only the parsers are imported here; each subcommand imports its heavy modules when it runs.
+    from ..bench.cli import add_bench_parser
+    from .amf import add_amf_parser
+    from .app import add_app_parser
+    from .batch import add_batch_parser
+    from .demo import add_demo_parser
+    from .eval import add_eval_parser
+    from .info import add_info_parser
+    from .transfer import add_transfer_parser
+
+    parser = argparse.ArgumentParser(prog="ditflow-fast", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_info_parser(sub)
+    add_amf_parser(sub)  # the AMF viewer of a video; --random: the smoke test of dispatch
+    add_bench_parser(sub)
+    add_demo_parser(sub)
+    add_transfer_parser(sub)
+    add_batch_parser(sub)
+    add_eval_parser(sub)
+    add_app_parser(sub)  # the web app (gradio, imported only when it runs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError) as exc:
+        print(f"ditflow-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `ditflow-fast info | head`: the reader left; nothing more to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -1,0 +1,70 @@
+"""What ``ditflow-fast transfer`` checks before it loads or writes anything: the device, ``--out`` and
+the result's name there, and the model's configs (read without its weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULT_NAMES = {"mp4": "result.mp4", "gif": "result.gif", "frames": "result_frames"}
+
+
+def check_device(device: str | None):
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"--device {device!r}: not a device torch knows ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: the guidance loop runs on cpu or cuda")
+    return dev
+
+
+def check_out(a) -> Path:
+    """``--out`` usable and the result's name free for the result's kind, before any work."""
+    from ..atomic import check_writable
+
+    out = Path(a.out).expanduser()
+    check_writable(out, option="--out", folder=True)
+    result = out / RESULT_NAMES[a.format]
+    if a.format == "frames" and result.exists() and not result.is_dir():
+        raise ValueError(f"--out {out}: {result.name} exists and is not a folder; remove it or use another --out")
+    if a.format != "frames" and result.is_dir():
+        raise ValueError(f"--out {out}: {result.name} is a folder; remove it or use another --out")
+    return out
+
+
+def model_configs(fam, ref: str) -> tuple[dict, dict]:
+    """The transformer's and the VAE's configs, read without loading any weights."""
+    import diffusers
+
+    from ..guidance.models import ModelError
+
+    out = []
+    for cls, sub in ((fam.transformer_class, "transformer"), (fam.vae_class, "vae")):
+        try:
+            cfg = getattr(diffusers, cls).load_config(ref, subfolder=sub)
+        except Exception as exc:  # noqa: BLE001 - hub/format errors come in many types
+            raise ModelError(f"--model {ref}: cannot be loaded: no readable {sub}/config.json "
+                             f"({type(exc).__name__}: {exc})") from exc
+        out.append({k: v for k, v in cfg.items() if not k.startswith("_")})
+    return out[0], out[1]
+
+
+def has_second_expert(fam, ref: str) -> bool:
+    """Whether the folder or hub id holds a second expert (Wan2.2 A14B), as the family's loader decides."""
+    return bool(getattr(fam, "has_second_expert", lambda r: False)(ref))
+
+
+class _Cfg(dict):
+    __getattr__ = dict.get
+
+
+def with_config(d: dict):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config=_Cfg(d))
