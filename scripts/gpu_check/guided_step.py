@@ -86,9 +86,9 @@ class Result:
         self.save()
 
     def save(self):
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
-        tmp.replace(self.path)
+        from ditflow_fast.atomic import write_text
+
+        write_text(self.path, json.dumps(self.data, indent=1, default=str) + "\n")
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,7 @@
 """The device check's summary: every figure the steps wrote into OUTDIR, as ``summary.json`` and ``summary.md``.
 
-Standard library only (it runs before the package is installed, and after a step was killed). It reads
+Standard library only (it runs before the package is installed, and after a step was killed); it writes
+through ``ditflow_fast/atomic.py`` loaded from its file, without importing the package. It reads
 what is there and never fails on what is missing: a step that did not run or was cut short shows as
 such, with its reason. Inputs, all in OUTDIR:
 
@@ -16,12 +17,23 @@ such, with its reason. Inputs, all in OUTDIR:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 SCHEMA = 1
+ATOMIC = Path(__file__).resolve().parents[2] / "ditflow_fast" / "atomic.py"
+
+
+def _atomic():
+    """The package's atomic writer, loaded from its file: it needs only the standard library, while
+    ``import ditflow_fast`` would import torch, which this summary must do without."""
+    spec = importlib.util.spec_from_file_location("_gpu_check_atomic", ATOMIC)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def read_json(path: Path):
@@ -228,10 +240,9 @@ def write(outdir: Path) -> dict:
     """Collect OUTDIR and (re)write summary.json and summary.md there, each by an atomic rename."""
     outdir = Path(outdir)
     s = collect(outdir)
+    atomic = _atomic()
     for name, text in (("summary.json", json.dumps(s, indent=1, default=str) + "\n"), ("summary.md", markdown(s))):
-        tmp = outdir / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(outdir / name)
+        atomic.write_text(outdir / name, text)
     return s
 
 
