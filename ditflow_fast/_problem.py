@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .geometry import AMFGeometry
+
 try:
     from numpy import bool_ as np_bool
 except ImportError:  # pragma: no cover - numpy ships with torch's usual installs
@@ -64,6 +66,12 @@ class AMFProblem:
     def tokens(self) -> int:
         """Video tokens ``N = F*h*w``."""
         return self.frames * self.patches
+
+    @property
+    def geometry(self) -> AMFGeometry:
+        """The call's sizes without its tensors: the same description a benchmark preset holds."""
+        return AMFGeometry(batch=self.batch, heads=self.heads, head_dim=self.head_dim, frames=self.frames,
+                           height=self.height, width=self.width, text_tokens=self.text_tokens)
 
     @property
     def logit_scale(self) -> float:
