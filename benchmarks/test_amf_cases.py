@@ -1,7 +1,8 @@
 """pytest-benchmark suite of the AMF cases: ``pytest benchmarks/ --benchmark-only``.
 
-The cases are the harness's own (``ditflow_fast.bench.cases``): the same inputs and callables as
-``ditflow-fast bench``, timed here by pytest-benchmark. What pytest-benchmark cannot measure is
+The cases are the harness's own (``ditflow_fast.bench.cases``, each row's callable from the registry
+``ditflow_fast.bench.rows``): the same inputs and callables as ``ditflow-fast bench``, timed here by
+pytest-benchmark. What pytest-benchmark cannot measure is
 added to each record's ``extra_info``: the ratio to the bare GEMM floor timed in the same session,
 nominal FLOPs and FLOP/s, and the peak extra memory from a fresh subprocess.
 
@@ -22,7 +23,7 @@ import os
 
 import pytest
 
-from ditflow_fast.bench import perf_model
+from ditflow_fast.bench import perf_model, rows
 from ditflow_fast.bench.cases import FLOOR, MODES, CaseSpec, build_case, plan_cases, resolve_impls, skip_reason
 from ditflow_fast.bench.memory import fit_limit, measure, predicted_bytes
 from ditflow_fast.bench.presets import DEFAULT_PRESET, get_preset
@@ -57,9 +58,10 @@ def test_amf_case(benchmark, spec: CaseSpec, floor_median: float):
     why = skip_reason(spec)
     if why:
         pytest.skip(why)
-    geometry = get_preset(PRESET)
+    preset = get_preset(PRESET)
+    geometry = preset.geometry
     benchmark.group = f"{PRESET} {spec.mode}"
-    benchmark.extra_info.update(spec.as_dict(), kind=spec.kind, preset_shape=geometry.as_dict(),
+    benchmark.extra_info.update(spec.as_dict(), kind=rows.get(spec.impl).kind, preset_shape=preset.as_dict(),
                                 flops=perf_model.flops(geometry, spec.mode))
     pred = predicted_bytes(spec)
     limit = fit_limit(DEVICE)
@@ -78,7 +80,7 @@ def test_amf_case(benchmark, spec: CaseSpec, floor_median: float):
     median = benchmark.stats.stats.median
     benchmark.extra_info.update(x_floor=median / floor_median, floor_median_s=floor_median,
                                 flops_per_s=perf_model.flops(geometry, spec.mode) / median)
-    if MEMORY and spec.impl != FLOOR:
+    if MEMORY and rows.get(spec.impl).computes_amf:
         del fn
         probe = measure(spec)
         benchmark.extra_info.update(peak_extra_bytes=probe["peak_extra_bytes"], memory_method=probe["method"])

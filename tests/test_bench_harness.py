@@ -11,9 +11,10 @@ import torch
 
 from ditflow_fast.backends.reference import amf_reference, research_bytes
 from ditflow_fast.bench import perf_model
-from ditflow_fast.bench.cases import CaseSpec, build_case, make_inputs
+from ditflow_fast.bench.cases import build_case
 from ditflow_fast.bench.memory import predicted_bytes
 from ditflow_fast.bench.presets import PRESETS, get_preset
+from ditflow_fast.bench.spec import CaseSpec, make_inputs
 from ditflow_fast.cli import main
 
 

@@ -8,14 +8,14 @@ import json
 import pytest
 import torch
 
-import ditflow_fast.api  # noqa: F401  (registers the built-in backends)
 from ditflow_fast import dispatch
 from ditflow_fast.backends.reference import amf_reference
-from ditflow_fast.backends.torch_chunked import amf_torch
 from ditflow_fast.bench import refcheck
-from ditflow_fast.bench.cases import CaseSpec, make_inputs, upstream_grad
 from ditflow_fast.bench.presets import DEFAULT_PRESET
+from ditflow_fast.bench.spec import CaseSpec, make_inputs, upstream_grad
 from ditflow_fast.cli import main
+
+amf_torch = dispatch.backends()["torch"].run
 
 
 def _register(monkeypatch, name, run, calls):

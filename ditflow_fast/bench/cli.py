@@ -21,15 +21,16 @@ def _csv_option(text: str | None, option: str) -> tuple[str, ...] | None:
 
 
 def _run(args) -> int:
-    from .cases import MODES
     from .presets import PRESETS, get_preset
+    from .spec import MODES
 
     if args.list_presets:
-        for name, p in PRESETS.items():
-            print(f"{name:<18} H={p.heads:<3} d={p.head_dim:<4} F={p.frames:<3} {p.height}x{p.width}  "
-                  f"N={p.tokens:<6} text={p.text_tokens:<4} {p.summary}")
+        for name, preset in PRESETS.items():
+            g = preset.geometry
+            print(f"{name:<18} H={g.heads:<3} d={g.head_dim:<4} F={g.frames:<3} {g.height}x{g.width}  "
+                  f"N={g.tokens:<6} text={g.text_tokens:<4} {preset.summary}")
         return 0
-    geometry = get_preset(args.preset)  # an unknown name fails before anything slow happens
+    geometry = get_preset(args.preset).geometry  # an unknown name fails before anything slow happens
     if args.perf_model:
         from .perf_model import GPU_PEAKS, floor_table
 
@@ -47,7 +48,7 @@ def _run(args) -> int:
     if bad:
         raise ValueError(f"--modes must be among {', '.join(MODES)}, got {', '.join(bad)}")
     if args.dtype:
-        from .cases import parse_dtype
+        from .spec import parse_dtype
 
         parse_dtype(args.dtype)
     if args.device:

@@ -15,32 +15,18 @@ import sys
 
 import torch
 
-from .cases import RESEARCH, CaseSpec, build_case
+from . import rows
+from .cases import CaseSpec, build_case
 
 FIT_FRACTION = 0.6
 
 
-def elem_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
 def predicted_bytes(spec: CaseSpec) -> int | None:
-    """Predicted peak extra bytes of a materialising case; None for the bounded ones.
+    """Predicted peak extra bytes of a materialising case (its row's prediction); None for the bounded ones.
 
-    research: :func:`ditflow_fast.backends.reference.research_bytes`.
-    reference: the same pattern in float64.
+    research: :func:`ditflow_fast.backends.reference.research_bytes`; reference: the same pattern in float64.
     """
-    p = spec.geometry
-    n2 = p.tokens * p.tokens
-    if spec.impl == RESEARCH:
-        from ..backends.reference import research_bytes
-
-        return research_bytes(p.heads, p.frames, p.height, p.width, elem_size(spec.torch_dtype),
-                              backward=spec.mode == "soft_fwd_bwd")
-    if spec.impl == "reference":
-        extra = 12 if spec.mode == "soft_fwd_bwd" else 4
-        return (2 * p.heads + extra) * n2 * 8
-    return None
+    return rows.get(spec.impl).predicted_bytes(spec)
 
 
 def meminfo_bytes(field: str) -> int | None:

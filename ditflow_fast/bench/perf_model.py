@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .presets import Preset
+from ..geometry import AMFGeometry
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,16 @@ GPU_PEAKS = {
 }
 
 
-def forward_flops(p: Preset) -> float:
+def forward_flops(p: AMFGeometry) -> float:
     return 2.0 * p.tokens**2 * p.heads * p.head_dim
 
 
-def flops(p: Preset, mode: str) -> float:
+def flops(p: AMFGeometry, mode: str) -> float:
     """Nominal FLOPs of a case: the same for every row of a mode, so FLOP/s compares rows fairly."""
     return 4.0 * forward_flops(p) if mode == "soft_fwd_bwd" else forward_flops(p)
 
 
-def min_bytes(p: Preset, mode: str, elem: int) -> float:
+def min_bytes(p: AMFGeometry, mode: str, elem: int) -> float:
     """Minimum bytes moved by one call (see the module docstring)."""
     n, f = p.tokens, p.frames
     qk = 2.0 * n * p.heads * p.head_dim * elem
@@ -75,11 +75,11 @@ def peak_for(device_name: str | None) -> Peak | None:
     return None
 
 
-def floor_seconds(p: Preset, mode: str, elem: int, peak: Peak) -> float:
+def floor_seconds(p: AMFGeometry, mode: str, elem: int, peak: Peak) -> float:
     return max(flops(p, mode) / peak.flops, min_bytes(p, mode, elem) / peak.bandwidth)
 
 
-def floor_table(p: Preset, elem: int = 2) -> list[dict]:
+def floor_table(p: AMFGeometry, elem: int = 2) -> list[dict]:
     """Floor time per GPU and mode (bf16 inputs by default), for the docs and the bench output."""
     rows = []
     for peak in GPU_PEAKS.values():

@@ -1,40 +1,42 @@
 """Named benchmark shapes: CogVideoX geometry, CPU-sized versions of it, and a tiny smoke shape.
 
-A preset fixes what the AMF cost depends on: heads ``H``, head size ``d``, latent frames ``F``,
-patches ``h x w`` per frame and the text prefix that is skipped. ``N = F*h*w`` video tokens.
+A preset names one :class:`ditflow_fast.geometry.AMFGeometry` (heads ``H``, head size ``d``, latent
+frames ``F``, patches ``h x w`` per frame and the text prefix that is skipped; batch 1), which is all
+the AMF cost depends on. ``N = F*h*w`` video tokens.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+
+from ..geometry import AMFGeometry
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
-    heads: int
-    head_dim: int
-    frames: int
-    height: int
-    width: int
-    text_tokens: int
+    geometry: AMFGeometry
     summary: str
 
-    @property
-    def patches(self) -> int:
-        return self.height * self.width
-
-    @property
-    def tokens(self) -> int:
-        """Video tokens ``N = F*h*w``."""
-        return self.frames * self.patches
+    def __getattr__(self, attr: str):
+        # Reached only for names a Preset itself lacks: its sizes and counts (preset.tokens, .heads)
+        # are the geometry's, read through rather than copied into a second description.
+        if attr.startswith("_") or attr == "geometry":
+            raise AttributeError(attr)
+        return getattr(self.geometry, attr)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "tokens": self.tokens}
+        """The record's ``preset``: name, summary, the sizes (batch aside: always 1) and ``tokens``."""
+        g = self.geometry
+        sizes = {f.name: getattr(g, f.name) for f in fields(g) if f.name != "batch"}
+        return {"name": self.name, **sizes, "summary": self.summary, "tokens": g.tokens}
 
 
-def _p(*args) -> tuple[str, Preset]:
-    return args[0], Preset(*args)
+def _p(name: str, heads: int, head_dim: int, frames: int, height: int, width: int, text_tokens: int,
+       summary: str) -> tuple[str, Preset]:
+    geometry = AMFGeometry(heads=heads, head_dim=head_dim, frames=frames, height=height, width=width,
+                           text_tokens=text_tokens)
+    return name, Preset(name, geometry, summary)
 
 
 PRESETS: dict[str, Preset] = dict([

@@ -1,9 +1,10 @@
 """The reference check of ``ditflow-fast bench`` (``--refcheck``, on by default).
 
 Before a row is timed, its AMF is compared with the float64 reference on the same inputs (the
-seeded inputs of :func:`ditflow_fast.bench.cases.make_inputs`); a row that disagrees is marked
-wrong and not timed. Soft fwd+bwd rows are also checked on their gradients of ``q`` and ``k``
-for the case's fixed upstream gradient.
+seeded inputs of :func:`ditflow_fast.bench.spec.make_inputs`), computed by the very call its row in
+the registry (:mod:`ditflow_fast.bench.rows`) times; a row that disagrees is marked wrong and not
+timed. Soft fwd+bwd rows are also checked on their gradients of ``q`` and ``k`` for the case's fixed
+upstream gradient.
 
 Tolerances (:func:`tolerance`):
 
@@ -43,19 +44,11 @@ import time
 
 import torch
 
-from ..geometry import patch_coords
-from .cases import (
-    FLOOR,
-    RESEARCH,
-    TEMPERATURE,
-    CaseSpec,
-    build_forward,
-    make_inputs,
-    parse_dtype,
-    skip_reason,
-    upstream_grad,
-)
+from ..geometry import AMFGeometry, patch_coords
+from . import rows
+from .memory import fit_limit
 from .presets import get_preset
+from .spec import RESEARCH, TEMPERATURE, CaseSpec, make_inputs, upstream_grad
 
 # A float64 GEMM of this many FLOPs takes about half a second on the 2-core CPU machine, about what
 # one timed call of the CPU-sized default preset (cpu-5b: 10.7 GFLOP, checked at full size) costs.
@@ -71,45 +64,43 @@ def _unit_roundoff(dtype: torch.dtype) -> float:
 
 def tolerance(impl: str, mode: str, dtype: torch.dtype) -> dict:
     """``{"metric", "tol", "source"}`` of a row: the spec's agreement, or the research procedure's own."""
+    own = rows.get(impl).tolerance == "input-dtype"
     if mode == "argmax":
         metric = "argmax: largest float64 score gap between the chosen key and its row maximum"
-        if impl == RESEARCH:
+        if own:
             return {"metric": metric, "tol": max(ARGMAX_SCORE_ATOL, 16 * _unit_roundoff(dtype)),
                     "source": "research procedure: max(1e-4, 16*u) of its input dtype (bench/refcheck.py)"}
         return {"metric": metric, "tol": ARGMAX_SCORE_ATOL, "source": "docs/amf.md Agreement"}
     metric = "soft: relative L2 error" + (" of the AMF and of dq, dk" if mode == "soft_fwd_bwd" else "")
     source = ("research procedure: the spec's soft tolerance of its input dtype (bench/refcheck.py)"
-              if impl == RESEARCH else "docs/amf.md Agreement")
+              if own else "docs/amf.md Agreement")
     return {"metric": metric, "tol": SOFT_RTOL[dtype], "source": source}
 
 
-def _reference_cost(heads: int, head_dim: int, tokens: int, text: int, research: bool, elem: int):
-    """(FLOPs, bytes) of the float64 reference plus the largest row's own run on a problem."""
-    flops = 2 * tokens * tokens * heads * head_dim
-    nbytes = 10 * tokens * tokens * 8 + 4 * heads * (text + tokens) * head_dim * 8
-    if research:  # the research row materialises [H, N, N] in the input dtype, with autograd in fwd+bwd
-        from ..backends.reference import research_bytes
-
-        nbytes += research_bytes(heads, 1, 1, tokens, elem, backward=True)
-    return flops, nbytes
+def _reference_cost(preset: str, shape: tuple[int, int, int], dtype: str):
+    """(FLOPs, bytes) of the float64 reference on the check problem ``shape`` of ``preset``, plus the largest
+    row's own run on it: the research row's predicted ``[H, N, N]`` in the input dtype, with autograd."""
+    research = CaseSpec(RESEARCH, "soft_fwd_bwd", preset, dtype).reduced(*shape)
+    g = research.geometry
+    n = g.tokens
+    flops = 2 * n * n * g.heads * g.head_dim
+    nbytes = 10 * n * n * 8 + 4 * g.heads * g.sequence * g.head_dim * 8
+    return flops, nbytes + rows.get(RESEARCH).predicted_bytes(research)
 
 
 def check_shape(preset: str, dtype: str = "float32", device: str = "cpu", *, max_flops: float | None = None,
                 max_bytes: int | None = None) -> tuple[int, int, int]:
     """``(frames, height, width)`` of the check's problem for ``preset`` (the preset's own when it fits)."""
-    from .memory import elem_size, fit_limit
-
-    p = get_preset(preset)
+    g = get_preset(preset).geometry
     max_flops = MAX_REFERENCE_FLOPS if max_flops is None else max_flops
     if max_bytes is None:
         max_bytes = min(MAX_REFERENCE_BYTES, fit_limit(device))
-    elem = elem_size(CaseSpec(RESEARCH, "soft", preset, dtype).torch_dtype)
 
     def fits(f, h, w):
-        flops, nbytes = _reference_cost(p.heads, p.head_dim, f * h * w, p.text_tokens, True, elem)
+        flops, nbytes = _reference_cost(preset, (f, h, w), dtype)
         return flops <= max_flops and nbytes <= max_bytes
 
-    f, h, w = p.frames, p.height, p.width
+    f, h, w = g.frames, g.height, g.width
     if fits(f, h, w):
         return f, h, w
     f = min(f, 2)
@@ -123,14 +114,11 @@ def check_shape(preset: str, dtype: str = "float32", device: str = "cpu", *, max
 
 def shape_note(preset: str, shape: tuple[int, int, int], dtype: str = "float32") -> str | None:
     """The record's sentence for a reduced check; None when the check ran on the preset itself."""
-    p = get_preset(preset)
+    p = get_preset(preset).geometry
     f, h, w = shape
     if (f, h, w) == (p.frames, p.height, p.width):
         return None
-    from .memory import elem_size
-
-    flops, nbytes = _reference_cost(p.heads, p.head_dim, p.tokens, p.text_tokens, True,
-                                    elem_size(parse_dtype(dtype)))
+    flops, nbytes = _reference_cost(preset, (p.frames, p.height, p.width), dtype)
     return (f"checked on a reduced problem: F={f}, h×w={h}×{w} (N={f * h * w:,}); the preset (F={p.frames}, "
             f"h×w={p.height}×{p.width}, N={p.tokens:,}) would need a {flops / 1e9:.0f} GFLOP float64 reference and "
             f"{nbytes / 1e9:.1f} GB with the research row's [H, N, N] scores, beyond the check's budget "
@@ -138,7 +126,7 @@ def shape_note(preset: str, shape: tuple[int, int, int], dtype: str = "float32")
             f"same heads {p.heads}x{p.head_dim}, text prefix, dtype, mode and implementation")
 
 
-def _to_package_layout(out: torch.Tensor, p) -> torch.Tensor:
+def _to_package_layout(out: torch.Tensor, p: AMFGeometry) -> torch.Tensor:
     """Any case's AMF as ``[F, F, hw, 2]`` (the research code returns ``[F*F, hw, 2]``)."""
     return out.detach().reshape(p.frames, p.frames, p.patches, 2)
 
@@ -160,8 +148,8 @@ class Reference:
 
     def _amf(self, q, k, mode):
         p = self.p
-        qc = q[0, :, p.text_tokens:].permute(1, 0, 2).reshape(p.tokens, p.heads * p.head_dim)
-        kc = k[0, :, p.text_tokens:].permute(1, 0, 2).reshape(p.tokens, p.heads * p.head_dim)
+        qc = q[0, :, p.text_tokens:].permute(1, 0, 2).reshape(p.tokens, p.concat_dim)
+        kc = k[0, :, p.text_tokens:].permute(1, 0, 2).reshape(p.tokens, p.concat_dim)
         s = (qc @ kc.t() / (p.heads * math.sqrt(p.head_dim))).reshape(p.tokens, p.frames, p.patches)
         pos = patch_coords(p.height, p.width, device=q.device, dtype=torch.float64)
         target = pos[s.argmax(dim=-1)] if mode == "argmax" else torch.softmax(TEMPERATURE * s, dim=-1) @ pos
@@ -232,8 +220,9 @@ def check_case(spec: CaseSpec, refs: dict, *, shape: tuple[int, int, int]) -> di
     implementation refuses the reduced problem is reported ``unchecked`` (with the reason); an
     exception from the row itself propagates (the runner reports the row as an error).
     """
-    if spec.impl == FLOOR:
-        return {"status": "n/a", "passed": None, "reason": "the bare GEMM produces no AMF"}
+    row = rows.get(spec.impl)
+    if not row.computes_amf:
+        return {"status": "n/a", "passed": None, "reason": f"{row.summary} produces no AMF"}
     cspec = spec.reduced(*shape)
     p = cspec.geometry
     dtype = cspec.torch_dtype
@@ -243,16 +232,16 @@ def check_case(spec: CaseSpec, refs: dict, *, shape: tuple[int, int, int]) -> di
                          "reduced": cspec.shape is not None},
              "note": shape_note(spec.preset, shape, spec.dtype)}
     if cspec.shape is not None:
-        why = skip_reason(cspec)
+        why = row.skip_reason(cspec)
         if why:
             return {**entry, "status": "unchecked", "reason": f"refuses the reduced problem: {why}"}
     key = (cspec.preset, cspec.shape, cspec.dtype, cspec.device, cspec.seed)
     ref = refs.setdefault(key, Reference(cspec))
     t0 = time.perf_counter()
-    forward, q, k = build_forward(cspec)
+    forward, q, k = row.forward(cspec)  # the same call the row's timed callable makes
     if spec.mode == "soft_fwd_bwd":
         raw = forward()
-        raw.backward(upstream_grad(cspec, q.device).to(raw.dtype))
+        raw.backward(upstream_grad(cspec, q.device).reshape(raw.shape).to(raw.dtype))
         grads = (q.grad.detach(), k.grad.detach())
     else:
         with torch.no_grad():

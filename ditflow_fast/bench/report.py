@@ -96,7 +96,7 @@ def format_table(record: dict) -> str:
     if notes:
         out += ["notes:", *notes]
     if not gpu:
-        peaks = perf_model.floor_table(get_preset(p["name"]))
+        peaks = perf_model.floor_table(get_preset(p["name"]).geometry)
         best = ", ".join(f"{r['gpu']} {r['floor_ms']:.3g} ms" for r in peaks if r["mode"] == "soft_fwd_bwd")
         out.append(f"datasheet floor of soft fwd+bwd in bf16 (perf_model): {best}")
     return "\n".join(out)

@@ -17,12 +17,13 @@ from collections.abc import Callable
 import torch
 
 from .. import _native
-from . import perf_model
-from .cases import FLOOR, MODES, RESEARCH, CaseSpec, build_case, plan_cases, resolve_impls, skip_reason
+from . import perf_model, rows
+from .cases import MODES, CaseSpec, build_case, plan_cases, resolve_impls
 from .memory import fit_limit, measure, predicted_bytes
 from .presets import get_preset
 from .record import git_info, machine_info, now_utc, versions
 from .refcheck import check_case, check_shape, describe, shape_note
+from .spec import elem_size, parse_dtype
 from .timing import summarize, time_callable
 
 
@@ -56,10 +57,11 @@ def _run_case(spec: CaseSpec, *, limit: int, warmup: int, repeats: int, memory: 
               check: dict | None = None) -> dict:
     """One row. ``check`` (``{"shape", "refs"}``, None with ``--no-refcheck``): compare the row's AMF with
     the float64 reference first; a row that disagrees is marked ``wrong`` and neither timed nor measured."""
-    row = {**spec.as_dict(), "kind": spec.kind, "status": "ok", "reason": None,
+    impl = rows.get(spec.impl)
+    row = {**spec.as_dict(), "kind": impl.kind, "status": "ok", "reason": None,
            "predicted_bytes": predicted_bytes(spec), "peak_extra_bytes": None, "memory_label": None,
            "refcheck": None}
-    why = skip_reason(spec)
+    why = impl.skip_reason(spec)
     if why:
         return {**row, "status": "skipped", "reason": why}
     pred = row["predicted_bytes"]
@@ -86,7 +88,7 @@ def _run_case(spec: CaseSpec, *, limit: int, warmup: int, repeats: int, memory: 
     except Exception as exc:  # one failing case (out of memory, a backend bug) must not end the run
         traceback.print_exc()
         return {**row, "status": "error", "reason": f"{type(exc).__name__}: {exc}"}
-    if memory and spec.impl != FLOOR:
+    if memory and impl.computes_amf:  # the floor is a yardstick, not an AMF row: no probe
         try:
             probe = measure(spec)
             row.update(peak_extra_bytes=probe["peak_extra_bytes"], memory_label="measured",
@@ -96,13 +98,13 @@ def _run_case(spec: CaseSpec, *, limit: int, warmup: int, repeats: int, memory: 
     return row
 
 
-def _derive(rows: list[dict], gpu_name: str | None) -> None:
+def _derive(records: list[dict], gpu_name: str | None) -> None:
     """Fill FLOPs, ratios to the floor and to the research row, and the datasheet-floor fraction."""
-    floor = next((r for r in rows if r["impl"] == FLOOR and r["status"] == "ok"), None)
-    research = {r["mode"]: r for r in rows if r["impl"] == RESEARCH}
+    floor = next((r for r in records if r["kind"] == "floor" and r["status"] == "ok"), None)
+    research = {r["mode"]: r for r in records if r["kind"] == "research"}
     peak = perf_model.peak_for(gpu_name)
-    for r in rows:
-        p = get_preset(r["preset"])
+    for r in records:
+        p = get_preset(r["preset"]).geometry
         r["flops"] = perf_model.flops(p, r["mode"])
         ok = r["status"] == "ok"
         r["flops_per_s"] = r["flops"] / r["median_s"] if ok else None
@@ -116,8 +118,7 @@ def _derive(rows: list[dict], gpu_name: str | None) -> None:
             r["memory_ratio_label"] = ("predicted" if "predicted" in (base["memory_label"], r["memory_label"])
                                        else "measured")
         if peak and ok:
-            elem = torch.empty((), dtype=CaseSpec(r["impl"], r["mode"], r["preset"], r["dtype"]).torch_dtype
-                               ).element_size()
+            elem = elem_size(parse_dtype(r["dtype"]))
             r["datasheet_floor_s"] = perf_model.floor_seconds(p, r["mode"], elem, peak)
             r["floor_fraction"] = r["datasheet_floor_s"] / r["median_s"]
 
@@ -127,14 +128,14 @@ def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, 
               memory: bool = True, mem_limit: int | None = None, seed: int = 0, refcheck: bool = True,
               progress: Callable[[str], None] = print) -> dict:
     """Run every case of ``preset`` and return the record (``rows`` plus machine, versions, commit)."""
-    geometry = get_preset(preset)
+    chosen = get_preset(preset)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     names = resolve_impls(impls)
     specs = plan_cases(preset, impls=names, modes=tuple(modes), dtype=dtype, device=device, seed=seed)
     limit = fit_limit(device, mem_limit)
     machine = machine_info()
-    progress(f"preset {preset}: {geometry.summary}; {dtype} on {device}; {repeats} repeats after {warmup} warm-up; "
+    progress(f"preset {preset}: {chosen.summary}; {dtype} on {device}; {repeats} repeats after {warmup} warm-up; "
              f"fit limit {_fmt_bytes(limit)}")
     # Other processes on the machine distort timings; the load average says how much was going on.
     check = None
@@ -144,11 +145,11 @@ def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, 
         progress("refcheck: each row's AMF against the float64 reference before it is timed; "
                  + (shape_note(preset, shape, dtype) or "on the preset's own problem"))
     load_start = _loadavg()
-    rows = []
+    records = []
     for i, spec in enumerate(specs, 1):
         progress(f"[{i}/{len(specs)}] {spec.impl} {spec.mode} ...")
         row = _run_case(spec, limit=limit, warmup=warmup, repeats=repeats, memory=memory, check=check)
-        rows.append(row)
+        records.append(row)
         if row["refcheck"] and row["refcheck"]["status"] != "n/a" and row["status"] != "wrong":
             progress(f"      refcheck {describe(row['refcheck'])}")
         if row["status"] == "ok":
@@ -158,8 +159,8 @@ def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, 
             progress(f"      {row['status']}: {row['reason']}")
         if row.get("memory_error"):
             progress(f"      memory not measured: {row['memory_error']}")
-    _derive(rows, machine["gpu"])
-    return {"schema": 1, "timestamp": now_utc(), "preset": geometry.as_dict(), "dtype": dtype, "device": device,
+    _derive(records, machine["gpu"])
+    return {"schema": 1, "timestamp": now_utc(), "preset": chosen.as_dict(), "dtype": dtype, "device": device,
             "settings": {"repeats": repeats, "warmup": warmup, "memory": memory, "fit_limit_bytes": limit,
                          "impls": names, "modes": list(modes), "seed": seed, "torch_threads": torch.get_num_threads(),
                          "loadavg_start": load_start, "loadavg_end": _loadavg(),
@@ -168,4 +169,4 @@ def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, 
                          "refcheck_note": shape_note(preset, check["shape"], dtype) if check else None,
                          "refcheck_reference_s": (sum(r.seconds for r in check["refs"].values())
                                                   if check else None)},
-            "machine": machine, "versions": versions(), "git": git_info(), "rows": rows}
+            "machine": machine, "versions": versions(), "git": git_info(), "rows": records}

@@ -1,0 +1,264 @@
+"""The registry of benchmark rows: every implementation ``ditflow-fast bench`` can time, as a :class:`Row`.
+
+A row says which modes it computes, whether it can run on this machine (``unavailable``: None or
+why not, as an AMF backend's), how to build its callable for a case (``fwd``; ``fwd+bwd`` adds the
+fixed upstream gradient's backward), and its predicted peak memory where it materialises ``N^2``.
+The rows:
+
+* one per AMF backend, built from :func:`ditflow_fast.dispatch.backends` whenever the table is read
+  (a backend registered later, a test's included), each calling :func:`ditflow_fast.compute_amf`
+  with ``backend=`` its name;
+* ``research``: the original code's procedure (:func:`ditflow_fast.backends.reference.research_procedure`);
+* ``gemm``: the bare heads-concatenated ``Q_cat @ K_cat^T``, the floor (no AMF, so nothing to check);
+* the peers of :mod:`ditflow_fast.bench.peers` (``faiss``, ``sdpa``).
+
+:func:`register` adds a row (a peer, a test's deliberately wrong row); :func:`unregister` removes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .. import choose_backend, compute_amf, dispatch
+from ..backends.reference import research_bytes, research_procedure
+from . import peers
+from .spec import FLOOR, MODES, RESEARCH, TEMPERATURE, CaseSpec, elem_size, make_inputs, upstream_grad
+
+# Which runs a row joins: every run ("always": the research baseline and the floor the ratios are
+# taken against), every run that names no rows ("default"), or only runs that name it ("on request").
+SELECTIONS = ("always", "default", "on request")
+
+Forward = Callable[[], torch.Tensor]
+
+
+def _available() -> str | None:
+    return None
+
+
+def _unbounded(spec: CaseSpec) -> int | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    kind: str  # "backend", "research", "floor", "peer" (a test may add its own); recorded with each row
+    summary: str
+    modes: tuple[str, ...]
+    # (case, q, k) -> the zero-argument call that returns the case's AMF; None for a row with no AMF (the floor).
+    make_forward: Callable[[CaseSpec, torch.Tensor, torch.Tensor], Forward] | None = None
+    # case -> the zero-argument timed call, for a row with no AMF (the floor builds its own inputs).
+    make_timed: Callable[[CaseSpec], Callable[[], object]] | None = None
+    unavailable: Callable[[], str | None] = _available
+    # case -> why it cannot run that case (dtype, device, gradients); None: only ``unavailable`` can refuse.
+    refusals: Callable[[CaseSpec], list[str]] | None = None
+    predict_bytes: Callable[[CaseSpec], int | None] = _unbounded
+    selection: str = "default"
+    # The modes a run lists the row in: its own, or for a backend every mode, so that a mode it lacks
+    # appears as the backend's own refusal ("has no backward") instead of silently missing.
+    listed_modes: tuple[str, ...] | None = None
+    # The reference check's tolerance: "spec" (docs/amf.md Agreement) or "input-dtype" (the research
+    # procedure accumulates in its input dtype; see bench/refcheck.py).
+    tolerance: str = "spec"
+
+    def __post_init__(self):
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"row {self.name!r}: selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if (self.make_forward is None) == (self.make_timed is None):
+            raise ValueError(f"row {self.name!r} needs exactly one of make_forward (an AMF) and make_timed")
+
+    @property
+    def computes_amf(self) -> bool:
+        return self.make_forward is not None
+
+    @property
+    def planned_modes(self) -> tuple[str, ...]:
+        return self.modes if self.listed_modes is None else self.listed_modes
+
+    def skip_reason(self, spec: CaseSpec) -> str | None:
+        """Why ``spec`` cannot run here (the row lacks the mode, is unavailable, refuses the case), or None."""
+        if spec.mode not in self.planned_modes:
+            return f"{self.kind} {self.name!r} has no {spec.mode!r} mode"
+        if self.refusals is not None:
+            return "; ".join(self.refusals(spec)) or None
+        return self.unavailable()
+
+    def predicted_bytes(self, spec: CaseSpec) -> int | None:
+        """Predicted peak extra bytes of a materialising row's case; None for the bounded ones."""
+        return self.predict_bytes(spec)
+
+    def forward(self, spec: CaseSpec):
+        """``(forward, q, k)``: the AMF-producing call on the case's own inputs (built now); ``q`` and ``k``
+        require grad in ``soft_fwd_bwd``. The timed callable and the reference check both run it."""
+        if spec.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {spec.mode!r}")
+        if not self.computes_amf:
+            raise ValueError(f"row {self.name!r} produces no AMF")
+        q, k = make_inputs(spec, requires_grad=spec.mode == "soft_fwd_bwd")
+        return self.make_forward(spec, q, k), q, k
+
+    def build(self, spec: CaseSpec) -> Callable[[], object]:
+        """The zero-argument callable that runs ``spec`` once (inputs built now, outside any timing)."""
+        if self.make_timed is not None:
+            return self.make_timed(spec)
+        forward, q, k = self.forward(spec)
+        if spec.mode == "soft_fwd_bwd":
+            return _with_backward(forward, q, k, upstream_grad(spec, q.device))
+
+        def run_no_grad():
+            with torch.no_grad():
+                return forward()
+
+        return run_no_grad
+
+
+def _with_backward(forward: Forward, q: torch.Tensor, k: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+    """Forward plus backward with a fixed random upstream gradient (drawn once, outside the timing)."""
+
+    def run():
+        q.grad = k.grad = None
+        out = forward()
+        out.backward(grad.reshape(out.shape).to(out.dtype))
+
+    return run
+
+
+# --- the AMF backends ------------------------------------------------------------------------------
+
+def _backend_forward(name: str):
+    def make(spec: CaseSpec, q: torch.Tensor, k: torch.Tensor) -> Forward:
+        g = spec.geometry
+
+        def forward():
+            return compute_amf(q, k, frames=g.frames, height=g.height, width=g.width, temperature=TEMPERATURE,
+                               mode=spec.amf_mode, text_tokens=g.text_tokens, backend=name)
+        return forward
+
+    return make
+
+
+def _backend_refusals(name: str):
+    """The dispatcher's own reasons, asked through :func:`ditflow_fast.choose_backend` on empty inputs."""
+    def refusals(spec: CaseSpec) -> list[str]:
+        g = spec.geometry
+        q, k = make_inputs(spec, empty=True, requires_grad=spec.mode == "soft_fwd_bwd")
+        try:
+            with torch.enable_grad():
+                choose_backend(q, k, frames=g.frames, height=g.height, width=g.width, temperature=TEMPERATURE,
+                               mode=spec.amf_mode, text_tokens=g.text_tokens, backend=name)
+        except ValueError as exc:
+            return [str(exc).removeprefix(f"backend {name!r} cannot run this input: ")]
+        return []
+
+    return refusals
+
+
+def _reference_bytes(spec: CaseSpec) -> int:
+    """The float64 oracle materialises the research pattern (``[H, N, N]`` scores and their copies) in float64."""
+    g = spec.geometry
+    extra = 12 if spec.mode == "soft_fwd_bwd" else 4
+    return (2 * g.heads + extra) * g.tokens * g.tokens * 8
+
+
+# Backends benched only when named: the float64 oracle materialises [B, H, N, N] and is the reference itself.
+_BACKEND_BENCH = {"reference": {"selection": "on request", "predict_bytes": _reference_bytes}}
+
+
+def _backend_row(b: dispatch.Backend) -> Row:
+    modes = tuple(m for m, needs in (("argmax", "argmax"), ("soft", "soft"), ("soft_fwd_bwd", "soft"))
+                  if needs in b.modes and (m != "soft_fwd_bwd" or b.differentiable))
+    return Row(name=b.name, kind="backend", summary=b.summary, modes=modes, make_forward=_backend_forward(b.name),
+               unavailable=b.unavailable, refusals=_backend_refusals(b.name), listed_modes=MODES,
+               **_BACKEND_BENCH.get(b.name, {}))
+
+
+# --- the research procedure and the floor ----------------------------------------------------------
+
+def _research_forward(spec: CaseSpec, q: torch.Tensor, k: torch.Tensor) -> Forward:
+    g = spec.geometry
+
+    def forward():
+        return research_procedure(q, k, h=g.height, w=g.width, temp=TEMPERATURE, nframes=g.frames,
+                                  argmax=spec.mode == "argmax", text_tokens=g.text_tokens)
+    return forward
+
+
+def _research_bytes(spec: CaseSpec) -> int:
+    g = spec.geometry
+    return research_bytes(g.heads, g.frames, g.height, g.width, elem_size(spec.torch_dtype),
+                          backward=spec.mode == "soft_fwd_bwd")
+
+
+def floor_dtype(spec: CaseSpec) -> torch.dtype:
+    """The GEMM floor runs in what a fused kernel would accumulate from: the input dtype on a GPU
+    (tensor cores), float32 on the CPU (the CPU backends compute in float32)."""
+    if spec.device.startswith("cuda") or spec.torch_dtype == torch.float64:
+        return spec.torch_dtype
+    return torch.float32
+
+
+def _floor_timed(spec: CaseSpec) -> Callable[[], torch.Tensor]:
+    g = spec.geometry
+    q, k = make_inputs(spec)
+    dtype = floor_dtype(spec)
+
+    def concat(t):
+        return t[0, :, g.text_tokens:].permute(1, 0, 2).reshape(g.tokens, g.concat_dim).to(dtype).contiguous()
+
+    qc, kc = concat(q), concat(k)
+    del q, k
+    return lambda: torch.mm(qc, kc.t())
+
+
+# --- the registry ----------------------------------------------------------------------------------
+
+_ROWS: dict[str, Row] = {}
+
+
+def register(row: Row) -> Row:
+    """Add ``row``; a name already taken (by a backend or another row) is an error."""
+    if row.name in all_rows():
+        raise ValueError(f"benchmark row name {row.name!r} is taken")
+    _ROWS[row.name] = row
+    return row
+
+
+def unregister(name: str) -> Row:
+    """Remove the row :func:`register` added as ``name`` (the backends' rows follow the dispatcher)."""
+    if name not in _ROWS:
+        raise ValueError(f"no registered benchmark row {name!r}; registered: {', '.join(_ROWS)}")
+    return _ROWS.pop(name)
+
+
+def all_rows() -> dict[str, Row]:
+    """Every row by name: the backends in registration order, then the research row, the floor, the peers
+    and any rows registered later."""
+    table = {name: _backend_row(b) for name, b in dispatch.backends().items()}
+    clash = sorted(set(table) & set(_ROWS))
+    if clash:
+        raise ValueError(f"benchmark row name(s) {', '.join(map(repr, clash))} are also backends")
+    return {**table, **_ROWS}
+
+
+def get(name: str) -> Row:
+    """The row called ``name``; ``ValueError`` naming the known rows otherwise."""
+    table = all_rows()
+    if name not in table:
+        raise ValueError(f"unknown benchmark row {name!r}; known rows: {', '.join(table)}")
+    return table[name]
+
+
+register(Row(RESEARCH, "research", "the original DiTFlow code's procedure: per-head scores in the input dtype, "
+             "head mean, per-frame softmax or argmax", MODES, make_forward=_research_forward,
+             predict_bytes=_research_bytes, selection="always", tolerance="input-dtype"))
+register(Row(FLOOR, "floor", "the bare GEMM", (FLOOR,), make_timed=_floor_timed, selection="always"))
+register(Row("faiss", "peer", "faiss-cpu IndexFlatIP top-1 per target frame", ("argmax",),
+             make_forward=lambda spec, q, k: peers.faiss_forward(spec.geometry, q, k),
+             unavailable=peers.faiss_unavailable, refusals=lambda spec: peers.faiss_refusals(spec.device)))
+register(Row("sdpa", "peer", "scaled_dot_product_attention with the key coordinates as values",
+             ("soft", "soft_fwd_bwd"),
+             make_forward=lambda spec, q, k: peers.sdpa_forward(spec.geometry, q, k, TEMPERATURE),
+             unavailable=peers.sdpa_unavailable))

@@ -1,0 +1,103 @@
+"""One benchmark case as data (:class:`CaseSpec`) and its seeded inputs; imports nothing else of the harness.
+
+A case is one row of the registry (:mod:`ditflow_fast.bench.rows`) in one mode on one preset:
+
+* ``impl``: a row name: a registered backend, ``"research"``, ``"gemm"`` (the floor) or a peer;
+* ``mode``: ``"argmax"`` or ``"soft"`` (forward only, no autograd graph) or ``"soft_fwd_bwd"``
+  (soft forward plus backward with a fixed random upstream gradient); the floor's mode is ``"gemm"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from ..geometry import AMFGeometry
+from .presets import get_preset
+
+MODES = ("argmax", "soft", "soft_fwd_bwd")
+RESEARCH = "research"
+FLOOR = "gemm"
+TEMPERATURE = 2.0  # DiTFlow's tau; it does not change the cost
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """Everything needed to rebuild a case in another process (the memory probe)."""
+
+    impl: str
+    mode: str
+    preset: str
+    dtype: str = "float32"
+    device: str = "cpu"
+    seed: int = 0
+    # (frames, height, width) in place of the preset's: the reduced problem of the reference check.
+    shape: tuple[int, int, int] | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.impl}-{self.mode}"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return parse_dtype(self.dtype)
+
+    @property
+    def amf_mode(self) -> str:
+        """The ``compute_amf`` mode of an AMF case: ``"argmax"``, or ``"soft"`` for both soft modes."""
+        return "argmax" if self.mode == "argmax" else "soft"
+
+    @property
+    def geometry(self) -> AMFGeometry:
+        """The preset's geometry, with ``shape``'s frames and patches when the case is reduced."""
+        g = get_preset(self.preset).geometry
+        if self.shape is None:
+            return g
+        f, h, w = self.shape
+        return replace(g, frames=f, height=h, width=w)
+
+    def reduced(self, frames: int, height: int, width: int) -> CaseSpec:
+        """The same case (impl, mode, dtype, device, heads, head size, text prefix) on fewer frames/patches."""
+        g = get_preset(self.preset).geometry
+        same = (frames, height, width) == (g.frames, g.height, g.width)
+        return replace(self, shape=None if same else (frames, height, width))
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        if d["shape"] is None:
+            del d["shape"]  # the timed rows run the preset itself
+        return d
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64, "fp64": torch.float64}
+    if name not in table:
+        raise ValueError(f"dtype must be one of {sorted(table)}, got {name!r}")
+    return table[name]
+
+
+def elem_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def make_inputs(spec: CaseSpec, *, requires_grad: bool = False, empty: bool = False):
+    """``q, k`` of shape ``[1, H, text + N, d]`` for the preset (seeded normal; ``empty`` skips filling)."""
+    shape = spec.geometry.qk_shape
+    kw = dict(dtype=spec.torch_dtype, device=spec.device)
+    if empty:
+        q, k = torch.empty(shape, **kw), torch.empty(shape, **kw)
+    else:
+        gen = torch.Generator(device=spec.device).manual_seed(spec.seed)
+        q = torch.randn(shape, generator=gen, **kw)
+        k = torch.randn(shape, generator=gen, **kw)
+    return q.requires_grad_(requires_grad), k.requires_grad_(requires_grad)
+
+
+def upstream_grad(spec: CaseSpec, device) -> torch.Tensor:
+    """The fixed random upstream gradient of a soft fwd+bwd case, float32, in the package's output layout
+    ``[1, F, F, hw, 2]``; a row with another layout of the same elements (the research code's
+    ``[F*F, hw, 2]``) takes it reshaped, which keeps every element where it was."""
+    gen = torch.Generator(device=device).manual_seed(1)
+    return torch.randn(spec.geometry.out_shape, generator=gen, device=device, dtype=torch.float32)
