@@ -10,10 +10,11 @@ for CogVideoX-5B): a ``128 x 3072`` fp32 accumulator does not fit on chip, and s
 over programs would recompute the scores once per column slice (24x the GEMM). So the
 backward runs in query chunks, each with three kernels:
 
-1. :func:`amf_dz_kernel` recomputes the logits of a ``BLOCK_M x BLOCK_N`` tile (same K-loop as
-   the forward), the probabilities from the stored log-sum-exp, and writes ``c * dz`` (times a
-   power-of-two range scale) into a workspace of ``chunk rows x N``. The probabilities are
-   never stored; the workspace is bounded by a byte budget, never ``N x N`` unless that fits.
+1. :func:`amf_dz_kernel` recomputes the logits of a ``BLOCK_M x BLOCK_N`` tile (by the forward's
+   own ``score_tile``, so they are its logits bit for bit), the probabilities from the stored
+   log-sum-exp, and writes ``c * dz`` (times a power-of-two range scale) into a workspace of
+   ``chunk rows x N``. The probabilities are never stored; the workspace is bounded by a byte
+   budget, never ``N x N`` unless that fits.
 2. :func:`amf_dz_gemm_kernel` as dQ: rows of the chunk, reduction over all ``N`` keys.
 3. :func:`amf_dz_gemm_kernel` as dK, key-stationary: each program owns a tile of keys and
    columns, reduces over the chunk's query rows in a fixed order in fp32 registers, and adds
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from ._scores import score_tile
 
 DZ_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
@@ -69,25 +72,11 @@ def amf_dz_kernel(
     offs_n = (tl.program_id(1) % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < HW
     mask_n = offs_n < HW
-    offs_k = tl.arange(0, BLOCK_K)
-    K_STEPS: tl.constexpr = (HEAD_DIM + BLOCK_K - 1) // BLOCK_K
     q_rows = q_ptr + (text + i * HW + offs_m)[:, None].to(tl.int64) * sqt
     k_cols = k_ptr + (text + j * HW + offs_n)[None, :].to(tl.int64) * skt
 
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    # One flat loop over (head, slice of d): the software pipeliner overlaps the loads of the next
-    # step with the current dot only in the innermost loop, which a per-head loop of one step
-    # (d = BLOCK_K = 64) would leave without any overlap.
-    for step in range(0, HEADS * K_STEPS):
-        h = step // K_STEPS
-        e = (step % K_STEPS) * BLOCK_K + offs_k
-        mask_e = e < HEAD_DIM
-        qt = tl.load(q_rows + h * sqh + e[None, :] * sqd, mask=mask_m[:, None] & mask_e[None, :], other=0.0)
-        kt = tl.load(k_cols + h * skh + e[:, None] * skd, mask=mask_e[:, None] & mask_n[None, :], other=0.0)
-        if UPCAST:
-            qt = qt.to(tl.float32)
-            kt = kt.to(tl.float32)
-        acc = tl.dot(qt, kt, acc, input_precision=PRECISION)
+    acc = score_tile(q_rows, k_cols, mask_m, mask_n, sqh, sqd, skh, skd, HEADS,
+                     HEAD_DIM, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
 
     row = (i * HW + offs_m) * F + j  # [N, F] index of (m, j)
     lse2 = tl.load(lse_ptr + row, mask=mask_m, other=0.0) * LOG2E

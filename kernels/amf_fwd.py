@@ -3,8 +3,8 @@
 One program owns ``BLOCK_M`` query patches of frame ``i`` against every key of frame ``j`` of
 batch element ``b`` (grid ``(cdiv(h*w, BLOCK_M), F*F, B)``). For each tile of ``BLOCK_N`` keys it
 forms the ``BLOCK_M x BLOCK_N`` logits with a K-loop over the heads-concatenated inner dimension
-``H*d`` (head by head, ``BLOCK_K`` at a time), accumulating in fp32 registers, then folds the
-tile into a running reduction and drops it:
+``H*d`` (head by head, ``BLOCK_K`` at a time; ``_scores.score_tile``, which the backward shares),
+accumulating in fp32 registers, then folds the tile into a running reduction and drops it:
 
 * soft: online soft-argmax in the base-2 domain (running maximum ``m``, normaliser ``l`` and the
   probability-weighted sums of the key coordinates, rescaled by ``2^(m_old - m_new)`` whenever
@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from ._scores import score_tile
 
 # Tiles for A100 / H100 / RTX 4090-class GPUs. The inner dimension is H*d (3072 for
 # CogVideoX-5B), so the kernel is a long-K GEMM with a light epilogue: 128x64 and 128x128 tiles
@@ -61,8 +63,6 @@ def amf_fwd_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # patch index s inside frame i
     mask_m = offs_m < HW
-    offs_k = tl.arange(0, BLOCK_K)
-    K_STEPS: tl.constexpr = (HEAD_DIM + BLOCK_K - 1) // BLOCK_K
     q_rows = q_ptr + b * sqb + (text + i * HW + offs_m)[:, None].to(tl.int64) * sqt
     k_base = k_ptr + b * skb
 
@@ -79,20 +79,8 @@ def amf_fwd_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < HW
         k_cols = k_base + (text + j * HW + offs_n)[None, :].to(tl.int64) * skt
-        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        # One flat loop over (head, slice of d): the software pipeliner overlaps the loads of the next
-        # step with the current dot only in the innermost loop, which a per-head loop of one step
-        # (d = BLOCK_K = 64) would leave without any overlap.
-        for step in range(0, HEADS * K_STEPS):
-            h = step // K_STEPS
-            e = (step % K_STEPS) * BLOCK_K + offs_k
-            mask_e = e < HEAD_DIM
-            qt = tl.load(q_rows + h * sqh + e[None, :] * sqd, mask=mask_m[:, None] & mask_e[None, :], other=0.0)
-            kt = tl.load(k_cols + h * skh + e[:, None] * skd, mask=mask_e[:, None] & mask_n[None, :], other=0.0)
-            if UPCAST:  # the interpreter computes bf16 on raw bits: do the arithmetic in fp32
-                qt = qt.to(tl.float32)
-                kt = kt.to(tl.float32)
-            acc = tl.dot(qt, kt, acc, input_precision=PRECISION)
+        acc = score_tile(q_rows, k_cols, mask_m, mask_n, sqh, sqd, skh, skd, HEADS,
+                         HEAD_DIM, UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
         x_n = (offs_n % W).to(tl.float32)
         y_n = (offs_n // W).to(tl.float32)
         if SOFT:

@@ -81,14 +81,15 @@ def check(archs=(90,), dtype="bf16", all_configs=False, out=sys.stdout) -> list[
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from triton.runtime.jit import JITFunction
+
+    from ._jit import wrap
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("unset TRITON_INTERPRET: the compile check needs triton's compiled library")
     rows = []
     for arch in archs:
         for label, fn, sig, const, div, cfg in _variants(dtype, all_configs):
-            jit = JITFunction(fn)
+            jit = wrap(fn, interpret=False)  # with its helpers, as a launch compiles it
             sig = dict(sig, **dict.fromkeys(const, "constexpr"))
             attrs = {(jit.arg_names.index(n),): [["tt.divisibility", 16]] for n in div}
             compiled = triton.compile(ASTSource(jit, sig, const, attrs), target=GPUTarget("cuda", arch, 32),

@@ -15,10 +15,13 @@ partial tile), ``F = 1``, odd text prefixes, batch 1 and 3.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import math
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -238,6 +241,43 @@ def test_autograd_function_matches_reference():
     out.backward(g)
     rq, rk = _reference_grads(q, k, shape, g)
     assert rel_err(q.grad, rq) < SOFT_RTOL[torch.float32] and rel_err(k.grad, rk) < SOFT_RTOL[torch.float32]
+
+
+def test_forward_and_backward_share_one_score_tile(monkeypatch):
+    """The backward recomputes the forward's logits, so both kernels must call the one score_tile
+    rather than hold a copy of the loop: a kernel that inlines its own dot, or names another
+    function, fails here, as does a wrapper that left a kernel calling the plain helper."""
+    from ditflow_fast.kernels import _jit, _scores, amf_bwd, amf_fwd
+    from triton.runtime.interpreter import InterpretedFunction
+
+    for fn in (amf_fwd.amf_fwd_kernel, amf_bwd.amf_dz_kernel):
+        calls = [n.func for n in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(fn)))) if isinstance(n, ast.Call)]
+        names = [c.id for c in calls if isinstance(c, ast.Name) and fn.__globals__.get(c.id) is _scores.score_tile]
+        assert names == ["score_tile"], fn.__name__
+        assert not [c for c in calls if isinstance(c, ast.Attribute) and c.attr == "dot"], fn.__name__
+        for interpret in (True, False):
+            bound = _jit.wrap(fn, interpret=interpret).fn.__globals__["score_tile"]
+            assert bound is _jit.wrap(_scores.score_tile, interpret=interpret), (fn.__name__, interpret)
+
+    # And at run time: every call of one of this package's device functions, in a forward and a
+    # backward, is a call of that one object (triton's own tl.max, tl.sum... are interpreted too).
+    called = []
+    real_call = InterpretedFunction.__call__
+
+    def spy(self, *args, **kwargs):
+        if self.fn.__module__.startswith(amf_fwd.__package__):
+            called.append(self)
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "__call__", spy)
+    shape = SHAPES[0]
+    q, k = _inputs(shape, seed=13, scale=3.0)
+    p = _problem(q, k, shape, "soft")
+    out, lse = tb.forward(p)
+    n_fwd = len(called)
+    tb.backward(p, out, lse, torch.ones_like(out), want_k=False)
+    shared = _jit.wrap(_scores.score_tile, interpret=True)
+    assert 0 < n_fwd < len(called) and all(c is shared for c in called)
 
 
 def test_launchers_refuse_cpu_tensors_without_interpreter(monkeypatch):
