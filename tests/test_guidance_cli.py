@@ -157,7 +157,7 @@ def test_model_size_checks():
 
 def test_prompt_text_through_a_tiny_t5(tmp_path):
     pytest.importorskip("transformers")
-    from ditflow_fast.guidance.models import prompt_embeddings
+    from ditflow_fast.families.prompts import prompt_embeddings
 
     tiny.main([str(tmp_path), "--text-encoder"])
     model = str(tmp_path / "model")

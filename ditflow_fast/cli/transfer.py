@@ -212,7 +212,7 @@ def run_transfer(a, loader=None) -> int:
 
 def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_video, loader) -> int:  # noqa: N803
     from ..atomic import write_json
-    from ..guidance import models
+    from ..families.prompts import prompt_embeddings
     from ..guidance.loop import STATE_FILE
 
     dtype, device = cfg.torch_dtype, torch.device(cfg.device)
@@ -222,8 +222,8 @@ def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_vide
         vae.enable_slicing()
     if cfg.vae_tiling:
         vae.enable_tiling()
-    texts = models.prompt_embeddings(ref, a.prompt, a.negative_prompt, a.prompt_embeds, transformer,
-                                     device=device, dtype=dtype, family=fam)
+    texts = prompt_embeddings(ref, a.prompt, a.negative_prompt, a.prompt_embeds, transformer,
+                              device=device, dtype=dtype, family=fam)
     vae.to(device)
 
     def encode():

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from ..guidance.models import ModelError
+from .base import ModelError
 from .cogvideox import CogVideoXFamily
 from .wan import WanFamily
 

@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import torch
 
-from ..guidance.models import ModelError  # noqa: F401  (re-exported: families raise it)
+
+class ModelError(ValueError):
+    """A model that cannot be loaded, or cannot take the asked size (defined here, the bottom of the
+    model layer, so that families and the loaders in ``guidance.models`` raise one type without a circle)."""
 
 
 class Sampler:

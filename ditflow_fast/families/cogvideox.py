@@ -14,6 +14,7 @@ exactly the counts ``1, 8, 9, 16, 17, 24, 25, ...`` come back as asked; 24 (the 
 
 from __future__ import annotations
 
+import json
 import math
 
 import torch
@@ -133,9 +134,9 @@ class CogVideoXFamily:
 
     @staticmethod
     def emb_fingerprint(transformer) -> str:
-        from ..guidance.embeds import config_fingerprint
-
-        return config_fingerprint(transformer, FINGERPRINT_KEYS)  # unchanged: older saved files stay valid
+        cfg = transformer.config  # the same JSON as before the family seam: older saved files stay valid
+        return json.dumps({k: cfg.get(k) if hasattr(cfg, "get") else getattr(cfg, k, None)
+                           for k in FINGERPRINT_KEYS}, sort_keys=True)
 
     @classmethod
     def _kwargs(cls, transformer, latent, text, t, emb):

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..guidance.models import ModelError
 from ..guidance.processor import GuidanceController
+from .base import ModelError
 from .wan_attention import WanGuidedAttnProcessor, _output_hook
 from .wan_presets import _VAE21, _VAE22, PRESETS, TEXT_LEN, _cfg_get, transformer_params  # noqa: F401 - re-exported
 from .wan_sampler import WanSampler, load_scheduler_state, scheduler_state

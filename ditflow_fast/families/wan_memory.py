@@ -45,7 +45,7 @@ import json
 
 from ..backends.reference import research_bytes
 from ..guidance.memory import AMF_BUDGET, Estimate
-from ..guidance.models import ModelError
+from .base import ModelError
 from .wan import _VAE21, PRESETS, TEXT_LEN, WanFamily, transformer_params
 from .wan_chunking import resolve_chunks
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..guidance.models import ModelError
+from .base import ModelError
 
 _HINT = ("or pass --prompt-embeds FILE (tensors 'prompt', 'negative' and optionally 'empty', each [1, 512, D] with "
          "D the transformer's text_dim, 4096 for Wan2.1/2.2)")

@@ -22,18 +22,10 @@ from ..atomic import atomic_path
 # RoPE tables are cosines and sines, additive tables of the order of the hidden states; an optimised
 # one far beyond this is broken (and would overflow half precision into a black video).
 EMB_LIMIT = 1e4
-FINGERPRINT_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size", "in_channels",
-                    "use_rotary_positional_embeddings", "max_text_seq_length", "sample_height", "sample_width")
 
 
 class EmbeddingError(ValueError):
     """Saved embeddings missing or not matching the model or the run."""
-
-
-def config_fingerprint(transformer, keys=FINGERPRINT_KEYS) -> str:
-    cfg = transformer.config
-    return json.dumps({k: cfg.get(k) if hasattr(cfg, "get") else getattr(cfg, k, None) for k in keys},
-                      sort_keys=True)
 
 
 def fingerprint(transformer) -> str:

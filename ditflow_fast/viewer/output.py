@@ -14,6 +14,7 @@ import numpy as np
 
 from ..atomic import atomic_path, write_text
 from .colour import flow_to_rgb, legend
+from .fields import field_scale
 
 FORMAT = "ditflow-fast amf 1"
 
@@ -22,13 +23,6 @@ def _save_png(path: Path, image) -> Path:
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     return path
-
-
-def field_scale(*amfs: np.ndarray) -> float:
-    """The displacement length drawn fully saturated: the 98th percentile of the lengths over the fields
-    (a few far jumps of the argmax do not wash out the rest), at least 1 patch; longer ones are darkened."""
-    mags = np.concatenate([np.linalg.norm(a, axis=-1).ravel() for a in amfs if a.size] or [np.zeros(1)])
-    return max(float(np.percentile(mags, 98)), 1.0)
 
 
 def save_amf(path, amf: np.ndarray, info: dict) -> Path:
@@ -107,11 +101,6 @@ def grid_image(amf: np.ndarray, frames: np.ndarray, h: int, w: int, *, title: st
     canvas.paste(lg, (margin + f * (tw + 2) + 8, top), lg)
     draw.text((margin + f * (tw + 2) + 8, top + 100), "right: red\ndown: yellow\nleft: cyan\nup: blue", fill=(0, 0, 0))
     return canvas
-
-
-def pair_errors(ref: np.ndarray, gen: np.ndarray) -> np.ndarray:
-    """``[F, F]`` mean end-point error (patches) between two AMFs, per frame pair."""
-    return np.linalg.norm(ref - gen, axis=-1).mean(axis=-1)
 
 
 def write_viewer(out, fields: list[tuple[str, np.ndarray, np.ndarray]], info: dict, *, stem: str = "amf",

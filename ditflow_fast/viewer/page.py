@@ -22,6 +22,7 @@ import json
 import numpy as np
 
 from .colour import RAMPS
+from .fields import pair_errors
 
 
 def _data_uri(frame: np.ndarray) -> str:
@@ -43,8 +44,6 @@ def _f32(a: np.ndarray) -> str:
 
 
 def page_data(fields, info: dict, *, scale: float, title: str) -> dict:
-    from .output import pair_errors
-
     f = int(fields[0][1].shape[0])
     data = dict(title=title, F=f, h=int(info["height"]), w=int(info["width"]), scale=float(scale),
                 ramps=list(RAMPS), names=[n for n, _, _ in fields],

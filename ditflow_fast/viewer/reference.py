@@ -90,7 +90,7 @@ def _open_toy(model: str, device, dtype) -> ModelHandle:
 
 def _open_diffusers(model: str, device, dtype, prompt_embeds) -> ModelHandle:
     from ..families import detect, resolve_model_ref
-    from ..guidance import models
+    from ..families.prompts import prompt_embeddings
 
     fam = detect(model)
     ref, _ = resolve_model_ref(model)
@@ -98,8 +98,8 @@ def _open_diffusers(model: str, device, dtype, prompt_embeds) -> ModelHandle:
     tr, vae = comps["transformer"], comps["vae"]
     tr.requires_grad_(False).to(device)
     vae.requires_grad_(False).to(device)
-    texts = models.prompt_embeddings(ref, "" if prompt_embeds is None else None, "", prompt_embeds, tr,
-                                     device=device, dtype=dtype, family=fam)
+    texts = prompt_embeddings(ref, "" if prompt_embeds is None else None, "", prompt_embeds, tr,
+                              device=device, dtype=dtype, family=fam)
     cfg = {k: v for k, v in dict(tr.config).items() if not str(k).startswith("_")}
     d = fam.defaults(cfg)
 

@@ -56,7 +56,8 @@ def write_transfer_viewer(out, guide, latents: torch.Tensor, reference_video: np
                           *, model: str, video: str, offload: str = "none", quiet: bool = False) -> dict | None:
     """Write ``out/amf/``; a failure is reported on stderr and returns None (the run's result stands)."""
     from .. import __version__
-    from .output import pair_errors, write_viewer
+    from .fields import pair_errors
+    from .output import write_viewer
     from .reference import frame_for_latent
 
     try:
