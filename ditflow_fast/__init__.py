@@ -1,5 +1,13 @@
 """ditflow_fast: fused Attention Motion Flow (DiTFlow) kernels and guidance for video DiTs.
 
+Layers, lowest first (docs/architecture.md): the AMF core (:mod:`._problem` validation,
+:mod:`.geometry`, :mod:`.dispatch` the registry, :mod:`.backends` the backends, :mod:`.eager` the one
+eager path, :mod:`.api` ``compute_amf``, :mod:`.ops` the custom op, :mod:`.loss`, :mod:`.distributed_amf`,
+``ditflow_fast.kernels`` the Triton kernels, :mod:`._native` the C++/CUDA extension loader); the model
+layer (:mod:`.families`, :mod:`.guidance`); the tools (:mod:`.viewer`, :mod:`.bench`, :mod:`.batch`,
+:mod:`.app`, :mod:`.cli`, with :mod:`.atomic`, :mod:`.video_io`, :mod:`.compat`); and the application
+:mod:`.toyworld`, which nothing in the library imports.
+
 ``ops`` is imported for its side effect (it registers ``torch.ops.ditflow_fast.amf``); ``backends``
 is the backends package, and calling it, ``ditflow_fast.backends()``, lists the registry.
 """

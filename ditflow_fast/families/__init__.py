@@ -3,6 +3,12 @@
 One small module per family (the contract is :mod:`.base`); a family is found by the transformer's
 class or the folder's ``model_index.json``. Supported: CogVideoX (1.0, 2B/5B) and Wan (2.1 T2V
 1.3B/14B, 2.2 TI2V-5B and T2V-A14B). ``docs/families.md`` says how to add the next one.
+
+- :mod:`.base`: the contract, ``Sampler``, ``ModelError``; :mod:`.cogvideox`: CogVideoX;
+- :mod:`.wan`: Wan, with :mod:`.wan_attention` (its guided processor), :mod:`.wan_sampler` (UniPC with
+  a resumable state), :mod:`.wan_text` (umT5), :mod:`.wan_presets`, :mod:`.wan_memory` (``--dry-run``),
+  :mod:`.wan_chunking` (the guided backward's FFN in token slices), :mod:`.wan_tiny` (tiny test models);
+- :mod:`.offload`: model, group and activation offloading; :mod:`.prompts`: prompt embeddings for any family.
 """
 
 from __future__ import annotations

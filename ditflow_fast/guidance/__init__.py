@@ -1,4 +1,14 @@
-"""DiTFlow guidance on diffusers' CogVideoX: capture, KV injection, truncated forward, the loop."""
+"""DiTFlow guidance on diffusers' video transformers (any family of ``ditflow_fast.families``).
+
+- :mod:`.config`: the run's settings and their defaults per model; :mod:`.run_key`: what a saved state
+  must match; :mod:`.loop`: the guided denoising loop (``Guide``), resumable;
+- :mod:`.processor`: the attention processor that captures q/k, injects K/V and stops the forward;
+  :mod:`.forward`: the truncated forward and the positional-embedding overrides;
+- :mod:`.losses`: DiTFlow's AMF loss, MOFT, SMM; :mod:`.embeds`: saved embeddings (zero-shot);
+  :mod:`.ref_cache`: reference latents and targets shared by runs;
+- :mod:`.models`: loading CogVideoX components, prompt files, VAE encode/decode;
+  :mod:`.memory`: the ``--dry-run`` memory model; :mod:`.tiny`: tiny random models for tests.
+"""
 
 from .forward import base_position_table, position_override, rotary_embedding, run_until
 from .processor import GuidanceController, GuidedAttnProcessor, StopForward, controller_of, install, uninstall
