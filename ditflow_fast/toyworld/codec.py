@@ -106,13 +106,13 @@ def check_codec(transformer, codec) -> None:
 def save_codec(folder, ae: FrameAutoencoder, extra: dict | None = None) -> Path:
     from safetensors.torch import save_file
 
-    from .model import _atomic
+    from ..atomic import atomic_path, write_text
 
     folder = Path(folder) / "vae"
     state = {k: v.detach().contiguous().clone() for k, v in ae.state_dict().items()}
-    _atomic(folder / "model.safetensors", lambda p: save_file(state, p))
-    cfg = json.dumps({**ae.config(), **(extra or {})}, indent=1)
-    _atomic(folder / "config.json", lambda p: Path(p).write_text(cfg))
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_text(folder / "config.json", json.dumps({**ae.config(), **(extra or {})}, indent=1))
     return folder
 
 

@@ -100,14 +100,6 @@ def rope(transformer, frames: int = FRAMES, height: int | None = None, width: in
     return cos.float(), sin.float()
 
 
-def _atomic(path: Path, write) -> None:
-    """``write(temporary path)``, then the rename: the package's one atomic writer (unique temporaries)."""
-    from ..atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        write(str(tmp))
-
-
 def world_geometry() -> dict:
     """The clip geometry of the package's world, as a model folder's ``world.json`` records it."""
     return {"frames": FRAMES, "size": SIZE, "radius": RADIUS, "checker": CHECKER, "speed_range": list(SPEED_RANGE)}
@@ -117,17 +109,18 @@ def save_model(folder, transformer, cond: ConditionEmbedding, extra: dict | None
     """Write a model folder; each file is written to a temporary name then renamed (never half-written)."""
     from safetensors.torch import save_file
 
+    from ..atomic import atomic_path, write_text
+
     folder = Path(folder)
     state = {k: v.detach().contiguous().clone() for k, v in transformer.state_dict().items()}
-    _atomic(folder / "transformer" / "diffusion_pytorch_model.safetensors", lambda p: save_file(state, p))
-    cfg = transformer.to_json_string()
-    _atomic(folder / "transformer" / "config.json", lambda p: Path(p).write_text(cfg))
-    sched = (scheduler or build_scheduler()).to_json_string()
-    _atomic(folder / "scheduler" / "scheduler_config.json", lambda p: Path(p).write_text(sched))
-    w = {"weight": cond.weight.detach().contiguous().clone()}
-    _atomic(folder / "cond_embed.safetensors", lambda p: save_file(w, p))
+    with atomic_path(folder / "transformer" / "diffusion_pytorch_model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_text(folder / "transformer" / "config.json", transformer.to_json_string())
+    write_text(folder / "scheduler" / "scheduler_config.json", (scheduler or build_scheduler()).to_json_string())
+    with atomic_path(folder / "cond_embed.safetensors") as tmp:
+        save_file({"weight": cond.weight.detach().contiguous().clone()}, str(tmp))
     world = json.dumps({**world_geometry(), "null_condition": NULL_CONDITION, **(extra or {})}, indent=1)
-    _atomic(folder / "world.json", lambda p: Path(p).write_text(world))
+    write_text(folder / "world.json", world)
     return folder
 
 

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import atomic_path, write_text
 from .model import (
     DEFAULT_DIR,
     TRANSFORMER_CONFIG,
     ConditionEmbedding,
-    _atomic,
     build_scheduler,
     build_transformer,
     latent_overrides,
@@ -222,8 +222,9 @@ def train(out=DEFAULT_DIR, work="build/tiny_dit_train", *, minutes: float = 40.0
     def checkpoint():
         elapsed = elapsed0 + time.monotonic() - t_start
         sd = _state_dict(net, ema, cond, ema_cond, opt, step)
-        _atomic(state_path, lambda p: save_file(sd, p, metadata={"world": json.dumps(world_geometry())}))
-        _atomic(work / "elapsed.json", lambda p: Path(p).write_text(json.dumps({"s": elapsed})))
+        with atomic_path(state_path) as tmp:
+            save_file(sd, str(tmp), metadata={"world": json.dumps(world_geometry())})
+        write_text(work / "elapsed.json", json.dumps({"s": elapsed}))
         save_model(out, ema, ema_cond, extra={"train": {**config, "steps": step, "elapsed_s": round(elapsed, 1)}},
                    scheduler=sched)
 

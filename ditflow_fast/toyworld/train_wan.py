@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model import ConditionEmbedding, _atomic, save_model, world_geometry
+from ..atomic import atomic_path, write_text
+from .model import ConditionEmbedding, save_model, world_geometry
 from .train import _load_state, _state_dict, learning_rate, optimiser_step, training_batch
 
 WAN_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny_wan"
@@ -103,8 +104,9 @@ def train_wan(out=WAN_DIR, work="build/tiny_wan_train", *, vae, minutes: float =
     def checkpoint():
         elapsed = elapsed0 + time.monotonic() - t_start
         sd = _state_dict(net, ema, cond, ema_cond, opt, step)
-        _atomic(state_path, lambda p: save_file(sd, p, metadata={"world": json.dumps(world_geometry())}))
-        _atomic(work / "elapsed.json", lambda p: Path(p).write_text(json.dumps({"s": elapsed})))
+        with atomic_path(state_path) as tmp:
+            save_file(sd, str(tmp), metadata={"world": json.dumps(world_geometry())})
+        write_text(work / "elapsed.json", json.dumps({"s": elapsed}))
         save_model(out, ema, ema_cond, extra={"train": {**config, "steps": step, "elapsed_s": round(elapsed, 1)}},
                    scheduler=sched)
 
