@@ -42,7 +42,7 @@ def model_configs(fam, ref: str) -> tuple[dict, dict]:
     """The transformer's and the VAE's configs, read without loading any weights."""
     import diffusers
 
-    from ..guidance.models import ModelError
+    from ..families.base import ModelError
 
     out = []
     for cls, sub in ((fam.transformer_class, "transformer"), (fam.vae_class, "vae")):
