@@ -10,7 +10,7 @@
 #      everywhere, the kernel's numbers against float64 on the host where a GPU exists.
 # Without nvcc steps 3-4 are skipped with a message (DITFLOW_FAST_REQUIRE_NVCC=1 makes that an error).
 # Python: $PY, else .venv/bin/python, else python3. Afterwards the pytest suite runs the CPU kernel
-# tests (tests/test_cpu_kernel.py) against the built extension instead of skipping them.
+# tests (tests/core/test_cpu_kernel.py) against the built extension instead of skipping them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

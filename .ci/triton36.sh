@@ -9,7 +9,7 @@
 #   bash .ci/triton36.sh env    create or refresh the environment (idempotent: a stamp holds its recipe)
 #   bash .ci/triton36.sh test   (default) also install the package there (editable, --no-index
 #                               --no-deps, no native build) and run the Triton interpreter tests and
-#                               the cubin compile check (tests/test_triton_kernels.py) under triton 3.6
+#                               the cubin compile check (tests/core/test_triton_kernels.py) under triton 3.6
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV36:-.venv-triton36}"
@@ -37,4 +37,4 @@ if ! "$PY" -c "import ditflow_fast.kernels" 2>/dev/null; then  # (the tree alone
 fi
 # The test module reruns its interpreter tests in a fresh process and runs the compile check in
 # another: both use this interpreter (sys.executable).
-OMP_NUM_THREADS=1 "$PY" -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py
+OMP_NUM_THREADS=1 "$PY" -m pytest -q -p no:cacheprovider tests/core/test_triton_kernels.py

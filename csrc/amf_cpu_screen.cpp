@@ -8,7 +8,7 @@
 // so that truncating the result is covered as well as rounding it), and tiny = 2^-120 (sqrt(D)
 // (|q~| + |k~|) + D) covering subnormal inputs and products that bf16 dot-product instructions
 // flush to zero. Scores that are inf or NaN void the argument: such tiles fall back.
-// tests/test_cpu_screen.py checks this error model against the GEMM torch actually runs here.
+// tests/core/test_cpu_screen.py checks this error model against the GEMM torch actually runs here.
 // The key norms are replaced by their maximum over the key frame and |s~| by the segment's
 // maximum, so E is one number per (query, key frame), and the screen is two vectorised passes over
 // the segment (maximum, magnitude and finiteness) plus one that collects the candidates.

@@ -8,7 +8,7 @@ per (function, mode): interpreted or compiled, and one compiled and autotuned ov
 Triton itself wraps its standard library (``tl.max``, ``tl.sum``...) when it is imported, so
 interpreting still needs ``TRITON_INTERPRET=1`` set before the process's first ``import
 triton``; this package never imports triton before a kernel launches, so setting the variable
-any time before the first launch is enough (``tests/test_triton_kernels.py`` relies on that).
+any time before the first launch is enough (``tests/core/test_triton_kernels.py`` relies on that).
 
 Device functions the kernels call (:func:`helper`) take the same path: a kernel is wrapped as a
 copy whose global names for its helpers point at the helpers' wrapped forms for the same mode, so

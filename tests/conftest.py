@@ -1,7 +1,13 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules; and ``tests/`` on the import path, so that the tests in
+every folder (``core/``, ``gpu/``, ...) import the shared ``_amf_helpers`` the same way."""
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ The reference: the head-mean logits ``S = Q_cat K_cat^T / (H sqrt(d))`` in float
 heads-concatenated vectors, which docs/amf.md step 1 says the head mean is), then the per-frame
 softmax or argmax of :func:`ditflow_fast.backends.reference.amf_reference`, with float64 autograd for the
 gradients. It keeps ``[N, N]`` float64, not ``amf_reference``'s ``[B, H, N, N]``; the two agree to
-float64 rounding (``tests/test_bench_refcheck.py``).
+float64 rounding (``tests/bench/test_bench_refcheck.py``).
 
 Size (:func:`check_shape`): the check runs on the preset's own problem when its float64 reference
 costs at most :data:`MAX_REFERENCE_FLOPS` (``2*N^2*H*d``) and its memory fits; otherwise on a

@@ -19,7 +19,7 @@ The same accounting as the CogVideoX model (:mod:`ditflow_fast.guidance.memory`,
   non-block parameters plus two blocks, the running one and the one prefetched / kept by a backward).
 - **activations,** in units of one ``[N, D]`` tensor (``N*D*b``) and one ``[N, ffn_dim]`` tensor,
   constants measured with torch's memory timeline on CPU runs of Wan-shaped tiny transformers
-  (``tests/test_wan_memory.py`` re-measures them on another shape). They are larger than
+  (``tests/families/test_wan_memory.py`` re-measures them on another shape). They are larger than
   CogVideoX's because Wan's blocks upcast to float32 around their three LayerNorms and the
   modulations (``hidden.float()``): in bf16 each saved LayerNorm input is two units. Separate
   constants for 2-byte (bf16/fp16) and 4-byte (fp32) runs.

@@ -8,7 +8,7 @@ autograd, and the VAE decodes after the loop, sliced/tiled). With ``T = L_text +
   the VAE's unless offloaded; the T5 encoder has been run and offloaded before the loop;
 - activations, in units of one ``[T, D]`` tensor (``T*D*b`` bytes), constants measured with torch's
   memory timeline on CPU runs of CogVideoX-shaped transformers (flash SDPA, which keeps only a
-  log-sum-exp; tests/test_guidance_memory.py re-measures them):
+  log-sum-exp; tests/guidance/test_guidance_memory.py re-measures them):
   with gradient checkpointing, ``g + 1`` block inputs (1 each) plus one block recomputed with its
   backward temporaries (15); without, ``g`` full blocks (12 each), the guidance block up to q/k (5)
   and backward temporaries (3);

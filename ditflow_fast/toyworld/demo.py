@@ -83,7 +83,7 @@ class ToyTransfer:
                              guidance_blocks=blocks,
                              inject_embeds=None if inject_embeds is None else str(inject_embeds), **ROWS[row])
         # Checkpointing for the emb row only: the committed results were made so, when the processor still
-        # wrote RoPE in place and emb mode needed it; it no longer does (tests/test_guidance_loop.py).
+        # wrote RoPE in place and emb mode needed it; it no longer does (tests/guidance/test_guidance_loop.py).
         return cfg.resolve(self.transformer, "cpu")
 
     def generate(self, reference: Clip, condition: int, row: str, seed: int, *, embeds_dir=None,

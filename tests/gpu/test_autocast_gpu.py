@@ -3,7 +3,7 @@
 Every backend that runs on CUDA must give, inside ``torch.autocast("cuda", dtype)``, the result and
 the gradients it gives outside it (fp32 accumulation from the inputs' own dtype): the AMF turns
 autocast off for its own forward and backward (``ditflow_fast._problem.autocast_disabled``). The
-CPU-autocast counterparts, which run everywhere, are in ``tests/test_hardening_amf.py``.
+CPU-autocast counterparts, which run everywhere, are in ``tests/core/test_hardening_amf.py``.
 
 Written without a GPU to run them on (no machine of the project had one): run in a pytest process
 of its own, as the other GPU tests::

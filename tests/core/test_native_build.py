@@ -14,7 +14,7 @@ import pytest
 
 from ditflow_fast import _native
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 
 

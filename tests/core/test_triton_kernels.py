@@ -50,7 +50,7 @@ def test_in_fresh_interpreter_process():
     env = dict(os.environ, TRITON_INTERPRET="1", DITFLOW_FAST_INTERP_RERUN="1")
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=900,
+        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=900,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     # Only this wrapper and the compile check may skip there; every kernel test must have run.

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-# As tests/test_triton_kernels.py: the Triton interpreter must be chosen before triton's first
+# As tests/core/test_triton_kernels.py: the Triton interpreter must be chosen before triton's first
 # import of the process, and only off CUDA machines (there it would leak into the GPU tests).
 if "triton" not in sys.modules and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
@@ -114,7 +114,7 @@ def triton_on_cpu(monkeypatch):
     triton = pytest.importorskip("triton")
     if type(triton.language.max).__name__ != "InterpretedFunction":
         pytest.skip("triton was imported before this module without TRITON_INTERPRET=1 "
-                    "(tests/test_triton_kernels.py covers the kernels in a fresh process)")
+                    "(tests/core/test_triton_kernels.py covers the kernels in a fresh process)")
     if "triton" not in backends():
         pytest.skip("the triton backend is not registered")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
