@@ -31,6 +31,10 @@ Rules, the same for all of them:
 it raises a one-line ``ValueError`` naming the option when ``dest`` could not be written, before
 any expensive work.
 
+``append_line(dest, text)`` is the one writer that does not replace: it adds one line to a log
+(JSONL records) in a single ``O_APPEND`` write, after a newline when the file ends without one (a
+line torn by an earlier crash), so a record is never glued to a torn one.
+
 ``dir_lock(folder, what, option=...)`` takes an exclusive, non-blocking ``flock`` on a folder itself
 (no lock file: the folder stays as it was; created when missing) and returns the descriptor to
 ``os.close`` when done; a folder another process holds is refused with a one-line ``ValueError``.
@@ -194,6 +198,25 @@ def atomic_dir(dest) -> Iterator[Path]:
         raise
     for a in asides:
         _remove(a)
+
+
+def append_line(dest, text: str) -> Path:
+    """Append ``text`` and a newline to ``dest`` (created with its folder, umask modes) in one write."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    data = text.rstrip("\n").encode("utf-8") + b"\n"
+    fd = os.open(dest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(dest, "rb") as fh:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    data = b"\n" + data
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return dest
 
 
 def check_writable(dest, *, option: str = "path", folder: bool = False) -> None:

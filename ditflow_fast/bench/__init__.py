@@ -14,5 +14,5 @@ Modules, leaves first (each imports only those above it):
 * ``refcheck``: each row's AMF against the float64 reference before it is timed;
 * ``perf_model``: FLOPs, minimum bytes and datasheet floors; ``record``: machine, versions, commit
   and the results file; ``report``: the table;
-* ``runner``: ``run_bench``, one run end to end; ``cli``: the ``ditflow-fast bench`` subcommand.
+* ``runner``: ``run_bench``, one run end to end; the ``ditflow-fast bench`` subcommand is ``ditflow_fast/cli/bench.py``.
 """

@@ -84,9 +84,7 @@ def now_utc() -> str:
 
 
 def append_record(record: dict, path: Path) -> Path:
-    """Append ``record`` as one JSON line to ``path`` (created with its folders)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
-    return path
+    """Append ``record`` as one JSON line to ``path`` (created with its folders), never glued to a torn line."""
+    from ..atomic import append_line
+
+    return append_line(path, json.dumps(record, sort_keys=True))

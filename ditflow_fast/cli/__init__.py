@@ -11,7 +11,7 @@
 - :mod:`.app`: ``app``, the web app (``ditflow_fast.app``);
 - :mod:`.demo`: ``demo``, registered here, written in ``ditflow_fast/toyworld/cli.py`` (the toy world is an
   application the library never imports);
-- ``bench`` is registered from ``ditflow_fast/bench/cli.py``.
+- :mod:`.bench`: ``bench``, the AMF benchmark (``ditflow_fast.bench``);
 
 Each module's ``add_<command>_parser(sub)`` adds its parser; the modules a command runs are imported only
 when it runs, so ``ditflow-fast info`` stays quick and one command's missing extra never breaks another.

@@ -12,10 +12,10 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     # Only the parsers are imported here; each subcommand imports its heavy modules when it runs.
-    from ..bench.cli import add_bench_parser
     from .amf import add_amf_parser
     from .app import add_app_parser
     from .batch import add_batch_parser
+    from .bench import add_bench_parser
     from .demo import add_demo_parser
     from .eval import add_eval_parser
     from .info import add_info_parser

@@ -340,3 +340,15 @@ def test_dir_lock_refuses_a_held_folder_and_names_other_errors(tmp_path, monkeyp
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match=r"file/sub: cannot be opened to lock it \(Not a directory\)"):
         atomic.dir_lock(tmp_path / "file" / "sub", "ditflow-fast thing")
+
+
+def test_append_line_adds_whole_lines_even_after_a_torn_one(tmp_path):
+    from ditflow_fast.atomic import append_line
+
+    log = tmp_path / "sub" / "log.jsonl"
+    append_line(log, '{"a": 1}')
+    with open(log, "a") as fh:
+        fh.write('{"torn": ')  # a crash mid-write
+    append_line(log, '{"b": 2}\n')
+    assert log.read_text().split("\n") == ['{"a": 1}', '{"torn": ', '{"b": 2}', ""]
+    assert log.stat().st_mode & 0o777 == 0o666 & ~atomic.current_umask()

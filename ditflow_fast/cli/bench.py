@@ -21,8 +21,8 @@ def _csv_option(text: str | None, option: str) -> tuple[str, ...] | None:
 
 
 def _run(args) -> int:
-    from .presets import PRESETS, get_preset
-    from .spec import MODES
+    from ..bench.presets import PRESETS, get_preset
+    from ..bench.spec import MODES
 
     if args.list_presets:
         for name, preset in PRESETS.items():
@@ -32,7 +32,7 @@ def _run(args) -> int:
         return 0
     geometry = get_preset(args.preset).geometry  # an unknown name fails before anything slow happens
     if args.perf_model:
-        from .perf_model import GPU_PEAKS, floor_table
+        from ..bench.perf_model import GPU_PEAKS, floor_table
 
         print(f"perf model of {args.preset} (N={geometry.tokens}, H={geometry.heads}, d={geometry.head_dim}), "
               "bf16 inputs, datasheet peaks:")
@@ -48,7 +48,7 @@ def _run(args) -> int:
     if bad:
         raise ValueError(f"--modes must be among {', '.join(MODES)}, got {', '.join(bad)}")
     if args.dtype:
-        from .spec import parse_dtype
+        from ..bench.spec import parse_dtype
 
         parse_dtype(args.dtype)
     if args.device:
@@ -63,9 +63,9 @@ def _run(args) -> int:
     if args.mem_limit is not None and args.mem_limit < 0:
         raise ValueError(f"--mem-limit must be >= 0 bytes, got {args.mem_limit}")
     from ..atomic import check_writable
-    from .record import append_record, default_results_path, machine_info
-    from .report import format_table
-    from .runner import run_bench
+    from ..bench.record import append_record, default_results_path, machine_info
+    from ..bench.report import format_table
+    from ..bench.runner import run_bench
 
     out = Path(args.out) if args.out else default_results_path(machine_info())
     check_writable(out, option="--out")
@@ -80,7 +80,7 @@ def _run(args) -> int:
 
 
 def add_bench_parser(sub) -> None:
-    from .presets import DEFAULT_PRESET
+    from ..bench.presets import DEFAULT_PRESET
 
     p = sub.add_parser("bench", help="benchmark the AMF backends on a named preset",
                        description="Time every available backend (and the research procedure, the bare GEMM "
