@@ -20,6 +20,11 @@ from pathlib import Path
 
 from .transfer_checks import RESULT_NAMES, check_device, check_out, has_second_expert, model_configs, with_config
 
+# measured on the toy world (docs/toyworld.md, "Speed levers"): a reused gradient lets the embeddings drift
+EMB_REUSE_WARNING = ("warning: --grad-reuse with --opt-mode emb: on the toy CogVideoX model the reused gradients "
+                     "let the optimised RoPE drift until the object vanished (docs/toyworld.md, 'Speed levers'); "
+                     "it was measured to keep Motion Fidelity with --opt-mode latent only")
+
 
 def add_transfer_parser(sub) -> None:
     p = sub.add_parser("transfer", help="DiTFlow motion transfer (reference video + prompt -> video)",
@@ -152,6 +157,8 @@ def run_transfer(a, loader=None) -> int:
         raise ValueError("--offload group needs gradient checkpointing (drop --no-checkpointing): the backward of a "
                          "block reads weights that group offloading has sent back to the CPU")
     cfg = _config(a)
+    if cfg.grad_reuse > 1 and cfg.opt_mode == "emb" and cfg.guidance and not cfg.inject_embeds:
+        print(EMB_REUSE_WARNING, file=sys.stderr)
     if a.dry_run:
         return _dry_run(a, cfg)
     if not a.video:

@@ -120,6 +120,11 @@ def _cmd_demo(args) -> int:
     settings = DemoSettings(steps=args.steps, guided_steps=args.guided_steps, opt_iters=args.opt_iters,
                             lr=tuple(args.lr), cfg_scale=args.cfg, cfg_min_t=args.cfg_min_t,
                             guidance_block=args.block, grad_reuse=args.grad_reuse, early_stop=args.early_stop)
+    if args.grad_reuse > 1 and any(r in ("DiTFlow emb", "zero-shot") for r in args.rows):
+        import sys
+
+        print("note: --grad-reuse applies to every guided row; on the CogVideoX toy model it made DiTFlow emb (and "
+              "so zero-shot) lose the object (docs/toyworld.md, 'Speed levers')", file=sys.stderr)
     res = run_demo(args.out, model_dir=args.model or DEFAULT_DIR, clips=args.clips, seeds=args.seeds, rows=args.rows,
                    clip_seed=args.clip_seed, settings=settings, gifs=args.gifs, references=refs, target=target)
     from pathlib import Path

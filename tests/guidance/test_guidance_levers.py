@@ -82,3 +82,14 @@ def test_transfer_refuses_bad_levers_before_loading(tmp_path, capsys, args, need
     assert main(["transfer", "--video", str(tmp_path / "none.mp4"), "--prompt", "x", "--model",
                  str(tmp_path / "no_model"), "--out", str(out), *args]) == 2
     assert needle in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("mode,warned", [("emb", True), ("latent", False)])
+def test_transfer_warns_about_gradient_reuse_in_emb_mode(capsys, mode, warned):
+    from pathlib import Path
+
+    from ditflow_fast.cli import main
+
+    model = Path(__file__).resolve().parents[2] / "assets" / "tiny_dit"
+    assert main(["transfer", "--model", str(model), "--opt-mode", mode, "--grad-reuse", "3", "--dry-run"]) == 0
+    assert ("--grad-reuse with --opt-mode emb" in capsys.readouterr().err) is warned
