@@ -5,7 +5,7 @@ Layers, lowest first (docs/architecture.md): the AMF core (:mod:`._problem` vali
 eager path, :mod:`.api` ``compute_amf``, :mod:`.ops` the custom op, :mod:`.loss`, :mod:`.distributed_amf`,
 ``ditflow_fast.kernels`` the Triton kernels, :mod:`._native` the C++/CUDA extension loader); the model
 layer (:mod:`.families`, :mod:`.guidance`); the tools (:mod:`.viewer`, :mod:`.bench`, :mod:`.batch`,
-:mod:`.app`, :mod:`.cli`, with :mod:`.atomic`, :mod:`.video_io`, :mod:`.compat`); and the application
+:mod:`.app`, :mod:`.cli`, with :mod:`.atomic`, :mod:`.video_io`, :mod:`.compat`, :mod:`.errors`); and the application
 :mod:`.toyworld`, which nothing in the library imports.
 
 ``ops`` is imported for its side effect (it registers ``torch.ops.ditflow_fast.amf``); ``backends``

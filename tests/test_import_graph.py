@@ -10,8 +10,9 @@ file and line of every edge.
 Imports under ``if TYPE_CHECKING:`` never run and are left out, and so are imports by a computed
 name (``importlib.import_module(mod)``, the app's warm-up). ``from pkg import name`` is an
 edge to ``pkg.name`` when that is a module, else to ``pkg`` itself (a name its ``__init__``
-defines). A package's ``__init__`` running before its submodules is not counted: that order is
-the import system's, not a circle in the code.
+defines). Importing ``pkg.sub`` also runs ``pkg``'s ``__init__`` first, so it is an edge to ``pkg``
+as well, unless ``a`` is inside ``pkg`` itself: a package's ``__init__`` running before its own
+submodules is the import system's order, not a circle in the code.
 """
 
 from __future__ import annotations
@@ -68,8 +69,13 @@ def _edges(name: str, path: Path, is_pkg: bool, modules: dict) -> dict[str, str]
     out: dict[str, tuple[int, bool]] = {}
 
     def add(target: str, node: ast.stmt, lazy: bool) -> None:
-        if target != name and (target not in out or (out[target][1] and not lazy)):
-            out[target] = (node.lineno, lazy)
+        parts = target.split(".")
+        # the packages whose __init__ importing ``target`` runs, except those ``name`` already lives in
+        runs = [".".join(parts[:i]) for i in range(2, len(parts))] + [target]
+        for t in runs:
+            inside = name == t or name.startswith(t + ".")
+            if t in modules and not inside and (t not in out or (out[t][1] and not lazy)):
+                out[t] = (node.lineno, lazy)
 
     for node, lazy in sorted(_imports(tree), key=lambda found: found[0].lineno):
         if isinstance(node, ast.Import):

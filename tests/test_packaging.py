@@ -42,3 +42,17 @@ def test_importing_the_package_compiles_nothing():
     code = "import sys, ditflow_fast; print('torch.utils.cpp_extension' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.split() == ["False"]
+
+
+def test_the_wheel_ships_no_module_the_source_tree_lacks(wheel_names):
+    """pip builds in place and keeps stale files in build/lib: a module removed from the source (a move
+    into a subpackage) must not come back in a wheel built from a used checkout."""
+    roots = {"ditflow_fast/kernels/": ROOT / "kernels", "ditflow_fast/": ROOT / "ditflow_fast"}
+    stale = []
+    for name in wheel_names:
+        if not name.endswith(".py"):
+            continue
+        prefix = next(p for p in roots if name.startswith(p)) if name.startswith("ditflow_fast/") else None
+        if prefix is not None and not (roots[prefix] / name[len(prefix):]).is_file():
+            stale.append(name)
+    assert not stale, f"modules in the wheel that the source tree no longer has: {stale}"

@@ -27,6 +27,7 @@ listing the registry: calling the package, ``ditflow_fast.backends()``, returns
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
@@ -46,7 +47,7 @@ def _not_loaded(module: str, name: str, exc: ImportError) -> None:
 
     register(Backend(
         name=name, summary=f"not loaded: {__name__}.{module} did not import", run=run, devices=(), dtypes=(),
-        auto_rank=AUTO_RANK[name], unavailable=lambda: reason,
+        auto_rank=AUTO_RANK.get(name), unavailable=lambda: reason,
     ))
 
 
@@ -67,6 +68,10 @@ except ImportError as exc:
 class _CallablePackage(types.ModuleType):
     def __call__(self):
         return backends()
+
+    def __reduce__(self):
+        # pickled by name, as a module is: cloudpickle (Ray, joblib) handles ModuleType itself, not a subclass
+        return (importlib.import_module, (self.__name__,))
 
 
 sys.modules[__name__].__class__ = _CallablePackage

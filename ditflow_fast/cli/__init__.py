@@ -15,8 +15,8 @@
 
 Each module's ``add_<command>_parser(sub)`` adds its parser; the modules a command runs are imported only
 when it runs, so ``ditflow-fast info`` stays quick and one command's missing extra never breaks another.
+
+This ``__init__`` imports nothing: the entry point is ``ditflow_fast.cli.main:main``, so that a tool
+that reuses one subcommand's parser (the app takes ``transfer``'s) does not pull in every other one,
+and no import circle runs through the package.
 """
-
-from .main import main
-
-__all__ = ["main"]

@@ -28,10 +28,7 @@ from __future__ import annotations
 
 import torch
 
-
-class ModelError(ValueError):
-    """A model that cannot be loaded, or cannot take the asked size (defined here, the bottom of the
-    model layer, so that families and the loaders in ``guidance.models`` raise one type without a circle)."""
+from ..errors import ModelError  # noqa: F401  (re-exported: families raise it)
 
 
 class Sampler:

@@ -8,7 +8,7 @@ previous ``x0`` outside the scheduler) or DDIM (2B), with dynamic CFG for 5B.
 
 Frame counts: the encoder gives ``(frames - 1) // 4 + 1`` latent frames, but diffusers' decoder
 works on pairs of latent frames and gives ``4 * L`` frames for an even count ``L`` and ``4 * (L - 1)
-+ 1`` for an odd one (measured on the tiny VAE for 1..49 frames, tests/test_families.py). So
++ 1`` for an odd one (measured on the tiny VAE for 1..49 frames, tests/cli/test_hardening_transfer.py). So
 exactly the counts ``1, 8, 9, 16, 17, 24, 25, ...`` come back as asked; 24 (the paper's) and 49 do.
 """
 

@@ -79,7 +79,8 @@ class GuidanceConfig:
         if isinstance(self.grad_reuse, bool) or int(self.grad_reuse) != self.grad_reuse or self.grad_reuse < 1:
             raise ValueError(f"grad_reuse (--grad-reuse) must be a whole number >= 1 (1: a real backward every "
                              f"iteration), got {self.grad_reuse!r}")
-        if not 0.0 <= float(self.early_stop) < 1.0:
+        if isinstance(self.early_stop, bool) or not isinstance(self.early_stop, (int, float)) \
+                or not 0.0 <= float(self.early_stop) < 1.0:
             raise ValueError(f"early_stop (--early-stop) must lie in [0, 1) (a relative fall of the loss; 0: off), got "
                              f"{self.early_stop!r}")
         if not 0 <= self.guided_steps <= (self.steps if self.steps is not None else self.guided_steps):
@@ -127,7 +128,9 @@ class GuidanceConfig:
             width=self.width if self.width is not None else d["width"],
             cfg_scale=self.cfg_scale if self.cfg_scale is not None else d["cfg_scale"],
             cfg_scale_2=self.cfg_scale_2 if self.cfg_scale_2 is not None else d.get("cfg_scale_2"),
-            steps=self.steps if self.steps is not None else d["steps"]).validate()
+            steps=self.steps if self.steps is not None else d["steps"],
+            # 3 and 3.0 are one setting: the run key must not tell them apart
+            grad_reuse=int(self.grad_reuse), early_stop=float(self.early_stop)).validate()
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -61,7 +61,7 @@ class RunResult:
     losses: dict[int, list[float]] = field(default_factory=dict)  # timestep -> loss per iteration
     resumed_from: int = 0
     saved_embeddings: list[Path] = field(default_factory=list)
-    passes: int = 0  # guided forward+backward passes this call ran (the speed levers' cost, in passes)
+    passes: int = 0  # guided forward+backward passes of the whole run, resumed steps included (one loss each)
 
 
 class Guide:
@@ -128,7 +128,6 @@ class Guide:
                                                                                                    self.dtype)
         self._targets: dict[str, dict] = {}
         self.ref_cache = ref_cache  # a guidance.ref_cache.RefCache: targets shared by runs on one reference
-        self.passes = 0
 
     # -- experts ----------------------------------------------------------------------------------
     def _expert_name(self, t) -> str:
@@ -221,7 +220,6 @@ class Guide:
                     param.grad.div_(scale)
                 grad = param.grad.detach().clone() if reuse > 1 else None
                 hist.append(float(loss.detach()))
-                self.passes += 1
                 stop = tol > 0 and len(hist) > 1 and hist[-2] - hist[-1] < tol * abs(hist[-2])
             else:
                 param.grad = grad.clone()
@@ -294,13 +292,13 @@ class Guide:
                 self._save_state(state_dir, i + 1, latents, emb, res.losses)
                 bar.update(1)
                 if max_steps is not None and i + 1 - start >= max_steps and i + 1 < cfg.steps:
-                    res.passes = self.passes
+                    res.passes = sum(len(h) for h in res.losses.values())
                     return res  # interrupted on purpose (tests, budgets): the state is on disk
         finally:
             self.ctrl.inject_kv = {}
             bar.close()
         res.latents = latents
-        res.passes = self.passes
+        res.passes = sum(len(h) for h in res.losses.values())  # every real pass recorded one loss
         return res
 
     # -- resumable state ------------------------------------------------------------------------

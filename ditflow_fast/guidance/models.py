@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..families.base import ModelError  # noqa: F401  (raised here; importers of guidance.models use it)
+from ..errors import ModelError  # noqa: F401  (raised here; importers of guidance.models use it)
 
 
 def load_components(model: str, dtype: torch.dtype):

@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from ..atomic import append_line
 from .metrics import colour_weights, object_area, track_colour
 from .world import KINDS, Clip, colour_of, condition_parts, reference_clips, render_object
 
@@ -198,9 +199,8 @@ def main(argv=None) -> int:
             for kind, s in by_kind.items():
                 print(f"  {kind:<6}", _fmt(s), flush=True)
             if a.json:
-                with open(a.json, "a") as fh:
-                    fh.write(json.dumps({"model": a.model, "steps": steps, "cfg": cfg, "cfg_min_t": a.cfg_min_t,
-                                         "n": a.n, **summary}) + "\n")
+                append_line(a.json, json.dumps({"model": a.model, "steps": steps, "cfg": cfg,
+                                                "cfg_min_t": a.cfg_min_t, "n": a.n, **summary}))
     if a.png:
         from .media import save_strip
         from .sample import sample

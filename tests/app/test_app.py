@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ditflow_fast.app import core
-from ditflow_fast.cli import main
+from ditflow_fast.cli.main import main
 from ditflow_fast.guidance import tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")

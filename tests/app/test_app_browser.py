@@ -27,7 +27,7 @@ pytest.importorskip("gradio", reason="gradio is not installed (pip install 'ditf
 sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
 
 from ditflow_fast.app import core, ui  # noqa: E402
-from ditflow_fast.cli import main  # noqa: E402
+from ditflow_fast.cli.main import main  # noqa: E402
 from ditflow_fast.guidance import tiny  # noqa: E402
 from ditflow_fast.video_io import write_video  # noqa: E402
 

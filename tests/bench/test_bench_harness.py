@@ -15,7 +15,7 @@ from ditflow_fast.bench.cases import build_case
 from ditflow_fast.bench.memory import predicted_bytes
 from ditflow_fast.bench.presets import PRESETS, get_preset
 from ditflow_fast.bench.spec import CaseSpec, make_inputs
-from ditflow_fast.cli import main
+from ditflow_fast.cli.main import main
 
 
 def _bench(tmp_path, *extra) -> dict:

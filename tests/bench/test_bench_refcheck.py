@@ -13,7 +13,7 @@ from ditflow_fast.backends.reference import amf_reference
 from ditflow_fast.bench import refcheck
 from ditflow_fast.bench.presets import DEFAULT_PRESET
 from ditflow_fast.bench.spec import CaseSpec, make_inputs, upstream_grad
-from ditflow_fast.cli import main
+from ditflow_fast.cli.main import main
 
 amf_torch = dispatch.backends()["torch"].run
 

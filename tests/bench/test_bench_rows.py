@@ -12,7 +12,7 @@ from ditflow_fast import compute_amf, dispatch
 from ditflow_fast.bench import cases, refcheck, rows
 from ditflow_fast.bench.presets import DEFAULT_PRESET
 from ditflow_fast.bench.spec import MODES, TEMPERATURE, CaseSpec
-from ditflow_fast.cli import main
+from ditflow_fast.cli.main import main
 
 
 def _bench(tmp_path, *args) -> dict:

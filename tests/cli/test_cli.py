@@ -1,6 +1,6 @@
 """The command line's info and amf subcommands."""
 
-from ditflow_fast.cli import main
+from ditflow_fast.cli.main import main
 
 
 def test_info_lists_backends(capsys):

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("av")
 
-from ditflow_fast.cli import main  # noqa: E402
+from ditflow_fast.cli.main import main  # noqa: E402
 from ditflow_fast.guidance import tiny  # noqa: E402
 from ditflow_fast.video_io import VideoError, read_video, write_video  # noqa: E402
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ditflow_fast import atomic
-from ditflow_fast.cli import main
+from ditflow_fast.cli.main import main
 
 
 @contextlib.contextmanager

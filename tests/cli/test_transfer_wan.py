@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("av")
 
-from ditflow_fast.cli import main  # noqa: E402
+from ditflow_fast.cli.main import main  # noqa: E402
 from ditflow_fast.families import wan_tiny  # noqa: E402
 from ditflow_fast.guidance import tiny  # noqa: E402
 from ditflow_fast.guidance.config import GuidanceConfig  # noqa: E402

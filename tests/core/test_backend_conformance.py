@@ -126,7 +126,7 @@ def test_a_backend_module_that_fails_to_import_is_listed_with_the_error():
     code = (
         "import sys\n"
         "sys.modules['ditflow_fast.backends.cpu'] = None  # the next import of it raises ImportError\n"
-        "from ditflow_fast.cli import main\n"
+        "from ditflow_fast.cli.main import main\n"
         "import ditflow_fast, torch\n"
         "b = ditflow_fast.backends()['cpu']\n"
         "print('REASON', b.unavailable())\n"
@@ -147,3 +147,16 @@ def test_a_backend_module_that_fails_to_import_is_listed_with_the_error():
     listed = [ln for ln in lines if ln.strip().startswith("cpu ")]
     assert len(listed) == 1 and f"unavailable: {reason}" in listed[0], run.stdout
     assert any(ln.strip().startswith("torch ") and "]  available" in ln for ln in lines)
+
+
+def test_the_callable_backends_package_pickles_by_name():
+    """``ditflow_fast.backends`` is a package that can be called: it must still travel to Ray or joblib
+    workers inside a user's function (cloudpickle) and by plain pickle, as the module it is."""
+    import importlib.util
+    import pickle
+
+    assert pickle.loads(pickle.dumps(ditflow_fast.backends)) is ditflow_fast.backends
+    found = importlib.util.find_spec("cloudpickle") is not None
+    cloudpickle = pytest.importorskip("cloudpickle" if found else "ray.cloudpickle")
+    fn = cloudpickle.loads(cloudpickle.dumps(lambda: sorted(ditflow_fast.backends())))
+    assert fn() == sorted(ditflow_fast.backends())

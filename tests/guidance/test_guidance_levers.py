@@ -76,7 +76,7 @@ def test_bad_lever_values_are_refused_by_name(field, value, needle):
 @pytest.mark.parametrize("args,needle", [(["--grad-reuse", "0"], "--grad-reuse"), (["--early-stop", "1.5"],
                                                                                    "--early-stop")])
 def test_transfer_refuses_bad_levers_before_loading(tmp_path, capsys, args, needle):
-    from ditflow_fast.cli import main
+    from ditflow_fast.cli.main import main
 
     out = tmp_path / "out"
     assert main(["transfer", "--video", str(tmp_path / "none.mp4"), "--prompt", "x", "--model",
@@ -88,7 +88,7 @@ def test_transfer_refuses_bad_levers_before_loading(tmp_path, capsys, args, need
 def test_transfer_warns_about_gradient_reuse_in_emb_mode(capsys, mode, warned):
     from pathlib import Path
 
-    from ditflow_fast.cli import main
+    from ditflow_fast.cli.main import main
 
     model = Path(__file__).resolve().parents[2] / "assets" / "tiny_dit"
     assert main(["transfer", "--model", str(model), "--opt-mode", mode, "--grad-reuse", "3", "--dry-run"]) == 0

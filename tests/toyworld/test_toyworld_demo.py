@@ -34,7 +34,7 @@ def test_other_condition_changes_kind_and_colour():
 
 
 def test_cli_quick_demo_runs_every_row(tmp_path, model_dir):
-    from ditflow_fast.cli import main
+    from ditflow_fast.cli.main import main
 
     out = tmp_path / "demo"
     rc = main(["demo", "--model", str(model_dir), "--out", str(out), "--clips", "1", "--seeds", "1",
@@ -73,7 +73,7 @@ def test_rows_change_the_generation(model_dir):
 
 
 def test_demo_argument_errors(tmp_path, model_dir):
-    from ditflow_fast.cli import main
+    from ditflow_fast.cli.main import main
     from ditflow_fast.toyworld.demo import run_demo
 
     with pytest.raises(SystemExit):
@@ -85,7 +85,7 @@ def test_demo_argument_errors(tmp_path, model_dir):
 
 
 def test_user_clip_as_reference(tmp_path, model_dir, capsys):
-    from ditflow_fast.cli import main
+    from ditflow_fast.cli.main import main
     from ditflow_fast.toyworld.media import to_uint8
     from ditflow_fast.toyworld.world import COLOURS, condition_index, make_clip
     from ditflow_fast.video_io import write_video

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from ditflow_fast.cli import main
+from ditflow_fast.cli.main import main
 from ditflow_fast.video_io import write_video
 from ditflow_fast.viewer import motion
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ditflow_fast.cli import main
+from ditflow_fast.cli.main import main
 from ditflow_fast.video_io import write_video
 from ditflow_fast.viewer.colour import flow_to_rgb, legend
 from ditflow_fast.viewer.output import load_amf

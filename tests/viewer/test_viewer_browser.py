@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ditflow_fast.cli import main
+from ditflow_fast.cli.main import main
 from ditflow_fast.video_io import write_video
 from ditflow_fast.viewer.colour import flow_to_rgb
 
