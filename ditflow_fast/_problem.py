@@ -57,26 +57,27 @@ class AMFProblem:
     def head_dim(self) -> int:
         return self.q.shape[3]
 
-    @property
-    def patches(self) -> int:
-        """Patches per latent frame, ``h*w``."""
-        return self.height * self.width
-
-    @property
-    def tokens(self) -> int:
-        """Video tokens ``N = F*h*w``."""
-        return self.frames * self.patches
-
-    @property
+    @functools.cached_property
     def geometry(self) -> AMFGeometry:
-        """The call's sizes without its tensors: the same description a benchmark preset holds."""
+        """The call's sizes without its tensors: the same description a benchmark preset holds, and
+        where the derived sizes below come from (computed once per problem)."""
         return AMFGeometry(batch=self.batch, heads=self.heads, head_dim=self.head_dim, frames=self.frames,
                            height=self.height, width=self.width, text_tokens=self.text_tokens)
 
     @property
+    def patches(self) -> int:
+        """Patches per latent frame, ``h*w``."""
+        return self.geometry.patches
+
+    @property
+    def tokens(self) -> int:
+        """Video tokens ``N = F*h*w``."""
+        return self.geometry.tokens
+
+    @property
     def logit_scale(self) -> float:
         """``1 / (H * sqrt(d))``: the head mean and the attention scale folded into one factor."""
-        return 1.0 / (self.heads * math.sqrt(self.head_dim))
+        return self.geometry.logit_scale
 
     @property
     def out_dtype(self) -> torch.dtype:
