@@ -32,7 +32,7 @@ print("torch requires:", md.requires("torch"))
 PYEOF
 
 [ "${1:-test}" = env ] && exit 0
-if ! "$PY" -c "import ditflow_fast.kernels" 2>/dev/null; then  # (the tree alone lacks .kernels)
+if ! "$PY" -c "import importlib.metadata as m; m.version('ditflow-fast')" 2>/dev/null; then
   DITFLOW_FAST_BUILD_CPU=0 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e .
 fi
 # The test module reruns its interpreter tests in a fresh process and runs the compile check in

@@ -18,20 +18,16 @@ submodules is the import system's order, not a circle in the code.
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _package_roots() -> dict[str, Path]:
-    """Package name -> directory, from pyproject's ``package-dir`` (``ditflow_fast.kernels`` is ``kernels/``).
-
-    Read with a regular expression: ``tomllib`` is not in Python 3.10, which the project supports.
-    """
-    line = re.search(r"^package-dir\s*=\s*\{(.*)\}\s*$", (ROOT / "pyproject.toml").read_text(), re.M)
-    assert line, "pyproject.toml has no one-line [tool.setuptools] package-dir"
-    return {name: ROOT / path for name, path in re.findall(r'"([^"]+)"\s*=\s*"([^"]*)"', line.group(1))}
+    """Package name -> directory: ``ditflow_fast``, and ``kernels/``, installed as ``ditflow_fast.kernels``
+    through the link ``ditflow_fast/kernels``."""
+    assert (ROOT / "ditflow_fast" / "kernels").resolve() == (ROOT / "kernels").resolve()
+    return {"ditflow_fast": ROOT / "ditflow_fast", "ditflow_fast.kernels": ROOT / "kernels"}
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -40,6 +36,8 @@ def _modules() -> dict[str, tuple[Path, bool]]:
     for pkg, base in _package_roots().items():
         for path in sorted(base.rglob("*.py")):
             rel = path.relative_to(base).with_suffix("").parts
+            if pkg == "ditflow_fast" and rel[0] == "kernels":
+                continue  # the link; read once, from kernels/
             is_pkg = path.name == "__init__.py"
             found[".".join((pkg, *(rel[:-1] if is_pkg else rel)))] = (path, is_pkg)
     return found

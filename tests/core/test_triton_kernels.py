@@ -247,8 +247,9 @@ def test_forward_and_backward_share_one_score_tile(monkeypatch):
     """The backward recomputes the forward's logits, so both kernels must call the one score_tile
     rather than hold a copy of the loop: a kernel that inlines its own dot, or names another
     function, fails here, as does a wrapper that left a kernel calling the plain helper."""
-    from ditflow_fast.kernels import _jit, _scores, amf_bwd, amf_fwd
     from triton.runtime.interpreter import InterpretedFunction
+
+    from ditflow_fast.kernels import _jit, _scores, amf_bwd, amf_fwd
 
     for fn in (amf_fwd.amf_fwd_kernel, amf_bwd.amf_dz_kernel):
         calls = [n.func for n in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(fn)))) if isinstance(n, ast.Call)]
