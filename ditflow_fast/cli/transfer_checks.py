@@ -42,15 +42,14 @@ def model_configs(fam, ref: str) -> tuple[dict, dict]:
     """The transformer's and the VAE's configs, read without loading any weights."""
     import diffusers
 
-    from ..families.base import ModelError
+    from ..errors import cannot_load
 
     out = []
     for cls, sub in ((fam.transformer_class, "transformer"), (fam.vae_class, "vae")):
         try:
             cfg = getattr(diffusers, cls).load_config(ref, subfolder=sub)
         except Exception as exc:  # noqa: BLE001 - hub/format errors come in many types
-            raise ModelError(f"--model {ref}: cannot be loaded: no readable {sub}/config.json "
-                             f"({type(exc).__name__}: {exc})") from exc
+            raise cannot_load(ref, exc, f": no readable {sub}/config.json") from exc
         out.append({k: v for k, v in cfg.items() if not k.startswith("_")})
     return out[0], out[1]
 

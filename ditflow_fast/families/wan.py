@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import cannot_load
 from ..guidance.processor import GuidanceController
 from .base import ModelError
 from .wan_attention import WanGuidedAttnProcessor, _output_hook
@@ -97,7 +98,10 @@ class WanFamily:
         diffusers recommends for Wan decoding quality), ``scheduler_config`` (None if the folder has no
         scheduler/), ``boundary_ratio`` (None without a second expert), ``expand_timesteps``.
         Raises :class:`ModelError` naming ``--model``."""
-        from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+        try:
+            from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+        except Exception as exc:  # diffusers' lazy import turns a broken dependency into a RuntimeError
+            raise cannot_load(model, exc) from exc
 
         local = Path(model).expanduser()
         if local.exists():
@@ -119,7 +123,7 @@ class WanFamily:
                              if two else None)
             vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae", torch_dtype=vae_dtype)
         except Exception as exc:  # hub/network/format errors come in many types
-            raise ModelError(f"--model {model}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
+            raise cannot_load(model, exc) from exc
         try:
             sched_cfg = dict(UniPCMultistepScheduler.load_config(model, subfolder="scheduler"))
         except Exception:

@@ -116,11 +116,15 @@ def config_for(model: str) -> dict:
     """Transformer config entries for a preset hub id, or read from a local model folder."""
     if model in PRESETS:
         return dict(PRESETS[model])
-    from diffusers import CogVideoXTransformer3DModel
+    from ..errors import broken_import, cannot_load
 
     try:
+        from diffusers import CogVideoXTransformer3DModel
+
         cfg = CogVideoXTransformer3DModel.load_config(model, subfolder="transformer")
     except Exception as exc:
+        if broken_import(exc):
+            raise cannot_load(model, exc) from exc
         raise ValueError(f"--model {model}: cannot be loaded: no readable transformer config ({exc}); "
                          f"presets: {', '.join(PRESETS)}") from exc
     return {k: v for k, v in cfg.items() if not k.startswith("_")}

@@ -15,20 +15,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ModelError  # noqa: F401  (raised here; importers of guidance.models use it)
+from ..errors import ModelError, cannot_load  # noqa: F401  (ModelError: importers of guidance.models use it)
 
 
 def load_components(model: str, dtype: torch.dtype):
     """``(transformer, vae, scheduler_config)`` on the CPU in ``dtype``; raises :class:`ModelError`."""
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
-
     model = check_model_ref(model)
     try:
+        from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
+
         transformer = CogVideoXTransformer3DModel.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
         vae = AutoencoderKLCogVideoX.from_pretrained(model, subfolder="vae", torch_dtype=dtype)
         sched_cfg = CogVideoXDDIMScheduler.load_config(model, subfolder="scheduler")
     except Exception as exc:  # hub/network/format errors come in many types
-        raise ModelError(f"--model {model}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
+        raise cannot_load(model, exc) from exc
     return transformer.eval().requires_grad_(False), vae.eval().requires_grad_(False), sched_cfg
 
 
