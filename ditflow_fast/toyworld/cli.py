@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from .settings import ROWS, DemoSettings
+from .settings import DEFAULT_DIR, ROWS, DemoSettings
+
+
+def default_out(model: str | None) -> str:
+    """``ditflow_demo`` for the bundled CogVideoX model (what ``make demo`` and the docs name), else
+    ``ditflow_demo_<model folder>``: one model's demo never overwrites another's."""
+    if model is None or Path(model).resolve() == DEFAULT_DIR:
+        return "ditflow_demo"
+    return f"ditflow_demo_{Path(model).resolve().name}"
 
 
 def _rows(text: str) -> list[str]:
@@ -18,10 +27,13 @@ def _rows(text: str) -> list[str]:
 def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="DiTFlow on a tiny DiT trained on a synthetic world, scored by Motion Fidelity",
                        description="Runs every method (" + ", ".join(ROWS) + ") through the package's guidance "
-                       "loop on the committed tiny CogVideoX-architecture DiT (assets/tiny_dit), for N reference "
-                       "clips x M seeds, and writes videos, a side-by-side GIF and a results table.")
+                       "loop on the committed tiny CogVideoX-architecture DiT (assets/tiny_dit; the Wan-architecture "
+                       "one: --model assets/tiny_wan), for N reference clips x M seeds, and writes videos, a "
+                       "side-by-side GIF and a results table.")
     p.add_argument("--model", default=None, help="tiny model folder (default: assets/tiny_dit of this checkout)")
-    p.add_argument("--out", default="ditflow_demo", help="output folder")
+    p.add_argument("--out", default=None, help="output folder (default: ditflow_demo for the bundled tiny "
+                   "CogVideoX model, ditflow_demo_<model folder> for another --model, e.g. ditflow_demo_tiny_wan); "
+                   "a rerun into it first deletes the files the previous demo listed in its demo_outputs.txt")
     p.add_argument("--video", default=None, help="a user's reference clip (video file or frame folder) instead "
                    "of the synthetic world's; it is cut to the model's frames and resized to its size")
     p.add_argument("--ref-colour", default=None, help="with --video: R,G,B in [0, 1] of the object to track in it "
@@ -56,8 +68,6 @@ def add_demo_parser(sub) -> None:
 
 def _check_args(args) -> None:
     """Every argument error, as a ValueError naming the option (``cli.main`` prints it, exit 2), before any work."""
-    from pathlib import Path
-
     from ..atomic import check_writable
 
     if args.threads is not None and args.threads < 1:
@@ -100,13 +110,13 @@ def _parse_colour(text: str) -> list[float]:
 
 
 def _cmd_demo(args) -> int:
+    args.out = args.out or default_out(args.model)
     _check_args(args)
     target = None if args.target is None else _parse_target(args.target)
     colour = None if args.ref_colour is None else _parse_colour(args.ref_colour)
     import torch
 
     from .demo import run_demo
-    from .model import DEFAULT_DIR
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -127,8 +137,6 @@ def _cmd_demo(args) -> int:
               "so zero-shot) lose the object (docs/toyworld.md, 'Speed levers')", file=sys.stderr)
     res = run_demo(args.out, model_dir=args.model or DEFAULT_DIR, clips=args.clips, seeds=args.seeds, rows=args.rows,
                    clip_seed=args.clip_seed, settings=settings, gifs=args.gifs, references=refs, target=target)
-    from pathlib import Path
-
     print((Path(args.out) / "summary.md").read_text())
     print(f"wrote {args.out}/results.csv, summary.json, summary.md, videos/ ({res['meta']['seconds']} s)")
     return 0

@@ -138,20 +138,69 @@ def run_demo(out, *, model_dir=DEFAULT_DIR, clips: int = 5, seeds: int = 5, rows
     a user's clip from :func:`user_clip`); ``target``: the condition to generate (default: another kind
     and colour than each reference's; the zero-shot row uses a third one).
     ``gifs``: ``"first"`` (the side-by-side GIF and per-row GIFs of the first clip and seed),
-    ``"all"`` (a side-by-side GIF for every clip and seed) or ``"none"``."""
+    ``"all"`` (a side-by-side GIF for every clip and seed) or ``"none"``.
+    Every file written is listed in ``out/demo_outputs.txt``; a later demo into ``out`` deletes those
+    files first, and no others."""
     rows = list(rows)
     for r in rows:
         if r not in ROWS:
             raise ValueError(f"unknown row {r!r}; rows are {list(ROWS)}")
     if "zero-shot" in rows and "DiTFlow emb" not in rows:
         raise ValueError("the zero-shot row injects the embeddings of the 'DiTFlow emb' row: include that row too")
-    out = Path(out)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
-    tt = ToyTransfer(model_dir, settings)
-    records, t0 = [], time.monotonic()
     refs = references or reference_clips(clip_seed, clips, frames=FRAMES)
     if target is None and any(r.condition == NULL_CONDITION for r in refs):
         raise ValueError("a user's reference clip needs a target condition (--target)")
+    out = Path(out)
+    tt = ToyTransfer(model_dir, settings)
+    _remove_previous_outputs(out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        return _run(out, tt, written, rows, refs, model_dir=model_dir, seeds=seeds, clip_seed=clip_seed, gifs=gifs,
+                    target=target, log=log)
+    finally:  # an interrupted run lists what it wrote too, so the next one removes it
+        _list_outputs(out, written)
+
+
+# What a demo wrote into its folder; the next demo into that folder removes exactly these files first.
+OUTPUTS = "demo_outputs.txt"
+
+
+def _remove_previous_outputs(out: Path) -> None:
+    """Delete the files the previous demo listed in ``out/OUTPUTS`` (and the folders that leaves empty),
+    so none of its outputs outlives it looking current; nothing it did not write."""
+    listing = out / OUTPUTS
+    if not listing.is_file():
+        return
+    root = out.resolve()
+    for line in listing.read_text().splitlines():
+        path = out / line
+        if line.startswith("#") or not line.strip() or root not in path.resolve().parents or not path.is_file():
+            continue
+        path.unlink()
+        for folder in path.parents:
+            if folder == out:
+                break
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something else lives there
+                break
+    listing.unlink()
+
+
+def _list_outputs(out: Path, written: list[Path]) -> None:
+    from ..atomic import write_text
+
+    files = sorted({p.relative_to(out).as_posix() for p in written if p.is_file()})
+    write_text(out / OUTPUTS, "# written by ditflow-fast demo; the next demo into this folder deletes these first\n"
+               + "".join(f"{f}\n" for f in files))
+
+
+def _run(out: Path, tt: ToyTransfer, written: list[Path], rows, refs, *, model_dir, seeds, clip_seed, gifs, target,
+         log) -> dict:
+    from ..families import family_of
+
+    records, t0 = [], time.monotonic()
     for ci, ref in enumerate(refs):
         user = ref.condition == NULL_CONDITION
         ref_track = ref.track if user else track_condition(ref.video, ref.condition)
@@ -165,10 +214,13 @@ def run_demo(out, *, model_dir=DEFAULT_DIR, clips: int = 5, seeds: int = 5, rows
                     cond = zs_target if row == "zero-shot" else first
                     r0 = time.monotonic()
                     first_run = gifs != "none" and ci == 0 and seed == 0
+                    viewer = out / "viewers" / row.replace(" ", "_")
                     video, losses = tt.generate(
                         ref, cond, row, seed, embeds_dir=emb_dir if row == "DiTFlow emb" else None,
                         inject_embeds=emb_dir if row == "zero-shot" else None,
-                        viewer_dir=out / "viewers" / row.replace(" ", "_") if first_run else None)
+                        viewer_dir=viewer if first_run else None)
+                    if first_run:
+                        written.extend(viewer.rglob("*"))
                     track = track_condition(video, cond)
                     scored = np.isfinite(ref_track).any()  # a user clip without --ref-colour has no track
                     rec = dict(clip=ci, seed=seed, row=row, reference="user clip" if user else ref.name,
@@ -185,15 +237,16 @@ def run_demo(out, *, model_dir=DEFAULT_DIR, clips: int = 5, seeds: int = 5, rows
                     log(f"clip {ci} seed {seed} {row:<18} MF {_fmt(rec['motion_fidelity'], '+.3f')}  "
                         f"EPE {_fmt(rec['endpoint_error_px'], '.2f', 'px')}  ({rec['seconds']:.1f}s)")
                     if gifs != "none" and ci == 0 and seed == 0:
-                        media.save_gif(out / "videos" / f"{row.replace(' ', '_')}.gif", [video], [row])
+                        written.append(media.save_gif(out / "videos" / f"{row.replace(' ', '_')}.gif", [video], [row]))
             if gifs == "all" or (gifs == "first" and ci == 0 and seed == 0):
-                media.save_gif(out / "videos" / f"clip{ci}_seed{seed}_side_by_side.gif", videos, labels)
+                written.append(media.save_gif(out / "videos" / f"clip{ci}_seed{seed}_side_by_side.gif", videos, labels))
                 if ci == 0 and seed == 0:
-                    media.save_strip(out / "side_by_side_clip0_seed0.png", videos, labels)
+                    written.append(media.save_strip(out / "side_by_side_clip0_seed0.png", videos, labels))
     summary = summarise(records, rows)
-    meta = dict(model=str(model_dir), clips=len(refs), seeds=seeds, clip_seed=clip_seed,
-                settings=vars(tt.settings), seconds=round(time.monotonic() - t0, 1))
-    _write(out, records, summary, meta)
+    meta = dict(model=str(model_dir), family=family_of(tt.transformer).name, clips=len(refs), seeds=seeds,
+                clip_seed=clip_seed, threads=torch.get_num_threads(), settings=vars(tt.settings),
+                seconds=round(time.monotonic() - t0, 1))
+    written.extend(_write(out, records, summary, meta))
     return {"summary": summary, "meta": meta, "records": records}
 
 
@@ -230,7 +283,7 @@ def summarise(records: list[dict], rows) -> dict:
     return out
 
 
-def _write(out: Path, records, summary, meta) -> None:
+def _write(out: Path, records, summary, meta) -> list[Path]:
     from ..atomic import atomic_path, write_text
 
     with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as fh:
@@ -239,6 +292,7 @@ def _write(out: Path, records, summary, meta) -> None:
         w.writerows([{k: _na(v, "n/a") for k, v in r.items()} for r in records])
     write_text(out / "summary.json", json.dumps(_na({"meta": meta, "rows": summary}, None), indent=1))
     write_text(out / "summary.md", summary_markdown(summary, meta))
+    return [out / "results.csv", out / "summary.json", out / "summary.md"]
 
 
 def _na(v, missing):
@@ -267,9 +321,17 @@ def _pm(mean, std, spec_mean: str, spec_std: str) -> str:
     return m if m == "n/a" else f"{m} ± {_fmt(std, spec_std)}"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def summary_markdown(summary: dict, meta: dict) -> str:
-    lines = [f"Motion transfer on the tiny DiT: {meta['clips']} reference clips x {meta['seeds']} seeds "
-             f"(clip seed {meta['clip_seed']}), settings {json.dumps(meta['settings'])}, {meta['seconds']} s.",
+    model = Path(meta["model"]).name if meta.get("model") else "the tiny DiT"
+    family = f" ({meta['family']})" if meta.get("family") else ""
+    threads = f", {_count(meta['threads'], 'thread')}" if meta.get("threads") else ""
+    lines = [f"Motion transfer on {model}{family}: {_count(meta['clips'], 'reference clip')} x "
+             f"{_count(meta['seeds'], 'seed')} (clip seed {meta['clip_seed']}){threads}, "
+             f"settings {json.dumps(meta['settings'])}, {meta['seconds']} s.",
              "", "| method | runs | Motion Fidelity (mean ± std) | endpoint error px (mean ± std) | "
              "frames tracked | object area / reference | s / run | guided passes / run |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -6,6 +6,7 @@ Videos are ``[F, 3, H, W]`` float arrays in [0, 1]; they are upscaled by pixel r
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,15 @@ def to_uint8(video: np.ndarray, scale: int = 4) -> np.ndarray:
     v = np.clip(np.asarray(video, np.float32), 0.0, 1.0)
     v = (v.transpose(0, 2, 3, 1) * 255.0 + 0.5).astype(np.uint8)
     return v.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+@functools.cache
+def _font():
+    # Pillow >= 10.1's default is a FreeType font whose space is 2 px, so "no guidance" read "noguidance";
+    # its 6 px bitmap font keeps spaces and matches the 6 px per character the layouts below assume.
+    from PIL import ImageFont
+
+    return getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)()
 
 
 def _grid(videos: list[np.ndarray], labels: list[str] | None, scale: int, columns: int | None):
@@ -38,7 +48,7 @@ def _grid(videos: list[np.ndarray], labels: list[str] | None, scale: int, column
             x, y = c * (tw + 2), r * (th + 2 + label_h)
             canvas.paste(Image.fromarray(tile[f]), (x, y + label_h))
             if labels:
-                draw.text((x + 1, y), labels[i][: max(1, tw // 6)], fill=(0, 0, 0))
+                draw.text((x + 1, y), labels[i][: max(1, tw // 6)], fill=(0, 0, 0), font=_font())
         out.append(canvas)
     return out
 
@@ -71,7 +81,7 @@ def save_strip(path, videos: list[np.ndarray], labels: list[str] | None = None, 
         draw, y = ImageDraw.Draw(image), 0
         for label, row in zip(labels, rows, strict=False):
             h = np.asarray(row).shape[0]
-            draw.text((3, y + h // 2 - 5), label, fill=(0, 0, 0))
+            draw.text((3, y + h // 2 - 5), label, fill=(0, 0, 0), font=_font())
             y += h
     else:
         image = Image.fromarray(canvas)

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
+from .settings import DEFAULT_DIR  # defined there, without torch, for the command line's parser
 from .world import CHECKER, FRAMES, NULL_CONDITION, NUM_CONDITIONS, RADIUS, SIZE, SPEED_RANGE
 
 TEXT_TOKENS, TEXT_DIM = 4, 32
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny_dit"
 
 TRANSFORMER_CONFIG = dict(
     num_attention_heads=2, attention_head_dim=32, in_channels=3, out_channels=3, time_embed_dim=64,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny_dit"  # the bundled CogVideoX-like model
 
 # Each row: the GuidanceConfig fields that make the method (everything else: the demo's settings).
 ROWS = {

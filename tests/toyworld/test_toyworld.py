@@ -157,3 +157,15 @@ def test_object_area():
     side = 2 * RADIUS + 1  # the square's side in pixels; weights <= 1 (texture and edges lower them)
     assert 0.5 * side * side < area < side * side
     assert object_area(clip.video, COLOURS["red"]) < 1.0
+
+
+def test_strip_labels_keep_their_spaces(tmp_path):
+    """A space must read as a gap wider than the one between letters ("no guidance", not "noguidance")."""
+    from PIL import Image
+
+    video = np.ones((2, 3, 8, 8), np.float32)
+    media.save_strip(tmp_path / "s.png", [video], ["no guidance"])
+    ink = (np.asarray(Image.open(tmp_path / "s.png").convert("L")) < 128).any(axis=0)
+    cols = np.flatnonzero(ink[: 6 * len("no guidance") + 8])  # the label column, left of the frames
+    gaps = np.diff(cols) - 1
+    assert gaps.max() >= 4, gaps

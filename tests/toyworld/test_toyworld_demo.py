@@ -47,7 +47,9 @@ def test_cli_quick_demo_runs_every_row(tmp_path, model_dir):
         assert -1.0 <= float(r["motion_fidelity"]) <= 1.0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["rows"]) == set(ROWS)
+    assert summary["meta"]["family"] == "cogvideox" and summary["meta"]["threads"] == 1
     md = (out / "summary.md").read_text()
+    assert f"{model_dir.name} (cogvideox)" in md.splitlines()[0] and ", 1 thread," in md.splitlines()[0]
     assert all(f"| {row} |" in md for row in ROWS)
     assert (out / "videos" / "clip0_seed0_side_by_side.gif").is_file()
     assert (out / "side_by_side_clip0_seed0.png").is_file()
@@ -107,3 +109,45 @@ def test_user_clip_as_reference(tmp_path, model_dir, capsys):
     assert "--target" in capsys.readouterr().err
     assert main(["demo", "--model", str(model_dir), "--video", str(frames), "--out", str(out)]) == 2
     assert "needs a target condition" in capsys.readouterr().err
+
+
+def test_default_out_depends_on_the_model(capsys):
+    """The bundled CogVideoX model keeps ``ditflow_demo`` (make demo, the docs); another model gets its own
+    folder, so its demo never overwrites the default one's; --help says so."""
+    from ditflow_fast.cli.main import main
+    from ditflow_fast.toyworld.cli import default_out
+
+    assert default_out(None) == default_out(str(DEFAULT_DIR)) == "ditflow_demo"
+    assert default_out("assets/tiny_wan") == default_out("assets/tiny_wan/") == "ditflow_demo_tiny_wan"
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    helptext = " ".join(capsys.readouterr().out.split())
+    assert "default: ditflow_demo " in helptext and "ditflow_demo_tiny_wan" in helptext
+
+
+def test_summary_header_names_the_model():
+    from ditflow_fast.toyworld.demo import summary_markdown
+
+    meta = dict(model="/x/assets/tiny_wan", family="wan", clips=5, seeds=3, clip_seed=2, threads=1,
+                settings={}, seconds=1.0)
+    header = summary_markdown({}, meta).splitlines()[0]
+    assert "tiny_wan (wan)" in header and "5 reference clips x 3 seeds" in header and "1 thread" in header
+
+
+def test_rerun_removes_its_own_stale_outputs_only(tmp_path, model_dir):
+    """A second demo into the same folder leaves nothing of the first looking current (its viewers and GIFs
+    of rows it no longer runs), but keeps every file the demo did not write."""
+    from ditflow_fast.toyworld.demo import run_demo
+
+    out, s = tmp_path / "demo", DemoSettings(steps=2, guided_steps=1, opt_iters=1)
+    run_demo(out, model_dir=model_dir, clips=1, seeds=1, rows=["no guidance", "DiTFlow latent"], settings=s,
+             log=lambda *a: None)
+    assert (out / "viewers" / "DiTFlow_latent").is_dir() and (out / "videos" / "DiTFlow_latent.gif").is_file()
+    mine = [out / "notes.txt", out / "videos" / "mine.gif", out / "viewers" / "DiTFlow_latent" / "keep.txt"]
+    for p in mine:
+        p.write_text("the user's")
+    run_demo(out, model_dir=model_dir, clips=1, seeds=1, rows=["no guidance"], settings=s, gifs="none",
+             log=lambda *a: None)
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == sorted([*(str(p.relative_to(out)) for p in mine), "demo_outputs.txt", "results.csv",
+                           "summary.json", "summary.md"]), left
