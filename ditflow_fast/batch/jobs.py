@@ -20,7 +20,7 @@ from pathlib import Path
 # transfer's options a job may not set: the batch decides where a job writes and that it is quiet
 RESERVED = ("out", "quiet", "dry_run", "help", "func")
 RESERVED_IDS = ("manifest.jsonl",)
-_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")  # fullmatch: "$" would let a final newline through
 
 
 class JobsError(ValueError):
@@ -144,7 +144,7 @@ def parse_jobs(path, defaults: dict | None = None) -> list[Job]:
             problems += [(n, b) for b in bad]
             continue
         job_id = f"job-{n}" if job_id is None else job_id
-        if not isinstance(job_id, str) or not _ID.match(job_id) or job_id in RESERVED_IDS:
+        if not isinstance(job_id, str) or not _ID.fullmatch(job_id) or job_id in RESERVED_IDS:
             problems.append((n, f"'id' must be a folder name of letters, digits, '.', '_', '-' (not starting "
                                 f"with '.' or '-'), got {job_id!r}"))
             continue

@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -115,10 +116,18 @@ def _start_ray(ray, s: BatchSettings) -> bool:
     if ray.is_initialized():
         return False
     common = dict(log_to_driver=False, configure_logging=False, include_dashboard=False)
-    if s.address:
-        ray.init(address=s.address, **common)
-        return True
-    ray.init(num_cpus=s.workers or None, **common)
+    # Ray (2.60) warns on every start that it turned on its default token authentication; batch keeps that
+    # default (RAY_AUTH_MODE still decides) and only drops the notice from its output
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notice.level
+    notice.setLevel(logging.ERROR)
+    try:
+        if s.address:
+            ray.init(address=s.address, **common)
+        else:
+            ray.init(num_cpus=s.workers or None, **common)
+    finally:
+        notice.setLevel(level)
     return True
 
 

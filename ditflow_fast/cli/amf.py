@@ -58,9 +58,10 @@ def run_amf(a) -> int:
     if a.block is not None and a.block < 0:
         raise ValueError(f"--block must be >= 0, got {a.block}")
     from ..atomic import check_writable
-    from ..video_io import check_video
+    from ..video_io import check_video, read_video
 
     check_video(a.video, a.frames)  # opened and decoded (--frames of them, else one) before any model loads
+    src_h, src_w = read_video(a.video, frames=1).shape[1:3]
     out = Path(a.out).expanduser()
     check_writable(out, option="--out", folder=True)
     import torch
@@ -69,7 +70,6 @@ def run_amf(a) -> int:
         torch.set_num_threads(a.threads)
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
-    from ..video_io import read_video
     from ..viewer.reference import check_geometry, default_model, frame_for_latent, open_model, reference_amf
 
     model = a.model or default_model()
@@ -78,7 +78,15 @@ def run_amf(a) -> int:
     check_geometry(handle, frames_n, height, width)
     if a.block is not None and a.block >= handle.n_blocks:
         raise ValueError(f"--block {a.block}: the model has blocks 0 to {handle.n_blocks - 1}")
+    if handle.kind == "toy" and (src_w, src_h) != (handle.width, handle.height):
+        print(f"warning: {model} is a toy model trained only on the toy world's synthetic {handle.width}x"
+              f"{handle.height} shapes; on this {src_w}x{src_h} clip its AMF is close to noise (pass --model a "
+              "CogVideoX or Wan folder for real videos)", file=sys.stderr)
     video = read_video(a.video, frames=frames_n, height=height, width=width)[:frames_n]
+    fps = _fps(a.video)
+    span = "a folder of frames" if fps is None else f"{frames_n / fps:.2f} s at {fps:g} fps"
+    print(f"used frames 0-{frames_n - 1} (the first {frames_n}, consecutive, no fps resampling; {span}) of "
+          f"{Path(a.video).name}, resized from {src_w}x{src_h} to {width}x{height}")
     amf, geo = reference_amf(handle, video, a.block)
     shown = video[frame_for_latent(video.shape[0], geo["frames"])]
     info = provenance(handle, geo, video=str(a.video), torch_version=torch.__version__)
@@ -93,6 +101,17 @@ def run_amf(a) -> int:
           f"{video.shape[2]}x{video.shape[1]} at block {geo['block']} ({handle.kind}), mean |D| {mean:.3f} patches; "
           f"wrote {', '.join(str(p) for p in paths.values())} in {time.time() - t0:.1f} s", file=sys.stdout)
     return 0
+
+
+def _fps(path) -> float | None:
+    """The clip's frame rate; None for a folder of frames or a container that does not say."""
+    if Path(path).is_dir():
+        return None
+    import av
+
+    with av.open(str(path)) as container:
+        rate = container.streams.video[0].average_rate
+    return float(rate) if rate else None
 
 
 def provenance(handle, geo: dict, **extra) -> dict:

@@ -20,11 +20,12 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--generated", required=True, help="generated video (file or folder of frames)")
     p.add_argument("--tracker", default="lk", choices=("lk", "cotracker"),
                    help="lk: OpenCV Lucas-Kanade (default, offline); cotracker: CoTracker3 from the torch hub cache")
-    p.add_argument("--grid", type=int, default=None, help="points per side of the tracking grid (lk 30, cotracker 55)")
+    p.add_argument("--grid", type=int, default=None, help="points per side of the tracking grid, 2 to 100 (lk 30, "
+                   "cotracker 55)")
     p.add_argument("--frames", type=int, default=None, help="frames compared (default: the shorter video's)")
     p.add_argument("--max-side", type=int, default=512, help="evaluate at most at this longer side (0: as is)")
     p.add_argument("--static-px", type=float, default=0.1,
-                   help="a per-frame displacement shorter than this (pixels) is 'no motion' (no NaN)")
+                   help="a per-frame displacement shorter than this (pixels, 0 to 100) is 'no motion' (no NaN)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run_eval)
 
@@ -39,12 +40,15 @@ def run_eval(a) -> int:
     for name in ("reference", "generated"):
         if not Path(getattr(a, name)).exists():
             raise ValueError(f"--{name} {getattr(a, name)}: no such file or folder")
-    if a.grid is not None and a.grid < 2:
-        raise ValueError(f"--grid must be at least 2, got {a.grid}")
+    # grid**2 tracks per video and a grid**2 x grid**2 similarity matrix: 100 is 400 MB, 1000 would be 4 TB
+    if a.grid is not None and not 2 <= a.grid <= 100:
+        raise ValueError(f"--grid must be from 2 to 100, got {a.grid}")
     if a.frames is not None and a.frames < 2:
         raise ValueError(f"--frames must be at least 2, got {a.frames}")
-    if a.max_side < 0 or a.static_px < 0:
-        raise ValueError("--max-side and --static-px must not be negative")
+    if a.max_side < 0:
+        raise ValueError(f"--max-side must not be negative, got {a.max_side}")
+    if not 0 <= a.static_px <= 100:  # also NaN, which would call every track static and score 1
+        raise ValueError(f"--static-px must be a number of pixels from 0 to 100, got {a.static_px}")
     from ..video_io import read_video
     from ..viewer import motion
 
@@ -60,7 +64,7 @@ def run_eval(a) -> int:
     gen = read_video(a.generated, option="--generated")
     res = motion.evaluate(ref, gen, tracker=a.tracker, grid=a.grid, static_px=a.static_px,
                           max_side=a.max_side or None, frames=a.frames)
-    res.update(reference=str(a.reference), generated=str(a.generated))
+    res.update(reference=str(a.reference), generated=str(a.generated), reading=motion.READING)
     if a.json:
         print(json.dumps(res))
         return 0
@@ -71,6 +75,9 @@ def run_eval(a) -> int:
     print(f"  motion_fidelity_symmetric (the paper's): {_fmt(res['motion_fidelity_symmetric'])}")
     print(f"  moving tracks only ({m['reference_tracks']} reference / {m['generated_tracks']} generated): "
           f"{_fmt(m['motion_fidelity'])}, symmetric {_fmt(m['motion_fidelity_symmetric'])}")
+    print(f"  tracked to the last frame: {res['reference_tracked']:.0%} of the reference's grid points, "
+          f"{res['generated_tracked']:.0%} of the generated's")
+    print(f"  reading: {res['reading']}")
     for n in res["notes"]:
         print(f"  note: {n}", file=sys.stderr)
     return 0

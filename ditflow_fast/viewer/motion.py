@@ -45,6 +45,11 @@ import math
 import numpy as np
 
 TRACKERS = ("lk", "cotracker")
+# what ``eval`` prints under its scores (and puts in its JSON): the number alone separates little
+READING = ("1 = the same motion at every track, 0 = unrelated directions, < 0 = opposite; static background "
+           "counts as agreement, so two unrelated clips often score ~0.85 over all tracks (a clip against itself "
+           "1.0): compare with a baseline (the reference against an unrelated clip), read the moving-tracks score "
+           "for the object's motion, and trust both less when few points are tracked to the last frame")
 
 
 class TrackerUnavailable(ValueError):

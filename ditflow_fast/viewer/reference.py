@@ -9,9 +9,10 @@ Two kinds of model folders:
 - a diffusers folder of a supported family (``ditflow_fast.families``: CogVideoX, Wan2.1/2.2), encoded
   with its VAE; the empty prompt comes from ``--prompt-embeds`` (its ``empty``, else ``negative``) or
   from the model's text encoder;
-- the bundled toy-world model (``assets/tiny_dit``: ``transformer/``, ``cond_embed.safetensors``, and
-  its own frame codec in ``vae/`` instead of a diffusers VAE): its empty prompt is the condition table's
-  ``NULL_CONDITION`` row, its default block the demo's (``toyworld.settings.DemoSettings``).
+- a bundled toy-world model (``assets/tiny_dit``, CogVideoX; ``assets/tiny_wan``, Wan: ``transformer/``,
+  ``cond_embed.safetensors``, and its own frame codec in ``vae/`` instead of a diffusers VAE): its empty
+  prompt is the condition table's ``NULL_CONDITION`` row, its clips the world's (8 frames, 32 x 32), its
+  default block the demo's (``toyworld.settings.DemoSettings``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class ModelHandle:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     temporal: int = 1  # video frames per latent frame (about)
+    patch_px: int = 0  # toy models: video pixels per token side
 
     @property
     def n_blocks(self) -> int:
@@ -59,13 +61,13 @@ def default_model() -> str:
 
 
 def _open_toy(model: str, device, dtype) -> ModelHandle:
-    from ..families import CogVideoXFamily
+    from ..families import family_of
     from ..toyworld.codec import check_codec, load_codec
-    from ..toyworld.model import load_model
+    from ..toyworld.model import load_model, to_family_layout
     from ..toyworld.settings import DemoSettings
-    from ..toyworld.world import NULL_CONDITION
+    from ..toyworld.world import FRAMES, NULL_CONDITION, SIZE
 
-    tr, cond, _ = load_model(model)
+    tr, cond, _ = load_model(model)  # a CogVideoX or a Wan transformer
     codec = load_codec(model)
     check_codec(tr, codec)
     tr.requires_grad_(False).to(device)
@@ -77,15 +79,16 @@ def _open_toy(model: str, device, dtype) -> ModelHandle:
     def encode(frames: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(frames)).float().div(255.0).permute(0, 3, 1, 2)[None]
         with torch.no_grad():
-            return codec.encode(x).to(device, dtype)
+            return to_family_layout(tr, codec.encode(x)).to(device, dtype)
 
-    size = int(tr.config.sample_height) * int(tr.config.patch_size) * int(codec.factor)
+    fam, patch = family_of(tr), tr.config.patch_size  # patch: CogVideoX an int, Wan (t, h, w)
     block = DemoSettings().guidance_block
-    n = len(tr.transformer_blocks)
-    return ModelHandle(name=model, family=CogVideoXFamily, kind="toy", transformer=tr, encode=encode, empty=empty,
-                       frames=int(tr.config.sample_frames), height=size, width=size,
+    n = len(fam.blocks(tr))
+    # the demo's geometry: the world's clips (Wan's config has no sample size to derive it from)
+    return ModelHandle(name=model, family=fam, kind="toy", transformer=tr, encode=encode, empty=empty,
+                       frames=FRAMES, height=SIZE, width=SIZE,
                        default_block=block if block is not None and block < n else n // 2, device=device,
-                       dtype=dtype, temporal=1)
+                       dtype=dtype, patch_px=int(codec.factor) * int(patch if isinstance(patch, int) else patch[-1]))
 
 
 def _open_diffusers(model: str, device, dtype, prompt_embeds) -> ModelHandle:
@@ -129,13 +132,12 @@ def open_model(model: str | None = None, *, device=None, dtype=torch.float32, pr
 def check_geometry(handle: ModelHandle, frames: int, height: int, width: int) -> None:
     """A :class:`ValueError` naming the option when the model cannot take this video size."""
     if handle.kind == "toy":
-        cfg = handle.transformer.config
-        if frames > cfg.sample_frames:
-            raise ValueError(f"--frames {frames}: the toy model was trained on {cfg.sample_frames}-frame clips "
+        if frames > handle.frames:
+            raise ValueError(f"--frames {frames}: the toy model was trained on {handle.frames}-frame clips "
                              "(its RoPE is sized for them); use at most that many")
-        unit = handle.height // int(cfg.sample_height)
-        if height % unit or width % unit:
-            raise ValueError(f"--height/--width {height}x{width}: the toy model needs multiples of {unit} px")
+        if height % handle.patch_px or width % handle.patch_px:
+            raise ValueError(f"--height/--width {height}x{width}: the toy model needs multiples of "
+                             f"{handle.patch_px} px")
         return
     handle.family.geometry(handle.transformer, handle.vae, frames, height, width)
 

@@ -117,3 +117,21 @@ def test_batch_failures_cache_killed_worker_rerun(assets, tmp_path, monkeypatch,
     cfg = json.loads((out / "b" / "config.json").read_text())
     fresh_run = json.loads((out / "a" / "config.json").read_text())["resumed_from_step"]  # never interrupted
     assert cfg["run_key"] != first_key and cfg["resumed_from_step"] == fresh_run
+
+
+def test_batch_stderr_has_no_ray_token_auth_notice(assets, tmp_path):
+    """Ray 2.60 announces its default token authentication on every start; batch keeps its stderr to its own
+    messages (the auth mode is Ray's, unchanged)."""
+    import os
+    import subprocess
+    import sys
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "broken", "video": str(assets / "broken.mp4")}) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    proc = subprocess.run([sys.executable, "-m", "ditflow_fast.cli", "batch", str(jobs), "--out", str(tmp_path / "o"),
+                           "--quiet", "--model", str(assets / "model"), "--prompt-embeds",
+                           str(assets / "model" / "prompt_embeds.safetensors"), *COMMON],
+                          capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 1 and "0 done, 1 failed" in proc.stdout, proc.stderr
+    assert "Token authentication" not in proc.stderr and "RAY_AUTH_MODE" not in proc.stderr, proc.stderr

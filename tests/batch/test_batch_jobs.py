@@ -50,6 +50,15 @@ def test_job_options_are_the_command_line_defaults_overridden_by_the_line(tmp_pa
         parse_jobs(jobs)
 
 
+@pytest.mark.parametrize("job_id", ["nl\n", "a\nb", "-x", ".x", "a/b", "manifest.jsonl", ""])
+def test_an_id_that_is_not_a_plain_folder_name_is_refused_whole(tmp_path, job_id):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": job_id}) + "\n")
+    with pytest.raises(JobsError, match="'id' must be a folder name") as err:
+        parse_jobs(jobs, {"video": "v.mp4", "prompt": "p"})
+    assert err.value.problems[0][0] == 1
+
+
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_cache")
