@@ -241,7 +241,7 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _stash(src: str | None, out: Path, option: str) -> str | None:
+def _stash(src: str | None, out: Path, made: list[Path]) -> str | None:
     """A content-addressed copy of an uploaded file under ``out/inputs`` (uploads are temporary files;
     the copy survives a restart, so the run resumes). Folders and missing paths are left to transfer."""
     if not src:
@@ -257,7 +257,17 @@ def _stash(src: str | None, out: Path, option: str) -> str | None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(dest) as tmp:
             shutil.copyfile(p, tmp)
+        made.append(dest)
     return str(dest)
+
+
+def _from(path: str, sources: list, option: str) -> str:
+    """``path`` resolved, if it lies in one of ``sources`` (folders or files); else ``ValueError``. Resolved,
+    so a symlink placed in the upload folder cannot point the app at another file."""
+    real = Path(os.path.realpath(path))
+    if any(real.is_relative_to(os.path.realpath(s)) for s in sources):
+        return str(real)
+    raise ValueError(f"{option}: not an upload or a bundled sample (the app reads no other file on this server)")
 
 
 def run_name(argv: list[str], method: str) -> str:
@@ -276,17 +286,36 @@ class Prepared:
     argv: list[str]
     namespace: argparse.Namespace
     run_dir: Path
+    made: list[Path] = field(default_factory=list)  # the input copies this request wrote (see discard)
 
 
-def prepare(r: Request, out: Path) -> Prepared:
-    """Transfer's namespace and run folder for ``r`` (uploads copied under ``out/inputs``)."""
+def prepare(r: Request, out: Path, sources: list | None = None) -> Prepared:
+    """Transfer's namespace and run folder for ``r`` (uploads copied under ``out/inputs``). ``sources``:
+    where the input files may come from (the page's upload folder and samples); nothing is written for a
+    request refused here."""
     out = Path(out)
-    r = Request(**{**r.__dict__, "video": _stash(r.video, out, "--video"),
-                   "prompt_embeds": _stash(r.prompt_embeds, out, "--prompt-embeds")})
+    if sources is not None:
+        r = Request(**{**r.__dict__, "video": r.video and _from(r.video, sources, "--video"),
+                       "prompt_embeds": r.prompt_embeds and _from(r.prompt_embeds, sources, "--prompt-embeds")})
+    transfer_namespace([*request_argv(r), "--out", str(out)])  # a bad field: refused before any copy
+    made: list[Path] = []
+    r = Request(**{**r.__dict__, "video": _stash(r.video, out, made),
+                   "prompt_embeds": _stash(r.prompt_embeds, out, made)})
     argv = request_argv(r)
     run_dir = out / "runs" / run_name(argv, r.method)
     full = [*argv, "--out", str(run_dir), "--quiet"]
-    return Prepared(full, transfer_namespace(full), run_dir)
+    return Prepared(full, transfer_namespace(full), run_dir, made)
+
+
+def discard(prep: Prepared) -> None:
+    """Undo what a refused request wrote: its input copies, and its run folder when that holds nothing but
+    the request record (a refusal has nothing to resume; a run with saved steps keeps them)."""
+    for p in prep.made:
+        p.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        if [p.name for p in prep.run_dir.iterdir()] == [REQUEST_FILE]:
+            (prep.run_dir / REQUEST_FILE).unlink()
+            prep.run_dir.rmdir()
 
 
 def warm_imports() -> None:
@@ -509,20 +538,15 @@ def runs(out: Path) -> list[tuple[str, str]]:
     """``(label, run folder)`` of every run the app started under ``out/runs``, newest first, with its state."""
     found = []
     for d in (Path(out) / "runs").glob("*"):
-        req = d / REQUEST_FILE
-        if not req.is_file():
-            continue
-        rec = run_record(d)
-        if rec is not None:
+        try:
+            prep = load_request(d)
+        except ValueError:
+            continue  # not a request the app can run again: nothing to offer
+        if run_record(d) is not None:
             state = "finished"
         else:
-            step, _ = read_progress(d)
-            try:
-                steps = transfer_namespace(json.loads(req.read_text())["argv"]).steps
-            except (OSError, ValueError, KeyError):
-                steps = "?"
-            state = f"stopped at step {max(step, 0)} of {steps}"
-        found.append((req.stat().st_mtime, f"{d.name} ({state})", str(d)))
+            state = f"stopped at step {max(read_progress(d)[0], 0)} of {prep.namespace.steps}"
+        found.append(((d / REQUEST_FILE).stat().st_mtime, f"{d.name} ({state})", str(d)))
     return [(label, path) for _, label, path in sorted(found, reverse=True)]
 
 
@@ -537,6 +561,8 @@ def load_request(run_dir: Path) -> Prepared:
     """The :class:`Prepared` of a run the app started (to resume it after a restart)."""
     try:
         argv = json.loads((Path(run_dir) / REQUEST_FILE).read_text())["argv"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"{run_dir}: not a run this app started (no readable {REQUEST_FILE}: {exc})") from None
-    return Prepared(argv, transfer_namespace(argv), Path(run_dir))
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise ValueError("'argv' is not a list of strings")
+        return Prepared(argv, transfer_namespace(argv), Path(run_dir))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{run_dir}: not a run this app started (no valid {REQUEST_FILE}: {exc})") from None

@@ -10,6 +10,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry, no version check: works offline
 
 import gradio as gr  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
 
 from . import core  # noqa: E402
 
@@ -109,16 +110,21 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
                 download: str(core.zip_run(run_dir, out)), runs_dd: gr.update(choices=core.runs(out)),
                 inject: gr.update(choices=core.emb_runs(out))}
 
+    def refuse(prep: core.Prepared, msg: str):
+        core.discard(prep)  # a refused request leaves no run folder to offer for resuming
+        return {status: _md_error(msg)}
+
     def follow(prep: core.Prepared, progress):
         if not prep.namespace.video:
-            raise ValueError("--video is required")
+            yield refuse(prep, "--video is required")
+            return
         steps = core.total_steps(prep.namespace)
         try:
             mem = core.predict_memory(prep.namespace, gpu_memory_gib)
         except (ValueError, TypeError):
             mem = None  # the run itself says what is wrong, in transfer's words (its checks run in its order)
         if mem is not None and not mem.fits:
-            yield {status: _md_error(mem.message())}
+            yield refuse(prep, mem.message())
             return
         start, _ = core.read_progress(prep.run_dir)
         core.save_request(prep)
@@ -141,7 +147,7 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
             if not job.done.is_set():  # the page went away: stop at the next block; the state stays
                 job.stop()
         if job.error is not None:
-            yield {status: _md_error(job.error)}
+            yield refuse(prep, job.error)
             return
         if job.cancelled:
             yield {status: "Stopped; run it again to resume."}
@@ -150,7 +156,8 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
 
     def run(*fields, progress=gr.Progress()):  # noqa: B008 - gradio's injection idiom
         try:
-            prep = core.prepare(request(*fields), out)
+            # only what came through gradio's upload folder, or a sample: never another file on the server
+            prep = core.prepare(request(*fields), out, sources=[get_upload_folder(), *samples.values()])
             yield from follow(prep, progress)
         except (ValueError, TypeError) as exc:
             yield {status: _md_error(str(exc))}
@@ -252,6 +259,10 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
 
 
 def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
-    return demo.launch(server_name=host, server_port=port, allowed_paths=[str(demo.ditflow_out)],
-                       prevent_thread_lock=not block, show_error=False, ssr_mode=False, quiet=not block,
+    # Served: uploads, what the page shows (copied to gradio's cache from the runs and zips, which must be
+    # allowed for that and so are served too), nothing else of --out (its input copies, the operator's files).
+    # show_error: gradio's own refusals (a path that was not uploaded) say why; the handlers never raise.
+    out = demo.ditflow_out
+    return demo.launch(server_name=host, server_port=port, allowed_paths=[str(out / "runs"), str(out / "zips")],
+                       prevent_thread_lock=not block, show_error=True, ssr_mode=False, quiet=not block,
                        footer_links=[], theme=_theme(), css=CSS)

@@ -248,3 +248,19 @@ def test_request_file_round_trip(env):
         core.load_request(env["out"] / "runs" / "nothing-here")
     tiny_size = (tiny.FRAMES, tiny.HEIGHT, tiny.WIDTH)
     assert tiny_size == tuple(core.TINY_SIZE.values())
+
+
+@pytest.mark.parametrize("record", [None, "not json", '["a list"]', '{"argv": ["--frames", "nine"]}',
+                                    '{"argv": "--model m"}', '{"time": 1}'])
+def test_resume_list_skips_folders_without_a_valid_request(tmp_path, record):
+    run_dir = tmp_path / "runs" / "latent-good"
+    argv = [*core.request_argv(core.Request(video="v.mp4", model="m", prompt="p")), "--out", str(run_dir)]
+    good = core.Prepared(argv, core.transfer_namespace(argv), run_dir)
+    core.save_request(good)
+    bad = tmp_path / "runs" / "latent-0123456789ab"
+    bad.mkdir()
+    if record is not None:
+        (bad / core.REQUEST_FILE).write_text(record)
+    assert [path for _, path in core.runs(tmp_path)] == [str(good.run_dir)]
+    with pytest.raises(ValueError, match="not a run this app started"):
+        core.load_request(bad)
