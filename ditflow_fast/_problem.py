@@ -157,8 +157,8 @@ def check_range(problem: AMFProblem, qmax: float, kmax: float) -> None:
     if not raw <= limit:
         raise ValueError(
             f"q and k are too large for {acc} scores: max|q| * max|k| * H * d = {qmax:.3g} * {kmax:.3g} * "
-            f"{problem.heads} * {problem.head_dim} = {raw:.3g} exceeds the limit {limit:.3g}; scale q or k down "
-            f"(or pass float64)"
+            f"{problem.heads} * {problem.head_dim} = {raw:.3g} exceeds the limit {limit:.3g}; scale q or k down"
+            + ("" if problem.q.dtype == torch.float64 else " (or pass float64)")
         )
     if problem.mode == "soft":
         alpha = problem.temperature * problem.logit_scale

@@ -43,7 +43,12 @@ def compute_amf(q, k, *, frames, height, width, temperature=2.0, mode="soft", te
     accumulated in float32 from the inputs' own dtype.
 
     Inside ``torch.compile`` (``fullgraph=True`` included) the call is routed through the
-    ``torch.ops.ditflow_fast.amf`` custom op (see :mod:`ditflow_fast.ops`).
+    ``torch.ops.ditflow_fast.amf`` custom op (see :mod:`ditflow_fast.ops`, also for how its errors
+    surface there).
+
+    Second derivatives (differentiating a gradient taken with ``create_graph=True``): only
+    ``backend="reference"`` has them; every other backend, and the custom op, raises
+    ``RuntimeError: double backward is not supported by backend '<name>'`` when asked.
 
     Returns:
         ``[B, F, F, h*w, 2]`` (``[F, F, h*w, 2]`` for 3-D input) displacements ``(dx, dy)`` in

@@ -8,6 +8,7 @@ skipped (see :func:`ditflow_fast.choose_backend`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,6 +26,9 @@ class Backend:
     dtypes: tuple[torch.dtype, ...]
     modes: tuple[str, ...] = ("soft", "argmax")
     differentiable: bool = True
+    # Whether its gradients are differentiable again (create_graph=True); the others raise
+    # double_backward_error when asked, through :func:`once_differentiable`.
+    double_backward: bool = False
     # Lower runs first under "auto"; None keeps a backend out of "auto" (the materialising oracle).
     auto_rank: int | None = None
     # Returns None when the backend can run on this machine, else why not (a missing build, ...).
@@ -48,6 +52,61 @@ class Backend:
 
 
 _REGISTRY: dict[str, Backend] = {}
+
+
+def double_backward_error(where: str) -> RuntimeError:
+    """The error of differentiating a gradient computed ``where`` (names the backend) a second time."""
+    able = [n for n, b in _REGISTRY.items() if b.double_backward]
+    hint = (f"use ditflow_fast.compute_amf(..., backend={able[0]!r}) outside torch.compile for second derivatives"
+            if able else "no registered backend has second derivatives")
+    return RuntimeError(f"double backward is not supported {where}: its gradient is computed without an autograd "
+                        f"graph, so differentiating it again would silently drop the second-order term; {hint}")
+
+
+class _RaiseIfReached(torch.autograd.Function):
+    """Identity on the gradients; its backward raises. Its inputs include q and k, so a second
+    backward towards them (``autograd.grad(..., inputs=q)`` prunes every other node) reaches it."""
+
+    @staticmethod
+    def forward(ctx, where, n, *tensors):
+        ctx.where = where
+        return tensors[:n]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise double_backward_error(ctx.where)
+
+
+def once_differentiable(backend: str):
+    """For a backend's autograd ``backward`` that computes without a graph: run it under ``no_grad``
+    and, under ``create_graph=True``, hand back gradients whose own backward raises naming ``backend``.
+
+    ``torch.autograd.function.once_differentiable`` does this with an anonymous message, and only
+    when the incoming gradient requires grad: a linear loss would still drop the second-order term.
+    The Function must save the inputs it differentiates (``ctx.save_for_backward(q, k, ...)``): they
+    tie the raising node to q and k.
+    """
+
+    def decorate(backward):
+        @functools.wraps(backward)
+        def wrapper(ctx, *grads):
+            with torch.no_grad():
+                out = backward(ctx, *grads)
+            if not torch.is_grad_enabled():
+                return out
+            deps = [t for t in (*grads, *ctx.saved_tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
+            idx = [i for i, t in enumerate(out) if isinstance(t, torch.Tensor)]
+            if not deps or not idx:
+                return out
+            linked = _RaiseIfReached.apply(f"by backend {backend!r}", len(idx), *(out[i] for i in idx), *deps)
+            out = list(out)
+            for i, t in zip(idx, linked, strict=True):
+                out[i] = t
+            return tuple(out)
+
+        return wrapper
+
+    return decorate
 
 
 def register(backend: Backend) -> Backend:

@@ -36,9 +36,17 @@ def run(q, k, *, frames, height, width, temperature, mode, text_tokens, backend,
                              text_tokens=text_tokens, backend=backend, layout=layout)
     with autocast_disabled():
         check_values(problem)
-        out = backends()[choice.name].run(problem)
+    out = execute(problem, choice.name)
     # A safety net over the (small, F*N*2) output: no backend may hand back NaN, whatever slipped past.
     if math.isnan(finite_max(out)):
         raise RuntimeError(f"backend {choice.name!r} produced NaN or inf from finite, in-range q and k; "
                            "this is a bug, please report it with the shapes and the backend")
+    return out
+
+
+def execute(problem: AMFProblem, name: str) -> torch.Tensor:
+    """Backend ``name`` on ``problem`` with autocast off, shaped as the caller's input: :func:`run`
+    without its checks, for a backward that re-runs a forward :func:`run` has checked."""
+    with autocast_disabled():
+        out = backends()[name].run(problem)
     return out[0] if problem.squeeze else out

@@ -18,9 +18,20 @@ Ops (schemas are generated from the annotations below):
   forward under autograd and then its own recomputing backward: one extra forward, which every
   backend's backward recomputes in part anyway. Call the backend directly
   (:func:`ditflow_fast.compute_amf` outside ``torch.compile``) when that matters more than compilation.
+  It is not differentiable itself: differentiating the op's gradient again (``create_graph=True``)
+  raises ``RuntimeError: double backward is not supported through torch.ops.ditflow_fast.amf
+  (backend '...')``, whatever the backend.
 
 Argmax mode is piecewise constant in q and k: its gradient through the op is zero (``None``),
 and the op does not raise when its inputs require grad.
+
+Errors: :func:`amf` validates its arguments before entering the op, so a wrong argument raises the
+``ValueError``/``TypeError`` of :func:`ditflow_fast.compute_amf`, also inside ``torch.compile``
+(dynamo breaks the graph there and re-raises it). With ``fullgraph=True`` dynamo lets no exception
+out of a traced function but its own: the call raises ``torch._dynamo.exc.Unsupported`` ("Observed
+exception", a ``RuntimeError``), whose message holds ``ValueError('<the same message>')``. Calling
+``torch.ops.ditflow_fast.amf`` directly under ``torch.compile`` skips that: its fake kernel raises the
+same error, which dynamo wraps as ``torch._dynamo.exc.TorchRuntimeError``, message included.
 """
 
 from __future__ import annotations
@@ -28,7 +39,8 @@ from __future__ import annotations
 import torch
 
 from . import eager
-from ._problem import apply_layout, as_int, validate
+from ._problem import apply_layout, validate
+from .dispatch import backends, double_backward_error
 
 _NAMESPACE = "ditflow_fast"
 
@@ -52,11 +64,25 @@ def _amf_fake(q, k, frames, height, width, temperature, mode, text_tokens, backe
 @torch.library.custom_op(f"{_NAMESPACE}::amf_backward", mutates_args=())
 def _amf_backward_op(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, frames: int, height: int, width: int,
                      temperature: float, text_tokens: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.enable_grad():
-        qq, kk = q.detach().requires_grad_(), k.detach().requires_grad_()
-        out = eager.run(qq, kk, frames=frames, height=height, width=width, temperature=temperature,
-                        mode="soft", text_tokens=text_tokens, backend=backend, layout="bhtd")
-        dq, dk = torch.autograd.grad(out, (qq, kk), grad)
+    # An op's kernel runs below the autograd dispatch key: plain torch ops in it record no graph, so
+    # the [H, T, d] case is batched here rather than by a select on the backend's output.
+    squeeze = q.dim() == 3
+    if squeeze:
+        grad, q, k = grad[None], q[None], k[None]
+    kw = dict(frames=frames, height=height, width=width, temperature=temperature, mode="soft",
+              text_tokens=text_tokens)
+    if backend in backends() and backends()[backend].double_backward:
+        # Plain torch ops all through (reference): functorch's vjp records them. The other backends'
+        # autograd Functions record themselves (and functorch would need them in setup_context form).
+        _, vjp = torch.func.vjp(lambda q_, k_: eager.execute(validate(q_, k_, **kw), backend), q, k)
+        dq, dk = vjp(grad)
+    else:
+        with torch.enable_grad():
+            qq, kk = q.detach().requires_grad_(), k.detach().requires_grad_()
+            out = eager.run(qq, kk, **kw, backend=backend, layout="bhtd")
+            dq, dk = torch.autograd.grad(out, (qq, kk), grad)
+    if squeeze:
+        dq, dk = dq[0], dk[0]
     return dq.contiguous(), dk.contiguous()
 
 
@@ -83,19 +109,31 @@ def _backward(ctx, grad):
 torch.library.register_autograd(f"{_NAMESPACE}::amf", _backward, setup_context=_setup_context)
 
 
+def _backward_setup_context(ctx, inputs, output):
+    ctx.backend = inputs[-1]
+
+
+def _no_double_backward(ctx, dq_grad, dk_grad):
+    raise double_backward_error(f"through torch.ops.ditflow_fast.amf (backend {ctx.backend!r})")
+
+
+# Without it the second backward fails with torch's "no autograd formula", which names no backend.
+torch.library.register_autograd(f"{_NAMESPACE}::amf_backward", _no_double_backward,
+                                setup_context=_backward_setup_context)
+
+
 def amf(q, k, *, frames, height, width, temperature=2.0, mode="soft", text_tokens=0, backend="auto",
         layout="bhtd"):
     """:func:`ditflow_fast.compute_amf` through the custom op (same arguments, shapes and errors).
 
-    Use this inside functions given to ``torch.compile``; it is differentiable in soft mode.
+    Use this inside functions given to ``torch.compile``; it is differentiable in soft mode (once).
     ``layout="bthd"`` is applied here, as a transposed view, so the op itself always sees
     ``[B, H, T, d]``; integer-like geometry (``numpy.int64``, ...) is made a Python int for the schema.
     """
+    # Validated here, not only in the op's fake kernel: dynamo wraps whatever a fake kernel raises,
+    # while an exception of traced Python code is re-raised as itself unless fullgraph=True.
+    p = validate(q, k, frames=frames, height=height, width=width, temperature=temperature, mode=mode,
+                 text_tokens=text_tokens, layout=layout)
     q, k = apply_layout(q, k, layout)
-    frames, height, width, text_tokens = (
-        as_int(name, v) for name, v in
-        (("frames", frames), ("height", height), ("width", width), ("text_tokens", text_tokens))
-    )
-    if isinstance(temperature, int) and not isinstance(temperature, bool):
-        temperature = float(temperature)  # the schema's float does not take an int
-    return torch.ops.ditflow_fast.amf(q, k, frames, height, width, temperature, mode, text_tokens, backend)
+    return torch.ops.ditflow_fast.amf(q, k, p.frames, p.height, p.width, p.temperature, p.mode, p.text_tokens,
+                                      backend)

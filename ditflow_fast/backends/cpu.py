@@ -24,7 +24,7 @@ import torch
 
 from .. import _native
 from .._problem import AMFProblem, no_autocast
-from ..dispatch import Backend, register
+from ..dispatch import Backend, once_differentiable, register
 from .layout import concat_heads, displacement, expand_grad, from_output_layout
 from .ranking import AUTO_RANK
 
@@ -69,6 +69,7 @@ class _CpuSoftAMF(torch.autograd.Function):
         return displacement(target, problem)
 
     @staticmethod
+    @once_differentiable("cpu")
     @no_autocast
     def backward(ctx, grad_out):
         q, k, qc, kc, target, lse, scores = ctx.saved_tensors

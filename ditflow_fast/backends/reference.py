@@ -101,4 +101,5 @@ register(Backend(
     devices=("cpu", "cuda"),
     dtypes=FLOAT_DTYPES,
     auto_rank=AUTO_RANK["reference"],
+    double_backward=True,  # plain autograd through float64 torch ops
 ))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .._problem import FLOAT_DTYPES, AMFProblem, no_autocast
-from ..dispatch import Backend, register
+from ..dispatch import Backend, once_differentiable, register
 from ..geometry import patch_coords
 from .layout import concat_heads, displacement, expand_grad, from_output_layout
 from .ranking import AUTO_RANK
@@ -73,6 +73,7 @@ class _SoftAMF(torch.autograd.Function):
         return displacement(target, problem)
 
     @staticmethod
+    @once_differentiable("torch")
     @no_autocast
     def backward(ctx, grad_out):
         q, k, target, lse = ctx.saved_tensors

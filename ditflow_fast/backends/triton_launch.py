@@ -22,7 +22,7 @@ import math
 import torch
 
 from .._problem import AMFProblem, no_autocast
-from ..dispatch import Backend, register
+from ..dispatch import Backend, once_differentiable, register
 from ..geometry import patch_coords
 from .layout import expand_grad
 from .ranking import AUTO_RANK
@@ -215,6 +215,7 @@ class _TritonSoftAMF(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable("triton")
     @no_autocast
     def backward(ctx, grad_out):
         q, k, out, lse = ctx.saved_tensors
