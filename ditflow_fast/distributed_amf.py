@@ -38,6 +38,7 @@ import math
 import torch
 import torch.distributed as dist
 
+from .dispatch import once_differentiable
 from .geometry import patch_coords
 
 DEFAULT_BUDGET_BYTES = 64 << 20
@@ -194,13 +195,14 @@ class _SeqAMF(torch.autograd.Function):
         kc = _all_gather_ragged(_cat_heads(k, cdtype), sizes, 1, group)
         offsets = [sum(sizes[:r]) for r in range(len(sizes))]
         target, lse, own = _rows_forward(g, qc, kc, offsets[rank])
-        ctx.save_for_backward(qc, kc, target, lse)
+        ctx.save_for_backward(qc, kc, target, lse, q, k)  # q, k: tie a double backward's refusal to them
         ctx.meta = (g, [(o, o + s) for o, s in zip(offsets, sizes, strict=True)], group, rank, q.shape, q.dtype)
         return target - own[None, :, None, :]
 
     @staticmethod
+    @once_differentiable("distributed")
     def backward(ctx, grad):
-        qc, kc, target, lse = ctx.saved_tensors
+        qc, kc, target, lse = ctx.saved_tensors[:4]
         g, slices, group, rank, shape, dtype = ctx.meta
         dqc, dkc = _rows_backward(g, qc, kc, target, lse, grad.to(qc.dtype), slices, group, rank, want_k=True)
         heads = shape[1]
@@ -222,13 +224,14 @@ class _HeadsAMF(torch.autograd.Function):
         parts = _exchange(sends, [(b, heads[j], r1 - r0, d) for j in range(world)], group, rank, kc)
         qc = _cat_heads(torch.cat(parts, dim=1), cdtype)
         target, lse, own = _rows_forward(g, qc, kc, r0)
-        ctx.save_for_backward(qc, kc, target, lse)
+        ctx.save_for_backward(qc, kc, target, lse, q, k)  # q, k: tie a double backward's refusal to them
         ctx.meta = (g, slices, heads, group, rank, q.shape, q.dtype)
         return target - own[None, :, None, :]
 
     @staticmethod
+    @once_differentiable("distributed")
     def backward(ctx, grad):
-        qc, kc, target, lse = ctx.saved_tensors
+        qc, kc, target, lse = ctx.saved_tensors[:4]
         g, slices, heads, group, rank, shape, dtype = ctx.meta
         b, h_r, n, d = shape
         dqc, dkc = _rows_backward(g, qc, kc, target, lse, grad.to(qc.dtype), slices, group, rank, want_k=True)

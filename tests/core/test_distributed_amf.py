@@ -67,6 +67,11 @@ def _check(rank, world):
             assert got.shape == want.shape and got.dtype == want.dtype
             torch.testing.assert_close(got, want, atol=tol, rtol=tol)
             (got * amf_to_rows(w)[:, rows]).sum().backward()  # each rank: the loss of its rows
+            # a second derivative would silently drop the second-order term: refused, on every rank alike
+            again = distributed_amf(ql, kl, shard=shard, mode="soft", text_tokens=text, **kw)
+            (gq,) = torch.autograd.grad((again * amf_to_rows(w)[:, rows]).sum(), ql, create_graph=True)
+            with pytest.raises(RuntimeError, match="double backward is not supported by backend 'distributed'"):
+                (gq * gq).sum().backward()
             torch.testing.assert_close(ql.grad, qf.grad[sl], atol=tol * 10, rtol=tol * 10)
             torch.testing.assert_close(kl.grad, kf.grad[sl], atol=tol * 10, rtol=tol * 10)
             arg = distributed_amf(ql, kl, shard=shard, mode="argmax", text_tokens=text, **kw)
