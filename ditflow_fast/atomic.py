@@ -8,6 +8,7 @@ half-written file under the final name and never touches an existing destination
     atomic.write_bytes(dest, data)             # -> dest
     atomic.write_text(dest, text)              # utf-8
     atomic.write_json(dest, obj)               # json.dumps(obj, indent=2, default=str) + newline
+    atomic.write_safetensors(dest, tensors, metadata)  # safetensors' save_file
     with atomic.atomic_path(dest) as tmp:      # for writers that need a path (safetensors' save_file, PyAV, PIL)
         save_file(tensors, tmp)
     with atomic.atomic_dir(dest) as tmp:       # a folder: fill ``tmp``; it is renamed to ``dest`` at the end
@@ -26,6 +27,8 @@ Rules, the same for all of them:
   as it was; the exception propagates.
 - ``dest`` being a symlink: the link itself is replaced, not its target (as with any rename).
 - No ``fsync``: the rename protects against an interrupted process, not against power loss.
+- A full disk (or quota) is an ``OSError`` with errno ``ENOSPC`` (``EDQUOT``) from every writer, so a
+  command line can name it in one line (``cli/main.py``).
 
 ``check_writable(dest, option=..., folder=...)`` is the matching up-front check for a command line:
 it raises a one-line ``ValueError`` naming the option when ``dest`` could not be written, before
@@ -58,7 +61,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["atomic_dir", "atomic_path", "check_writable", "current_umask", "dir_lock", "write_bytes", "write_json",
-           "write_text"]
+           "write_safetensors", "write_text"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -135,6 +138,23 @@ def write_json(dest, obj, *, indent: int | None = 2, **dumps_kwargs) -> Path:
     """
     dumps_kwargs.setdefault("default", str)
     return write_text(dest, json.dumps(obj, indent=indent, **dumps_kwargs) + "\n")
+
+
+def write_safetensors(dest, tensors: dict, metadata: dict | None = None) -> Path:
+    """``safetensors.torch.save_file(tensors, dest, metadata)`` atomically; returns ``dest`` as a Path."""
+    from safetensors.torch import save_file
+
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except Exception as exc:
+            # safetensors reports an I/O error as a SafetensorError "... (os error 28)": give it its errno back
+            for code in (errno.ENOSPC, errno.EDQUOT):
+                if f"(os error {code})" in str(exc):
+                    raise OSError(code, os.strerror(code)) from exc
+            raise
+    return dest
 
 
 def _move_aside(dest: Path) -> Path | None:

@@ -36,7 +36,8 @@ def add_transfer_parser(sub) -> None:
                    help="safetensors with 'prompt' [1, L, D] (and optional 'negative', 'empty') instead of T5")
     p.add_argument("--model", default="THUDM/CogVideoX-5b", help="hub id or local diffusers folder")
     p.add_argument("--frames", type=int, help="video frames taken from the reference and generated (default: the "
-                   "model's: 24 for CogVideoX, 81 for Wan; CogVideoX gives exactly 8k or 8k+1, Wan 4k+1)")
+                   "model's: 24 for CogVideoX, 81 for Wan, 9 for tiny test models; CogVideoX gives exactly 8k or "
+                   "8k+1, Wan 4k+1)")
     p.add_argument("--height", type=int, help="default: the model's (480 for both families)")
     p.add_argument("--width", type=int, help="default: the model's (720 CogVideoX, 832 Wan)")
     p.add_argument("--opt-mode", choices=("latent", "emb"), default="latent")

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 RESULT_NAMES = {"mp4": "result.mp4", "gif": "result.gif", "frames": "result_frames"}
+# what a run writes under --out besides its result (amf/: the viewer)
+WRITTEN = ("state.safetensors", "embeds", "amf", "config.json")
 
 
 def check_device(device: str | None):
@@ -25,11 +27,17 @@ def check_device(device: str | None):
 
 
 def check_out(a) -> Path:
-    """``--out`` usable and the result's name free for the result's kind, before any work."""
+    """``--out`` usable, no link where the run writes, and the result's name free for its kind, before any work."""
+    import os
+
     from ..atomic import check_writable
 
     out = Path(a.out).expanduser()
     check_writable(out, option="--out", folder=True)
+    for name in (RESULT_NAMES[a.format], *WRITTEN):
+        if (out / name).is_symlink():  # a write would go through it (folders) or replace it (files)
+            raise ValueError(f"--out {out}: {name} is a symbolic link (to {os.readlink(out / name)}); remove it or "
+                             "use another --out")
     result = out / RESULT_NAMES[a.format]
     if a.format == "frames" and result.exists() and not result.is_dir():
         raise ValueError(f"--out {out}: {result.name} exists and is not a folder; remove it or use another --out")

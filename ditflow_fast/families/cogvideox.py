@@ -225,11 +225,14 @@ class CogVideoXFamily:
     @staticmethod
     def defaults(config: dict) -> dict:
         """DiTFlow's: guidance block 20 (RoPE, 5B) or 15 (2B), or half the blocks of smaller models;
-        24 frames at 480x720; bf16 (5B) / fp16 (2B) on GPUs; CFG 7, dynamic for 5B; DPM (5B) / DDIM (2B)."""
+        24 frames at 480x720 (other than the published 2B/5B, i.e. tiny test models: 9 frames, as Wan's);
+        bf16 (5B) / fp16 (2B) on GPUs; CFG 7, dynamic for 5B; DPM (5B) / DDIM (2B)."""
         rope = bool(config.get("use_rotary_positional_embeddings", False))
         n = int(config.get("num_layers", 30))
         want = 20 if rope else 15
-        return dict(guidance_blocks=(want,) if want < n else (n // 2,), injection_blocks=(0,), frames=24,
+        published = (n, int(config.get("num_attention_heads", 30))) in ((30, 30), (42, 48))
+        return dict(guidance_blocks=(want,) if want < n else (n // 2,), injection_blocks=(0,),
+                    frames=24 if published else 9,
                     height=480, width=720, dtype="bfloat16" if rope else "float16", cfg_scale=7.0,
                     dynamic_cfg=rope, scheduler="dpm" if rope else "ddim", steps=50)
 

@@ -5,11 +5,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import operator
 from dataclasses import dataclass, field
 
 import torch
 
 OPT_MODES = ("latent", "emb")
+# the command line's name of a setting, for the errors
+OPTIONS = {"cfg_scale": "--cfg", "flow_shift": "--flow-shift", "early_stop": "--early-stop"}
+# torch seeds -2**63 .. 2**64-1, negatives wrapping (-1 is 2**64-1); the steps seed seed + 1 + i: the top
+# half is their headroom, and every generator state has one seed
+SEED_MAX = 2**63 - 1
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(v)
+    except TypeError:
+        return False
 
 
 @dataclass
@@ -23,7 +37,7 @@ class GuidanceConfig:
     """
 
     model: str = "THUDM/CogVideoX-5b"
-    # None: the family's default (CogVideoX 24 frames at 480x720; Wan 81 at 480x832), filled by resolve()
+    # None: the family's default (CogVideoX 24 frames at 480x720; Wan 81 at 480x832; tiny models 9), by resolve()
     frames: int | None = None  # video frames taken from the reference
     height: int | None = None
     width: int | None = None
@@ -67,6 +81,23 @@ class GuidanceConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> GuidanceConfig:
+        # argparse's float() takes 'nan' and 'inf': refused here, before any model is loaded
+        floats = {"lr": self.lr, "temperature": self.temperature, "prop_motion": self.prop_motion,
+                  "cfg_scale": self.cfg_scale, "cfg_scale_2": self.cfg_scale_2, "flow_shift": self.flow_shift,
+                  "early_stop": self.early_stop}
+        for name, value in floats.items():
+            for v in value if isinstance(value, (tuple, list)) else (value,):
+                if v is not None and not _finite(v):
+                    option = f" ({OPTIONS[name]})" if name in OPTIONS else ""
+                    raise ValueError(f"{name}{option} must be a finite number, got {value!r}")
+        if self.flow_shift is not None and self.flow_shift <= 0:  # UniPC's shifted sigmas leave [0, 1]
+            raise ValueError(f"flow_shift (--flow-shift) must be positive, got {self.flow_shift!r}")
+        try:
+            seed = None if isinstance(self.seed, bool) else operator.index(self.seed)
+        except TypeError:
+            seed = None
+        if seed is None or not 0 <= seed <= SEED_MAX:
+            raise ValueError(f"seed (--seed {self.seed}) must be a whole number in 0 .. {SEED_MAX}")
         if self.opt_mode not in OPT_MODES:
             raise ValueError(f"opt_mode must be one of {OPT_MODES}, got {self.opt_mode!r}")
         from .losses import LOSSES

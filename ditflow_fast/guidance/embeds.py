@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ..atomic import atomic_path
+from ..atomic import write_safetensors
 
 # RoPE tables are cosines and sines, additive tables of the order of the hidden states; an optimised
 # one far beyond this is broken (and would overflow half precision into a black video).
@@ -57,9 +56,7 @@ def save_embedding(directory, emb: torch.Tensor, *, timestep: int, timesteps, tr
             "frames": str(latent_shape[0]), "height": str(latent_shape[1]), "width": str(latent_shape[2])}
     if run_key is not None:
         meta["run_key"] = run_key
-    with atomic_path(path) as tmp:
-        save_file({"emb": emb.detach().float().cpu().contiguous()}, str(tmp), metadata=meta)
-    return path
+    return write_safetensors(path, {"emb": emb.detach().float().cpu().contiguous()}, meta)
 
 
 def load_embeddings(directory, *, timesteps, transformer, latent_shape: tuple[int, int, int],

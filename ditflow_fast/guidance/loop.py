@@ -17,7 +17,8 @@ Per denoising step ``i`` with timestep ``t``:
 
 Non-finite values never become a result: the reference latent and the prompt embeddings are
 checked when the run is set up, the latent after every denoising step; a :class:`NonFiniteError`
-names the tensor (and the step) before anything of it is saved.
+names the tensor (and the step) before anything of it is saved. A saved state holding any is damaged
+(:func:`read_state` refuses it).
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ..atomic import atomic_path
+from ..atomic import write_safetensors
 from ..families.offload import activation_offload, settle
 from . import embeds as emb_io
 from . import losses
@@ -315,8 +315,7 @@ class Guide:
                 "losses": json.dumps({str(k): v for k, v in losses_so_far.items()})}
         if sampler_meta:
             meta["sampler"] = json.dumps(sampler_meta)
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+        write_safetensors(path, tensors, meta)
 
     def _load_state(self, state_dir):
         fresh = (0, self.noise.clone(), None, {})
@@ -334,7 +333,8 @@ class Guide:
 
 
 def read_state(path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """``(metadata, tensors)`` of a saved state; :class:`StateError` (saying to use ``--fresh``) if unreadable."""
+    """``(metadata, tensors)`` of a saved state; :class:`StateError` (saying to use ``--fresh``) if unreadable
+    or holding NaN or inf (the loop never saves those, so the file was damaged)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -345,6 +345,10 @@ def read_state(path) -> tuple[dict, dict[str, torch.Tensor]]:
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise StateError(f"{path}: unreadable or damaged saved state ({type(exc).__name__}: {exc}); "
                          "use --fresh to start over") from exc
+    for k, v in tensors.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise StateError(f"{path}: damaged saved state: tensor {k!r} holds {int((~torch.isfinite(v)).sum())} "
+                             "non-finite values (NaN or inf); use --fresh to start over")
     return meta, tensors
 
 

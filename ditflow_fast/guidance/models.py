@@ -70,8 +70,14 @@ def check_size(transformer, vae, frames: int, height: int, width: int) -> tuple[
     return (frames - 1) // temporal + 1, lh, lw
 
 
+# text encoders' outputs stay far below this; one beyond it is broken, and half precision (max 65504)
+# overflows on it in attention (a black video, or NaN after the model has loaded)
+PROMPT_LIMIT = 1e4
+
+
 def read_prompt_file(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a ``--prompt-embeds`` file (safetensors, no pickle), checked for a ``prompt``."""
+    """The tensors of a ``--prompt-embeds`` file (safetensors, no pickle), checked for a ``prompt`` and for
+    values that are non-finite or beyond ``+-PROMPT_LIMIT``."""
     from safetensors.torch import load_file
 
     if not path.is_file():
@@ -83,9 +89,14 @@ def read_prompt_file(path: Path) -> dict[str, torch.Tensor]:
     if "prompt" not in t:
         raise ModelError(f"--prompt-embeds {path}: needs a tensor named 'prompt' (has {sorted(t)})")
     for k, v in t.items():
-        if v.is_floating_point() and not torch.isfinite(v).all():
+        if not v.is_floating_point() or not v.numel():
+            continue
+        if not torch.isfinite(v).all():
             raise ModelError(f"--prompt-embeds {path}: tensor {k!r} holds {int((~torch.isfinite(v)).sum())} "
                              "non-finite values (NaN or inf)")
+        if v.abs().max() > PROMPT_LIMIT:
+            raise ModelError(f"--prompt-embeds {path}: tensor {k!r} holds values up to |x| = "
+                             f"{float(v.abs().max()):.3g}; a text embedding stays within +-{PROMPT_LIMIT:.0e}")
     return t
 
 

@@ -78,14 +78,10 @@ class RefCache:
             return None
 
     def _write(self, path: Path, tensors: dict[str, torch.Tensor], full: str) -> str | None:
-        from safetensors.torch import save_file
-
-        from ..atomic import atomic_path
+        from ..atomic import write_safetensors
 
         try:
-            with atomic_path(path) as tmp:
-                save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
-                          metadata={"key": full})
+            write_safetensors(path, {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, {"key": full})
         except OSError as exc:
             return f"{type(exc).__name__}: {exc}"
         return None
