@@ -135,3 +135,23 @@ def test_batch_stderr_has_no_ray_token_auth_notice(assets, tmp_path):
                           capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert proc.returncode == 1 and "0 done, 1 failed" in proc.stdout, proc.stderr
     assert "Token authentication" not in proc.stderr and "RAY_AUTH_MODE" not in proc.stderr, proc.stderr
+
+
+def test_batch_and_transfer_work_when_run_in_the_checkout(assets, tmp_path):
+    """Run from the checkout's root, where kernels/ once shadowed the `kernels` package transformers imports
+    and every job failed with a blamed config (tests/test_kernels_name.py has the import itself)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "good", "video": str(assets / "video.mp4")}) + "\n")
+    model = ["--model", str(assets / "model"), "--prompt-embeds", str(assets / "model" / "prompt_embeds.safetensors")]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    for argv in (["batch", str(jobs), "--out", str(tmp_path / "b")],
+                 ["transfer", "--video", str(assets / "video.mp4"), "--out", str(tmp_path / "t")]):
+        proc = subprocess.run([sys.executable, "-m", "ditflow_fast.cli", *argv, "--quiet", *model, *COMMON],
+                              cwd=root, capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, (argv[0], proc.stdout[-2000:], proc.stderr[-2000:])
+    assert (tmp_path / "b" / "good" / "result_frames").is_dir() and (tmp_path / "t" / "result_frames").is_dir()
