@@ -1,6 +1,6 @@
 """``ditflow-fast app``: DiTFlow motion transfer in a web page (Gradio Blocks), on ``transfer``'s own code.
 
-Needs the optional ``app`` extra (``pip install 'ditflow-fast[app]'``). The page: a reference video (an
+Needs the optional ``app`` extra (``pip install -e '.[app]' in the checkout``). The page: a reference video (an
 upload or a bundled sample), a prompt or prompt embeddings, a model (default: a tiny random CogVideoX
 written into the app's cache on first start, which runs on a CPU in seconds), a method and the main
 settings; the predicted peak GPU memory before running (and a refusal when it does not fit); progress

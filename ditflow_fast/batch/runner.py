@@ -107,7 +107,7 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise ValueError("ditflow-fast batch runs on Ray: pip install 'ditflow-fast[cluster]'") from None
+        raise ValueError("ditflow-fast batch runs on Ray: pip install -e '.[cluster]' in the checkout") from None
     return ray
 
 

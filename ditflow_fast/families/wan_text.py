@@ -39,7 +39,7 @@ def _load(model: str, device, dtype):
         from transformers import AutoTokenizer, UMT5EncoderModel
     except ImportError as exc:
         raise ModelError("encoding --prompt for a Wan model needs transformers and sentencepiece "
-                         f"(pip install 'ditflow-fast[text]'), {_HINT}") from exc
+                         f"(pip install -e '.[text]' in the checkout), {_HINT}") from exc
     local = Path(model).expanduser()
     if local.exists():
         missing = [d for d in ("tokenizer", "text_encoder") if not (local / d).is_dir()]

@@ -105,7 +105,7 @@ def _encode_t5(model: str, texts: dict[str, str], length: int, device, dtype) ->
         from transformers import AutoTokenizer, T5EncoderModel
     except ImportError as exc:
         raise ModelError("encoding --prompt needs transformers and sentencepiece "
-                         "(pip install 'ditflow-fast[text]'), or pass --prompt-embeds FILE") from exc
+                         "(pip install -e '.[text]' in the checkout), or pass --prompt-embeds FILE") from exc
     try:
         tok = AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
         enc = T5EncoderModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype).to(device).eval()

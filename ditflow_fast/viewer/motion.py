@@ -61,7 +61,7 @@ def _cv2():
     try:
         import cv2
     except ImportError as exc:
-        raise TrackerUnavailable("the lk tracker needs OpenCV: pip install 'ditflow-fast[eval]' (or "
+        raise TrackerUnavailable("the lk tracker needs OpenCV: pip install -e '.[eval]' in the checkout (or "
                                  f"opencv-python-headless) ({exc})") from None
     return cv2
 
