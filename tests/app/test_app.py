@@ -236,7 +236,7 @@ def test_app_cli_arguments(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(builtins, "__import__", no_gradio)
     assert main(["app", "--out", str(tmp_path / "o")]) == 2
-    assert "pip install 'ditflow-fast[app]'" in capsys.readouterr().err
+    assert "pip install -e '.[app]'" in capsys.readouterr().err
 
 
 def test_request_file_round_trip(env):

@@ -23,7 +23,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install -y chromium)")]
-pytest.importorskip("gradio", reason="gradio is not installed (pip install 'ditflow-fast[app]')")
+pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[app]')")
 sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
 
 from ditflow_fast.app import core, ui  # noqa: E402

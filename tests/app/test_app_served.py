@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("gradio", reason="gradio is not installed (pip install 'ditflow-fast[app]')")
+pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[app]')")
 import httpx  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402

@@ -1,6 +1,6 @@
 """``ditflow-fast batch`` on Ray with 2 CPU workers and the tiny CogVideoX model: a broken video, two
 prompts on one reference (cache hits), a worker killed mid-job, a rerun that skips, results equal to
-``transfer``'s. Skipped when ray is not importable (``pip install 'ditflow-fast[cluster]'``)."""
+``transfer``'s. Skipped when ray is not importable (``pip install -e '.[cluster]'``)."""
 
 from __future__ import annotations
 
