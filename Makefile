@@ -70,4 +70,4 @@ fresh-check:
 	$(MAKE) -C /tmp/ditflow_fast_fresh lint test
 
 clean:
-	rm -rf $(VENV) .venv-latest build *.egg-info .pytest_cache .ruff_cache ditflow_demo
+	rm -rf $(VENV) .venv-latest build *.egg-info .pytest_cache .ruff_cache ditflow_demo ditflow_demo_*
