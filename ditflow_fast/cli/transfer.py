@@ -109,36 +109,6 @@ def _offload_activations(a) -> bool:
     return bool(chosen)
 
 
-def _dry_run(a, cfg) -> int:
-    from ..families import detect, preset_family
-
-    fam = preset_family(a.model) or detect(a.model)
-    if fam.name == "wan":
-        from ..families.wan_memory import dry_run_table
-
-        print(dry_run_table(a.model, frames=cfg.frames, height=cfg.height, width=cfg.width,
-                            guidance_blocks=cfg.guidance_blocks, dtype=cfg.dtype, opt_mode=cfg.opt_mode,
-                            checkpointing=cfg.gradient_checkpointing, offload=a.offload,
-                            offload_activations=cfg.offload_activations, ffn_chunks=cfg.ffn_chunks))
-        return 0
-    from ..guidance import memory
-
-    mc = memory.config_for(a.model)
-    d = fam.defaults(mc)
-    frames, height, width = cfg.frames or d["frames"], cfg.height or d["height"], cfg.width or d["width"]
-    fam.check_frames(frames)
-    block = max(cfg.guidance_blocks or d["guidance_blocks"])
-    b = 4 if (cfg.dtype or d["dtype"]) == "float32" else 2
-    est = memory.estimate(mc, frames=frames, height=height, width=width, guidance_block=block,
-                          bytes_per_elem=b, opt_mode=cfg.opt_mode, checkpointing=cfg.gradient_checkpointing,
-                          vae_offload=cfg.cpu_offload or a.offload != "none")
-    print(f"{a.model}: {frames} frames at {height}x{width}, guidance block {block}, {b}-byte "
-          f"elements, opt-mode {cfg.opt_mode}, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}")
-    print(est.table())
-    print("(derivation: docs/memory.md; the T5 encoder runs before the loop and is offloaded)")
-    return 0
-
-
 def _lock(out: Path):
     """An exclusive lock on the ``--out`` folder itself (no lock file: the folder stays as it was)."""
     from ..atomic import dir_lock
@@ -161,7 +131,9 @@ def run_transfer(a, loader=None) -> int:
     if cfg.grad_reuse > 1 and cfg.opt_mode == "emb" and cfg.guidance and not cfg.inject_embeds:
         print(EMB_REUSE_WARNING, file=sys.stderr)
     if a.dry_run:
-        return _dry_run(a, cfg)
+        from .dry_run import dry_run
+
+        return dry_run(a.model, cfg, a.offload)
     if not a.video:
         raise ValueError("--video is required")
     if not a.prompt and not a.prompt_embeds:
