@@ -247,7 +247,10 @@ class Guide:
         return latents.to(self.dtype)
 
     # -- the run --------------------------------------------------------------------------------
-    def run(self, *, state_dir=None, embeds_dir=None, max_steps: int | None = None, progress: bool = True) -> RunResult:
+    def run(self, *, state_dir=None, embeds_dir=None, max_steps: int | None = None, progress: bool = True,
+            on_step=None) -> RunResult:
+        """Denoise, guided in the first steps. ``on_step(step, total, loss)`` after each finished step (``loss``:
+        the step's last AMF loss, None for an unguided step); ``progress``: tqdm's bar on stderr."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -291,6 +294,8 @@ class Guide:
                 check_finite(f"the latent after denoising step {i + 1} of {cfg.steps} (timestep {t})", latents)
                 self._save_state(state_dir, i + 1, latents, emb, res.losses)
                 bar.update(1)
+                if on_step is not None:
+                    on_step(i + 1, cfg.steps, res.losses[t][-1] if res.losses.get(t) else None)
                 if max_steps is not None and i + 1 - start >= max_steps and i + 1 < cfg.steps:
                     res.passes = sum(len(h) for h in res.losses.values())
                     return res  # interrupted on purpose (tests, budgets): the state is on disk
