@@ -71,15 +71,33 @@ def read_video(path, frames: int | None = None, height: int | None = None, width
     or one with fewer than ``frames`` frames; its message starts with ``option`` (the command-line
     option the path came from) and the path.
     """
+    got = _read_frames(path, frames, option)
+    if len({f.shape for f in got}) != 1 and (height is None or width is None):
+        raise VideoError(f"{option} {Path(path)}: frames differ in size; give --height and --width to resize them")
+    return _resized(got, height, width)
+
+
+def _resized(got, height: int | None, width: int | None) -> np.ndarray:
     from PIL import Image
 
-    got = _read_frames(path, frames, option)
     if height is not None and width is not None:
         got = [f if f.shape[:2] == (height, width) else
                np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC)) for f in got]
-    if len({f.shape for f in got}) != 1:
-        raise VideoError(f"{option} {Path(path)}: frames differ in size; give --height and --width to resize them")
     return np.stack(got)
+
+
+def frames_from_array(video, frames: int | None = None, height: int | None = None, width: int | None = None, *,
+                      option: str = "video") -> np.ndarray:
+    """What :func:`read_video` gives for a file, from frames in memory: numpy or torch ``uint8 [F, H, W, 3]``."""
+    if hasattr(video, "detach"):  # a torch tensor, without importing torch here
+        video = video.detach().cpu().numpy()
+    if not isinstance(video, np.ndarray):
+        raise TypeError(f"{option} must be a path, or frames as a numpy array or tensor, got {type(video).__name__}")
+    if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3 or 0 in video.shape:
+        raise VideoError(f"{option}: frames must be uint8 [F, H, W, 3], got {video.dtype} {list(video.shape)}")
+    if frames is not None and video.shape[0] < frames:
+        raise VideoError(f"{option}: has {video.shape[0]} frames, fewer than the {frames} asked for (frames)")
+    return _resized(list(video[:frames]), height, width)
 
 
 def _read_frames(path, frames: int | None, option: str) -> list[np.ndarray]:
