@@ -74,12 +74,12 @@ def _has_transformers() -> bool:
 
 
 def ensure_tiny_model(cache: Path) -> Path:
-    """A tiny random CogVideoX diffusers folder (``ditflow_fast.guidance.tiny``) in ``cache``, written once.
+    """A tiny random CogVideoX diffusers folder (``ditflow_fast.families.cogvideox.tiny``) in ``cache``, written once.
 
     With ``transformers`` installed it has a tiny T5 and tokenizer, so a typed prompt works; it always has
     ``prompt_embeds.safetensors``. ``app.json`` holds the sizes it runs at (9 frames at 48x64)."""
     from ..atomic import atomic_dir
-    from ..guidance.tiny import save_tiny_model
+    from ..families.cogvideox.tiny import save_tiny_model
 
     path = Path(cache) / TINY_NAME
     if (path / APP_JSON).is_file():
@@ -105,7 +105,7 @@ def ensure_samples(cache: Path) -> dict[str, Path]:
     default length) and a toy-world clip (9 frames: the tiny model's length)."""
     import numpy as np
 
-    from ..guidance.tiny import moving_square
+    from ..families.cogvideox.tiny import moving_square
     from ..video_io import write_video
 
     root = Path(cache) / "samples"
@@ -331,7 +331,8 @@ def warm_imports() -> None:
     for mod in ("diffusers.models.embeddings", "diffusers.models.attention_processor",
                 "diffusers.models.transformers.transformer_wan", "diffusers.models.attention_dispatch",
                 "ditflow_fast.families", "ditflow_fast.families.cogvideox", "ditflow_fast.families.wan",
-                "ditflow_fast.guidance.loop", "ditflow_fast.guidance.memory", "ditflow_fast.families.wan_memory",
+                "ditflow_fast.guidance.loop", "ditflow_fast.families.cogvideox.memory",
+                "ditflow_fast.families.wan.memory",
                 "ditflow_fast.viewer.transfer", "ditflow_fast.viewer.motion", "ditflow_fast.video_io"):
         with contextlib.suppress(ImportError):
             importlib.import_module(mod)
@@ -351,7 +352,7 @@ def total_steps(namespace: argparse.Namespace) -> int | None:
         return int(namespace.steps)
     try:
         from ..cli import transfer as tc
-        from ..cli.transfer_checks import check_device, has_second_expert, model_configs
+        from ..transfer_api.checks import check_device, has_second_expert, model_configs
         from ..families import detect, resolve_model_ref
 
         fam = detect(namespace.model)
@@ -434,7 +435,7 @@ _PEAK = re.compile(r"^predicted peak\s+([0-9.]+) GiB", re.M)
 def _device_limit(namespace, gpu_memory_gib: float | None) -> tuple[str, int | None]:
     import torch
 
-    from ..cli.transfer_checks import check_device
+    from ..transfer_api.checks import check_device
 
     dev = check_device(namespace.device)
     if dev.type != "cuda":

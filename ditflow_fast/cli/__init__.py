@@ -4,7 +4,7 @@
   turns a ``ValueError``/``TypeError`` into ``ditflow-fast CMD: error: ...`` and exit status 2;
 - :mod:`.info`: ``info``, versions and backends;
 - :mod:`.amf`: ``amf``, the reference AMF of a video (``--random``: the dispatch smoke test);
-- :mod:`.transfer`: ``transfer``, DiTFlow motion transfer; :mod:`.transfer_checks` holds what it checks
+- :mod:`.transfer`: ``transfer``, DiTFlow motion transfer (the parser; the run is :mod:`ditflow_fast.transfer_api`)
   before loading anything (device, ``--out``, the model's configs);
 - :mod:`.batch`: ``batch``, many transfers on Ray (``ditflow_fast.batch``);
 - :mod:`.eval`: ``eval``, Motion Fidelity of two videos;

@@ -12,18 +12,7 @@ leaves the folder as it was; two runs into one folder at once: the second is ref
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import time
-from pathlib import Path
-
-from .transfer_checks import RESULT_NAMES, check_device, check_out, has_second_expert, model_configs, with_config
-
-# measured on the toy world (docs/toyworld.md, "Speed levers"): a reused gradient lets the embeddings drift
-EMB_REUSE_WARNING = ("warning: --grad-reuse with --opt-mode emb: on the toy CogVideoX model the reused gradients "
-                     "let the optimised RoPE drift until the object vanished (docs/toyworld.md, 'Speed levers'); "
-                     "it was measured to keep Motion Fidelity with --opt-mode latent only")
 
 
 def add_transfer_parser(sub) -> None:
@@ -86,188 +75,24 @@ def add_transfer_parser(sub) -> None:
     p.set_defaults(func=run_transfer)
 
 
-def _config(a):
-    from ..guidance.config import GuidanceConfig
+def run_transfer(a, held=None) -> int:
+    """One transfer from parsed arguments ``a`` through :func:`ditflow_fast.transfer_api.run`; ``held``: a
+    :class:`~ditflow_fast.transfer_api.HeldModel` to use instead of loading ``--model``."""
+    from ..transfer_api import TransferOptions
+    from ..transfer_api import run as run_api
 
-    return GuidanceConfig(
-        model=a.model, frames=a.frames, height=a.height, width=a.width, opt_mode=a.opt_mode, loss=a.loss,
-        guidance=not a.no_guidance, injection=not a.no_injection, inject_embeds=a.inject_embeds,
-        guidance_blocks=tuple(a.guidance_block) if a.guidance_block else None, steps=a.steps,
-        guided_steps=a.guided_steps, opt_iters=a.opt_iters, seed=a.seed, dtype=a.dtype, device=a.device,
-        grad_reuse=getattr(a, "grad_reuse", 1), early_stop=getattr(a, "early_stop", 0.0),
-        gradient_checkpointing=not a.no_checkpointing, cpu_offload=a.cpu_offload, vae_tiling=a.vae_tiling,
-        cfg_scale=a.cfg, flow_shift=a.flow_shift, offload_activations=_offload_activations(a),
-        ffn_chunks=getattr(a, "ffn_chunks", None),
-    ).validate()
-
-
-def _offload_activations(a) -> bool:
-    """``--offload-activations`` as given, else on exactly with ``--offload group``."""
-    chosen = getattr(a, "offload_activations", None)
-    if chosen is None:
-        return getattr(a, "offload", "none") == "group" and not getattr(a, "no_checkpointing", False)
-    return bool(chosen)
-
-
-def _lock(out: Path):
-    """An exclusive lock on the ``--out`` folder itself (no lock file: the folder stays as it was)."""
-    from ..atomic import dir_lock
-
-    return dir_lock(out, "ditflow-fast transfer")
-
-
-def run_transfer(a, loader=None) -> int:
-    """One transfer from parsed arguments ``a``. ``loader(family, ref, dtype) -> components`` (default
-    ``family.load``) lets a long-lived worker (``ditflow-fast batch``) hand over a model it holds."""
-    # Cheap checks first: nothing is loaded, decoded or written before every argument is known good.
-    if a.fps <= 0:
-        raise ValueError(f"--fps must be positive, got {a.fps}")
-    if a.threads is not None and a.threads < 1:
-        raise ValueError(f"--threads must be positive, got {a.threads}")
-    if a.offload == "group" and a.no_checkpointing:
-        raise ValueError("--offload group needs gradient checkpointing (drop --no-checkpointing): the backward of a "
-                         "block reads weights that group offloading has sent back to the CPU")
-    cfg = _config(a)
-    if cfg.grad_reuse > 1 and cfg.opt_mode == "emb" and cfg.guidance and not cfg.inject_embeds:
-        print(EMB_REUSE_WARNING, file=sys.stderr)
+    opts = TransferOptions.from_namespace(a)  # every option's rule, before anything is loaded
     if a.dry_run:
         from .dry_run import dry_run
 
+        cfg = opts.guidance_config(a.model)
+        if opts.grad_reuse > 1 and cfg.opt_mode == "emb" and cfg.guidance and not cfg.inject_embeds:
+            from ..transfer_api.run import EMB_REUSE_WARNING
+
+            print(EMB_REUSE_WARNING, file=sys.stderr)
         return dry_run(a.model, cfg, a.offload)
-    if not a.video:
-        raise ValueError("--video is required")
-    if not a.prompt and not a.prompt_embeds:
-        raise ValueError("--prompt is required (or --prompt-embeds FILE)")
-    dev = check_device(a.device)
-    out = check_out(a)
-    if getattr(a, "ref_cache", None):
-        from ..atomic import check_writable
-
-        check_writable(Path(a.ref_cache).expanduser(), option="--ref-cache", folder=True)
-    from ..families import detect, resolve_model_ref
-
-    fam = detect(a.model)  # milliseconds for a mistyped path: nothing path-like goes to the hub
-    ref, local = resolve_model_ref(a.model)
-    tcfg, vcfg = model_configs(fam, ref)
-    if has_second_expert(fam, ref):  # Wan2.2 A14B: its defaults (steps, CFG per expert) differ from 14B's
-        tcfg = {**tcfg, "experts": 2}
-    cfg = cfg.resolve(tcfg, device=dev, family=fam)
-    import torch
-
-    from ..guidance import run_key as rk
-    from ..guidance.loop import STATE_FILE, Guide, differing, read_state
-    from ..video_io import read_video, write_video
-
-    t0 = time.time()
-    frames = read_video(a.video, frames=cfg.frames, height=cfg.height, width=cfg.width)
-    fam.geometry(with_config(tcfg), with_config(vcfg), cfg.frames, cfg.height, cfg.width)
-    if a.prompt_embeds is not None:
-        from ..guidance.models import read_prompt_file
-
-        read_prompt_file(Path(a.prompt_embeds))
-    if a.threads is not None:
-        torch.set_num_threads(a.threads)
-    parts = {"settings": cfg.run_key(exclude=("dtype",)), "video": rk.video_digest(frames),
-             "prompts": rk.prompts_digest(a.prompt, a.negative_prompt, a.prompt_embeds),
-             "model": rk.model_digest(ref, local), "dtype": cfg.dtype}
-    key = rk.key_of(parts)
-    state = out / STATE_FILE
-    if state.exists() and not a.fresh:
-        meta, _ = read_state(state)  # a damaged state: an error saying to use --fresh
-        if meta.get("run_key") != key:
-            raise ValueError(f"--out {out}: holds a run with other {differing(meta, parts)}; use --fresh to "
-                             "start over there, or another --out")
-    created = not out.exists()
-    lock = _lock(out)
-    ok = False
-    try:
-        rc = _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_video, loader)
-        ok = True
-        return rc
-    finally:
-        os.close(lock)
-        if created and not ok and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # a refusal after the lock (e.g. a prompt file of the wrong width) leaves no trace
-
-
-def _run(a, fam, ref, cfg, frames, parts, key, out, t0, torch, Guide, write_video, loader) -> int:  # noqa: N803
-    from ..atomic import write_json
-    from ..families.prompts import prompt_embeddings
-    from ..guidance.loop import STATE_FILE
-
-    dtype, device = cfg.torch_dtype, torch.device(cfg.device)
-    comps = fam.load(ref, dtype) if loader is None else loader(fam, ref, dtype)
-    transformer, vae = comps["transformer"], comps["vae"]
-    if cfg.vae_slicing and hasattr(vae, "enable_slicing"):
-        vae.enable_slicing()
-    if cfg.vae_tiling:
-        vae.enable_tiling()
-    texts = prompt_embeddings(ref, a.prompt, a.negative_prompt, a.prompt_embeds, transformer,
-                              device=device, dtype=dtype, family=fam)
-    vae.to(device)
-
-    def encode():
-        return fam.encode_video(vae, frames, device=device, dtype=next(vae.parameters()).dtype, seed=cfg.seed)
-    cache = None
-    if getattr(a, "ref_cache", None):
-        from ..guidance.ref_cache import RefCache
-
-        cache = RefCache(a.ref_cache, model=parts["model"])
-        ref_latent = cache.latent({"video": parts["video"], "family": fam.name, "dtype": cfg.dtype,
-                                   "device": device.type, "seed": cfg.seed, "size": [cfg.frames, cfg.height, cfg.width],
-                                   "vae_tiling": cfg.vae_tiling, "vae_slicing": cfg.vae_slicing}, encode, device)
-    else:
-        ref_latent = encode()
-    if cfg.cpu_offload:
-        vae.to("cpu")
-    _place(a.offload, comps, device, cfg.gradient_checkpointing)
-    guide = Guide(transformer, comps["scheduler_config"], ref_latent=ref_latent, prompt_embeds=texts["prompt"],
-                  negative_embeds=texts["negative"], empty_embeds=texts["empty"], config=cfg, model_id=a.model,
-                  family=fam, transformer_2=comps["transformer_2"], boundary_ratio=comps["boundary_ratio"],
-                  run_key=key, key_parts=parts, ref_cache=cache)
-    embeds_dir = out / "embeds" if cfg.opt_mode == "emb" and cfg.inject_embeds is None and cfg.guidance else None
-    if a.fresh:  # only now that every check has passed (model, prompts, set-up): the old run goes
-        (out / STATE_FILE).unlink(missing_ok=True)
-        (out / "config.json").unlink(missing_ok=True)
-        shutil.rmtree(out / "embeds", ignore_errors=True)
-    elif (out / STATE_FILE).exists() and not a.quiet:
-        print(f"resuming from {out / STATE_FILE}", file=sys.stderr)
-    res = guide.run(state_dir=out, embeds_dir=embeds_dir, progress=not a.quiet)
-    if cfg.cpu_offload and a.offload == "none":
-        for name in ("transformer", "transformer_2"):
-            if comps[name] is not None:
-                comps[name].to("cpu")
-    if a.offload == "none":
-        vae.to(device)  # otherwise the offload hooks bring it in for decoding
-    video = fam.decode_latents(vae, res.latents)
-    if video.shape[0] != cfg.frames:  # geometry() admits only counts the VAE gives exactly
-        raise RuntimeError(f"the VAE decoded {video.shape[0]} frames, not the {cfg.frames} asked for")
-    path = write_video(video, out / RESULT_NAMES[a.format], fmt=a.format, fps=a.fps)
-    from ..viewer.transfer import write_transfer_viewer  # out/amf/: reference vs result AMF (docs/viewer.md)
-
-    write_transfer_viewer(out, guide, res.latents, frames, video, model=a.model, video=a.video, offload=a.offload)
-    record = {"family": fam.name, "config": cfg.to_dict(), "video": str(a.video), "prompt": a.prompt,
-              "prompt_embeds": a.prompt_embeds, "negative_prompt": a.negative_prompt, "run_key": key,
-              "run_key_parts": parts, "torch": torch.__version__, "result": str(path),
-              "resumed_from_step": res.resumed_from, "seconds": round(time.time() - t0, 2),
-              "guided_passes": res.passes,
-              "losses": {str(k): v for k, v in res.losses.items()},
-              "embeddings": str(embeds_dir) if embeds_dir is not None else None,
-              "ref_cache": cache.summary() if cache is not None else None}
-    write_json(out / "config.json", record)
-    print(f"wrote {path} ({video.shape[0]} frames {video.shape[2]}x{video.shape[1]}) in {record['seconds']} s")
+    res = run_api(held if held is not None else a.model, a.video, opts, prompt=a.prompt,
+                  negative_prompt=a.negative_prompt, prompt_embeds=a.prompt_embeds, out=a.out, bar=not a.quiet)
+    f, h, w = res.frames.shape[:3]
+    print(f"wrote {res.record['result']} ({f} frames {w}x{h}) in {res.record['seconds']} s")
     return 0
-
-
-def _place(offload: str, comps: dict, device, checkpointing: bool) -> None:
-    """Components where ``--offload`` wants them, through diffusers'/accelerate's own hooks
-    (``families/offload.py``); with two experts only the first is on the device, the loop swaps them."""
-    from ..families.offload import apply_offload
-
-    if offload == "none":
-        for name in ("transformer", "transformer_2"):
-            if comps[name] is not None:
-                comps[name].to(device if name == "transformer" else "cpu")
-        return
-    apply_offload({k: comps[k] for k in ("transformer", "transformer_2", "vae")}, offload, device,
-                  checkpointing=checkpointing)

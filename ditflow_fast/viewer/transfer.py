@@ -52,16 +52,19 @@ def transfer_fields(guide, latents: torch.Tensor, *, offload: str = "none") -> t
     return ref, gen, dict(frames=f, height=h, width=w, block=block)
 
 
-def write_transfer_viewer(out, guide, latents: torch.Tensor, reference_video: np.ndarray, generated_video: np.ndarray,
-                          *, model: str, video: str, offload: str = "none", quiet: bool = False) -> dict | None:
-    """Write ``out/amf/``; a failure is reported on stderr and returns None (the run's result stands)."""
+def write_transfer_viewer(out, guide, latents: torch.Tensor | None, reference_video: np.ndarray,
+                          generated_video: np.ndarray, *, model: str, video: str, offload: str = "none",
+                          quiet: bool = False, fields=None) -> dict | None:
+    """Write ``out/amf/``; a failure is reported on stderr and returns None (the run's result stands).
+    ``fields``: :func:`transfer_fields`'s answer when the caller has it already (then ``latents`` is unused)."""
     from .. import __version__
     from .fields import pair_errors
     from .output import write_viewer
     from .reference import frame_for_latent
 
     try:
-        ref, gen, geo = transfer_fields(guide, latents, offload=offload)
+        ref, gen, geo = fields if fields is not None else transfer_fields(guide, latents, offload=offload)
+        geo = dict(geo)
         geo.update(video_frames=int(reference_video.shape[0]), video_height=int(reference_video.shape[1]),
                    video_width=int(reference_video.shape[2]))
         err = pair_errors(ref, gen)

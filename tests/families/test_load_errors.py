@@ -12,11 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 CALLS = {
-    "cogvideox load": "from ditflow_fast.guidance.models import load_components as f; f(M['dit'], torch.float32)",
-    "wan load": "from ditflow_fast.families.wan import WanFamily as W; W.load(M['wan'], torch.float32)",
-    "configs": "from ditflow_fast.cli.transfer_checks import model_configs as f; "
-               "from ditflow_fast.families.cogvideox import CogVideoXFamily as C; f(C, M['dit'])",
-    "memory": "from ditflow_fast.guidance.memory import config_for as f; f(M['dit'])",
+    "cogvideox load": "from ditflow_fast.families.cogvideox.components import load_components as f; "
+                      "f(M['dit'], torch.float32)",
+    "wan load": "from ditflow_fast.families.wan.family import WanFamily as W; W.load(M['wan'], torch.float32)",
+    "configs": "from ditflow_fast.transfer_api.checks import model_configs as f; "
+               "from ditflow_fast.families.cogvideox.family import CogVideoXFamily as C; f(C, M['dit'])",
+    "memory": "from ditflow_fast.families.cogvideox.memory import config_for as f; f(M['dit'])",
 }
 
 

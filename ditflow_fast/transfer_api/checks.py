@@ -1,4 +1,4 @@
-"""What ``ditflow-fast transfer`` checks before it loads or writes anything: the device, ``--out`` and
+"""What a transfer checks before it loads or writes anything: the device, ``--out`` and
 the result's name there, and the model's configs (read without its weights)."""
 
 from __future__ import annotations
@@ -26,22 +26,22 @@ def check_device(device: str | None):
     return dev
 
 
-def check_out(a) -> Path:
+def check_out(out, fmt: str) -> Path:
     """``--out`` usable, no link where the run writes, and the result's name free for its kind, before any work."""
     import os
 
     from ..atomic import check_writable
 
-    out = Path(a.out).expanduser()
+    out = Path(out).expanduser()
     check_writable(out, option="--out", folder=True)
-    for name in (RESULT_NAMES[a.format], *WRITTEN):
+    for name in (RESULT_NAMES[fmt], *WRITTEN):
         if (out / name).is_symlink():  # a write would go through it (folders) or replace it (files)
             raise ValueError(f"--out {out}: {name} is a symbolic link (to {os.readlink(out / name)}); remove it or "
                              "use another --out")
-    result = out / RESULT_NAMES[a.format]
-    if a.format == "frames" and result.exists() and not result.is_dir():
+    result = out / RESULT_NAMES[fmt]
+    if fmt == "frames" and result.exists() and not result.is_dir():
         raise ValueError(f"--out {out}: {result.name} exists and is not a folder; remove it or use another --out")
-    if a.format != "frames" and result.is_dir():
+    if fmt != "frames" and result.is_dir():
         raise ValueError(f"--out {out}: {result.name} is a folder; remove it or use another --out")
     return out
 

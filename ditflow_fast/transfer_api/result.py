@@ -1,0 +1,34 @@
+"""What a motion transfer gives back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class TransferResult:
+    """``frames``: the generated video, uint8 ``[F, H, W, 3]``; ``losses``: timestep -> the AMF loss of each
+    guided pass; ``passes``: the real forward+backward passes run; ``amf_reference`` / ``amf_result``: the
+    AMF (argmax, t = 0, empty prompt, the guidance block) of the reference and of the result, ``[F', F', h*w, 2]``
+    (None when it could not be measured); ``out``: the run folder, None for a run in memory; ``record``: the
+    run record (``config.json`` in a folder)."""
+
+    frames: np.ndarray
+    fps: int
+    losses: dict[int, list[float]]
+    passes: int
+    amf_reference: np.ndarray | None = None
+    amf_result: np.ndarray | None = None
+    out: Path | None = None
+    record: dict = field(default_factory=dict)
+
+    def save(self, path, fmt: str | None = None) -> Path:
+        """Write the frames as an mp4, a gif (by the suffix) or a folder of PNG frames (``fmt="frames"``)."""
+        from ..video_io import write_video
+
+        path = Path(path)
+        fmt = fmt or {".gif": "gif", ".mp4": "mp4"}.get(path.suffix.lower(), "frames")
+        return write_video(self.frames, path, fmt=fmt, fps=self.fps)
