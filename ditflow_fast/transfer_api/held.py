@@ -104,7 +104,9 @@ class HeldModel:
             if tr is None:
                 continue
             self.family.uninstall(tr)
-            self.family.reset(tr)
+            from ..families.wan.chunking import uninstall as unchunk  # TODO(seam): a family hook
+
+            unchunk(tr)  # the guided backward's FFN slices (a no-op where none were installed)
             if getattr(tr, "is_gradient_checkpointing", False):
                 tr.disable_gradient_checkpointing()
             tr.requires_grad_(False)

@@ -1,0 +1,122 @@
+"""``ditflow_fast.transfer``: in memory, into a folder and through the command line alike; resume and refusal;
+a held model for two transfers; a caller's diffusers pipeline; bad options named by their Python names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("av")
+
+import ditflow_fast  # noqa: E402
+from ditflow_fast.cli.main import main  # noqa: E402
+from ditflow_fast.families.cogvideox import tiny  # noqa: E402
+from ditflow_fast.transfer_api import HeldModel, TransferResult  # noqa: E402
+from ditflow_fast.video_io import read_video  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SIZE = dict(frames=9, height=48, width=64)
+OPTS = dict(**SIZE, steps=4, guided_steps=2, opt_iters=2, seed=3)
+ARGV = ["--frames", "9", "--height", "48", "--width", "64", "--steps", "4", "--guided-steps", "2", "--opt-iters", "2",
+        "--seed", "3", "--quiet", "--format", "frames"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_api")
+    tiny.main([str(root)])
+    return root
+
+
+def _api(assets, model=None, **kw):
+    return ditflow_fast.transfer(model or str(assets / "model"), str(assets / "video.mp4"),
+                                 prompt_embeds=str(assets / "model" / "prompt_embeds.safetensors"), **{**OPTS, **kw})
+
+
+def test_memory_folder_and_command_line_give_the_same_frames(assets, tmp_path):
+    steps = []
+    mem = _api(assets, progress=lambda step, total, loss: steps.append((step, total, loss)))
+    assert isinstance(mem, TransferResult) and mem.out is None and mem.frames.dtype == np.uint8
+    assert mem.frames.shape == (9, 48, 64, 3) and mem.passes == 4 and len(mem.losses) == 2
+    assert [s[:2] for s in steps] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert steps[0][2] is not None and steps[-1][2] is None  # guided steps report their loss
+    assert mem.amf_reference is not None and mem.amf_result.shape == mem.amf_reference.shape
+    folder = _api(assets, out=tmp_path / "api", format="frames")
+    assert (tmp_path / "api" / "config.json").is_file() and folder.out == tmp_path / "api"
+    assert main(["transfer", "--model", str(assets / "model"), "--video", str(assets / "video.mp4"), "--prompt-embeds",
+                 str(assets / "model" / "prompt_embeds.safetensors"), "--out", str(tmp_path / "cli"), *ARGV]) == 0
+    np.testing.assert_array_equal(mem.frames, folder.frames)
+    np.testing.assert_array_equal(read_video(tmp_path / "api" / "result_frames"), mem.frames)
+    np.testing.assert_array_equal(read_video(tmp_path / "cli" / "result_frames"), mem.frames)
+    # frames in memory give what the file gives
+    again = ditflow_fast.transfer(str(assets / "model"), read_video(assets / "video.mp4", **SIZE),
+                                  prompt_embeds=str(assets / "model" / "prompt_embeds.safetensors"), **OPTS)
+    np.testing.assert_array_equal(again.frames, mem.frames)
+
+
+def test_a_folder_resumes_and_refuses_other_inputs(assets, tmp_path):
+    out = tmp_path / "run"
+    first = _api(assets, out=out)
+    state = (out / "state.safetensors").read_bytes()
+    again = _api(assets, out=out)
+    assert again.record["resumed_from_step"] == 4 and (out / "state.safetensors").read_bytes() == state
+    np.testing.assert_array_equal(first.frames, again.frames)
+    with pytest.raises(ValueError, match=r"out .*holds a run with other settings; use fresh"):
+        _api(assets, out=out, seed=4)
+    assert (out / "state.safetensors").read_bytes() == state
+
+
+def test_a_held_model_serves_two_transfers_with_one_load(assets):
+    held = HeldModel(str(assets / "model"))
+    a = _api(assets, model=held)
+    b = _api(assets, model=held, opt_mode="emb")
+    assert held.loads == 1
+    fresh = _api(assets, opt_mode="emb")  # a held model leaves nothing behind: the same as a fresh load
+    np.testing.assert_array_equal(b.frames, fresh.frames)
+    assert not np.array_equal(a.frames, b.frames)
+
+
+def test_a_callers_diffusers_pipeline_is_used_as_it_is(assets):
+    import torch
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline
+
+    model = assets / "model"
+    folder = _api(assets)
+    comps = HeldModel(str(model)).load(torch.float32)
+    pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, transformer=comps["transformer"], vae=comps["vae"],
+                             scheduler=CogVideoXDDIMScheduler.from_config(comps["scheduler_config"]))
+    got = _api(assets, model=pipe)
+    np.testing.assert_array_equal(got.frames, folder.frames)
+    assert got.record["run_key_parts"]["model"].startswith("pipeline:")
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(guided_steps=9), "guided_steps must lie in"),
+    (dict(flow_shift=float("nan")), r"flow_shift \(flow_shift\) must be a finite number"),
+    (dict(seed=-1), r"seed \(seed -1\) must be a whole number"),
+    (dict(fps=0), "fps must be positive"),
+    (dict(offload="disk"), "offload must be one of"),
+    (dict(grad_reuse=0), r"grad_reuse \(grad_reuse\) must be a whole number >= 1"),
+    (dict(frames=2.5), "frames must be a whole number"),
+    (dict(no_guidance="yes"), "no_guidance must be True or False"),
+    (dict(stepz=3), "unknown transfer option 'stepz'"),
+])
+def test_bad_options_are_named_by_their_python_names(assets, options, message):
+    with pytest.raises((ValueError, TypeError), match=message) as info:
+        _api(assets, **options)
+    assert "--" not in str(info.value)
+
+
+def test_bad_inputs_are_named_before_any_loading(assets, monkeypatch):
+    def no_load(*a, **k):
+        raise AssertionError("loaded a model")
+
+    monkeypatch.setattr(HeldModel, "load", no_load)
+    with pytest.raises(ValueError, match="frames must be uint8"):
+        ditflow_fast.transfer(str(assets / "model"), np.zeros((9, 48, 64, 3), np.float32), prompt="x", **OPTS)
+    with pytest.raises(ValueError, match="prompt is required"):
+        ditflow_fast.transfer(str(assets / "model"), str(assets / "video.mp4"), **OPTS)
+    with pytest.raises(ValueError, match="video .*no such file"):
+        ditflow_fast.transfer(str(assets / "model"), str(assets / "nope.mp4"), prompt="x", **OPTS)
