@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from ..guidance import tiny
+    from ..families.cogvideox import tiny
     from ..video_io import write_video
     from .jobs import transfer_parser
     from .worker import TransferWorker
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     out = Path(a.out)
     if a.wan:
-        from ..families import wan_tiny
+        from ..families.wan import tiny as wan_tiny
 
         model = wan_tiny.save_tiny_wan(out / "model")
         embeds = wan_tiny.tiny_prompt_embeds

@@ -25,7 +25,7 @@ from collections import OrderedDict
 
 
 def _reset(fam, comps: dict) -> None:
-    from ..families import wan_chunking
+    from ..families.wan import chunking as wan_chunking
 
     for name in ("transformer", "transformer_2"):
         tr = comps.get(name)

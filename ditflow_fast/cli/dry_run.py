@@ -8,14 +8,14 @@ def dry_run(model: str, cfg, offload: str) -> int:
 
     fam = preset_family(model) or detect(model)
     if fam.name == "wan":
-        from ..families.wan_memory import dry_run_table
+        from ..families.wan.memory import dry_run_table
 
         print(dry_run_table(model, frames=cfg.frames, height=cfg.height, width=cfg.width,
                             guidance_blocks=cfg.guidance_blocks, dtype=cfg.dtype, opt_mode=cfg.opt_mode,
                             checkpointing=cfg.gradient_checkpointing, offload=offload,
                             offload_activations=cfg.offload_activations, ffn_chunks=cfg.ffn_chunks))
         return 0
-    from ..guidance import memory
+    from ..families.cogvideox import memory
 
     mc = memory.config_for(model)
     d = fam.defaults(mc)

@@ -1,13 +1,12 @@
 """Model families behind one seam: the guidance loop talks only to a family and its sampler.
 
-One small module per family (the contract is :mod:`.base`); a family is found by the transformer's
+One sub-package per family (the contract is :mod:`.base`); a family is found by the transformer's
 class or the folder's ``model_index.json``. Supported: CogVideoX (1.0, 2B/5B) and Wan (2.1 T2V
 1.3B/14B, 2.2 TI2V-5B and T2V-A14B). ``docs/families.md`` says how to add the next one.
 
-- :mod:`.base`: the contract, ``Sampler``, ``ModelError``; :mod:`.cogvideox`: CogVideoX;
-- :mod:`.wan`: Wan, with :mod:`.wan_attention` (its guided processor), :mod:`.wan_sampler` (UniPC with
-  a resumable state), :mod:`.wan_text` (umT5), :mod:`.wan_presets`, :mod:`.wan_memory` (``--dry-run``),
-  :mod:`.wan_chunking` (the guided backward's FFN in token slices), :mod:`.wan_tiny` (tiny test models);
+- :mod:`.base`: the contract, ``Sampler``, ``ModelError``;
+- one sub-package per family, of the same shape: :mod:`.cogvideox`, :mod:`.wan` (``family.py`` the
+  seam, ``memory.py`` the ``--dry-run`` model, ``tiny.py`` tiny random models, and their own helpers);
 - :mod:`.offload`: model, group and activation offloading; :mod:`.prompts`: prompt embeddings for any family.
 """
 
@@ -36,7 +35,7 @@ def family_of(transformer):
 
 def preset_family(model: str):
     """The family whose built-in configs (the dry run's, no download) name ``model``; None otherwise."""
-    from ..guidance.memory import PRESETS as COG_PRESETS
+    from .cogvideox.memory import PRESETS as COG_PRESETS
 
     if model in COG_PRESETS:
         return CogVideoXFamily

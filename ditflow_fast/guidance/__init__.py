@@ -5,9 +5,9 @@
 - :mod:`.processor`: the attention processor that captures q/k, injects K/V and stops the forward;
   :mod:`.forward`: the truncated forward and the positional-embedding overrides;
 - :mod:`.losses`: DiTFlow's AMF loss, MOFT, SMM; :mod:`.embeds`: saved embeddings (zero-shot);
-  :mod:`.ref_cache`: reference latents and targets shared by runs;
-- :mod:`.models`: loading CogVideoX components, prompt files, VAE encode/decode;
-  :mod:`.memory`: the ``--dry-run`` memory model; :mod:`.tiny`: tiny random models for tests.
+  :mod:`.ref_cache`: reference latents and targets shared by runs.
+
+Everything of one model family (loading, memory model, tiny test models) is in ``families/<name>/``.
 """
 
 from .forward import base_position_table, position_override, rotary_embedding, run_until

@@ -112,7 +112,7 @@ class Guide:
             if config.gradient_checkpointing:
                 tr.enable_gradient_checkpointing()
         if self.family.name == "wan" and config.gradient_checkpointing:  # the recomputed FFN in token slices
-            from ..families import wan_chunking
+            from ..families.wan import chunking as wan_chunking
 
             for tr in self.experts.values():
                 wan_chunking.install(tr, wan_chunking.resolve_chunks(getattr(config, "ffn_chunks", None),

@@ -3,7 +3,7 @@
     python scripts/gpu_check/guided_step.py --out OUT.json            # on a CUDA device (bf16)
     python scripts/gpu_check/guided_step.py --out OUT.json --rehearsal  # toy config on the CPU
 
-The transformer is built from the public config (``ditflow_fast.guidance.memory.PRESETS``: no
+The transformer is built from the public config (``ditflow_fast.families.cogvideox.memory.PRESETS``: no
 download) on the meta device, materialised on the GPU in bf16 and initialised there with each
 module's own ``reset_parameters`` (random weights: the cost does not depend on the values). The
 step is what the guidance loop does in one Adam iteration of ``opt_mode=latent``: the optimised
@@ -19,7 +19,7 @@ Adam step. Timed parts, each between device synchronisations:
 
 The peak GPU memory of a measured iteration (allocator peak of the whole process: weights
 included) is reported beside ``ditflow-fast transfer --dry-run``'s prediction
-(:func:`ditflow_fast.guidance.memory.estimate` with the CLI's arguments), with and without the
+(:func:`ditflow_fast.families.cogvideox.memory.estimate` with the CLI's arguments), with and without the
 VAE weights that the dry run counts and this step does not load. The JSON is rewritten after each
 phase, so a killed run still leaves what it had measured.
 """
@@ -103,8 +103,8 @@ def main(argv=None) -> int:
 
     from ditflow_fast.api import choose_backend
     from ditflow_fast.bench.timing import time_callable
+    from ditflow_fast.families.cogvideox.memory import PRESETS, estimate
     from ditflow_fast.guidance import install, losses, rotary_embedding, run_until
-    from ditflow_fast.guidance.memory import PRESETS, estimate
 
     cuda = torch.cuda.is_available() and not a.rehearsal
     if not cuda and not a.rehearsal:

@@ -13,7 +13,7 @@ import pytest
 
 from ditflow_fast.app import core
 from ditflow_fast.cli.main import main
-from ditflow_fast.guidance import tiny
+from ditflow_fast.families.cogvideox import tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = dict(steps=6, guided_steps=2, opt_iters=2)

@@ -28,7 +28,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright 
 
 from ditflow_fast.app import core, ui  # noqa: E402
 from ditflow_fast.cli.main import main  # noqa: E402
-from ditflow_fast.guidance import tiny  # noqa: E402
+from ditflow_fast.families.cogvideox import tiny  # noqa: E402
 from ditflow_fast.video_io import write_video  # noqa: E402
 
 DONE = "(() => { const s = document.querySelector('#status').innerText; return s.includes('Done') || " \

@@ -18,7 +18,7 @@ from gradio.utils import get_upload_folder  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
 from ditflow_fast.app import core, ui  # noqa: E402
-from ditflow_fast.guidance import tiny  # noqa: E402
+from ditflow_fast.families.cogvideox import tiny  # noqa: E402
 from ditflow_fast.video_io import write_video  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

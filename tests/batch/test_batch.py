@@ -18,7 +18,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from ditflow_fast.batch.runner import FAULT_ENV  # noqa: E402
 from ditflow_fast.cli.main import main  # noqa: E402
-from ditflow_fast.guidance import tiny  # noqa: E402
+from ditflow_fast.families.cogvideox import tiny  # noqa: E402
 from ditflow_fast.video_io import read_video, write_video  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

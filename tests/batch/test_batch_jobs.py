@@ -13,7 +13,7 @@ pytest.importorskip("av")
 
 from ditflow_fast.batch.jobs import JobsError, parse_jobs  # noqa: E402
 from ditflow_fast.cli.main import main  # noqa: E402
-from ditflow_fast.guidance import tiny  # noqa: E402
+from ditflow_fast.families.cogvideox import tiny  # noqa: E402
 from ditflow_fast.guidance.ref_cache import RefCache, tensor_digest  # noqa: E402
 from ditflow_fast.video_io import read_video  # noqa: E402
 

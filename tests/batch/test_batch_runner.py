@@ -182,7 +182,7 @@ def test_batch_lock_names_the_system_error_when_the_folder_cannot_be_locked(tmp_
 
 def test_reset_of_a_held_model_removes_the_ffn_chunking_of_the_last_job():
     from ditflow_fast.batch.worker import _reset
-    from ditflow_fast.families import wan_chunking
+    from ditflow_fast.families.wan import chunking as wan_chunking
 
     class Block(torch.nn.Module):
         def __init__(self):

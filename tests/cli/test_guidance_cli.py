@@ -13,7 +13,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("av")
 
 from ditflow_fast.cli.main import main  # noqa: E402
-from ditflow_fast.guidance import tiny  # noqa: E402
+from ditflow_fast.families.cogvideox import tiny  # noqa: E402
 from ditflow_fast.video_io import VideoError, read_video, write_video  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -144,7 +144,7 @@ def test_interrupted_transfer_resumes_to_the_same_video(assets, tmp_path, monkey
 
 
 def test_model_size_checks():
-    from ditflow_fast.guidance.models import ModelError, check_size
+    from ditflow_fast.families.cogvideox.components import ModelError, check_size
 
     tr, vae = tiny.tiny_transformer(True), tiny.tiny_vae()
     assert check_size(tr, vae, 9, 48, 64) == (3, 6, 8)

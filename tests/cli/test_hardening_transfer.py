@@ -18,8 +18,9 @@ pytest.importorskip("av")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from ditflow_fast.cli.main import main  # noqa: E402
-from ditflow_fast.families import CogVideoXFamily, WanFamily, cogvideox  # noqa: E402
-from ditflow_fast.guidance import tiny  # noqa: E402
+from ditflow_fast.families import CogVideoXFamily, WanFamily  # noqa: E402
+from ditflow_fast.families.cogvideox import family as cogvideox  # noqa: E402
+from ditflow_fast.families.cogvideox import tiny  # noqa: E402
 from ditflow_fast.guidance.loop import Guide  # noqa: E402
 from ditflow_fast.video_io import write_video  # noqa: E402
 

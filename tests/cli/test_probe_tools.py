@@ -31,7 +31,7 @@ def _toy_frames(index: int = 0):
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    from ditflow_fast.guidance import tiny
+    from ditflow_fast.families.cogvideox import tiny
 
     root = tmp_path_factory.mktemp("probe")
     write_video(_toy_frames(0), root / "toy", fmt="frames")

@@ -21,9 +21,9 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from ditflow_fast.cli.main import main  # noqa: E402
 from ditflow_fast.families import CogVideoXFamily, WanFamily  # noqa: E402
-from ditflow_fast.guidance import tiny  # noqa: E402
+from ditflow_fast.families.cogvideox import tiny  # noqa: E402
+from ditflow_fast.families.cogvideox.memory import PRESETS  # noqa: E402
 from ditflow_fast.guidance.config import GuidanceConfig  # noqa: E402
-from ditflow_fast.guidance.memory import PRESETS  # noqa: E402
 from ditflow_fast.video_io import write_video  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,8 +12,8 @@ pytest.importorskip("diffusers")
 pytest.importorskip("av")
 
 from ditflow_fast.cli.main import main  # noqa: E402
-from ditflow_fast.families import wan_tiny  # noqa: E402
-from ditflow_fast.guidance import tiny  # noqa: E402
+from ditflow_fast.families.cogvideox import tiny  # noqa: E402
+from ditflow_fast.families.wan import tiny as wan_tiny  # noqa: E402
 from ditflow_fast.guidance.config import GuidanceConfig  # noqa: E402
 from ditflow_fast.guidance.loop import Guide  # noqa: E402
 from ditflow_fast.video_io import read_video, write_video  # noqa: E402
@@ -169,7 +169,7 @@ def test_prompt_text_through_a_tiny_umt5(wan, tmp_path):
     pytest.importorskip("transformers")
     import shutil
 
-    from ditflow_fast.families.wan_text import save_tiny_umt5
+    from ditflow_fast.families.wan.text import save_tiny_umt5
 
     model = tmp_path / "wan_text"
     shutil.copytree(wan / "wan21", model)

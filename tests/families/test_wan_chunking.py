@@ -1,4 +1,4 @@
-"""Token-chunked Wan FFN (ditflow_fast.families.wan_chunking) and activation offload
+"""Token-chunked Wan FFN (ditflow_fast.families.wan.chunking) and activation offload
 (ditflow_fast.families.offload.activation_offload, torch's save_on_cpu): outputs and gradients exactly
 as without them, on tiny Wan and CogVideoX transformers, through diffusers' non-reentrant
 checkpointing and the StopForward early stop; the options' plumbing (config, run key, CLI)."""
@@ -12,8 +12,10 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from ditflow_fast.families import offload, wan_chunking, wan_tiny  # noqa: E402
-from ditflow_fast.families.wan import WanFamily  # noqa: E402
+from ditflow_fast.families import offload  # noqa: E402
+from ditflow_fast.families.wan import chunking as wan_chunking  # noqa: E402
+from ditflow_fast.families.wan import tiny as wan_tiny  # noqa: E402
+from ditflow_fast.families.wan.family import WanFamily  # noqa: E402
 from ditflow_fast.guidance.config import GuidanceConfig  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -172,7 +174,7 @@ def _wan_guide(**kw):
 
 
 def _cog_guide(**kw):
-    from ditflow_fast.guidance import tiny
+    from ditflow_fast.families.cogvideox import tiny
     from ditflow_fast.guidance.loop import Guide
 
     tr = tiny.tiny_transformer(True)

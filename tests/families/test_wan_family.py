@@ -13,9 +13,9 @@ import torch.nn.functional as F
 pytest.importorskip("diffusers")
 
 from ditflow_fast import compute_amf  # noqa: E402
-from ditflow_fast.families import wan_tiny  # noqa: E402
-from ditflow_fast.families.wan import PRESETS, WanFamily, WanGuidedAttnProcessor, transformer_params  # noqa: E402
-from ditflow_fast.guidance.models import ModelError  # noqa: E402
+from ditflow_fast.errors import ModelError  # noqa: E402
+from ditflow_fast.families.wan import tiny as wan_tiny  # noqa: E402
+from ditflow_fast.families.wan.family import PRESETS, WanFamily, WanGuidedAttnProcessor, transformer_params  # noqa: E402
 from ditflow_fast.guidance.processor import GuidanceController  # noqa: E402
 
 W = WanFamily

@@ -1,4 +1,4 @@
-"""The Wan memory model (ditflow_fast.families.wan_memory) against torch's measured memory timeline
+"""The Wan memory model (ditflow_fast.families.wan.memory) against torch's measured memory timeline
 of a guided iteration on a Wan-shaped tiny transformer (CPU), and its numbers for the public presets."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 pytest.importorskip("diffusers")
 
 from ditflow_fast.backends.reference import research_bytes  # noqa: E402
-from ditflow_fast.families.wan import PRESETS, WanFamily  # noqa: E402
-from ditflow_fast.families.wan_memory import dry_run_table, estimate_wan  # noqa: E402
+from ditflow_fast.families.wan.family import PRESETS, WanFamily  # noqa: E402
+from ditflow_fast.families.wan.memory import dry_run_table, estimate_wan  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -66,7 +66,7 @@ def _measured(tmp_path, entry, *, block, checkpointing, dtype, opt_mode="latent"
 
     from diffusers import WanTransformer3DModel
 
-    from ditflow_fast.families import wan_chunking
+    from ditflow_fast.families.wan import chunking as wan_chunking
 
     torch.manual_seed(0)
     tr = WanTransformer3DModel(**entry["transformer"]).eval().requires_grad_(False).to(dtype)
@@ -236,7 +236,7 @@ def test_dry_run_table_header_and_rows():
 
 
 def test_bad_arguments():
-    from ditflow_fast.guidance.models import ModelError
+    from ditflow_fast.errors import ModelError
 
     with pytest.raises(ModelError, match="4k\\+1"):
         _est(MODELS[0], frames=80)
@@ -247,7 +247,7 @@ def test_bad_arguments():
 
 
 def test_local_folder_config(tmp_path):
-    from ditflow_fast.families import wan_tiny
+    from ditflow_fast.families.wan import tiny as wan_tiny
 
     path = wan_tiny.save_tiny_wan(tmp_path / "m", two_experts=True)
     text = dry_run_table(str(path))
@@ -257,7 +257,7 @@ def test_local_folder_config(tmp_path):
 # -- offloading (ditflow_fast.families.offload) on the CPU -------------------------------------------
 
 def _tiny_run(tr, block=1, checkpointing=False, backward=False):
-    from ditflow_fast.families import wan_tiny
+    from ditflow_fast.families.wan import tiny as wan_tiny
 
     if checkpointing:
         tr.enable_gradient_checkpointing()
@@ -272,7 +272,8 @@ def _tiny_run(tr, block=1, checkpointing=False, backward=False):
 
 
 def test_group_offload_on_cpu_installs_hooks_and_keeps_outputs():
-    from ditflow_fast.families import offload, wan_tiny
+    from ditflow_fast.families import offload
+    from ditflow_fast.families.wan import tiny as wan_tiny
 
     ref = wan_tiny.tiny_transformer()
     x = torch.randn(1, wan_tiny.Z_DIM, 3, 6, 10)
@@ -296,7 +297,8 @@ def test_group_offload_backward_keeps_two_blocks_and_settle_clears_the_rest():
     """The checkpointed backward's early-stopped recomputation never offloads a block (without the
     eviction every block down to the guidance block stays onloaded); with it at most two block groups
     are onloaded at any time, the gradient is unchanged, and settle() sends back what is left."""
-    from ditflow_fast.families import offload, wan_tiny
+    from ditflow_fast.families import offload
+    from ditflow_fast.families.wan import tiny as wan_tiny
 
     ref, tr = wan_tiny.tiny_transformer(layers=6), wan_tiny.tiny_transformer(layers=6)
     offload.apply_offload(tr, "group", "cpu")
@@ -322,7 +324,8 @@ def test_group_offload_backward_keeps_two_blocks_and_settle_clears_the_rest():
 
 
 def test_model_offload_hooks_keep_one_component_resident():
-    from ditflow_fast.families import offload, wan_tiny
+    from ditflow_fast.families import offload
+    from ditflow_fast.families.wan import tiny as wan_tiny
 
     tr, tr2, vae = wan_tiny.tiny_transformer(), wan_tiny.tiny_transformer(seed=1), wan_tiny.tiny_vae()
     z = torch.randn(1, wan_tiny.Z_DIM, 1, 6, 10)
@@ -342,7 +345,8 @@ def test_model_offload_hooks_keep_one_component_resident():
 
 
 def test_expert_swap_is_a_noop_when_placed():
-    from ditflow_fast.families import offload, wan_tiny
+    from ditflow_fast.families import offload
+    from ditflow_fast.families.wan import tiny as wan_tiny
 
     a, b = wan_tiny.tiny_transformer(), wan_tiny.tiny_transformer(seed=1)
     moved = []

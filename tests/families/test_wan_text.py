@@ -1,4 +1,4 @@
-"""Wan prompt encoding with the model's umT5 (ditflow_fast.families.wan_text), on a tiny encoder built here."""
+"""Wan prompt encoding with the model's umT5 (ditflow_fast.families.wan.text), on a tiny encoder built here."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from ditflow_fast.families import wan_text  # noqa: E402
-from ditflow_fast.families.wan_tiny import TEXT_DIM  # noqa: E402
-from ditflow_fast.guidance.models import ModelError  # noqa: E402
+from ditflow_fast.errors import ModelError  # noqa: E402
+from ditflow_fast.families.wan import text as wan_text  # noqa: E402
+from ditflow_fast.families.wan.tiny import TEXT_DIM  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,7 +61,7 @@ def test_bf16_encoder_returns_float32(folder):
 
 
 def test_folder_without_text_encoder(tmp_path):
-    from ditflow_fast.families import wan_tiny
+    from ditflow_fast.families.wan import tiny as wan_tiny
 
     path = wan_tiny.save_tiny_wan(tmp_path / "m")
     with pytest.raises(ModelError, match="--prompt.*text_encoder.*--prompt-embeds FILE"):

@@ -8,10 +8,11 @@ import torch
 pytest.importorskip("diffusers")
 
 from ditflow_fast import amf_loss, compute_amf  # noqa: E402
-from ditflow_fast.guidance import install, rotary_embedding, run_until, tiny  # noqa: E402
+from ditflow_fast.families.cogvideox import tiny  # noqa: E402
+from ditflow_fast.families.cogvideox.memory import estimate  # noqa: E402
+from ditflow_fast.guidance import install, rotary_embedding, run_until  # noqa: E402
 from ditflow_fast.guidance.config import GuidanceConfig  # noqa: E402
 from ditflow_fast.guidance.loop import Guide  # noqa: E402
-from ditflow_fast.guidance.memory import estimate  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

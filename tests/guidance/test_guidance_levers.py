@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from ditflow_fast.guidance import tiny  # noqa: E402
+from ditflow_fast.families.cogvideox import tiny  # noqa: E402
 from ditflow_fast.guidance.config import GuidanceConfig  # noqa: E402
 from ditflow_fast.guidance.loop import Guide  # noqa: E402
 

@@ -7,7 +7,8 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from ditflow_fast.guidance import losses, tiny  # noqa: E402
+from ditflow_fast.families.cogvideox import tiny  # noqa: E402
+from ditflow_fast.guidance import losses  # noqa: E402
 from ditflow_fast.guidance.config import GuidanceConfig  # noqa: E402
 from ditflow_fast.guidance.embeds import EmbeddingError, load_embeddings  # noqa: E402
 from ditflow_fast.guidance.loop import Guide  # noqa: E402

@@ -8,7 +8,8 @@ import torch
 pytest.importorskip("diffusers")
 
 from ditflow_fast import amf_loss, compute_amf  # noqa: E402
-from ditflow_fast.guidance import forward, processor, tiny  # noqa: E402
+from ditflow_fast.families.cogvideox import tiny  # noqa: E402
+from ditflow_fast.guidance import forward, processor  # noqa: E402
 
 F_LAT, H_LAT, W_LAT = 3, 6, 8  # 3 latent frames of 3 x 4 patches
 

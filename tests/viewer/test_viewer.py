@@ -106,8 +106,8 @@ def test_amf_random_smoke_test_and_clean_errors(toy_video, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_folders(tmp_path_factory):
-    from ditflow_fast.families import wan_tiny
-    from ditflow_fast.guidance import tiny
+    from ditflow_fast.families.cogvideox import tiny
+    from ditflow_fast.families.wan import tiny as wan_tiny
 
     root = tmp_path_factory.mktemp("tinyfam")
     tiny.main([str(root / "cog")])

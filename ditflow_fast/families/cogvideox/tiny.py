@@ -1,6 +1,6 @@
 """Tiny CogVideoX components built from configs (no download), for tests and a CPU smoke run.
 
-``python -m ditflow_fast.guidance.tiny OUT`` writes ``OUT/model`` (transformer, VAE, scheduler saved
+``python -m ditflow_fast.families.cogvideox.tiny OUT`` writes ``OUT/model`` (transformer, VAE, scheduler saved
 with ``save_pretrained``, plus ``prompt_embeds.safetensors``) and ``OUT/video.mp4`` (a moving square),
 then ``ditflow-fast transfer --model OUT/model --video OUT/video.mp4 --prompt-embeds
 OUT/model/prompt_embeds.safetensors --frames 9 --height 48 --width 64`` runs end to end on a CPU.
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-rope", action="store_true", help="2B-like: additive positional table, DDIM")
     p.add_argument("--text-encoder", action="store_true", help="add a tiny T5 + tokenizer (needs transformers)")
     a = p.parse_args(argv)
-    from ..video_io import write_video
+    from ...video_io import write_video
 
     out = Path(a.out)
     save_tiny_model(out / "model", rope=not a.no_rope, text_encoder=a.text_encoder)

@@ -1,18 +1,18 @@
 """Predicted peak GPU memory of a guided Wan run, by component, next to the research procedure's.
 
-The same accounting as the CogVideoX model (:mod:`ditflow_fast.guidance.memory`, whose
-:class:`~ditflow_fast.guidance.memory.Estimate` and table this reuses), with Wan's differences:
+The same accounting as the CogVideoX model (:mod:`ditflow_fast.families.cogvideox.memory`, whose
+:class:`~ditflow_fast.families.cogvideox.memory.Estimate` and table this reuses), with Wan's differences:
 
 - **tokens.** Wan's self-attention sees video tokens only: ``T = N = F'*h*w`` (patch ``(1, 2, 2)``
   over the Wan VAE's latent: 4x temporal, 8x spatial and ``z_dim`` 16 for Wan2.1 / A14B, 16x and 48
   for TI2V-5B). Text (512 umT5 tokens) enters through cross-attention; its projected embeddings and
   the per-block cross-attention K/V are counted in units of ``L*D*b`` (small next to ``N*D*b``).
-- **weights.** One transformer (:func:`ditflow_fast.families.wan.transformer_params`, exact, meta
+- **weights.** One transformer (:func:`ditflow_fast.families.wan.presets.transformer_params`, exact, meta
   device) and the VAE (``AutoencoderKLWan`` from the preset's VAE config, counted on the meta device).
   Wan2.2 A14B has two experts but only one is on the GPU at a time (the other waits on the CPU,
   :func:`ditflow_fast.families.offload.expert_swap`), so its weights are one expert's. The umT5-XXL
   encoder (5.7 B parameters) has been run and released before the loop
-  (:func:`ditflow_fast.families.wan_text.encode_prompts_umt5`); it never shares the GPU with it.
+  (:func:`ditflow_fast.families.wan.text.encode_prompts_umt5`); it never shares the GPU with it.
   ``offload``: ``"none"`` (all resident), ``"model"`` (the VAE on the CPU except while it runs:
   during the loop only the transformer is on the GPU), ``"group"`` (diffusers' block-level group
   offloading of the transformer, one block per group, VAE as in ``"model"``: resident are the
@@ -29,7 +29,7 @@ The same accounting as the CogVideoX model (:mod:`ditflow_fast.guidance.memory`,
 - ``offload_activations`` (:func:`ditflow_fast.families.offload.activation_offload`, torch's
   ``save_on_cpu``): the checkpointed block inputs wait in host memory (``(g + 1) [N, D]``, pinned;
   reported, not counted), and the block being back-propagated gets its input back as a fresh copy:
-  measured constants ``*_host``. ``ffn_chunks`` (:mod:`ditflow_fast.families.wan_chunking`; None:
+  measured constants ``*_host``. ``ffn_chunks`` (:mod:`ditflow_fast.families.wan.chunking`; None:
   automatic): the recomputed block's FFN in token slices, measured constants ``*_chunked`` with a
   per-slice ``[N/chunks, ffn_dim]`` term. Both apply with checkpointing only (the loop chunks only then;
   activation offload refuses ``--no-checkpointing``).
@@ -43,11 +43,11 @@ from __future__ import annotations
 import functools
 import json
 
-from ..backends.reference import research_bytes
-from ..guidance.memory import AMF_BUDGET, Estimate
-from .base import ModelError
-from .wan import _VAE21, PRESETS, TEXT_LEN, WanFamily, transformer_params
-from .wan_chunking import resolve_chunks
+from ...backends.reference import research_bytes
+from ..base import ModelError
+from ..cogvideox.memory import AMF_BUDGET, Estimate
+from .chunking import resolve_chunks
+from .family import _VAE21, PRESETS, TEXT_LEN, WanFamily, transformer_params
 
 # Activation constants, measured (torch.profiler memory timeline, export_memory_timeline(device="cpu"),
 # peak minus start of one steady-state guided iteration: WanFamily.run_until truncated after block g
@@ -158,13 +158,13 @@ def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guid
                  ffn_chunks: int | None = None) -> Estimate:
     """Predicted peak bytes by component of a guided Wan run (see the module docstring).
 
-    ``preset_or_config``: a :data:`ditflow_fast.families.wan.PRESETS` name or entry, or a bare
+    ``preset_or_config``: a :data:`ditflow_fast.families.wan.presets.PRESETS` name or entry, or a bare
     transformer config dict (then the Wan2.1 VAE is assumed). ``experts``: how many experts the model
     has (a preset entry says it itself); it does not change the prediction, since only one expert is
     ever on the GPU (the other waits on the CPU: host memory, not counted here).
     ``offload_activations``: the checkpointed block inputs in host memory (``host_bytes`` of the
     result: what they take there). ``ffn_chunks``: the recomputed FFN in token slices (None:
-    automatic, :func:`ditflow_fast.families.wan_chunking.resolve_chunks`; 0/1: off); the slice count
+    automatic, :func:`ditflow_fast.families.wan.chunking.resolve_chunks`; 0/1: off); the slice count
     used is ``ffn_chunks_used`` of the result. Both need ``checkpointing``."""
     del experts  # one expert resident whatever the count
     if offload not in OFFLOAD_MODES:

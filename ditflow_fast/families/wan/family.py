@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import cannot_load
-from ..guidance.processor import GuidanceController
-from .base import ModelError
-from .wan_attention import WanGuidedAttnProcessor, _output_hook
-from .wan_presets import _VAE21, _VAE22, PRESETS, TEXT_LEN, _cfg_get, transformer_params  # noqa: F401 - re-exported
-from .wan_sampler import WanSampler, load_scheduler_state, scheduler_state
+from ...errors import cannot_load
+from ...guidance.processor import GuidanceController
+from ..base import ModelError
+from .attention import WanGuidedAttnProcessor, _output_hook
+from .presets import _VAE21, _VAE22, PRESETS, TEXT_LEN, _cfg_get, transformer_params  # noqa: F401 - re-exported
+from .sampler import WanSampler, load_scheduler_state, scheduler_state
 
 _PIPELINES = ("WanPipeline", "WanVideoToVideoPipeline")
 _TRANSFORMERS = ("WanTransformer3DModel",)
@@ -282,7 +282,7 @@ class WanFamily:
                   qk_blocks=(), out_blocks=(), copy_kv_blocks=(), expand_timesteps: bool | None = None):
         """:func:`ditflow_fast.guidance.forward.run_until` (the same arming, checks and early stop) with
         Wan's own call (:meth:`forward`). Returns the controller with its records."""
-        from ..guidance.forward import run_until
+        from ...guidance.forward import run_until
 
         return run_until(transformer, stop_after=stop_after, qk_blocks=qk_blocks, out_blocks=out_blocks,
                          copy_kv_blocks=copy_kv_blocks, n_blocks=len(transformer.blocks),
@@ -448,7 +448,7 @@ class WanFamily:
 
     @staticmethod
     def encode_prompts(model: str, texts: dict[str, str], transformer, device, dtype) -> dict:
-        from .wan_text import encode_prompts_umt5
+        from .text import encode_prompts_umt5
 
         return encode_prompts_umt5(model, texts, device, dtype)
 

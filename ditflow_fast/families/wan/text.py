@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .base import ModelError
+from ..base import ModelError
 
 _HINT = ("or pass --prompt-embeds FILE (tensors 'prompt', 'negative' and optionally 'empty', each [1, 512, D] with "
          "D the transformer's text_dim, 4096 for Wan2.1/2.2)")
@@ -84,12 +84,12 @@ def encode_prompts_umt5(model: str, texts: dict[str, str], device, dtype, max_le
 def save_tiny_umt5(path, d_model: int | None = None, seed: int = 0) -> Path:
     """Write ``path/tokenizer`` (a word-level tokenizer trained here on a few sentences) and
     ``path/text_encoder`` (a 1-layer ``UMT5EncoderModel`` of width ``d_model``, by default the tiny
-    Wan transformer's ``text_dim``), e.g. into a :func:`ditflow_fast.families.wan_tiny.save_tiny_wan`
+    Wan transformer's ``text_dim``), e.g. into a :func:`ditflow_fast.families.wan.tiny.save_tiny_wan`
     folder so that ``--prompt`` works there. Needs ``transformers`` and ``tokenizers``."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-    from .wan_tiny import TEXT_DIM
+    from .tiny import TEXT_DIM
 
     path = Path(path)
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..backends.reference import research_bytes
+from ...backends.reference import research_bytes
 
 # The entries of the public CogVideoX configs that fix the sizes (so --dry-run needs no download).
 PRESETS = {
@@ -116,7 +116,7 @@ def config_for(model: str) -> dict:
     """Transformer config entries for a preset hub id, or read from a local model folder."""
     if model in PRESETS:
         return dict(PRESETS[model])
-    from ..errors import broken_import, cannot_load
+    from ...errors import broken_import, cannot_load
 
     try:
         from diffusers import CogVideoXTransformer3DModel

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from .base import Sampler
+from ..base import Sampler
 
 
 def scheduler_state(scheduler) -> dict:

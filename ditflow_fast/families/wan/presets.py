@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import ModelError
+from ..base import ModelError
 
 TEXT_LEN = 512  # umT5 tokens; also hard-coded in diffusers' WanAttnProcessor for I2V
 

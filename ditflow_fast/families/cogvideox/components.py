@@ -1,11 +1,8 @@
-"""Loading CogVideoX components, prompt embeddings, and VAE encode/decode, with clear errors.
+"""Loading CogVideoX components, its T5 prompt encoder, and VAE encode/decode, with clear errors.
 
 Components come from a diffusers model folder or hub id (``transformer/``, ``vae/``, ``scheduler/``;
-``tokenizer/`` and ``text_encoder/`` only when prompts are encoded here). Prompt embeddings come
-either from the model's T5 encoder (needs ``transformers`` and ``sentencepiece``: the ``text`` extra)
-or from a safetensors file given with ``--prompt-embeds``: tensor ``prompt`` ``[1, L, D]`` and
-optionally ``negative`` (the negative prompt) and ``empty`` (the empty prompt, used for the
-reference pass; defaults to ``negative``), ``L`` the model's text length, ``D`` its text width.
+``tokenizer/`` and ``text_encoder/`` only when prompts are encoded here; T5 needs ``transformers``
+and ``sentencepiece``: the ``text`` extra).
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ModelError, cannot_load  # noqa: F401  (ModelError: importers of guidance.models use it)
+from ...errors import ModelError, cannot_load  # noqa: F401  (ModelError: importers of this module use it)
 
 
 def load_components(model: str, dtype: torch.dtype):
@@ -68,36 +65,6 @@ def check_size(transformer, vae, frames: int, height: int, width: int) -> tuple[
         raise ModelError(f"this model's learned positional table fixes the size to "
                          f"{cfg.sample_height * spatial}x{cfg.sample_width * spatial}; got {height}x{width}")
     return (frames - 1) // temporal + 1, lh, lw
-
-
-# text encoders' outputs stay far below this; one beyond it is broken, and half precision (max 65504)
-# overflows on it in attention (a black video, or NaN after the model has loaded)
-PROMPT_LIMIT = 1e4
-
-
-def read_prompt_file(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a ``--prompt-embeds`` file (safetensors, no pickle), checked for a ``prompt`` and for
-    values that are non-finite or beyond ``+-PROMPT_LIMIT``."""
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise ModelError(f"--prompt-embeds {path}: no such file")
-    try:
-        t = load_file(str(path))
-    except Exception as exc:
-        raise ModelError(f"--prompt-embeds {path}: unreadable ({exc})") from exc
-    if "prompt" not in t:
-        raise ModelError(f"--prompt-embeds {path}: needs a tensor named 'prompt' (has {sorted(t)})")
-    for k, v in t.items():
-        if not v.is_floating_point() or not v.numel():
-            continue
-        if not torch.isfinite(v).all():
-            raise ModelError(f"--prompt-embeds {path}: tensor {k!r} holds {int((~torch.isfinite(v)).sum())} "
-                             "non-finite values (NaN or inf)")
-        if v.abs().max() > PROMPT_LIMIT:
-            raise ModelError(f"--prompt-embeds {path}: tensor {k!r} holds values up to |x| = "
-                             f"{float(v.abs().max()):.3g}; a text embedding stays within +-{PROMPT_LIMIT:.0e}")
-    return t
 
 
 def _encode_t5(model: str, texts: dict[str, str], length: int, device, dtype) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..guidance.processor import GuidanceController, StopForward, split_rope
+from ...guidance.processor import GuidanceController, StopForward, split_rope
 
 
 class WanGuidedAttnProcessor:

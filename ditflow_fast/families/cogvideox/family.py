@@ -1,4 +1,4 @@
-"""The CogVideoX family (1.0: 2B and 5B) on the seam; the implementation stays in ``guidance/``.
+"""The CogVideoX family (1.0: 2B and 5B) on the seam.
 
 Differences from Wan that shape this module: text tokens are a *prefix* of the joint attention;
 latents are ``[B, F, C, H, W]`` scaled by ``scaling_factor``; 5B has 3-D RoPE (passed to the
@@ -19,9 +19,10 @@ import math
 
 import torch
 
-from ..guidance import forward as fwd
-from ..guidance import models, processor
-from .base import Sampler, nearest_valid
+from ...guidance import forward as fwd
+from ...guidance import processor
+from ..base import Sampler, nearest_valid
+from . import components
 
 FINGERPRINT_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size", "in_channels",
                     "use_rotary_positional_embeddings", "max_text_seq_length", "sample_height", "sample_width")
@@ -77,7 +78,7 @@ class CogVideoXFamily:
     transformer_class, vae_class = "CogVideoXTransformer3DModel", "AutoencoderKLCogVideoX"
     text_position = "prefix"
     latent_layout = "BFCHW"
-    PRESETS = None  # filled below from guidance.memory (the flat configs the dry run reads)
+    PRESETS = None  # filled below from .memory (the flat configs the dry run reads)
 
     # -- recognising and loading -----------------------------------------------------------------
     @staticmethod
@@ -89,7 +90,7 @@ class CogVideoXFamily:
 
     @staticmethod
     def load(model: str, dtype: torch.dtype) -> dict:
-        tr, vae, sched_cfg = models.load_components(model, dtype)
+        tr, vae, sched_cfg = components.load_components(model, dtype)
         return dict(transformer=tr, transformer_2=None, vae=vae, scheduler_config=sched_cfg, boundary_ratio=None,
                     expand_timesteps=False)
 
@@ -172,7 +173,7 @@ class CogVideoXFamily:
     @classmethod
     def geometry(cls, transformer, vae, frames: int, height: int, width: int) -> tuple[int, ...]:
         """Latent ``(1, F', C, h, w)``; :class:`ModelError` for sizes or frame counts the model cannot give."""
-        f, lh, lw = models.check_size(transformer, vae, frames, height, width)
+        f, lh, lw = components.check_size(transformer, vae, frames, height, width)
         cls.check_frames(frames, vae.config.temporal_compression_ratio)
         return 1, f, transformer.config.in_channels, lh, lw
 
@@ -181,18 +182,18 @@ class CogVideoXFamily:
         """The frame rule alone (no model needed), for ``--dry-run`` and early checks."""
         if decoded_frames(latent_frames_for(frames, temporal)) != frames:
             near = nearest_valid(frames, valid_frames(frames + 16, temporal))
-            raise models.ModelError(
+            raise components.ModelError(
                 f"--frames {frames}: this model's VAE would write {decoded_frames(latent_frames_for(frames, temporal))}"
                 f" frames, not {frames}; CogVideoX gives exactly 1, 8, 9, 16, 17, ... (8k and 8k+1); nearest: "
                 f"{' or '.join(map(str, near))}")
 
     @staticmethod
     def encode_video(vae, frames, device, dtype, seed: int = 0) -> torch.Tensor:
-        return models.encode_video(vae, frames, device=device, dtype=dtype, seed=seed)
+        return components.encode_video(vae, frames, device=device, dtype=dtype, seed=seed)
 
     @staticmethod
     def decode_latents(vae, latents) -> object:
-        return models.decode_latents(vae, latents)
+        return components.decode_latents(vae, latents)
 
     # -- text ------------------------------------------------------------------------------------
     @staticmethod
@@ -204,14 +205,14 @@ class CogVideoXFamily:
 
     @staticmethod
     def encode_prompts(model: str, texts: dict[str, str], transformer, device, dtype) -> dict:
-        return models._encode_t5(model, texts, transformer.config.max_text_seq_length, device, dtype)
+        return components._encode_t5(model, texts, transformer.config.max_text_seq_length, device, dtype)
 
     # -- sampler ---------------------------------------------------------------------------------
     @staticmethod
     def make_sampler(scheduler, cfg) -> CogVideoXSampler:
         """``scheduler``: a scheduler object (used as it is) or a config (DPM/DDIM built from it)."""
         if isinstance(scheduler, dict) or not hasattr(scheduler, "step"):
-            scheduler = models.make_scheduler(scheduler, cfg.scheduler)
+            scheduler = components.make_scheduler(scheduler, cfg.scheduler)
         return CogVideoXSampler(scheduler, cfg.scheduler)
 
     @staticmethod
@@ -238,6 +239,6 @@ class CogVideoXFamily:
 
     @staticmethod
     def memory_config(model: str) -> dict:
-        from ..guidance import memory
+        from . import memory
 
         return memory.config_for(model)
