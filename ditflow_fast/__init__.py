@@ -4,9 +4,10 @@ Layers, lowest first (docs/architecture.md): the AMF core (:mod:`._problem` vali
 :mod:`.geometry`, :mod:`.dispatch` the registry, :mod:`.backends` the backends, :mod:`.eager` the one
 eager path, :mod:`.api` ``compute_amf``, :mod:`.ops` the custom op, :mod:`.loss`, :mod:`.distributed_amf`,
 ``ditflow_fast.kernels`` the Triton kernels, :mod:`._native` the C++/CUDA extension loader); the model
-layer (:mod:`.families`, :mod:`.guidance`); the tools (:mod:`.viewer`, :mod:`.bench`, :mod:`.batch`,
-:mod:`.app`, :mod:`.cli`, on :mod:`.transfer_api` (``ditflow_fast.transfer``), with :mod:`.atomic`, :mod:`.video_io`, :mod:`.compat`, :mod:`.errors`); and the application
-:mod:`.toyworld`, which nothing in the library imports.
+layer (:mod:`.families`, :mod:`.guidance`); motion transfer as a library (:mod:`.transfer_api`:
+``ditflow_fast.transfer``); the tools (:mod:`.viewer`, :mod:`.bench`, :mod:`.batch`, :mod:`.app`, :mod:`.cli`,
+with :mod:`.atomic`, :mod:`.video_io`, :mod:`.compat`, :mod:`.errors`); and the application :mod:`.toyworld`,
+which nothing in the library imports.
 
 ``ops`` is imported for its side effect (it registers ``torch.ops.ditflow_fast.amf``); ``backends``
 is the backends package, and calling it, ``ditflow_fast.backends()``, lists the registry.

@@ -1,5 +1,5 @@
 """The toy world is an application of the library: it uses only the public surface, and no library
-module imports it (only the application layer: the command line, the viewer, the app)."""
+module imports it (only the command line's `demo` and `amf`, and the app, which bundles its clips)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "ditflow_fast"
 # what may import the toy world: its command and the user-facing tools built on the library
-APPLICATION = {"cli/demo.py", "viewer", "app", "batch", "toyworld"}
+APPLICATION = {"cli/demo.py", "cli/amf.py", "app", "toyworld"}
 # what the toy world may import of the library
-PUBLIC = {"families", "guidance.config", "guidance.loop", "api", "video_io", "atomic", "loss", "viewer.transfer"}
+PUBLIC = {"families", "guidance.config", "guidance.loop", "api", "video_io", "atomic", "loss", "viewer.transfer",
+          "viewer.reference", "viewer.motion"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -70,10 +70,13 @@ def run_amf(a) -> int:
         torch.set_num_threads(a.threads)
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
-    from ..viewer.reference import check_geometry, default_model, frame_for_latent, open_model, reference_amf
+    from ..toyworld.amf_model import default_model, is_toy_folder, open_toy
+    from ..viewer.reference import check_geometry, frame_for_latent, open_model, reference_amf
 
     model = a.model or default_model()
-    handle = open_model(model, device=device, dtype=getattr(torch, a.dtype), prompt_embeds=a.prompt_embeds)
+    dtype = getattr(torch, a.dtype)
+    handle = (open_toy(model, device, dtype) if is_toy_folder(model) else
+              open_model(model, device=device, dtype=dtype, prompt_embeds=a.prompt_embeds))
     frames_n, height, width = a.frames or handle.frames, a.height or handle.height, a.width or handle.width
     check_geometry(handle, frames_n, height, width)
     if a.block is not None and a.block >= handle.n_blocks:

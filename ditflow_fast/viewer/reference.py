@@ -4,21 +4,18 @@ The procedure is ``Guide.reference_targets`` (``guidance/loop.py``): the clean l
 timestep 0 with the empty prompt, the forward stopped after the chosen block, q/k of the video tokens
 recorded there, and ``compute_amf(..., mode="argmax")``: ``[F, F, h*w, 2]`` ``(dx, dy)`` in patches.
 
-Two kinds of model folders:
+Any model that gives a :class:`ModelHandle` (its family, transformer, encoder and empty prompt):
 
 - a diffusers folder of a supported family (``ditflow_fast.families``: CogVideoX, Wan2.1/2.2), encoded
   with its VAE; the empty prompt comes from ``--prompt-embeds`` (its ``empty``, else ``negative``) or
   from the model's text encoder;
-- a bundled toy-world model (``assets/tiny_dit``, CogVideoX; ``assets/tiny_wan``, Wan: ``transformer/``,
-  ``cond_embed.safetensors``, and its own frame codec in ``vae/`` instead of a diffusers VAE): its empty
-  prompt is the condition table's ``NULL_CONDITION`` row, its clips the world's (8 frames, 32 x 32), its
-  default block the demo's (``toyworld.settings.DemoSettings``).
+- a bundled toy-world model (``assets/tiny_dit``, ``assets/tiny_wan``), opened by the toy world itself
+  (``toyworld.amf_model.open_toy``): the viewer imports nothing of the toy world.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,49 +43,6 @@ class ModelHandle:
     @property
     def n_blocks(self) -> int:
         return len(self.family.blocks(self.transformer))
-
-
-def is_toy_folder(model: str) -> bool:
-    p = Path(model).expanduser()
-    return (p / "cond_embed.safetensors").is_file() and (p / "transformer" / "config.json").is_file() and \
-        not (p / "model_index.json").is_file()
-
-
-def default_model() -> str:
-    from ..toyworld.model import DEFAULT_DIR
-
-    return str(DEFAULT_DIR)
-
-
-def _open_toy(model: str, device, dtype) -> ModelHandle:
-    from ..families import family_of
-    from ..toyworld.codec import check_codec, load_codec
-    from ..toyworld.model import load_model, to_family_layout
-    from ..toyworld.settings import DemoSettings
-    from ..toyworld.world import FRAMES, NULL_CONDITION, SIZE
-
-    tr, cond, _ = load_model(model)  # a CogVideoX or a Wan transformer
-    codec = load_codec(model)
-    check_codec(tr, codec)
-    tr.requires_grad_(False).to(device)
-    if dtype != torch.float32:
-        tr.to(dtype)
-    with torch.no_grad():
-        empty = cond(torch.tensor([NULL_CONDITION])).to(device, dtype)
-
-    def encode(frames: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(frames)).float().div(255.0).permute(0, 3, 1, 2)[None]
-        with torch.no_grad():
-            return to_family_layout(tr, codec.encode(x)).to(device, dtype)
-
-    fam, patch = family_of(tr), tr.config.patch_size  # patch: CogVideoX an int, Wan (t, h, w)
-    block = DemoSettings().guidance_block
-    n = len(fam.blocks(tr))
-    # the demo's geometry: the world's clips (Wan's config has no sample size to derive it from)
-    return ModelHandle(name=model, family=fam, kind="toy", transformer=tr, encode=encode, empty=empty,
-                       frames=FRAMES, height=SIZE, width=SIZE,
-                       default_block=block if block is not None and block < n else n // 2, device=device,
-                       dtype=dtype, patch_px=int(codec.factor) * int(patch if isinstance(patch, int) else patch[-1]))
 
 
 def _open_diffusers(model: str, device, dtype, prompt_embeds) -> ModelHandle:
@@ -120,13 +74,10 @@ def _open_diffusers(model: str, device, dtype, prompt_embeds) -> ModelHandle:
     return handle
 
 
-def open_model(model: str | None = None, *, device=None, dtype=torch.float32, prompt_embeds=None) -> ModelHandle:
-    """Load ``model`` (default: the bundled toy model) for :func:`reference_amf`."""
-    model = model or default_model()
-    device = torch.device(device or "cpu")
-    if is_toy_folder(model):
-        return _open_toy(model, device, dtype)
-    return _open_diffusers(model, device, dtype, prompt_embeds)
+def open_model(model: str, *, device=None, dtype=torch.float32, prompt_embeds=None) -> ModelHandle:
+    """Load the diffusers folder or hub id ``model`` for :func:`reference_amf` (the toy world opens its own
+    models as a :class:`ModelHandle` too: ``toyworld.amf_model``)."""
+    return _open_diffusers(model, torch.device(device or "cpu"), dtype, prompt_embeds)
 
 
 def check_geometry(handle: ModelHandle, frames: int, height: int, width: int) -> None:

@@ -47,7 +47,7 @@ def _toy(index=0, seed=0):
 
 def test_lk_tracker_against_the_toy_worlds_true_tracks():
     pytest.importorskip("cv2")
-    from ditflow_fast.viewer.validate import track_errors
+    from ditflow_fast.toyworld.tracker_check import track_errors
 
     errs = [track_errors(_toy(i)[0]) for i in range(3)]
     assert np.mean([e["object_px"] for e in errs]) < 1.0

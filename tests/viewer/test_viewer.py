@@ -156,12 +156,14 @@ def test_transfer_writes_the_side_by_side_viewer(tiny_folders, tmp_path, capsys)
 
 
 def test_amf_checks_the_video_before_loading_the_model(toy_video, tmp_path, monkeypatch, capsys):
+    from ditflow_fast.toyworld import amf_model
     from ditflow_fast.viewer import reference
 
     def no_load(*a, **k):
         pytest.fail("the model was loaded before --video was checked")
 
     monkeypatch.setattr(reference, "open_model", no_load)
+    monkeypatch.setattr(amf_model, "open_toy", no_load)
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"this is not a video")
     assert main(["amf", "--video", str(bad), "--out", str(tmp_path / "x")]) == 2

@@ -37,10 +37,11 @@ def pages(tmp_path_factory):
                 fmt="frames")
     assert main(["amf", "--video", str(root / "clip"), "--out", str(root / "one"), "--device", "cpu"]) == 0
     # a two-field page (what transfer writes): the clip against its time reversal
+    from ditflow_fast.toyworld.amf_model import default_model, open_toy
     from ditflow_fast.viewer.output import load_amf, write_viewer
-    from ditflow_fast.viewer.reference import open_model, reference_amf
+    from ditflow_fast.viewer.reference import reference_amf
 
-    h = open_model(device="cpu")
+    h = open_toy(default_model(), "cpu")
     from PIL import Image
 
     frames = np.stack([np.asarray(Image.open(p).convert("RGB"))

@@ -1,6 +1,6 @@
 """The offline tracker checked where the truth is known: toy-world clips, whose motion is exact.
 
-``python -m ditflow_fast.viewer.validate [--clips N] [--seed S]`` prints, over ``N`` reference clips of
+``python -m ditflow_fast.toyworld.tracker_check [--clips N] [--seed S]`` prints, over ``N`` reference clips of
 the toy world (``toyworld.world.reference_clips``):
 
 - the Lucas-Kanade tracker's error against the true tracks: a grid point on the object at frame 0 moves
@@ -25,7 +25,7 @@ def _uint8(clip) -> np.ndarray:
 
 def track_errors(clip, grid: int = 30) -> dict:
     """Mean error (px) of the lk tracks of ``clip`` against its true point tracks."""
-    from .motion import track_lk
+    from ..viewer.motion import track_lk
 
     v = _uint8(clip)
     t, s = v.shape[0], v.shape[1]
@@ -43,8 +43,8 @@ def track_errors(clip, grid: int = 30) -> dict:
 
 
 def run(clips: int = 10, seed: int = 0) -> dict:
-    from ..toyworld.world import reference_clips
-    from .motion import evaluate
+    from ..viewer.motion import evaluate
+    from .world import reference_clips
 
     refs = reference_clips(seed, clips)
     errs = [track_errors(c) for c in refs]
