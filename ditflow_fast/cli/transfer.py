@@ -16,6 +16,9 @@ import sys
 
 
 def add_transfer_parser(sub) -> None:
+    from ..transfer_api.options import FORMATS, OFFLOADS
+    from ..transfer_api.options import TransferOptions as D  # one set of defaults for the command and the API
+
     p = sub.add_parser("transfer", help="DiTFlow motion transfer (reference video + prompt -> video)",
                        description=__doc__.splitlines()[0])
     p.add_argument("--video", help="reference: a video file (mp4, ...) or a folder of frames")
@@ -29,8 +32,8 @@ def add_transfer_parser(sub) -> None:
                    "8k+1, Wan 4k+1)")
     p.add_argument("--height", type=int, help="default: the model's (480 for both families)")
     p.add_argument("--width", type=int, help="default: the model's (720 CogVideoX, 832 Wan)")
-    p.add_argument("--opt-mode", choices=("latent", "emb"), default="latent")
-    p.add_argument("--loss", choices=("flow", "moft", "smm"), default="flow")
+    p.add_argument("--opt-mode", choices=("latent", "emb"), default=D.opt_mode)
+    p.add_argument("--loss", choices=("flow", "moft", "smm"), default=D.loss)
     p.add_argument("--no-guidance", action="store_true", help="no optimisation (injection still applies)")
     p.add_argument("--no-injection", action="store_true", help="no K/V injection at block 0")
     p.add_argument("--inject-embeds", metavar="DIR", help="zero-shot: reuse embeddings saved by an emb run")
@@ -40,20 +43,23 @@ def add_transfer_parser(sub) -> None:
                    help="classifier-free guidance scale (default: the model's, 7 CogVideoX, 5 Wan)")
     p.add_argument("--flow-shift", type=float, help="Wan: the sampler's flow shift (default: the model folder's)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's, 50; Wan2.2 A14B 40)")
-    p.add_argument("--guided-steps", type=int, default=10)
-    p.add_argument("--opt-iters", type=int, default=5, help="Adam iterations per guided step")
-    p.add_argument("--grad-reuse", type=int, default=1, metavar="K",
+    p.add_argument("--guided-steps", type=int, default=D.guided_steps)
+    p.add_argument("--opt-iters", type=int, default=D.opt_iters, help="Adam iterations per guided step")
+    p.add_argument("--grad-reuse", type=int, default=D.grad_reuse, metavar="K",
                    help="speed lever: one real forward+backward every K-th Adam iteration, its gradient reused "
                         "in between (1: every iteration, the paper's; FastVMT uses 3). See docs/guidance.md")
-    p.add_argument("--early-stop", type=float, default=0.0, metavar="TOL",
+    p.add_argument("--early-stop", type=float, default=D.early_stop, metavar="TOL",
                    help="speed lever: end a guided step's iterations once its AMF loss falls by less than TOL "
                         "(relative) from one pass to the next (0: off, the paper's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=D.seed)
+    p.add_argument("--lr", type=float, nargs=2, default=D.lr, metavar=("FIRST", "LAST"),
+                   help="Adam learning rate at the first and the last guided step, linear in between "
+                        f"(default {D.lr[0]:g} {D.lr[1]:g}, DiTFlow's)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--device")
     p.add_argument("--no-checkpointing", action="store_true", help="disable gradient checkpointing")
     p.add_argument("--cpu-offload", action="store_true", help="keep the VAE on the CPU except when it runs")
-    p.add_argument("--offload", choices=("none", "model", "group"), default="none",
+    p.add_argument("--offload", choices=OFFLOADS, default=D.offload,
                    help="model: only the running component on the GPU; group: diffusers' block-level group "
                         "offloading of the transformer (smallest GPU memory)")
     p.add_argument("--offload-activations", action=argparse.BooleanOptionalAction, default=None,
@@ -64,8 +70,8 @@ def add_transfer_parser(sub) -> None:
                         "(exact; default: automatic, enough slices for 256 MiB per [slice, ffn_dim]; 0/1: off)")
     p.add_argument("--vae-tiling", action="store_true")
     p.add_argument("--out", default="ditflow_out")
-    p.add_argument("--format", choices=("mp4", "gif", "frames"), default="mp4")
-    p.add_argument("--fps", type=int, default=8, help="frames per second of the mp4/gif (> 0)")
+    p.add_argument("--format", choices=FORMATS, default=D.format)
+    p.add_argument("--fps", type=int, default=D.fps, help="frames per second of the mp4/gif (> 0)")
     p.add_argument("--fresh", action="store_true", help="ignore a saved state in --out and start over")
     p.add_argument("--dry-run", action="store_true", help="print the predicted peak GPU memory and exit")
     p.add_argument("--threads", type=int, help="CPU threads for torch (1 is fastest for tiny models on busy CPUs)")
