@@ -195,3 +195,35 @@ def test_no_import_cycles_counting_imports_inside_functions():
     graph = import_graph()
     cycles = find_cycles(graph)
     assert not cycles, _report(graph, cycles)
+
+
+# importer package -> packages it must not import (imports inside functions count): the layers of
+# docs/architecture.md. The loop knows families only through the registry and the family object it is
+# handed; the tools sit on the library (transfer_api), not on the command line or the toy world.
+FORBIDDEN = {
+    "ditflow_fast.guidance": ("ditflow_fast.families.cogvideox", "ditflow_fast.families.wan"),
+    "ditflow_fast.transfer_api": ("ditflow_fast.cli", "ditflow_fast.toyworld", "ditflow_fast.app",
+                                  "ditflow_fast.batch"),
+    "ditflow_fast.app": ("ditflow_fast.cli", "ditflow_fast.toyworld"),
+    "ditflow_fast.batch": ("ditflow_fast.cli", "ditflow_fast.toyworld"),
+    "ditflow_fast.viewer": ("ditflow_fast.cli", "ditflow_fast.toyworld"),
+}
+
+
+def _layer_breaches(graph) -> list[str]:
+    def within(name: str, pkg: str) -> bool:
+        return name == pkg or name.startswith(pkg + ".")
+
+    return [f"{a} -> {b}  {where}" for a, edges in sorted(graph.items()) for b, where in sorted(edges.items())
+            for src, banned in FORBIDDEN.items() if within(a, src) and any(within(b, x) for x in banned)]
+
+
+def test_the_layer_check_sees_a_breach():
+    graph = {"ditflow_fast.app.core": {"ditflow_fast.cli.transfer": "x.py:1"},
+             "ditflow_fast.guidance.loop": {"ditflow_fast.families": "y.py:2"}}
+    assert _layer_breaches(graph) == ["ditflow_fast.app.core -> ditflow_fast.cli.transfer  x.py:1"]
+
+
+def test_no_import_runs_back_up_the_layers():
+    breaches = _layer_breaches(import_graph())
+    assert not breaches, "imports across the layers:\n  " + "\n  ".join(breaches)
