@@ -60,7 +60,7 @@ def measure(spec: CaseSpec, timeout_s: float | None = None) -> dict:
         from .memprobe import cuda_peak_extra
 
         return cuda_peak_extra(build_case(spec))
-    cmd = [sys.executable, "-m", "ditflow_fast.bench.memprobe", "--preset", spec.preset, "--impl", spec.impl,
+    cmd = [sys.executable, "-m", "ditflow_fast.cli.memprobe", "--preset", spec.preset, "--impl", spec.impl,
            "--mode", spec.mode, "--dtype", spec.dtype, "--device", spec.device, "--seed", str(spec.seed)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if done.returncode != 0:

@@ -1,6 +1,6 @@
 """Peak extra memory of one benchmark case, measured in a fresh process.
 
-``python -m ditflow_fast.bench.memprobe --preset P --impl I --mode M [--dtype D --device cpu]``
+``python -m ditflow_fast.cli.memprobe --preset P --impl I --mode M [--dtype D --device cpu]``
 builds the case's inputs, records the baseline, runs the case once and prints one JSON line
 ``{"peak_extra_bytes": ..., "baseline_bytes": ..., "method": ...}``. ``--alloc-mb N`` instead
 allocates and fills an N MiB tensor (a calibration of the probe itself).
@@ -13,9 +13,7 @@ statistics are exact and need no fresh process (see :func:`cuda_peak_extra`).
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import resource
 import sys
 from collections.abc import Callable
@@ -78,33 +76,3 @@ def cuda_peak_extra(run: Callable[[], object]) -> dict:
     del out
     return {"peak_extra_bytes": max(0, peak - base), "baseline_bytes": base,
             "method": "torch.cuda.max_memory_allocated minus memory_allocated before the run"}
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ditflow_fast.bench.memprobe", description=__doc__.splitlines()[0])
-    ap.add_argument("--preset")
-    ap.add_argument("--impl")
-    ap.add_argument("--mode")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--alloc-mb", type=float, help="calibration: allocate and fill this many MiB instead of a case")
-    args = ap.parse_args(argv)
-    import torch
-
-    if args.alloc_mb is not None:
-        def run():
-            return torch.ones(int(args.alloc_mb * 2**20) // 4, dtype=torch.float32, device=args.device)
-    else:
-        if not (args.preset and args.impl and args.mode):
-            ap.error("--preset, --impl and --mode are required unless --alloc-mb is given")
-        from .cases import CaseSpec, build_case
-
-        run = build_case(CaseSpec(args.impl, args.mode, args.preset, args.dtype, args.device, args.seed))
-    probe = cuda_peak_extra if args.device.startswith("cuda") else cpu_peak_extra
-    print(json.dumps(probe(run)), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

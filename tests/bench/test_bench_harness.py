@@ -70,7 +70,7 @@ def test_smoke_memory_is_measured_in_fresh_processes(tmp_path):
 
 def test_memprobe_reports_a_known_allocation():
     mib = 200
-    done = subprocess.run([sys.executable, "-m", "ditflow_fast.bench.memprobe", "--alloc-mb", str(mib)],
+    done = subprocess.run([sys.executable, "-m", "ditflow_fast.cli.memprobe", "--alloc-mb", str(mib)],
                           capture_output=True, text=True, check=True)
     extra = json.loads(done.stdout.strip().splitlines()[-1])["peak_extra_bytes"]
     assert 0.9 * mib * 2**20 <= extra <= 1.2 * mib * 2**20, extra
