@@ -2,24 +2,33 @@
 
 Every line is checked before anything runs (JSON, object, known keys, values of the right type and
 choice, ids unique and usable as folder names, a video and a prompt); all problems are reported
-together, each with its line number. A job's options are the command line's (the batch's defaults)
-overridden by the line's, turned into a ``transfer`` argument list and parsed by ``transfer``'s own
-parser, so a job means exactly what the same ``ditflow-fast transfer`` command means.
+together, each with its line number and the line's key names. A job's options are the command
+line's (the batch's defaults) overridden by the line's, checked by :class:`TransferOptions` (the
+rules of ``ditflow-fast transfer`` and of :func:`ditflow_fast.transfer`), so a job means exactly
+what the same ``transfer`` command or call means.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import difflib
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..transfer_api.options import TransferOptions, python_names
+
+# the arguments of a transfer that are not options (``run``'s own arguments)
+INPUTS = ("video", "prompt", "negative_prompt", "prompt_embeds", "model")
+DEFAULT_MODEL = "THUDM/CogVideoX-5b"
 # transfer's options a job may not set: the batch decides where a job writes and that it is quiet
-RESERVED = ("out", "quiet", "dry_run", "help", "func")
+RESERVED = ("out", "quiet", "dry_run")
 RESERVED_IDS = ("manifest.jsonl",)
+OPTIONS = tuple(f.name for f in dataclasses.fields(TransferOptions))
+# TransferOptions leaves the types of its text options to the run: a job's are checked here, before any worker
+_TEXTS = INPUTS + tuple(f.name for f in dataclasses.fields(TransferOptions) if f.type in ("str", "str | None"))
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")  # fullmatch: "$" would let a final newline through
 
 
@@ -32,37 +41,15 @@ class JobsError(ValueError):
         super().__init__(f"{len(problems)} problem(s) in the jobs file, nothing was run:\n{lines}")
 
 
-class _Raising(argparse.ArgumentParser):
-    def error(self, message):  # noqa: D401 - argparse's hook
-        raise ValueError(message)
-
-
-def transfer_parser() -> argparse.ArgumentParser:
-    """``transfer``'s parser, raising ``ValueError`` instead of exiting."""
-    from ..cli.transfer import add_transfer_parser
-
-    root = _Raising(prog="ditflow-fast", add_help=False)
-    sub = root.add_subparsers(dest="command", parser_class=_Raising)
-    add_transfer_parser(sub)
-    return sub.choices["transfer"]
-
-
-def job_actions(parser: argparse.ArgumentParser | None = None) -> dict[str, argparse.Action]:
-    """``dest -> action`` of the options a job (and the batch command line) may set."""
-    parser = parser or transfer_parser()
-    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in RESERVED}
-
-
 @dataclass
 class Job:
     id: str
     line: int
-    options: dict  # dest -> value: the batch's defaults merged with the line's
-    argv: list[str] = field(default_factory=list)  # transfer's arguments, without --out/--quiet
+    options: dict  # key -> value: the batch's defaults merged with the line's (inputs and options)
 
     @property
     def model_key(self) -> tuple[str, str]:
-        return str(self.options.get("model") or "THUDM/CogVideoX-5b"), str(self.options.get("dtype") or "")
+        return str(self.options.get("model") or DEFAULT_MODEL), str(self.options.get("dtype") or "")
 
     @property
     def fingerprint(self) -> str:
@@ -72,51 +59,52 @@ class Job:
         return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def to_argv(options: dict, actions: dict[str, argparse.Action]) -> list[str]:
-    """``{dest: value}`` -> transfer's argument list; raises ``ValueError`` naming the key."""
-    argv: list[str] = []
-    for dest in sorted(options):
-        value, act = options[dest], actions[dest]
-        flag = act.option_strings[-1]
-        if value is None:
-            continue
-        if isinstance(act, argparse._StoreTrueAction):
-            if not isinstance(value, bool):
-                raise ValueError(f"{dest!r} must be true or false, got {value!r}")
-            argv += [flag] if value else []
-        elif isinstance(act, argparse._AppendAction):
-            values = value if isinstance(value, list) else [value]
-            for v in values:
-                if isinstance(v, (bool, dict, list)) or v is None:
-                    raise ValueError(f"{dest!r} must be a value or a list of values, got {value!r}")
-                argv += [flag, str(v)]
-        else:
-            if isinstance(value, (bool, dict, list)):
-                raise ValueError(f"{dest!r} must be a single value, got {value!r}")
-            argv += [f"{flag}={value}"]
-    return argv
+def split(options: dict) -> tuple[dict, TransferOptions]:
+    """A job's ``options`` -> (``run``'s inputs, the checked :class:`TransferOptions`); raises the
+    ``ValueError``/``TypeError`` of the first bad one, in the command line's words (``--flags``)."""
+    inputs = {k: options.get(k) for k in INPUTS}
+    inputs["model"] = inputs["model"] or DEFAULT_MODEL
+    inputs["negative_prompt"] = inputs["negative_prompt"] or ""
+    return inputs, TransferOptions.from_kwargs(**{k: v for k, v in options.items() if k not in INPUTS})
 
 
 def _absolute(options: dict) -> dict:
     """Paths made absolute against the current folder (workers may run elsewhere); a model that is
     not a local folder (a hub id) is left as it is."""
     out = dict(options)
-    for dest in ("video", "prompt_embeds", "inject_embeds", "ref_cache", "model"):
-        v = out.get(dest)
-        if isinstance(v, str) and v and (dest != "model" or Path(v).expanduser().exists()):
-            out[dest] = str(Path(v).expanduser().absolute())
+    for key in ("video", "prompt_embeds", "inject_embeds", "ref_cache", "model"):
+        v = out.get(key)
+        if isinstance(v, str) and v and (key != "model" or Path(v).expanduser().exists()):
+            out[key] = str(Path(v).expanduser().absolute())
     return out
 
 
+def _check(options: dict) -> str | None:
+    """The first problem of a job's merged options, by their key names, or None."""
+    for key in _TEXTS:
+        v = options.get(key)
+        if v is not None and not isinstance(v, str):
+            return f"{key!r} must be a string, got {v!r}"
+    try:
+        split(options)
+    except (ValueError, TypeError) as exc:
+        return python_names(str(exc))
+    if not options.get("video"):
+        return "no 'video' (give it in the line or as --video on the command line)"
+    if not options.get("prompt") and not options.get("prompt_embeds"):
+        return "no 'prompt' or 'prompt_embeds'"
+    return None
+
+
 def parse_jobs(path, defaults: dict | None = None) -> list[Job]:
-    """The jobs of ``path`` (blank lines skipped), or :class:`JobsError` with every problem found."""
+    """The jobs of ``path`` (blank lines skipped), or :class:`JobsError` with every problem found.
+    ``defaults``: options of every job (the batch's command line), overridden by a line's."""
     path = Path(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise JobsError(path, [(0, f"cannot be read ({exc})")]) from None
-    parser = transfer_parser()
-    actions = job_actions(parser)
+    known = list(INPUTS) + [k for k in OPTIONS if k not in RESERVED]
     defaults = dict(defaults or {})
     problems: list[tuple[int, str]] = []
     jobs: list[Job] = []
@@ -137,8 +125,8 @@ def parse_jobs(path, defaults: dict | None = None) -> list[Job]:
         for key in obj:
             if key in RESERVED:
                 bad.append(f"{key!r} is set by the batch (each job writes OUT/<id>/), not by a job")
-            elif key not in actions:
-                near = difflib.get_close_matches(key.replace("-", "_"), list(actions) + ["id"], n=1)
+            elif key not in known:
+                near = difflib.get_close_matches(key.replace("-", "_"), known + ["id"], n=1)
                 bad.append(f"unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
         if bad:
             problems += [(n, b) for b in bad]
@@ -153,19 +141,11 @@ def parse_jobs(path, defaults: dict | None = None) -> list[Job]:
             continue
         seen[job_id] = n
         options = _absolute({**defaults, **obj})
-        try:
-            argv = to_argv(options, actions)
-            ns = parser.parse_args(argv)
-        except ValueError as exc:
-            problems.append((n, str(exc)))
+        problem = _check(options)
+        if problem:
+            problems.append((n, problem))
             continue
-        if not ns.video:
-            problems.append((n, "no 'video' (give it in the line or as --video on the command line)"))
-            continue
-        if not ns.prompt and not ns.prompt_embeds:
-            problems.append((n, "no 'prompt' or 'prompt_embeds'"))
-            continue
-        jobs.append(Job(job_id, n, options, argv))
+        jobs.append(Job(job_id, n, options))
     if problems:
         raise JobsError(path, problems)
     if not jobs:

@@ -19,7 +19,8 @@
   ``OUT/<id>/``, which then holds the earlier run: ``transfer`` resumes it when the run key is the
   same (a file only touched), and refuses it otherwise (naming what differs), which the batch records
   as that job's failure, with a hint. ``--fresh-changed`` (``BatchSettings.fresh_changed``) runs such
-  jobs with ``transfer --fresh`` instead (first attempt only: a retry after a worker died resumes).
+  jobs with ``fresh=True`` (``transfer --fresh``) instead (first attempt only: a retry after a worker died
+  resumes).
 """
 
 from __future__ import annotations
@@ -249,8 +250,8 @@ def _run(ray, jobs: list[Job], s: BatchSettings, out: Path) -> dict[str, dict]:
                 stamps[job.id] = _inputs_stamp(job)
                 manifest.add(event="start", id=job.id, worker=w, attempt=attempts[job.id],
                              **({"fresh": True} if fresh else {}))
-                argv = [*job.argv, "--fresh"] if fresh and "--fresh" not in job.argv else job.argv
-                ref = actors[w].run.remote(job.id, argv, str(out / job.id), die)
+                options = {**job.options, "fresh": True} if fresh else job.options
+                ref = actors[w].run.remote(job.id, options, str(out / job.id), die)
                 running[ref] = (w, job)
                 held[w] = job.model_key
             ready, _ = ray.wait(list(running), num_returns=1)

@@ -1,13 +1,11 @@
 """The long-lived worker of ``ditflow-fast batch``: one per GPU (or per ``--workers`` CPU slot).
 
 A plain class, made a Ray actor by the driver (``ray.remote(TransferWorker)``), so it can also be
-used and tested without Ray. It holds the models it loaded, keyed by (model reference, its
-fingerprint, dtype), at most ``max_models`` of them (least recently used goes first), and runs one
-job at a time through :func:`ditflow_fast.cli.transfer.run_transfer` with a loader that hands the
-held model over. Before a held model is handed over again, what a run leaves on it is undone: the
-guidance processors and hooks, Wan's token-chunked FFN, gradient checkpointing, VAE tiling and
-slicing. Runs with ``--offload`` load their own copy and drop it afterwards (offloading hooks are
-not undone).
+used and tested without Ray. It holds :class:`~ditflow_fast.transfer_api.HeldModel`\\ s keyed by
+(model reference, its fingerprint, dtype), at most ``max_models`` of them (least recently used goes
+first), and runs one job at a time through :func:`ditflow_fast.transfer_api.run`, which resets a held
+model before it is used again (``HeldModel.reset``). Runs with ``offload``/``cpu_offload`` get their
+own copy, dropped afterwards (offloading hooks are not undone).
 
 A job's ordinary errors (a broken video, a wrong size, an out-of-memory) come back as a result
 with ``error`` set; only the death of the worker's process is left to the driver, which retries
@@ -23,29 +21,13 @@ import time
 import traceback
 from collections import OrderedDict
 
-
-def _reset(fam, comps: dict) -> None:
-    from ..families.wan import chunking as wan_chunking
-
-    for name in ("transformer", "transformer_2"):
-        tr = comps.get(name)
-        if tr is None:
-            continue
-        fam.uninstall(tr)
-        wan_chunking.uninstall(tr)  # the guided backward's FFN slices (a no-op where none were installed)
-        if getattr(tr, "is_gradient_checkpointing", False):
-            tr.disable_gradient_checkpointing()
-        tr.requires_grad_(False)
-    vae = comps.get("vae")
-    for off in ("disable_tiling", "disable_slicing"):
-        if vae is not None and hasattr(vae, off):
-            getattr(vae, off)()
+RECORD = ("result", "seconds", "resumed_from_step", "run_key", "ref_cache")
 
 
 class TransferWorker:
     def __init__(self, name: str, threads: int | None = None, max_models: int = 1):
         self.name, self.max_models = name, max(1, int(max_models))
-        self.models: OrderedDict = OrderedDict()
+        self.models: OrderedDict = OrderedDict()  # (ref, fingerprint, dtype) -> HeldModel
         self.loads = 0
         if threads is not None:
             import torch
@@ -56,57 +38,54 @@ class TransferWorker:
         return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname(),
                 "models": [list(k) for k in self.models]}
 
-    def _loader(self, cacheable: bool, events: list):
-        def load(fam, ref, dtype):
-            from ..families import resolve_model_ref
-            from ..guidance.run_key import model_digest
+    def _held(self, model: str, dtype: str | None, keep: bool):
+        """``(the HeldModel for model and dtype, whether it was held already)``; kept only when ``keep``."""
+        from ..transfer_api import HeldModel
 
-            if not cacheable:
-                events.append("loaded (offload: not kept)")
-                self.loads += 1
-                return fam.load(ref, dtype)
-            key = (ref, model_digest(*resolve_model_ref(ref)), str(dtype))
-            if key in self.models:
-                self.models.move_to_end(key)
-                comps = self.models[key]
-                _reset(fam, comps)
-                events.append("held")
-                return comps
-            while len(self.models) >= self.max_models:
-                self.models.popitem(last=False)
-                _free()
-            comps = fam.load(ref, dtype)
-            self.loads += 1
-            self.models[key] = comps
-            events.append("loaded")
-            return comps
-        return load
+        held = HeldModel(model)
+        if not keep:
+            return held, False
+        # the folder's fingerprint in the key: a model rewritten in place is loaded again
+        key = (held.ref, held.digest(), dtype or "")
+        if key in self.models:
+            self.models.move_to_end(key)
+            return self.models[key], True
+        while len(self.models) >= self.max_models:
+            self.models.popitem(last=False)[1].release()
+            _free()  # before the next load, not after it
+        self.models[key] = held
+        return held, False
 
-    def run(self, job_id: str, argv: list[str], out: str, fault_after_steps: int | None = None) -> dict:
-        """Run one job into ``out``; returns ``{"ok", "seconds", "worker", "model", "record"|"error"}``."""
-        from .jobs import transfer_parser
+    def run(self, job_id: str, options: dict, out: str, fault_after_steps: int | None = None) -> dict:
+        """Run one job (its options as :func:`~ditflow_fast.batch.jobs.split` takes them) into ``out``;
+        returns ``{"ok", "seconds", "worker", "model", "record"|"error"}``."""
+        from ..transfer_api import run
+        from .jobs import split
 
         t0 = time.time()
-        events: list[str] = []
         res = {"id": job_id, "worker": self.name, "pid": os.getpid()}
+        held, model = None, None
         restore = _fault(fault_after_steps) if fault_after_steps else None
         try:
-            from ..cli.transfer import run_transfer
-
-            a = transfer_parser().parse_args([*argv, "--out", out, "--quiet"])
-            run_transfer(a, loader=self._loader(a.offload == "none" and not a.cpu_offload, events))
-            import json
-            from pathlib import Path
-
-            rec = json.loads((Path(out) / "config.json").read_text())
-            res.update(ok=True, record={k: rec.get(k) for k in ("result", "seconds", "resumed_from_step", "run_key",
-                                                                 "ref_cache")})
+            inputs, opts = split(options)
+            keep = opts.offload == "none" and not opts.cpu_offload
+            held, was_held = self._held(inputs.pop("model"), opts.dtype, keep)
+            loads = held.loads
+            try:
+                result = run(held, inputs.pop("video"), opts, out=out, bar=False, **inputs)
+            finally:
+                self.loads += held.loads - loads
+                model = ("loaded" if keep else "loaded (offload: not kept)") if held.loads > loads else (
+                    "held" if was_held else None)
+                if not keep:
+                    held.release()
+            res.update(ok=True, record={k: result.record.get(k) for k in RECORD})
         except Exception as exc:  # noqa: BLE001 - every error of a job is that job's result
             res.update(ok=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
         finally:
             if restore is not None:
                 restore()
-        res.update(seconds=round(time.time() - t0, 3), model=events[-1] if events else None)
+        res.update(seconds=round(time.time() - t0, 3), model=model)
         return res
 
 

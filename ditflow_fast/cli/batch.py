@@ -21,9 +21,17 @@ from pathlib import Path
 _OWN = ("out", "quiet", "dry_run", "ref_cache", "help", "func")
 
 
-def add_batch_parser(sub) -> None:
-    from ..batch.jobs import job_actions
+def _transfer_actions() -> list[argparse.Action]:
+    """``transfer``'s options, to offer each as a default of every job (its parser is the one place
+    that knows their flags, types and help)."""
+    from .transfer import add_transfer_parser
 
+    sub = argparse.ArgumentParser(add_help=False).add_subparsers()
+    add_transfer_parser(sub)
+    return [a for a in sub.choices["transfer"]._actions if a.option_strings and a.dest not in _OWN]
+
+
+def add_batch_parser(sub) -> None:
     p = sub.add_parser("batch", help="many transfers (JOBS.jsonl) on Ray workers that keep their models loaded",
                        description=__doc__.split("\n\n")[0].splitlines()[0] + "\n\n" + __doc__.split("\n\n", 1)[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,16 +52,17 @@ def add_batch_parser(sub) -> None:
                    "its folder when transfer finds the same run there, else it fails naming what differs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("defaults of every job (transfer's options)")
-    for dest, act in job_actions().items():
-        if dest in _OWN:
-            continue
-        kw = dict(dest=dest, default=argparse.SUPPRESS, help=act.help)
+    for act in _transfer_actions():
+        kw = dict(dest=act.dest, default=argparse.SUPPRESS, help=act.help)
+        flags = act.option_strings
         if isinstance(act, argparse._StoreTrueAction):
             kw["action"] = "store_true"
+        elif isinstance(act, argparse.BooleanOptionalAction):
+            kw["action"], flags = argparse.BooleanOptionalAction, flags[:1]  # it adds the --no- form itself
         else:
             kw.update(action="append" if isinstance(act, argparse._AppendAction) else "store", type=act.type,
-                      choices=act.choices, metavar=act.metavar)
-        g.add_argument(*act.option_strings, **kw)
+                      choices=act.choices, metavar=act.metavar, nargs=act.nargs)
+        g.add_argument(*flags, **kw)
     p.set_defaults(func=run_batch_cli)
 
 

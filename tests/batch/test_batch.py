@@ -87,6 +87,10 @@ def test_batch_failures_cache_killed_worker_rerun(assets, tmp_path, monkeypatch,
     assert [r["id"] for r in died] == ["killed"]
     assert final["killed"]["worker"] != died[0]["worker"] and final["killed"]["attempt"] == 2
     assert final["killed"]["resumed_from_step"] == 2
+    # a worker loads the model once, however many jobs it runs (the in-process test counts the reuse itself)
+    loaded = [r["worker"] for r in final.values() if r["model"] == "loaded"]
+    assert len(loaded) == len(set(loaded)) and {r["model"] for k, r in final.items() if k != "broken"} <= {"loaded",
+                                                                                                          "held"}
     # results identical to transfer's, whether interrupted or not
     for k, ref in (("a", ref_a), ("b", ref_b), ("killed", ref_a)):
         assert np.array_equal(read_video(out / k / "result_frames"), ref), k

@@ -1,8 +1,11 @@
-"""JOBS.jsonl checks (no Ray needed) and the reference cache of ``transfer --ref-cache``."""
+"""JOBS.jsonl checks and the worker in this process (no Ray needed), batch's imports, and the reference cache
+of ``transfer --ref-cache``."""
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("av")
 
 from ditflow_fast.batch.jobs import JobsError, parse_jobs  # noqa: E402
+from ditflow_fast.batch.worker import TransferWorker  # noqa: E402
 from ditflow_fast.cli.main import main  # noqa: E402
 from ditflow_fast.families.cogvideox import tiny  # noqa: E402
 from ditflow_fast.guidance.ref_cache import RefCache, tensor_digest  # noqa: E402
@@ -29,8 +33,9 @@ def test_every_bad_line_is_reported_with_its_number_before_anything_runs(tmp_pat
     lines = [n for n, _ in err.value.problems]
     assert lines == [1, 2, 4, 5, 6, 7, 8, 10]
     text = str(err.value)
-    assert "unknown key 'seeed' (did you mean 'seed'?)" in text and "invalid int value: 'x'" in text
-    assert "invalid choice: 'nope'" in text and "already the id of line 9" in text and "set by the batch" in text
+    assert "unknown key 'seeed' (did you mean 'seed'?)" in text and "frames must be a whole number, got 'x'" in text
+    assert "opt_mode must be one of ('latent', 'emb'), got 'nope'" in text and "already the id of line 9" in text
+    assert "set by the batch" in text
     out = tmp_path / "out"
     assert main(["batch", str(jobs), "--out", str(out), "--video", "v.mp4", "--prompt", "p"]) == 2
     assert "jobs.jsonl:5: not valid JSON" in capsys.readouterr().err and not out.exists()
@@ -42,12 +47,39 @@ def test_job_options_are_the_command_line_defaults_overridden_by_the_line(tmp_pa
                     '{"id": "second", "video": "other.mp4", "prompt": "a cat"}\n')
     a, b = parse_jobs(jobs, {"video": "v.mp4", "frames": 9, "model": "owner/name"})
     assert (a.id, b.id) == ("job-1", "second")
-    assert "--seed=3" in a.argv and "--no-injection" in a.argv and "--frames=9" in b.argv
-    assert a.argv.count("--guidance-block") == 2 and a.model_key == b.model_key == ("owner/name", "")
+    assert (a.options["seed"], a.options["no_injection"], a.options["frames"], b.options["frames"]) == (3, True, 9, 9)
+    assert a.options["guidance_block"] == [1, 2] and a.model_key == b.model_key == ("owner/name", "")
     assert a.options["video"].endswith("/v.mp4") and a.options["video"].startswith("/")  # made absolute
     with pytest.raises(JobsError, match="no 'prompt'"):
         jobs.write_text('{"video": "v.mp4"}\n')
         parse_jobs(jobs)
+
+
+def test_a_bad_option_or_input_is_named_by_its_json_key(tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"seed": -1}\n{"grad_reuse": 0}\n{"video": 3}\n{"dtype": 16}\n{"seed": 1}\n')
+    with pytest.raises(JobsError) as err:
+        parse_jobs(jobs, {"video": "v.mp4", "prompt": "p"})
+    problems = dict(err.value.problems)
+    assert sorted(problems) == [1, 2, 3, 4]
+    assert "seed" in problems[1] and "grad_reuse" in problems[2] and "'video' must be a string" in problems[3]
+    assert "'dtype' must be a string" in problems[4] and "--" not in str(err.value)
+
+
+def test_batch_imports_nothing_from_the_cli_nor_argparse():
+    """batch is a layer on ``ditflow_fast.transfer_api``; the command line (``cli/batch.py``) is the layer on it."""
+    import ditflow_fast.batch as batch
+
+    for path in sorted(Path(batch.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert name != "argparse" and not name.startswith(("..cli", "ditflow_fast.cli")), (path.name, name)
 
 
 @pytest.mark.parametrize("job_id", ["nl\n", "a\nb", "-x", ".x", "a/b", "manifest.jsonl", ""])
@@ -71,6 +103,25 @@ def _args(assets, out, *extra):
             "--prompt-embeds", str(assets / "model" / "prompt_embeds.safetensors"), "--frames", "9",
             "--height", "48", "--width", "64", "--steps", "4", "--guided-steps", "2", "--opt-iters", "2",
             "--out", str(out), "--quiet", "--format", "frames", *extra]
+
+
+def test_worker_holds_the_model_between_jobs_and_offload_jobs_load_their_own(assets, tmp_path):
+    w = TransferWorker("w", threads=1)
+    job = {"model": str(assets / "model"), "video": str(assets / "video.mp4"), "frames": 9, "height": 48,
+           "width": 64, "steps": 4, "guided_steps": 2, "opt_iters": 2, "format": "frames",
+           "prompt_embeds": str(assets / "model" / "prompt_embeds.safetensors")}
+    first = w.run("a", job, str(tmp_path / "a"))
+    second = w.run("b", job, str(tmp_path / "b"))
+    assert (first["ok"], first["model"], second["ok"], second["model"], w.loads) == (True, "loaded", True, "held", 1)
+    # the held model, reset after the first job, gives the second exactly the first's frames
+    assert np.array_equal(read_video(tmp_path / "a" / "result_frames"), read_video(tmp_path / "b" / "result_frames"))
+    record = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert second["record"] == {k: record[k] for k in ("result", "seconds", "resumed_from_step", "run_key",
+                                                        "ref_cache")}
+    off = w.run("off", {**job, "cpu_offload": True}, str(tmp_path / "off"))
+    assert (off["ok"], off["model"], w.loads, len(w.models)) == (True, "loaded (offload: not kept)", 2, 1)
+    bad = w.run("bad", {**job, "seed": -1}, str(tmp_path / "bad"))
+    assert not bad["ok"] and "seed" in bad["error"] and not (tmp_path / "bad").exists()
 
 
 def test_ref_cache_is_reused_never_trusted_under_another_key_and_changes_nothing(assets, tmp_path):

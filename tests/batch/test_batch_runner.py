@@ -1,6 +1,5 @@
 """The batch driver's bookkeeping without Ray: the manifest (appended, torn lines), reruns of jobs whose
-inputs changed (a stand-in for Ray running the driver's loop), the lock, and the worker's reset of a
-held model."""
+inputs changed (a stand-in for Ray running the driver's loop), the lock, and the reset of a held model."""
 
 from __future__ import annotations
 
@@ -48,7 +47,7 @@ class _Ref:
 
 class FakeRay:
     """Just enough of Ray for ``runner._run``: actors run nothing; ``run.remote`` records the call and
-    answers with ``self.answer(job_id, argv, out)``."""
+    answers with ``self.answer(job_id, options, out)``."""
 
     class exceptions:  # noqa: N801 - Ray's name
         class RayError(Exception):
@@ -74,7 +73,8 @@ class FakeRay:
 
         class Actor:
             def __init__(self, name):
-                self.run = SimpleNamespace(remote=lambda job_id, argv, out, die: ray._run(name, job_id, argv, out))
+                self.run = SimpleNamespace(remote=lambda job_id, options, out, die: ray._run(name, job_id, options,
+                                                                                             out))
 
         class Remote:
             def options(self, **_):
@@ -84,9 +84,9 @@ class FakeRay:
                 return Actor(name)
         return lambda cls: Remote()
 
-    def _run(self, name, job_id, argv, out):
-        self.calls.append((job_id, list(argv)))
-        return _Ref({"worker": name, "seconds": 0.01, "model": "held", **self.answer(job_id, argv, out)})
+    def _run(self, name, job_id, options, out):
+        self.calls.append((job_id, dict(options)))
+        return _Ref({"worker": name, "seconds": 0.01, "model": "held", **self.answer(job_id, options, out)})
 
     def wait(self, refs, num_returns=1):
         return refs[:num_returns], refs[num_returns:]
@@ -98,16 +98,16 @@ class FakeRay:
         pass
 
 
-def _finish(job_id, argv, out):
+def _finish(job_id, options, out):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w") as fh:
-        json.dump({"argv": argv}, fh)
+        json.dump({"options": options}, fh)
     return {"ok": True, "record": {}}
 
 
-def _refuse(job_id, argv, out):  # what transfer says of a finished --out whose video changed
-    if "--fresh" in argv:
-        return _finish(job_id, argv, out)
+def _refuse(job_id, options, out):  # what transfer says of a finished --out whose video changed
+    if options.get("fresh"):
+        return _finish(job_id, options, out)
     return {"ok": False, "error": f"ValueError: --out {out}: holds a run with other video; use --fresh to start "
             "over there, or another --out", "traceback": "Traceback ..."}
 
@@ -115,7 +115,7 @@ def _refuse(job_id, argv, out):  # what transfer says of a finished --out whose 
 def test_a_done_job_whose_video_changed_is_run_again_not_skipped(tmp_path):
     video = tmp_path / "v.mp4"
     video.write_bytes(b"first video")
-    job = Job("a", 1, {"video": str(video), "prompt": "p"}, ["--prompt=p", f"--video={video}"])
+    job = Job("a", 1, {"video": str(video), "prompt": "p"})
     out = tmp_path / "out"
     out.mkdir()  # run_batch's lock makes it
     s = BatchSettings(out=out, progress=False)
@@ -127,7 +127,7 @@ def test_a_done_job_whose_video_changed_is_run_again_not_skipped(tmp_path):
     video.write_bytes(b"another video, longer")  # same path, other contents (size and mtime differ)
     ray = FakeRay(_refuse)
     res = runner._run(ray, [job], s, out)["a"]
-    assert ray.calls == [("a", job.argv)]  # run again, without --fresh: transfer decides
+    assert ray.calls == [("a", job.options)]  # run again, not fresh: transfer decides
     assert res["status"] == "failed" and "other video" in res["error"] and "--fresh-changed" in res["error"]
     last = Manifest(out / runner.MANIFEST).latest()["a"]
     assert last["stale"] is True and last["inputs"] == runner._inputs_stamp(job)
@@ -136,10 +136,10 @@ def test_a_done_job_whose_video_changed_is_run_again_not_skipped(tmp_path):
     res = runner._run(ray, [job], s, out)["a"]
     assert len(ray.calls) == 2 and "(earlier run)" not in res["error"]
 
-    # --fresh-changed: started over with transfer --fresh, then skipped like any finished job
+    # --fresh-changed: started over with fresh=True, then skipped like any finished job
     s.fresh_changed = True
     assert runner._run(ray, [job], s, out)["a"]["status"] == "done"
-    assert ray.calls[-1] == ("a", [*job.argv, "--fresh"])
+    assert ray.calls[-1] == ("a", {**job.options, "fresh": True}) and "fresh" not in job.options
     starts = [r for r in Manifest(out / runner.MANIFEST).records if r["event"] == "start"]
     assert starts[-1].get("fresh") is True and not any(r.get("fresh") for r in starts[:-1])
     assert runner._run(ray, [job], s, out)["a"]["status"] == "skipped" and len(ray.calls) == 3
@@ -148,7 +148,7 @@ def test_a_done_job_whose_video_changed_is_run_again_not_skipped(tmp_path):
 def test_a_done_job_whose_file_was_only_touched_is_run_again_and_resumes(tmp_path):
     video = tmp_path / "v.mp4"
     video.write_bytes(b"video")
-    job = Job("a", 1, {"video": str(video), "prompt": "p"}, ["--prompt=p", f"--video={video}"])
+    job = Job("a", 1, {"video": str(video), "prompt": "p"})
     out = tmp_path / "out"
     out.mkdir()  # run_batch's lock makes it
     s = BatchSettings(out=out, progress=False)
@@ -157,7 +157,7 @@ def test_a_done_job_whose_file_was_only_touched_is_run_again_and_resumes(tmp_pat
     st = os.stat(video)
     os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert runner._run(ray, [job], s, out)["a"]["status"] == "done" and len(ray.calls) == 2
-    assert ray.calls[-1][1] == job.argv  # the same run key: transfer resumes its finished state
+    assert ray.calls[-1][1] == job.options  # the same run key: transfer resumes its finished state
 
 
 def test_batch_lock_names_the_system_error_when_the_folder_cannot_be_locked(tmp_path, monkeypatch):
@@ -181,8 +181,8 @@ def test_batch_lock_names_the_system_error_when_the_folder_cannot_be_locked(tmp_
 
 
 def test_reset_of_a_held_model_removes_the_ffn_chunking_of_the_last_job():
-    from ditflow_fast.batch.worker import _reset
     from ditflow_fast.families.wan import chunking as wan_chunking
+    from ditflow_fast.transfer_api import HeldModel
 
     class Block(torch.nn.Module):
         def __init__(self):
@@ -192,7 +192,9 @@ def test_reset_of_a_held_model_removes_the_ffn_chunking_of_the_last_job():
     tr = torch.nn.Module()
     tr.blocks = torch.nn.ModuleList([Block(), Block()])
     assert wan_chunking.install(tr, 3) == 3
-    fam = SimpleNamespace(uninstall=lambda t: None)  # the family's guidance hooks: none here
-    _reset(fam, {"transformer": tr, "transformer_2": None, "vae": None})
+    held = HeldModel.__new__(HeldModel)  # no model to load: the components are set here
+    held.family = SimpleNamespace(uninstall=lambda t: None)  # the family's guidance hooks: none here
+    held.components = {"transformer": tr, "transformer_2": None, "vae": None}
+    held.reset()
     assert wan_chunking.installed_chunks(tr) == 1
     assert all("forward" not in b.ffn.__dict__ for b in tr.blocks)

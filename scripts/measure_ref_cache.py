@@ -1,9 +1,9 @@
 """Seconds per job for N prompts on one reference, with and without the reference cache (docs/scale.md).
 
-``python -m ditflow_fast.batch.measure OUT [--prompts 6] [--frames 9 --height 48 --width 64] [--steps 6]``
+``python scripts/measure_ref_cache.py OUT [--prompts 6] [--frames 9 --height 48 --width 64] [--steps 6]``
 builds the tiny CogVideoX model (or ``--wan``: the tiny Wan) and a moving-square video in ``OUT``, then
 runs the N transfers in one process with the model held between jobs (as a batch worker does), once
-with ``--ref-cache`` and once without, alternating, and prints the median seconds per job of each, and
+with ``ref_cache`` and once without, alternating, and prints the median seconds per job of each, and
 the reference part (VAE encode + reference forward + AMF) a miss costs and a hit costs.
 """
 
@@ -31,15 +31,15 @@ def main(argv=None) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from ..families.cogvideox import tiny
-    from ..video_io import write_video
-    from .jobs import transfer_parser
-    from .worker import TransferWorker
+    from ditflow_fast.batch.jobs import split
+    from ditflow_fast.batch.worker import TransferWorker
+    from ditflow_fast.families.cogvideox import tiny
+    from ditflow_fast.video_io import write_video
 
     torch.set_num_threads(1)
     out = Path(a.out)
     if a.wan:
-        from ..families.wan import tiny as wan_tiny
+        from ditflow_fast.families.wan import tiny as wan_tiny
 
         model = wan_tiny.save_tiny_wan(out / "model")
         embeds = wan_tiny.tiny_prompt_embeds
@@ -54,19 +54,18 @@ def main(argv=None) -> int:
         save_file({"prompt": embeds(seed=100 + i)["prompt"], "negative": neg}, str(f))
         prompts.append(f)
     worker = TransferWorker("measure", threads=1)
-    parser = transfer_parser()
-    base = ["--model", str(model), "--video", str(out / "video.mp4"), "--frames", str(a.frames), "--height",
-            str(a.height), "--width", str(a.width), "--steps", str(a.steps), "--guided-steps", str(a.guided_steps),
-            "--opt-iters", str(a.opt_iters), "--format", "frames", "--threads", "1"]
-    parser.parse_args(base)  # the options are good before anything runs
-    worker.run("warm-up", [*base, "--prompt-embeds", str(prompts[0])], str(out / "warm-up"))
+    base = {"model": str(model), "video": str(out / "video.mp4"), "frames": a.frames, "height": a.height,
+            "width": a.width, "steps": a.steps, "guided_steps": a.guided_steps, "opt_iters": a.opt_iters,
+            "format": "frames", "threads": 1}
+    split(base)  # the options are good before anything runs
+    worker.run("warm-up", {**base, "prompt_embeds": str(prompts[0])}, str(out / "warm-up"))
     times: dict[str, list[float]] = {"cache": [], "nocache": []}
     ref: dict[str, list[float]] = {"miss": [], "hit": []}
     for i, f in enumerate(prompts):
         for kind in (("cache", "nocache") if i % 2 else ("nocache", "cache")):
-            extra = ["--ref-cache", str(out / "ref_cache")] if kind == "cache" else []
+            extra = {"ref_cache": str(out / "ref_cache")} if kind == "cache" else {}
             t0 = time.perf_counter()
-            res = worker.run(f"{kind}-{i}", [*base, "--prompt-embeds", str(f), *extra], str(out / f"{kind}-{i}"))
+            res = worker.run(f"{kind}-{i}", {**base, "prompt_embeds": str(f), **extra}, str(out / f"{kind}-{i}"))
             if not res["ok"]:
                 raise SystemExit(res["error"])
             times[kind].append(time.perf_counter() - t0)
