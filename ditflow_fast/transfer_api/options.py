@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 FORMATS = ("mp4", "gif", "frames")
 OFFLOADS = ("none", "model", "group")
-# an option's command-line name where it is not the Python name with dashes
-FLAGS = {"cfg_scale": "cfg"}
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -124,6 +123,13 @@ def _kinds(o: TransferOptions) -> None:
     for name in _BOOLS:
         if not isinstance(getattr(o, name), bool):
             raise TypeError(f"--{name.replace('_', '-')} must be True or False, got {getattr(o, name)!r}")
+    for name in ("inject_embeds", "dtype", "device", "ref_cache", "opt_mode", "loss", "offload", "format"):
+        if getattr(o, name) is not None and not isinstance(getattr(o, name), str):
+            raise TypeError(f"--{name.replace('_', '-')} must be a string, got {getattr(o, name)!r}")
+    if o.dtype is not None and o.dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {o.dtype!r}")
+    if o.offload_activations is not None and not isinstance(o.offload_activations, bool):
+        raise TypeError(f"--offload-activations must be True, False or None, got {o.offload_activations!r}")
     for b in o.guidance_block or ():
         if isinstance(b, bool) or not _is_int_like(b):
             raise TypeError(f"--guidance-block must be whole numbers, got {o.guidance_block!r}")
@@ -141,5 +147,4 @@ def _is_int_like(v) -> bool:
 
 def python_names(message: str) -> str:
     """``--flow-shift`` -> ``flow_shift`` in a message written for the command line."""
-    inverse = {v: k for k, v in FLAGS.items()}
-    return re.sub(r"--([a-z][a-z0-9-]*)", lambda m: inverse.get(m.group(1), m.group(1).replace("-", "_")), message)
+    return re.sub(r"--([a-z][a-z0-9-]*)", lambda m: m.group(1).replace("-", "_"), message)

@@ -95,6 +95,8 @@ def test_a_callers_diffusers_pipeline_is_used_as_it_is(assets):
 @pytest.mark.parametrize("options, message", [
     (dict(guided_steps=9), "guided_steps must lie in"),
     (dict(flow_shift=float("nan")), r"flow_shift \(flow_shift\) must be a finite number"),
+    (dict(cfg=float("inf")), r"cfg_scale \(cfg\) must be a finite number"),
+    (dict(dtype="int8"), "dtype must be one of float32"),
     (dict(seed=-1), r"seed \(seed -1\) must be a whole number"),
     (dict(fps=0), "fps must be positive"),
     (dict(offload="disk"), "offload must be one of"),
