@@ -77,7 +77,7 @@ def test_missing_transformers(monkeypatch, folder):
         return real(name, *a, **kw)
 
     monkeypatch.setattr(builtins, "__import__", fake)
-    with pytest.raises(ModelError, match=r"--prompt.*pip install 'ditflow-fast\[text\]'.*--prompt-embeds FILE"):
+    with pytest.raises(ModelError, match=r"--prompt.*pip install -e '\.\[text\]'.*--prompt-embeds FILE"):
         wan_text.encode_prompts_umt5(str(folder), {"p": "a dog"}, "cpu", torch.float32)
 
 
