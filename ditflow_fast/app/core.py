@@ -1,30 +1,31 @@
-"""What the web app does, without gradio: inputs -> ``transfer``'s own arguments, run folders, memory, jobs.
+"""What the web app does, without gradio: the page's fields -> a transfer request, run folders, memory, jobs.
 
-Every run is ``ditflow-fast transfer`` itself: the page's fields become an argv for the transfer parser
-(:func:`transfer_namespace`, so defaults, choices and types are the CLI's) and the job calls
-:func:`ditflow_fast.cli.transfer.run_transfer` with it. The run folder is named by a hash of that argv
-with every input file replaced by its content hash, so the same inputs always land in the same folder:
-a run stopped by closing the page or restarting the app resumes from transfer's saved state when it is
-asked for again (or from the list of runs, which keeps each run's argv in ``app_request.json``).
+A run is :func:`ditflow_fast.transfer_api.run` on a worker thread. The page's fields become its inputs
+(video, prompts, model) and :class:`~ditflow_fast.transfer_api.TransferOptions`, checked by
+``TransferOptions.from_kwargs`` (so defaults, rules and messages are ``ditflow-fast transfer``'s). The run
+folder is named by a hash of that request with every input file replaced by its content hash, so the same
+inputs always land in the same folder: a run stopped by closing the page or restarting the app resumes
+from its saved state when it is asked for again (or from the list of runs, which keeps each request in
+``app_request.json``). The model stays loaded from one run to the next (:func:`held_model`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import hashlib
-import io
 import json
 import os
+import queue
 import re
 import shutil
-import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..transfer_api import HeldModel, TransferOptions
 from .results import (  # noqa: F401 - the run folders' results, re-exported for the page
     MOTION_FILE,
     emb_runs,
@@ -40,17 +41,19 @@ TINY_SIZE = {"frames": 9, "height": 48, "width": 64}
 TINY_PROMPT = "a dog running on a beach"
 APP_JSON = "app.json"  # in a model folder the app wrote: the sizes and prompt to pre-fill
 REQUEST_FILE = "app_request.json"
+INPUTS = ("video", "prompt", "negative_prompt", "prompt_embeds", "model")  # run()'s arguments, not options
+FILES = ("video", "prompt_embeds", "inject_embeds")  # named by their content in the run folder's hash
 
+ZERO_SHOT = "Zero-shot (embeddings of an earlier emb run)"
 # The methods of the paper's comparison, as transfer options (docs/guidance.md).
 METHODS = {
-    "DiTFlow (latent)": [],
-    "DiTFlow (emb)": ["--opt-mode", "emb"],
-    "Zero-shot (embeddings of an earlier emb run)": ["--opt-mode", "emb"],  # + --inject-embeds DIR
-    "MOFT": ["--loss", "moft"],
-    "SMM": ["--loss", "smm"],
-    "No guidance": ["--no-guidance"],
+    "DiTFlow (latent)": {},
+    "DiTFlow (emb)": {"opt_mode": "emb"},
+    ZERO_SHOT: {"opt_mode": "emb"},  # + inject_embeds
+    "MOFT": {"loss": "moft"},
+    "SMM": {"loss": "smm"},
+    "No guidance": {"no_guidance": True},
 }
-ZERO_SHOT = "Zero-shot (embeddings of an earlier emb run)"
 SLUGS = {"DiTFlow (latent)": "latent", "DiTFlow (emb)": "emb", ZERO_SHOT: "zeroshot", "MOFT": "moft", "SMM": "smm",
          "No guidance": "noguide"}
 
@@ -100,29 +103,37 @@ def model_hints(model: str) -> dict:
         return {}
 
 
-def ensure_samples(cache: Path) -> dict[str, Path]:
-    """Bundled reference clips, written once: a moving square (81 frames, enough for every model's
-    default length) and a toy-world clip (9 frames: the tiny model's length)."""
+def _ball(frames: int, height: int, width: int):
+    """``[frames, height, width, 3]`` uint8: a disc crossing the frame diagonally over a dark background."""
     import numpy as np
 
+    yy, xx = np.mgrid[0:height, 0:width]
+    r = height / 6
+    video = np.zeros((frames, height, width, 3), np.uint8)
+    video[..., 2] = 40
+    for f in range(frames):
+        t = f / max(frames - 1, 1)
+        cy, cx = r + t * (height - 2 * r), r + t * (width - 2 * r)
+        video[f][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = (240, 180, 40)
+    return video
+
+
+def ensure_samples(cache: Path) -> dict[str, Path]:
+    """Bundled reference clips, written once: a moving square (81 frames, enough for every model's
+    default length) and a ball crossing the frame (9 frames: the tiny model's length)."""
     from ..families.cogvideox.tiny import moving_square
     from ..video_io import write_video
 
     root = Path(cache) / "samples"
-    square = root / "moving_square.mp4"
-    if not square.is_file():
-        write_video(moving_square(frames=81, height=96, width=144), square, fmt="mp4", fps=8)
-    from ..toyworld.world import reference_clips
-
-    clip = reference_clips(0, 1, frames=9)[0]
-    toy = root / f"toyworld_{clip.name.replace(' ', '_')}.mp4"
-    if not toy.is_file():
-        video = (np.clip(clip.video.transpose(0, 2, 3, 1), 0, 1) * 255 + 0.5).astype(np.uint8)
-        write_video(video, toy, fmt="mp4", fps=8)
-    return {"moving square (81 frames)": square, f"toy world: {clip.name} (9 frames)": toy}
+    clips = {"moving square (81 frames)": (root / "moving_square.mp4", lambda: moving_square(81, 96, 144)),
+             "ball crossing the frame (9 frames)": (root / "ball.mp4", lambda: _ball(9, 96, 144))}
+    for path, make in clips.values():
+        if not path.is_file():
+            write_video(make(), path, fmt="mp4", fps=8)
+    return {name: path for name, (path, _) in clips.items()}
 
 
-# -- the page's fields -> transfer's arguments ---------------------------------------------------------
+# -- the page's fields -> the request ----------------------------------------------------------------
 @dataclass
 class Request:
     """What the page asks for. ``None`` / ``""`` means "the model's default" (as omitting the option does)."""
@@ -134,97 +145,78 @@ class Request:
     model: str = ""
     method: str = "DiTFlow (latent)"
     inject_embeds: str | None = None
-    frames: int | None = None
-    height: int | None = None
-    width: int | None = None
+    frames: int | str | None = None
+    height: int | str | None = None
+    width: int | str | None = None
     steps: int | str | None = None  # transfer's default: the model's (50; Wan2.2 A14B 40)
-    guided_steps: int | None = 10
-    opt_iters: int | None = 5
-    seed: int | None = 0
+    guided_steps: int | str | None = 10
+    opt_iters: int | str | None = 5
+    seed: int | str | None = 0
     cfg: float | str | None = None
-    guidance_block: int | None = None
+    guidance_block: int | str | None = None
     injection: bool = True
     dtype: str | None = None
     device: str | None = None
     offload: str = "none"
-    fps: int | None = 8
-    extra: list[str] = field(default_factory=list)
+    fps: int | str | None = 8
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # the CLI would exit 2 with this text; the page shows it
-        raise ValueError(message)
-
-
-def transfer_parser() -> argparse.ArgumentParser:
-    from ..cli.transfer import add_transfer_parser
-
-    p = _Parser(prog="ditflow-fast", add_help=False)
-    add_transfer_parser(p.add_subparsers(dest="command", parser_class=_Parser))
-    return p
-
-
-def transfer_namespace(argv: list[str]) -> argparse.Namespace:
-    """``ditflow-fast transfer ARGV`` parsed by transfer's own parser (a bad value: ``ValueError``)."""
-    return transfer_parser().parse_args(["transfer", *argv])
-
-
-def _int(name: str, v):
+def _number(v, real: bool = False):
+    """A field's value as a number; empty: None (the default). Text that is no number stays text: the
+    options' check then names the option and the value."""
     if isinstance(v, str):
         v = v.strip()
-    if v is None or v == "":
-        return None
-    if isinstance(v, bool):
-        raise TypeError(f"--{name} must be an integer, got {v!r}")
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"--{name} must be an integer, got {v!r}") from None
-    if f != int(f):
-        raise ValueError(f"--{name} must be an integer, got {v}")
-    return int(f)
+        if not v:
+            return None
+        try:
+            v = float(v)
+        except ValueError:
+            return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return v
+    return float(v) if real else int(v) if isinstance(v, float) and v.is_integer() else v
 
 
-def request_argv(r: Request) -> list[str]:
-    """The transfer options (less ``--out``) for ``r``; the method's options included."""
+def check_request(r: Request) -> tuple[dict, TransferOptions]:
+    """``(inputs, options)`` for ``r``: ``transfer_api.run``'s arguments and its checked options (a bad field:
+    ``ValueError``/``TypeError`` with the command line's message)."""
     if r.method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {r.method!r}")
     if not (r.model or "").strip():
         raise ValueError("--model is required: a local diffusers folder or a hub id")
-    argv = ["--model", r.model.strip()]
-    if r.video:
-        argv += ["--video", str(r.video)]
-    if (r.prompt or "").strip():
-        argv += ["--prompt", r.prompt.strip()]
-    if (r.negative_prompt or "").strip():
-        argv += ["--negative-prompt", r.negative_prompt.strip()]
-    if r.prompt_embeds:
-        argv += ["--prompt-embeds", str(r.prompt_embeds)]
-    argv += METHODS[r.method]
+    inputs = {"video": r.video or None, "prompt": (r.prompt or "").strip(),
+              "negative_prompt": (r.negative_prompt or "").strip(), "prompt_embeds": r.prompt_embeds or None,
+              "model": r.model.strip()}
+    options = dict(METHODS[r.method])
     if r.method == ZERO_SHOT:
         if not r.inject_embeds:
             raise ValueError("--inject-embeds is required for zero-shot: pick the embeddings of an earlier "
                              "DiTFlow (emb) run")
-        argv += ["--inject-embeds", str(r.inject_embeds)]
-    for name in ("frames", "height", "width", "steps", "guided-steps", "opt-iters", "seed", "guidance-block", "fps"):
-        v = _int(name, getattr(r, name.replace("-", "_")))
+        options["inject_embeds"] = str(r.inject_embeds)
+    for name in ("frames", "height", "width", "steps", "guided_steps", "opt_iters", "seed", "fps", "cfg"):
+        v = _number(getattr(r, name), real=name == "cfg")
         if v is not None:
-            argv += [f"--{name}", str(v)]
-    cfg = r.cfg.strip() if isinstance(r.cfg, str) else r.cfg
-    if cfg is not None and cfg != "":
-        try:
-            argv += ["--cfg", str(float(cfg))]
-        except ValueError:
-            raise ValueError(f"--cfg must be a number, got {cfg!r}") from None
-    if not r.injection:
-        argv.append("--no-injection")
-    if r.dtype and r.dtype != "auto":
-        argv += ["--dtype", r.dtype]
-    if r.device and r.device.strip() and r.device.strip() != "auto":
-        argv += ["--device", r.device.strip()]
-    if r.offload and r.offload != "none":
-        argv += ["--offload", r.offload]
-    return argv + list(r.extra)
+            options[name] = v
+    block = r.guidance_block
+    if isinstance(block, str):  # "18, 20": several blocks, as the command line repeats the option
+        block = [_number(b) for b in block.replace(",", " ").split()] or None
+    if block is not None:
+        options["guidance_block"] = block
+    device = (r.device or "").strip()
+    options.update(no_injection=not r.injection, offload=r.offload or "none",
+                   dtype=None if r.dtype in (None, "", "auto") else r.dtype,
+                   device=None if device in ("", "auto") else device)
+    return inputs, TransferOptions.from_kwargs(**options)
+
+
+def given_options(opts: TransferOptions) -> dict:
+    """The options that differ from the defaults, JSON-ready: the request as the run folder keeps it."""
+    def plain(v):
+        return list(v) if isinstance(v, (tuple, list)) else v
+
+    base = TransferOptions()
+    return {f.name: plain(getattr(opts, f.name)) for f in dataclasses.fields(opts)
+            if plain(getattr(opts, f.name)) != plain(getattr(base, f.name))}
 
 
 def _file_digest(path: Path) -> str:
@@ -243,12 +235,12 @@ def _file_digest(path: Path) -> str:
 
 def _stash(src: str | None, out: Path, made: list[Path]) -> str | None:
     """A content-addressed copy of an uploaded file under ``out/inputs`` (uploads are temporary files;
-    the copy survives a restart, so the run resumes). Folders and missing paths are left to transfer."""
+    the copy survives a restart, so the run resumes). Folders and missing paths are left to the run."""
     if not src:
         return src
     p = Path(src).expanduser()
     if not p.is_file():
-        return src  # transfer says what is wrong with it, in its own words
+        return src  # the run says what is wrong with it, in its own words
     digest = _file_digest(p)[:16]
     dest = out / "inputs" / f"{digest}{p.suffix.lower()}"
     if not dest.is_file():
@@ -270,41 +262,40 @@ def _from(path: str, sources: list, option: str) -> str:
     raise ValueError(f"{option}: not an upload or a bundled sample (the app reads no other file on this server)")
 
 
-def run_name(argv: list[str], method: str) -> str:
-    """``<method>-<hash>``: the hash of ``argv`` with each existing input path replaced by its content hash."""
-    parts, files = [], {"--video", "--prompt-embeds", "--inject-embeds"}
-    for i, a in enumerate(argv):
-        if i and argv[i - 1] in files and Path(a).exists():
-            parts.append("sha256:" + _file_digest(Path(a)))
-        else:
-            parts.append(a)
-    return f"{SLUGS.get(method, 'run')}-{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]}"
+def run_name(request: dict, method: str) -> str:
+    """``<method>-<hash>``: the hash of ``request`` with each existing input file replaced by its content hash."""
+    def part(name, v):
+        return "sha256:" + _file_digest(Path(v)) if name in FILES and v and Path(v).exists() else v
+
+    named = {k: {n: part(n, v) for n, v in d.items()} for k, d in request.items()}
+    return f"{SLUGS.get(method, 'run')}-{hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:12]}"
 
 
 @dataclass
 class Prepared:
-    argv: list[str]
-    namespace: argparse.Namespace
+    inputs: dict  # INPUTS: run()'s arguments
+    opts: TransferOptions
     run_dir: Path
     made: list[Path] = field(default_factory=list)  # the input copies this request wrote (see discard)
 
+    @property
+    def request(self) -> dict:
+        return {"inputs": self.inputs, "options": given_options(self.opts)}
+
 
 def prepare(r: Request, out: Path, sources: list | None = None) -> Prepared:
-    """Transfer's namespace and run folder for ``r`` (uploads copied under ``out/inputs``). ``sources``:
+    """The checked request and run folder for ``r`` (uploads copied under ``out/inputs``). ``sources``:
     where the input files may come from (the page's upload folder and samples); nothing is written for a
     request refused here."""
     out = Path(out)
     if sources is not None:
-        r = Request(**{**r.__dict__, "video": r.video and _from(r.video, sources, "--video"),
-                       "prompt_embeds": r.prompt_embeds and _from(r.prompt_embeds, sources, "--prompt-embeds")})
-    transfer_namespace([*request_argv(r), "--out", str(out)])  # a bad field: refused before any copy
+        r = dataclasses.replace(r, video=r.video and _from(r.video, sources, "--video"),
+                                prompt_embeds=r.prompt_embeds and _from(r.prompt_embeds, sources, "--prompt-embeds"))
+    inputs, opts = check_request(r)  # a bad field: refused before any copy
     made: list[Path] = []
-    r = Request(**{**r.__dict__, "video": _stash(r.video, out, made),
-                   "prompt_embeds": _stash(r.prompt_embeds, out, made)})
-    argv = request_argv(r)
-    run_dir = out / "runs" / run_name(argv, r.method)
-    full = [*argv, "--out", str(run_dir), "--quiet"]
-    return Prepared(full, transfer_namespace(full), run_dir, made)
+    inputs.update(video=_stash(inputs["video"], out, made), prompt_embeds=_stash(inputs["prompt_embeds"], out, made))
+    name = run_name({"inputs": inputs, "options": given_options(opts)}, r.method)
+    return Prepared(inputs, opts, out / "runs" / name, made)
 
 
 def discard(prep: Prepared) -> None:
@@ -332,7 +323,7 @@ def warm_imports() -> None:
                 "diffusers.models.transformers.transformer_wan", "diffusers.models.attention_dispatch",
                 "ditflow_fast.families", "ditflow_fast.families.cogvideox", "ditflow_fast.families.wan",
                 "ditflow_fast.guidance.loop", "ditflow_fast.families.cogvideox.memory",
-                "ditflow_fast.families.wan.memory",
+                "ditflow_fast.families.wan.memory", "ditflow_fast.transfer_api.run",
                 "ditflow_fast.viewer.transfer", "ditflow_fast.viewer.motion", "ditflow_fast.video_io"):
         with contextlib.suppress(ImportError):
             importlib.import_module(mod)
@@ -345,66 +336,23 @@ def warm_imports() -> None:
                 getattr(transformers, name)
 
 
-def total_steps(namespace: argparse.Namespace) -> int | None:
-    """The run's denoising steps: ``--steps``, else the model's default resolved as ``run_transfer`` does
+def total_steps(model: str, opts: TransferOptions) -> int | None:
+    """The run's denoising steps: ``opts.steps``, else the model's default resolved as a run resolves it
     (None when that cannot be read without running)."""
-    if namespace.steps:
-        return int(namespace.steps)
+    if opts.steps:
+        return int(opts.steps)
     try:
-        from ..cli import transfer as tc
-        from ..transfer_api.checks import check_device, has_second_expert, model_configs
-        from ..families import detect, resolve_model_ref
+        from ..transfer_api.checks import check_device
 
-        fam = detect(namespace.model)
-        ref = resolve_model_ref(namespace.model)[0]
-        tcfg, _ = model_configs(fam, ref)
-        if has_second_expert(fam, ref):
-            tcfg = {**tcfg, "experts": 2}
-        return int(tc._config(namespace).resolve(tcfg, device=check_device(namespace.device), family=fam).steps)
+        held = HeldModel(model)  # nothing loaded: the family and the configs
+        tcfg, _ = held.configs
+        cfg = opts.guidance_config(model).resolve(tcfg, device=check_device(opts.device), family=held.family)
+        return int(cfg.steps)
     except Exception:  # noqa: BLE001 - only the progress bar's total; the run says what is wrong
         return None
 
 
 # -- predicted memory ---------------------------------------------------------------------------------
-class _ThreadStreams(io.TextIOBase):
-    """``sys.stdout``/``sys.stderr`` stand-in: a thread that registered a buffer writes there, others pass through."""
-
-    def __init__(self, real):
-        self.real, self.local = real, threading.local()
-
-    def write(self, s):
-        buf = getattr(self.local, "buf", None)
-        return (buf if buf is not None else self.real).write(s)
-
-    def flush(self):
-        buf = getattr(self.local, "buf", None)
-        (buf if buf is not None else self.real).flush()
-
-    def isatty(self):
-        return False
-
-
-_STREAM_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def capture_output():
-    """What this thread prints (stdout and stderr), other threads unaffected."""
-    with _STREAM_LOCK:
-        for name in ("stdout", "stderr"):
-            if not isinstance(getattr(sys, name), _ThreadStreams):
-                setattr(sys, name, _ThreadStreams(getattr(sys, name)))
-    buf = io.StringIO()
-    streams = (sys.stdout, sys.stderr)
-    for s in streams:
-        s.local.buf = buf
-    try:
-        yield buf
-    finally:
-        for s in streams:
-            s.local.buf = None
-
-
 @dataclass
 class Memory:
     table: str
@@ -428,16 +376,15 @@ class Memory:
                 "Use fewer frames or a smaller size, offload (model or group), or a device with more memory.")
 
 
-_DRY_LOCK = threading.Lock()
 _PEAK = re.compile(r"^predicted peak\s+([0-9.]+) GiB", re.M)
 
 
-def _device_limit(namespace, gpu_memory_gib: float | None) -> tuple[str, int | None]:
+def _device_limit(device: str | None, gpu_memory_gib: float | None) -> tuple[str, int | None]:
     import torch
 
     from ..transfer_api.checks import check_device
 
-    dev = check_device(namespace.device)
+    dev = check_device(device)
     if dev.type != "cuda":
         return str(dev), (None if gpu_memory_gib is None else int(gpu_memory_gib * 2 ** 30))
     idx = dev.index if dev.index is not None else torch.cuda.current_device()
@@ -446,19 +393,17 @@ def _device_limit(namespace, gpu_memory_gib: float | None) -> tuple[str, int | N
     return f"cuda:{idx} ({props.name})", limit
 
 
-def predict_memory(namespace: argparse.Namespace, gpu_memory_gib: float | None = None) -> Memory:
-    """``transfer --dry-run`` for these arguments (its table and peak), against the device's memory
-    (``gpu_memory_gib`` instead, when given: what to plan for on a shared GPU, and for tests)."""
-    from ..cli.transfer import run_transfer
+def predict_memory(model: str, opts: TransferOptions, gpu_memory_gib: float | None = None) -> Memory:
+    """The table ``transfer --dry-run`` prints for ``model`` and ``opts`` (from the configs, no weights) and
+    its peak, against the device's memory (``gpu_memory_gib`` instead, when given: what to plan for on a
+    shared GPU, and for tests)."""
+    from ..families import detect, preset_family
 
-    dry = argparse.Namespace(**{**vars(namespace), "dry_run": True})
-    with _DRY_LOCK, capture_output() as buf:
-        run_transfer(dry)
-    table = buf.getvalue().strip()
+    fam = preset_family(model) or detect(model)
+    table = fam.dry_run_table(model, opts.guidance_config(model), opts.offload)
     m = _PEAK.search(table)
     peak = None if m is None else int(float(m.group(1)) * 2 ** 30)
-    device, limit = _device_limit(namespace, gpu_memory_gib)
-    return Memory(table, peak, device, limit)
+    return Memory(table, peak, *_device_limit(opts.device, gpu_memory_gib))
 
 
 # -- a run -------------------------------------------------------------------------------------------
@@ -466,20 +411,69 @@ class Cancelled(BaseException):  # noqa: N818 - like KeyboardInterrupt: no `exce
     """Raised inside the model when the page that started the run went away; the saved state stays."""
 
 
+class _Held(HeldModel):
+    """A held model whose transformer blocks check ``cancel`` (the running job's event) before they run, so
+    a run stops at the next block, not only at the next denoising step."""
+
+    cancel: threading.Event | None = None
+    _hooked = 0  # the load whose modules carry the hooks
+
+    def load(self, dtype) -> dict:
+        import torch
+
+        comps = super().load(dtype)
+        if self._hooked != self.loads:
+            for name in ("transformer", "transformer_2"):
+                tr = comps.get(name)
+                if tr is None:
+                    continue
+                tr.register_forward_pre_hook(self.check)
+                for m in tr.modules():
+                    if isinstance(m, torch.nn.ModuleList):
+                        for block in m:
+                            block.register_forward_pre_hook(self.check)
+            self._hooked = self.loads
+        self.check()  # a load takes long: the page may have gone meanwhile
+        return comps
+
+    def check(self, *_):
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled()
+
+
 DEVICE_LOCK = threading.Lock()  # one run at a time (the queue already serialises; this covers a stopping run)
+_HELD: dict[tuple, _Held] = {}  # the last run's model, kept loaded for the next; used under DEVICE_LOCK
+
+
+def held_model(model: str, opts: TransferOptions) -> _Held:
+    """The model for a run of ``opts``: the last run's when it was the same (model, dtype), else loaded
+    anew, the old one released first (one model in memory at a time)."""
+    # A run's offload hooks stay on the components (HeldModel.reset does not remove them): such runs load afresh.
+    key = (model, opts.dtype) if opts.offload == "none" else None
+    if key in _HELD:
+        return _HELD[key]
+    held = _Held(model)  # a model that is not one leaves the held one alone
+    for old in _HELD.values():
+        old.release()
+    _HELD.clear()
+    if key is not None:
+        _HELD[key] = held
+    return held
 
 
 class Job:
-    """``run_transfer(namespace)`` on a worker thread; :meth:`stop` ends it at the model's next block."""
+    """``transfer_api.run`` of a prepared request on a worker thread; :meth:`stop` ends it at the model's
+    next block. ``updates`` gets ``(step, total, loss)`` after each denoising step, and None at the end."""
 
     def __init__(self, prepared: Prepared):
         self.prepared = prepared
         self.cancel = threading.Event()
         self.done = threading.Event()
         self.started = threading.Event()
+        self.updates: queue.Queue = queue.Queue()
         self.error: str | None = None
         self.cancelled = False
-        self.log = io.StringIO()
+        self.result = None
         self.thread = threading.Thread(target=self._work, name=f"ditflow-app {prepared.run_dir.name}", daemon=True)
 
     def start(self) -> Job:
@@ -489,39 +483,29 @@ class Job:
     def stop(self) -> None:
         self.cancel.set()
 
-    def _check(self, *_):
+    def _progress(self, step: int, total: int, loss: float | None) -> None:
+        self.updates.put((step, total, loss))
         if self.cancel.is_set():
             raise Cancelled()
 
-    def _loader(self, fam, ref, dtype):
-        import torch
-
-        comps = fam.load(ref, dtype)
-        for name in ("transformer", "transformer_2"):
-            tr = comps.get(name)
-            if tr is None:
-                continue
-            tr.register_forward_pre_hook(self._check)
-            for m in tr.modules():
-                if isinstance(m, torch.nn.ModuleList):
-                    for block in m:
-                        block.register_forward_pre_hook(self._check)
-        self._check()
-        return comps
-
     def _work(self):
-        from ..cli.transfer import run_transfer
+        from ..transfer_api import run
 
+        p = self.prepared
         try:
             with DEVICE_LOCK:
                 self.started.set()
                 if self.cancel.is_set():
                     raise Cancelled()
-                with capture_output() as buf:
-                    try:
-                        run_transfer(self.prepared.namespace, loader=self._loader)
-                    finally:
-                        self.log.write(buf.getvalue())
+                held = held_model(p.inputs["model"], p.opts)
+                held.cancel = self.cancel
+                try:
+                    self.result = run(held, p.inputs["video"], p.opts, prompt=p.inputs["prompt"] or None,
+                                      negative_prompt=p.inputs["negative_prompt"],
+                                      prompt_embeds=p.inputs["prompt_embeds"], out=p.run_dir,
+                                      progress=self._progress, bar=False)
+                finally:
+                    held.cancel = None
         except Cancelled:
             self.cancelled = True
         except (ValueError, TypeError) as exc:  # what the CLI prints as "error: ..."
@@ -532,6 +516,7 @@ class Job:
         finally:
             self.started.set()
             self.done.set()
+            self.updates.put(None)
 
 
 # -- results -------------------------------------------------------------------------------------------
@@ -546,7 +531,8 @@ def runs(out: Path) -> list[tuple[str, str]]:
         if run_record(d) is not None:
             state = "finished"
         else:
-            state = f"stopped at step {max(read_progress(d)[0], 0)} of {prep.namespace.steps}"
+            state = f"stopped at step {max(read_progress(d)[0], 0)}" + (f" of {prep.opts.steps}" if prep.opts.steps
+                                                                          else "")
         found.append(((d / REQUEST_FILE).stat().st_mtime, f"{d.name} ({state})", str(d)))
     return [(label, path) for _, label, path in sorted(found, reverse=True)]
 
@@ -555,15 +541,19 @@ def save_request(prepared: Prepared) -> None:
     from ..atomic import write_json
 
     prepared.run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(prepared.run_dir / REQUEST_FILE, {"argv": prepared.argv, "time": time.time()})
+    write_json(prepared.run_dir / REQUEST_FILE, {**prepared.request, "time": time.time()})
 
 
 def load_request(run_dir: Path) -> Prepared:
-    """The :class:`Prepared` of a run the app started (to resume it after a restart)."""
+    """The :class:`Prepared` of a run the app started (to resume it after a restart), its options checked
+    again; a folder from before the app kept requests this way is not one."""
     try:
-        argv = json.loads((Path(run_dir) / REQUEST_FILE).read_text())["argv"]
-        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-            raise ValueError("'argv' is not a list of strings")
-        return Prepared(argv, transfer_namespace(argv), Path(run_dir))
+        got = json.loads((Path(run_dir) / REQUEST_FILE).read_text())
+        inputs, options = got["inputs"], got["options"]
+        if not isinstance(inputs, dict) or set(inputs) != set(INPUTS) or not isinstance(options, dict):
+            raise ValueError(f"'inputs' must hold {', '.join(INPUTS)}; 'options' a mapping")
+        if not all(v is None or isinstance(v, str) for v in inputs.values()) or not inputs["model"]:
+            raise ValueError("the inputs must be text and name a model")
+        return Prepared(inputs, TransferOptions.from_kwargs(**options), Path(run_dir))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{run_dir}: not a run this app started (no valid {REQUEST_FILE}: {exc})") from None

@@ -3,7 +3,6 @@ the reference clip as the run saw it, a zip of the folder, the emb runs whose em
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def run_record(run_dir: Path) -> dict | None:
         return None
 
 
-def motion_fidelity(run_dir: Path, namespace: argparse.Namespace) -> dict | None:
+def motion_fidelity(run_dir: Path) -> dict | None:
     """Motion Fidelity (``ditflow-fast eval``'s LK form) of the result against the reference at the run's
     size, cached in the run folder; ``{"unavailable": why}`` when it cannot be computed here."""
     from ..atomic import write_json

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import os
+import queue
 import traceback
 from pathlib import Path
 
@@ -57,11 +58,25 @@ def _mf_text(mf: dict | None) -> str:
             f"{f(m.get('motion_fidelity'))} (symmetric {f(m.get('motion_fidelity_symmetric'))})")
 
 
-def _losses_md(step: int, steps: int | None, losses: dict[int, list[float]]) -> str:
-    rows = [f"**Denoising step {max(step, 0)}" + (f" of {steps}**" if steps else "**")]
+def _live_md(step: int, steps: int | None, losses: dict[int, float]) -> str:
+    """While it runs: the step reached and each guided step's loss, as ``run``'s progress reports them."""
+    rows = [f"**Denoising step {step}" + (f" of {steps}**" if steps else "**")]
+    if losses:
+        rows += ["", "| denoising step | AMF loss (last Adam iteration) |", "| --- | --- |"]
+        rows += [f"| {s} | {v:.4g} |" for s, v in sorted(losses.items())]
+    return "\n".join(rows)
+
+
+def _record_md(rec: dict | None) -> str:
+    """A finished run: every guided step's loss, first and last Adam iteration (resumed steps included)."""
+    if rec is None:
+        return ""
+    steps = rec.get("config", {}).get("steps")
+    rows = [f"**Denoising step {steps} of {steps}**"]
+    losses = sorted(((int(t), h) for t, h in (rec.get("losses") or {}).items() if h), key=lambda kv: -kv[0])
     if losses:
         rows += ["", "| guided step | timestep | loss (first -> last iteration) |", "| --- | --- | --- |"]
-        for n, (t, hist) in enumerate(sorted(losses.items(), key=lambda kv: -kv[0]), 1):
+        for n, (t, hist) in enumerate(losses, 1):
             rows.append(f"| {n} | {t} | {hist[0]:.4g} -> {hist[-1]:.4g} ({len(hist)} iterations) |")
     return "\n".join(rows)
 
@@ -89,10 +104,8 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
 
     def memory(*fields):
         try:
-            r = request(*fields)
-            r.video = r.video or None
-            ns = core.transfer_namespace([*core.request_argv(r), "--out", str(out / "runs" / "_dry")])
-            return html.escape(core.predict_memory(ns, gpu_memory_gib).message()).replace("\n", "  \n")
+            inputs, opts = core.check_request(request(*fields))
+            return html.escape(core.predict_memory(inputs["model"], opts, gpu_memory_gib).message())
         except (ValueError, TypeError) as exc:
             return _md_error(str(exc))
         except Exception as exc:  # noqa: BLE001 - e.g. a hub that cannot be reached: one line, no trace
@@ -101,10 +114,10 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
     def show_results(prep: core.Prepared, note: str):
         run_dir = prep.run_dir
         rec = core.run_record(run_dir)
-        mf = core.motion_fidelity(run_dir, prep.namespace)
+        mf = core.motion_fidelity(run_dir)
         resumed = rec.get("resumed_from_step") if rec else None
         msg = note + (f" (resumed from step {resumed})" if resumed else "") + f" in `{run_dir}`"
-        return {status: msg, ref_video: core.reference_clip(run_dir, prep.namespace.fps),
+        return {status: msg, loss_md: _record_md(rec), ref_video: core.reference_clip(run_dir, prep.opts.fps),
                 result_video: rec["result"] if rec and str(rec["result"]).endswith(".mp4") else None,
                 viewer: _viewer_html(run_dir), mf_md: _mf_text(mf),
                 download: str(core.zip_run(run_dir, out)), runs_dd: gr.update(choices=core.runs(out)),
@@ -115,34 +128,39 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
         return {status: _md_error(msg)}
 
     def follow(prep: core.Prepared, progress):
-        if not prep.namespace.video:
-            yield refuse(prep, "--video is required")
-            return
-        steps = core.total_steps(prep.namespace)
+        model = prep.inputs["model"]
         try:
-            mem = core.predict_memory(prep.namespace, gpu_memory_gib)
+            mem = core.predict_memory(model, prep.opts, gpu_memory_gib)
         except (ValueError, TypeError):
             mem = None  # the run itself says what is wrong, in transfer's words (its checks run in its order)
         if mem is not None and not mem.fits:
             yield refuse(prep, mem.message())
             return
         start, _ = core.read_progress(prep.run_dir)
+        steps = core.total_steps(model, prep.opts)
         core.save_request(prep)
         job = core.Job(prep).start()
+        live: dict[int, float] = {}
         try:
             yield {status: "Starting" + (f" ({mem.message()})" if mem else "")
                    + (f"; resuming from step {start}" if start > 0 else ""),
-                   result_video: None, viewer: "", mf_md: "", download: None}
-            while not job.done.wait(0.3):
-                step, losses = core.read_progress(prep.run_dir)
-                if step >= 0:
-                    if steps:
-                        progress((max(step, 0), steps), desc="denoising", unit="steps")
-                    yield {status: ("Waiting for the previous run to stop" if not job.started.is_set() else
-                                    "Running" if not steps or step < steps else "Decoding and measuring the AMF"),
-                           loss_md: _losses_md(step, steps, losses)}
-            step, losses = core.read_progress(prep.run_dir)
-            yield {loss_md: _losses_md(step, steps, losses)}
+                   loss_md: _live_md(start, steps, live), result_video: None, viewer: "", mf_md: "", download: None}
+            note = "Running"
+            while True:
+                try:
+                    update = job.updates.get(timeout=0.3)
+                except queue.Empty:
+                    # a yield now and then: that is where gradio closes this generator when the page goes away
+                    yield {status: note if job.started.is_set() else "Waiting for the previous run to stop"}
+                    continue
+                if update is None:
+                    break
+                step, steps, loss = update
+                if loss is not None:
+                    live[step] = loss
+                progress((step, steps), desc="denoising", unit="steps")
+                note = "Running" if step < steps else "Decoding and measuring the AMF"
+                yield {status: note, loss_md: _live_md(step, steps, live)}
         finally:
             if not job.done.is_set():  # the page went away: stop at the next block; the state stays
                 job.stop()

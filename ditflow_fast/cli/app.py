@@ -1,4 +1,4 @@
-"""``ditflow-fast app``: DiTFlow motion transfer in a web page (Gradio Blocks), on ``transfer``'s own code.
+"""``ditflow-fast app``: DiTFlow motion transfer in a web page (Gradio Blocks), on the transfer API.
 
 Needs the optional ``app`` extra (``pip install -e '.[app]' in the checkout``). The page: a reference video (an
 upload or a bundled sample), a prompt or prompt embeddings, a model (default: a tiny random CogVideoX

@@ -1,19 +1,23 @@
 """``ditflow-fast app``'s logic without a browser (``ditflow_fast.app.core``; gradio not needed): the page's
-fields become transfer's own arguments, run folders are named by their inputs, the dry-run memory and its
-refusal, a run stopped part-way resumes, bad inputs give the CLI's messages, results, the zip."""
+fields become the transfer API's inputs and ``TransferOptions``, run folders are named by their inputs, the
+dry-run memory and its refusal, progress from ``run``'s callback, a run stopped part-way resumes, the model
+stays loaded between runs, bad inputs give the CLI's messages, results, the zip; the app imports no
+command-line or toy-world module."""
 
 from __future__ import annotations
 
+import ast
 import json
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
+import ditflow_fast.app
 from ditflow_fast.app import core
 from ditflow_fast.cli.main import main
 from ditflow_fast.families.cogvideox import tiny
+from ditflow_fast.transfer_api import TransferOptions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = dict(steps=6, guided_steps=2, opt_iters=2)
@@ -41,6 +45,27 @@ def _run(prep: core.Prepared) -> core.Job:
     return job
 
 
+def _updates(job: core.Job) -> list:
+    got = []
+    while (u := job.updates.get(timeout=5)) is not None:
+        got.append(u)
+    return got
+
+
+def cli_argv(prep: core.Prepared) -> list[str]:
+    """``ditflow-fast transfer``'s command line for the same request (the tests compare the two's messages)."""
+    argv = []
+    for name, v in {**prep.inputs, **prep.request["options"]}.items():
+        flag = "--" + name.replace("_", "-")
+        if v is True:
+            argv.append(flag)
+        elif isinstance(v, list):
+            argv += [a for x in v for a in (flag, str(x))]
+        elif v not in (None, ""):
+            argv += [flag, str(v)]
+    return [*argv, "--out", str(prep.run_dir), "--quiet"]
+
+
 def test_tiny_model_and_samples_are_written_once(env):
     hints = core.model_hints(str(env["model"]))
     assert {k: hints[k] for k in ("frames", "height", "width")} == core.TINY_SIZE
@@ -56,45 +81,48 @@ def test_tiny_model_and_samples_are_written_once(env):
         assert read_video(path, frames=9, height=48, width=64).shape == (9, 48, 64, 3)
 
 
-def test_fields_become_transfer_arguments(env):
+def test_fields_become_transfer_options():
     r = core.Request(video="v.mp4", prompt=" a cat ", model="THUDM/CogVideoX-5b", method="DiTFlow (emb)",
-                     frames="49", height=None, width="", cfg="6", guidance_block="", injection=False,
-                     dtype="auto", device="auto", offload="group", seed=3)
-    argv = core.request_argv(r)
-    ns = core.transfer_namespace([*argv, "--out", "o"])
-    assert (ns.video, ns.prompt, ns.model, ns.opt_mode, ns.loss, ns.frames, ns.height, ns.width, ns.cfg) == \
-        ("v.mp4", "a cat", "THUDM/CogVideoX-5b", "emb", "flow", 49, None, None, 6.0)
-    assert (ns.no_injection, ns.dtype, ns.device, ns.offload, ns.seed, ns.guidance_block) == \
-        (True, None, None, "group", 3, None)
-    # the page's defaults are the paper's, as transfer has them: 10 guided steps, 5 iterations, steps the model's
-    d = core.transfer_namespace(core.request_argv(core.Request(model="m")) + ["--out", "o"])
-    cli = core.transfer_namespace(["--model", "m", "--out", "o"])
-    assert vars(d) == vars(cli)
-    assert (d.guided_steps, d.opt_iters, d.opt_mode, d.loss, d.no_guidance) == (10, 5, "latent", "flow", False)
+                     frames="49", height=None, width="", cfg="6", guidance_block="18, 20", injection=False,
+                     dtype="auto", device="auto", offload="group", seed=3.0)
+    inputs, opts = core.check_request(r)
+    assert inputs == {"video": "v.mp4", "prompt": "a cat", "negative_prompt": "", "prompt_embeds": None,
+                      "model": "THUDM/CogVideoX-5b"}
+    assert (opts.opt_mode, opts.loss, opts.frames, opts.height, opts.width, opts.cfg, opts.guidance_block) == \
+        ("emb", "flow", 49, None, None, 6.0, (18, 20))
+    assert (opts.no_injection, opts.dtype, opts.device, opts.offload, opts.seed) == (True, None, None, "group", 3)
+    # the page's defaults are the paper's, as the API has them: 10 guided steps, 5 iterations, steps the model's
+    _, d = core.check_request(core.Request(model="m"))
+    assert d == TransferOptions() and core.given_options(d) == {}
     # every method, as the CLI spells it
     want = {"DiTFlow (latent)": ("latent", "flow", False), "DiTFlow (emb)": ("emb", "flow", False),
             "MOFT": ("latent", "moft", False), "SMM": ("latent", "smm", False), "No guidance": ("latent", "flow", True)}
     for method, (mode, loss, noguide) in want.items():
-        ns = core.transfer_namespace(core.request_argv(core.Request(model="m", method=method)) + ["--out", "o"])
-        assert (ns.opt_mode, ns.loss, ns.no_guidance, ns.inject_embeds) == (mode, loss, noguide, None), method
-    ns = core.transfer_namespace(core.request_argv(core.Request(model="m", method=core.ZERO_SHOT,
-                                                                inject_embeds="runs/x/embeds")) + ["--out", "o"])
-    assert (ns.opt_mode, ns.inject_embeds) == ("emb", "runs/x/embeds")
+        _, o = core.check_request(core.Request(model="m", method=method))
+        assert (o.opt_mode, o.loss, o.no_guidance, o.inject_embeds) == (mode, loss, noguide, None), method
+    _, o = core.check_request(core.Request(model="m", method=core.ZERO_SHOT, inject_embeds="runs/x/embeds"))
+    assert (o.opt_mode, o.inject_embeds) == ("emb", "runs/x/embeds")
+    assert core.given_options(o) == {"opt_mode": "emb", "inject_embeds": "runs/x/embeds"}
 
 
 @pytest.mark.parametrize("kw, msg", [
     (dict(method=core.ZERO_SHOT), "--inject-embeds is required for zero-shot"),
     (dict(method="DiTFlow++"), "method must be one of"),
     (dict(model=" "), "--model is required"),
-    (dict(frames="nine"), "--frames must be an integer, got 'nine'"),
-    (dict(steps=2.5), "--steps must be an integer, got 2.5"),
-    (dict(cfg="high"), "--cfg must be a number, got 'high'"),
-    (dict(dtype="float8"), "argument --dtype: invalid choice: 'float8'"),
+    (dict(frames="nine"), "--frames must be a whole number, got 'nine'"),
+    (dict(steps=2.5), "--steps must be a whole number, got 2.5"),
+    (dict(cfg="high"), "(--cfg) must be a finite number, got 'high'"),
+    (dict(guidance_block="20, x"), "--guidance-block must be whole numbers, got (20, 'x')"),
+    (dict(offload="disk"), "--offload must be one of none, model, group, got 'disk'"),
+    (dict(fps="0"), "--fps must be positive, got 0"),
+    (dict(dtype="float8"), "--dtype must be one of float32, bfloat16, float16, got 'float8'"),
 ])
-def test_bad_fields_are_refused_with_a_message(kw, msg):
-    r = core.Request(**{"model": "m", **kw})
-    with pytest.raises((ValueError, TypeError), match=msg.replace("+", r"\+")):
-        core.transfer_namespace(core.request_argv(r) + ["--out", "o"])
+def test_bad_fields_are_refused_with_a_message(kw, msg, tmp_path):
+    r = core.Request(**{"model": "m", "video": __file__, **kw})
+    with pytest.raises((ValueError, TypeError)) as got:
+        core.prepare(r, tmp_path)
+    assert msg in str(got.value)
+    assert not any(tmp_path.iterdir())  # refused before anything is copied
 
 
 def test_run_folder_is_named_by_the_inputs(env, tmp_path):
@@ -102,57 +130,90 @@ def test_run_folder_is_named_by_the_inputs(env, tmp_path):
     b = core.prepare(_request(env), env["out"])
     assert a.run_dir == b.run_dir and a.run_dir.parent == env["out"] / "runs"
     assert a.run_dir.name.startswith("latent-")
-    assert Path(a.namespace.video).parent == env["out"] / "inputs"  # the upload is copied: it survives a restart
+    assert Path(a.inputs["video"]).parent == env["out"] / "inputs"  # the upload is copied: it survives a restart
     assert core.prepare(_request(env, seed=1), env["out"]).run_dir != a.run_dir
     assert core.prepare(_request(env, method="SMM"), env["out"]).run_dir.name.startswith("smm-")
     # the same bytes under another name: the same folder; other bytes under the same name: another
     copy = tmp_path / "renamed.mp4"
     copy.write_bytes(Path(env["samples"]["moving square (81 frames)"]).read_bytes())
     assert core.prepare(_request(env, video=str(copy)), env["out"]).run_dir == a.run_dir
-    toy = next(p for k, p in env["samples"].items() if k.startswith("toy"))
-    copy.write_bytes(Path(toy).read_bytes())
+    ball = next(p for k, p in env["samples"].items() if k.startswith("ball"))
+    copy.write_bytes(Path(ball).read_bytes())
     assert core.prepare(_request(env, video=str(copy)), env["out"]).run_dir != a.run_dir
 
 
-def test_memory_prediction_and_refusal(env):
+def test_memory_prediction_and_refusal(env, capsys):
     prep = core.prepare(_request(env), env["out"])
-    assert core.total_steps(prep.namespace) == FAST["steps"]
+    model = prep.inputs["model"]
+    assert core.total_steps(model, prep.opts) == FAST["steps"]
     default = core.prepare(_request(env, steps=None), env["out"])
-    assert core.total_steps(default.namespace) == 50  # the model's default, resolved as transfer does
-    mem = core.predict_memory(prep.namespace)
+    assert core.total_steps(model, default.opts) == 50  # the model's default, resolved as a run does
+    mem = core.predict_memory(model, prep.opts)
     assert "predicted peak" in mem.table and mem.peak_bytes is not None and mem.peak_bytes > 0
+    capsys.readouterr()
+    assert main(["transfer", "--dry-run", *cli_argv(prep)]) == 0
+    assert mem.table == capsys.readouterr().out.strip()  # the command's dry run, word for word
     assert mem.fits and "no GPU limit" in mem.message()  # this machine runs it on the CPU
-    small = core.predict_memory(prep.namespace, gpu_memory_gib=0.001)
+    small = core.predict_memory(model, prep.opts, gpu_memory_gib=0.001)
     assert not small.fits
     assert small.message().startswith("Refused: the predicted peak GPU memory")
-    assert core.predict_memory(prep.namespace, gpu_memory_gib=1000).fits
+    assert core.predict_memory(model, prep.opts, gpu_memory_gib=1000).fits
     # the dry run's own checks are the CLI's
     bad = core.prepare(_request(env, frames=10), env["out"])
     with pytest.raises(ValueError, match="--frames 10"):
-        core.predict_memory(bad.namespace)
+        core.predict_memory(model, bad.opts)
 
 
 def test_run_stopped_part_way_resumes(env):
     prep = core.prepare(_request(env, steps=8, guided_steps=8, opt_iters=3), env["out"])
     core.save_request(prep)
     job = core.Job(prep).start()
-    t0 = time.time()
-    while core.read_progress(prep.run_dir)[0] < 2 and not job.done.is_set() and time.time() - t0 < 240:
-        time.sleep(0.02)
+    seen = []
+    while len(seen) < 2:  # the steps as run() reports them, with the loss
+        seen.append(job.updates.get(timeout=240))
     job.stop()  # what closing the page does
     assert job.done.wait(120)
     assert job.cancelled and job.error is None
+    assert [s for s, _, _ in seen] == [1, 2] and all(t == 8 and loss > 0 for _, t, loss in seen)
     stopped, losses = core.read_progress(prep.run_dir)
     assert 2 <= stopped < 8 and len(losses) == stopped
     assert core.run_record(prep.run_dir) is None
     assert any("stopped at step" in label for label, _ in core.runs(env["out"]))
     again = core.load_request(prep.run_dir)  # as after a restart: from the folder's app_request.json
-    assert again.argv == prep.argv
+    assert again.request == prep.request and again.opts == prep.opts
     job = _run(again)
     assert job.error is None and not job.cancelled, job.error
+    assert [s for s, _, _ in _updates(job)] == list(range(stopped + 1, 9))
     rec = core.run_record(prep.run_dir)
-    assert rec["resumed_from_step"] == stopped
+    assert rec["resumed_from_step"] == stopped and job.result.record["run_key"] == rec["run_key"]
     assert any(label.endswith("(finished)") for label, _ in core.runs(env["out"]))
+
+
+def test_the_model_stays_loaded_between_runs(env, monkeypatch):
+    fam = core.HeldModel(str(env["model"])).family
+    real, loads = fam.load, []
+
+    def counting(ref, dtype):
+        loads.append(ref)
+        return real(ref, dtype)
+
+    monkeypatch.setattr(fam, "load", counting)
+    monkeypatch.setattr(core, "_HELD", {})
+    for seed in (21, 22):
+        job = _run(core.prepare(_request(env, seed=seed, steps=3, guided_steps=1, opt_iters=1), env["out"]))
+        assert job.error is None, job.error
+    (held,) = core._HELD.values()
+    assert len(loads) == 1 and held.loads == 1
+    # another model: the held one is let go first, and the new one held
+    other = env["root"] / "other-model"
+    if not other.exists():
+        import shutil
+
+        shutil.copytree(env["model"], other)
+    job = _run(core.prepare(_request(env, model=str(other), seed=23, steps=3, guided_steps=1, opt_iters=1),
+                            env["out"]))
+    assert job.error is None, job.error
+    assert len(loads) == 2 and held.components is None and list(core._HELD) == [(str(other), None)]
 
 
 def test_finished_run_results(env):
@@ -165,10 +226,10 @@ def test_finished_run_results(env):
     from ditflow_fast.video_io import read_video
 
     assert read_video(ref).shape == (9, 48, 64, 3)
-    mf = core.motion_fidelity(prep.run_dir, prep.namespace)
+    mf = core.motion_fidelity(prep.run_dir)
     pytest.importorskip("cv2")
     assert -1 <= mf["motion_fidelity"] <= 1 and mf["frames"] == 9
-    assert core.motion_fidelity(prep.run_dir, prep.namespace) == mf  # cached in the run folder
+    assert core.motion_fidelity(prep.run_dir) == mf  # cached in the run folder
     z = core.zip_run(prep.run_dir, env["out"])
     names = zipfile.ZipFile(z).namelist()
     top = prep.run_dir.name
@@ -187,7 +248,6 @@ def test_finished_run_results(env):
 
 @pytest.mark.parametrize("kw, msg", [
     (dict(frames=10), "--frames 10: "),                     # the CLI's message, word for word
-    (dict(fps=0), "--fps must be positive, got 0"),
     (dict(video="/nonexistent/clip.mp4"), "--video /nonexistent/clip.mp4: no such file or folder"),
     (dict(prompt_embeds=None), "--prompt is required (or --prompt-embeds FILE)"),
 ])
@@ -195,29 +255,8 @@ def test_bad_input_gives_the_cli_message(env, kw, msg, capsys):
     prep = core.prepare(_request(env, **kw), env["out"])
     job = _run(prep)
     assert job.error is not None and msg in job.error and "Traceback" not in job.error
-    cli = main(["transfer", *prep.argv])
+    cli = main(["transfer", *cli_argv(prep)])
     assert cli == 2 and job.error in capsys.readouterr().err
-
-
-def test_output_capture_is_per_thread():
-    import sys
-    import threading
-
-    seen = {}
-
-    def other():
-        with core.capture_output() as buf:
-            print("from the other thread")
-            seen["other"] = buf.getvalue()
-
-    with core.capture_output() as buf:
-        t = threading.Thread(target=other)
-        t.start()
-        t.join()
-        print("from this thread")
-        print("to stderr", file=sys.stderr)
-    assert seen["other"] == "from the other thread\n"
-    assert buf.getvalue() == "from this thread\nto stderr\n"
 
 
 def test_app_cli_arguments(tmp_path, monkeypatch, capsys):
@@ -243,19 +282,31 @@ def test_request_file_round_trip(env):
     prep = core.prepare(_request(env, seed=7), env["out"])
     core.save_request(prep)
     got = json.loads((prep.run_dir / core.REQUEST_FILE).read_text())
-    assert got["argv"] == prep.argv and "--out" in got["argv"]
+    assert {k: got[k] for k in ("inputs", "options")} == prep.request
+    assert got["options"] == {**FAST, "seed": 7, **core.TINY_SIZE}  # the options given, not the defaults
+    assert set(got["inputs"]) == set(core.INPUTS)
+    assert core.load_request(prep.run_dir).request == prep.request
     with pytest.raises(ValueError, match="not a run this app started"):
         core.load_request(env["out"] / "runs" / "nothing-here")
     tiny_size = (tiny.FRAMES, tiny.HEIGHT, tiny.WIDTH)
     assert tiny_size == tuple(core.TINY_SIZE.values())
 
 
-@pytest.mark.parametrize("record", [None, "not json", '["a list"]', '{"argv": ["--frames", "nine"]}',
-                                    '{"argv": "--model m"}', '{"time": 1}'])
+INPUTS = {"video": "v.mp4", "prompt": "p", "negative_prompt": "", "prompt_embeds": None, "model": "m"}
+
+
+@pytest.mark.parametrize("record", [
+    None, "not json", '["a list"]', '{"time": 1}',
+    '{"argv": ["--model", "m", "--video", "v.mp4", "--prompt", "p"]}',  # written by the app before the API
+    json.dumps({"inputs": INPUTS, "options": {"frames": "nine"}}),  # TransferOptions refuses it
+    json.dumps({"inputs": INPUTS, "options": {"colour": "red"}}),
+    json.dumps({"inputs": {**INPUTS, "model": ""}, "options": {}}),
+    json.dumps({"inputs": {"video": "v.mp4"}, "options": {}}),
+    json.dumps({"inputs": INPUTS, "options": []}),
+])
 def test_resume_list_skips_folders_without_a_valid_request(tmp_path, record):
-    run_dir = tmp_path / "runs" / "latent-good"
-    argv = [*core.request_argv(core.Request(video="v.mp4", model="m", prompt="p")), "--out", str(run_dir)]
-    good = core.Prepared(argv, core.transfer_namespace(argv), run_dir)
+    inputs, opts = core.check_request(core.Request(video="v.mp4", model="m", prompt="p"))
+    good = core.Prepared(inputs, opts, tmp_path / "runs" / "latent-good")
     core.save_request(good)
     bad = tmp_path / "runs" / "latent-0123456789ab"
     bad.mkdir()
@@ -264,3 +315,23 @@ def test_resume_list_skips_folders_without_a_valid_request(tmp_path, record):
     assert [path for _, path in core.runs(tmp_path)] == [str(good.run_dir)]
     with pytest.raises(ValueError, match="not a run this app started"):
         core.load_request(bad)
+
+
+def test_the_app_imports_no_command_line_no_toy_world_no_argparse():
+    """The app is a layer on the library (``transfer_api``): the command line and the toy world are
+    applications beside it, and its fields are checked by ``TransferOptions``, not by a parser."""
+    banned = ("ditflow_fast.cli", "ditflow_fast.toyworld", "argparse")
+    found = []
+    for path in sorted(Path(ditflow_fast.app.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ["ditflow_fast", "app"][:3 - node.level] if node.level else []
+                mod = ".".join([*base, *([node.module] if node.module else [])])
+                names = [mod, *(f"{mod}.{a.name}" for a in node.names)]  # `from .. import cli` names ..cli
+            else:
+                continue
+            found += [f"{path.name}:{node.lineno} {n}" for n in names if any(n == b or n.startswith(b + ".")
+                                                                              for b in banned)]
+    assert not found, found

@@ -26,6 +26,8 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[app]')")
 sync_api = pytest.importorskip("playwright.sync_api", reason="python playwright is not installed")
 
+from test_app import cli_argv  # noqa: E402 - tests/app is on the path, as pytest runs it
+
 from ditflow_fast.app import core, ui  # noqa: E402
 from ditflow_fast.cli.main import main  # noqa: E402
 from ditflow_fast.families.cogvideox import tiny  # noqa: E402
@@ -143,9 +145,8 @@ def test_bad_input_shows_the_cli_message(served, browser, capsys):
     hints = core.model_hints(model)
     r = core.Request(video=str(served["clip"]), prompt=prompt, model=model, frames=10, height=hints["height"],
                      width=hints["width"], steps=6, guided_steps=2, opt_iters=2)
-    argv = core.prepare(r, out).argv
     capsys.readouterr()
-    assert main(["transfer", *argv]) == 2
+    assert main(["transfer", *cli_argv(core.prepare(r, out))]) == 2
     cli = capsys.readouterr().err.strip().removeprefix("ditflow-fast transfer: error: ")
     assert "--frames 10" in cli or "10 asked for (--frames)" in cli, cli
     assert status == f"Error: {cli}", (status, cli)
