@@ -1,5 +1,5 @@
 """The toy world is an application of the library: it uses only the public surface, and no library
-module imports it (only the command line's `demo` and `amf`, and the app, which bundles its clips)."""
+module imports it (only the command line's `demo` and `amf`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "ditflow_fast"
 # what may import the toy world: its command and the user-facing tools built on the library
-APPLICATION = {"cli/demo.py", "cli/amf.py", "app", "toyworld"}
+APPLICATION = {"cli/demo.py", "cli/amf.py", "toyworld"}
 # what the toy world may import of the library
 PUBLIC = {"families", "guidance.config", "guidance.loop", "api", "video_io", "atomic", "loss", "viewer.transfer",
           "viewer.reference", "viewer.motion"}
