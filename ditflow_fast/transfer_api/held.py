@@ -43,6 +43,7 @@ class HeldModel:
             "scheduler_config": dict(pipe.scheduler.config), "boundary_ratio": index.get("boundary_ratio"),
             "expand_timesteps": bool(index.get("expand_timesteps", False))}
         self._dtype = pipe.transformer.dtype
+        self._as_found = _settings(self.components)
         return self
 
     @property
@@ -115,6 +116,22 @@ class HeldModel:
             if vae is not None and hasattr(vae, off):
                 getattr(vae, off)()
 
+    def restore(self) -> None:
+        """A caller's pipeline as it was handed over: no guidance processors, and its own gradient checkpointing,
+        trainable flags and VAE tiling and slicing."""
+        if self.pipeline is None:
+            return
+        self.reset()
+        for name, (checkpointing, trainable) in self._as_found["modules"].items():
+            mod = self.components[name]
+            mod.requires_grad_(trainable)
+            if checkpointing:
+                mod.enable_gradient_checkpointing()
+        vae = self.components["vae"]
+        for flag, on in self._as_found["vae"].items():
+            if on:
+                getattr(vae, f"enable_{flag}")()
+
     def release(self) -> None:
         """Drop the loaded weights (a pipeline stays its caller's)."""
         if self.pipeline is None:
@@ -123,3 +140,13 @@ class HeldModel:
 
 def _clean(cfg) -> dict:
     return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+
+
+def _settings(comps: dict) -> dict:
+    """What a run changes on a caller's components, to put back afterwards."""
+    modules = {name: (bool(getattr(comps[name], "is_gradient_checkpointing", False)),
+                      any(p.requires_grad for p in comps[name].parameters()))
+               for name in ("transformer", "transformer_2") if comps.get(name) is not None}
+    vae = {flag: bool(getattr(comps["vae"], f"use_{flag}", False)) for flag in ("tiling", "slicing")
+           if hasattr(comps["vae"], f"enable_{flag}")}
+    return {"modules": modules, "vae": vae}

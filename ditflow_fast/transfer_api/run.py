@@ -88,6 +88,18 @@ def run(model, video, opts: TransferOptions, *, prompt=None, negative_prompt: st
              "prompts": rk.prompts_digest(prompt, negative_prompt, prompt_embeds), "model": held.digest(),
              "dtype": cfg.dtype}
     key = rk.key_of(parts)
+    try:
+        return _into(held, cfg, opts, frames, parts, key, out, t0, prompt, negative_prompt, prompt_embeds, video,
+                     progress, bar)
+    finally:
+        held.restore()  # a caller's pipeline goes back as it came
+        if held is not model:
+            held.release()  # loaded for this call only
+
+
+def _into(held, cfg, opts, frames, parts, key, out, t0, prompt, negative_prompt, prompt_embeds, video, progress,
+          bar) -> TransferResult:
+    """The run in memory, or into ``out`` under its lock after the saved state's key is checked."""
     if out is None:
         return _execute(held, cfg, opts, frames, parts, key, None, t0, prompt, negative_prompt, prompt_embeds,
                         video, progress, bar)

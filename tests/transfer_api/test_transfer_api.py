@@ -87,9 +87,16 @@ def test_a_callers_diffusers_pipeline_is_used_as_it_is(assets):
     comps = HeldModel(str(model)).load(torch.float32)
     pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, transformer=comps["transformer"], vae=comps["vae"],
                              scheduler=CogVideoXDDIMScheduler.from_config(comps["scheduler_config"]))
+    pipe.transformer.requires_grad_(True)
+    pipe.vae.enable_slicing()
+    before = {k: type(v) for k, v in pipe.transformer.attn_processors.items()}
     got = _api(assets, model=pipe)
     np.testing.assert_array_equal(got.frames, folder.frames)
     assert got.record["run_key_parts"]["model"].startswith("pipeline:")
+    # handed back as it came: diffusers' own processors, its trainable flags, its VAE slicing
+    assert {k: type(v) for k, v in pipe.transformer.attn_processors.items()} == before
+    assert all(p.requires_grad for p in pipe.transformer.parameters()) and pipe.vae.use_slicing
+    assert not pipe.transformer.is_gradient_checkpointing
 
 
 @pytest.mark.parametrize("options, message", [
