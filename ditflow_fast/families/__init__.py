@@ -4,7 +4,8 @@ One sub-package per family (the contract is :mod:`.base`); a family is found by 
 class or the folder's ``model_index.json``. Supported: CogVideoX (1.0, 2B/5B) and Wan (2.1 T2V
 1.3B/14B, 2.2 TI2V-5B and T2V-A14B). ``docs/families.md`` says how to add the next one.
 
-- :mod:`.base`: the contract, ``Sampler``, ``ModelError``;
+- :mod:`.base`: the contract (``Family``, checked by :func:`register`), ``FamilyBase`` (the optional
+  hooks' defaults), ``Sampler``, ``ModelError``; :mod:`.estimate`: what the memory models return;
 - one sub-package per family, of the same shape: :mod:`.cogvideox`, :mod:`.wan` (``family.py`` the
   seam, ``memory.py`` the ``--dry-run`` model, ``tiny.py`` tiny random models, and their own helpers);
 - :mod:`.offload`: model, group and activation offloading; :mod:`.prompts`: prompt embeddings for any family.
@@ -16,12 +17,27 @@ import json
 import os
 from pathlib import Path
 
-from .base import ModelError
+from .base import Family, FamilyBase, ModelError, missing_members
 from .cogvideox import CogVideoXFamily
 from .wan import WanFamily
 
-FAMILIES = {f.name: f for f in (CogVideoXFamily, WanFamily)}
-SUPPORTED = "CogVideoX (CogVideoXPipeline folders), Wan2.1/2.2 (WanPipeline folders)"
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family) -> None:
+    """Add ``family`` to :data:`FAMILIES`; a ``TypeError`` names every member of the contract
+    (:class:`~.base.Family`) it lacks, so a half-written family fails where it is registered, not mid-run."""
+    missing = missing_members(family)
+    if missing:
+        hint = "" if isinstance(family, type) and issubclass(family, FamilyBase) else \
+            " (subclass families.base.FamilyBase for the optional hooks' defaults)"
+        raise TypeError(f"family {getattr(family, 'name', family)!r} lacks {', '.join(missing)}{hint}")
+    FAMILIES[family.name] = family
+
+
+for _family in (CogVideoXFamily, WanFamily):
+    register(_family)
+SUPPORTED = ", ".join(f.label for f in FAMILIES.values())
 
 
 def family_of(transformer):
@@ -35,13 +51,7 @@ def family_of(transformer):
 
 def preset_family(model: str):
     """The family whose built-in configs (the dry run's, no download) name ``model``; None otherwise."""
-    from .cogvideox.memory import PRESETS as COG_PRESETS
-
-    if model in COG_PRESETS:
-        return CogVideoXFamily
-    if model in WanFamily.PRESETS:
-        return WanFamily
-    return None
+    return next((fam for fam in FAMILIES.values() if model in fam.PRESETS), None)
 
 
 def looks_local(model: str) -> bool:
@@ -130,4 +140,5 @@ def detect(model: str):
     raise ModelError(f"--model {model}: a {what}, not of a supported family; supported: {SUPPORTED}")
 
 
-__all__ = ["FAMILIES", "CogVideoXFamily", "WanFamily", "detect", "family_of", "preset_family", "resolve_model_ref"]
+__all__ = ["FAMILIES", "CogVideoXFamily", "Family", "FamilyBase", "WanFamily", "detect", "family_of", "preset_family",
+           "register", "resolve_model_ref"]

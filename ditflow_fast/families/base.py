@@ -1,34 +1,137 @@
 """The contract between the guidance loop and a model family, and the pieces families share.
 
-A family is a class of static/class methods (no per-run state; per-transformer caches live on the
-transformer). :class:`ditflow_fast.guidance.loop.Guide` calls only these, plus a :class:`Sampler`:
-
-- recognising and loading: ``matches(model_index, transformer_class_name)``,
-  ``load(model, dtype) -> dict(transformer, transformer_2, vae, scheduler_config, boundary_ratio,
-  expand_timesteps)``;
-- attention: ``blocks(tr)``, ``install(tr, controller)``, ``uninstall(tr)`` (a thin processor per
-  block that computes q/k/v the family's way and asks the shared
-  :class:`~ditflow_fast.guidance.processor.GuidanceController` what to capture, inject or stop);
-- text: ``text_position`` (``"prefix"``, ``"none"``; ``"suffix"`` for HunyuanVideo/Mochi later): the
-  processors strip the text tokens, so the AMF sees video tokens only;
-- forwards: ``forward(tr, latent, text, t, emb=None)`` (the prediction) and
-  ``run_until(tr, latent, text, t, emb=None, *, stop_after, qk_blocks, out_blocks, copy_kv_blocks)``;
-- positional embeddings for ``--opt-mode emb``: ``initial_emb(tr, latent)``, ``emb_kind(tr)``,
-  ``emb_fingerprint(tr)`` (recorded in saved embeddings; injection refuses another family/size);
-- latents: ``token_grid(tr, latent) -> (F', h, w)``, ``geometry(tr, vae, frames, height, width)``
-  (latent shape, or a :class:`ModelError` naming the valid frame counts), ``encode_video``,
-  ``decode_latents`` with the family's normalisation;
-- the sampler: ``make_sampler(scheduler_or_config, cfg) -> Sampler`` and ``guide_cfg(cond, uncond,
-  scale, t, cfg)``, the classifier-free guidance rule;
-- defaults: ``defaults(config) -> dict`` (guidance block, frames, size, dtype, CFG, steps), used by
-  the run and by ``--dry-run`` alike; ``memory_config(model)`` and ``estimate(...)`` for ``--dry-run``.
+:class:`Family` is the contract as code: every member the loop (:class:`ditflow_fast.guidance.loop.Guide`),
+``transfer`` and ``--dry-run`` call. A family is a class of static/class methods (no per-run state;
+per-transformer caches live on the transformer) that subclasses :class:`FamilyBase`, which gives the
+optional hooks their defaults, and is registered with :func:`ditflow_fast.families.register`, which
+refuses it (``TypeError`` naming the members) unless it has every member of :class:`Family`.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Protocol
+
 import torch
 
 from ..errors import ModelError  # noqa: F401  (re-exported: families raise it)
+from .estimate import Estimate
+
+
+class Family(Protocol):
+    """Everything a family gives. Required members first; the hooks after ``# -- optional`` have
+    defaults in :class:`FamilyBase`."""
+
+    name: str
+    label: str  # how error messages list it among the supported families
+    transformer_class: str  # the diffusers classes whose configs the command line reads before loading
+    vae_class: str
+    text_position: str  # "prefix" (text tokens lead the joint attention), "none" (cross-attention), "suffix"
+    latent_layout: str  # "BFCHW" or "BCFHW"
+    PRESETS: dict  # public configs by hub id: --dry-run reads them without a download
+
+    # recognising and loading
+    def matches(self, model_index: dict | None, transformer_class_name: str | None) -> bool: ...
+    def load(self, model: str, dtype: torch.dtype) -> dict:
+        """``transformer``, ``transformer_2`` (or None), ``vae``, ``scheduler_config``, ``boundary_ratio``,
+        ``expand_timesteps``; :class:`ModelError` naming ``--model``."""
+
+    # attention: a thin processor per block computing q/k/v as diffusers' does (bit-identical when
+    # idle) and asking the shared GuidanceController (guidance/processor.py) what to capture, inject, stop
+    def blocks(self, transformer) -> list: ...
+    def install(self, transformer, controller=None): ...
+    def uninstall(self, transformer) -> None: ...
+
+    # forwards; ``emb``: the positions optimised in --opt-mode emb, replacing the model's own
+    def forward(self, transformer, latent, text, t, emb=None) -> torch.Tensor: ...
+    def run_until(self, transformer, latent, text, t, emb=None, *, stop_after, qk_blocks=(), out_blocks=(),
+                  copy_kv_blocks=()): ...
+    def initial_emb(self, transformer, latent) -> torch.Tensor: ...
+    def emb_kind(self, transformer) -> str: ...
+    def emb_fingerprint(self, transformer) -> str: ...
+
+    # latents and the VAE
+    def token_grid(self, transformer, latent) -> tuple[int, int, int]: ...
+    def geometry(self, transformer, vae, frames: int, height: int, width: int) -> tuple[int, ...]: ...
+    def check_frames(self, frames: int, temporal: int = 4) -> None: ...
+    def encode_video(self, vae, frames, device, dtype, seed: int = 0) -> torch.Tensor: ...
+    def decode_latents(self, vae, latents): ...
+
+    # text
+    def text_spec(self, transformer) -> tuple[int | None, int]: ...
+    def encode_prompts(self, model: str, texts: dict[str, str], transformer, device, dtype) -> dict: ...
+
+    # sampling, defaults, memory
+    def make_sampler(self, scheduler, cfg) -> Sampler: ...
+    def guide_cfg(self, cond, uncond, scale: float, t, cfg): ...
+    def defaults(self, config: dict) -> dict: ...
+    def memory_config(self, model: str) -> dict:
+        """The config entries the memory model reads: a preset's, or a local folder's (no weights)."""
+    def estimate(self, config: dict, *, frames: int, height: int, width: int, guidance_block: int,
+                 bytes_per_elem: int = 2, opt_mode: str = "latent", checkpointing: bool = True,
+                 offload: str = "none", offload_activations: bool = False,
+                 ffn_chunks: int | None = None) -> Estimate: ...
+
+    # -- optional (defaults in FamilyBase)
+    def has_second_expert(self, model: str, index: dict | None = None) -> bool: ...
+    def expert_for(self, timestep, boundary_ratio: float | None, num_train_timesteps: int = 1000) -> str: ...
+    def chunk_ffn(self, transformer, chunks: int | None, n_tokens: int) -> int: ...
+    def unchunk_ffn(self, transformer) -> None: ...
+    def dry_run_table(self, model: str, cfg, offload: str = "none") -> str: ...
+
+
+def contract_members() -> list[str]:
+    """The names :class:`Family` asks for, attributes first."""
+    methods = [n for n, v in vars(Family).items() if callable(v) and not n.startswith("_")]
+    return [*Family.__annotations__, *methods]
+
+
+def missing_members(family) -> list[str]:
+    """The members of :class:`Family` that ``family`` lacks (a method must be callable)."""
+    attrs = set(Family.__annotations__)
+    return [n for n in contract_members()
+            if not hasattr(family, n) or (n not in attrs and not callable(getattr(family, n)))]
+
+
+class FamilyBase:
+    """The optional hooks' defaults: one expert, no FFN slicing, the generic ``--dry-run`` table."""
+
+    @staticmethod
+    def has_second_expert(model: str, index: dict | None = None) -> bool:
+        return False
+
+    @staticmethod
+    def expert_for(timestep, boundary_ratio: float | None, num_train_timesteps: int = 1000) -> str:
+        return "transformer"
+
+    @staticmethod
+    def chunk_ffn(transformer, chunks: int | None, n_tokens: int) -> int:
+        """Put the guided backward's recomputed FFN in token slices; returns the slice count (1: none)."""
+        return 1
+
+    @staticmethod
+    def unchunk_ffn(transformer) -> None:
+        """Undo :meth:`chunk_ffn` (a no-op where nothing was installed)."""
+
+    @classmethod
+    def dry_run_table(cls, model: str, cfg, offload: str = "none") -> str:
+        """What ``transfer --dry-run`` prints: the run's sizes, then :meth:`estimate`'s table. ``cfg``: the
+        command's GuidanceConfig (unset sizes, block and dtype come from :meth:`defaults`)."""
+        config = cls.memory_config(model)
+        d = cls.defaults(config)
+        frames, height, width = cfg.frames or d["frames"], cfg.height or d["height"], cfg.width or d["width"]
+        cls.check_frames(frames)
+        block = max(cfg.guidance_blocks or d["guidance_blocks"])
+        b = 4 if str(cfg.dtype or d["dtype"]).replace("torch.", "") == "float32" else 2
+        offload = "model" if offload == "none" and cfg.cpu_offload else offload
+        est = cls.estimate(config, frames=frames, height=height, width=width, guidance_block=block,
+                           bytes_per_elem=b, opt_mode=cfg.opt_mode, checkpointing=cfg.gradient_checkpointing,
+                           offload=offload, offload_activations=cfg.offload_activations, ffn_chunks=cfg.ffn_chunks)
+        head = (f"{model}: {frames} frames at {height}x{width}, guidance block {block}, {b}-byte elements, "
+                f"opt-mode {cfg.opt_mode}, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}")
+        note = "(derivation: docs/memory.md; the text encoder runs before the loop and is offloaded)"
+        return f"{head}\n{est.table()}\n{note}{foreign_vae_note(model, cls.vae_class)}"
 
 
 class Sampler:
@@ -78,3 +181,28 @@ def nearest_valid(frames: int, valid) -> list[int]:
     below = [v for v in valid if v < frames]
     above = [v for v in valid if v > frames]
     return ([max(below)] if below else []) + ([min(above)] if above else [])
+
+
+def foreign_vae(model: str, vae_class: str) -> str | None:
+    """The class a local folder's ``vae/config.json`` names when it is not the family's ``vae_class`` (the toy
+    world's FrameAutoencoder in a DiT folder), else None. Loading refuses such a folder by name (building the
+    family's VAE from it fails deep inside diffusers); ``--dry-run`` says its VAE rows assume the family's."""
+    try:
+        cfg = json.loads((Path(model).expanduser() / "vae" / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    cls = cfg.get("_class_name", cfg.get("class")) if isinstance(cfg, dict) else None
+    return None if cls in (None, vae_class) else str(cls)
+
+
+def refuse_foreign_vae(model: str, vae_class: str) -> None:
+    cls = foreign_vae(model, vae_class)
+    if cls is not None:
+        raise ModelError(f"--model {model}: its vae/ is a {cls}, not the {vae_class} this family loads; "
+                         "transfer takes diffusers pipeline folders")
+
+
+def foreign_vae_note(model: str, vae_class: str) -> str:
+    """The ``--dry-run`` line for a folder whose VAE the family's memory model does not know ("" if none)."""
+    cls = foreign_vae(model, vae_class)
+    return "" if cls is None else f"\n(vae/ holds a {cls}: the VAE rows are those of the family's {vae_class})"

@@ -37,8 +37,7 @@ def fingerprint(transformer) -> str:
 def kind_of(transformer) -> str:
     from ..families import family_of
 
-    fam = family_of(transformer)
-    return fam.emb_kind(transformer) if hasattr(fam, "emb_kind") else "rope"
+    return family_of(transformer).emb_kind(transformer)
 
 
 def file_for(directory, timestep: int) -> Path:

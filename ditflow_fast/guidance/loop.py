@@ -111,12 +111,9 @@ class Guide:
             self.ctrl = self.family.install(tr, self.ctrl)  # one controller shared by the experts
             if config.gradient_checkpointing:
                 tr.enable_gradient_checkpointing()
-        if self.family.name == "wan" and config.gradient_checkpointing:  # the recomputed FFN in token slices
-            from ..families.wan import chunking as wan_chunking
-
+        if config.gradient_checkpointing:  # the recomputed FFN in token slices, where the family has them
             for tr in self.experts.values():
-                wan_chunking.install(tr, wan_chunking.resolve_chunks(getattr(config, "ffn_chunks", None),
-                                                                     self.frames * self.h * self.w, tr.config.ffn_dim))
+                self.family.chunk_ffn(tr, config.ffn_chunks, self.frames * self.h * self.w)
         self.emb_shape = tuple(self.family.initial_emb(transformer, self.ref).shape)
         self.sampler = self.family.make_sampler(scheduler, config)
         self.sched = self.sampler.sched

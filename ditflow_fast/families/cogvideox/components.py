@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ...errors import ModelError, cannot_load  # noqa: F401  (ModelError: importers of this module use it)
+from ..base import refuse_foreign_vae
 
 
 def load_components(model: str, dtype: torch.dtype):
@@ -20,7 +21,10 @@ def load_components(model: str, dtype: torch.dtype):
     model = check_model_ref(model)
     try:
         from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
-
+    except Exception as exc:  # diffusers' lazy import turns a broken dependency into a RuntimeError
+        raise cannot_load(model, exc) from exc
+    refuse_foreign_vae(model, "AutoencoderKLCogVideoX")
+    try:
         transformer = CogVideoXTransformer3DModel.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
         vae = AutoencoderKLCogVideoX.from_pretrained(model, subfolder="vae", torch_dtype=dtype)
         sched_cfg = CogVideoXDDIMScheduler.load_config(model, subfolder="scheduler")

@@ -21,8 +21,9 @@ import torch
 
 from ...guidance import forward as fwd
 from ...guidance import processor
-from ..base import Sampler, nearest_valid
-from . import components
+from ..base import FamilyBase, Sampler, nearest_valid
+from ..estimate import Estimate
+from . import components, memory
 
 FINGERPRINT_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size", "in_channels",
                     "use_rotary_positional_embeddings", "max_text_seq_length", "sample_height", "sample_width")
@@ -73,12 +74,13 @@ class CogVideoXSampler(Sampler):
         self.x0_prev = None if x0 is None else x0.to(device)
 
 
-class CogVideoXFamily:
+class CogVideoXFamily(FamilyBase):
     name = "cogvideox"
+    label = "CogVideoX (CogVideoXPipeline folders)"
     transformer_class, vae_class = "CogVideoXTransformer3DModel", "AutoencoderKLCogVideoX"
     text_position = "prefix"
     latent_layout = "BFCHW"
-    PRESETS = None  # filled below from .memory (the flat configs the dry run reads)
+    PRESETS = memory.PRESETS
 
     # -- recognising and loading -----------------------------------------------------------------
     @staticmethod
@@ -237,8 +239,15 @@ class CogVideoXFamily:
                     height=480, width=720, dtype="bfloat16" if rope else "float16", cfg_scale=7.0,
                     dynamic_cfg=rope, scheduler="dpm" if rope else "ddim", steps=50)
 
-    @staticmethod
-    def memory_config(model: str) -> dict:
-        from . import memory
+    # -- memory (--dry-run) ---------------------------------------------------------------------
+    memory_config = staticmethod(memory.config_for)
 
-        return memory.config_for(model)
+    @staticmethod
+    def estimate(config: dict, *, frames: int, height: int, width: int, guidance_block: int, bytes_per_elem: int = 2,
+                 opt_mode: str = "latent", checkpointing: bool = True, offload: str = "none",
+                 offload_activations: bool = False, ffn_chunks: int | None = None) -> Estimate:
+        """:func:`.memory.estimate`; any offload mode takes the VAE off the GPU. Activation offload and FFN
+        slices are not modelled for CogVideoX: the prediction is then an upper bound."""
+        return memory.estimate(config, frames=frames, height=height, width=width, guidance_block=guidance_block,
+                               bytes_per_elem=bytes_per_elem, opt_mode=opt_mode, checkpointing=checkpointing,
+                               vae_offload=offload != "none")

@@ -21,9 +21,8 @@ autograd, and the VAE decodes after the loop, sliced/tiled). With ``T = L_text +
 
 from __future__ import annotations
 
-import dataclasses
-
 from ...backends.reference import research_bytes
+from ..estimate import AMF_BUDGET, Estimate
 
 # The entries of the public CogVideoX configs that fix the sizes (so --dry-run needs no download).
 PRESETS = {
@@ -40,34 +39,6 @@ VAE_PARAMS = 215_583_907  # AutoencoderKLCogVideoX() (the public models' VAE), c
 # Activation constants in [T, D] tensors (see the module docstring; measured, tests re-measure them).
 CKPT_INPUT, CKPT_RECOMPUTE = 1, 15
 BLOCK_ACTIVATIONS, PARTIAL_BLOCK, BACKWARD_TEMPS = 12, 5, 3
-AMF_BUDGET = 256 << 20  # the torch backend's default score budget
-
-
-@dataclasses.dataclass
-class Estimate:
-    components: dict[str, int]
-    research_components: dict[str, int]
-
-    @property
-    def total(self) -> int:
-        return sum(self.components.values())
-
-    @property
-    def research_total(self) -> int:
-        return sum(self.research_components.values())
-
-    def table(self) -> str:
-        names = list(dict.fromkeys([*self.components, *self.research_components]))
-        rows = [f"{'component':<34}{'ditflow_fast':>14}{'research code':>16}"]
-        for n in names:
-            a, b = self.components.get(n), self.research_components.get(n)
-            rows.append(f"{n:<34}{_gib(a):>14}{_gib(b):>16}")
-        rows.append(f"{'predicted peak':<34}{_gib(self.total):>14}{_gib(self.research_total):>16}")
-        return "\n".join(rows)
-
-
-def _gib(x) -> str:
-    return "-" if x is None else f"{x / 2**30:.2f} GiB"
 
 
 def transformer_params(config: dict) -> int:

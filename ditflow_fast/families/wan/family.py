@@ -33,9 +33,11 @@ import torch
 
 from ...errors import cannot_load
 from ...guidance.processor import GuidanceController
-from ..base import ModelError
+from ..base import FamilyBase, ModelError, refuse_foreign_vae
+from ..estimate import Estimate
+from . import chunking, geometry, memory, presets
 from .attention import WanGuidedAttnProcessor, _output_hook
-from .presets import _VAE21, _VAE22, PRESETS, TEXT_LEN, _cfg_get, transformer_params  # noqa: F401 - re-exported
+from .presets import PRESETS, _cfg_get, transformer_params  # noqa: F401 - re-exported
 from .sampler import WanSampler, load_scheduler_state, scheduler_state
 
 _PIPELINES = ("WanPipeline", "WanVideoToVideoPipeline")
@@ -67,10 +69,11 @@ def _has_component(model_index: dict, name: str) -> bool:
     return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] is not None and entry[1] is not None
 
 
-class WanFamily:
+class WanFamily(FamilyBase):
     """Wan2.1 / Wan2.2 text-to-video models (``WanPipeline`` folders) for the guidance loop."""
 
     name = "wan"
+    label = "Wan2.1/2.2 (WanPipeline folders)"
     transformer_class, vae_class = "WanTransformer3DModel", "AutoencoderKLWan"
     text_position = "none"
     text_tokens = 0  # text enters by cross-attention: the AMF sees video tokens only
@@ -108,6 +111,7 @@ class WanFamily:
             missing = [s for s in ("transformer", "vae") if not (local / s).is_dir()]
             if missing:
                 raise ModelError(f"--model {model}: not a Wan diffusers folder (no {', '.join(missing)}/)")
+            refuse_foreign_vae(model, WanFamily.vae_class)
             model = str(local)
         elif model.startswith((".", "/", "~")) or model.count("/") != 1:
             raise ModelError(f"--model {model}: no such folder, and not a hub id of the form owner/name")
@@ -297,24 +301,9 @@ class WanFamily:
         _, _, f, h, w = latent.shape
         return f // pt, h // ph, w // pw
 
-    @staticmethod
-    def latent_shape(vae_config, transformer_config, frames: int, height: int, width: int) -> tuple:
-        """``(1, z_dim, F', H/s, W/s)`` for a video of this size, or :class:`ModelError`: the Wan VAE
-        gives exactly ``(frames - 1) / 4 + 1`` latent frames only for ``frames = 4k + 1``, and the
-        size must be a multiple of the VAE's spatial factor times the patch size."""
-        temporal = int(_cfg_get(vae_config, "scale_factor_temporal", None)
-                       or 2 ** sum(bool(x) for x in _cfg_get(vae_config, "temperal_downsample", [False, True, True])))
-        spatial = int(_cfg_get(vae_config, "scale_factor_spatial", None) or 8)
-        z = int(_cfg_get(vae_config, "z_dim", 16))
-        patch = tuple(_cfg_get(transformer_config, "patch_size", (1, 2, 2)))
-        WanFamily.check_frames(frames, temporal)
-        sh, sw = spatial * patch[1], spatial * patch[2]
-        if height % sh or width % sw:
-            raise ModelError(f"--height/--width {height}x{width}: must be multiples of {sh}x{sw} for this model "
-                             f"(VAE x{spatial}, patch {patch[1]}x{patch[2]})")
-        if patch[0] != 1 and ((frames - 1) // temporal + 1) % patch[0]:
-            raise ModelError(f"--frames {frames}: latent frames not a multiple of the temporal patch {patch[0]}")
-        return 1, z, (frames - 1) // temporal + 1, height // spatial, width // spatial
+    latent_shape = staticmethod(geometry.latent_shape)
+    check_frames = staticmethod(geometry.check_frames)
+    defaults = staticmethod(presets.defaults)
 
     # -- VAE -------------------------------------------------------------------------------------
     @staticmethod
@@ -385,35 +374,6 @@ class WanFamily:
         t = float(timestep.item() if isinstance(timestep, torch.Tensor) else timestep)
         return "transformer" if t >= boundary_ratio * num_train_timesteps else "transformer_2"
 
-    # -- defaults --------------------------------------------------------------------------------
-    @staticmethod
-    def defaults(config: dict) -> dict:
-        """Run defaults for a Wan transformer config (``config``: its config dict, or a PRESETS entry).
-
-        Guidance block: FastVMT guides Wan2.1-1.3B at block 14 of 30 (the middle of the stack, where
-        cross-frame attention is most motion-like); 40-block models take the same relative depth,
-        round(14 * 40 / 30) = 19; other (tiny) models n_blocks // 2. Size: Wan's 480p, 81 frames
-        (4k+1), except TI2V-5B, trained for 704x1280 at 121 frames. bf16 on GPUs. Sampling: diffusers'
-        WanPipeline defaults (50 steps, CFG 5.0) and the shift its folders ship (3.0; 5.0 for TI2V);
-        Wan2.2 A14B as the Wan team samples it: 40 steps, CFG 4.0 for the high-noise expert and 3.0 for
-        the low-noise one (its original repo samples with shift 12.0; the diffusers folder ships 3.0).
-        """
-        cfg = dict(config.get("transformer", config))
-        experts = int(config.get("experts", 1))
-        n = int(cfg.get("num_layers", 0))
-        heads, in_ch = cfg.get("num_attention_heads"), cfg.get("in_channels")
-        block = 14 if n == 30 else (round(14 * 40 / 30) if n == 40 else max(n // 2, 0))
-        out = dict(guidance_blocks=(block,), injection_blocks=(0,), frames=81, height=480, width=832,
-                   dtype="bfloat16", cfg_scale=5.0, cfg_scale_2=None, steps=50, flow_shift=3.0,
-                   scheduler="unipc")
-        if n == 30 and in_ch == 48:  # TI2V-5B
-            out.update(frames=121, height=704, width=1280, flow_shift=5.0)
-        if n == 40 and experts == 2:  # A14B
-            out.update(steps=40, cfg_scale=4.0, cfg_scale_2=3.0)
-        if n not in (30, 40) or heads not in (12, 24, 40):  # tiny/test models: CPU sizes, fp32
-            out.update(frames=9, height=48, width=80, dtype="float32")
-        return out
-
     # -- the seam's remaining entries (see families/base.py) -------------------------------------
     @staticmethod
     def make_sampler(scheduler, cfg) -> WanSampler:
@@ -431,13 +391,6 @@ class WanFamily:
         return cls.latent_shape(vae.config, transformer.config, frames, height, width)
 
     @staticmethod
-    def check_frames(frames: int, temporal: int = 4) -> None:
-        if frames < 1 or (frames - 1) % temporal:
-            lo, hi = nearest_frames(frames, temporal)
-            near = f"{lo} or {hi}" if lo != hi else f"{lo}"
-            raise ModelError(f"--frames {frames}: the Wan VAE takes {temporal}k+1 frames; nearest: {near}")
-
-    @staticmethod
     def emb_kind(transformer) -> str:
         return "rope"
 
@@ -452,8 +405,29 @@ class WanFamily:
 
         return encode_prompts_umt5(model, texts, device, dtype)
 
+    # -- memory (--dry-run) and the guided backward's FFN -----------------------------------------
+    memory_config = staticmethod(memory.memory_config)
 
-def nearest_frames(frames: int, temporal: int = 4) -> tuple[int, int]:
-    """The two frame counts of the form ``temporal * k + 1`` around ``frames`` (equal ones for frames < 1)."""
-    lo = max(1, (frames - 1) // temporal * temporal + 1)
-    return (lo, lo + temporal) if lo <= frames else (lo, lo)
+    @staticmethod
+    def estimate(config: dict, *, frames: int, height: int, width: int, guidance_block: int, bytes_per_elem: int = 2,
+                 opt_mode: str = "latent", checkpointing: bool = True, offload: str = "none",
+                 offload_activations: bool = False, ffn_chunks: int | None = None) -> Estimate:
+        return memory.estimate_wan(config, frames=frames, height=height, width=width, guidance_block=guidance_block,
+                                   bytes_per_elem=bytes_per_elem, opt_mode=opt_mode, checkpointing=checkpointing,
+                                   offload=offload, offload_activations=offload_activations, ffn_chunks=ffn_chunks)
+
+    @staticmethod
+    def dry_run_table(model: str, cfg, offload: str = "none") -> str:
+        """Wan's header says more than the generic one: experts, group offload, host memory, FFN slices."""
+        return memory.dry_run_table(model, frames=cfg.frames, height=cfg.height, width=cfg.width,
+                                    guidance_blocks=cfg.guidance_blocks, dtype=cfg.dtype, opt_mode=cfg.opt_mode,
+                                    checkpointing=cfg.gradient_checkpointing, offload=offload,
+                                    offload_activations=cfg.offload_activations, ffn_chunks=cfg.ffn_chunks)
+
+    @staticmethod
+    def chunk_ffn(transformer, chunks: int | None, n_tokens: int) -> int:
+        return chunking.install(transformer, chunking.resolve_chunks(chunks, n_tokens, transformer.config.ffn_dim))
+
+    @staticmethod
+    def unchunk_ffn(transformer) -> None:
+        chunking.uninstall(transformer)

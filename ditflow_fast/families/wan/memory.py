@@ -1,7 +1,7 @@
 """Predicted peak GPU memory of a guided Wan run, by component, next to the research procedure's.
 
-The same accounting as the CogVideoX model (:mod:`ditflow_fast.families.cogvideox.memory`, whose
-:class:`~ditflow_fast.families.cogvideox.memory.Estimate` and table this reuses), with Wan's differences:
+The same accounting as the CogVideoX model (:mod:`ditflow_fast.families.cogvideox.memory`; the
+:class:`~ditflow_fast.families.estimate.Estimate` and its table are shared), with Wan's differences:
 
 - **tokens.** Wan's self-attention sees video tokens only: ``T = N = F'*h*w`` (patch ``(1, 2, 2)``
   over the Wan VAE's latent: 4x temporal, 8x spatial and ``z_dim`` 16 for Wan2.1 / A14B, 16x and 48
@@ -44,10 +44,11 @@ import functools
 import json
 
 from ...backends.reference import research_bytes
-from ..base import ModelError
-from ..cogvideox.memory import AMF_BUDGET, Estimate
+from ..base import ModelError, foreign_vae, foreign_vae_note
+from ..estimate import AMF_BUDGET, Estimate
 from .chunking import resolve_chunks
-from .family import _VAE21, PRESETS, TEXT_LEN, WanFamily, transformer_params
+from .geometry import latent_shape
+from .presets import _VAE21, PRESETS, TEXT_LEN, defaults, transformer_params
 
 # Activation constants, measured (torch.profiler memory timeline, export_memory_timeline(device="cpu"),
 # peak minus start of one steady-state guided iteration: WanFamily.run_until truncated after block g
@@ -175,7 +176,7 @@ def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guid
         raise ValueError(f"bytes_per_elem must be 2 (bf16/fp16) or 4 (fp32), got {bytes_per_elem}")
     entry = _entry(preset_or_config)
     cfg, vae_cfg = entry["transformer"], entry.get("vae", _VAE21)
-    _, z, lat_f, lh, lw = WanFamily.latent_shape(vae_cfg, cfg, frames, height, width)
+    _, z, lat_f, lh, lw = latent_shape(vae_cfg, cfg, frames, height, width)
     pt, ph, pw = tuple(cfg.get("patch_size", (1, 2, 2)))
     ff, hh, ww = lat_f // pt, lh // ph, lw // pw
     heads, hd = cfg["num_attention_heads"], cfg["attention_head_dim"]
@@ -235,7 +236,7 @@ def dry_run_table(model_id_or_preset, frames: int | None = None, height: int | N
                   ffn_chunks: int | None = None) -> str:
     """The text ``ditflow-fast transfer --dry-run`` prints for a Wan model: a header line (model,
     frames, size, guidance block, offload) and the table. Unset sizes, block and dtype come from
-    :meth:`WanFamily.defaults`. ``model_id_or_preset``: a preset name, a PRESETS-shaped entry, or a
+    :func:`.presets.defaults`. ``model_id_or_preset``: a preset name, a PRESETS-shaped entry, or a
     local Wan folder (its ``transformer/config.json`` and ``vae/config.json`` are read).
     ``guidance_blocks`` (the run's list; the last one counts) or ``guidance_block``; ``dtype``
     (``"bfloat16"``, ``"float16"``, ``"float32"``) or ``bytes_per_elem``. ``offload_activations``: None
@@ -243,7 +244,7 @@ def dry_run_table(model_id_or_preset, frames: int | None = None, height: int | N
     :func:`estimate_wan`."""
     entry = _entry(model_id_or_preset) if not isinstance(model_id_or_preset, str) or \
         model_id_or_preset in PRESETS else memory_config(model_id_or_preset)
-    d = WanFamily.defaults(entry)
+    d = defaults(entry)
     frames, height, width = frames or d["frames"], height or d["height"], width or d["width"]
     if guidance_block is None:
         guidance_block = max(guidance_blocks or d["guidance_blocks"])
@@ -269,6 +270,8 @@ def dry_run_table(model_id_or_preset, frames: int | None = None, height: int | N
     if est.ffn_chunks_used > 1:
         head += f"\n(recomputed FFN in {est.ffn_chunks_used} token slices)"
     note = "(umT5 encoder run and released before the loop; CUDA context and fragmentation not included)"
+    if isinstance(model_id_or_preset, str) and model_id_or_preset not in PRESETS:
+        note += foreign_vae_note(model_id_or_preset, "AutoencoderKLWan")
     return f"{head}\n{est.table()}\n{note}"
 
 
@@ -284,8 +287,9 @@ def memory_config(model: str) -> dict:
     except (OSError, ValueError) as exc:
         raise ModelError(f"--model {model}: no readable transformer/config.json ({exc}); "
                          f"Wan presets: {', '.join(PRESETS)}") from exc
-    try:
-        vae = json.loads((root / "vae" / "config.json").read_text())
+    try:  # another codec (the toy world's) counts as Wan2.1's VAE, and --dry-run says so
+        vae = dict(_VAE21) if foreign_vae(model, "AutoencoderKLWan") else \
+            json.loads((root / "vae" / "config.json").read_text())
     except (OSError, ValueError):
         vae = dict(_VAE21)
     index = {}

@@ -1,4 +1,5 @@
-"""The public Wan configs the dry run reads without a download, and their parameter counts.
+"""The public Wan configs the dry run reads without a download, their parameter counts, and the run
+defaults a config implies.
 
 Sources: diffusers ``scripts/convert_wan_to_diffusers.py`` and the Wan team's configs (see the
 comment on ``PRESETS``).
@@ -70,3 +71,32 @@ def transformer_params(preset) -> int:
     with torch.device("meta"):
         model = WanTransformer3DModel(**cfg)
     return sum(p.numel() for p in model.parameters())
+
+
+# -- defaults --------------------------------------------------------------------------------
+def defaults(config: dict) -> dict:
+    """Run defaults for a Wan transformer config (``config``: its config dict, or a PRESETS entry).
+
+    Guidance block: FastVMT guides Wan2.1-1.3B at block 14 of 30 (the middle of the stack, where
+    cross-frame attention is most motion-like); 40-block models take the same relative depth,
+    round(14 * 40 / 30) = 19; other (tiny) models n_blocks // 2. Size: Wan's 480p, 81 frames
+    (4k+1), except TI2V-5B, trained for 704x1280 at 121 frames. bf16 on GPUs. Sampling: diffusers'
+    WanPipeline defaults (50 steps, CFG 5.0) and the shift its folders ship (3.0; 5.0 for TI2V);
+    Wan2.2 A14B as the Wan team samples it: 40 steps, CFG 4.0 for the high-noise expert and 3.0 for
+    the low-noise one (its original repo samples with shift 12.0; the diffusers folder ships 3.0).
+    """
+    cfg = dict(config.get("transformer", config))
+    experts = int(config.get("experts", 1))
+    n = int(cfg.get("num_layers", 0))
+    heads, in_ch = cfg.get("num_attention_heads"), cfg.get("in_channels")
+    block = 14 if n == 30 else (round(14 * 40 / 30) if n == 40 else max(n // 2, 0))
+    out = dict(guidance_blocks=(block,), injection_blocks=(0,), frames=81, height=480, width=832,
+               dtype="bfloat16", cfg_scale=5.0, cfg_scale_2=None, steps=50, flow_shift=3.0,
+               scheduler="unipc")
+    if n == 30 and in_ch == 48:  # TI2V-5B
+        out.update(frames=121, height=704, width=1280, flow_shift=5.0)
+    if n == 40 and experts == 2:  # A14B
+        out.update(steps=40, cfg_scale=4.0, cfg_scale_2=3.0)
+    if n not in (30, 40) or heads not in (12, 24, 40):  # tiny/test models: CPU sizes, fp32
+        out.update(frames=9, height=48, width=80, dtype="float32")
+    return out
