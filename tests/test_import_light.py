@@ -16,7 +16,8 @@ HEAVY = ("diffusers", "transformers", "gradio", "ray", "triton", "cv2", "av", "a
     "import ditflow_fast.cli.main as m; m.build_parser()",
 ])
 def test_importing_pulls_in_nothing_heavy(code):
-    probe = f"{code}\nimport json, sys; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))"
+    listed = f"sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})"
+    probe = f"{code}\nimport json, sys; print(json.dumps({listed}))"
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     loaded = json.loads(res.stdout.strip().splitlines()[-1])

@@ -64,7 +64,7 @@ def model_configs(fam, ref: str) -> tuple[dict, dict]:
 
 def has_second_expert(fam, ref: str) -> bool:
     """Whether the folder or hub id holds a second expert (Wan2.2 A14B), as the family's loader decides."""
-    return bool(getattr(fam, "has_second_expert", lambda r: False)(ref))
+    return bool(fam.has_second_expert(ref))
 
 
 class _Cfg(dict):

@@ -105,9 +105,7 @@ class HeldModel:
             if tr is None:
                 continue
             self.family.uninstall(tr)
-            from ..families.wan.chunking import uninstall as unchunk  # TODO(seam): a family hook
-
-            unchunk(tr)  # the guided backward's FFN slices (a no-op where none were installed)
+            self.family.unchunk_ffn(tr)
             if getattr(tr, "is_gradient_checkpointing", False):
                 tr.disable_gradient_checkpointing()
             tr.requires_grad_(False)

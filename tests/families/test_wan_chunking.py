@@ -260,14 +260,17 @@ def _args(*argv):
 
 
 def test_cli_flags_and_defaults():
-    from ditflow_fast.cli import transfer as transfer_cli
+    from ditflow_fast.transfer_api import TransferOptions
 
-    assert transfer_cli._config(_args()).offload_activations is False
-    assert transfer_cli._config(_args("--offload", "group")).offload_activations is True  # on with group
-    assert transfer_cli._config(_args("--offload", "group", "--no-offload-activations")).offload_activations is False
-    assert transfer_cli._config(_args("--offload-activations")).offload_activations is True
-    assert transfer_cli._config(_args("--ffn-chunks", "6")).ffn_chunks == 6
-    assert transfer_cli._config(_args()).ffn_chunks is None
+    def config(*argv):
+        return TransferOptions.from_namespace(_args(*argv)).guidance_config("m")
+
+    assert config().offload_activations is False
+    assert config("--offload", "group").offload_activations is True  # on with group
+    assert config("--offload", "group", "--no-offload-activations").offload_activations is False
+    assert config("--offload-activations").offload_activations is True
+    assert config("--ffn-chunks", "6").ffn_chunks == 6
+    assert config().ffn_chunks is None
 
 
 def test_cli_dry_run_prints_the_options(capsys):
