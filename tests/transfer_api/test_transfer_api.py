@@ -129,3 +129,22 @@ def test_bad_inputs_are_named_before_any_loading(assets, monkeypatch):
         ditflow_fast.transfer(str(assets / "model"), str(assets / "video.mp4"), **OPTS)
     with pytest.raises(ValueError, match="video .*no such file"):
         ditflow_fast.transfer(str(assets / "model"), str(assets / "nope.mp4"), prompt="x", **OPTS)
+
+
+def test_a_wan_pipeline_gives_what_its_folder_gives(tmp_path):
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    from ditflow_fast.families.cogvideox.tiny import moving_square
+    from ditflow_fast.families.wan import tiny as wan_tiny
+
+    folder = wan_tiny.save_tiny_wan(tmp_path / "wan")
+    size = dict(frames=wan_tiny.FRAMES, height=wan_tiny.HEIGHT, width=wan_tiny.WIDTH)
+    video = moving_square(**size)
+    kw = dict(prompt_embeds=str(folder / "prompt_embeds.safetensors"), **size, steps=3, guided_steps=1,
+              opt_iters=2, seed=5)
+    want = ditflow_fast.transfer(str(folder), video, **kw)
+    pipe = WanPipeline.from_pretrained(str(folder), tokenizer=None, text_encoder=None)
+    assert isinstance(pipe.scheduler, UniPCMultistepScheduler)
+    got = ditflow_fast.transfer(pipe, video, **kw)
+    np.testing.assert_array_equal(got.frames, want.frames)
+    assert got.passes == want.passes == 2
