@@ -8,7 +8,8 @@ Forward: one pass over the scores, blocked over query tiles x key frames, each s
 while it is in cache (argmax, or the online soft-argmax with its log-sum-exp). Backward (soft mode):
 the probabilities are recomputed from the stored log-sum-exp ``[B, N, F]``, as flash attention does.
 Extra memory is ``O(N * F)`` plus a few cache-sized tiles, never ``N x N``, except that the soft
-forward keeps its raw scores for the backward when they fit in 64 MiB (:func:`keep_scores_budget`).
+forward keeps its raw scores for the backward when they fit in a quarter of the available memory
+(:func:`keep_scores_budget`).
 
 Inputs of any float dtype are gathered once into heads-concatenated float32 (float64 for float64
 input) ``[B, N, H*d]`` copies, as the torch backend does; bf16/fp16 are therefore computed in fp32.
@@ -33,14 +34,20 @@ def _soft_alpha(p: AMFProblem) -> float:
     return p.temperature * p.logit_scale
 
 
-def keep_scores_budget() -> int:
-    """Bytes of raw scores ``[B, N, N]`` the soft forward may keep for its backward (default 64 MiB).
+KEEP_FRACTION = 0.25  # of the memory available when the forward runs
 
-    Keeping them spares the backward its recompute GEMM (a quarter of the soft forward+backward's
-    work); the budget is the size of the backward's own row-chunk buffer, so at most it doubles
-    that. ``DITFLOW_FAST_CPU_KEEP_SCORES_MB=0`` turns it off.
+
+def keep_scores_budget() -> int:
+    """Bytes of raw scores ``[B, N, N]`` the soft forward may keep for its backward.
+
+    Keeping them spares the backward its recompute GEMM (a quarter of the soft forward+backward's work).
+    The rule: a quarter of the memory available right now (``MemAvailable``), at least 64 MiB, so a 13 GiB
+    machine keeps the 262 MB scores of 6 CogVideoX latent frames and a crowded one falls back to
+    recomputing. ``DITFLOW_FAST_CPU_KEEP_SCORES_MB`` sets the budget instead (0 turns keeping off).
     """
-    raw = os.environ.get("DITFLOW_FAST_CPU_KEEP_SCORES_MB", "64").strip()
+    raw = os.environ.get("DITFLOW_FAST_CPU_KEEP_SCORES_MB", "").strip()
+    if not raw:
+        return max(64 << 20, int(KEEP_FRACTION * _available_bytes()))
     try:
         mb = float(raw)
     except ValueError:
@@ -48,6 +55,18 @@ def keep_scores_budget() -> int:
     if not 0 <= mb < float("inf"):
         raise ValueError(f"DITFLOW_FAST_CPU_KEEP_SCORES_MB must be a number of MiB >= 0, got {raw!r}")
     return int(mb * (1 << 20))
+
+
+def _available_bytes() -> int:
+    """``MemAvailable`` of /proc/meminfo (free pages plus reclaimable cache), else 0 (then the 64 MiB floor)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 class _CpuSoftAMF(torch.autograd.Function):

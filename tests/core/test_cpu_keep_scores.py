@@ -98,3 +98,16 @@ def test_ops_schema_of_the_scores_forward():
     grad = torch.randn_like(target)
     bwd = (qc, kc, target, lse, grad, 2, 3, 4, 0.3, True, True, scores)
     torch.library.opcheck(ops.amf_backward, bwd, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_the_default_budget_is_a_quarter_of_the_available_memory(monkeypatch):
+    from ditflow_fast.backends import cpu
+
+    monkeypatch.delenv("DITFLOW_FAST_CPU_KEEP_SCORES_MB", raising=False)
+    monkeypatch.setattr(cpu, "_available_bytes", lambda: 12 << 30)
+    assert keep_scores_budget() == 3 << 30  # 6 CogVideoX latent frames' 262 MB scores fit
+    monkeypatch.setattr(cpu, "_available_bytes", lambda: 100 << 20)
+    assert keep_scores_budget() == 64 << 20  # a crowded machine keeps the old floor
+    monkeypatch.undo()
+    monkeypatch.delenv("DITFLOW_FAST_CPU_KEEP_SCORES_MB", raising=False)
+    assert 0 < cpu._available_bytes() and keep_scores_budget() >= 64 << 20  # read from /proc/meminfo here
