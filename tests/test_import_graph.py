@@ -227,3 +227,21 @@ def test_the_layer_check_sees_a_breach():
 def test_no_import_runs_back_up_the_layers():
     breaches = _layer_breaches(import_graph())
     assert not breaches, "imports across the layers:\n  " + "\n  ".join(breaches)
+
+
+# the Triton kernels' own developer tool (cubins without a GPU), run by CI beside the kernels it checks
+COMPILE_CHECK = "ditflow_fast.kernels.compile_check"
+
+
+def test_argparse_only_in_the_command_line():
+    """Options are parsed in cli/ (and by the toy world's own command); the library takes Python values."""
+    users = []
+    for name, (path, _) in _modules().items():
+        if name.startswith(("ditflow_fast.cli.", "ditflow_fast.toyworld.")) or name == COMPILE_CHECK:
+            continue
+        for node, _lazy in _imports(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            if "argparse" in names:
+                users.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not users, f"argparse outside the command line: {users}"
+    assert any("argparse" in p.read_text() for p in (ROOT / "ditflow_fast" / "cli").glob("*.py"))

@@ -30,7 +30,7 @@ COMMON = ["--frames", "9", "--height", "48", "--width", "64", "--steps", "6", "-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_batch")
-    tiny.main([str(root)])
+    tiny.write_tiny_assets(root)
     (root / "broken.mp4").write_bytes(b"this is not a video")
     # another prompt, the same negative (so the same empty-prompt embedding, which the reference pass uses)
     other = {"prompt": tiny.tiny_prompt_embeds(seed=7)["prompt"], "negative": tiny.tiny_prompt_embeds()["negative"]}

@@ -94,7 +94,7 @@ def test_an_id_that_is_not_a_plain_folder_name_is_refused_whole(tmp_path, job_id
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_cache")
-    tiny.main([str(root)])
+    tiny.write_tiny_assets(root)
     return root
 
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    tiny.main([str(root)])
+    tiny.write_tiny_assets(root)
     return root
 
 
@@ -159,7 +159,7 @@ def test_prompt_text_through_a_tiny_t5(tmp_path):
     pytest.importorskip("transformers")
     from ditflow_fast.families.prompts import prompt_embeddings
 
-    tiny.main([str(tmp_path), "--text-encoder"])
+    tiny.write_tiny_assets(tmp_path, text_encoder=True)
     model = str(tmp_path / "model")
     tr = tiny.tiny_transformer(True)
     emb = prompt_embeddings(model, "a dog running", "", None, tr)

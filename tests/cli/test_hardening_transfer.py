@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    tiny.main([str(root)])
+    tiny.write_tiny_assets(root)
     write_video(tiny.moving_square(9, 48, 64)[:, ::-1].copy(), root / "other.mp4")
     save_file(tiny.tiny_prompt_embeds(seed=5), str(root / "other_prompt.safetensors"))
     return root

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    tiny.main([str(root)])
+    tiny.write_tiny_assets(root)
     write_video(tiny.moving_square(13, 48, 64), root / "video13.mp4")
     return root
 

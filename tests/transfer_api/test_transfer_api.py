@@ -26,7 +26,7 @@ ARGV = ["--frames", "9", "--height", "48", "--width", "64", "--steps", "4", "--g
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_api")
-    tiny.main([str(root)])
+    tiny.write_tiny_assets(root)
     return root
 
 

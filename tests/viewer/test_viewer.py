@@ -110,7 +110,7 @@ def tiny_folders(tmp_path_factory):
     from ditflow_fast.families.wan import tiny as wan_tiny
 
     root = tmp_path_factory.mktemp("tinyfam")
-    tiny.main([str(root / "cog")])
+    tiny.write_tiny_assets(root / "cog")
     wan_tiny.save_tiny_wan(root / "wan")
     write_video(tiny.moving_square(13, 48, 80), root / "wan_video.mp4")
     return root

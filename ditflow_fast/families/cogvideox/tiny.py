@@ -1,17 +1,16 @@
 """Tiny CogVideoX components built from configs (no download), for tests and a CPU smoke run.
 
-``python -m ditflow_fast.families.cogvideox.tiny OUT`` writes ``OUT/model`` (transformer, VAE, scheduler saved
-with ``save_pretrained``, plus ``prompt_embeds.safetensors``) and ``OUT/video.mp4`` (a moving square),
-then ``ditflow-fast transfer --model OUT/model --video OUT/video.mp4 --prompt-embeds
+``write_tiny_assets(OUT)`` (or ``python -m ditflow_fast.cli.tiny OUT``) writes ``OUT/model`` (transformer,
+VAE, scheduler saved with ``save_pretrained``, plus ``prompt_embeds.safetensors``) and ``OUT/video.mp4``
+(a moving square), then ``ditflow-fast transfer --model OUT/model --video OUT/video.mp4 --prompt-embeds
 OUT/model/prompt_embeds.safetensors --frames 9 --height 48 --width 64`` runs end to end on a CPU.
-With ``--text-encoder`` the model also gets a tokenizer trained here and a tiny T5 encoder, and
-``--prompt TEXT`` replaces ``--prompt-embeds``. The weights are random: the output is noise-like;
-the run exercises every code path.
+With ``text_encoder=True`` (``--text-encoder``) the model also gets a tokenizer trained here and a tiny T5
+encoder, and ``--prompt TEXT`` replaces ``--prompt-embeds``. The weights are random: the output is
+noise-like; the run exercises every code path.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -105,20 +104,11 @@ def moving_square(frames: int = FRAMES, height: int = HEIGHT, width: int = WIDTH
     return video
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="write a tiny CogVideoX model and a test video")
-    p.add_argument("out")
-    p.add_argument("--no-rope", action="store_true", help="2B-like: additive positional table, DDIM")
-    p.add_argument("--text-encoder", action="store_true", help="add a tiny T5 + tokenizer (needs transformers)")
-    a = p.parse_args(argv)
+def write_tiny_assets(out, rope: bool = True, text_encoder: bool = False) -> Path:
+    """``out/model`` (:func:`save_tiny_model`) and ``out/video.mp4`` (:func:`moving_square`); returns ``out``."""
     from ...video_io import write_video
 
-    out = Path(a.out)
-    save_tiny_model(out / "model", rope=not a.no_rope, text_encoder=a.text_encoder)
+    out = Path(out)
+    save_tiny_model(out / "model", rope=rope, text_encoder=text_encoder)
     write_video(moving_square(), out / "video.mp4", fmt="mp4", fps=8)
-    print(f"wrote {out / 'model'} and {out / 'video.mp4'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return out
