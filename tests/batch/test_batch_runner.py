@@ -193,7 +193,10 @@ def test_reset_of_a_held_model_removes_the_ffn_chunking_of_the_last_job():
     tr.blocks = torch.nn.ModuleList([Block(), Block()])
     assert wan_chunking.install(tr, 3) == 3
     held = HeldModel.__new__(HeldModel)  # no model to load: the components are set here
-    held.family = SimpleNamespace(uninstall=lambda t: None)  # the family's guidance hooks: none here
+    from ditflow_fast.families.wan import WanFamily
+
+    # the Wan family's own hooks (its guidance processors: none were installed here)
+    held.family = SimpleNamespace(uninstall=lambda t: None, unchunk_ffn=WanFamily.unchunk_ffn)
     held.components = {"transformer": tr, "transformer_2": None, "vae": None}
     held.reset()
     assert wan_chunking.installed_chunks(tr) == 1
