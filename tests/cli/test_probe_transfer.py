@@ -98,8 +98,10 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_same_command_resumes(assets, t
     out = tmp_path / "run"
     args = _set(_args(assets, out, "--threads", "1"), "--steps", "100")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a shell's background job (CI may run as one) inherits SIGINT ignored, and Python then installs no handler
     proc = subprocess.Popen([sys.executable, "-m", "ditflow_fast.cli", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (out / "state.safetensors").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
