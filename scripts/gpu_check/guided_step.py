@@ -103,8 +103,10 @@ def main(argv=None) -> int:
 
     from ditflow_fast.api import choose_backend
     from ditflow_fast.bench.timing import time_callable
+    from ditflow_fast.families.cogvideox.attention import install
     from ditflow_fast.families.cogvideox.memory import PRESETS, estimate
-    from ditflow_fast.guidance import install, losses, rotary_embedding, run_until
+    from ditflow_fast.families.cogvideox.positions import rotary_embedding
+    from ditflow_fast.guidance import losses, run_until
 
     cuda = torch.cuda.is_available() and not a.rehearsal
     if not cuda and not a.rehearsal:

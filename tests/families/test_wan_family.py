@@ -16,7 +16,7 @@ from ditflow_fast import compute_amf  # noqa: E402
 from ditflow_fast.errors import ModelError  # noqa: E402
 from ditflow_fast.families.wan import tiny as wan_tiny  # noqa: E402
 from ditflow_fast.families.wan.family import PRESETS, WanFamily, WanGuidedAttnProcessor, transformer_params  # noqa: E402
-from ditflow_fast.guidance.processor import GuidanceController  # noqa: E402
+from ditflow_fast.guidance.controller import GuidanceController  # noqa: E402
 
 W = WanFamily
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,8 +9,10 @@ pytest.importorskip("diffusers")
 
 from ditflow_fast import amf_loss, compute_amf  # noqa: E402
 from ditflow_fast.families.cogvideox import tiny  # noqa: E402
+from ditflow_fast.families.cogvideox.attention import install
 from ditflow_fast.families.cogvideox.memory import estimate  # noqa: E402
-from ditflow_fast.guidance import install, rotary_embedding, run_until  # noqa: E402
+from ditflow_fast.families.cogvideox.positions import rotary_embedding
+from ditflow_fast.guidance import run_until  # noqa: E402
 from ditflow_fast.guidance.config import GuidanceConfig  # noqa: E402
 from ditflow_fast.guidance.loop import Guide  # noqa: E402
 

@@ -12,8 +12,10 @@ pytest.importorskip("diffusers")
 
 from ditflow_fast import amf_loss, compute_amf  # noqa: E402
 from ditflow_fast.backends.reference import research_bytes  # noqa: E402
+from ditflow_fast.families.cogvideox.attention import install
 from ditflow_fast.families.cogvideox.memory import PRESETS, estimate  # noqa: E402
-from ditflow_fast.guidance import install, rotary_embedding, run_until  # noqa: E402
+from ditflow_fast.families.cogvideox.positions import rotary_embedding
+from ditflow_fast.guidance import run_until  # noqa: E402
 
 # A shape other than the one the constants were measured on: 6 heads x 64, 3 latent frames of 10 x 14.
 HEADS, FRAMES, HH, WW, TEXT = 6, 3, 10, 14, 24

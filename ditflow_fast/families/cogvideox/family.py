@@ -19,11 +19,10 @@ import math
 
 import torch
 
-from ...guidance import forward as fwd
-from ...guidance import processor
+from ...guidance.forward import run_until
 from ..base import FamilyBase, Sampler, nearest_valid
 from ..estimate import Estimate
-from . import components, memory
+from . import attention, components, memory, positions
 
 FINGERPRINT_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size", "in_channels",
                     "use_rotary_positional_embeddings", "max_text_seq_length", "sample_height", "sample_width")
@@ -103,11 +102,11 @@ class CogVideoXFamily(FamilyBase):
 
     @staticmethod
     def install(transformer, controller=None):
-        return processor.install(transformer, controller)
+        return attention.install(transformer, controller)
 
     @staticmethod
     def uninstall(transformer) -> None:
-        processor.uninstall(transformer)
+        attention.uninstall(transformer)
 
     # -- positions -------------------------------------------------------------------------------
     @staticmethod
@@ -117,8 +116,8 @@ class CogVideoXFamily(FamilyBase):
         key = (f, lh, lw, str(latent.device))
         cache = transformer.__dict__.setdefault("_ditflow_pos_cache", {})
         if key not in cache:
-            rope = fwd.rotary_embedding(transformer, f, lh, lw, device=latent.device)
-            base = None if rope is not None else fwd.base_position_table(transformer, f, lh, lw).to(latent.device)
+            rope = positions.rotary_embedding(transformer, f, lh, lw, device=latent.device)
+            base = None if rope is not None else positions.base_position_table(transformer, f, lh, lw).to(latent.device)
             cache.clear()
             cache[key] = (rope, base)
         return cache[key]
@@ -150,7 +149,7 @@ class CogVideoXFamily(FamilyBase):
         elif rope is not None:
             rope = (rope[0].to(dtype), rope[1].to(dtype))
         ts = torch.full((latent.shape[0],), int(t), device=latent.device, dtype=torch.long)
-        ctx = fwd.position_override(transformer, emb if rope is None else None, base)
+        ctx = positions.position_override(transformer, emb if rope is None else None, base)
         return dict(hidden_states=latent, encoder_hidden_states=text, timestep=ts, image_rotary_emb=rope), ctx
 
     @classmethod
@@ -163,7 +162,7 @@ class CogVideoXFamily(FamilyBase):
     def run_until(cls, transformer, latent, text, t, emb=None, **what):
         kw, ctx = cls._kwargs(transformer, latent, text, t, emb)
         with ctx:
-            return fwd.run_until(transformer, **kw, **what)
+            return run_until(transformer, **kw, **what)
 
     # -- latents ---------------------------------------------------------------------------------
     @staticmethod

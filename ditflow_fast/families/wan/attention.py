@@ -1,7 +1,7 @@
 """Wan's guided self-attention: the processor on each block's ``attn1`` and the block output hook.
 
 The processor computes q/k/v as diffusers' ``WanAttnProcessor`` does (bit-identical when nothing is
-asked) and lets the shared :class:`~ditflow_fast.guidance.processor.GuidanceController` capture,
+asked) and lets the shared :class:`~ditflow_fast.guidance.controller.GuidanceController` capture,
 inject and stop; it takes separate query and key RoPE for emb-mode optimisation.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ...guidance.processor import GuidanceController, StopForward, split_rope
+from ...guidance.controller import GuidanceController, StopForward, split_rope
 
 
 class WanGuidedAttnProcessor:
@@ -17,7 +17,7 @@ class WanGuidedAttnProcessor:
 
     Computes what diffusers' ``WanAttnProcessor`` computes, with the same operations in the same
     order (bit-identical output when the controller asks nothing), and as the shared
-    :class:`GuidanceController` asks (fields as in :mod:`ditflow_fast.guidance.processor`):
+    :class:`GuidanceController` asks (fields as in :mod:`ditflow_fast.guidance.controller`):
     records q/k of the picked batch element after ``norm_q``/``norm_k`` and RoPE as ``[1, H, N, d]``
     views (graph kept); copies K/V; writes reference K/V over every batch element; raises
     :class:`StopForward` after the guidance block. Accepts shared ``(cos, sin)`` or separate

@@ -6,7 +6,7 @@ from CogVideoX that shape this module:
 - **Attention.** Wan's self-attention (``block.attn1``) sees video tokens only; text enters through
   cross-attention (``attn2``), so ``text_tokens = 0`` and every self-attention token is a video
   token. Q/K/V are ``[B, N, H, d]`` (diffusers' ``WanAttnProcessor``); the controller's records are
-  the transposed views ``[1, H, N, d]`` (no copy), the layout :mod:`ditflow_fast.guidance.processor`
+  the transposed views ``[1, H, N, d]`` (no copy), the layout :mod:`ditflow_fast.families.cogvideox.attention`
   uses for CogVideoX.
 - **RoPE.** ``transformer.rope(latent)`` returns ``(cos, sin)`` ``[1, N, 1, d]`` (float32, each
   frequency repeated twice along ``d``; the rotation reads ``cos[..., 0::2]`` and ``sin[..., 1::2]``,
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ...errors import cannot_load
-from ...guidance.processor import GuidanceController
+from ...guidance.controller import GuidanceController
 from ..base import FamilyBase, ModelError, refuse_foreign_vae
 from ..estimate import Estimate
 from . import chunking, geometry, memory, presets
@@ -168,7 +168,7 @@ class WanFamily(FamilyBase):
     def install(cls, transformer, controller: GuidanceController | None = None) -> GuidanceController:
         """A :class:`WanGuidedAttnProcessor` on every block's ``attn1`` and an output hook per block
         (MOFT/SMM records); returns the controller (fresh unless given: pass the same one to both
-        experts). Idempotent. Kept where processor.controller_of looks (``_ditflow_guidance``)."""
+        experts). Idempotent. Kept where guidance.controller.controller_of looks (``_ditflow_guidance``)."""
         controller = controller or GuidanceController()
         cls.uninstall(transformer)
         handles = []

@@ -8,8 +8,12 @@ import torch
 pytest.importorskip("diffusers")
 
 from ditflow_fast import amf_loss, compute_amf  # noqa: E402
-from ditflow_fast.families.cogvideox import tiny  # noqa: E402
-from ditflow_fast.guidance import forward, processor  # noqa: E402
+from ditflow_fast.families.cogvideox import attention as processor  # noqa: E402
+from ditflow_fast.families.cogvideox import (
+    positions,  # noqa: E402
+    tiny,  # noqa: E402
+)
+from ditflow_fast.guidance import forward  # noqa: E402
 
 F_LAT, H_LAT, W_LAT = 3, 6, 8  # 3 latent frames of 3 x 4 patches
 
@@ -27,7 +31,7 @@ def _inputs(batch=2, seed=1):
 def test_separate_query_key_rope_equal_to_shared_when_equal():
     tr = tiny.tiny_transformer(True)
     x, e, t = _inputs()
-    r = forward.rotary_embedding(tr, F_LAT, H_LAT, W_LAT)
+    r = positions.rotary_embedding(tr, F_LAT, H_LAT, W_LAT)
     processor.install(tr)
     with torch.no_grad():
         shared = tr(x, e, t, image_rotary_emb=r, return_dict=False)[0]
@@ -65,7 +69,7 @@ def _direct_qk(tr, block, x, e, t, rope):
 def test_captured_qk_equal_direct_computation_and_amf(rope):
     tr = tiny.tiny_transformer(rope)
     x, e, t = _inputs(batch=2)
-    r = forward.rotary_embedding(tr, F_LAT, H_LAT, W_LAT)
+    r = positions.rotary_embedding(tr, F_LAT, H_LAT, W_LAT)
     processor.install(tr)
     with torch.no_grad():
         ctrl = forward.run_until(tr, hidden_states=x, encoder_hidden_states=e, timestep=t, image_rotary_emb=r,
@@ -101,7 +105,7 @@ def test_truncated_forward_matches_full_forward(checkpointing, rope):
     if checkpointing:
         tr.enable_gradient_checkpointing()
     x, e, t = _inputs(batch=1, seed=3)
-    r = forward.rotary_embedding(tr, F_LAT, H_LAT, W_LAT)
+    r = positions.rotary_embedding(tr, F_LAT, H_LAT, W_LAT)
     processor.install(tr)
     ref = torch.randn(1, F_LAT, F_LAT, 12, 2)
     full = _flow_loss_and_grad(tr, x, e, t, r, ref, stop=None)
@@ -117,17 +121,17 @@ def test_truncated_forward_matches_full_forward(checkpointing, rope):
 def test_position_override_is_exact_at_base_and_differentiable():
     tr = tiny.tiny_transformer(False)
     x, e, t = _inputs(batch=1)
-    base = forward.base_position_table(tr, F_LAT, H_LAT, W_LAT)
+    base = positions.base_position_table(tr, F_LAT, H_LAT, W_LAT)
     table = base.clone().requires_grad_(True)
     with torch.no_grad():
         plain = tr(x, e, t, return_dict=False)[0]
-    with forward.position_override(tr, table, base):
+    with positions.position_override(tr, table, base):
         out = tr(x, e, t, return_dict=False)[0]
     assert torch.equal(out.detach(), plain)
     out.square().mean().backward()
     assert table.grad is not None and table.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="position table"):
-        with forward.position_override(tr, table[:-1], base):
+        with positions.position_override(tr, table[:-1], base):
             pass
 
 

@@ -1,0 +1,80 @@
+"""What every family's guided attention shares: the :class:`GuidanceController` that the processors ask
+what to capture, inject or stop, and :class:`StopForward`, the signal that ends a truncated forward.
+
+A family installs its own processors (``families/<name>/attention.py``) and keeps the controller where
+:func:`controller_of` finds it (``transformer._ditflow_guidance``). Capture and stop happen only while
+the controller is *armed* (inside :func:`ditflow_fast.guidance.forward.run_until`). Under gradient
+checkpointing the backward re-runs a block's processor to recompute its saved tensors; the controller
+is disarmed by then, so the recomputation neither captures nor stops, while injection (a property of
+the whole denoising step) is applied identically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+
+class StopForward(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised inside the transformer once everything the loss needs has been captured."""
+
+
+@dataclass
+class GuidanceController:
+    """What the processors of one transformer should do; shared by all of them.
+
+    ``qk_blocks``: blocks whose video q/k are recorded; ``out_blocks``: blocks whose video output
+    hidden states are recorded (MOFT/SMM features); ``stop_after``: the block after which the forward
+    stops (None: run to the end); ``copy_kv_blocks``: blocks whose video K/V are copied;
+    ``inject_kv``: block -> (k, v) ``[1, H, F*h*w, d]`` written over every batch element's video K/V.
+    ``batch_index`` picks the recorded batch element (DiTFlow: the last, the conditional one).
+    """
+
+    qk_blocks: frozenset[int] = frozenset()
+    out_blocks: frozenset[int] = frozenset()
+    stop_after: int | None = None
+    copy_kv_blocks: frozenset[int] = frozenset()
+    inject_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    batch_index: int = -1
+    armed: bool = False
+    qk: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    out: dict[int, torch.Tensor] = field(default_factory=dict)
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def no_injection(self):
+        """While active, nothing is injected (a measurement of the model itself, e.g. the reference AMF,
+        taken in the middle of a guided step whose reference K/V are armed); restored after."""
+        saved, self.inject_kv = self.inject_kv, {}
+        try:
+            yield
+        finally:
+            self.inject_kv = saved
+
+    def clear_captures(self) -> None:
+        """Drop every recorded tensor (frees q/k and the graph hanging off them)."""
+        self.qk.clear()
+        self.out.clear()
+        self.kv.clear()
+
+    def _pick(self, t: torch.Tensor) -> torch.Tensor:
+        b = self.batch_index % t.shape[0]
+        return t[b:b + 1]
+
+
+def split_rope(rope):
+    """``(cos, sin)`` shared by queries and keys (diffusers' form), or ``((cos_q, sin_q), (cos_k, sin_k))``
+    (separate query and key RoPE, as DiTFlow optimises them) -> ``(q_rope, k_rope)``."""
+    if isinstance(rope[0], (tuple, list)):
+        return tuple(rope[0]), tuple(rope[1])
+    return rope, rope
+
+
+def controller_of(transformer) -> GuidanceController:
+    """The controller a family's ``install`` attached to ``transformer``."""
+    state = getattr(transformer, "_ditflow_guidance", None)
+    if state is None:
+        raise ValueError("transformer has no guidance processors: install the family's first (family.install)")
+    return state[0]
