@@ -15,10 +15,12 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("av")
 
+from _transfer_helpers import set_arg as _set  # noqa: E402
+from _transfer_helpers import transfer_args as _args  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from ditflow_fast.cli.main import main  # noqa: E402
-from ditflow_fast.families import CogVideoXFamily, WanFamily  # noqa: E402
+from ditflow_fast.families import CogVideoXFamily  # noqa: E402
 from ditflow_fast.families.cogvideox import family as cogvideox  # noqa: E402
 from ditflow_fast.families.cogvideox import tiny  # noqa: E402
 from ditflow_fast.guidance.loop import Guide  # noqa: E402
@@ -34,32 +36,6 @@ def assets(tmp_path_factory):
     write_video(tiny.moving_square(9, 48, 64)[:, ::-1].copy(), root / "other.mp4")
     save_file(tiny.tiny_prompt_embeds(seed=5), str(root / "other_prompt.safetensors"))
     return root
-
-
-@pytest.fixture
-def no_load(monkeypatch):
-    """Fail the test if a model gets loaded: the errors under test must come before that."""
-    def boom(*a, **k):
-        raise AssertionError("a model was loaded before the error")
-
-    monkeypatch.setattr(CogVideoXFamily, "load", staticmethod(boom))
-    monkeypatch.setattr(WanFamily, "load", staticmethod(boom))
-
-
-def _args(assets, out, *extra):
-    return ["transfer", "--model", str(assets / "model"), "--video", str(assets / "video.mp4"),
-            "--prompt-embeds", str(assets / "model" / "prompt_embeds.safetensors"), "--frames", "9",
-            "--height", "48", "--width", "64", "--steps", "4", "--guided-steps", "2", "--opt-iters", "2",
-            "--out", str(out), "--quiet", *extra]
-
-
-def _set(args, flag, value):
-    args = list(args)
-    if flag in args:
-        args[args.index(flag) + 1] = value
-    else:
-        args += [flag, value]
-    return args
 
 
 def _snapshot(folder):
