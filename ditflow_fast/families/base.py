@@ -79,6 +79,7 @@ class Family(Protocol):
     def chunk_ffn(self, transformer, chunks: int | None, n_tokens: int) -> int: ...
     def unchunk_ffn(self, transformer) -> None: ...
     def dry_run_table(self, model: str, cfg, offload: str = "none") -> str: ...
+    def prompt_length(self, transformer) -> int | None: ...
 
 
 def contract_members() -> list[str]:
@@ -100,6 +101,12 @@ class FamilyBase:
     @staticmethod
     def has_second_expert(model: str, index: dict | None = None) -> bool:
         return False
+
+    @staticmethod
+    def prompt_length(transformer) -> int | None:
+        """Tokens a caller's pipeline encodes a prompt to (its ``__call__``'s ``max_sequence_length``);
+        None: the pipeline's ``encode_prompt`` default."""
+        return None
 
     @staticmethod
     def expert_for(timestep, boundary_ratio: float | None, num_train_timesteps: int = 1000) -> str:

@@ -148,3 +148,33 @@ def test_a_wan_pipeline_gives_what_its_folder_gives(tmp_path):
     got = ditflow_fast.transfer(pipe, video, **kw)
     np.testing.assert_array_equal(got.frames, want.frames)
     assert got.passes == want.passes == 2
+
+
+def test_a_pipelines_own_text_encoder_encodes_the_prompt(tmp_path):
+    """The pipeline's encode_prompt, at the length its __call__ uses, gives what the family's encoder gives."""
+    pytest.importorskip("transformers")
+    import torch
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    from ditflow_fast.transfer_api.run import _texts
+
+    root = tiny.write_tiny_assets(tmp_path, text_encoder=True)
+    model = root / "model"
+    comps = HeldModel(str(model)).load(torch.float32)
+    pipe = CogVideoXPipeline(tokenizer=AutoTokenizer.from_pretrained(str(model), subfolder="tokenizer"),
+                             text_encoder=T5EncoderModel.from_pretrained(str(model), subfolder="text_encoder"),
+                             transformer=comps["transformer"], vae=comps["vae"],
+                             scheduler=CogVideoXDDIMScheduler.from_config(comps["scheduler_config"]))
+    folder = HeldModel(str(model))
+    folder.load(torch.float32)
+    cpu = torch.device("cpu")
+    want = _texts(folder, "a dog running on a beach", "blurry", None, cpu, torch.float32)
+    got = _texts(HeldModel.from_pipeline(pipe), "a dog running on a beach", "blurry", None, cpu, torch.float32)
+    assert set(got) == {"prompt", "negative", "empty"} and got["prompt"].shape == (1, tiny.TEXT_LEN, tiny.TEXT_DIM)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    kw = dict(**OPTS, negative_prompt="blurry")
+    red = ditflow_fast.transfer(pipe, str(root / "video.mp4"), prompt="a dog running on a beach", **kw)
+    blue = ditflow_fast.transfer(pipe, str(root / "video.mp4"), prompt="a car driving down a road at night", **kw)
+    assert red.frames.shape == (9, 48, 64, 3) and not np.array_equal(red.frames, blue.frames)

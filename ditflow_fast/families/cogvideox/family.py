@@ -205,6 +205,10 @@ class CogVideoXFamily(FamilyBase):
         return need, cfg.text_embed_dim
 
     @staticmethod
+    def prompt_length(transformer) -> int:
+        return int(transformer.config.max_text_seq_length)
+
+    @staticmethod
     def encode_prompts(model: str, texts: dict[str, str], transformer, device, dtype) -> dict:
         return components._encode_t5(model, texts, transformer.config.max_text_seq_length, device, dtype)
 

@@ -400,6 +400,10 @@ class WanFamily(FamilyBase):
         return None, int(_cfg_get(transformer.config, "text_dim"))
 
     @staticmethod
+    def prompt_length(transformer) -> int:
+        return 512  # WanPipeline.__call__'s max_sequence_length (its encode_prompt defaults to 226)
+
+    @staticmethod
     def encode_prompts(model: str, texts: dict[str, str], transformer, device, dtype) -> dict:
         from .text import encode_prompts_umt5
 
