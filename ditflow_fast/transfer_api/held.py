@@ -50,7 +50,10 @@ class HeldModel:
     def configs(self) -> tuple[dict, dict]:
         """The transformer's and the VAE's configs (no weights read for a model not yet loaded)."""
         if self.components is not None:
-            return (_clean(self.components["transformer"].config), _clean(self.components["vae"].config))
+            tcfg, vcfg = _clean(self.components["transformer"].config), _clean(self.components["vae"].config)
+            if self.components.get("transformer_2") is not None:  # as below, once loaded or handed over
+                tcfg["experts"] = 2
+            return tcfg, vcfg
         from .checks import has_second_expert, model_configs
 
         tcfg, vcfg = model_configs(self.family, self.ref)

@@ -178,3 +178,17 @@ def test_a_pipelines_own_text_encoder_encodes_the_prompt(tmp_path):
     red = ditflow_fast.transfer(pipe, str(root / "video.mp4"), prompt="a dog running on a beach", **kw)
     blue = ditflow_fast.transfer(pipe, str(root / "video.mp4"), prompt="a car driving down a road at night", **kw)
     assert red.frames.shape == (9, 48, 64, 3) and not np.array_equal(red.frames, blue.frames)
+
+
+def test_a_two_expert_model_keeps_its_defaults_once_loaded_or_handed_over(tmp_path):
+    import torch
+    from diffusers import WanPipeline
+
+    from ditflow_fast.families.wan import tiny as wan_tiny
+
+    folder = wan_tiny.save_tiny_wan(tmp_path / "a14b", two_experts=True)
+    held = HeldModel(str(folder))
+    before = held.configs[0]
+    held.load(torch.float32)
+    pipe = WanPipeline.from_pretrained(str(folder), tokenizer=None, text_encoder=None)
+    assert before["experts"] == held.configs[0]["experts"] == HeldModel.from_pipeline(pipe).configs[0]["experts"] == 2
