@@ -56,6 +56,9 @@ def run(model, video, opts: TransferOptions, *, prompt=None, negative_prompt: st
         raise ValueError("--prompt is required (or --prompt-embeds FILE)")
     held = model if isinstance(model, HeldModel) else (
         HeldModel(model) if isinstance(model, (str, os.PathLike)) else HeldModel.from_pipeline(model))
+    if held.pipeline is not None and (opts.offload != "none" or opts.cpu_offload):
+        raise ValueError("--offload/--cpu-offload: a pipeline keeps the placement and offload hooks its caller gave "
+                         "it; set them on the pipeline (enable_model_cpu_offload, enable_group_offload, ...)")
     dev = check_device(opts.device) if held.pipeline is None or opts.device else _pipeline_device(held)
     out = check_out(out, opts.format) if out is not None else None
     if opts.ref_cache:

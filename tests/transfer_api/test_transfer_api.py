@@ -90,6 +90,8 @@ def test_a_callers_diffusers_pipeline_is_used_as_it_is(assets):
     pipe.transformer.requires_grad_(True)
     pipe.vae.enable_slicing()
     before = {k: type(v) for k, v in pipe.transformer.attn_processors.items()}
+    with pytest.raises(ValueError, match="offload/cpu_offload: a pipeline keeps the placement"):
+        _api(assets, model=pipe, offload="model")
     got = _api(assets, model=pipe)
     np.testing.assert_array_equal(got.frames, folder.frames)
     assert got.record["run_key_parts"]["model"].startswith("pipeline:")
