@@ -68,8 +68,12 @@ def run(model, video, opts: TransferOptions, *, prompt=None, negative_prompt: st
     fam = held.family
     tcfg, vcfg = held.configs
     cfg = opts.guidance_config(held.name)
-    if held.pipeline is not None and opts.dtype is None:
-        cfg.dtype = str(held.dtype).removeprefix("torch.")
+    if held.pipeline is not None:
+        own = str(held.dtype).removeprefix("torch.")
+        if opts.dtype not in (None, own):
+            raise ValueError(f"--dtype {opts.dtype}: the pipeline's transformer is {own}; convert the pipeline "
+                             "(pipe.to(dtype)) or leave dtype out")
+        cfg.dtype = own
     cfg = cfg.resolve(tcfg, device=dev, family=fam)
     if opts.grad_reuse > 1 and cfg.opt_mode == "emb" and cfg.guidance and not cfg.inject_embeds:
         print(EMB_REUSE_WARNING, file=sys.stderr)

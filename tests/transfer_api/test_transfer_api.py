@@ -92,6 +92,8 @@ def test_a_callers_diffusers_pipeline_is_used_as_it_is(assets):
     before = {k: type(v) for k, v in pipe.transformer.attn_processors.items()}
     with pytest.raises(ValueError, match="offload/cpu_offload: a pipeline keeps the placement"):
         _api(assets, model=pipe, offload="model")
+    with pytest.raises(ValueError, match="dtype bfloat16: the pipeline's transformer is float32"):
+        _api(assets, model=pipe, dtype="bfloat16")
     got = _api(assets, model=pipe)
     np.testing.assert_array_equal(got.frames, folder.frames)
     assert got.record["run_key_parts"]["model"].startswith("pipeline:")
