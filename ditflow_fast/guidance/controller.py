@@ -78,3 +78,41 @@ def controller_of(transformer) -> GuidanceController:
     if state is None:
         raise ValueError("transformer has no guidance processors: install the family's first (family.install)")
     return state[0]
+
+
+def install_processors(transformer, blocks, processor, video_of, controller: GuidanceController | None = None
+                       ) -> GuidanceController:
+    """``processor(i, controller)`` on every block's ``attn1`` and an output hook per block that records the
+    video hidden states (``video_of(block output)``) for MOFT/SMM and stops the forward after ``stop_after``.
+    Returns the controller (fresh unless given). Idempotent: callers uninstall first."""
+    controller = controller or GuidanceController()
+    handles = []
+    for i, block in enumerate(blocks):
+        block.attn1.set_processor(processor(i, controller))
+        handles.append(block.register_forward_hook(_output_hook(i, controller, video_of)))
+    transformer._ditflow_guidance = (controller, handles)
+    return controller
+
+
+def uninstall_processors(transformer, blocks, stock) -> None:
+    """Remove what :func:`install_processors` added and put ``stock()`` back on every ``attn1``."""
+    state = getattr(transformer, "_ditflow_guidance", None)
+    if state is None:
+        return
+    for h in state[1]:
+        h.remove()
+    for block in blocks:
+        block.attn1.set_processor(stock())
+    del transformer._ditflow_guidance
+
+
+def _output_hook(block_index: int, controller: GuidanceController, video_of):
+    def hook(module, args, output):
+        ctrl = controller
+        if ctrl.armed and block_index in ctrl.out_blocks:
+            ctrl.out[block_index] = ctrl._pick(video_of(output))
+            if block_index == ctrl.stop_after:
+                raise StopForward
+        return None
+
+    return hook

@@ -20,7 +20,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...guidance.controller import GuidanceController, StopForward, split_rope
+from ...guidance.controller import (
+    GuidanceController,
+    StopForward,
+    install_processors,
+    split_rope,
+    uninstall_processors,
+)
 
 
 class GuidedAttnProcessor:
@@ -102,43 +108,16 @@ def _replace_video(t: torch.Tensor, ref: torch.Tensor, text_len: int) -> torch.T
     return torch.cat([t[:, :, :text_len], ref], dim=2)
 
 
-def _output_hook(block_index: int, controller: GuidanceController):
-    def hook(module, args, output):
-        ctrl = controller
-        if ctrl.armed and block_index in ctrl.out_blocks:
-            ctrl.out[block_index] = ctrl._pick(output[0])  # video hidden states [1, F*h*w, D]
-            if block_index == ctrl.stop_after:
-                raise StopForward
-        return None
-
-    return hook
-
-
 def install(transformer, controller: GuidanceController | None = None) -> GuidanceController:
-    """Put a :class:`GuidedAttnProcessor` on every block of a CogVideoX transformer.
-
-    Returns the controller (a fresh, inactive one unless given). Idempotent: installing again
-    replaces the processors and hooks. :func:`uninstall` restores the stock processor.
-    """
-    controller = controller or GuidanceController()
+    """Put a :class:`GuidedAttnProcessor` on every block of a CogVideoX transformer (a CogVideoX block returns
+    ``(video, text)`` hidden states). Idempotent; :func:`uninstall` restores the stock processor."""
     uninstall(transformer)
-    handles = []
-    for i, block in enumerate(transformer.transformer_blocks):
-        block.attn1.set_processor(GuidedAttnProcessor(i, controller))
-        handles.append(block.register_forward_hook(_output_hook(i, controller)))
-    transformer._ditflow_guidance = (controller, handles)
-    return controller
+    return install_processors(transformer, transformer.transformer_blocks, GuidedAttnProcessor,
+                              lambda output: output[0], controller)
 
 
 def uninstall(transformer) -> None:
     """Remove what :func:`install` added and put back diffusers' stock CogVideoX processor."""
-    state = getattr(transformer, "_ditflow_guidance", None)
-    if state is None:
-        return
     from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 
-    for h in state[1]:
-        h.remove()
-    for block in transformer.transformer_blocks:
-        block.attn1.set_processor(CogVideoXAttnProcessor2_0())
-    del transformer._ditflow_guidance
+    uninstall_processors(transformer, transformer.transformer_blocks, CogVideoXAttnProcessor2_0)

@@ -99,15 +99,3 @@ def _replace_all(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"injected K/V of shape {tuple(ref.shape)} do not fit Wan attention of shape "
                          f"[1, {h}, {n}, {d}]")
     return ref.to(dtype=t.dtype, device=t.device).transpose(1, 2).expand(b, -1, -1, -1)
-
-
-def _output_hook(block_index: int, controller: GuidanceController):
-    def hook(module, args, output):
-        ctrl = controller
-        if ctrl.armed and block_index in ctrl.out_blocks:
-            ctrl.out[block_index] = ctrl._pick(output)  # Wan blocks return hidden states [B, N, D]
-            if block_index == ctrl.stop_after:
-                raise StopForward
-        return None
-
-    return hook

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 
 from ...errors import cannot_load
-from ...guidance.controller import GuidanceController
+from ...guidance.controller import GuidanceController, install_processors, uninstall_processors
 from ..base import FamilyBase, ModelError, refuse_foreign_vae
 from ..estimate import Estimate
 from . import chunking, geometry, memory, presets
-from .attention import WanGuidedAttnProcessor, _output_hook
+from .attention import WanGuidedAttnProcessor
 from .presets import PRESETS, _cfg_get, transformer_params  # noqa: F401 - re-exported
 from .sampler import WanSampler, load_scheduler_state, scheduler_state
 
@@ -169,28 +169,17 @@ class WanFamily(FamilyBase):
         """A :class:`WanGuidedAttnProcessor` on every block's ``attn1`` and an output hook per block
         (MOFT/SMM records); returns the controller (fresh unless given: pass the same one to both
         experts). Idempotent. Kept where guidance.controller.controller_of looks (``_ditflow_guidance``)."""
-        controller = controller or GuidanceController()
         cls.uninstall(transformer)
-        handles = []
-        for i, block in enumerate(transformer.blocks):
-            block.attn1.set_processor(WanGuidedAttnProcessor(i, controller))
-            handles.append(block.register_forward_hook(_output_hook(i, controller)))
-        transformer._ditflow_guidance = (controller, handles)
-        return controller
+        # a Wan block returns its hidden states [B, N, D], video tokens only
+        return install_processors(transformer, transformer.blocks, WanGuidedAttnProcessor, lambda output: output,
+                                  controller)
 
     @staticmethod
     def uninstall(transformer) -> None:
         """Remove what :meth:`install` added; the stock ``WanAttnProcessor`` goes back on ``attn1``."""
-        state = getattr(transformer, "_ditflow_guidance", None)
-        if state is None:
-            return
         from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-        for h in state[1]:
-            h.remove()
-        for block in transformer.blocks:
-            block.attn1.set_processor(WanAttnProcessor())
-        del transformer._ditflow_guidance
+        uninstall_processors(transformer, transformer.blocks, WanAttnProcessor)
 
     # -- positional embeddings -------------------------------------------------------------------
     @staticmethod
