@@ -8,6 +8,7 @@ Python names for callers of :func:`ditflow_fast.transfer`.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import re
 from dataclasses import dataclass
 
@@ -118,7 +119,7 @@ _BOOLS = ("no_guidance", "no_injection", "no_checkpointing", "cpu_offload", "vae
 def _kinds(o: TransferOptions) -> None:
     for name in _INTS:
         v = getattr(o, name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int)) and not _is_int_like(v):
+        if v is not None and not _is_int_like(v):
             raise TypeError(f"--{name.replace('_', '-')} must be a whole number, got {v!r}")
     for name in _BOOLS:
         if not isinstance(getattr(o, name), bool):
@@ -136,13 +137,12 @@ def _kinds(o: TransferOptions) -> None:
 
 
 def _is_int_like(v) -> bool:
-    import operator
-
+    """An int, numpy integer or 0-dim integer tensor; not a bool."""
     try:
         operator.index(v)
-        return not isinstance(v, bool)
     except TypeError:
         return False
+    return not isinstance(v, bool)
 
 
 def python_names(message: str) -> str:
