@@ -35,8 +35,9 @@ def register(family) -> None:
     FAMILIES[family.name] = family
 
 
-for _family in (CogVideoXFamily, WanFamily):
-    register(_family)
+# one line per family, in the order errors list them
+register(CogVideoXFamily)
+register(WanFamily)
 SUPPORTED = ", ".join(f.label for f in FAMILIES.values())
 
 
