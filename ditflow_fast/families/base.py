@@ -80,6 +80,10 @@ class Family(Protocol):
     def unchunk_ffn(self, transformer) -> None: ...
     def dry_run_table(self, model: str, cfg, offload: str = "none") -> str: ...
     def prompt_length(self, transformer) -> int | None: ...
+    def block_count(self, config: dict) -> int: ...
+    def needs_uncond(self, cfg) -> bool: ...
+    def prepare(self, transformer, cfg) -> dict: ...
+    def pipeline_prompt(self, pipe, text: str, transformer, device, dtype) -> torch.Tensor: ...
 
 
 def contract_members() -> list[str]:
@@ -111,6 +115,33 @@ class FamilyBase:
     @staticmethod
     def expert_for(timestep, boundary_ratio: float | None, num_train_timesteps: int = 1000) -> str:
         return "transformer"
+
+    @staticmethod
+    def block_count(config: dict) -> int:
+        """Guidable blocks of a transformer config (what ``--guidance-block`` indexes): ``num_layers``."""
+        return int(config["num_layers"])
+
+    @staticmethod
+    def needs_uncond(cfg) -> bool:
+        """Whether a denoising step runs the unconditional forward for ``guide_cfg`` (False for a
+        guidance-distilled model, whose guidance is an input of the one forward)."""
+        return True
+
+    @staticmethod
+    def prepare(transformer, cfg) -> dict:
+        """Set the run's inputs that the family's forward reads besides its arguments (HunyuanVideo: the
+        embedded guidance scale) on ``transformer``; returns them (json-able; the reference cache keys on
+        them). Default: none."""
+        return {}
+
+    @classmethod
+    def pipeline_prompt(cls, pipe, text: str, transformer, device, dtype) -> torch.Tensor:
+        """One prompt's embeddings ``[1, L, D]`` from a caller's pipeline's own ``encode_prompt``, at the length its
+        ``__call__`` uses (:meth:`prompt_length`); the caller runs it under ``no_grad``."""
+        length = cls.prompt_length(transformer)
+        kw = {} if length is None else {"max_sequence_length": length}
+        return pipe.encode_prompt(text, do_classifier_free_guidance=False, num_videos_per_prompt=1, device=device,
+                                  dtype=dtype, **kw)[0]
 
     @staticmethod
     def chunk_ffn(transformer, chunks: int | None, n_tokens: int) -> int:

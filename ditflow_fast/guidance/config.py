@@ -65,7 +65,7 @@ class GuidanceConfig:
     cfg_min_t: int = 0  # guidance interval: CFG only at timesteps >= this; below, the conditional prediction alone
     cfg_scale_2: float | None = None  # Wan2.2 A14B: the scale of the low-noise expert (None: cfg_scale)
     flow_shift: float | None = None  # Wan: UniPC's flow shift (None: the model folder's)
-    scheduler: str | None = None  # "dpm" | "ddim" (CogVideoX) | "unipc" (Wan)
+    scheduler: str | None = None  # "dpm" | "ddim" (CogVideoX) | "unipc" (Wan) | "flow_euler" (HunyuanVideo)
     seed: int = 0
     gradient_checkpointing: bool = True
     dtype: str | None = None  # "float32" | "bfloat16" | "float16"
@@ -123,8 +123,8 @@ class GuidanceConfig:
             raise ValueError("--inject-embeds needs --opt-mode emb (it injects saved positional embeddings)")
         if not 0 <= int(self.cfg_min_t) <= 1000:
             raise ValueError(f"cfg_min_t must lie in [0, 1000] (a timestep), got {self.cfg_min_t}")
-        if self.scheduler not in (None, "dpm", "ddim", "unipc"):
-            raise ValueError(f"scheduler must be dpm, ddim or unipc, got {self.scheduler!r}")
+        if self.scheduler not in (None, "dpm", "ddim", "unipc", "flow_euler"):
+            raise ValueError(f"scheduler must be dpm, ddim, unipc or flow_euler, got {self.scheduler!r}")
         if self.ffn_chunks is not None and int(self.ffn_chunks) < 0:
             raise ValueError(f"ffn_chunks must be >= 0 (0 or 1: off), got {self.ffn_chunks}")
         if self.offload_activations and not self.gradient_checkpointing:
@@ -143,7 +143,7 @@ class GuidanceConfig:
             family = family_of(transformer)
         cfg = dict(transformer.config) if hasattr(transformer, "config") else dict(transformer)
         d = family.defaults(cfg)
-        n = int(cfg["num_layers"])
+        n = family.block_count(cfg)  # HunyuanVideo: dual-stream then single-stream blocks
         blocks = self.guidance_blocks if self.guidance_blocks is not None else d["guidance_blocks"]
         for b in tuple(blocks) + tuple(self.injection_blocks):
             if not 0 <= b < n:

@@ -80,29 +80,30 @@ def controller_of(transformer) -> GuidanceController:
     return state[0]
 
 
-def install_processors(transformer, blocks, processor, video_of, controller: GuidanceController | None = None
-                       ) -> GuidanceController:
-    """``processor(i, controller)`` on every block's ``attn1`` and an output hook per block that records the
-    video hidden states (``video_of(block output)``) for MOFT/SMM and stops the forward after ``stop_after``.
+def install_processors(transformer, blocks, processor, video_of, controller: GuidanceController | None = None,
+                       attn: str = "attn1") -> GuidanceController:
+    """``processor(i, controller)`` on every block's self-attention (the module named ``attn``: ``attn1``, or
+    ``attn`` for HunyuanVideo's blocks) and an output hook per block that records the video hidden states
+    (``video_of(block output)``) for MOFT/SMM and stops the forward after ``stop_after``.
     Returns the controller (fresh unless given). Idempotent: callers uninstall first."""
     controller = controller or GuidanceController()
     handles = []
     for i, block in enumerate(blocks):
-        block.attn1.set_processor(processor(i, controller))
+        getattr(block, attn).set_processor(processor(i, controller))
         handles.append(block.register_forward_hook(_output_hook(i, controller, video_of)))
     transformer._ditflow_guidance = (controller, handles)
     return controller
 
 
-def uninstall_processors(transformer, blocks, stock) -> None:
-    """Remove what :func:`install_processors` added and put ``stock()`` back on every ``attn1``."""
+def uninstall_processors(transformer, blocks, stock, attn: str = "attn1") -> None:
+    """Remove what :func:`install_processors` added and put ``stock()`` back on every block's ``attn``."""
     state = getattr(transformer, "_ditflow_guidance", None)
     if state is None:
         return
     for h in state[1]:
         h.remove()
     for block in blocks:
-        block.attn1.set_processor(stock())
+        getattr(block, attn).set_processor(stock())
     del transformer._ditflow_guidance
 
 

@@ -105,10 +105,12 @@ class Guide:
         self.latent_fhw = (s[1], s[3], s[4]) if self.family.latent_layout == "BFCHW" else (s[2], s[3], s[4])
         self.latent_hw = self.latent_fhw[1:]
         self.ctrl = None
+        self.forward_inputs = {}
         for tr in self.experts.values():
             # Only the optimised tensor gets gradients (and fp32 Adam state): the weights stay frozen.
             tr.requires_grad_(False)
             self.ctrl = self.family.install(tr, self.ctrl)  # one controller shared by the experts
+            self.forward_inputs = self.family.prepare(tr, config)
             if config.gradient_checkpointing:
                 tr.enable_gradient_checkpointing()
         if config.gradient_checkpointing:  # the recomputed FFN in token slices, where the family has them
@@ -118,7 +120,13 @@ class Guide:
         self.sampler = self.family.make_sampler(scheduler, config)
         self.sched = self.sampler.sched
         self.timestep_values = self.sampler.set_timesteps(config.steps, device=self.device)
-        self.timesteps = [int(t) for t in self.timestep_values]
+        self.timesteps = [int(t) for t in self.timestep_values]  # keys of losses, embeddings, the guided steps
+        # what the model is given: the scheduler's own value where it is fractional (flow-matching Euler)
+        self._exact_t = {k: float(v) for k, v in zip(self.timesteps, self.timestep_values, strict=True)
+                         if float(v) != k}
+        if len(set(self.timesteps)) < len(self.timesteps):
+            raise ValueError(f"--steps {config.steps}: two of the sampler's timesteps share an integer part, which "
+                             "keys the run's losses and embeddings; use fewer steps")
         self.guided = self.timesteps[:config.guided_steps]
         g = torch.Generator().manual_seed(config.seed)
         self.noise = (torch.randn(self.ref.shape, generator=g) * self.sampler.init_noise_sigma).to(self.device,
@@ -146,10 +154,14 @@ class Guide:
         return tr
 
     # -- forwards ---------------------------------------------------------------------------------
+    def _model_t(self, t):
+        """The timestep value the model and the sampler see for the integer key ``t``."""
+        return self._exact_t.get(t, t)
+
     def _capture(self, tr, x, embeds, t, emb=None):
         blocks = self.cfg.guidance_blocks
         qk = losses.needs_qk(self.cfg.loss)
-        ctrl = self.family.run_until(tr, x.to(self.dtype), embeds, t, emb, stop_after=max(blocks),
+        ctrl = self.family.run_until(tr, x.to(self.dtype), embeds, self._model_t(t), emb, stop_after=max(blocks),
                                      qk_blocks=blocks if qk else (), out_blocks=() if qk else blocks)
         got = dict(ctrl.qk if qk else ctrl.out)
         ctrl.clear_captures()
@@ -183,6 +195,7 @@ class Guide:
 
     @torch.no_grad()
     def _copy_reference_kv(self, tr, t):
+        t = self._model_t(t)
         noisy = self.sampler.add_noise(self.ref, self.noise, t)
         noisy = self.sampler.scale_model_input(noisy, t)
         blocks = self.cfg.injection_blocks
@@ -231,10 +244,11 @@ class Guide:
     @torch.no_grad()
     def _denoise(self, i, t, latents, emb):
         tr = self._expert(t)
-        x = self.sampler.scale_model_input(latents, t).to(self.dtype)
-        use_cfg = t >= self.cfg.cfg_min_t  # outside the interval the unconditional pass is not needed
-        cond = self.family.forward(tr, x, self.cond, t, emb).float()
-        uncond = self.family.forward(tr, x, self.uncond, t, emb).float() if use_cfg else None
+        x = self.sampler.scale_model_input(latents, self._model_t(t)).to(self.dtype)
+        # outside the interval, or for a guidance-distilled family, the unconditional pass is not needed
+        use_cfg = t >= self.cfg.cfg_min_t and self.family.needs_uncond(self.cfg)
+        cond = self.family.forward(tr, x, self.cond, self._model_t(t), emb).float()
+        uncond = self.family.forward(tr, x, self.uncond, self._model_t(t), emb).float() if use_cfg else None
         scale = self.cfg.cfg_scale
         if self.cfg.cfg_scale_2 is not None and self._expert_name(t) == "transformer_2":
             scale = self.cfg.cfg_scale_2

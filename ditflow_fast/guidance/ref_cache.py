@@ -118,6 +118,8 @@ class RefCache:
                  "dtype": str(guide.dtype), "device": guide.device.type, "blocks": list(cfg.guidance_blocks),
                  "loss": cfg.loss, "prop_motion": cfg.prop_motion, "backend": cfg.backend,
                  "grid": [guide.frames, guide.h, guide.w]}
+        if getattr(guide, "forward_inputs", None):  # e.g. HunyuanVideo's embedded guidance scale
+            parts["forward_inputs"] = guide.forward_inputs
 
         def flat():
             return {f"{b}/{name}": t for b, d in compute().items() for name, t in d.items()}

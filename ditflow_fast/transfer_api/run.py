@@ -236,15 +236,13 @@ def _texts(held, prompt, negative, embeds_file, device, dtype) -> dict:
 
     pipe = held.pipeline
     if embeds_file is None and pipe is not None and getattr(pipe, "text_encoder", None) is not None:
-        got, length = {}, held.family.prompt_length(held.components["transformer"])
-        kw = {} if length is None else {"max_sequence_length": length}
+        got, tr = {}, held.components["transformer"]
         import torch
 
         with torch.no_grad():
             for name, text in (("prompt", prompt), ("negative", negative), ("empty", "")):
-                got[name] = pipe.encode_prompt(text, do_classifier_free_guidance=False, num_videos_per_prompt=1,
-                                               device=device, dtype=dtype, **kw)[0]
-        return check_embeddings(got, held.components["transformer"], held.family, "")
+                got[name] = held.family.pipeline_prompt(pipe, text, tr, device, dtype)
+        return check_embeddings(got, tr, held.family, "")
     return prompt_embeddings(held.ref, prompt, negative, embeds_file, held.components["transformer"], device=device,
                              dtype=dtype, family=held.family)
 
