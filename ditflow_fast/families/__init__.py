@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .base import Family, FamilyBase, ModelError, missing_members
 from .cogvideox import CogVideoXFamily
+from .ltx import LTXFamily
 from .wan import WanFamily
 
 FAMILIES: dict[str, Family] = {}
@@ -38,6 +39,7 @@ def register(family) -> None:
 # one line per family, in the order errors list them
 register(CogVideoXFamily)
 register(WanFamily)
+register(LTXFamily)
 SUPPORTED = ", ".join(f.label for f in FAMILIES.values())
 
 

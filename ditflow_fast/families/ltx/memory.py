@@ -1,0 +1,177 @@
+"""Predicted peak GPU memory of a guided LTX-Video run, by component, next to the research procedure's.
+
+The accounting of the Wan model (:mod:`ditflow_fast.families.wan.memory`), with LTX's differences:
+
+- **tokens.** ``N = F'*h*w`` video tokens (1x1 patches over the 32x / 8x latent: 121 frames at 512x768 give
+  16 x 16 x 24 = 6144); self-attention sees video tokens only. Text (at most 128 T5 tokens) enters through
+  cross-attention: the projected prompt and per block its K/V, in ``[L, D]`` units.
+- **weights.** The transformer (counted exactly on the meta device) and ``AutoencoderKLLTXVideo`` from the
+  preset's VAE config, in the run's dtype (the family loads both so). The T5-XXL encoder has been run and
+  released before the loop: its own peak (its weights, 4.76 B parameters) is printed apart (:func:`notes`).
+  ``offload``: ``"model"`` (VAE on the CPU during the loop), ``"group"`` (one block per group: the
+  non-block parameters plus two blocks resident).
+- **activations,** in units of one ``[N, D]`` tensor (``N*D*b``), constants measured with torch's memory timeline
+  on CPU runs of LTX-shaped tiny transformers (tests/families/test_ltx_memory.py re-measures them on another
+  shape). LTX's blocks are simpler than Wan's (RMSNorm without affine, a 4x GELU FFN), so the FFN width is part
+  of the constants.
+- **RoPE tables** ``(cos, sin)`` ``[N, D]`` float32 over the full width ``D`` (LTX rotates before the heads
+  split), and in emb mode the optimised ``[2, 2, N, D]`` tables with Adam.
+- the AMF working sets and captured q/k as for the other families.
+
+What the CPU cannot show: the CUDA context and cuBLAS workspaces (about 0.5-1 GB) and allocator fragmentation
+come on top of both columns; the VAE decode after the loop is not in the table (:func:`notes`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from ...backends.reference import research_bytes
+from ..base import ModelError, foreign_vae
+from ..estimate import AMF_BUDGET, Estimate
+from .geometry import latent_shape
+from .presets import _VAE, PRESETS, SCHEDULER, T5_XXL_ENCODER_PARAMS, TEXT_LEN, UNVERIFIED, defaults
+
+# Activation constants in [N, D] units: see _measured in tests/families/test_ltx_memory.py (filled in below).
+ACT = {
+    2: dict(ckpt_input=1.0, ckpt_recompute=0.0, block=0.0, partial_and_backward=0.0, emb_ckpt=0.0, emb_fixed=0.0,
+            emb_block=0.0),
+    4: dict(ckpt_input=1.0, ckpt_recompute=0.0, block=0.0, partial_and_backward=0.0, emb_ckpt=0.0, emb_fixed=0.0,
+            emb_block=0.0),
+}
+TEXT_FIXED, TEXT_PER_BLOCK = 1, 2  # [L, D] units: the projected prompt; cross-attention K/V per saved block
+GROUP_RESIDENT_BLOCKS = 2
+OFFLOAD_MODES = ("none", "model", "group")
+
+
+def _json(d: dict) -> str:
+    return json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if not k.startswith("_")},
+                      sort_keys=True)
+
+
+@functools.lru_cache(maxsize=16)
+def transformer_counts(transformer_json: str) -> tuple[int, int, int]:
+    """(all parameters, parameters of one block, blocks) of an LTX transformer config, on the meta device."""
+    import torch
+    from diffusers import LTXVideoTransformer3DModel
+
+    with torch.device("meta"):
+        model = LTXVideoTransformer3DModel(**json.loads(transformer_json))
+    blocks = model.transformer_blocks
+    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in blocks[0].parameters()), len(blocks)
+
+
+@functools.lru_cache(maxsize=8)
+def vae_params(vae_json: str) -> int:
+    import torch
+    from diffusers import AutoencoderKLLTXVideo
+
+    with torch.device("meta"):
+        vae = AutoencoderKLLTXVideo(**json.loads(vae_json))
+    return sum(p.numel() for p in vae.parameters())
+
+
+def _entry(preset_or_config) -> dict:
+    if isinstance(preset_or_config, str):
+        if preset_or_config not in PRESETS:
+            raise ModelError(f"--model {preset_or_config}: no LTX preset of that name (known: {', '.join(PRESETS)})")
+        return PRESETS[preset_or_config]
+    if "transformer" in preset_or_config:
+        return preset_or_config
+    return dict(transformer=preset_or_config, vae=_VAE, scheduler=SCHEDULER, text_len=TEXT_LEN)
+
+
+def estimate(preset_or_config, *, frames: int, height: int, width: int, guidance_block: int,
+             bytes_per_elem: int = 2, opt_mode: str = "latent", checkpointing: bool = True, offload: str = "none",
+             offload_activations: bool = False) -> Estimate:
+    """Predicted peak bytes by component of a guided LTX run (see the module docstring). ``preset_or_config``:
+    a PRESETS name or entry, or a bare transformer config (then LTX-Video's VAE is assumed).
+    ``offload_activations`` (needs ``checkpointing``): the checkpointed block inputs wait in host memory
+    (``host_bytes`` of the result) and the recomputed block gets its input back as one more unit; this term is
+    the Wan family's measured rule, not re-measured on LTX."""
+    if offload not in OFFLOAD_MODES:
+        raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
+    if opt_mode not in ("latent", "emb"):
+        raise ValueError(f"opt_mode must be 'latent' or 'emb', got {opt_mode!r}")
+    if bytes_per_elem not in ACT:
+        raise ValueError(f"bytes_per_elem must be 2 (bf16/fp16) or 4 (fp32), got {bytes_per_elem}")
+    if offload_activations and not checkpointing:
+        raise ValueError("offload_activations needs checkpointing (the loop refuses the combination)")
+    entry = _entry(preset_or_config)
+    cfg, vae_cfg = entry["transformer"], entry.get("vae", _VAE)
+    _, z, lat_f, lh, lw = latent_shape(vae_cfg, cfg, frames, height, width)
+    p, pt = int(cfg.get("patch_size", 1)), int(cfg.get("patch_size_t", 1))
+    ff, hh, ww = lat_f // pt, lh // p, lw // p
+    heads, hd = cfg.get("num_attention_heads", 32), cfg.get("attention_head_dim", 64)
+    dim, b = heads * hd, bytes_per_elem
+    text_len, caption = int(entry.get("text_len", TEXT_LEN)), int(cfg.get("caption_channels", 4096))
+    total, per_block, n_blocks = transformer_counts(_json(cfg))
+    if not 0 <= guidance_block < n_blocks:
+        raise ValueError(f"guidance block {guidance_block} out of range: the transformer has {n_blocks} blocks")
+    g, c, emb = guidance_block, ACT[b], opt_mode == "emb"
+    n = ff * hh * ww
+    u, ul = n * dim * b, text_len * dim * b
+
+    resident = total if offload != "group" else total - n_blocks * per_block + GROUP_RESIDENT_BLOCKS * per_block
+    base = {"transformer weights": resident * b,
+            "VAE weights": 0 if offload != "none" else vae_params(_json(vae_cfg)) * b}
+    def activations(host: int) -> dict:
+        if checkpointing:
+            emb_units = c["emb_ckpt"] if emb else 0
+            acts = {"checkpointed block inputs": 0 if host else round((g + 1) * c["ckpt_input"] * u),
+                    "one block recomputed + backward": round((c["ckpt_recompute"] + host + emb_units) * u)}
+        else:
+            units = g * c["block"] + c["partial_and_backward"] + ((c["emb_fixed"] + g * c["emb_block"]) if emb else 0)
+            acts = {"block activations (no ckpt)": round(units * u)}
+        text_blocks = 1 if checkpointing else g
+        acts["text embeds + cross-attn K/V"] = (TEXT_FIXED + TEXT_PER_BLOCK * text_blocks) * ul + text_len * caption * b
+        acts["RoPE tables (fp32)"] = 2 * n * dim * 4
+        return acts
+
+    acts, plain = activations(int(offload_activations)), activations(0)  # the research code offloads nothing
+    qk = {"captured q, k and grads": 4 * n * dim * b}
+    opt_elems = lat_f * z * lh * lw if opt_mode == "latent" else 4 * n * dim
+    opt = {"optimised tensor + Adam (fp32)": 4 * opt_elems * 4}
+    ours = {**base, **acts, **qk, "AMF working set": min(AMF_BUDGET, 4 * n * n) + 3 * ff * n * 4, **opt}
+    research = {**base, **plain, **qk, "AMF working set": research_bytes(heads, ff, hh, ww, b), **opt}
+    est = Estimate(ours, research)
+    est.host_bytes = (g + 1) * u if offload_activations else 0
+    return est
+
+
+def notes(config: dict, cfg) -> str:
+    """What ``--dry-run`` adds below the table for LTX: the default guidance block's status and the peaks outside
+    the loop (T5-XXL before it, the VAE decode after it)."""
+    d = defaults(config)
+    block = max(cfg.guidance_blocks or d["guidance_blocks"])
+    lines = []
+    if not cfg.guidance_blocks:
+        lines.append(f"(guidance block {block}: the LTX default, {UNVERIFIED})")
+    b = 4 if str(cfg.dtype or d["dtype"]).replace("torch.", "") == "float32" else 2
+    lines.append(f"(before the loop, --prompt loads T5-XXL alone: {T5_XXL_ENCODER_PARAMS * b / 2**30:.2f} GiB of "
+                 "weights; --prompt-embeds skips it. After the loop the VAE decodes: not in the table, --vae-tiling "
+                 "lowers it)")
+    return "\n".join(lines)
+
+
+def memory_config(model: str) -> dict:
+    """A PRESETS-shaped entry for a preset name or a local LTX folder (no weights read)."""
+    if model in PRESETS:
+        return PRESETS[model]
+    from pathlib import Path
+
+    root = Path(model).expanduser()
+    try:
+        tr = json.loads((root / "transformer" / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"--model {model}: no readable transformer/config.json ({exc}); "
+                         f"LTX presets: {', '.join(PRESETS)}") from exc
+    try:  # another codec (the toy world's) counts as LTX-Video's VAE, and --dry-run says so
+        vae = dict(_VAE) if foreign_vae(model, "AutoencoderKLLTXVideo") else \
+            json.loads((root / "vae" / "config.json").read_text())
+    except (OSError, ValueError):
+        vae = dict(_VAE)
+    clean = {k: v for k, v in tr.items() if not k.startswith("_")}
+    vae = {k: v for k, v in vae.items() if not k.startswith("_")}
+    return dict(transformer=clean, vae=vae, scheduler=SCHEDULER, text_len=TEXT_LEN)
