@@ -62,9 +62,17 @@ def check_size(transformer, vae, frames: int, height: int, width: int) -> tuple[
     step = spatial * cfg.patch_size
     if height % step or width % step:
         raise ModelError(f"--height/--width {height}x{width}: must be multiples of {step} for this model")
-    if cfg.patch_size_t is not None:
-        raise ModelError("CogVideoX 1.5 models (temporal patches) are not supported by the guidance loop")
+    if cfg.in_channels != cfg.out_channels:  # the image latents ride along as extra input channels
+        raise ModelError(f"--model: an image-to-video transformer (in_channels {cfg.in_channels}, out_channels "
+                         f"{cfg.out_channels}); transfer takes text-to-video CogVideoX models")
     lh, lw = height // spatial, width // spatial
+    if cfg.patch_size_t is not None:  # CogVideoX 1.5: RoPE sliced from a fixed grid of patches
+        if not cfg.use_rotary_positional_embeddings:
+            raise ModelError("--model: temporal patches (patch_size_t) without rotary embeddings: no such "
+                             "CogVideoX model is known; not supported")
+        if lh > cfg.sample_height or lw > cfg.sample_width:
+            raise ModelError(f"--height/--width {height}x{width}: this model's RoPE grid covers at most "
+                             f"{cfg.sample_height * spatial}x{cfg.sample_width * spatial}")
     if cfg.use_learned_positional_embeddings and (lh, lw) != (cfg.sample_height, cfg.sample_width):
         raise ModelError(f"this model's learned positional table fixes the size to "
                          f"{cfg.sample_height * spatial}x{cfg.sample_width * spatial}; got {height}x{width}")

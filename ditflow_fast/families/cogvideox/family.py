@@ -1,4 +1,4 @@
-"""The CogVideoX family (1.0: 2B and 5B) on the seam.
+"""The CogVideoX family (1.0: 2B and 5B; 1.5: 5B) on the seam.
 
 Differences from Wan that shape this module: text tokens are a *prefix* of the joint attention;
 latents are ``[B, F, C, H, W]`` scaled by ``scaling_factor``; 5B has 3-D RoPE (passed to the
@@ -6,10 +6,16 @@ blocks as ``image_rotary_emb``, optimised as separate query and key tables), 2B 
 (optimised through a hook on the patch embedding); the sampler is DPM (5B, whose step carries the
 previous ``x0`` outside the scheduler) or DDIM (2B), with dynamic CFG for 5B.
 
+CogVideoX 1.5 is the same transformer class with ``patch_size_t=2``: a token covers two latent frames, so the
+token grid and the AMF's frame axis are temporal patches, and a forward pads an odd latent frame count as
+diffusers' pipeline does (:mod:`.patches`); its RoPE is sliced from integer positions (:mod:`.positions`).
+
 Frame counts: the encoder gives ``(frames - 1) // 4 + 1`` latent frames, but diffusers' decoder
 works on pairs of latent frames and gives ``4 * L`` frames for an even count ``L`` and ``4 * (L - 1)
 + 1`` for an odd one (measured on the tiny VAE for 1..49 frames, tests/cli/test_hardening_transfer.py). So
-exactly the counts ``1, 8, 9, 16, 17, 24, 25, ...`` come back as asked; 24 (the paper's) and 49 do.
+exactly the counts ``1, 8, 9, 16, 17, 24, 25, ...`` come back as asked; 24 (the paper's) and 49 do. 1.5 has
+the same rule: diffusers' pipeline pads the latent frames to a multiple of ``patch_size_t`` for the transformer
+and drops the padding before decoding (81 frames: 21 latent frames, 22 in the transformer, 81 decoded).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from ...guidance.forward import run_until
 from ..base import FamilyBase, Sampler, nearest_valid
 from ..estimate import Estimate
 from . import attention, components, memory, positions
+from .patches import pad_latent, patch_frames, patch_t
 
 FINGERPRINT_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size", "in_channels",
                     "use_rotary_positional_embeddings", "max_text_seq_length", "sample_height", "sample_width")
@@ -111,8 +118,11 @@ class CogVideoXFamily(FamilyBase):
     # -- positions -------------------------------------------------------------------------------
     @staticmethod
     def _tables(transformer, latent):
-        """``(rope, base)`` for this latent size, cached on the transformer (one of them None)."""
+        """``(rope, base)`` for this latent size, cached on the transformer (one of them None); 1.5: for the latent
+        as padded for the transformer."""
         _, f, _, lh, lw = latent.shape
+        p_t = patch_t(transformer)
+        f = patch_frames(f, p_t) * p_t
         key = (f, lh, lw, str(latent.device))
         cache = transformer.__dict__.setdefault("_ditflow_pos_cache", {})
         if key not in cache:
@@ -137,11 +147,14 @@ class CogVideoXFamily(FamilyBase):
     @staticmethod
     def emb_fingerprint(transformer) -> str:
         cfg = transformer.config  # the same JSON as before the family seam: older saved files stay valid
-        return json.dumps({k: cfg.get(k) if hasattr(cfg, "get") else getattr(cfg, k, None)
-                           for k in FINGERPRINT_KEYS}, sort_keys=True)
+        got = {k: cfg.get(k) if hasattr(cfg, "get") else getattr(cfg, k, None) for k in FINGERPRINT_KEYS}
+        if patch_t(transformer) > 1:  # 1.5 only, so that 1.0's fingerprints stay as they were
+            got["patch_size_t"] = patch_t(transformer)
+        return json.dumps(got, sort_keys=True)
 
     @classmethod
     def _kwargs(cls, transformer, latent, text, t, emb):
+        """The transformer's keywords, the position override, and the latent frames padded in front (1.5)."""
         rope, base = cls._tables(transformer, latent)
         dtype = latent.dtype
         if emb is not None and rope is not None:  # [2 (q, k), 2 (cos, sin), N, d]
@@ -150,26 +163,31 @@ class CogVideoXFamily(FamilyBase):
             rope = (rope[0].to(dtype), rope[1].to(dtype))
         ts = torch.full((latent.shape[0],), int(t), device=latent.device, dtype=torch.long)
         ctx = positions.position_override(transformer, emb if rope is None else None, base)
-        return dict(hidden_states=latent, encoder_hidden_states=text, timestep=ts, image_rotary_emb=rope), ctx
+        latent, pad = pad_latent(latent, patch_t(transformer))
+        kw = dict(hidden_states=latent, encoder_hidden_states=text, timestep=ts, image_rotary_emb=rope)
+        if transformer.config.get("ofs_embed_dim"):  # 1.5 I2V's; the value diffusers' I2V pipeline passes
+            kw["ofs"] = latent.new_full((1,), 2.0)
+        return kw, ctx, pad
 
     @classmethod
     def forward(cls, transformer, latent, text, t, emb=None) -> torch.Tensor:
-        kw, ctx = cls._kwargs(transformer, latent, text, t, emb)
+        kw, ctx, pad = cls._kwargs(transformer, latent, text, t, emb)
         with ctx:
-            return transformer(**kw, return_dict=False)[0]
+            return transformer(**kw, return_dict=False)[0][:, pad:]  # the padding's prediction goes, as diffusers'
 
     @classmethod
     def run_until(cls, transformer, latent, text, t, emb=None, **what):
-        kw, ctx = cls._kwargs(transformer, latent, text, t, emb)
+        kw, ctx, _ = cls._kwargs(transformer, latent, text, t, emb)
         with ctx:
             return run_until(transformer, **kw, **what)
 
     # -- latents ---------------------------------------------------------------------------------
     @staticmethod
     def token_grid(transformer, latent) -> tuple[int, int, int]:
+        """``(frames, h, w)`` of the video tokens; 1.5: frames are temporal patches of two latent frames."""
         p = transformer.config.patch_size
         _, f, _, lh, lw = latent.shape
-        return f, lh // p, lw // p
+        return patch_frames(f, patch_t(transformer)), lh // p, lw // p
 
     @classmethod
     def geometry(cls, transformer, vae, frames: int, height: int, width: int) -> tuple[int, ...]:
@@ -232,15 +250,33 @@ class CogVideoXFamily(FamilyBase):
     def defaults(config: dict) -> dict:
         """DiTFlow's: guidance block 20 (RoPE, 5B) or 15 (2B), or half the blocks of smaller models;
         24 frames at 480x720 (other than the published 2B/5B, i.e. tiny test models: 9 frames, as Wan's);
-        bf16 (5B) / fp16 (2B) on GPUs; CFG 7, dynamic for 5B; DPM (5B) / DDIM (2B)."""
+        bf16 (5B) / fp16 (2B) on GPUs; CFG 7, dynamic for 5B; DPM (5B) / DDIM (2B).
+
+        1.5 (``patch_size_t``): block 20 too, taken by depth (1.5-5B has 5B's 42 blocks); unverified: no 1.5
+        weights have run here (``note`` says so in ``--dry-run``). 81 frames at 768x1360, what diffusers' docs say
+        the 1.5 text-to-video model was trained for (tiny models: 9 frames at their own ``sample_height/width``,
+        diffusers' pipeline default); the rest as 5B's."""
         rope = bool(config.get("use_rotary_positional_embeddings", False))
         n = int(config.get("num_layers", 30))
         want = 20 if rope else 15
         published = (n, int(config.get("num_attention_heads", 30))) in ((30, 30), (42, 48))
-        return dict(guidance_blocks=(want,) if want < n else (n // 2,), injection_blocks=(0,),
-                    frames=24 if published else 9,
-                    height=480, width=720, dtype="bfloat16" if rope else "float16", cfg_scale=7.0,
-                    dynamic_cfg=rope, scheduler="dpm" if rope else "ddim", steps=50)
+        out = dict(guidance_blocks=(want,) if want < n else (n // 2,), injection_blocks=(0,),
+                   frames=24 if published else 9,
+                   height=480, width=720, dtype="bfloat16" if rope else "float16", cfg_scale=7.0,
+                   dynamic_cfg=rope, scheduler="dpm" if rope else "ddim", steps=50)
+        if patch_t(config) > 1:
+            size = (768, 1360) if published else (8 * config["sample_height"], 8 * config["sample_width"])
+            out.update(frames=81 if published else 9, height=size[0], width=size[1],
+                       note=f"guidance block {out['guidance_blocks'][0]} of {n}: DiTFlow's CogVideoX-5B block, taken "
+                            "for CogVideoX 1.5 by depth; unverified (no 1.5 weights have run)")
+        return out
+
+    @classmethod
+    def dry_run_table(cls, model: str, cfg, offload: str = "none") -> str:
+        """The generic table, plus the defaults' ``note`` (1.5's unverified guidance block) where there is one."""
+        table = super().dry_run_table(model, cfg, offload)
+        note = cls.defaults(cls.memory_config(model)).get("note")
+        return f"{table}\n{note}" if note and not cfg.guidance_blocks else table
 
     # -- memory (--dry-run) ---------------------------------------------------------------------
     memory_config = staticmethod(memory.config_for)

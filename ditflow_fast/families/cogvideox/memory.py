@@ -6,6 +6,8 @@ autograd, and the VAE decodes after the loop, sliced/tiled). With ``T = L_text +
 
 - weights: the transformer's parameters (counted exactly from its config, on the meta device), and
   the VAE's unless offloaded; the T5 encoder has been run and offloaded before the loop;
+- CogVideoX 1.5: a token covers ``p_t = 2`` latent frames, so ``N = ceil(F / 2) * h * w`` (diffusers pads an
+  odd ``F``) and the AMF's frames are those ``ceil(F / 2)`` temporal patches; the optimised latent keeps ``F``;
 - activations, in units of one ``[T, D]`` tensor (``T*D*b`` bytes), constants measured with torch's
   memory timeline on CPU runs of CogVideoX-shaped transformers (flash SDPA, which keeps only a
   log-sum-exp; tests/guidance/test_guidance_memory.py re-measures them):
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from ...backends.reference import research_bytes
 from ..estimate import AMF_BUDGET, Estimate
+from .patches import patch_frames, patch_t
 
 # The entries of the public CogVideoX configs that fix the sizes (so --dry-run needs no download).
 PRESETS = {
@@ -34,6 +37,13 @@ PRESETS = {
                                out_channels=16, text_embed_dim=4096, time_embed_dim=512, max_text_seq_length=226,
                                use_rotary_positional_embeddings=False, sample_height=60, sample_width=90,
                                patch_size=2),
+    # CogVideoX 1.5 text-to-video: 5B's entries with diffusers' scripts/convert_cogvideox_to_diffusers.py
+    # (version "1.5": patch_size_t 2, patch_bias False, sample 300 x 300 latent pixels, 81 frames; ofs_embed_dim
+    # only for 1.5 image-to-video); the hub folder's transformer config has the same values.
+    "THUDM/CogVideoX1.5-5B": dict(num_attention_heads=48, attention_head_dim=64, num_layers=42, in_channels=16,
+                                  out_channels=16, text_embed_dim=4096, time_embed_dim=512, max_text_seq_length=226,
+                                  use_rotary_positional_embeddings=True, sample_height=300, sample_width=300,
+                                  sample_frames=81, patch_size=2, patch_size_t=2, patch_bias=False),
 }
 VAE_PARAMS = 215_583_907  # AutoencoderKLCogVideoX() (the public models' VAE), counted on the meta device
 # Activation constants in [T, D] tensors (see the module docstring; measured, tests re-measure them).
@@ -59,7 +69,8 @@ def estimate(config: dict, *, frames: int, height: int, width: int, guidance_blo
     dim, p, b = heads * hd, config.get("patch_size", 2), bytes_per_elem
     lat_f, lh, lw = (frames - 1) // temporal + 1, height // spatial, width // spatial
     hh, ww = lh // p, lw // p
-    n = lat_f * hh * ww
+    tok_f = patch_frames(lat_f, patch_t(config))  # the AMF's frames: temporal patches for 1.5
+    n = tok_f * hh * ww
     t = config.get("max_text_seq_length", 226) + n
     td = t * dim * b
     base = {"transformer weights": transformer_params(config) * b,
@@ -78,8 +89,8 @@ def estimate(config: dict, *, frames: int, height: int, width: int, guidance_blo
     else:
         opt_elems = n * dim
     opt = {"optimised tensor + Adam (fp32)": 4 * opt_elems * 4}
-    ours = {**base, **acts, **qk, "AMF working set": min(AMF_BUDGET, 4 * n * n) + 3 * lat_f * n * 4, **opt}
-    research = {**base, **acts, **qk, "AMF working set": research_bytes(heads, lat_f, hh, ww, b), **opt}
+    ours = {**base, **acts, **qk, "AMF working set": min(AMF_BUDGET, 4 * n * n) + 3 * tok_f * n * 4, **opt}
+    research = {**base, **acts, **qk, "AMF working set": research_bytes(heads, tok_f, hh, ww, b), **opt}
     return Estimate(ours, research)
 
 

@@ -1,4 +1,4 @@
-"""CogVideoX's positional embeddings, for ``--opt-mode emb``: its 3-D RoPE (5B) or its additive
+"""CogVideoX's positional embeddings, for ``--opt-mode emb``: its 3-D RoPE (5B, 1.5-5B) or its additive
 position table (2B), computed as diffusers' pipeline computes them, and overridden for a forward."""
 
 from __future__ import annotations
@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
+from .patches import patch_frames
 
 
 def _crop_region(grid_h: int, grid_w: int, base_w: int, base_h: int):
@@ -20,20 +22,30 @@ def _crop_region(grid_h: int, grid_w: int, base_w: int, base_h: int):
 
 
 def rotary_embedding(transformer, latent_frames: int, latent_height: int, latent_width: int, device=None):
-    """The 3-D RoPE ``(cos, sin)``, each ``[F*h*w, head_dim]`` float32, CogVideoX 1.0 placement;
-    None for models without RoPE (CogVideoX-2B)."""
+    """The 3-D RoPE ``(cos, sin)``, each ``[T*h*w, head_dim]`` float32, placed as diffusers' pipeline places it;
+    None for models without RoPE (CogVideoX-2B). ``latent_frames``: what the transformer gets (padded for 1.5).
+
+    1.0: ``T`` latent frames, the grid cropped into the base grid (linspace). 1.5 (``patch_size_t``): ``T``
+    temporal patches, integer positions sliced from a ``sample_height/p x sample_width/p`` grid (so a frame may
+    hold at most that many patches)."""
     cfg = transformer.config
     if not cfg.use_rotary_positional_embeddings:
         return None
-    if cfg.patch_size_t is not None:
-        raise ValueError("CogVideoX 1.5 checkpoints (patch_size_t set) are not supported by the guidance loop")
     from diffusers.models.embeddings import get_3d_rotary_pos_embed
 
     p = cfg.patch_size
     gh, gw = latent_height // p, latent_width // p
-    crops = _crop_region(gh, gw, cfg.sample_width // p, cfg.sample_height // p)
-    cos, sin = get_3d_rotary_pos_embed(embed_dim=cfg.attention_head_dim, crops_coords=crops, grid_size=(gh, gw),
-                                       temporal_size=latent_frames, device=device)
+    base_h, base_w = cfg.sample_height // p, cfg.sample_width // p
+    if cfg.patch_size_t is None:
+        crops = _crop_region(gh, gw, base_w, base_h)
+        cos, sin = get_3d_rotary_pos_embed(embed_dim=cfg.attention_head_dim, crops_coords=crops, grid_size=(gh, gw),
+                                           temporal_size=latent_frames, device=device)
+        return cos.float(), sin.float()
+    if gh > base_h or gw > base_w:  # the slice would be short: the tables would not fit the tokens
+        raise ValueError(f"a {gh}x{gw}-patch frame exceeds this model's RoPE grid of {base_h}x{base_w} patches")
+    cos, sin = get_3d_rotary_pos_embed(embed_dim=cfg.attention_head_dim, crops_coords=None, grid_size=(gh, gw),
+                                       temporal_size=patch_frames(latent_frames, cfg.patch_size_t),
+                                       grid_type="slice", max_size=(base_h, base_w), device=device)
     return cos.float(), sin.float()
 
 
