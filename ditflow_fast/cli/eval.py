@@ -1,9 +1,12 @@
-"""``ditflow-fast eval``: Motion Fidelity of a generated video against a reference, as DiTFlow and SMM score it.
+"""``ditflow-fast eval``: Motion Fidelity of a generated video against a reference, as DiTFlow and SMM score it,
+and RoPECraft's Fréchet Tracking Distance (FTD).
 
 Tracks on a grid (OpenCV pyramidal Lucas-Kanade by default, offline, no weights; ``--tracker
 cotracker`` from the torch hub cache), unit per-frame displacements, the mean over generated tracks of
 the best cosine over reference tracks (``motion_fidelity``, the released code's form) and the symmetric
-form (``motion_fidelity_symmetric``); the same over moving tracks only. Definitions and choices:
+form (``motion_fidelity_symmetric``); the same over moving tracks only. FTD (``frechet_tracking_distance``,
+lower is better): the root mean square over paired tracks (the same grid point in both videos) of their
+discrete Fréchet distance, in units of the frame's size. Definitions and choices:
 ``ditflow_fast/viewer/motion.py`` and ``docs/viewer.md``.
 """
 
@@ -14,7 +17,7 @@ import sys
 
 
 def add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="Motion Fidelity of a generated video against a reference (any two videos)",
+    p = sub.add_parser("eval", help="Motion Fidelity and FTD of a generated video against a reference (any two videos)",
                        description=__doc__.splitlines()[0])
     p.add_argument("--reference", required=True, help="reference video (file or folder of frames)")
     p.add_argument("--generated", required=True, help="generated video (file or folder of frames)")
@@ -32,6 +35,10 @@ def add_eval_parser(sub) -> None:
 
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:+.4f}"
+
+
+def _fmt_d(v) -> str:  # a distance: no sign
+    return "n/a" if v is None else f"{v:.4f}"
 
 
 def run_eval(a) -> int:
@@ -64,7 +71,8 @@ def run_eval(a) -> int:
     gen = read_video(a.generated, option="--generated")
     res = motion.evaluate(ref, gen, tracker=a.tracker, grid=a.grid, static_px=a.static_px,
                           max_side=a.max_side or None, frames=a.frames)
-    res.update(reference=str(a.reference), generated=str(a.generated), reading=motion.READING)
+    res.update(reference=str(a.reference), generated=str(a.generated), reading=motion.READING,
+               ftd_reading=motion.FTD_READING)
     if a.json:
         print(json.dumps(res))
         return 0
@@ -75,6 +83,10 @@ def run_eval(a) -> int:
     print(f"  motion_fidelity_symmetric (the paper's): {_fmt(res['motion_fidelity_symmetric'])}")
     print(f"  moving tracks only ({m['reference_tracks']} reference / {m['generated_tracks']} generated): "
           f"{_fmt(m['motion_fidelity'])}, symmetric {_fmt(m['motion_fidelity_symmetric'])}")
+    print(f"  frechet_tracking_distance (RoPECraft's FTD, lower is better): {_fmt_d(res['frechet_tracking_distance'])} "
+          f"over {res['ftd_pairs']} paired tracks; moving reference tracks only ({m['ftd_pairs']}): "
+          f"{_fmt_d(m['frechet_tracking_distance'])}")
+    print(f"  FTD reading: {res['ftd_reading']}")
     print(f"  tracked to the last frame: {res['reference_tracked']:.0%} of the reference's grid points, "
           f"{res['generated_tracked']:.0%} of the generated's")
     print(f"  reading: {res['reading']}")

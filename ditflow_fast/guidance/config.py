@@ -60,6 +60,10 @@ class GuidanceConfig:
     temperature: float = 2.0
     threshold: bool = True
     prop_motion: float = 0.04  # MOFT: fraction of channels kept as motion channels
+    # loss "flow_window" (FastVMT-style): the side of the square window of key patches around each query patch
+    # (odd), and the farthest frame pair compared (None: every pair); losses.window_amf
+    amf_window: int = 5
+    amf_window_frames: int | None = 3
     cfg_scale: float | None = None  # None: the family's (CogVideoX 7, DiTFlow's; Wan 5, or 4 for A14B)
     dynamic_cfg: bool | None = None
     cfg_min_t: int = 0  # guidance interval: CFG only at timesteps >= this; below, the conditional prediction alone
@@ -104,6 +108,17 @@ class GuidanceConfig:
 
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        for name, low, what in (("amf_window", 1, "an odd whole number of patches >= 1"),
+                                ("amf_window_frames", 0, "a whole number of frames >= 0, or None (every pair)")):
+            value = getattr(self, name)
+            if value is None and name == "amf_window_frames":
+                continue
+            try:
+                ok = not isinstance(value, bool) and operator.index(value) >= low and (name != "amf_window" or value % 2)
+            except TypeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"{name} must be {what}, got {value!r}")
         for name in ("frames", "height", "width", "steps", "opt_iters"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -186,6 +201,9 @@ class GuidanceConfig:
         for k, off in (("grad_reuse", 1), ("early_stop", 0.0)):  # and for the speed levers, when off
             if d.get(k) == off:
                 d.pop(k, None)
+        if d.get("loss") != "flow_window":  # the window is flow_window's alone
+            d.pop("amf_window", None)
+            d.pop("amf_window_frames", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def lr_at(self, i: int) -> float:

@@ -190,7 +190,8 @@ class Guide:
             caps = self._capture(tr if tr is not None else self._expert(t), x, self.cond, t, emb)
         total = sum(losses.loss(self.cfg.loss, caps.pop(b), targets[b], frames=self.frames, h=self.h, w=self.w,
                                 temperature=self.cfg.temperature, threshold=self.cfg.threshold,
-                                backend=self.cfg.backend) for b in self.cfg.guidance_blocks)
+                                backend=self.cfg.backend, **losses.options(self.cfg))
+                    for b in self.cfg.guidance_blocks)
         return total / len(self.cfg.guidance_blocks)  # q/k are now referenced by the graph only
 
     @torch.no_grad()

@@ -11,10 +11,14 @@ object (other kind, other colour) under each row's method, starting from the sam
 - ``zero-shot``: the RoPE saved by the ``DiTFlow emb`` run of the same clip and seed, injected without
   optimisation and without KV injection into a generation of a *third* object (so the motion can only
   come from the embeddings);
-- ``MOFT`` / ``SMM``: the baselines' losses on block outputs, latent optimisation, KV injection.
+- ``MOFT`` / ``SMM``: the baselines' losses on block outputs, latent optimisation, KV injection;
+- ``FastVMT-style``: the AMF loss within a window around each patch (``flow_window``), gradient reuse 3,
+  latent optimisation, no KV injection;
+- ``RoPE-only AMF``: DiTFlow's loss optimising the RoPE tables without KV injection (RoPECraft's
+  spirit: the motion enters through the positional embeddings alone).
 
-The generated object is tracked by its colour, the reference by its own, and Motion Fidelity
-(:mod:`.metrics`) compares the two tracks. Everything runs in :class:`ditflow_fast.guidance.loop.Guide`;
+The generated object is tracked by its colour, the reference by its own, and Motion Fidelity and the
+Fréchet Tracking Distance (:mod:`.metrics`) compare the two tracks. Everything runs in :class:`ditflow_fast.guidance.loop.Guide`;
 this module only chooses the settings, runs the grid and writes videos and tables.
 """
 
@@ -31,7 +35,14 @@ import torch
 
 from . import media
 from .codec import check_codec, load_codec
-from .metrics import endpoint_error, motion_fidelity, object_area, track_colour, track_condition
+from .metrics import (
+    endpoint_error,
+    frechet_tracking_distance,
+    motion_fidelity,
+    object_area,
+    track_colour,
+    track_condition,
+)
 from .model import DEFAULT_DIR, from_family_layout, load_model, to_family_layout
 from .settings import ROWS, DemoSettings
 from .world import (
@@ -74,14 +85,15 @@ class ToyTransfer:
         frames, size = FRAMES, SIZE  # the world's clips, in pixels, as for a real model
         blocks = None if s.guidance_block is None else (s.guidance_block,)
         cog = family_of(self.transformer).name == "cogvideox"  # Wan: its own UniPC flow sampler
+        # a row's own fields (FastVMT-style's gradient reuse) take precedence over the demo's settings
+        fields = {"grad_reuse": s.grad_reuse, "early_stop": s.early_stop, **ROWS[row]}
         cfg = GuidanceConfig(model=self.model_dir, frames=frames, height=size, width=size, steps=s.steps,
                              guided_steps=s.guided_steps, opt_iters=s.opt_iters, lr=tuple(s.lr),
-                             grad_reuse=s.grad_reuse, early_stop=s.early_stop,
                              temperature=s.temperature, cfg_scale=s.cfg_scale, cfg_min_t=s.cfg_min_t,
                              dynamic_cfg=False, scheduler="ddim" if cog else "unipc", seed=seed,
                              gradient_checkpointing=row == "DiTFlow emb", dtype="float32", device="cpu",
                              guidance_blocks=blocks,
-                             inject_embeds=None if inject_embeds is None else str(inject_embeds), **ROWS[row])
+                             inject_embeds=None if inject_embeds is None else str(inject_embeds), **fields)
         # Checkpointing for the emb row only: the committed results were made so, when the processor still
         # wrote RoPE in place and emb mode needed it; it no longer does (tests/guidance/test_guidance_loop.py).
         return cfg.resolve(self.transformer, "cpu")
@@ -226,6 +238,7 @@ def _run(out: Path, tt: ToyTransfer, written: list[Path], rows, refs, *, model_d
                     rec = dict(clip=ci, seed=seed, row=row, reference="user clip" if user else ref.name,
                                generated=condition_name(cond), ref_velocity=list(ref.velocity),
                                motion_fidelity=motion_fidelity(ref_track, track) if scored else float("nan"),
+                               ftd=frechet_tracking_distance(ref_track, track, size=video.shape[-1]),
                                endpoint_error_px=endpoint_error(ref_track, track),
                                tracked_frames=int(np.isfinite(track).all(axis=1).sum()),
                                area_ratio=object_area(video, colour_of(cond)) / ref_area if ref_area else float("nan"),
@@ -235,7 +248,8 @@ def _run(out: Path, tt: ToyTransfer, written: list[Path], rows, refs, *, model_d
                     videos.append(video)
                     labels.append(row)
                     log(f"clip {ci} seed {seed} {row:<18} MF {_fmt(rec['motion_fidelity'], '+.3f')}  "
-                        f"EPE {_fmt(rec['endpoint_error_px'], '.2f', 'px')}  ({rec['seconds']:.1f}s)")
+                        f"FTD {_fmt(rec['ftd'], '.3f')}  EPE {_fmt(rec['endpoint_error_px'], '.2f', 'px')}  "
+                        f"({rec['seconds']:.1f}s)")
                     if gifs != "none" and ci == 0 and seed == 0:
                         written.append(media.save_gif(out / "videos" / f"{row.replace(' ', '_')}.gif", [video], [row]))
             if gifs == "all" or (gifs == "first" and ci == 0 and seed == 0):
@@ -255,11 +269,20 @@ def _final_loss(losses: dict) -> float | None:
     return float(losses[min(losses)][-1]) if losses else None
 
 
+def _mean_std(x) -> tuple[float, float, int]:
+    """Mean and std of the finite values of ``x`` (NaN, NaN when none) and how many there are."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    return (float(x.mean()), float(x.std()), int(x.size)) if x.size else (float("nan"), float("nan"), 0)
+
+
 def summarise(records: list[dict], rows) -> dict:
-    """Per row: mean and std of Motion Fidelity, endpoint error, area ratio; and, paired by (clip, seed)
-    with the "no guidance" run from the same noise, the mean and std of the MF difference and the
-    number of pairs the row wins."""
+    """Per row: mean and std of Motion Fidelity, FTD (over the runs whose object was found: ``ftd_n``),
+    endpoint error, area ratio; and, paired by (clip, seed) with the "no guidance" run from the same
+    noise, the mean and std of the MF difference and the number of pairs the row wins, and the same for
+    FTD (a pair is won when the row's FTD is lower)."""
     base = {(r["clip"], r["seed"]): r["motion_fidelity"] for r in records if r["row"] == "no guidance"}
+    base_ftd = {(r["clip"], r["seed"]): r.get("ftd", float("nan")) for r in records if r["row"] == "no guidance"}
     out = {}
     for row in rows:
         rs = [r for r in records if r["row"] == row]
@@ -275,11 +298,19 @@ def summarise(records: list[dict], rows) -> dict:
                         area_ratio=float(np.mean([r["area_ratio"] for r in rs])),
                         seconds=float(np.mean([r["seconds"] for r in rs])),
                         passes=float(np.mean([r.get("guided_passes", 0) for r in rs])))
+        # records written before FTD existed have none: NaN, printed n/a
+        out[row]["ftd_mean"], out[row]["ftd_std"], out[row]["ftd_n"] = _mean_std(
+            [r.get("ftd", float("nan")) for r in rs])
         diffs = np.array([r["motion_fidelity"] - base[(r["clip"], r["seed"])] for r in rs
                           if (r["clip"], r["seed"]) in base])
         if row != "no guidance" and diffs.size:
             out[row].update(d_mean=float(diffs.mean()), d_std=float(diffs.std()), wins=int((diffs > 0).sum()),
                             pairs=int(diffs.size))
+            d_ftd = np.array([r.get("ftd", float("nan")) - base_ftd[(r["clip"], r["seed"])] for r in rs
+                              if (r["clip"], r["seed"]) in base_ftd])
+            d_ftd = d_ftd[np.isfinite(d_ftd)]  # a pair counts where both objects were found
+            out[row]["d_ftd_mean"], out[row]["d_ftd_std"], out[row]["ftd_pairs"] = _mean_std(d_ftd)
+            out[row]["ftd_wins"] = int((d_ftd < 0).sum())
     return out
 
 
@@ -321,6 +352,13 @@ def _pm(mean, std, spec_mean: str, spec_std: str) -> str:
     return m if m == "n/a" else f"{m} ± {_fmt(std, spec_std)}"
 
 
+def _ftd_cell(s: dict) -> str:
+    """FTD mean ± std, and how many runs it averages when some had no track (an object never found)."""
+    cell = _pm(s.get("ftd_mean"), s.get("ftd_std"), ".3f", ".3f")
+    n = s.get("ftd_n", 0)
+    return cell if cell == "n/a" or n == s["n"] else f"{cell} ({n} of {s['n']} runs)"
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
 
@@ -332,20 +370,28 @@ def summary_markdown(summary: dict, meta: dict) -> str:
     lines = [f"Motion transfer on {model}{family}: {_count(meta['clips'], 'reference clip')} x "
              f"{_count(meta['seeds'], 'seed')} (clip seed {meta['clip_seed']}){threads}, "
              f"settings {json.dumps(meta['settings'])}, {meta['seconds']} s.",
-             "", "| method | runs | Motion Fidelity (mean ± std) | endpoint error px (mean ± std) | "
-             "frames tracked | object area / reference | s / run | guided passes / run |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "", "| method | runs | Motion Fidelity (mean ± std; higher is better) | endpoint error px (mean ± std) | "
+             "FTD (mean ± std; lower is better) | frames tracked | object area / reference | s / run | "
+             "guided passes / run |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row, s in summary.items():
         lines.append(f"| {row} | {s['n']} | {_pm(s['mf_mean'], s['mf_std'], '+.3f', '.3f')} | "
-                     f"{_pm(s['epe_mean'], s['epe_std'], '.2f', '.2f')} | {_fmt(s['tracked'], '.1f')} | "
+                     f"{_pm(s['epe_mean'], s['epe_std'], '.2f', '.2f')} | {_ftd_cell(s)} | "
+                     f"{_fmt(s['tracked'], '.1f')} | "
                      f"{_fmt(s['area_ratio'], '.2f')} | {s['seconds']:.1f} | {s.get('passes', 0):.1f} |")
     paired = [(row, s) for row, s in summary.items() if "d_mean" in s]
     if paired:
-        lines += ["", "Paired with *no guidance* (same clip, seed and initial noise): Motion Fidelity difference.", "",
-                  "| method | MF - MF(no guidance) (mean ± std) | standard error | pairs won |",
-                  "| --- | --- | --- | --- |"]
+        lines += ["", "Paired with *no guidance* (same clip, seed and initial noise): Motion Fidelity difference "
+                  "(higher is better) and FTD difference (lower is better; a pair is won when the row's FTD is lower).",
+                  "", "| method | MF - MF(no guidance) (mean ± std) | standard error | pairs won | "
+                  "FTD - FTD(no guidance) (mean ± std; lower is better) | standard error | FTD pairs won |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for row, s in paired:
             se = s["d_std"] / max(s["pairs"] - 1, 1) ** 0.5
+            n_ftd = s.get("ftd_pairs", 0)
+            se_ftd = s["d_ftd_std"] / max(n_ftd - 1, 1) ** 0.5 if n_ftd else float("nan")
+            ftd_won = f"{s['ftd_wins']} / {n_ftd}" if n_ftd else "n/a"
             lines.append(f"| {row} | {_pm(s['d_mean'], s['d_std'], '+.3f', '.3f')} | {_fmt(se, '.3f')} | "
-                         f"{s['wins']} / {s['pairs']} |")
+                         f"{s['wins']} / {s['pairs']} | {_pm(s.get('d_ftd_mean'), s.get('d_ftd_std'), '+.3f', '.3f')} | "
+                         f"{_fmt(se_ftd, '.3f')} | {ftd_won} |")
     return "\n".join(lines) + "\n"

@@ -18,13 +18,23 @@ first term (generated -> reference) and subtracts 1 from the diagonal of the sim
 (a leftover of a self-similarity code path); ``symmetric=False`` gives that one-sided term, without
 the diagonal quirk. With the colour tracker each video has one tracklet (the object's centre), so
 MF is the mean cosine between the two centre-displacement sequences.
+
+Fréchet Tracking Distance (RoPECraft's FTD; the definition, and how ``eval`` computes it on grid tracks,
+is in :mod:`ditflow_fast.viewer.motion`): the root mean square, over paired tracklets, of their discrete
+Fréchet distance in units of the frame's size; 0 for the same path, **lower is better**. RoPECraft tracks
+both videos from the same query points, so paired tracks start at the same place; the colour tracker's
+centres start wherever each video put its object, so each tracklet is taken relative to its first
+position (:func:`anchored`) before the distance: FTD here compares the two objects' paths, not where
+they are (a misplaced object, which RoPECraft's tracks would see as still background, is not penalised;
+the endpoint error and area ratio columns cover what else can go wrong).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .world import colour_of
+from ..viewer.motion import discrete_frechet
+from .world import SIZE, colour_of
 
 
 def colour_weights(video: np.ndarray, colour, *, radius: float = 0.12) -> np.ndarray:
@@ -103,3 +113,37 @@ def endpoint_error(reference: np.ndarray, generated: np.ndarray) -> float:
     ref, gen = np.asarray(reference, np.float64), np.asarray(generated, np.float64)
     err = np.linalg.norm((gen - gen[:1]) - (ref - ref[:1]), axis=-1)[1:]
     return float(np.nanmean(err)) if np.isfinite(err).any() else float("nan")
+
+
+def anchored(tracks: np.ndarray) -> np.ndarray:
+    """Tracklets ``[n, F, 2]`` (or one ``[F, 2]``) relative to their first found position, frames the tracker
+    lost filled with the last found position (the first found one before it); NaN for a tracklet never found."""
+    t = np.array(tracks, np.float64)
+    one = t.ndim == 2
+    t = t[None] if one else t
+    for tr in t:
+        ok = np.isfinite(tr).all(axis=1)
+        if not ok.any():
+            tr[:] = np.nan
+            continue
+        idx = np.maximum.accumulate(np.where(ok, np.arange(len(tr)), -1))  # last found frame, -1 before the first
+        tr[:] = tr[np.where(idx < 0, np.argmax(ok), idx)]
+        tr -= tr[0].copy()
+    return t[0] if one else t
+
+
+def frechet_tracking_distance(reference: np.ndarray, generated: np.ndarray, *, size: float = SIZE) -> float:
+    """FTD (module docstring) of generated tracklets against reference tracklets, paired by index (``[n, F, 2]``,
+    or one ``[F, 2]`` each), each anchored at its first position, in units of the frame's side ``size``
+    (px). NaN when a tracklet was never found. Lower is better; symmetric in its two arguments."""
+    ref, gen = np.asarray(reference, np.float64), np.asarray(generated, np.float64)
+    ref, gen = (ref[None] if ref.ndim == 2 else ref), (gen[None] if gen.ndim == 2 else gen)
+    if ref.ndim != 3 or ref.shape != gen.shape or ref.shape[2] != 2 or ref.shape[1] < 1:
+        raise ValueError(f"tracks must be paired [n, F, 2] or [F, 2] of one shape, got {np.shape(reference)} and "
+                         f"{np.shape(generated)}")
+    if not size > 0:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    a, b = anchored(ref) / size, anchored(gen) / size
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("nan")
+    return float(np.sqrt(np.mean(discrete_frechet(a, b) ** 2)))

@@ -16,6 +16,15 @@ ROWS = {
     "zero-shot": dict(opt_mode="emb", loss="flow", injection=False),  # + inject_embeds from "DiTFlow emb"
     "MOFT": dict(opt_mode="latent", loss="moft"),
     "SMM": dict(opt_mode="latent", loss="smm"),
+    # FastVMT-style (docs/toyworld.md, "FTD and the peer rows"): the AMF loss within a 5 x 5-patch window
+    # around each patch and frame pairs at most 3 apart (FastVMT's sf = 4), a real backward every 3rd Adam
+    # iteration and the gradient reused in between (FastVMT's interval 3), no KV injection (FastVMT has none)
+    "FastVMT-style": dict(opt_mode="latent", loss="flow_window", amf_window=5, amf_window_frames=3, grad_reuse=3,
+                          injection=False),
+    # RoPECraft's spirit only: the motion reaches the generation through the optimised RoPE tables alone (no
+    # KV injection, no latent change), driven by DiTFlow's AMF loss, not RoPECraft's flow-warped RoPE and
+    # flow-matching target (docs/toyworld.md says why)
+    "RoPE-only AMF": dict(opt_mode="emb", loss="flow", injection=False),
 }
 
 

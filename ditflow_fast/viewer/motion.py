@@ -1,4 +1,5 @@
-"""Motion Fidelity of any two videos, as DiTFlow and SMM define it, with an offline tracker.
+"""Motion Fidelity of any two videos, as DiTFlow and SMM define it, and RoPECraft's Fréchet Tracking
+Distance, with an offline tracker.
 
 Motion Fidelity (Yatim et al., "Space-Time Diffusion Features for Zero-Shot Text-Driven Motion
 Transfer"; the score DiTFlow reports): points on a grid are tracked through each video; for a track
@@ -26,6 +27,23 @@ is static; :func:`motion_fidelity` also reports the same two forms over the *mov
 that moves in at least half of its frames, in its own video), which is what a reader usually wants
 to know about the motion of the object. ``None`` (printed ``n/a``) when a side has no moving track.
 
+Fréchet Tracking Distance (RoPECraft, Gökmen et al., "RoPECraft: Training-Free Motion Transfer with
+Trajectory-Guided RoPE Optimization on Diffusion Transformers"; its released ``ftd.py`` calls it the
+Fréchet trajectory distance): both videos are tracked from the *same* query points of the first frame,
+so track ``i`` of one is paired with track ``i`` of the other; coordinates are divided by the frame's
+width and height; each pair's discrete Fréchet distance (Eiter and Mannila: the shortest leash with
+which two walkers traverse the two polylines monotonically) is taken, and
+
+    FTD = sqrt( mean over pairs of frechet(tau_i, tau~_i) ** 2 )
+
+0 for identical tracks, growing with any difference of path, in units of the frame's size; **lower is
+better**. Unlike Motion Fidelity it sees speed and position, not only direction, and a static
+background adds zeros to the mean rather than agreement to a max. The released code fills a point
+occluded mid-clip from its nearest visible neighbour and drops points lost for good; with LK a lost
+point is lost for good, so a pair counts only when both tracks reach the last frame. It samples
+query points from an object mask; :func:`frechet_tracking_distance` reports all pairs and, as the
+mask's analogue, the pairs whose reference track moves.
+
 Trackers (:func:`track`):
 
 - ``lk`` (default, offline, no weights): OpenCV's pyramidal Lucas-Kanade from a grid on the first frame,
@@ -46,6 +64,9 @@ import numpy as np
 
 TRACKERS = ("lk", "cotracker")
 # what ``eval`` prints under its scores (and puts in its JSON): the number alone separates little
+# and under its FTD
+FTD_READING = ("0 = the same tracks; in units of the frame's size (0.1 = a tenth of the frame); lower is better; "
+               "unlike Motion Fidelity it sees speed and where the motion happens, and static background adds zeros")
 READING = ("1 = the same motion at every track, 0 = unrelated directions, < 0 = opposite; static background "
            "counts as agreement, so two unrelated clips often score ~0.85 over all tracks (a clip against itself "
            "1.0): compare with a baseline (the reference against an unrelated clip), read the moving-tracks score "
@@ -227,6 +248,59 @@ def motion_fidelity(reference_tracks: np.ndarray, generated_tracks: np.ndarray, 
             "static_px": static_px}
 
 
+# -- Fréchet Tracking Distance ------------------------------------------------------------------------
+def discrete_frechet(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Discrete Fréchet distance of each pair of polylines ``a[i]``, ``b[i]`` (``[N, T, D]``, or one ``[T, D]``
+    pair, which gives a 0-d array); the lengths ``T`` may differ. Eiter and Mannila's recursion: the
+    coupling cost ``c(p, q) = max(d(p, q), min(c(p-1, q), c(p-1, q-1), c(p, q-1)))``, vectorised over pairs."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    single = a.ndim == 2
+    a, b = (a[None], b[None]) if single else (a, b)
+    if a.ndim != 3 or b.ndim != 3 or len(a) != len(b) or a.shape[2] != b.shape[2] or not a.shape[1] or not b.shape[1]:
+        raise ValueError(f"polylines must be [N, T, D] pairs (or [T, D]) with T >= 1, got {a.shape} and {b.shape}")
+    d = np.linalg.norm(a[:, :, None] - b[:, None, :], axis=-1)  # [N, Ta, Tb]
+    c = np.empty_like(d)
+    for p in range(d.shape[1]):
+        for q in range(d.shape[2]):
+            if p == 0 and q == 0:
+                prev = np.zeros(len(d))
+            elif p == 0:
+                prev = c[:, 0, q - 1]
+            elif q == 0:
+                prev = c[:, p - 1, 0]
+            else:
+                prev = np.minimum(np.minimum(c[:, p - 1, q], c[:, p - 1, q - 1]), c[:, p, q - 1])
+            c[:, p, q] = np.maximum(d[:, p, q], prev)
+    out = c[:, -1, -1]
+    return out[0] if single else out
+
+
+def _rms(x: np.ndarray) -> float | None:
+    return float(np.sqrt(np.mean(np.square(x)))) if x.size else None
+
+
+def frechet_tracking_distance(reference_tracks: np.ndarray, generated_tracks: np.ndarray, *, width: float,
+                              height: float, static_px: float = 0.1) -> dict:
+    """RoPECraft's FTD (module docstring) of tracks ``[N, T, 2]`` (x, y px) started from the same query points
+    in both videos, so paired by index. Only pairs whose two tracks reach the last frame count. Returns
+    ``{"ftd", "pairs", "moving": {"ftd", "pairs"}}``; ``ftd`` is ``None`` where no pair is left; ``moving``:
+    the pairs whose reference track moves (:func:`moving_tracks`), the analogue of RoPECraft's object mask."""
+    ref, gen = np.asarray(reference_tracks, np.float64), np.asarray(generated_tracks, np.float64)
+    if ref.ndim != 3 or ref.shape[2] != 2 or gen.shape[0] != ref.shape[0] or gen.ndim != 3 or gen.shape[2] != 2:
+        raise ValueError(f"FTD pairs tracks by index: both must be [N, T, 2] with the same N, got {ref.shape} "
+                         f"and {gen.shape}")
+    if not (width > 0 and height > 0):
+        raise ValueError(f"width and height must be positive pixels, got {width} and {height}")
+    t = min(ref.shape[1], gen.shape[1])
+    ref, gen = ref[:, :t], gen[:, :t]
+    keep = np.isfinite(ref).all(axis=(1, 2)) & np.isfinite(gen).all(axis=(1, 2))
+    scale = np.array([width, height], np.float64)
+    fd = discrete_frechet(ref[keep] / scale, gen[keep] / scale) if keep.any() else np.zeros(0)
+    moving = moving_tracks(ref[keep], static_px) if keep.any() else np.zeros(0, bool)
+    return {"ftd": _rms(fd), "pairs": int(keep.sum()),
+            "moving": {"ftd": _rms(fd[moving]), "pairs": int(moving.sum())}}
+
+
 # -- videos --------------------------------------------------------------------------------------------
 def _resize(video: np.ndarray, height: int, width: int) -> np.ndarray:
     from PIL import Image
@@ -267,11 +341,16 @@ def align(reference: np.ndarray, generated: np.ndarray, *, max_side: int | None 
 
 def evaluate(reference: np.ndarray, generated: np.ndarray, *, tracker: str = "lk", grid: int | None = None,
              static_px: float = 0.1, max_side: int | None = 512, frames: int | None = None) -> dict:
-    """Motion Fidelity of two uint8 ``[T, H, W, 3]`` videos (see :func:`motion_fidelity`, :func:`align`)."""
+    """Motion Fidelity and FTD of two uint8 ``[T, H, W, 3]`` videos (see :func:`motion_fidelity`,
+    :func:`frechet_tracking_distance`, :func:`align`)."""
     ref, gen, notes = align(reference, generated, max_side=max_side, frames=frames)
     tr = track(ref, tracker, grid=grid)
     tg = track(gen, tracker, grid=grid)
     res = motion_fidelity(tr, tg, static_px=static_px)
+    # both videos were tracked from one grid at one size, so track i of each started at the same point
+    ftd = frechet_tracking_distance(tr, tg, width=ref.shape[2], height=ref.shape[1], static_px=static_px)
+    res["frechet_tracking_distance"], res["ftd_pairs"] = ftd["ftd"], ftd["pairs"]
+    res["moving"].update(frechet_tracking_distance=ftd["moving"]["ftd"], ftd_pairs=ftd["moving"]["pairs"])
     res.update(tracker=tracker, size=[int(ref.shape[1]), int(ref.shape[2])], notes=notes,
                reference_tracked=float(np.isfinite(tr[:, -1, 0]).mean()),
                generated_tracked=float(np.isfinite(tg[:, -1, 0]).mean()))
