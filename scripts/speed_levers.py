@@ -2,6 +2,9 @@
 
 ``python scripts/speed_levers.py --model assets/tiny_dit --clip-seed 1 --out build/levers/cog_seed1``
 
+``--set tuning`` runs the guidance settings instead (guided steps, learning rate, temperature, block),
+the variants a model's settings are chosen from on the tuning clips (clip seed 1).
+
 For every reference clip and seed it runs *no guidance* once and then DiTFlow latent under each lever
 (same clip, seed and initial noise; the runs of one pair follow each other, so a busy machine slows them
 alike), and writes ``results.csv``, ``summary.json`` and ``levers.md``. A lever *keeps* Motion Fidelity when
@@ -29,30 +32,42 @@ LEVERS = {  # name -> the DemoSettings fields it changes
     "early stop 2 %": dict(early_stop=0.02),
     "early stop 4 %": dict(early_stop=0.04),
 }
+TUNING = {  # the settings docs/toyworld.md tunes a model's DiTFlow latent row with
+    "defaults (10 guided steps x 5 iterations)": {},
+    "13 guided steps": dict(guided_steps=13),
+    "16 guided steps": dict(guided_steps=16),
+    "lr 0.04 -> 0.02": dict(lr=(0.04, 0.02)),
+    "lr 0.01 -> 0.005": dict(lr=(0.01, 0.005)),
+    "temperature 1": dict(temperature=1.0),
+    "temperature 4": dict(temperature=4.0),
+    "block 2": dict(guidance_block=2),
+}
+SETS = {"levers": LEVERS, "tuning": TUNING}
 DEFAULT = next(iter(LEVERS))
 
 
 def _flag(settings: dict) -> str:
     names = {"opt_iters": "--opt-iters", "guided_steps": "--guided-steps", "grad_reuse": "--grad-reuse",
-             "early_stop": "--early-stop"}
-    return " ".join(f"{names[k]} {v}" for k, v in settings.items()) or "(none)"
+             "early_stop": "--early-stop", "lr": "--lr", "temperature": "temperature", "guidance_block": "--block"}
+    return " ".join(f"{names[k]} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
+                    for k, v in settings.items()) or "(none)"
 
 
-def run(model: str, clip_seed: int, clips: int, seeds: int, levers: list[str], log=print) -> list[dict]:
+def run(model: str, clip_seed: int, clips: int, seeds: int, levers: list[str], log=print,
+        variants=LEVERS) -> list[dict]:
     from ditflow_fast.toyworld.demo import ToyTransfer, other_condition
     from ditflow_fast.toyworld.metrics import motion_fidelity, track_condition
-    from ditflow_fast.toyworld.settings import DemoSettings
     from ditflow_fast.toyworld.world import FRAMES, reference_clips
 
     tt = ToyTransfer(model)
-    base = DemoSettings()
+    base = tt.settings
     records = []
     for ci, ref in enumerate(reference_clips(clip_seed, clips, frames=FRAMES)):
         ref_track = track_condition(ref.video, ref.condition)
         target = other_condition(ref.condition, 1)
         for seed in range(seeds):
             for name, row in [("no guidance", "no guidance")] + [(lv, "DiTFlow latent") for lv in levers]:
-                tt.settings = replace(base, **LEVERS.get(name, {}))
+                tt.settings = replace(base, **variants.get(name, {}))
                 t0 = time.monotonic()
                 video, _ = tt.generate(ref, target, row, seed)
                 sec = time.monotonic() - t0
@@ -63,7 +78,7 @@ def run(model: str, clip_seed: int, clips: int, seeds: int, levers: list[str], l
     return records
 
 
-def summarise(records: list[dict], levers: list[str]) -> dict:
+def summarise(records: list[dict], levers: list[str], variants=LEVERS) -> dict:
     by = {(r["row"], r["clip"], r["seed"]): r for r in records}
     keys = sorted({(r["clip"], r["seed"]) for r in records})
     out = {}
@@ -73,7 +88,7 @@ def summarise(records: list[dict], levers: list[str]) -> dict:
         vs_default = np.array([by[(name, *k)]["motion_fidelity"] - by[(DEFAULT, *k)]["motion_fidelity"]
                                for k in keys]) if DEFAULT in levers else np.zeros(len(keys))
         n = len(keys)
-        out[name] = dict(settings=LEVERS[name], pairs=n,
+        out[name] = dict(settings=variants[name], pairs=n,
                          mf_mean=float(np.mean([by[(name, *k)]["motion_fidelity"] for k in keys])),
                          gain_mean=float(gain.mean()), gain_se=float(gain.std() / max(n - 1, 1) ** 0.5),
                          wins=int((gain > 0).sum()), vs_default_mean=float(vs_default.mean()),
@@ -92,7 +107,8 @@ def summarise(records: list[dict], levers: list[str]) -> dict:
 
 
 def markdown(summary: dict, meta: dict) -> str:
-    lines = [f"Speed levers, {meta['model']}: {meta['pairs']} pairs ({meta['clips']} clips x {meta['seeds']} seeds, "
+    title = "Guidance settings" if meta.get("set") == "tuning" else "Speed levers"
+    lines = [f"{title}, {meta['model']}: {meta['pairs']} pairs ({meta['clips']} clips x {meta['seeds']} seeds, "
              f"clip seed {meta['clip_seed']}), torch threads {meta['threads']}, {meta['seconds']:.0f} s in all. "
              f"No guidance: MF {summary['no_guidance_mf']:+.3f}, {summary['no_guidance_seconds']:.2f} s / video.", "",
              "| lever | option | MF | gain over no guidance (mean ± SE) | pairs won | vs defaults (mean ± SE) | "
@@ -113,14 +129,17 @@ def main(argv=None) -> int:
     p.add_argument("--clip-seed", type=int, default=1, help="1: the tuning clips; 2: held out")
     p.add_argument("--clips", type=int, default=5)
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--levers", default=",".join(LEVERS), help="comma-separated subset of: " + ", ".join(LEVERS))
+    p.add_argument("--set", choices=list(SETS), default="levers", help="speed levers, or the guidance settings")
+    p.add_argument("--levers", default=None, help="comma-separated subset of the set's variants (default: all): "
+                   + "; ".join(f"{k}: {', '.join(v)}" for k, v in SETS.items()))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    levers = [x.strip() for x in a.levers.split(",") if x.strip()]
-    bad = [x for x in levers if x not in LEVERS]
+    variants = SETS[a.set]
+    levers = [x.strip() for x in (a.levers or ",".join(variants)).split(",") if x.strip()]
+    bad = [x for x in levers if x not in variants]
     if bad or not levers:
-        p.error(f"--levers: unknown {bad}; choose from {list(LEVERS)}")
+        p.error(f"--levers: unknown {bad}; choose from {list(variants)}")
     if a.clips < 1 or a.seeds < 1 or a.threads < 1:
         p.error("--clips, --seeds and --threads must be positive")
     torch.set_num_threads(a.threads)
@@ -129,9 +148,9 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    records = run(a.model, a.clip_seed, a.clips, a.seeds, levers)
-    summary = summarise(records, levers)
-    meta = dict(model=a.model, clip_seed=a.clip_seed, clips=a.clips, seeds=a.seeds, pairs=a.clips * a.seeds,
+    records = run(a.model, a.clip_seed, a.clips, a.seeds, levers, variants=variants)
+    summary = summarise(records, levers, variants)
+    meta = dict(set=a.set, model=a.model, clip_seed=a.clip_seed, clips=a.clips, seeds=a.seeds, pairs=a.clips * a.seeds,
                 threads=a.threads, seconds=time.monotonic() - t0, torch=torch.__version__)
     with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(records[0]))

@@ -201,6 +201,11 @@ class Sampler:
     def step(self, i: int, t, pred: torch.Tensor, latents: torch.Tensor, generator) -> torch.Tensor:
         return self.sched.step(pred, t, latents, generator=generator, return_dict=False)[0]
 
+    def latent_edited(self) -> None:
+        """The loop optimised the latent since the last :meth:`step`. A single-step scheduler steps from
+        the latent it is given, so there is nothing to do; a multistep corrector that rebuilds the
+        current sample from its history (UniPC) must not undo the edit."""
+
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         return {}, {}
 

@@ -291,6 +291,7 @@ class Guide:
                     param = latents.detach().float().requires_grad_(True)
                     res.losses[t] = self._optimise(tr, param, i, t, targets, bar)
                     latents = param.detach().to(self.dtype)
+                    self.sampler.latent_edited()
                 elif optimise:
                     targets = self.reference_targets(self._expert_name(t))
                     start_emb = emb if emb is not None else self.family.initial_emb(tr, self.ref).float()

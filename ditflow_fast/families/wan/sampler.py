@@ -68,6 +68,13 @@ class WanSampler(Sampler):
         # UniPC is deterministic: no generator (the per-step seeding is CogVideoX DDIM/DPM's)
         return self.sched.step(pred, torch.as_tensor(t, device=latents.device), latents, return_dict=False)[0]
 
+    def latent_edited(self):
+        # UniPC's corrector rebuilds the current sample from the previous one (``last_sample``) and the
+        # model outputs, discarding the sample it is handed: after a latent-mode guided step that threw
+        # the optimisation away (the AMF loss climbed back at every step, docs/toyworld.md). This step
+        # then runs the predictor alone, from the edited latent; the next corrector starts from it.
+        self.sched.last_sample = None
+
     def state(self):
         s = scheduler_state(self.sched)
         return {f"sched.{k}": v for k, v in s["tensors"].items()}, s["meta"]
