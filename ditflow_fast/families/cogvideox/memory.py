@@ -39,7 +39,8 @@ PRESETS = {
                                patch_size=2),
     # CogVideoX 1.5 text-to-video: 5B's entries with diffusers' scripts/convert_cogvideox_to_diffusers.py
     # (version "1.5": patch_size_t 2, patch_bias False, sample 300 x 300 latent pixels, 81 frames; ofs_embed_dim
-    # only for 1.5 image-to-video); the hub folder's transformer config has the same values.
+    # only for 1.5 image-to-video). The hub folder's own config.json could not be read here (no network); its
+    # sample size sets only the RoPE grid's bound, not the memory.
     "THUDM/CogVideoX1.5-5B": dict(num_attention_heads=48, attention_head_dim=64, num_layers=42, in_channels=16,
                                   out_channels=16, text_embed_dim=4096, time_embed_dim=512, max_text_seq_length=226,
                                   use_rotary_positional_embeddings=True, sample_height=300, sample_width=300,
