@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .base import Family, FamilyBase, ModelError, missing_members
 from .cogvideox import CogVideoXFamily
+from .hunyuan import HunyuanVideoFamily
 from .ltx import LTXFamily
 from .wan import WanFamily
 
@@ -40,6 +41,7 @@ def register(family) -> None:
 register(CogVideoXFamily)
 register(WanFamily)
 register(LTXFamily)
+register(HunyuanVideoFamily)
 SUPPORTED = ", ".join(f.label for f in FAMILIES.values())
 
 

@@ -20,6 +20,7 @@ from ditflow_fast import compute_amf  # noqa: E402
 from ditflow_fast.errors import ModelError  # noqa: E402
 from ditflow_fast.families import FAMILIES, FamilyBase, register  # noqa: E402
 from ditflow_fast.families.cogvideox import tiny as cog_tiny  # noqa: E402
+from ditflow_fast.families.hunyuan import tiny as hy_tiny  # noqa: E402
 from ditflow_fast.families.wan import tiny as wan_tiny  # noqa: E402
 from ditflow_fast.guidance.config import GuidanceConfig  # noqa: E402
 from ditflow_fast.guidance.loop import Guide  # noqa: E402
@@ -38,6 +39,16 @@ class Case:
     save: Callable  # (path) -> a tiny diffusers folder
     grid: tuple  # token grid of ``latent_shape``
     settings: dict  # GuidanceConfig sizes matching ``latent_shape``
+    text_fn: Callable | None = None  # (generator, batch) -> prompt embeddings, where random values are none
+
+
+def _text(case, g, batch):
+    return case.text_fn(g, batch) if case.text_fn else torch.randn(batch, *case.text, generator=g)
+
+
+def _attn(block):
+    """A block's self-attention (HunyuanVideo names it ``attn``, the others ``attn1``)."""
+    return block.attn1 if hasattr(block, "attn1") else block.attn
 
 
 CASES = {
@@ -60,6 +71,12 @@ CASES = {
     "wan": Case("wan", lambda seed=0, layers=3: wan_tiny.tiny_transformer(layers, seed),
                 (1, wan_tiny.Z_DIM, 3, 6, 10), (wan_tiny.TEXT_LEN, wan_tiny.TEXT_DIM), wan_tiny.tiny_vae,
                 wan_tiny.tiny_scheduler, wan_tiny.save_tiny_wan, (3, 3, 5), dict(frames=9, height=48, width=80)),
+    # HunyuanVideo: 2 dual-stream then 1 single-stream block; text a suffix; prompts packed (hunyuan/text.py)
+    "hunyuanvideo": Case("hunyuanvideo", lambda seed=0, layers=3: hy_tiny.tiny_transformer(layers, seed),
+                         (1, hy_tiny.Z_DIM, 3, 6, 10),
+                         (hy_tiny.TEXT_LEN, hy_tiny.TEXT_DIM + 1 + hy_tiny.POOLED_DIM), hy_tiny.tiny_vae,
+                         hy_tiny.tiny_scheduler, hy_tiny.save_tiny_hunyuan, (3, 3, 5),
+                         dict(frames=9, height=48, width=80), lambda g, b: hy_tiny.random_prompt(g, b)),
 }
 NAMES = sorted(CASES)
 
@@ -68,7 +85,7 @@ def _setup(name, seed=1, batch=1, layers=3):
     case = CASES[name]
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *case.latent_shape[1:], generator=g)
-    e = torch.randn(batch, *case.text, generator=g)
+    e = _text(case, g, batch)
     return FAMILIES[case.family], case.transformer(0, layers), x, e
 
 
@@ -122,17 +139,17 @@ def test_register_names_the_missing_members():
 @pytest.mark.parametrize("name", NAMES)
 def test_idle_processor_is_bit_identical_to_diffusers(name):
     fam, tr, x, e = _setup(name, batch=2)
-    stock_kind = {type(fam.blocks(tr)[0].attn1.processor)}
+    stock_kind = {type(_attn(fam.blocks(tr)[0]).processor)}
     stock = _forward(fam, tr, x, e)
     ctrl = fam.install(tr)
-    assert {type(b.attn1.processor) for b in fam.blocks(tr)}.isdisjoint(stock_kind)  # ours are in place
+    assert {type(_attn(b).processor) for b in fam.blocks(tr)}.isdisjoint(stock_kind)  # ours are in place
     idle = _forward(fam, tr, x, e)
     ctrl.qk_blocks, ctrl.copy_kv_blocks, ctrl.armed = frozenset({0, 2}), frozenset({1}), True
     armed = _forward(fam, tr, x, e)  # records asked, no stop: still the stock output
     ctrl.armed = False
     ctrl.clear_captures()
     fam.uninstall(tr)
-    assert {type(b.attn1.processor) for b in fam.blocks(tr)} == stock_kind
+    assert {type(_attn(b).processor) for b in fam.blocks(tr)} == stock_kind
     back = _forward(fam, tr, x, e)
     assert torch.equal(idle, stock) and torch.equal(armed, stock) and torch.equal(back, stock)
 
@@ -141,7 +158,7 @@ def test_idle_processor_is_bit_identical_to_diffusers(name):
 def test_captured_qk_equal_what_the_stock_attention_uses(name, monkeypatch):
     fam, tr, x, e = _setup(name, seed=3, batch=2)
     block = 1
-    sdpa = _SDPA(monkeypatch, fam.blocks(tr)[block].attn1)
+    sdpa = _SDPA(monkeypatch, _attn(fam.blocks(tr)[block]))
     _forward(fam, tr, x, e, 700)  # stock processors
     (q_ref, k_ref, _), = sdpa.calls
     fam.install(tr)
@@ -159,7 +176,7 @@ def test_captured_qk_equal_what_the_stock_attention_uses(name, monkeypatch):
 def test_injection_replaces_exactly_the_video_kv(name, monkeypatch):
     fam, tr, x, e = _setup(name, seed=5, batch=2)
     block = 1
-    sdpa = _SDPA(monkeypatch, fam.blocks(tr)[block].attn1)
+    sdpa = _SDPA(monkeypatch, _attn(fam.blocks(tr)[block]))
     ctrl = fam.install(tr)
     plain = _forward(fam, tr, x, e)
     (_, k_plain, v_plain), = sdpa.calls
@@ -217,7 +234,7 @@ def _guide(name, **kw):
     tr = case.transformer(1, 3)
     ref = torch.randn(case.latent_shape, generator=torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(4)
-    pe = {k: torch.randn(1, *case.text, generator=g) for k in ("prompt", "negative")}
+    pe = {k: _text(case, g, 1) for k in ("prompt", "negative")}
     cfg = GuidanceConfig(**dict(model="tiny", steps=5, guided_steps=2, opt_iters=2, **case.settings, **kw))
     cfg = cfg.resolve(tr, device="cpu")
     return Guide(tr, case.scheduler(), ref_latent=ref, prompt_embeds=pe["prompt"], negative_embeds=pe["negative"],

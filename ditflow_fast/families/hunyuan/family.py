@@ -1,0 +1,311 @@
+"""The HunyuanVideo family (``HunyuanVideoPipeline`` / ``HunyuanVideoTransformer3DModel``) on the seam.
+
+What shapes this module, next to Wan and CogVideoX:
+
+- **Blocks.** 20 dual-stream blocks (``transformer_blocks``: video and text in separate streams with their own
+  projections, one joint attention) then 40 single-stream blocks (``single_transformer_blocks``: one stream of
+  ``[video, text]``). The family's block list is the two in that order (``--guidance-block`` 0..59); every
+  block can guide: in both kinds the video tokens lead the joint attention, the text is a **suffix**
+  (``text_position = "suffix"``), and the processor (:mod:`.attention`) hands the controller the leading
+  video part only.
+- **RoPE** (3-D, axes 16/56/56 of the 128 head channels): ``transformer.rope(latent)`` returns ``(cos, sin)``
+  ``[N, 128]`` float32 for the video tokens; emb mode replaces it with separate query and key tables through a
+  forward hook on ``transformer.rope`` (as for Wan), ``[2 (q, k), 2 (cos, sin), N, 128]``.
+- **Guidance-distilled.** The pipeline gives the transformer ``guidance = guidance_scale * 1000`` (an embedded
+  guidance scale, 6.0 by default) and runs no unconditional pass (``true_cfg_scale`` 1). Here ``--cfg`` is that
+  embedded scale (:meth:`prepare` puts it on the transformer for every forward of the run), ``guide_cfg`` is the
+  identity and the loop skips the unconditional forward (:meth:`needs_uncond`). True CFG is not supported.
+- **Text** (:mod:`.text`): Llama hidden states, their mask and CLIP's pooled embedding, packed in one tensor.
+- **Latents** ``[B, C, F, H, W]``, scaled by the VAE's ``scaling_factor``; a causal VAE: ``4k + 1`` frames.
+- **Sampler** (:mod:`.sampler`): flow-matching Euler with the pipeline's sigmas and fractional timesteps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import cannot_load
+from ...guidance.controller import install_processors, uninstall_processors
+from ..base import FamilyBase, ModelError, refuse_foreign_vae
+from ..estimate import Estimate
+from . import memory, presets, text
+from .attention import HunyuanGuidedAttnProcessor
+from .sampler import HunyuanSampler, make_scheduler
+
+_PIPELINES = ("HunyuanVideoPipeline",)
+FINGERPRINT_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "num_single_layers", "patch_size",
+                    "patch_size_t", "in_channels", "rope_axes_dim", "rope_theta", "text_embed_dim")
+DEFAULT_GUIDANCE = 6.0  # HunyuanVideoPipeline.__call__'s guidance_scale
+
+
+def _cfg(config, key, default=None):
+    return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
+
+
+class HunyuanVideoFamily(FamilyBase):
+    """HunyuanVideo text-to-video (``HunyuanVideoPipeline`` folders) for the guidance loop."""
+
+    name = "hunyuanvideo"
+    label = "HunyuanVideo (HunyuanVideoPipeline folders)"
+    transformer_class, vae_class = "HunyuanVideoTransformer3DModel", "AutoencoderKLHunyuanVideo"
+    text_position = "suffix"
+    latent_layout = "BCFHW"
+    PRESETS = presets.PRESETS
+
+    # -- recognising and loading -----------------------------------------------------------------
+    @staticmethod
+    def matches(model_index: dict | None, transformer_class_name: str | None) -> bool:
+        if transformer_class_name == "HunyuanVideoTransformer3DModel":
+            return True
+        return (model_index or {}).get("_class_name") in _PIPELINES
+
+    @classmethod
+    def load(cls, model: str, dtype: torch.dtype, vae_dtype: torch.dtype = torch.float32) -> dict:
+        """On the CPU: the transformer in ``dtype``, the VAE in ``vae_dtype`` (float32, as the Wan family decodes);
+        :class:`ModelError` naming ``--model``. Refuses image-conditioned and non-distilled transformers."""
+        try:
+            from diffusers import (
+                AutoencoderKLHunyuanVideo,
+                FlowMatchEulerDiscreteScheduler,
+                HunyuanVideoTransformer3DModel,
+            )
+        except Exception as exc:  # diffusers' lazy import turns a broken dependency into a RuntimeError
+            raise cannot_load(model, exc) from exc
+        local = Path(model).expanduser()
+        if local.exists():
+            missing = [s for s in ("transformer", "vae") if not (local / s).is_dir()]
+            if missing:
+                raise ModelError(f"--model {model}: not a HunyuanVideo diffusers folder (no {', '.join(missing)}/)")
+            refuse_foreign_vae(model, cls.vae_class)
+            model = str(local)
+        try:
+            tr = HunyuanVideoTransformer3DModel.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
+            vae = AutoencoderKLHunyuanVideo.from_pretrained(model, subfolder="vae", torch_dtype=vae_dtype)
+        except Exception as exc:  # hub/network/format errors come in many types
+            raise cannot_load(model, exc) from exc
+        try:
+            sched_cfg = dict(FlowMatchEulerDiscreteScheduler.load_config(model, subfolder="scheduler"))
+        except Exception:
+            sched_cfg = None  # make_scheduler falls back to the public folder's (shift 7.0)
+        cls.check_transformer(tr.config, model)
+        return dict(transformer=tr.eval().requires_grad_(False), transformer_2=None,
+                    vae=vae.eval().requires_grad_(False), scheduler_config=sched_cfg, boundary_ratio=None,
+                    expand_timesteps=False)
+
+    @staticmethod
+    def check_transformer(config, model: str = "") -> None:
+        """Only the text-to-video, guidance-distilled transformer is supported."""
+        where = f"--model {model}: " if model else ""
+        if _cfg(config, "image_condition_type") is not None:
+            raise ModelError(f"{where}an image-conditioned HunyuanVideo transformer (image_condition_type "
+                             f"{_cfg(config, 'image_condition_type')!r}); only text-to-video is supported")
+        if not _cfg(config, "guidance_embeds", True):
+            raise ModelError(f"{where}a HunyuanVideo transformer without guidance embedding (guidance_embeds false); "
+                             "only the guidance-distilled model (whose guidance is an input) is supported")
+
+    # -- guided attention ------------------------------------------------------------------------
+    @staticmethod
+    def blocks(transformer) -> list:
+        """Dual-stream blocks, then single-stream blocks: the indices ``--guidance-block`` takes."""
+        return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+
+    @classmethod
+    def install(cls, transformer, controller=None):
+        """A :class:`HunyuanGuidedAttnProcessor` on every block's ``attn`` and an output hook per block (both kinds
+        return ``(video, text)``: MOFT/SMM record the video part). Idempotent."""
+        cls.uninstall(transformer)
+        return install_processors(transformer, cls.blocks(transformer), HunyuanGuidedAttnProcessor,
+                                  lambda output: output[0], controller, attn="attn")
+
+    @classmethod
+    def uninstall(cls, transformer) -> None:
+        from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+
+        uninstall_processors(transformer, cls.blocks(transformer), HunyuanVideoAttnProcessor2_0, attn="attn")
+
+    # -- positional embeddings -------------------------------------------------------------------
+    @staticmethod
+    def initial_emb(transformer, latent: torch.Tensor) -> torch.Tensor:
+        """``[2 (q, k), 2 (cos, sin), N, head_dim]`` float32 from the model's RoPE for this latent (hooks bypassed)."""
+        cos, sin = transformer.rope.forward(latent)
+        one = torch.stack([cos, sin]).float()
+        return torch.stack([one, one.clone()])
+
+    @staticmethod
+    @contextlib.contextmanager
+    def emb_override(transformer, emb: torch.Tensor | None):
+        """While active, every forward uses ``emb`` ``[2, 2, N, d]`` as separate query and key RoPE (a forward hook
+        on ``transformer.rope`` returns ``((cos_q, sin_q), (cos_k, sin_k))`` in the stock tables' dtype; the
+        gradient reaches ``emb``). Needs the guided processors. ``emb=None``: no change."""
+        if emb is None:
+            yield
+            return
+        if getattr(transformer, "_ditflow_guidance", None) is None:
+            raise ValueError("emb_override needs the guided processors: call HunyuanVideoFamily.install first")
+        if emb.dim() != 4 or emb.shape[:2] != (2, 2):
+            raise ValueError(f"emb must be [2 (q, k), 2 (cos, sin), N, d], got {tuple(emb.shape)}")
+
+        def hook(module, args, output):
+            cos = output[0]
+            if tuple(emb.shape[2:]) != tuple(cos.shape):
+                raise ValueError(f"emb of shape {tuple(emb.shape)} does not fit this latent's RoPE [2, 2, "
+                                 f"{cos.shape[0]}, {cos.shape[1]}]")
+            e = emb.to(device=cos.device, dtype=cos.dtype)
+            return (e[0, 0], e[0, 1]), (e[1, 0], e[1, 1])
+
+        handle = transformer.rope.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @staticmethod
+    def emb_kind(transformer) -> str:
+        return "rope"
+
+    @classmethod
+    def emb_fingerprint(cls, transformer) -> str:
+        d = {k: _cfg(transformer.config, k) for k in FINGERPRINT_KEYS}
+        d["rope_axes_dim"] = list(d["rope_axes_dim"]) if d["rope_axes_dim"] is not None else None
+        d["family"] = cls.name
+        return json.dumps(d, sort_keys=True)
+
+    # -- forwards --------------------------------------------------------------------------------
+    @staticmethod
+    def prepare(transformer, cfg) -> dict:
+        """The run's embedded guidance scale (``--cfg``, default 6.0), read by every forward of the run."""
+        scale = float(cfg.cfg_scale if cfg.cfg_scale is not None else DEFAULT_GUIDANCE)
+        transformer._ditflow_embedded_guidance = scale
+        return {"embedded_guidance": scale}
+
+    @staticmethod
+    def needs_uncond(cfg) -> bool:
+        return False  # guidance-distilled: the guidance is an input of the one forward
+
+    @classmethod
+    def forward(cls, transformer, latent: torch.Tensor, text_embeds: torch.Tensor, timestep, emb=None) -> torch.Tensor:
+        """One call of the transformer as ``HunyuanVideoPipeline`` makes it (timestep float32, the prompt's three
+        tensors and ``guidance = scale * 1000`` in the transformer's dtype); returns ``[B, C, F, H, W]``."""
+        embeds, mask, pooled = text.unpack(text_embeds, int(transformer.config.pooled_projection_dim))
+        b = latent.shape[0]
+        if embeds.shape[0] not in (1, b):
+            raise ValueError(f"{embeds.shape[0]} prompts for a batch of {b} latents")
+        embeds, mask, pooled = (t.expand(b, *t.shape[1:]) for t in (embeds, mask, pooled))
+        t = torch.as_tensor(timestep, device=latent.device).reshape(-1).expand(b).to(torch.float32)
+        dtype = transformer.dtype
+        scale = getattr(transformer, "_ditflow_embedded_guidance", DEFAULT_GUIDANCE)
+        guidance = torch.tensor([scale] * b, dtype=dtype, device=latent.device) * 1000.0
+        with cls.emb_override(transformer, emb):
+            return transformer(hidden_states=latent, timestep=t, encoder_hidden_states=embeds.to(dtype),
+                               encoder_attention_mask=mask.to(dtype), pooled_projections=pooled.to(dtype),
+                               guidance=guidance, return_dict=False)[0]
+
+    @classmethod
+    def run_until(cls, transformer, latent, text_embeds, timestep, emb=None, *, stop_after: int | None, qk_blocks=(),
+                  out_blocks=(), copy_kv_blocks=()):
+        from ...guidance.forward import run_until
+
+        return run_until(transformer, stop_after=stop_after, qk_blocks=qk_blocks, out_blocks=out_blocks,
+                         copy_kv_blocks=copy_kv_blocks, n_blocks=len(cls.blocks(transformer)),
+                         call=lambda: cls.forward(transformer, latent, text_embeds, timestep, emb))
+
+    # -- sizes -----------------------------------------------------------------------------------
+    @staticmethod
+    def token_grid(transformer, latent: torch.Tensor) -> tuple[int, int, int]:
+        p, pt = int(transformer.config.patch_size), int(transformer.config.patch_size_t)
+        _, _, f, h, w = latent.shape
+        return f // pt, h // p, w // p
+
+    @classmethod
+    def geometry(cls, transformer, vae, frames: int, height: int, width: int) -> tuple:
+        """``(1, C, F', H/8, W/8)``, or :class:`ModelError`: ``4k + 1`` frames, sizes multiples of 16."""
+        temporal = int(_cfg(vae.config, "temporal_compression_ratio", None) or 4)
+        spatial = int(_cfg(vae.config, "spatial_compression_ratio", None) or 8)
+        p = int(_cfg(transformer.config, "patch_size", None) or 2)
+        cls.check_frames(frames, temporal)
+        s = spatial * p
+        if height % s or width % s:
+            raise ModelError(f"--height/--width {height}x{width}: must be multiples of {s}x{s} for this model "
+                             f"(VAE x{spatial}, patch {p}x{p})")
+        z = int(_cfg(vae.config, "latent_channels", None) or 16)
+        return 1, z, (frames - 1) // temporal + 1, height // spatial, width // spatial
+
+    @staticmethod
+    def check_frames(frames: int, temporal: int = 4) -> None:
+        if frames < 1 or (frames - 1) % temporal:
+            lo = max(1, (frames - 1) // temporal * temporal + 1)
+            near = f"{lo} or {lo + temporal}" if lo <= frames else f"{lo}"
+            raise ModelError(f"--frames {frames}: the HunyuanVideo VAE takes {temporal}k+1 frames; nearest: {near}")
+
+    block_count = staticmethod(presets.block_count)
+    defaults = staticmethod(presets.defaults)
+
+    # -- VAE -------------------------------------------------------------------------------------
+    @classmethod
+    @torch.no_grad()
+    def encode_video(cls, vae, frames: np.ndarray, device, dtype, seed: int = 0) -> torch.Tensor:
+        """``uint8 [F, H, W, 3]`` -> ``[1, C, F', h, w]`` float32: a seeded sample of the posterior times the
+        VAE's ``scaling_factor`` (the pipeline divides by it before decoding)."""
+        f, h, w, _ = frames.shape
+        cls.check_frames(f, int(vae.config.temporal_compression_ratio))
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        g = torch.Generator(device=device).manual_seed(seed)
+        lat = vae.encode(x.to(device, dtype)).latent_dist.sample(generator=g).float()
+        return lat * float(vae.config.scaling_factor)
+
+    @staticmethod
+    @torch.no_grad()
+    def decode_latents(vae, latent: torch.Tensor) -> np.ndarray:
+        """``[1, C, F', h, w]`` -> ``uint8 [F, H, W, 3]`` (``latent / scaling_factor``, as the pipeline decodes)."""
+        p = next(vae.parameters())
+        video = vae.decode(latent.to(p.device, p.dtype) / vae.config.scaling_factor).sample[0]
+        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return video.permute(1, 2, 3, 0).cpu().numpy()
+
+    # -- sampler ---------------------------------------------------------------------------------
+    @staticmethod
+    def make_sampler(scheduler, cfg) -> HunyuanSampler:
+        """``scheduler``: a scheduler object (used as it is) or a folder's config; ``--flow-shift`` overrides."""
+        if scheduler is None or isinstance(scheduler, dict) or not hasattr(scheduler, "step"):
+            scheduler = make_scheduler(scheduler, getattr(cfg, "flow_shift", None))
+        return HunyuanSampler(scheduler)
+
+    @staticmethod
+    def guide_cfg(cond, uncond, scale: float, t, cfg):
+        return cond  # the guidance is embedded in the forward (prepare); no unconditional pass
+
+    # -- text ------------------------------------------------------------------------------------
+    @staticmethod
+    def text_spec(transformer) -> tuple[int | None, int]:
+        """Any length; width ``text_embed_dim + 1 + pooled_projection_dim`` (:mod:`.text`'s packing)."""
+        c = transformer.config
+        return None, int(c.text_embed_dim) + 1 + int(c.pooled_projection_dim)
+
+    @staticmethod
+    def prompt_length(transformer) -> int:
+        return text.MAX_SEQUENCE_LENGTH
+
+    @staticmethod
+    def encode_prompts(model: str, texts: dict[str, str], transformer, device, dtype) -> dict:
+        return text.encode_prompts(model, texts, device, dtype)
+
+    @staticmethod
+    def pipeline_prompt(pipe, prompt: str, transformer, device, dtype) -> torch.Tensor:
+        return text.pipeline_prompt(pipe, prompt, device, dtype)
+
+    # -- memory (--dry-run) ----------------------------------------------------------------------
+    memory_config = staticmethod(memory.memory_config)
+    dry_run_table = staticmethod(memory.dry_run_table)
+
+    @staticmethod
+    def estimate(config: dict, *, frames: int, height: int, width: int, guidance_block: int, bytes_per_elem: int = 2,
+                 opt_mode: str = "latent", checkpointing: bool = True, offload: str = "none",
+                 offload_activations: bool = False, ffn_chunks: int | None = None) -> Estimate:
+        return memory.estimate(config, frames=frames, height=height, width=width, guidance_block=guidance_block,
+                               bytes_per_elem=bytes_per_elem, opt_mode=opt_mode, checkpointing=checkpointing,
+                               offload=offload, offload_activations=offload_activations)

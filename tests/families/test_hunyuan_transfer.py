@@ -1,0 +1,115 @@
+"""HunyuanVideo end to end on a tiny ``HunyuanVideoPipeline`` folder (save_pretrained, random weights, tokenizers
+built here): the command line and ``ditflow_fast.transfer``, latent, emb, zero-shot, exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+pytest.importorskip("av")
+
+from ditflow_fast.cli.main import main  # noqa: E402
+from ditflow_fast.families.cogvideox import tiny as cog_tiny  # noqa: E402
+from ditflow_fast.families.hunyuan import tiny  # noqa: E402
+from ditflow_fast.guidance.loop import Guide  # noqa: E402
+from ditflow_fast.video_io import read_video, write_video  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def hy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hy")
+    tiny.save_tiny_hunyuan(root / "model")
+    write_video(cog_tiny.moving_square(13, 48, 80), root / "video.mp4")
+    return root
+
+
+def _args(hy, out, *extra, embeds=True):
+    text = ["--prompt-embeds", str(hy / "model" / "prompt_embeds.safetensors")] if embeds else \
+        ["--prompt", "a dog running on a beach"]
+    return ["transfer", "--model", str(hy / "model"), "--video", str(hy / "video.mp4"), *text, "--steps", "5",
+            "--guided-steps", "2", "--opt-iters", "2", "--out", str(out), "--quiet", *extra]
+
+
+@pytest.mark.parametrize("frames", [9, 13])
+def test_latent_emb_and_zero_shot_write_exactly_the_asked_frames(hy, tmp_path, frames):
+    n = str(frames)
+    assert main(_args(hy, tmp_path / "lat", "--frames", n)) == 0
+    assert read_video(tmp_path / "lat" / "result.mp4").shape == (frames, 48, 80, 3)
+    rec = json.loads((tmp_path / "lat" / "config.json").read_text())
+    assert rec["family"] == "hunyuanvideo" and rec["config"]["scheduler"] == "flow_euler" and len(rec["losses"]) == 2
+    assert main(_args(hy, tmp_path / "emb", "--frames", n, "--opt-mode", "emb", "--format", "frames")) == 0
+    assert len(list((tmp_path / "emb" / "embeds").glob("emb_t*.safetensors"))) == 2
+    assert len(list((tmp_path / "emb" / "result_frames").glob("*.png"))) == frames
+    assert main(_args(hy, tmp_path / "zs", "--frames", n, "--opt-mode", "emb", "--inject-embeds",
+                      str(tmp_path / "emb" / "embeds"), "--format", "gif")) == 0
+    assert json.loads((tmp_path / "zs" / "config.json").read_text())["losses"] == {}
+    assert read_video(tmp_path / "zs" / "result.gif").shape[0] == frames
+
+
+def test_prompt_text_through_the_pipelines_llama_and_clip(hy, tmp_path):
+    assert main(_args(hy, tmp_path / "txt", embeds=False)) == 0
+    rec = json.loads((tmp_path / "txt" / "config.json").read_text())
+    assert rec["prompt"] == "a dog running on a beach" and rec["config"]["frames"] == 9
+    assert read_video(tmp_path / "txt" / "result.mp4").shape == (9, 48, 80, 3)
+
+
+def test_defaults_and_frame_refusal(hy, tmp_path, capsys):
+    assert main(_args(hy, tmp_path / "bad", "--frames", "10")) == 2
+    assert "4k+1 frames; nearest: 9 or 13" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_interrupted_run_resumes_exactly(hy, tmp_path, monkeypatch):
+    """Flow-matching Euler counts its own steps: a resumed run must restart the count mid-schedule."""
+    assert main(_args(hy, tmp_path / "full", "--format", "frames", "--opt-mode", "emb")) == 0
+    real, calls = Guide._denoise, []
+
+    def flaky(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Guide, "_denoise", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        main(_args(hy, tmp_path / "cut", "--format", "frames", "--opt-mode", "emb"))
+    monkeypatch.setattr(Guide, "_denoise", real)
+    assert main(_args(hy, tmp_path / "cut", "--format", "frames", "--opt-mode", "emb")) == 0
+    rec, full = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("cut", "full"))
+    assert rec["resumed_from_step"] == 3 and rec["losses"] == full["losses"]
+    a, b = (read_video(tmp_path / d / "result_frames") for d in ("cut", "full"))
+    assert np.array_equal(a, b)
+
+
+def test_the_api_takes_the_folder_and_a_loaded_pipeline(hy):
+    from diffusers import HunyuanVideoPipeline
+
+    import ditflow_fast
+
+    frames = read_video(hy / "video.mp4")[:9]
+    kw = dict(prompt="a dog running on a beach", steps=3, guided_steps=1, opt_iters=1)
+    by_path = ditflow_fast.transfer(str(hy / "model"), frames, **kw)
+    assert by_path.frames.shape == (9, 48, 80, 3) and len(by_path.losses) == 1
+    pipe = HunyuanVideoPipeline.from_pretrained(str(hy / "model"))
+    by_pipe = ditflow_fast.transfer(pipe, frames, **kw)  # prompts through the pipeline's own encode_prompt
+    assert np.array_equal(by_pipe.frames, by_path.frames)
+    assert by_pipe.losses == by_path.losses
+
+
+def test_dry_run_of_the_public_model_needs_no_download(capsys, monkeypatch):
+    import socket
+
+    def no_network(*a, **k):
+        raise AssertionError("the dry run went to the network")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    assert main(["transfer", "--dry-run", "--model", "hunyuanvideo-community/HunyuanVideo", "--offload", "group"]) == 0
+    out = capsys.readouterr().out
+    assert "129 frames at 720x1280" in out and "guidance block 28" in out and "unverified" in out
+    assert "predicted peak" in out and "embedded guidance" in out
