@@ -266,9 +266,10 @@ class CogVideoXFamily(FamilyBase):
                    dynamic_cfg=rope, scheduler="dpm" if rope else "ddim", steps=50)
         if patch_t(config) > 1:
             size = (768, 1360) if published else (8 * config["sample_height"], 8 * config["sample_width"])
+            why = "DiTFlow's CogVideoX-5B block, taken for CogVideoX 1.5 by depth" if want < n else "half the depth"
             out.update(frames=81 if published else 9, height=size[0], width=size[1],
-                       note=f"guidance block {out['guidance_blocks'][0]} of {n}: DiTFlow's CogVideoX-5B block, taken "
-                            "for CogVideoX 1.5 by depth; unverified (no 1.5 weights have run)")
+                       note=f"guidance block {out['guidance_blocks'][0]} of {n}: {why}; unverified (no 1.5 weights "
+                            "have run)")
         return out
 
     @classmethod
