@@ -114,7 +114,8 @@ class GuidanceConfig:
             if value is None and name == "amf_window_frames":
                 continue
             try:
-                ok = not isinstance(value, bool) and operator.index(value) >= low and (name != "amf_window" or value % 2)
+                ok = not isinstance(value, bool) and operator.index(value) >= low \
+                    and (name != "amf_window" or value % 2 == 1)
             except TypeError:
                 ok = False
             if not ok:

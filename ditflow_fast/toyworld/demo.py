@@ -18,8 +18,9 @@ object (other kind, other colour) under each row's method, starting from the sam
   spirit: the motion enters through the positional embeddings alone).
 
 The generated object is tracked by its colour, the reference by its own, and Motion Fidelity and the
-Fréchet Tracking Distance (:mod:`.metrics`) compare the two tracks. Everything runs in :class:`ditflow_fast.guidance.loop.Guide`;
-this module only chooses the settings, runs the grid and writes videos and tables.
+Fréchet Tracking Distance (:mod:`.metrics`) compare the two tracks. Everything runs in
+:class:`ditflow_fast.guidance.loop.Guide`; this module only chooses the settings, runs the grid and writes videos
+and tables.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from .metrics import (
     track_condition,
 )
 from .model import DEFAULT_DIR, from_family_layout, load_model, to_family_layout
-from .settings import ROWS, DemoSettings
+from .settings import ROWS, DemoSettings, model_settings
 from .world import (
     COLOURS,
     FRAMES,
@@ -75,7 +76,7 @@ class ToyTransfer:
         check_codec(self.transformer, self.codec)
         self.transformer.requires_grad_(False)
         self.model_dir = str(model_dir)
-        self.settings = settings or DemoSettings()
+        self.settings = settings or model_settings(model_dir)
 
     def _config(self, row: str, seed: int, inject_embeds=None):
         from ..families import family_of
@@ -391,7 +392,7 @@ def summary_markdown(summary: dict, meta: dict) -> str:
             n_ftd = s.get("ftd_pairs", 0)
             se_ftd = s["d_ftd_std"] / max(n_ftd - 1, 1) ** 0.5 if n_ftd else float("nan")
             ftd_won = f"{s['ftd_wins']} / {n_ftd}" if n_ftd else "n/a"
+            d_ftd = _pm(s.get("d_ftd_mean"), s.get("d_ftd_std"), "+.3f", ".3f")
             lines.append(f"| {row} | {_pm(s['d_mean'], s['d_std'], '+.3f', '.3f')} | {_fmt(se, '.3f')} | "
-                         f"{s['wins']} / {s['pairs']} | {_pm(s.get('d_ftd_mean'), s.get('d_ftd_std'), '+.3f', '.3f')} | "
-                         f"{_fmt(se_ftd, '.3f')} | {ftd_won} |")
+                         f"{s['wins']} / {s['pairs']} | {d_ftd} | {_fmt(se_ftd, '.3f')} | {ftd_won} |")
     return "\n".join(lines) + "\n"

@@ -52,7 +52,7 @@ def test_a_window_covering_the_frame_is_the_flow_loss(shape, frames_limit):
 
 def _literal(q, k, frames, h, w, window, window_frames, temperature, mode):
     """The definition one query and one frame pair at a time, in float64."""
-    heads, d = q.shape[1], q.shape[3]
+    d = q.shape[3]
     out = []
     r = window // 2
     for i in range(frames):

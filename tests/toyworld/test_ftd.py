@@ -18,7 +18,7 @@ from ditflow_fast.viewer import motion
 
 def _frechet_recursive(a, b):
     """Eiter and Mannila's definition, memoised recursion, for small polylines."""
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def c(i, j):
         d = float(np.linalg.norm(a[i] - b[j]))
         if i == 0 and j == 0:
