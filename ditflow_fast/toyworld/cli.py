@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
-from .settings import DEFAULT_DIR, ROWS, DemoSettings
+from .settings import DEFAULT_DIR, ROWS, DemoSettings, model_settings
 
 
 def default_out(model: str | None) -> str:
@@ -44,25 +45,27 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--seeds", type=int, default=5, help="generation seeds per clip")
     p.add_argument("--clip-seed", type=int, default=0, help="seed of the reference clips")
     p.add_argument("--rows", type=_rows, default=list(ROWS), help="comma-separated subset of: " + ", ".join(ROWS))
-    d = DemoSettings()
-    p.add_argument("--steps", type=int, default=d.steps, help="denoising steps")
-    p.add_argument("--guided-steps", type=int, default=d.guided_steps, help="first steps that are guided")
-    p.add_argument("--opt-iters", type=int, default=d.opt_iters, help="Adam iterations per guided step")
-    p.add_argument("--grad-reuse", type=int, default=d.grad_reuse, metavar="K",
+    # None: the model's own setting (settings.model_settings: its world.json, else DemoSettings')
+    p.add_argument("--steps", type=int, default=None, help="denoising steps")
+    p.add_argument("--guided-steps", type=int, default=None, help="first steps that are guided")
+    p.add_argument("--opt-iters", type=int, default=None, help="Adam iterations per guided step")
+    p.add_argument("--grad-reuse", type=int, default=None, metavar="K",
                    help="speed lever: one real forward+backward every K-th Adam iteration, reused in between "
                         "(1: every iteration; FastVMT uses 3)")
-    p.add_argument("--early-stop", type=float, default=d.early_stop, metavar="TOL",
+    p.add_argument("--early-stop", type=float, default=None, metavar="TOL",
                    help="speed lever: end a guided step's iterations once its AMF loss falls by less than TOL "
                         "(relative) from one pass to the next (0: off)")
-    p.add_argument("--lr", type=float, nargs=2, default=d.lr, metavar=("START", "END"))
-    p.add_argument("--cfg", type=float, default=d.cfg_scale, help="classifier-free guidance scale")
-    p.add_argument("--cfg-min-t", type=int, default=d.cfg_min_t, metavar="T",
+    p.add_argument("--lr", type=float, nargs=2, default=None, metavar=("START", "END"))
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--cfg-min-t", type=int, default=None, metavar="T",
                    help="guidance interval: CFG only at timesteps >= T (0: every step)")
-    p.add_argument("--block", type=int, default=d.guidance_block,
-                   help="guidance block (default: 3, the committed model's; see docs/toyworld.md)")
+    p.add_argument("--block", type=int, default=None, help="guidance block")
     p.add_argument("--gifs", choices=("first", "all", "none"), default="first")
     p.add_argument("--quick", action="store_true", help="1 clip, 1 seed, 8 steps (4 guided, 2 iterations)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.epilog = ("Unset sampling and guidance options take the model's own settings: those its world.json "
+                "records (chosen on its tuning clips), else the defaults " +
+                ", ".join(f"{k} {v}" for k, v in vars(DemoSettings()).items()) + " (docs/toyworld.md).")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -73,11 +76,11 @@ def _check_args(args) -> None:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be positive, got {args.threads}")
     for name in ("clips", "seeds", "steps", "opt_iters"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.grad_reuse < 1:
+    if args.grad_reuse is not None and args.grad_reuse < 1:
         raise ValueError(f"--grad-reuse must be >= 1 (1: a real backward every iteration), got {args.grad_reuse}")
-    if not 0.0 <= args.early_stop < 1.0:
+    if args.early_stop is not None and not 0.0 <= args.early_stop < 1.0:
         raise ValueError(f"--early-stop must lie in [0, 1) (0: off), got {args.early_stop}")
     if args.model is not None and not Path(args.model).is_dir():
         raise ValueError(f"--model {args.model}: no such folder")
@@ -127,10 +130,11 @@ def _cmd_demo(args) -> int:
         from .demo import user_clip
 
         refs = [user_clip(args.video, colour)]
-    settings = DemoSettings(steps=args.steps, guided_steps=args.guided_steps, opt_iters=args.opt_iters,
-                            lr=tuple(args.lr), cfg_scale=args.cfg, cfg_min_t=args.cfg_min_t,
-                            guidance_block=args.block, grad_reuse=args.grad_reuse, early_stop=args.early_stop)
-    if args.grad_reuse > 1 and any(r in ("DiTFlow emb", "zero-shot") for r in args.rows):
+    given = dict(steps=args.steps, guided_steps=args.guided_steps, opt_iters=args.opt_iters,
+                 lr=None if args.lr is None else tuple(args.lr), cfg_scale=args.cfg, cfg_min_t=args.cfg_min_t,
+                 guidance_block=args.block, grad_reuse=args.grad_reuse, early_stop=args.early_stop)
+    settings = replace(model_settings(args.model or DEFAULT_DIR), **{k: v for k, v in given.items() if v is not None})
+    if settings.grad_reuse > 1 and any(r in ("DiTFlow emb", "zero-shot") for r in args.rows):
         import sys
 
         print("note: --grad-reuse applies to every guided row; on the CogVideoX toy model it made DiTFlow emb (and "

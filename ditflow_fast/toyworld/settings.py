@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny_dit"  # the bundled CogVideoX-like model
@@ -52,3 +53,16 @@ class DemoSettings:
     # the guidance loop's speed levers (GuidanceConfig.grad_reuse / early_stop; docs/toyworld.md, "Speed levers")
     grad_reuse: int = 1
     early_stop: float = 0.0
+
+
+def model_settings(model_dir=DEFAULT_DIR) -> DemoSettings:
+    """The demo's settings for a model folder: :class:`DemoSettings`' defaults, overridden by the
+    ``demo_settings`` its ``world.json`` records (chosen on that model's tuning clips, docs/toyworld.md)."""
+    path = Path(model_dir) / "world.json"
+    chosen = dict(json.loads(path.read_text()).get("demo_settings", {})) if path.is_file() else {}
+    unknown = sorted(set(chosen) - {f.name for f in fields(DemoSettings)})
+    if unknown:
+        raise ValueError(f"{path}: demo_settings has unknown fields {unknown}")
+    if "lr" in chosen:
+        chosen["lr"] = tuple(chosen["lr"])
+    return DemoSettings(**chosen)

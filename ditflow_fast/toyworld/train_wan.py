@@ -10,7 +10,8 @@ prompt 10% of the time. An EMA of the weights is what gets saved; clips come fro
 so a resumed run sees the same data; the resume state and the model are written every
 ``save_every`` steps (atomically), the loss to ``<out>/train_log.txt``. ``init`` warm-starts a run
 with no resume state from a saved model folder (its weights, its step count, a fresh optimiser:
-Adam's normalised steps keep the size they had at a constant lr), for when the resume state is gone; ``lr_final``/``anneal_*`` are :func:`.train.learning_rate`'s.
+Adam's normalised steps keep the size they had at a constant lr), for when the resume state is
+gone; ``lr_final``/``anneal_*`` are :func:`.train.learning_rate`'s.
 
 ``python -m ditflow_fast.toyworld.train_wan --vae assets/tiny_dit --out assets/tiny_wan --minutes 60``
 """
