@@ -330,4 +330,4 @@ class LTXFamily(FamilyBase):
         """The generic table, and what LTX adds: how its default guidance block was chosen (unverified), the text
         encoder's own peak, and the VAE decode."""
         table = super().dry_run_table(model, cfg, offload)
-        return table + "\n" + memory.notes(cls.memory_config(model), cfg)
+        return table + "\n" + memory.notes(cls.memory_config(model), cfg, offload)

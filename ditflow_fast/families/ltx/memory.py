@@ -33,13 +33,28 @@ from ..estimate import AMF_BUDGET, Estimate
 from .geometry import latent_shape
 from .presets import _VAE, PRESETS, SCHEDULER, T5_XXL_ENCODER_PARAMS, TEXT_LEN, UNVERIFIED, defaults
 
-# Activation constants in [N, D] units: see _measured in tests/families/test_ltx_memory.py (filled in below).
+# Activation constants in [N, D] units of the run's element size, measured (torch.profiler memory timeline,
+# export_memory_timeline(device="cpu"), peak minus start of one steady-state guided iteration: LTXFamily.run_until
+# truncated after block g with q/k captured, a dense gradient into q and k, backward; tests/families/
+# test_ltx_memory.py's `measured`) on LTXVideoTransformer3DModel with 4 heads x 64, 3 latent frames of 10 x 14,
+# 16 text tokens of 32 channels, g = 2 and 4, less the components modelled on their own (text, RoPE tables,
+# captured q/k and their gradients, the optimised tensor's gradient). CPU SDPA is a flash kernel keeping a
+# log-sum-exp, as flash / memory-efficient SDPA on a GPU. Raw (U, after those components), g = 2 / 4:
+# bf16 checkpointed 27.12 / 27.17 (on top of the g + 1 block inputs), emb 31.18 / 31.23; without checkpointing
+# 60.16 / 104.40, emb 65.20 / 125.44; fp32 checkpointed 20.08 / 20.10, emb 22.11 / 22.13; without 37.15 / 67.29,
+# emb 40.10 / 78.24. In emb mode the stock rotation's x.float() copies of q and k (and their rotated halves) are
+# kept for the backward: 8 U more per saved block in bf16, 4 in fp32 (where .float() copies nothing).
 ACT = {
-    2: dict(ckpt_input=1.0, ckpt_recompute=0.0, block=0.0, partial_and_backward=0.0, emb_ckpt=0.0, emb_fixed=0.0,
-            emb_block=0.0),
-    4: dict(ckpt_input=1.0, ckpt_recompute=0.0, block=0.0, partial_and_backward=0.0, emb_ckpt=0.0, emb_fixed=0.0,
-            emb_block=0.0),
+    2: dict(ckpt_input=1.0, ckpt_recompute=27.15, block=22.12, partial_and_backward=15.92,  # bf16 / fp16
+            emb_ckpt=4.06, emb_block=8.0, emb_fixed=-10.96),
+    4: dict(ckpt_input=1.0, ckpt_recompute=20.1, block=15.07, partial_and_backward=7.01,  # fp32
+            emb_ckpt=2.02, emb_block=4.0, emb_fixed=-5.05),
 }
+# The VAE decode after the loop, per output pixel (frame x height x width), bf16: measured (torch.profiler memory
+# timeline, peak minus start of vae.decode under no_grad) on AutoencoderKLLTXVideo(**presets._VAE) with random
+# weights: 162.0 MiB for 17 frames of 256x384, 312.8 MiB for 33 (101.7 and 101.1 B/pixel; smaller sizes are
+# dominated by a fixed ~110 MiB). fp32 is taken as twice this (not measured).
+DECODE_BYTES_PER_PIXEL = 101
 TEXT_FIXED, TEXT_PER_BLOCK = 1, 2  # [L, D] units: the projected prompt; cross-attention K/V per saved block
 GROUP_RESIDENT_BLOCKS = 2
 OFFLOAD_MODES = ("none", "model", "group")
@@ -140,18 +155,22 @@ def estimate(preset_or_config, *, frames: int, height: int, width: int, guidance
     return est
 
 
-def notes(config: dict, cfg) -> str:
+def notes(config: dict, cfg, offload: str = "none") -> str:
     """What ``--dry-run`` adds below the table for LTX: the default guidance block's status and the peaks outside
-    the loop (T5-XXL before it, the VAE decode after it)."""
+    the loop: T5-XXL before it, the VAE decode after it (:data:`DECODE_BYTES_PER_PIXEL`)."""
     d = defaults(config)
+    frames, height, width = cfg.frames or d["frames"], cfg.height or d["height"], cfg.width or d["width"]
     block = max(cfg.guidance_blocks or d["guidance_blocks"])
-    lines = []
-    if not cfg.guidance_blocks:
-        lines.append(f"(guidance block {block}: the LTX default, {UNVERIFIED})")
     b = 4 if str(cfg.dtype or d["dtype"]).replace("torch.", "") == "float32" else 2
+    lines = [] if cfg.guidance_blocks else [f"(guidance block {block}: the LTX default, {UNVERIFIED})"]
     lines.append(f"(before the loop, --prompt loads T5-XXL alone: {T5_XXL_ENCODER_PARAMS * b / 2**30:.2f} GiB of "
-                 "weights; --prompt-embeds skips it. After the loop the VAE decodes: not in the table, --vae-tiling "
-                 "lowers it)")
+                 "weights; --prompt-embeds skips it)")
+    entry = _entry(config)
+    resident = 0 if offload != "none" or cfg.cpu_offload else transformer_counts(_json(entry["transformer"]))[0] * b
+    vae = vae_params(_json(entry.get("vae", _VAE))) * b
+    act = DECODE_BYTES_PER_PIXEL * b / 2 * frames * height * width
+    lines.append(f"(after the loop the VAE decodes: about {act / 2**30:.2f} GiB of activations untiled, with "
+                 f"{(resident + vae) / 2**30:.2f} GiB of weights on the device; --vae-tiling lowers the first)")
     return "\n".join(lines)
 
 
