@@ -233,7 +233,8 @@ def test_presets_defaults_and_the_unverified_block(monkeypatch):
     d = defaults(entry)
     assert d["guidance_blocks"] == (13,) and (d["frames"], d["height"], d["width"]) == (121, 512, 768)
     assert d["scheduler"] == "flow_euler" and d["cfg_scale"] == 3.0 and d["dtype"] == "bfloat16"
-    assert defaults({"num_layers": 48, "num_attention_heads": 32, "attention_head_dim": 128})["guidance_blocks"] == (23,)
+    big = {"num_layers": 48, "num_attention_heads": 32, "attention_head_dim": 128}  # LTX-Video 13B's depth
+    assert defaults(big)["guidance_blocks"] == (23,)
     assert defaults(dict(tiny.tiny_transformer().config))["guidance_blocks"] == (1,)
     assert preset_family("Lightricks/LTX-Video") is L
     table = L.dry_run_table("Lightricks/LTX-Video", GuidanceConfig(), "none")

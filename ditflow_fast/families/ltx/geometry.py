@@ -25,8 +25,8 @@ def vae_ratios(vae_config) -> tuple[int, int]:
     """``(temporal, spatial)`` compression of an ``AutoencoderKLLTXVideo`` config, as the model computes them:
     the explicit ratios when set, else ``patch_size(_t) * 2 ** (number of spatio-temporal downsamplings)``."""
     scaling = sum(bool(s) for s in cfg_get(vae_config, "spatio_temporal_scaling", (True, True, True, False)))
-    spatial = cfg_get(vae_config, "spatial_compression_ratio") or cfg_get(vae_config, "patch_size", 4) * 2 ** scaling
-    temporal = cfg_get(vae_config, "temporal_compression_ratio") or cfg_get(vae_config, "patch_size_t", 1) * 2 ** scaling
+    spatial = cfg_get(vae_config, "spatial_compression_ratio") or cfg_get(vae_config, "patch_size", 4) * 2**scaling
+    temporal = cfg_get(vae_config, "temporal_compression_ratio") or cfg_get(vae_config, "patch_size_t", 1) * 2**scaling
     return int(temporal), int(spatial)
 
 
