@@ -21,6 +21,7 @@ from ditflow_fast.errors import ModelError  # noqa: E402
 from ditflow_fast.families import FAMILIES, FamilyBase, register  # noqa: E402
 from ditflow_fast.families.cogvideox import tiny as cog_tiny  # noqa: E402
 from ditflow_fast.families.hunyuan import tiny as hy_tiny  # noqa: E402
+from ditflow_fast.families.ltx import tiny as ltx_tiny  # noqa: E402
 from ditflow_fast.families.wan import tiny as wan_tiny  # noqa: E402
 from ditflow_fast.guidance.config import GuidanceConfig  # noqa: E402
 from ditflow_fast.guidance.loop import Guide  # noqa: E402
@@ -71,6 +72,10 @@ CASES = {
     "wan": Case("wan", lambda seed=0, layers=3: wan_tiny.tiny_transformer(layers, seed),
                 (1, wan_tiny.Z_DIM, 3, 6, 10), (wan_tiny.TEXT_LEN, wan_tiny.TEXT_DIM), wan_tiny.tiny_vae,
                 wan_tiny.tiny_scheduler, wan_tiny.save_tiny_wan, (3, 3, 5), dict(frames=9, height=48, width=80)),
+    # LTX-Video: 1x1 patches over a 32x / 8x VAE (17 frames at 96x128: 3 latent frames of 3 x 4)
+    "ltx": Case("ltx", lambda seed=0, layers=3: ltx_tiny.tiny_transformer(layers, seed), (1, ltx_tiny.Z, 3, 3, 4),
+                (ltx_tiny.TEXT_LEN, ltx_tiny.TEXT_DIM), ltx_tiny.tiny_vae, ltx_tiny.tiny_scheduler,
+                ltx_tiny.save_tiny_ltx, (3, 3, 4), dict(frames=17, height=96, width=128)),
     # HunyuanVideo: 2 dual-stream then 1 single-stream block; text a suffix; prompts packed (hunyuan/text.py)
     "hunyuanvideo": Case("hunyuanvideo", lambda seed=0, layers=3: hy_tiny.tiny_transformer(layers, seed),
                          (1, hy_tiny.Z_DIM, 3, 6, 10),
