@@ -286,7 +286,7 @@ def frechet_tracking_distance(reference_tracks: np.ndarray, generated_tracks: np
     ``{"ftd", "pairs", "moving": {"ftd", "pairs"}}``; ``ftd`` is ``None`` where no pair is left; ``moving``:
     the pairs whose reference track moves (:func:`moving_tracks`), the analogue of RoPECraft's object mask."""
     ref, gen = np.asarray(reference_tracks, np.float64), np.asarray(generated_tracks, np.float64)
-    if ref.ndim != 3 or ref.shape[2] != 2 or gen.shape[0] != ref.shape[0] or gen.ndim != 3 or gen.shape[2] != 2:
+    if ref.ndim != 3 or gen.ndim != 3 or ref.shape[2] != 2 or gen.shape[2] != 2 or gen.shape[0] != ref.shape[0]:
         raise ValueError(f"FTD pairs tracks by index: both must be [N, T, 2] with the same N, got {ref.shape} "
                          f"and {gen.shape}")
     if not (width > 0 and height > 0):
