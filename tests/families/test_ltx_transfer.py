@@ -114,3 +114,15 @@ def test_dry_runs_offline(ltx, capsys, monkeypatch):
     assert "not verified on LTX weights" in out and "predicted peak" in out
     assert main(["transfer", "--model", str(ltx / "model"), "--dry-run"]) == 0
     assert "9 frames at 64x96" in capsys.readouterr().out
+
+
+def test_reference_cache_gives_the_same_video(ltx, tmp_path):
+    """What ``ditflow-fast batch`` shares between jobs on one reference (the latent and its guidance targets)."""
+    cache = str(tmp_path / "cache")
+    assert main(_args(ltx, tmp_path / "plain", "--format", "frames")) == 0
+    assert main(_args(ltx, tmp_path / "fill", "--format", "frames", "--ref-cache", cache)) == 0
+    assert main(_args(ltx, tmp_path / "hit", "--format", "frames", "--ref-cache", cache)) == 0
+    fill, hit = (json.loads((tmp_path / d / "config.json").read_text())["ref_cache"] for d in ("fill", "hit"))
+    assert fill["hits"] == 0 < fill["misses"] and hit["misses"] == 0 < hit["hits"], (fill, hit)
+    videos = [read_video(tmp_path / d / "result_frames") for d in ("plain", "fill", "hit")]
+    assert np.array_equal(videos[0], videos[1]) and np.array_equal(videos[0], videos[2])
