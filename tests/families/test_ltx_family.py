@@ -252,3 +252,14 @@ def test_presets_defaults_and_the_unverified_block(monkeypatch):
     assert group.total < est.total and group.host_bytes == 14 * 6144 * 2048 * 2
     fp = json.loads(L.emb_fingerprint(tiny.tiny_transformer()))
     assert fp["family"] == "ltx" and fp["rope_scale"] == [8 / 25, 32, 32] and fp["attention_head_dim"] == 16
+
+
+def test_idle_processor_and_own_rope_are_exact_in_bf16():
+    tr = tiny.tiny_transformer().to(torch.bfloat16)
+    x, e = (t.bfloat16() for t in _inputs(seed=11))
+    with torch.no_grad():
+        stock = L.forward(tr, x, e, 917.31)
+        L.install(tr)
+        assert torch.equal(L.forward(tr, x, e, 917.31), stock)
+        assert torch.equal(L.forward(tr, x, e, 917.31, L.initial_emb(tr, x)), stock)
+        assert not torch.equal(L.forward(tr, x, e, 917.0), stock)  # the fractional timestep reaches the model
