@@ -62,8 +62,7 @@ def defaults(config: dict) -> dict:
     cfg = dict(config.get("transformer", config))
     n = int(cfg.get("num_layers", 0))
     out = dict(guidance_blocks=(default_block(n),), injection_blocks=(0,), frames=121, height=512, width=768,
-               dtype="bfloat16", cfg_scale=3.0, cfg_scale_2=None, steps=50, scheduler="flow_euler",
-               guidance_block_verified=False)
+               dtype="bfloat16", cfg_scale=3.0, cfg_scale_2=None, steps=50, scheduler="flow_euler")
     if n < 8 or cfg.get("num_attention_heads", 0) * cfg.get("attention_head_dim", 0) < 512:
         out.update(frames=9, height=64, width=96, dtype="float32")
     return out
