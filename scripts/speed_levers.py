@@ -41,6 +41,9 @@ TUNING = {  # the settings docs/toyworld.md tunes a model's DiTFlow latent row w
     "temperature 1": dict(temperature=1.0),
     "temperature 4": dict(temperature=4.0),
     "block 2": dict(guidance_block=2),
+    "no KV injection": dict(kv_injection=False),
+    "no KV injection, temperature 1": dict(kv_injection=False, temperature=1.0),
+    "lr 0.04 -> 0.02, temperature 1": dict(lr=(0.04, 0.02), temperature=1.0),
 }
 SETS = {"levers": LEVERS, "tuning": TUNING}
 DEFAULT = next(iter(LEVERS))
@@ -48,7 +51,8 @@ DEFAULT = next(iter(LEVERS))
 
 def _flag(settings: dict) -> str:
     names = {"opt_iters": "--opt-iters", "guided_steps": "--guided-steps", "grad_reuse": "--grad-reuse",
-             "early_stop": "--early-stop", "lr": "--lr", "temperature": "temperature", "guidance_block": "--block"}
+             "early_stop": "--early-stop", "lr": "--lr", "temperature": "temperature", "guidance_block": "--block",
+             "kv_injection": "kv_injection"}
     return " ".join(f"{names[k]} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
                     for k, v in settings.items()) or "(none)"
 

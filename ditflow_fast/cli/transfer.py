@@ -38,7 +38,9 @@ def add_transfer_parser(sub) -> None:
     p.add_argument("--no-injection", action="store_true", help="no K/V injection at block 0")
     p.add_argument("--inject-embeds", metavar="DIR", help="zero-shot: reuse embeddings saved by an emb run")
     p.add_argument("--guidance-block", type=int, action="append",
-                   help="default: the model's (CogVideoX 20 (5B) / 15 (2B), Wan 14 (1.3B) / 19 (14B)); repeatable")
+                   help="default: the model's (CogVideoX 20 (5B) / 15 (2B), Wan 14 (1.3B) / 19 (14B); by depth, "
+                        "unverified on real weights: CogVideoX 1.5 20 of 42, LTX-Video 13 of 28, HunyuanVideo: see "
+                        "--dry-run); repeatable")
     p.add_argument("--cfg", type=float,
                    help="classifier-free guidance scale (default: the model's, 7 CogVideoX, 5 Wan)")
     p.add_argument("--flow-shift", type=float, help="Wan: the sampler's flow shift (default: the model folder's)")

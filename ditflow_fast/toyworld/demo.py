@@ -87,7 +87,7 @@ class ToyTransfer:
         blocks = None if s.guidance_block is None else (s.guidance_block,)
         cog = family_of(self.transformer).name == "cogvideox"  # Wan: its own UniPC flow sampler
         # a row's own fields (FastVMT-style's gradient reuse) take precedence over the demo's settings
-        fields = {"grad_reuse": s.grad_reuse, "early_stop": s.early_stop, **ROWS[row]}
+        fields = {"grad_reuse": s.grad_reuse, "early_stop": s.early_stop, "injection": s.kv_injection, **ROWS[row]}
         cfg = GuidanceConfig(model=self.model_dir, frames=frames, height=size, width=size, steps=s.steps,
                              guided_steps=s.guided_steps, opt_iters=s.opt_iters, lr=tuple(s.lr),
                              temperature=s.temperature, cfg_scale=s.cfg_scale, cfg_min_t=s.cfg_min_t,

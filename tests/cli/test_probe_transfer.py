@@ -189,7 +189,9 @@ def test_a_seed_out_of_range_is_refused_naming_the_range(assets, tmp_path, capsy
 def test_tiny_cogvideox_defaults_to_9_frames(assets, tmp_path):
     cfg = dict(tiny.tiny_transformer().config)
     assert CogVideoXFamily.defaults(cfg)["frames"] == 9
-    assert all(CogVideoXFamily.defaults(p)["frames"] == 24 for p in PRESETS.values())
+    # the public models' own: 24 for CogVideoX 1.0, 81 for 1.5 (temporal patches of 2)
+    public = {p.get("patch_size_t") or 1: CogVideoXFamily.defaults(p)["frames"] for p in PRESETS.values()}
+    assert public == {1: 24, 2: 81}
     args = _set(_args(assets, tmp_path / "out"), "--video", str(assets / "video13.mp4"))
     i = args.index("--frames")
     assert main(args[:i] + args[i + 2:]) == 0  # a 13-frame clip: before, 24 frames were asked of it
