@@ -159,7 +159,7 @@ def _track(module) -> None:
     offloads itself after running); in the checkpointed backward, whose early-stopped recomputation
     never offloads, this keeps the block being recomputed and the one just back-propagated (or, with
     streams, the one prefetched), instead of every block down to the guidance block."""
-    blocks = {id(b): i for i, b in enumerate(getattr(module, "blocks", []))}
+    blocks = {id(b): i for i, b in enumerate(_block_list(module))}
     groups = _groups(module)
     for g in groups:
         if getattr(g, "_ditflow_tracked", False):
@@ -182,6 +182,17 @@ def _track(module) -> None:
             g._ditflow_onloaded = False
 
         g.onload_, g.offload_ = onload_, offload_
+
+
+def _block_list(module) -> list:
+    """The transformer's blocks in order: its family's list (HunyuanVideo: dual-stream then single-stream; CogVideoX:
+    ``transformer_blocks``), else ``module.blocks``."""
+    try:
+        from . import family_of
+
+        return list(family_of(module).blocks(module))
+    except Exception:  # noqa: BLE001 - a module of no family (tests' stand-ins): its own list, if any
+        return list(getattr(module, "blocks", []))
 
 
 def is_group_offloaded(module) -> bool:
