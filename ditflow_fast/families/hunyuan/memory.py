@@ -33,10 +33,32 @@ from ..base import FamilyBase, ModelError, foreign_vae
 from ..estimate import AMF_BUDGET, Estimate
 from .presets import _VAE, PRESETS, TEXT_LEN, block_count, defaults
 
-# Activation constants, in [T, D] units of the run's element size (*_ffn: one [T, mlp_ratio * D] tensor).
+# Activation constants, in [T, D] units of the run's element size; *_ffn: per unit of mlp_ratio. Measured (torch
+# profiler memory timeline, export_memory_timeline(device="cpu"), peak minus start of one steady-state guided
+# iteration: HunyuanVideoFamily.run_until truncated after block g with q/k captured, a dense gradient into q and k,
+# backward) on HunyuanVideoTransformer3DModel with 4 heads x 64, mlp_ratio 2 and 4, 6 dual- then 3 single-stream
+# blocks, 3 latent frames of 10 x 14 patches and 32 text tokens, g = 2..8, after subtracting the components
+# modelled on their own (RoPE tables, captured q/k and grads, the optimised tensor's gradient). The guidance
+# block's kind decides: a single-stream block computes its MLP branch (proj_mlp, 4x wide) before its attention,
+# so stopping there costs that branch. Raw bf16 numbers with checkpointing, mlp 4 (U, less modelled): g = 2..5
+# (dual) 23.64, 24.66, 25.69, 26.71; g = 6..8 (single) 35.85, 36.87, 37.89; mlp 2: 21.65 (g 4), 32.87 (g 7);
+# mlp 6: 31.26 (g 4, the model says 29.6), 40.87 (g 7). Without checkpointing, per kept block: dual 14.15 / 16.15
+# (mlp 2 / 4), single 13.12 / 15.12; fp32 10.1 / 12.1 and 9.07 / 11.07. Offloaded activations (the saved
+# tensors in emulated host memory): no growth with g (+0.02 U per block); bf16 dual 18.57 / 22.60, single
+# 25.81 / 29.81; fp32 14.23 / 18.58 and 18.09 / 23.38. --opt-mode emb (tables requiring grad: each block's
+# rotation keeps float32 copies of q and k), mlp 4: bf16 +6.56 (dual) +4.03 (single; +5.09 offloaded), fp32
+# +3.31 / +3.46; without checkpointing +7.46 per block - 1.98 (fp32 +3.32 per block + 0.69).
 ACT = {
-    2: dict(ckpt_input=1.0, recompute=20.0, recompute_ffn=1.5, block=16.0, block_ffn=1.0, partial_and_backward=10.0),
-    4: dict(ckpt_input=1.0, recompute=12.0, recompute_ffn=2.0, block=10.0, block_ffn=1.5, partial_and_backward=6.0),
+    2: dict(ckpt_input=1.02, rec_dual=12.51, rec_dual_ffn=2.02, rec_single=20.71, rec_single_ffn=2.0,
+            rec_dual_host=14.54, rec_dual_ffn_host=2.02, rec_single_host=21.81, rec_single_ffn_host=2.0,
+            emb_ckpt_dual=6.56, emb_ckpt_single=5.09,
+            block_dual=12.15, block_single=11.12, block_ffn=1.0, partial_dual=12.77, partial_single=15.31,
+            partial_single_ffn=2.0, emb_block=7.46, emb_fixed=-1.98),
+    4: dict(ckpt_input=1.02, rec_dual=7.78, rec_dual_ffn=2.18, rec_single=12.64, rec_single_ffn=2.15,
+            rec_dual_host=9.88, rec_dual_ffn_host=2.18, rec_single_host=12.80, rec_single_ffn_host=2.65,
+            emb_ckpt_dual=3.31, emb_ckpt_single=3.46,
+            block_dual=8.1, block_single=7.07, block_ffn=1.0, partial_dual=6.54, partial_single=8.79,
+            partial_single_ffn=2.0, emb_block=3.32, emb_fixed=0.69),
 }
 GROUP_RESIDENT_BLOCKS = 2
 OFFLOAD_MODES = ("none", "model", "group")
@@ -117,14 +139,21 @@ def estimate(preset_or_config, *, frames: int, height: int, width: int, guidance
         GROUP_RESIDENT_BLOCKS * max(dual, single)
     vae = 0 if offload != "none" else vae_params(_json(vae_cfg)) * 4  # loaded in float32
     base = {"transformer weights": resident * b, "VAE weights": vae}
+    kind = "single" if g >= int(cfg["num_layers"]) else "dual"  # the guidance block's
+    emb = opt_mode == "emb"
     if checkpointing:
         def acts(host):
+            h = "_host" if host else ""
+            rec = c[f"rec_{kind}{h}"] + c[f"rec_{kind}_ffn{h}"] * mlp + (c[f"emb_ckpt_{kind}"] if emb else 0)
             return {"checkpointed block inputs": 0 if host else round((g + 1) * c["ckpt_input"] * u),
-                    "one block recomputed + backward": round((c["recompute"] + c["recompute_ffn"] * mlp) * u)}
+                    "one block recomputed + backward": round(rec * u)}
         ours, plain = acts(offload_activations), acts(False)
     else:
-        ours = plain = {"block activations (no ckpt)": round((g * (c["block"] + c["block_ffn"] * mlp)
-                                                              + c["partial_and_backward"]) * u)}
+        dual_kept, single_kept = min(g, int(cfg["num_layers"])), max(0, g - int(cfg["num_layers"]))
+        units = (dual_kept * c["block_dual"] + single_kept * c["block_single"] + g * c["block_ffn"] * mlp
+                 + c[f"partial_{kind}"] + (c["partial_single_ffn"] * mlp if kind == "single" else 0)
+                 + ((c["emb_block"] * g + c["emb_fixed"]) if emb else 0))
+        ours = plain = {"block activations (no ckpt)": round(units * u)}
     common = {"RoPE tables (fp32)": 2 * n * hd * 4, "captured q, k and grads": 4 * n * dim * b}
     opt_elems = lat_f * z * lh * lw if opt_mode == "latent" else 4 * n * hd
     opt = {"optimised tensor + Adam (fp32)": 4 * opt_elems * 4}
@@ -154,17 +183,28 @@ def memory_config(model: str) -> dict:
 
 
 def dry_run_table(model: str, cfg, offload: str = "none") -> str:
-    """``--dry-run``'s text: the generic header and table (FamilyBase), with HunyuanVideo's notes: the guidance
-    block is derived from depth and unverified; ``--cfg`` is the embedded guidance; host memory when activations
-    are offloaded."""
+    """``--dry-run``'s text: the generic header and table (:meth:`FamilyBase.dry_run_table`) and HunyuanVideo's
+    notes: offload and host memory, the guidance block derived from depth (unverified), ``--cfg`` as the embedded
+    guidance scale."""
     from .family import HunyuanVideoFamily
 
     table = FamilyBase.dry_run_table.__func__(HunyuanVideoFamily, model, cfg, offload)
-    d = defaults(memory_config(model))
-    notes = []
+    config = memory_config(model)
+    d = defaults(config)
+    offload = "model" if offload == "none" and cfg.cpu_offload else offload
+    notes = [f"(offload {offload}" + (f": non-block parameters + {GROUP_RESIDENT_BLOCKS} blocks resident" if
+                                       offload == "group" else "") + ")"]
+    if cfg.offload_activations and cfg.gradient_checkpointing:
+        block = max(cfg.guidance_blocks or d["guidance_blocks"])
+        est = estimate(config, frames=cfg.frames or d["frames"], height=cfg.height or d["height"],
+                       width=cfg.width or d["width"], guidance_block=block, opt_mode=cfg.opt_mode, offload=offload,
+                       bytes_per_elem=4 if str(cfg.dtype or d["dtype"]).endswith("float32") else 2,
+                       offload_activations=True)
+        notes.append(f"(activations offloaded: the checkpointed block inputs take {est.host_bytes / 2**30:.2f} GiB of "
+                     "pinned host memory)")
     if not cfg.guidance_blocks:
-        notes.append(f"(guidance block {max(d['guidance_blocks'])}: derived from depth as DiTFlow's and FastVMT's, "
-                     "unverified on real weights)")
+        notes.append(f"(guidance block {max(d['guidance_blocks'])} of {block_count(config)}: derived from depth as "
+                     "DiTFlow's and FastVMT's, unverified on real weights)")
     notes.append(f"(--cfg is the embedded guidance scale, default {d['cfg_scale']:g}: one forward per step, no "
                  "unconditional pass; decoding 720p needs --vae-tiling)")
     return table + "\n" + "\n".join(notes)
