@@ -39,11 +39,13 @@ def add_transfer_parser(sub) -> None:
     p.add_argument("--inject-embeds", metavar="DIR", help="zero-shot: reuse embeddings saved by an emb run")
     p.add_argument("--guidance-block", type=int, action="append",
                    help="default: the model's (CogVideoX 20 (5B) / 15 (2B), Wan 14 (1.3B) / 19 (14B); by depth, "
-                        "unverified on real weights: CogVideoX 1.5 20 of 42, LTX-Video 13 of 28, HunyuanVideo: see "
-                        "--dry-run); repeatable")
+                        "unverified on real weights: CogVideoX 1.5 20 of 42, LTX-Video 13 of 28, HunyuanVideo 28 of 60 "
+                        "(dual-stream 0-19, then single-stream)); repeatable")
     p.add_argument("--cfg", type=float,
-                   help="classifier-free guidance scale (default: the model's, 7 CogVideoX, 5 Wan)")
-    p.add_argument("--flow-shift", type=float, help="Wan: the sampler's flow shift (default: the model folder's)")
+                   help="classifier-free guidance scale (default: the model's, 7 CogVideoX, 5 Wan); HunyuanVideo: "
+                        "its embedded guidance scale (default 6; one forward per step, no unconditional pass)")
+    p.add_argument("--flow-shift", type=float, help="Wan, HunyuanVideo: the sampler's flow shift (default: the model "
+                   "folder's)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's, 50; Wan2.2 A14B 40)")
     p.add_argument("--guided-steps", type=int, default=D.guided_steps)
     p.add_argument("--opt-iters", type=int, default=D.opt_iters, help="Adam iterations per guided step")

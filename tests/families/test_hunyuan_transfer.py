@@ -152,3 +152,11 @@ def test_group_offload_keeps_two_blocks_of_both_kinds_in_the_backward():
     (q.sum() + k.sum()).backward()
     settle(tr)
     assert max(most) <= 2 and len(most) > 6  # every block came in for the forward and again for the backward
+
+
+def test_help_names_the_unverified_block_and_the_embedded_guidance(capsys):
+    with pytest.raises(SystemExit):
+        main(["transfer", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "unverified on real weights" in out and "HunyuanVideo 28 of 60" in out
+    assert "HunyuanVideo: its embedded guidance scale (default 6" in out
