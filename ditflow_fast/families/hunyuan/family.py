@@ -300,7 +300,12 @@ class HunyuanVideoFamily(FamilyBase):
 
     # -- memory (--dry-run) ----------------------------------------------------------------------
     memory_config = staticmethod(memory.memory_config)
-    dry_run_table = staticmethod(memory.dry_run_table)
+
+    @classmethod
+    def dry_run_table(cls, model: str, cfg, offload: str = "none") -> str:
+        """The generic header and table, then HunyuanVideo's notes (:func:`.memory.dry_run_notes`)."""
+        return FamilyBase.dry_run_table.__func__(cls, model, cfg, offload) + "\n" + \
+            memory.dry_run_notes(model, cfg, offload)
 
     @staticmethod
     def estimate(config: dict, *, frames: int, height: int, width: int, guidance_block: int, bytes_per_elem: int = 2,

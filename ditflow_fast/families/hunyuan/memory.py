@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 
 from ...backends.reference import research_bytes
-from ..base import FamilyBase, ModelError, foreign_vae
+from ..base import ModelError, foreign_vae
 from ..estimate import AMF_BUDGET, Estimate
 from .presets import _VAE, PRESETS, TEXT_LEN, block_count, defaults
 
@@ -182,13 +182,9 @@ def memory_config(model: str) -> dict:
     return dict(transformer=clean, vae={k: v for k, v in vae.items() if not k.startswith("_")}, text_len=TEXT_LEN)
 
 
-def dry_run_table(model: str, cfg, offload: str = "none") -> str:
-    """``--dry-run``'s text: the generic header and table (:meth:`FamilyBase.dry_run_table`) and HunyuanVideo's
-    notes: offload and host memory, the guidance block derived from depth (unverified), ``--cfg`` as the embedded
-    guidance scale."""
-    from .family import HunyuanVideoFamily
-
-    table = FamilyBase.dry_run_table.__func__(HunyuanVideoFamily, model, cfg, offload)
+def dry_run_notes(model: str, cfg, offload: str = "none") -> str:
+    """The lines ``--dry-run`` adds under the generic table for HunyuanVideo: offload and host memory, the guidance
+    block derived from depth (unverified), ``--cfg`` as the embedded guidance scale."""
     config = memory_config(model)
     d = defaults(config)
     offload = "model" if offload == "none" and cfg.cpu_offload else offload
@@ -207,4 +203,4 @@ def dry_run_table(model: str, cfg, offload: str = "none") -> str:
                      "DiTFlow's and FastVMT's, unverified on real weights)")
     notes.append(f"(--cfg is the embedded guidance scale, default {d['cfg_scale']:g}: one forward per step, no "
                  "unconditional pass; decoding 720p needs --vae-tiling)")
-    return table + "\n" + "\n".join(notes)
+    return "\n".join(notes)
