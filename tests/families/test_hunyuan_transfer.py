@@ -160,3 +160,24 @@ def test_help_names_the_unverified_block_and_the_embedded_guidance(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "unverified on real weights" in out and "HunyuanVideo 28 of 60" in out
     assert "HunyuanVideo: its embedded guidance scale (default 6" in out
+
+
+def test_a_batch_worker_holds_the_model_between_jobs(hy, tmp_path):
+    from ditflow_fast.batch.worker import TransferWorker
+
+    w = TransferWorker("w", threads=1)
+    job = {"model": str(hy / "model"), "video": str(hy / "video.mp4"), "steps": 3, "guided_steps": 1, "opt_iters": 1,
+           "format": "frames", "prompt_embeds": str(hy / "model" / "prompt_embeds.safetensors")}
+    first, second = (w.run(n, job, str(tmp_path / n)) for n in ("a", "b"))
+    assert (first["ok"], first["model"], second["ok"], second["model"], w.loads) == (True, "loaded", True, "held", 1)
+    a, b = (read_video(tmp_path / n / "result_frames") for n in ("a", "b"))
+    assert a.shape == (9, 48, 80, 3) and np.array_equal(a, b)
+
+
+def test_the_app_predicts_the_public_models_memory_against_a_24_gb_card():
+    from ditflow_fast.app.core import predict_memory
+    from ditflow_fast.transfer_api import TransferOptions
+
+    mem = predict_memory("hunyuanvideo-community/HunyuanVideo", TransferOptions.from_kwargs(offload="group"),
+                         gpu_memory_gib=24 * 1e9 / 2**30)
+    assert abs(mem.peak_bytes / 2**30 - 25.49) < 0.01 and not mem.fits and "Refused" in mem.message()
