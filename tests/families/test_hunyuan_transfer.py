@@ -181,3 +181,14 @@ def test_the_app_predicts_the_public_models_memory_against_a_24_gb_card():
     mem = predict_memory("hunyuanvideo-community/HunyuanVideo", TransferOptions.from_kwargs(offload="group"),
                          gpu_memory_gib=24 * 1e9 / 2**30)
     assert abs(mem.peak_bytes / 2**30 - 25.49) < 0.01 and not mem.fits and "Refused" in mem.message()
+
+
+def test_a_prompt_file_without_the_empty_prompt_is_refused_before_anything_is_written(hy, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    only = tmp_path / "only_prompt.safetensors"
+    save_file({"prompt": load_file(str(hy / "model" / "prompt_embeds.safetensors"))["prompt"]}, str(only))
+    args = _args(hy, tmp_path / "out")
+    args[args.index("--prompt-embeds") + 1] = str(only)
+    assert main(args) == 2
+    assert "mask column" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -52,7 +52,8 @@ def unpack(text: torch.Tensor, pooled_dim: int) -> tuple[torch.Tensor, torch.Ten
     prefix = (torch.arange(mask.shape[1], device=mask.device) < ones[:, None]).float()
     if not torch.equal(mask.float(), prefix) or bool((ones < 1).any()):
         raise ValueError("a HunyuanVideo prompt tensor's mask column (index text_embed_dim) must be ones for the real "
-                         "tokens, then zeros, with at least one token (see ditflow_fast.families.hunyuan.text.pack)")
+                         "tokens, then zeros, with at least one token (see ditflow_fast.families.hunyuan.text.pack; a "
+                         "--prompt-embeds file without 'empty' and 'negative' leaves zeros for the reference pass)")
     return text[..., :d], mask, text[:, 0, d + 1:]
 
 
