@@ -99,6 +99,9 @@ def test_the_api_takes_the_folder_and_a_loaded_pipeline(hy):
     pipe = HunyuanVideoPipeline.from_pretrained(str(hy / "model"))
     by_pipe = ditflow_fast.transfer(pipe, frames, **kw)  # prompts through the pipeline's own encode_prompt
     assert np.array_equal(by_pipe.frames, by_path.frames)
+    # the caller's transformer goes back as it came: stock processors, no run setting left on it
+    assert not hasattr(pipe.transformer, "_ditflow_embedded_guidance")
+    assert type(pipe.transformer.transformer_blocks[0].attn.processor).__name__ == "HunyuanVideoAttnProcessor2_0"
     assert by_pipe.losses == by_path.losses
 
 

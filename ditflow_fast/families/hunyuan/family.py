@@ -124,9 +124,11 @@ class HunyuanVideoFamily(FamilyBase):
 
     @classmethod
     def uninstall(cls, transformer) -> None:
+        """The stock processors back, and the run's embedded guidance scale (:meth:`prepare`) dropped."""
         from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 
         uninstall_processors(transformer, cls.blocks(transformer), HunyuanVideoAttnProcessor2_0, attn="attn")
+        transformer.__dict__.pop("_ditflow_embedded_guidance", None)
 
     # -- positional embeddings -------------------------------------------------------------------
     @staticmethod
