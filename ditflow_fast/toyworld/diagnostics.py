@@ -54,3 +54,34 @@ def amf_errors(transformer, cond_embed, clips: list[Clip], *, timestep: int = 0,
         if not installed:
             fam.uninstall(transformer)
     return errs.mean(axis=0)
+
+
+def main(argv=None) -> int:
+    """``python -m ditflow_fast.toyworld.diagnostics --model assets/tiny_wan``: the per-block AMF error."""
+    import argparse
+
+    from .codec import load_codec
+    from .model import load_model
+    from .settings import DEFAULT_DIR
+    from .world import FRAMES, reference_clips
+
+    p = argparse.ArgumentParser(description="mean AMF error (patches) at the object's centre, per block")
+    p.add_argument("--model", default=str(DEFAULT_DIR))
+    p.add_argument("--clip-seed", type=int, default=1, help="1: the tuning clips")
+    p.add_argument("--clips", type=int, default=12)
+    p.add_argument("--timestep", type=int, nargs="+", default=[0], help="the reference's timestep(s)")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    if a.clips < 1 or a.threads < 1:
+        p.error("--clips and --threads must be positive")
+    torch.set_num_threads(a.threads)
+    tr, cond, _ = load_model(a.model)
+    clips = reference_clips(a.clip_seed, a.clips, frames=FRAMES)
+    for t in a.timestep:
+        errs = amf_errors(tr, cond, clips, timestep=t, codec=load_codec(a.model))
+        print(f"{a.model} t={t}: " + ", ".join(f"block {b} {e:.2f}" for b, e in enumerate(errs)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
