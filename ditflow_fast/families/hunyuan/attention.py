@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import torch
 
-from ...guidance.controller import GuidanceController, StopForward, split_rope
+from ...guidance.controller import split_rope
+from ..guided_attention import GuidedProcessor
 
 
-class HunyuanGuidedAttnProcessor:
+class HunyuanGuidedAttnProcessor(GuidedProcessor):
     """What diffusers' ``HunyuanVideoAttnProcessor2_0`` computes, with the same operations in the same order
     (bit-identical output when the controller asks nothing), plus capture, K/V copy and injection, and the
     early stop, as the shared :class:`GuidanceController` asks. Takes shared ``(cos, sin)`` RoPE or separate
     ``((cos_q, sin_q), (cos_k, sin_k))`` (emb mode)."""
 
-    _attention_backend = None  # read by diffusers' dispatcher (set_attention_backend writes it)
-    _parallel_config = None
-
-    def __init__(self, block_index: int, controller: GuidanceController):
-        self.block_index = block_index
-        self.controller = controller
+    kv_label = "HunyuanVideo attention's video part"
 
     # The stock processor's names: diffusers' Attention.forward passes only the keywords this signature has.
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
@@ -38,7 +34,6 @@ class HunyuanGuidedAttnProcessor:
         from diffusers.models.attention_dispatch import dispatch_attention_fn
         from diffusers.models.embeddings import apply_rotary_emb
 
-        ctrl, idx = self.controller, self.block_index
         dual = attn.add_q_proj is not None
         n_text = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
         if not dual and encoder_hidden_states is not None:
@@ -70,18 +65,7 @@ class HunyuanGuidedAttnProcessor:
             if attn.norm_added_k is not None:
                 ek = attn.norm_added_k(ek)
             query, key, value = (torch.cat(pair, dim=1) for pair in ((query, eq), (key, ek), (value, ev)))
-
-        if ctrl.armed and idx in ctrl.qk_blocks:  # [1, H, N, d] views of the video tokens (graph kept)
-            ctrl.qk[idx] = tuple(ctrl._pick(t[:, :n_video]).transpose(1, 2) for t in (query, key))
-        if ctrl.armed and idx in ctrl.copy_kv_blocks:
-            ctrl.kv[idx] = tuple(ctrl._pick(t[:, :n_video]).transpose(1, 2).detach().contiguous().clone()
-                                 for t in (key, value))
-        if ctrl.armed and idx == ctrl.stop_after and idx not in ctrl.out_blocks:
-            raise StopForward
-        if idx in ctrl.inject_kv:
-            ref_k, ref_v = ctrl.inject_kv[idx]
-            key, value = _replace_video(key, ref_k, n_video), _replace_video(value, ref_v, n_video)
-
+        key, value = self.ask(query, key, value, n_video)  # the video tokens lead; the text suffix stays
         out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                     backend=self._attention_backend, parallel_config=self._parallel_config)
         out = out.flatten(2, 3).to(query.dtype)
@@ -94,13 +78,3 @@ class HunyuanGuidedAttnProcessor:
             context = attn.to_add_out(context)
         return out, context
 
-
-def _replace_video(t: torch.Tensor, ref: torch.Tensor, n_video: int) -> torch.Tensor:
-    """``t`` ``[B, N + L, H, d]`` with its first ``N`` (video) tokens replaced by ``ref`` ``[1, H, N, d]`` for
-    every batch element; the text suffix unchanged (a new tensor)."""
-    b, _, h, d = t.shape
-    if tuple(ref.shape) != (1, h, n_video, d):
-        raise ValueError(f"injected K/V of shape {tuple(ref.shape)} do not fit HunyuanVideo attention's video part "
-                         f"[1, {h}, {n_video}, {d}]")
-    video = ref.to(dtype=t.dtype, device=t.device).transpose(1, 2).expand(b, -1, -1, -1)
-    return torch.cat([video, t[:, n_video:]], dim=1)

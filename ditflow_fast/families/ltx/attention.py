@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from ...guidance.controller import GuidanceController, StopForward, split_rope
+from ...guidance.controller import split_rope
+from ..guided_attention import GuidedProcessor
 
 
-class LTXGuidedAttnProcessor:
+class LTXGuidedAttnProcessor(GuidedProcessor):
     """LTX self-attention (``attn1``) with capture, K/V injection and early stop.
 
     The same operations in the same order as ``LTXVideoAttnProcessor`` (diffusers' own ``apply_rotary_emb``):
@@ -24,12 +25,7 @@ class LTXGuidedAttnProcessor:
     cross-attention to the T5 tokens (``attn2``) keeps the stock processor, so every token here is a video token.
     """
 
-    _attention_backend = None  # what diffusers' dispatcher reads off a processor
-    _parallel_config = None
-
-    def __init__(self, block_index: int, controller: GuidanceController):
-        self.block_index = block_index
-        self.controller = controller
+    kv_label = "LTX attention of shape"
 
     # The stock processor's names and order: LTXAttention.forward passes them positionally and filters keywords
     # by this signature, so a **kwargs catch-all would hide a changed call instead of failing.
@@ -42,7 +38,6 @@ class LTXGuidedAttnProcessor:
             raise ValueError("LTXGuidedAttnProcessor is for LTX's self-attention (attn1) only")
         if attention_mask is not None:  # LTXVideoTransformerBlock gives attn1 none; a new caller must be looked at
             raise ValueError("LTXGuidedAttnProcessor: an attention mask on self-attention is not supported")
-        ctrl, idx = self.controller, self.block_index
         query = attn.norm_q(attn.to_q(hidden_states))
         key = attn.norm_k(attn.to_k(hidden_states))
         value = attn.to_v(hidden_states)
@@ -53,30 +48,10 @@ class LTXGuidedAttnProcessor:
         query = query.unflatten(2, (attn.heads, -1))
         key = key.unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
-
-        if ctrl.armed and idx in ctrl.qk_blocks:
-            ctrl.qk[idx] = (ctrl._pick(query).transpose(1, 2), ctrl._pick(key).transpose(1, 2))
-        if ctrl.armed and idx in ctrl.copy_kv_blocks:
-            ctrl.kv[idx] = (ctrl._pick(key).transpose(1, 2).detach().contiguous().clone(),
-                            ctrl._pick(value).transpose(1, 2).detach().contiguous().clone())
-        if ctrl.armed and idx == ctrl.stop_after and idx not in ctrl.out_blocks:
-            raise StopForward
-        if idx in ctrl.inject_kv:
-            ref_k, ref_v = ctrl.inject_kv[idx]
-            key = _replace_all(key, ref_k)
-            value = _replace_all(value, ref_v)
-
+        key, value = self.ask(query, key, value)
         out = dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                     backend=self._attention_backend, parallel_config=self._parallel_config)
         out = out.flatten(2, 3).to(query.dtype)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
 
-
-def _replace_all(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """``t`` ``[B, N, H, d]`` replaced by ``ref`` ``[1, H, N, d]`` for every batch element (a new tensor)."""
-    b, n, h, d = t.shape
-    if tuple(ref.shape) != (1, h, n, d):
-        raise ValueError(f"injected K/V of shape {tuple(ref.shape)} do not fit LTX attention of shape "
-                         f"[1, {h}, {n}, {d}]")
-    return ref.to(dtype=t.dtype, device=t.device).transpose(1, 2).expand(b, -1, -1, -1)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from ...guidance.controller import GuidanceController, StopForward, split_rope
+from ...guidance.controller import split_rope
+from ..guided_attention import GuidedProcessor
 
 
-class WanGuidedAttnProcessor:
+class WanGuidedAttnProcessor(GuidedProcessor):
     """Wan self-attention (``attn1``) with capture, K/V injection and early stop.
 
     Computes what diffusers' ``WanAttnProcessor`` computes, with the same operations in the same
@@ -25,13 +26,7 @@ class WanGuidedAttnProcessor:
     (``attn2``, text and image keys) keeps the stock processor.
     """
 
-    # What diffusers' dispatcher reads off a processor (set_attention_backend writes the first).
-    _attention_backend = None
-    _parallel_config = None
-
-    def __init__(self, block_index: int, controller: GuidanceController):
-        self.block_index = block_index
-        self.controller = controller
+    kv_label = "Wan attention of shape"
 
     # Spelled out with the stock processor's names and order. WanAttention.forward (diffusers 0.42)
     # passes (hidden_states, encoder_hidden_states, attention_mask, rotary_emb) positionally and does
@@ -50,7 +45,6 @@ class WanGuidedAttnProcessor:
 
         if encoder_hidden_states is not None or attn.add_k_proj is not None:
             raise ValueError("WanGuidedAttnProcessor is for Wan's self-attention (attn1) only")
-        ctrl, idx = self.controller, self.block_index
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
         query = attn.norm_q(query)
         key = attn.norm_k(key)
@@ -61,19 +55,7 @@ class WanGuidedAttnProcessor:
             q_rope, k_rope = split_rope(rotary_emb)
             query = _apply_rotary(query, *q_rope)
             key = _apply_rotary(key, *k_rope)
-
-        if ctrl.armed and idx in ctrl.qk_blocks:
-            ctrl.qk[idx] = (ctrl._pick(query).transpose(1, 2), ctrl._pick(key).transpose(1, 2))
-        if ctrl.armed and idx in ctrl.copy_kv_blocks:
-            ctrl.kv[idx] = (ctrl._pick(key).transpose(1, 2).detach().contiguous().clone(),
-                            ctrl._pick(value).transpose(1, 2).detach().contiguous().clone())
-        if ctrl.armed and idx == ctrl.stop_after and idx not in ctrl.out_blocks:
-            raise StopForward
-        if idx in ctrl.inject_kv:
-            ref_k, ref_v = ctrl.inject_kv[idx]
-            key = _replace_all(key, ref_k)
-            value = _replace_all(value, ref_v)
-
+        key, value = self.ask(query, key, value)
         out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                     backend=self._attention_backend, parallel_config=self._parallel_config)
         out = out.flatten(2, 3).type_as(query)
@@ -91,11 +73,3 @@ def _apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Ten
     out[..., 1::2] = x1 * sin + x2 * cos
     return out.type_as(x)
 
-
-def _replace_all(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """``t`` ``[B, N, H, d]`` replaced by ``ref`` ``[1, H, N, d]`` for every batch element (a new tensor)."""
-    b, n, h, d = t.shape
-    if tuple(ref.shape) != (1, h, n, d):
-        raise ValueError(f"injected K/V of shape {tuple(ref.shape)} do not fit Wan attention of shape "
-                         f"[1, {h}, {n}, {d}]")
-    return ref.to(dtype=t.dtype, device=t.device).transpose(1, 2).expand(b, -1, -1, -1)
