@@ -18,11 +18,10 @@ guidance-distilled, so ``negative`` is not used for guidance); write one from a 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from ..base import ModelError
+from ..text_encoders import check_text_folders, release
 
 MAX_SEQUENCE_LENGTH = 256  # HunyuanVideoPipeline.__call__'s (and encode_prompt's) default
 _HINT = ("or pass --prompt-embeds FILE (tensors 'prompt' and 'empty' (or 'negative'), each [1, L, D + 1 + P]: the "
@@ -63,13 +62,8 @@ def _pipeline(model: str, dtype):
     except Exception as exc:  # diffusers' lazy import turns a missing transformers into a RuntimeError
         raise ModelError(f"encoding --prompt for HunyuanVideo needs transformers (pip install -e '.[text]'), {_HINT}"
                          ) from exc
-    local = Path(model).expanduser()
-    if local.exists():
-        need = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
-        missing = [d for d in need if not (local / d).is_dir()]
-        if missing:
-            raise ModelError(f"--prompt: the model folder {model} has no {' or '.join(m + '/' for m in missing)} "
-                             f"(the text encoders to encode prompts with); {_HINT}")
+    check_text_folders(model, ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2"), "the text encoders",
+                       _HINT)
     try:  # only the text components: the transformer and the VAE are the loop's
         return HunyuanVideoPipeline.from_pretrained(model, transformer=None, vae=None, scheduler=None, dtype=dtype)
     except Exception as exc:  # hub/network/format errors come in many types
@@ -95,5 +89,4 @@ def encode_prompts(model: str, texts: dict[str, str], device, dtype) -> dict[str
         return {name: pipeline_prompt(pipe, text, device, dtype).cpu() for name, text in texts.items()}
     finally:
         del pipe
-        if torch.device(device).type == "cuda":
-            torch.cuda.empty_cache()
+        release(device)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..base import ModelError
+from ..text_encoders import load_tokenizer_and_encoder, release
 from .presets import TEXT_LEN
 
 _HINT = ("or pass --prompt-embeds FILE (tensors 'prompt', 'negative' and optionally 'empty', each [1, L, D] with "
@@ -29,27 +29,6 @@ def real_tokens(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"one prompt at a time, got a batch of {embeds.shape[0]}")
     n = max(int(mask.reshape(-1).gt(0).sum()), 1)
     return embeds[:, :n]
-
-
-def _load(model: str, device, dtype):
-    try:
-        from transformers import AutoTokenizer, T5EncoderModel
-    except ImportError as exc:
-        raise ModelError("encoding --prompt for an LTX model needs transformers and sentencepiece "
-                         f"(pip install -e '.[text]' in the checkout), {_HINT}") from exc
-    local = Path(model).expanduser()
-    if local.exists():
-        missing = [d for d in ("tokenizer", "text_encoder") if not (local / d).is_dir()]
-        if missing:
-            raise ModelError(f"--prompt: the model folder {model} has no {' or '.join(m + '/' for m in missing)} "
-                             f"(a text encoder to encode prompts with); {_HINT}")
-    try:
-        tok = AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
-        enc = T5EncoderModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype)
-    except Exception as exc:  # hub/network/format errors come in many types
-        raise ModelError(f"--prompt: cannot load the tokenizer/text encoder of {model} "
-                         f"({type(exc).__name__}: {exc}); {_HINT}") from exc
-    return tok, enc.to(device).eval().requires_grad_(False)
 
 
 @torch.no_grad()
@@ -67,14 +46,13 @@ def encode_prompts_t5(model: str, texts: dict[str, str], device, dtype) -> dict[
     ``--prompt`` when transformers is missing or the model has no text encoder."""
     from diffusers import LTXPipeline
 
-    tok, enc = _load(model, device, dtype)
+    tok, enc = load_tokenizer_and_encoder(model, "T5EncoderModel", "an LTX model", _HINT, device, dtype)
     try:
         pipe = LTXPipeline(scheduler=None, vae=None, text_encoder=enc, tokenizer=tok, transformer=None)
         return {name: encode_with(pipe, text, device, dtype).float().cpu() for name, text in texts.items()}
     finally:
         del enc
-        if torch.device(device).type == "cuda":
-            torch.cuda.empty_cache()
+        release(device)
 
 
 def save_tiny_t5(path, d_model: int, seed: int = 0) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..base import ModelError
+from ..text_encoders import load_tokenizer_and_encoder, release
 
 _HINT = ("or pass --prompt-embeds FILE (tensors 'prompt', 'negative' and optionally 'empty', each [1, 512, D] with "
          "D the transformer's text_dim, 4096 for Wan2.1/2.2)")
@@ -34,27 +34,6 @@ def _clean(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _load(model: str, device, dtype):
-    try:
-        from transformers import AutoTokenizer, UMT5EncoderModel
-    except ImportError as exc:
-        raise ModelError("encoding --prompt for a Wan model needs transformers and sentencepiece "
-                         f"(pip install -e '.[text]' in the checkout), {_HINT}") from exc
-    local = Path(model).expanduser()
-    if local.exists():
-        missing = [d for d in ("tokenizer", "text_encoder") if not (local / d).is_dir()]
-        if missing:
-            raise ModelError(f"--prompt: the model folder {model} has no {' or '.join(m + '/' for m in missing)} "
-                             f"(a text encoder to encode prompts with); {_HINT}")
-    try:
-        tok = AutoTokenizer.from_pretrained(model, subfolder="tokenizer")
-        enc = UMT5EncoderModel.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype)
-    except Exception as exc:  # hub/network/format errors come in many types
-        raise ModelError(f"--prompt: cannot load the tokenizer/text encoder of {model} "
-                         f"({type(exc).__name__}: {exc}); {_HINT}") from exc
-    return tok, enc.to(device).eval().requires_grad_(False)
-
-
 @torch.no_grad()
 def encode_prompts_umt5(model: str, texts: dict[str, str], device, dtype, max_length: int = 512
                         ) -> dict[str, torch.Tensor]:
@@ -62,7 +41,7 @@ def encode_prompts_umt5(model: str, texts: dict[str, str], device, dtype, max_le
     and ``text_encoder/`` (``UMT5EncoderModel``) of ``model`` (a folder or hub id); entries after
     each prompt's real length are zeros, as WanPipeline gives them. Raises :class:`ModelError`
     naming ``--prompt`` when transformers is missing or the model has no text encoder."""
-    tok, enc = _load(model, device, dtype)
+    tok, enc = load_tokenizer_and_encoder(model, "UMT5EncoderModel", "a Wan model", _HINT, device, dtype)
     out = {}
     try:
         for name, text in texts.items():
@@ -76,8 +55,7 @@ def encode_prompts_umt5(model: str, texts: dict[str, str], device, dtype, max_le
             out[name] = padded[None]
     finally:
         del enc
-        if torch.device(device).type == "cuda":
-            torch.cuda.empty_cache()
+        release(device)
     return out
 
 
