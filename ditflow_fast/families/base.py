@@ -9,10 +9,12 @@ refuses it (``TypeError`` naming the members) unless it has every member of :cla
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from ..errors import ModelError  # noqa: F401  (re-exported: families raise it)
@@ -45,10 +47,7 @@ class Family(Protocol):
 
     # forwards; ``emb``: the positions optimised in --opt-mode emb, replacing the model's own
     def forward(self, transformer, latent, text, t, emb=None) -> torch.Tensor: ...
-    def run_until(self, transformer, latent, text, t, emb=None, *, stop_after, qk_blocks=(), out_blocks=(),
-                  copy_kv_blocks=()): ...
     def initial_emb(self, transformer, latent) -> torch.Tensor: ...
-    def emb_kind(self, transformer) -> str: ...
     def emb_fingerprint(self, transformer) -> str: ...
 
     # latents and the VAE
@@ -74,11 +73,15 @@ class Family(Protocol):
                  ffn_chunks: int | None = None) -> Estimate: ...
 
     # -- optional (defaults in FamilyBase)
+    def run_until(self, transformer, latent, text, t, emb=None, *, stop_after, qk_blocks=(), out_blocks=(),
+                  copy_kv_blocks=()): ...
+    def emb_kind(self, transformer) -> str: ...
     def has_second_expert(self, model: str, index: dict | None = None) -> bool: ...
     def expert_for(self, timestep, boundary_ratio: float | None, num_train_timesteps: int = 1000) -> str: ...
     def chunk_ffn(self, transformer, chunks: int | None, n_tokens: int) -> int: ...
     def unchunk_ffn(self, transformer) -> None: ...
     def dry_run_table(self, model: str, cfg, offload: str = "none") -> str: ...
+    def dry_run_notes(self, model: str, cfg, run: DryRun) -> list[str]: ...
     def prompt_length(self, transformer) -> int | None: ...
     def block_count(self, config: dict) -> int: ...
     def needs_uncond(self, cfg) -> bool: ...
@@ -99,8 +102,43 @@ def missing_members(family) -> list[str]:
             if not hasattr(family, n) or (n not in attrs and not callable(getattr(family, n)))]
 
 
+@dataclasses.dataclass
+class DryRun:
+    """What ``--dry-run`` resolved for the generic table (:meth:`FamilyBase.dry_run_table`), handed to a family's
+    :meth:`~FamilyBase.dry_run_notes`: the memory config, its defaults, the run's sizes, guidance block, element
+    size and offload mode (``--cpu-offload`` counts as ``"model"``), and :meth:`~Family.estimate`'s answer."""
+
+    config: dict
+    defaults: dict
+    frames: int
+    height: int
+    width: int
+    block: int
+    bytes_per_elem: int
+    offload: str
+    estimate: Estimate
+
+
 class FamilyBase:
-    """The optional hooks' defaults: one expert, no FFN slicing, the generic ``--dry-run`` table."""
+    """The optional hooks' defaults: one expert, no FFN slicing, the generic ``--dry-run`` table, RoPE as the
+    positions of emb mode, and the truncated forward through the family's own :meth:`~Family.forward`."""
+
+    @classmethod
+    def run_until(cls, transformer, latent, text, t, emb=None, *, stop_after: int | None, qk_blocks=(),
+                  out_blocks=(), copy_kv_blocks=(), **forward_kw):
+        """:func:`ditflow_fast.guidance.forward.run_until` (the arming, checks and early stop) around the family's
+        own call, ``forward(transformer, latent, text, t, emb, **forward_kw)``, over its :meth:`~Family.blocks`.
+        Returns the controller with its records."""
+        from ..guidance.forward import run_until
+
+        return run_until(transformer, stop_after=stop_after, qk_blocks=qk_blocks, out_blocks=out_blocks,
+                         copy_kv_blocks=copy_kv_blocks, n_blocks=len(cls.blocks(transformer)),
+                         call=lambda: cls.forward(transformer, latent, text, t, emb, **forward_kw))
+
+    @staticmethod
+    def emb_kind(transformer) -> str:
+        """What ``--opt-mode emb`` optimises: ``"rope"`` (separate query and key RoPE tables ``[2, 2, N, d]``)."""
+        return "rope"
 
     @staticmethod
     def has_second_expert(model: str, index: dict | None = None) -> bool:
@@ -154,8 +192,9 @@ class FamilyBase:
 
     @classmethod
     def dry_run_table(cls, model: str, cfg, offload: str = "none") -> str:
-        """What ``transfer --dry-run`` prints: the run's sizes, then :meth:`estimate`'s table. ``cfg``: the
-        command's GuidanceConfig (unset sizes, block and dtype come from :meth:`defaults`)."""
+        """What ``transfer --dry-run`` prints: the run's sizes, then :meth:`estimate`'s table, then the family's
+        :meth:`dry_run_notes`. ``cfg``: the command's GuidanceConfig (unset sizes, block and dtype come from
+        :meth:`defaults`)."""
         config = cls.memory_config(model)
         d = cls.defaults(config)
         frames, height, width = cfg.frames or d["frames"], cfg.height or d["height"], cfg.width or d["width"]
@@ -169,7 +208,15 @@ class FamilyBase:
         head = (f"{model}: {frames} frames at {height}x{width}, guidance block {block}, {b}-byte elements, "
                 f"opt-mode {cfg.opt_mode}, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}")
         note = "(derivation: docs/memory.md; the text encoder runs before the loop and is offloaded)"
-        return f"{head}\n{est.table()}\n{note}{foreign_vae_note(model, cls.vae_class)}"
+        run = DryRun(config, d, frames, height, width, block, b, offload, est)
+        return "\n".join([f"{head}\n{est.table()}\n{note}{foreign_vae_note(model, cls.vae_class)}",
+                          *cls.dry_run_notes(model, cfg, run)])
+
+    @staticmethod
+    def dry_run_notes(model: str, cfg, run: DryRun) -> list[str]:
+        """Lines the family adds under the generic ``--dry-run`` table (its unverified default block, what runs
+        outside the loop, ...); ``run``: what the table was computed from. Default: none."""
+        return []
 
 
 class Sampler:
@@ -211,6 +258,20 @@ class Sampler:
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, device) -> None:
         """Restore :meth:`state`; nothing to do for single-step schedulers."""
+
+
+def sample_latent(vae, frames: np.ndarray, device, dtype, seed: int = 0) -> torch.Tensor:
+    """``uint8 [F, H, W, 3]`` -> a seeded sample of the VAE's posterior ``[1, C, F', h, w]`` (its dtype, not
+    normalised): the pixels to ``[-1, 1]`` as ``[1, 3, F, H, W]``, as diffusers' video processors give them."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    g = torch.Generator(device=device).manual_seed(seed)
+    return vae.encode(x.to(device, dtype)).latent_dist.sample(generator=g)
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """A decoded ``[3, F, H, W]`` video in ``[-1, 1]`` -> ``uint8 [F, H, W, 3]`` on the CPU."""
+    video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return video.permute(1, 2, 3, 0).cpu().numpy()
 
 
 def decoded_frames_causal(latent_frames: int, temporal: int) -> int:

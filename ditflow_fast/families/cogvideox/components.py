@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ...errors import ModelError, cannot_load  # noqa: F401  (ModelError: importers of this module use it)
-from ..base import refuse_foreign_vae
+from ..base import refuse_foreign_vae, sample_latent, to_uint8
 
 
 def load_components(model: str, dtype: torch.dtype):
@@ -106,9 +106,7 @@ def _encode_t5(model: str, texts: dict[str, str], length: int, device, dtype) ->
 @torch.no_grad()
 def encode_video(vae, frames: np.ndarray, *, device, dtype, seed: int = 0) -> torch.Tensor:
     """``uint8 [F, H, W, 3]`` -> scaled latent ``[1, F', C, h, w]`` (a sample of the posterior, seeded)."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-    g = torch.Generator(device=device).manual_seed(seed)
-    lat = vae.encode(x.to(device, dtype)).latent_dist.sample(generator=g)
+    lat = sample_latent(vae, frames, device, dtype, seed)
     return (lat * vae.config.scaling_factor).permute(0, 2, 1, 3, 4).contiguous()
 
 
@@ -116,6 +114,4 @@ def encode_video(vae, frames: np.ndarray, *, device, dtype, seed: int = 0) -> to
 def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
     """Scaled latent ``[1, F', C, h, w]`` -> ``uint8 [F, H, W, 3]``."""
     z = latents.permute(0, 2, 1, 3, 4).to(next(vae.parameters()).dtype) / vae.config.scaling_factor
-    video = vae.decode(z).sample[0]  # [3, F, H, W] in [-1, 1]
-    video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return video.permute(1, 2, 3, 0).cpu().numpy()
+    return to_uint8(vae.decode(z).sample[0])

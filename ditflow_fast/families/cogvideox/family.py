@@ -272,12 +272,11 @@ class CogVideoXFamily(FamilyBase):
                             "have run)")
         return out
 
-    @classmethod
-    def dry_run_table(cls, model: str, cfg, offload: str = "none") -> str:
-        """The generic table, plus the defaults' ``note`` (1.5's unverified guidance block) where there is one."""
-        table = super().dry_run_table(model, cfg, offload)
-        note = cls.defaults(cls.memory_config(model)).get("note")
-        return f"{table}\n{note}" if note and not cfg.guidance_blocks else table
+    @staticmethod
+    def dry_run_notes(model: str, cfg, run) -> list[str]:
+        """The defaults' ``note`` (1.5's unverified guidance block) where there is one and the default is used."""
+        note = run.defaults.get("note")
+        return [note] if note and not cfg.guidance_blocks else []
 
     # -- memory (--dry-run) ---------------------------------------------------------------------
     memory_config = staticmethod(memory.config_for)

@@ -23,8 +23,7 @@ autograd, and the VAE decodes after the loop, sliced/tiled). With ``T = L_text +
 
 from __future__ import annotations
 
-from ...backends.reference import research_bytes
-from ..estimate import AMF_BUDGET, Estimate
+from ..estimate import Estimate
 from .patches import patch_frames, patch_t
 
 # The entries of the public CogVideoX configs that fix the sizes (so --dry-run needs no download).
@@ -82,17 +81,14 @@ def estimate(config: dict, *, frames: int, height: int, width: int, guidance_blo
     else:
         acts = {"block activations (no ckpt)": (guidance_block * BLOCK_ACTIVATIONS + PARTIAL_BLOCK
                                                 + BACKWARD_TEMPS) * td}
-    qk = {"captured q, k and grads": 4 * heads * n * hd * b}
     if opt_mode == "latent":
         opt_elems = lat_f * config["in_channels"] * lh * lw
     elif config.get("use_rotary_positional_embeddings"):
         opt_elems = 4 * n * hd  # separate query and key RoPE, cos and sin
     else:
         opt_elems = n * dim
-    opt = {"optimised tensor + Adam (fp32)": 4 * opt_elems * 4}
-    ours = {**base, **acts, **qk, "AMF working set": min(AMF_BUDGET, 4 * n * n) + 3 * tok_f * n * 4, **opt}
-    research = {**base, **acts, **qk, "AMF working set": research_bytes(heads, tok_f, hh, ww, b), **opt}
-    return Estimate(ours, research)
+    return Estimate.build(base, acts, acts, {"captured q, k and grads": 4 * heads * n * hd * b}, heads=heads,
+                          grid=(tok_f, hh, ww), bytes_per_elem=b, opt_elems=opt_elems)
 
 
 def config_for(model: str) -> dict:

@@ -22,17 +22,15 @@ What shapes this module, next to Wan and CogVideoX:
 
 from __future__ import annotations
 
-import contextlib
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ...errors import cannot_load
 from ...guidance.controller import install_processors, uninstall_processors
-from ..base import FamilyBase, ModelError, refuse_foreign_vae
-from ..estimate import Estimate
+from .. import folders
+from ..base import FamilyBase, ModelError, sample_latent, to_uint8
+from ..rope import qk_tables, rope_override
 from . import memory, presets, text
 from .attention import HunyuanGuidedAttnProcessor
 from .sampler import HunyuanSampler, make_scheduler
@@ -68,30 +66,17 @@ class HunyuanVideoFamily(FamilyBase):
     def load(cls, model: str, dtype: torch.dtype, vae_dtype: torch.dtype = torch.float32) -> dict:
         """On the CPU: the transformer in ``dtype``, the VAE in ``vae_dtype`` (float32, as the Wan family decodes);
         :class:`ModelError` naming ``--model``. Refuses image-conditioned and non-distilled transformers."""
-        try:
+        with folders.load_errors(model):
             from diffusers import (
                 AutoencoderKLHunyuanVideo,
                 FlowMatchEulerDiscreteScheduler,
                 HunyuanVideoTransformer3DModel,
             )
-        except Exception as exc:  # diffusers' lazy import turns a broken dependency into a RuntimeError
-            raise cannot_load(model, exc) from exc
-        local = Path(model).expanduser()
-        if local.exists():
-            missing = [s for s in ("transformer", "vae") if not (local / s).is_dir()]
-            if missing:
-                raise ModelError(f"--model {model}: not a HunyuanVideo diffusers folder (no {', '.join(missing)}/)")
-            refuse_foreign_vae(model, cls.vae_class)
-            model = str(local)
-        try:
+        model = folders.checked_folder(model, "a HunyuanVideo", cls.vae_class, hub_id=False)
+        with folders.load_errors(model):
             tr = HunyuanVideoTransformer3DModel.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
             vae = AutoencoderKLHunyuanVideo.from_pretrained(model, subfolder="vae", torch_dtype=vae_dtype)
-        except Exception as exc:  # hub/network/format errors come in many types
-            raise cannot_load(model, exc) from exc
-        try:
-            sched_cfg = dict(FlowMatchEulerDiscreteScheduler.load_config(model, subfolder="scheduler"))
-        except Exception:
-            sched_cfg = None  # make_scheduler falls back to the public folder's (shift 7.0)
+        sched_cfg = folders.scheduler_config(FlowMatchEulerDiscreteScheduler, model)  # None: the public folder's
         cls.check_transformer(tr.config, model)
         return dict(transformer=tr.eval().requires_grad_(False), transformer_2=None,
                     vae=vae.eval().requires_grad_(False), scheduler_config=sched_cfg, boundary_ratio=None,
@@ -134,41 +119,13 @@ class HunyuanVideoFamily(FamilyBase):
     @staticmethod
     def initial_emb(transformer, latent: torch.Tensor) -> torch.Tensor:
         """``[2 (q, k), 2 (cos, sin), N, head_dim]`` float32 from the model's RoPE for this latent (hooks bypassed)."""
-        cos, sin = transformer.rope.forward(latent)
-        one = torch.stack([cos, sin]).float()
-        return torch.stack([one, one.clone()])
+        return qk_tables(*transformer.rope.forward(latent))
 
     @staticmethod
-    @contextlib.contextmanager
     def emb_override(transformer, emb: torch.Tensor | None):
-        """While active, every forward uses ``emb`` ``[2, 2, N, d]`` as separate query and key RoPE (a forward hook
-        on ``transformer.rope`` returns ``((cos_q, sin_q), (cos_k, sin_k))`` in the stock tables' dtype; the
-        gradient reaches ``emb``). Needs the guided processors. ``emb=None``: no change."""
-        if emb is None:
-            yield
-            return
-        if getattr(transformer, "_ditflow_guidance", None) is None:
-            raise ValueError("emb_override needs the guided processors: call HunyuanVideoFamily.install first")
-        if emb.dim() != 4 or emb.shape[:2] != (2, 2):
-            raise ValueError(f"emb must be [2 (q, k), 2 (cos, sin), N, d], got {tuple(emb.shape)}")
-
-        def hook(module, args, output):
-            cos = output[0]
-            if tuple(emb.shape[2:]) != tuple(cos.shape):
-                raise ValueError(f"emb of shape {tuple(emb.shape)} does not fit this latent's RoPE [2, 2, "
-                                 f"{cos.shape[0]}, {cos.shape[1]}]")
-            e = emb.to(device=cos.device, dtype=cos.dtype)
-            return (e[0, 0], e[0, 1]), (e[1, 0], e[1, 1])
-
-        handle = transformer.rope.register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    @staticmethod
-    def emb_kind(transformer) -> str:
-        return "rope"
+        """While active, every forward uses ``emb`` ``[2, 2, N, d]`` as separate query and key RoPE, handed to the
+        blocks as ``[N, d]`` tables (:func:`~ditflow_fast.families.rope.rope_override`). Needs :meth:`install`."""
+        return rope_override(transformer, emb, "HunyuanVideoFamily.install", token_axis=0)
 
     @classmethod
     def emb_fingerprint(cls, transformer) -> str:
@@ -206,15 +163,6 @@ class HunyuanVideoFamily(FamilyBase):
             return transformer(hidden_states=latent, timestep=t, encoder_hidden_states=embeds.to(dtype),
                                encoder_attention_mask=mask.to(dtype), pooled_projections=pooled.to(dtype),
                                guidance=guidance, return_dict=False)[0]
-
-    @classmethod
-    def run_until(cls, transformer, latent, text_embeds, timestep, emb=None, *, stop_after: int | None, qk_blocks=(),
-                  out_blocks=(), copy_kv_blocks=()):
-        from ...guidance.forward import run_until
-
-        return run_until(transformer, stop_after=stop_after, qk_blocks=qk_blocks, out_blocks=out_blocks,
-                         copy_kv_blocks=copy_kv_blocks, n_blocks=len(cls.blocks(transformer)),
-                         call=lambda: cls.forward(transformer, latent, text_embeds, timestep, emb))
 
     # -- sizes -----------------------------------------------------------------------------------
     @staticmethod
@@ -255,19 +203,14 @@ class HunyuanVideoFamily(FamilyBase):
         VAE's ``scaling_factor`` (the pipeline divides by it before decoding)."""
         f, h, w, _ = frames.shape
         cls.check_frames(f, int(vae.config.temporal_compression_ratio))
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-        g = torch.Generator(device=device).manual_seed(seed)
-        lat = vae.encode(x.to(device, dtype)).latent_dist.sample(generator=g).float()
-        return lat * float(vae.config.scaling_factor)
+        return sample_latent(vae, frames, device, dtype, seed).float() * float(vae.config.scaling_factor)
 
     @staticmethod
     @torch.no_grad()
     def decode_latents(vae, latent: torch.Tensor) -> np.ndarray:
         """``[1, C, F', h, w]`` -> ``uint8 [F, H, W, 3]`` (``latent / scaling_factor``, as the pipeline decodes)."""
         p = next(vae.parameters())
-        video = vae.decode(latent.to(p.device, p.dtype) / vae.config.scaling_factor).sample[0]
-        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return video.permute(1, 2, 3, 0).cpu().numpy()
+        return to_uint8(vae.decode(latent.to(p.device, p.dtype) / vae.config.scaling_factor).sample[0])
 
     # -- sampler ---------------------------------------------------------------------------------
     @staticmethod
@@ -303,16 +246,5 @@ class HunyuanVideoFamily(FamilyBase):
     # -- memory (--dry-run) ----------------------------------------------------------------------
     memory_config = staticmethod(memory.memory_config)
 
-    @classmethod
-    def dry_run_table(cls, model: str, cfg, offload: str = "none") -> str:
-        """The generic header and table, then HunyuanVideo's notes (:func:`.memory.dry_run_notes`)."""
-        return FamilyBase.dry_run_table.__func__(cls, model, cfg, offload) + "\n" + \
-            memory.dry_run_notes(model, cfg, offload)
-
-    @staticmethod
-    def estimate(config: dict, *, frames: int, height: int, width: int, guidance_block: int, bytes_per_elem: int = 2,
-                 opt_mode: str = "latent", checkpointing: bool = True, offload: str = "none",
-                 offload_activations: bool = False, ffn_chunks: int | None = None) -> Estimate:
-        return memory.estimate(config, frames=frames, height=height, width=width, guidance_block=guidance_block,
-                               bytes_per_elem=bytes_per_elem, opt_mode=opt_mode, checkpointing=checkpointing,
-                               offload=offload, offload_activations=offload_activations)
+    dry_run_notes = staticmethod(memory.dry_run_notes)
+    estimate = staticmethod(memory.estimate)

@@ -24,14 +24,9 @@ VAE's decode after the loop needs ``--vae-tiling`` at 720p (it is not part of th
 
 from __future__ import annotations
 
-import functools
-import json
-from pathlib import Path
-
-from ...backends.reference import research_bytes
-from ..base import ModelError, foreign_vae
-from ..estimate import AMF_BUDGET, Estimate
-from .presets import _VAE, PRESETS, TEXT_LEN, block_count, defaults
+from ..estimate import GROUP_RESIDENT_BLOCKS, Estimate, check_block, check_options, config_json, meta_counts
+from ..folders import folder_configs
+from .presets import _VAE, PRESETS, TEXT_LEN, block_count
 
 # Activation constants, in [T, D] units of the run's element size; *_ffn: per unit of mlp_ratio. Measured (torch
 # profiler memory timeline, export_memory_timeline(device="cpu"), peak minus start of one steady-state guided
@@ -60,41 +55,6 @@ ACT = {
             block_dual=8.1, block_single=7.07, block_ffn=1.0, partial_dual=6.54, partial_single=8.79,
             partial_single_ffn=2.0, emb_block=3.32, emb_fixed=0.69),
 }
-GROUP_RESIDENT_BLOCKS = 2
-OFFLOAD_MODES = ("none", "model", "group")
-
-
-@functools.lru_cache(maxsize=16)
-def _counts(transformer_json: str) -> tuple[int, int, int]:
-    """(all parameters, parameters of one dual-stream block, of one single-stream block), on the meta device."""
-    import torch
-    from diffusers import HunyuanVideoTransformer3DModel
-
-    cfg = json.loads(transformer_json)
-    with torch.device("meta"):
-        m = HunyuanVideoTransformer3DModel(**cfg)
-
-    def count(mod):
-        return sum(p.numel() for p in mod.parameters())
-
-    dual = count(m.transformer_blocks[0]) if len(m.transformer_blocks) else 0
-    single = count(m.single_transformer_blocks[0]) if len(m.single_transformer_blocks) else 0
-    return count(m), dual, single
-
-
-@functools.lru_cache(maxsize=8)
-def vae_params(vae_json: str) -> int:
-    import torch
-    from diffusers import AutoencoderKLHunyuanVideo
-
-    with torch.device("meta"):
-        vae = AutoencoderKLHunyuanVideo(**json.loads(vae_json))
-    return sum(p.numel() for p in vae.parameters())
-
-
-def _json(d: dict) -> str:
-    return json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if not k.startswith("_")},
-                      sort_keys=True)
 
 
 def _entry(preset_or_config) -> dict:
@@ -107,22 +67,15 @@ def _entry(preset_or_config) -> dict:
 
 def estimate(preset_or_config, *, frames: int, height: int, width: int, guidance_block: int, bytes_per_elem: int = 2,
              opt_mode: str = "latent", checkpointing: bool = True, offload: str = "none",
-             offload_activations: bool = False) -> Estimate:
+             offload_activations: bool = False, ffn_chunks: int | None = None) -> Estimate:
     """Predicted peak bytes by component of a guided HunyuanVideo run (see the module docstring).
-    ``host_bytes`` of the result: the pinned host memory the offloaded activations take."""
-    if offload not in OFFLOAD_MODES:
-        raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
-    if opt_mode not in ("latent", "emb"):
-        raise ValueError(f"opt_mode must be 'latent' or 'emb', got {opt_mode!r}")
-    if bytes_per_elem not in ACT:
-        raise ValueError(f"bytes_per_elem must be 2 (bf16/fp16) or 4 (fp32), got {bytes_per_elem}")
-    if offload_activations and not checkpointing:
-        raise ValueError("offload_activations needs checkpointing (the loop refuses the combination)")
+    ``host_bytes`` of the result: the pinned host memory the offloaded activations take. ``ffn_chunks`` (Wan's FFN
+    slices) is not modelled."""
+    check_options(offload=offload, opt_mode=opt_mode, bytes_per_elem=bytes_per_elem, constants=ACT,
+                  offload_activations=offload_activations, checkpointing=checkpointing)
     entry = _entry(preset_or_config)
     cfg, vae_cfg = entry["transformer"], entry.get("vae", _VAE)
-    n_blocks = block_count(cfg)
-    if not 0 <= guidance_block < n_blocks:
-        raise ValueError(f"guidance block {guidance_block} out of range: the transformer has {n_blocks} blocks")
+    check_block(guidance_block, block_count(cfg))
     temporal = int(vae_cfg.get("temporal_compression_ratio", 4))
     spatial = int(vae_cfg.get("spatial_compression_ratio", 8))
     z, p, pt = int(vae_cfg.get("latent_channels", 16)), int(cfg.get("patch_size", 2)), int(cfg.get("patch_size_t", 1))
@@ -133,11 +86,12 @@ def estimate(preset_or_config, *, frames: int, height: int, width: int, guidance
     n, text_len = ff * hh * ww, int(entry.get("text_len", TEXT_LEN))
     u = (n + text_len) * dim * b
     g, c = guidance_block, ACT[b]
-    total, dual, single = _counts(_json(cfg))
+    total, ((_, dual), (_, single)) = meta_counts("HunyuanVideoTransformer3DModel", config_json(cfg),
+                                                  ("transformer_blocks", "single_transformer_blocks"))
     resident = total if offload != "group" else \
         total - int(cfg["num_layers"]) * dual - int(cfg.get("num_single_layers", 0)) * single + \
         GROUP_RESIDENT_BLOCKS * max(dual, single)
-    vae = 0 if offload != "none" else vae_params(_json(vae_cfg)) * 4  # loaded in float32
+    vae = 0 if offload != "none" else meta_counts("AutoencoderKLHunyuanVideo", config_json(vae_cfg))[0] * 4  # float32
     base = {"transformer weights": resident * b, "VAE weights": vae}
     kind = "single" if g >= int(cfg["num_layers"]) else "dual"  # the guidance block's
     emb = opt_mode == "emb"
@@ -155,52 +109,33 @@ def estimate(preset_or_config, *, frames: int, height: int, width: int, guidance
                  + ((c["emb_block"] * g + c["emb_fixed"]) if emb else 0))
         ours = plain = {"block activations (no ckpt)": round(units * u)}
     common = {"RoPE tables (fp32)": 2 * n * hd * 4, "captured q, k and grads": 4 * n * dim * b}
-    opt_elems = lat_f * z * lh * lw if opt_mode == "latent" else 4 * n * hd
-    opt = {"optimised tensor + Adam (fp32)": 4 * opt_elems * 4}
-    est = Estimate({**base, **ours, **common, "AMF working set": min(AMF_BUDGET, 4 * n * n) + 3 * ff * n * 4, **opt},
-                   {**base, **plain, **common, "AMF working set": research_bytes(heads, ff, hh, ww, b), **opt})
+    est = Estimate.build(base, ours, plain, common, heads=heads, grid=(ff, hh, ww), bytes_per_elem=b,
+                         opt_elems=lat_f * z * lh * lw if opt_mode == "latent" else 4 * n * hd)
     est.host_bytes = (g + 1) * u if offload_activations else 0
     return est
 
 
 def memory_config(model: str) -> dict:
-    """A PRESETS-shaped entry for the preset or a local HunyuanVideo folder (its configs only, no weights)."""
+    """A PRESETS-shaped entry for the preset or a local HunyuanVideo folder (its configs only, no weights; another
+    codec in ``vae/``, the toy world's, counts as HunyuanVideo's VAE, and --dry-run says so)."""
     if model in PRESETS:
         return PRESETS[model]
-    root = Path(model).expanduser()
-    try:
-        tr = json.loads((root / "transformer" / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"--model {model}: no readable transformer/config.json ({exc}); HunyuanVideo presets: "
-                         f"{', '.join(PRESETS)}") from exc
-    try:  # another codec (the toy world's) counts as HunyuanVideo's VAE, and --dry-run says so
-        vae = dict(_VAE) if foreign_vae(model, "AutoencoderKLHunyuanVideo") else \
-            json.loads((root / "vae" / "config.json").read_text())
-    except (OSError, ValueError):
-        vae = dict(_VAE)
-    clean = {k: v for k, v in tr.items() if not k.startswith("_")}
-    return dict(transformer=clean, vae={k: v for k, v in vae.items() if not k.startswith("_")}, text_len=TEXT_LEN)
+    tr, vae = folder_configs(model, _VAE, "AutoencoderKLHunyuanVideo", f"HunyuanVideo presets: {', '.join(PRESETS)}")
+    return dict(transformer=tr, vae=vae, text_len=TEXT_LEN)
 
 
-def dry_run_notes(model: str, cfg, offload: str = "none") -> str:
-    """The lines ``--dry-run`` adds under the generic table for HunyuanVideo: offload and host memory, the guidance
-    block derived from depth (unverified), ``--cfg`` as the embedded guidance scale."""
-    config = memory_config(model)
-    d = defaults(config)
-    offload = "model" if offload == "none" and cfg.cpu_offload else offload
-    notes = [f"(offload {offload}" + (f": non-block parameters + {GROUP_RESIDENT_BLOCKS} blocks resident" if
-                                       offload == "group" else "") + ")"]
-    if cfg.offload_activations and cfg.gradient_checkpointing:
-        block = max(cfg.guidance_blocks or d["guidance_blocks"])
-        est = estimate(config, frames=cfg.frames or d["frames"], height=cfg.height or d["height"],
-                       width=cfg.width or d["width"], guidance_block=block, opt_mode=cfg.opt_mode, offload=offload,
-                       bytes_per_elem=4 if str(cfg.dtype or d["dtype"]).endswith("float32") else 2,
-                       offload_activations=True)
-        notes.append(f"(activations offloaded: the checkpointed block inputs take {est.host_bytes / 2**30:.2f} GiB of "
-                     "pinned host memory)")
+def dry_run_notes(model: str, cfg, run) -> list[str]:
+    """The lines ``--dry-run`` adds under the generic table for HunyuanVideo (``run``: what the table was computed
+    from, a :class:`~ditflow_fast.families.base.DryRun`): offload and host memory, the guidance block derived from
+    depth (unverified), ``--cfg`` as the embedded guidance scale."""
+    notes = [f"(offload {run.offload}" + (f": non-block parameters + {GROUP_RESIDENT_BLOCKS} blocks resident" if
+                                           run.offload == "group" else "") + ")"]
+    if cfg.offload_activations and cfg.gradient_checkpointing:  # the table's estimate has them offloaded
+        notes.append(f"(activations offloaded: the checkpointed block inputs take "
+                     f"{run.estimate.host_bytes / 2**30:.2f} GiB of pinned host memory)")
     if not cfg.guidance_blocks:
-        notes.append(f"(guidance block {max(d['guidance_blocks'])} of {block_count(config)}: derived from depth as "
+        notes.append(f"(guidance block {run.block} of {block_count(run.config)}: derived from depth as "
                      "DiTFlow's and FastVMT's, unverified on real weights)")
-    notes.append(f"(--cfg is the embedded guidance scale, default {d['cfg_scale']:g}: one forward per step, no "
-                 "unconditional pass; decoding 720p needs --vae-tiling)")
-    return "\n".join(notes)
+    notes.append(f"(--cfg is the embedded guidance scale, default {run.defaults['cfg_scale']:g}: one forward per "
+                 "step, no unconditional pass; decoding 720p needs --vae-tiling)")
+    return notes

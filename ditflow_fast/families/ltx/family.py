@@ -19,17 +19,15 @@ What shapes this module (diffusers' ``LTXPipeline`` / ``LTXVideoTransformer3DMod
 
 from __future__ import annotations
 
-import contextlib
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ...errors import cannot_load
 from ...guidance.controller import GuidanceController, install_processors, uninstall_processors
-from ..base import FamilyBase, ModelError, refuse_foreign_vae
-from ..estimate import Estimate
+from .. import folders
+from ..base import FamilyBase, ModelError, sample_latent, to_uint8
+from ..rope import qk_tables, rope_override
 from . import geometry, memory, presets
 from .attention import LTXGuidedAttnProcessor
 from .presets import FRAME_RATE, PRESETS, SPATIAL, TEMPORAL
@@ -41,23 +39,6 @@ FINGERPRINT_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "
                     "in_channels", "caption_channels")
 # The pipeline's RoPE coordinates: frames scaled by temporal compression / frame rate, pixels by 32.
 ROPE_SCALE = (TEMPORAL / FRAME_RATE, SPATIAL, SPATIAL)
-
-
-def _read_model_index(model: str) -> dict:
-    local = Path(model).expanduser()
-    if local.exists():
-        try:
-            return json.loads((local / "model_index.json").read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"--model {model}: unreadable model_index.json ({exc})") from exc
-    from diffusers import DiffusionPipeline
-
-    try:
-        return dict(DiffusionPipeline.load_config(model))
-    except Exception:  # a transformer-only repo, or offline: the subfolders decide
-        return {}
 
 
 class LTXFamily(FamilyBase):
@@ -86,37 +67,19 @@ class LTXFamily(FamilyBase):
         """Components on the CPU: ``transformer`` and ``vae`` in ``dtype`` (as ``LTXPipeline`` runs them),
         ``scheduler_config`` (None if the folder has none: LTX-Video's is used). :class:`ModelError` names
         ``--model``."""
-        try:
+        with folders.load_errors(model):
             from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
-        except Exception as exc:  # diffusers' lazy import turns a broken dependency into a RuntimeError
-            raise cannot_load(model, exc) from exc
-        local = Path(model).expanduser()
-        if local.exists():
-            missing = [s for s in ("transformer", "vae") if not (local / s).is_dir()]
-            if missing:
-                raise ModelError(f"--model {model}: not an LTX diffusers folder (no {', '.join(missing)}/)")
-            refuse_foreign_vae(model, LTXFamily.vae_class)
-            model = str(local)
-        elif model.startswith((".", "/", "~")) or model.count("/") != 1:
-            raise ModelError(f"--model {model}: no such folder, and not a hub id of the form owner/name")
-        cls = _read_model_index(model).get("_class_name")
-        if cls is not None and cls not in _PIPELINES:
-            raise ModelError(f"--model {model}: a {cls} folder; the LTX guidance loop takes text-to-video "
-                             f"{' / '.join(_PIPELINES)} folders")
-        try:
+        model = folders.checked_folder(model, "an LTX", LTXFamily.vae_class)
+        folders.refuse_other_pipeline(model, folders.read_model_index(model), _PIPELINES, "LTX")
+        with folders.load_errors(model):
             transformer = LTXVideoTransformer3DModel.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
             vae = AutoencoderKLLTXVideo.from_pretrained(model, subfolder="vae", torch_dtype=dtype)
-        except Exception as exc:  # hub/network/format errors come in many types
-            raise cannot_load(model, exc) from exc
         geometry.check_vae(vae.config, model)
         if transformer.config.in_channels != vae.config.latent_channels * transformer.config.patch_size ** 2 \
                 * transformer.config.patch_size_t:
             raise ModelError(f"--model {model}: the transformer takes {transformer.config.in_channels} channels, the "
                              f"VAE gives {vae.config.latent_channels}; only text-to-video LTX folders are supported")
-        try:
-            sched_cfg = dict(FlowMatchEulerDiscreteScheduler.load_config(model, subfolder="scheduler"))
-        except Exception:
-            sched_cfg = None  # make_sampler falls back to LTX-Video's
+        sched_cfg = folders.scheduler_config(FlowMatchEulerDiscreteScheduler, model)  # None: make_sampler's LTX-Video's
         transformer.eval().requires_grad_(False)
         return dict(transformer=transformer, transformer_2=None, vae=vae.eval().requires_grad_(False),
                     scheduler_config=sched_cfg, boundary_ratio=None, expand_timesteps=False)
@@ -152,36 +115,13 @@ class LTXFamily(FamilyBase):
     @classmethod
     def initial_emb(cls, transformer, latent: torch.Tensor) -> torch.Tensor:
         """``[2 (q, k), 2 (cos, sin), N, D]`` float32, queries and keys both from the model's RoPE."""
-        one = torch.stack(cls.rope(transformer, latent))
-        return torch.stack([one, one.clone()])
+        return qk_tables(*cls.rope(transformer, latent))
 
     @staticmethod
-    @contextlib.contextmanager
     def emb_override(transformer, emb: torch.Tensor | None):
-        """While active, every forward uses ``emb`` ``[2, 2, N, D]`` as separate query and key RoPE: a forward
-        hook on ``transformer.rope`` returns ``((cos_q, sin_q), (cos_k, sin_k))`` each ``[1, N, D]`` in the stock
-        tables' dtype (the gradient reaches ``emb``). Needs :meth:`install`. ``emb=None``: no change."""
-        if emb is None:
-            yield
-            return
-        if getattr(transformer, "_ditflow_guidance", None) is None:
-            raise ValueError("emb_override needs the guided processors: call LTXFamily.install(transformer) first")
-        if emb.dim() != 4 or emb.shape[:2] != (2, 2):
-            raise ValueError(f"emb must be [2 (q, k), 2 (cos, sin), N, D], got {tuple(emb.shape)}")
-
-        def hook(module, args, output):
-            cos = output[0]
-            if tuple(emb.shape[2:]) != tuple(cos.shape[1:]):
-                raise ValueError(f"emb of shape {tuple(emb.shape)} does not fit this latent's RoPE "
-                                 f"[2, 2, {cos.shape[1]}, {cos.shape[2]}]")
-            e = emb.to(device=cos.device, dtype=cos.dtype)
-            return (e[0, 0][None], e[0, 1][None]), (e[1, 0][None], e[1, 1][None])
-
-        handle = transformer.rope.register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
+        """While active, every forward uses ``emb`` ``[2, 2, N, D]`` as separate query and key RoPE, handed to the
+        blocks as ``[1, N, D]`` tables (:func:`~ditflow_fast.families.rope.rope_override`). Needs :meth:`install`."""
+        return rope_override(transformer, emb, "LTXFamily.install(transformer)", token_axis=1, width="D")
 
     @classmethod
     def emb_fingerprint(cls, transformer) -> str:
@@ -190,10 +130,6 @@ class LTXFamily(FamilyBase):
         d = {k: geometry.cfg_get(cfg, k) for k in FINGERPRINT_KEYS}
         d.update(family=cls.name, rope_scale=list(ROPE_SCALE))
         return json.dumps(d, sort_keys=True)
-
-    @staticmethod
-    def emb_kind(transformer) -> str:
-        return "rope"
 
     # -- forwards --------------------------------------------------------------------------------
     @classmethod
@@ -212,16 +148,6 @@ class LTXFamily(FamilyBase):
                               encoder_attention_mask=None, num_frames=grid[0], height=grid[1], width=grid[2],
                               rope_interpolation_scale=ROPE_SCALE, return_dict=False)[0]
         return geometry.unpack(out, grid, transformer.config)
-
-    @classmethod
-    def run_until(cls, transformer, latent, text_embeds, timestep, emb=None, *, stop_after: int | None,
-                  qk_blocks=(), out_blocks=(), copy_kv_blocks=()):
-        """:func:`ditflow_fast.guidance.forward.run_until` with LTX's own call (:meth:`forward`)."""
-        from ...guidance.forward import run_until
-
-        return run_until(transformer, stop_after=stop_after, qk_blocks=qk_blocks, out_blocks=out_blocks,
-                         copy_kv_blocks=copy_kv_blocks, n_blocks=len(transformer.transformer_blocks),
-                         call=lambda: cls.forward(transformer, latent, text_embeds, timestep, emb))
 
     # -- sizes -----------------------------------------------------------------------------------
     @staticmethod
@@ -253,9 +179,7 @@ class LTXFamily(FamilyBase):
 
         f, h, w, _ = frames.shape
         geometry.latent_shape(vae.config, {}, f, h, w)  # frame count / size checks
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-        g = torch.Generator(device=device).manual_seed(seed)
-        lat = vae.encode(x.to(device, dtype)).latent_dist.sample(generator=g).float()
+        lat = sample_latent(vae, frames, device, dtype, seed).float()
         return LTXPipeline._normalize_latents(lat, *cls._stats(vae, lat.device), vae.config.scaling_factor)
 
     @classmethod
@@ -268,9 +192,7 @@ class LTXFamily(FamilyBase):
         p = next(vae.parameters())
         z = LTXPipeline._denormalize_latents(latent.float(), *cls._stats(vae, latent.device), vae.config.scaling_factor)
         t = torch.zeros(z.shape[0], device=p.device, dtype=p.dtype) if vae.config.timestep_conditioning else None
-        video = vae.decode(z.to(p.device, p.dtype), t, return_dict=False)[0][0]  # [3, F, H, W] in [-1, 1]
-        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return video.permute(1, 2, 3, 0).cpu().numpy()
+        return to_uint8(vae.decode(z.to(p.device, p.dtype), t, return_dict=False)[0][0])
 
     # -- text ------------------------------------------------------------------------------------
     @staticmethod
@@ -317,17 +239,5 @@ class LTXFamily(FamilyBase):
     # -- memory (--dry-run) ----------------------------------------------------------------------
     memory_config = staticmethod(memory.memory_config)
 
-    @staticmethod
-    def estimate(config: dict, *, frames: int, height: int, width: int, guidance_block: int, bytes_per_elem: int = 2,
-                 opt_mode: str = "latent", checkpointing: bool = True, offload: str = "none",
-                 offload_activations: bool = False, ffn_chunks: int | None = None) -> Estimate:
-        return memory.estimate(config, frames=frames, height=height, width=width, guidance_block=guidance_block,
-                               bytes_per_elem=bytes_per_elem, opt_mode=opt_mode, checkpointing=checkpointing,
-                               offload=offload, offload_activations=offload_activations)
-
-    @classmethod
-    def dry_run_table(cls, model: str, cfg, offload: str = "none") -> str:
-        """The generic table, and what LTX adds: how its default guidance block was chosen (unverified), the text
-        encoder's own peak, and the VAE decode."""
-        table = super().dry_run_table(model, cfg, offload)
-        return table + "\n" + memory.notes(cls.memory_config(model), cfg, offload)
+    estimate = staticmethod(memory.estimate)
+    dry_run_notes = staticmethod(memory.notes)

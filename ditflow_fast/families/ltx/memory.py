@@ -24,14 +24,11 @@ come on top of both columns; the VAE decode after the loop is not in the table (
 
 from __future__ import annotations
 
-import functools
-import json
-
-from ...backends.reference import research_bytes
-from ..base import ModelError, foreign_vae
-from ..estimate import AMF_BUDGET, Estimate
+from ..base import ModelError
+from ..estimate import GROUP_RESIDENT_BLOCKS, Estimate, check_block, check_options, config_json, meta_counts
+from ..folders import folder_configs
 from .geometry import latent_shape
-from .presets import _VAE, PRESETS, SCHEDULER, T5_XXL_ENCODER_PARAMS, TEXT_LEN, UNVERIFIED, defaults
+from .presets import _VAE, PRESETS, SCHEDULER, T5_XXL_ENCODER_PARAMS, TEXT_LEN, UNVERIFIED
 
 # Activation constants in [N, D] units of the run's element size, measured (torch.profiler memory timeline,
 # export_memory_timeline(device="cpu"), peak minus start of one steady-state guided iteration: LTXFamily.run_until
@@ -56,35 +53,17 @@ ACT = {
 # dominated by a fixed ~110 MiB). fp32 is taken as twice this (not measured).
 DECODE_BYTES_PER_PIXEL = 101
 TEXT_FIXED, TEXT_PER_BLOCK = 1, 2  # [L, D] units: the projected prompt; cross-attention K/V per saved block
-GROUP_RESIDENT_BLOCKS = 2
-OFFLOAD_MODES = ("none", "model", "group")
 
 
-def _json(d: dict) -> str:
-    return json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if not k.startswith("_")},
-                      sort_keys=True)
-
-
-@functools.lru_cache(maxsize=16)
 def transformer_counts(transformer_json: str) -> tuple[int, int, int]:
     """(all parameters, parameters of one block, blocks) of an LTX transformer config, on the meta device."""
-    import torch
-    from diffusers import LTXVideoTransformer3DModel
-
-    with torch.device("meta"):
-        model = LTXVideoTransformer3DModel(**json.loads(transformer_json))
-    blocks = model.transformer_blocks
-    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in blocks[0].parameters()), len(blocks)
+    total, ((n_blocks, per_block),) = meta_counts("LTXVideoTransformer3DModel", transformer_json,
+                                                  ("transformer_blocks",))
+    return total, per_block, n_blocks
 
 
-@functools.lru_cache(maxsize=8)
-def vae_params(vae_json: str) -> int:
-    import torch
-    from diffusers import AutoencoderKLLTXVideo
-
-    with torch.device("meta"):
-        vae = AutoencoderKLLTXVideo(**json.loads(vae_json))
-    return sum(p.numel() for p in vae.parameters())
+def vae_params(vae_cfg: dict) -> int:
+    return meta_counts("AutoencoderKLLTXVideo", config_json(vae_cfg))[0]
 
 
 def _entry(preset_or_config) -> dict:
@@ -99,20 +78,14 @@ def _entry(preset_or_config) -> dict:
 
 def estimate(preset_or_config, *, frames: int, height: int, width: int, guidance_block: int,
              bytes_per_elem: int = 2, opt_mode: str = "latent", checkpointing: bool = True, offload: str = "none",
-             offload_activations: bool = False) -> Estimate:
+             offload_activations: bool = False, ffn_chunks: int | None = None) -> Estimate:
     """Predicted peak bytes by component of a guided LTX run (see the module docstring). ``preset_or_config``:
     a PRESETS name or entry, or a bare transformer config (then LTX-Video's VAE is assumed).
     ``offload_activations`` (needs ``checkpointing``): the checkpointed block inputs wait in host memory
     (``host_bytes`` of the result) and the recomputed block gets its input back as one more unit; this term is
-    the Wan family's measured rule, not re-measured on LTX."""
-    if offload not in OFFLOAD_MODES:
-        raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
-    if opt_mode not in ("latent", "emb"):
-        raise ValueError(f"opt_mode must be 'latent' or 'emb', got {opt_mode!r}")
-    if bytes_per_elem not in ACT:
-        raise ValueError(f"bytes_per_elem must be 2 (bf16/fp16) or 4 (fp32), got {bytes_per_elem}")
-    if offload_activations and not checkpointing:
-        raise ValueError("offload_activations needs checkpointing (the loop refuses the combination)")
+    the Wan family's measured rule, not re-measured on LTX. ``ffn_chunks`` (Wan's FFN slices) is not modelled."""
+    check_options(offload=offload, opt_mode=opt_mode, bytes_per_elem=bytes_per_elem, constants=ACT,
+                  offload_activations=offload_activations, checkpointing=checkpointing)
     entry = _entry(preset_or_config)
     cfg, vae_cfg = entry["transformer"], entry.get("vae", _VAE)
     _, z, lat_f, lh, lw = latent_shape(vae_cfg, cfg, frames, height, width)
@@ -121,16 +94,15 @@ def estimate(preset_or_config, *, frames: int, height: int, width: int, guidance
     heads, hd = cfg.get("num_attention_heads", 32), cfg.get("attention_head_dim", 64)
     dim, b = heads * hd, bytes_per_elem
     text_len, caption = int(entry.get("text_len", TEXT_LEN)), int(cfg.get("caption_channels", 4096))
-    total, per_block, n_blocks = transformer_counts(_json(cfg))
-    if not 0 <= guidance_block < n_blocks:
-        raise ValueError(f"guidance block {guidance_block} out of range: the transformer has {n_blocks} blocks")
+    total, per_block, n_blocks = transformer_counts(config_json(cfg))
+    check_block(guidance_block, n_blocks)
     g, c, emb = guidance_block, ACT[b], opt_mode == "emb"
     n = ff * hh * ww
     u, ul = n * dim * b, text_len * dim * b
 
     resident = total if offload != "group" else total - n_blocks * per_block + GROUP_RESIDENT_BLOCKS * per_block
     base = {"transformer weights": resident * b,
-            "VAE weights": 0 if offload != "none" else vae_params(_json(vae_cfg)) * b}
+            "VAE weights": 0 if offload != "none" else vae_params(vae_cfg) * b}
     def activations(host: int) -> dict:
         if checkpointing:
             emb_units = c["emb_ckpt"] if emb else 0
@@ -145,52 +117,34 @@ def estimate(preset_or_config, *, frames: int, height: int, width: int, guidance
         return acts
 
     acts, plain = activations(int(offload_activations)), activations(0)  # the research code offloads nothing
-    qk = {"captured q, k and grads": 4 * n * dim * b}
-    opt_elems = lat_f * z * lh * lw if opt_mode == "latent" else 4 * n * dim
-    opt = {"optimised tensor + Adam (fp32)": 4 * opt_elems * 4}
-    ours = {**base, **acts, **qk, "AMF working set": min(AMF_BUDGET, 4 * n * n) + 3 * ff * n * 4, **opt}
-    research = {**base, **plain, **qk, "AMF working set": research_bytes(heads, ff, hh, ww, b), **opt}
-    est = Estimate(ours, research)
+    est = Estimate.build(base, acts, plain, {"captured q, k and grads": 4 * n * dim * b}, heads=heads,
+                         grid=(ff, hh, ww), bytes_per_elem=b,
+                         opt_elems=lat_f * z * lh * lw if opt_mode == "latent" else 4 * n * dim)
     est.host_bytes = (g + 1) * u if offload_activations else 0
     return est
 
 
-def notes(config: dict, cfg, offload: str = "none") -> str:
-    """What ``--dry-run`` adds below the table for LTX: the default guidance block's status and the peaks outside
-    the loop: T5-XXL before it, the VAE decode after it (:data:`DECODE_BYTES_PER_PIXEL`)."""
-    d = defaults(config)
-    frames, height, width = cfg.frames or d["frames"], cfg.height or d["height"], cfg.width or d["width"]
-    block = max(cfg.guidance_blocks or d["guidance_blocks"])
-    b = 4 if str(cfg.dtype or d["dtype"]).replace("torch.", "") == "float32" else 2
-    lines = [] if cfg.guidance_blocks else [f"(guidance block {block}: the LTX default, {UNVERIFIED})"]
+def notes(model: str, cfg, run) -> list[str]:
+    """What ``--dry-run`` adds below the table for LTX (``run``: what the table was computed from, a
+    :class:`~ditflow_fast.families.base.DryRun`): the default guidance block's status and the peaks outside the
+    loop: T5-XXL before it, the VAE decode after it (:data:`DECODE_BYTES_PER_PIXEL`)."""
+    b = run.bytes_per_elem
+    lines = [] if cfg.guidance_blocks else [f"(guidance block {run.block}: the LTX default, {UNVERIFIED})"]
     lines.append(f"(before the loop, --prompt loads T5-XXL alone: {T5_XXL_ENCODER_PARAMS * b / 2**30:.2f} GiB of "
                  "weights; --prompt-embeds skips it)")
-    entry = _entry(config)
-    resident = 0 if offload != "none" or cfg.cpu_offload else transformer_counts(_json(entry["transformer"]))[0] * b
-    vae = vae_params(_json(entry.get("vae", _VAE))) * b
-    act = DECODE_BYTES_PER_PIXEL * b / 2 * frames * height * width
+    entry = _entry(run.config)
+    resident = 0 if run.offload != "none" else transformer_counts(config_json(entry["transformer"]))[0] * b
+    vae = vae_params(entry.get("vae", _VAE)) * b
+    act = DECODE_BYTES_PER_PIXEL * b / 2 * run.frames * run.height * run.width
     lines.append(f"(after the loop the VAE decodes: about {act / 2**30:.2f} GiB of activations untiled, with "
                  f"{(resident + vae) / 2**30:.2f} GiB of weights on the device; --vae-tiling lowers the first)")
-    return "\n".join(lines)
+    return lines
 
 
 def memory_config(model: str) -> dict:
-    """A PRESETS-shaped entry for a preset name or a local LTX folder (no weights read)."""
+    """A PRESETS-shaped entry for a preset name or a local LTX folder (no weights read; another codec in ``vae/``,
+    the toy world's, counts as LTX-Video's VAE, and --dry-run says so)."""
     if model in PRESETS:
         return PRESETS[model]
-    from pathlib import Path
-
-    root = Path(model).expanduser()
-    try:
-        tr = json.loads((root / "transformer" / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"--model {model}: no readable transformer/config.json ({exc}); "
-                         f"LTX presets: {', '.join(PRESETS)}") from exc
-    try:  # another codec (the toy world's) counts as LTX-Video's VAE, and --dry-run says so
-        vae = dict(_VAE) if foreign_vae(model, "AutoencoderKLLTXVideo") else \
-            json.loads((root / "vae" / "config.json").read_text())
-    except (OSError, ValueError):
-        vae = dict(_VAE)
-    clean = {k: v for k, v in tr.items() if not k.startswith("_")}
-    vae = {k: v for k, v in vae.items() if not k.startswith("_")}
-    return dict(transformer=clean, vae=vae, scheduler=SCHEDULER, text_len=TEXT_LEN)
+    tr, vae = folder_configs(model, _VAE, "AutoencoderKLLTXVideo", f"LTX presets: {', '.join(PRESETS)}")
+    return dict(transformer=tr, vae=vae, scheduler=SCHEDULER, text_len=TEXT_LEN)

@@ -24,17 +24,16 @@ from CogVideoX that shape this module:
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ...errors import cannot_load
 from ...guidance.controller import GuidanceController, install_processors, uninstall_processors
-from ..base import FamilyBase, ModelError, refuse_foreign_vae
-from ..estimate import Estimate
+from .. import folders
+from ..base import FamilyBase, ModelError, sample_latent, to_uint8
+from ..rope import qk_tables, rope_override
 from . import chunking, geometry, memory, presets
 from .attention import WanGuidedAttnProcessor
 from .presets import PRESETS, _cfg_get, transformer_params  # noqa: F401 - re-exported
@@ -44,24 +43,6 @@ _PIPELINES = ("WanPipeline", "WanVideoToVideoPipeline")
 _TRANSFORMERS = ("WanTransformer3DModel",)
 FINGERPRINT_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size", "in_channels",
                     "rope_max_seq_len", "text_dim")
-
-
-def _read_model_index(model: str) -> dict:
-    local = Path(model).expanduser()
-    if local.exists():
-        idx = local / "model_index.json"
-        if not idx.is_file():
-            return {}
-        try:
-            return json.loads(idx.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"--model {model}: unreadable model_index.json ({exc})") from exc
-    from diffusers import DiffusionPipeline
-
-    try:
-        return dict(DiffusionPipeline.load_config(model))
-    except Exception:  # a transformer-only repo, or offline: the subfolders decide
-        return {}
 
 
 def _has_component(model_index: dict, name: str) -> bool:
@@ -101,37 +82,18 @@ class WanFamily(FamilyBase):
         diffusers recommends for Wan decoding quality), ``scheduler_config`` (None if the folder has no
         scheduler/), ``boundary_ratio`` (None without a second expert), ``expand_timesteps``.
         Raises :class:`ModelError` naming ``--model``."""
-        try:
+        with folders.load_errors(model):
             from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
-        except Exception as exc:  # diffusers' lazy import turns a broken dependency into a RuntimeError
-            raise cannot_load(model, exc) from exc
-
-        local = Path(model).expanduser()
-        if local.exists():
-            missing = [s for s in ("transformer", "vae") if not (local / s).is_dir()]
-            if missing:
-                raise ModelError(f"--model {model}: not a Wan diffusers folder (no {', '.join(missing)}/)")
-            refuse_foreign_vae(model, WanFamily.vae_class)
-            model = str(local)
-        elif model.startswith((".", "/", "~")) or model.count("/") != 1:
-            raise ModelError(f"--model {model}: no such folder, and not a hub id of the form owner/name")
-        index = _read_model_index(model)
-        cls = index.get("_class_name")
-        if cls is not None and cls not in _PIPELINES:
-            raise ModelError(f"--model {model}: a {cls} folder; the Wan guidance loop takes text-to-video "
-                             f"{' / '.join(_PIPELINES)} folders")
+        model = folders.checked_folder(model, "a Wan", WanFamily.vae_class)
+        index = folders.read_model_index(model)
+        folders.refuse_other_pipeline(model, index, _PIPELINES, "Wan")
         two = WanFamily.has_second_expert(model, index)
-        try:
+        with folders.load_errors(model):
             transformer = WanTransformer3DModel.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
             transformer_2 = (WanTransformer3DModel.from_pretrained(model, subfolder="transformer_2", torch_dtype=dtype)
                              if two else None)
             vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae", torch_dtype=vae_dtype)
-        except Exception as exc:  # hub/network/format errors come in many types
-            raise cannot_load(model, exc) from exc
-        try:
-            sched_cfg = dict(UniPCMultistepScheduler.load_config(model, subfolder="scheduler"))
-        except Exception:
-            sched_cfg = None  # make_scheduler falls back to the Wan defaults
+        sched_cfg = folders.scheduler_config(UniPCMultistepScheduler, model)  # None: make_scheduler's Wan defaults
         for t in (transformer, transformer_2):
             if t is None:
                 continue
@@ -153,7 +115,7 @@ class WanFamily(FamilyBase):
     def has_second_expert(model: str, index: dict | None = None) -> bool:
         """Wan2.2 A14B's layout: a non-null ``transformer_2`` in ``model_index.json`` (local or hub), or,
         without an index, a ``transformer_2/`` folder."""
-        index = _read_model_index(model) if index is None else index
+        index = folders.read_model_index(model) if index is None else index
         if "transformer_2" in index:
             return _has_component(index, "transformer_2")
         local = Path(model).expanduser()
@@ -193,43 +155,13 @@ class WanFamily(FamilyBase):
     @classmethod
     def initial_emb(cls, transformer, latent: torch.Tensor) -> torch.Tensor:
         """``[2 (q, k), 2 (cos, sin), N, head_dim]`` float32, queries and keys both from the model's RoPE."""
-        cos, sin = cls.rope(transformer, latent)
-        one = torch.stack([cos, sin])
-        return torch.stack([one, one.clone()])
+        return qk_tables(*cls.rope(transformer, latent))
 
     @staticmethod
-    @contextlib.contextmanager
     def emb_override(transformer, emb: torch.Tensor | None):
-        """While active, every forward of ``transformer`` uses ``emb`` ``[2, 2, N, d]`` as separate
-        query and key RoPE (a forward hook on ``transformer.rope`` returns it in the blocks' form,
-        ``((cos_q, sin_q), (cos_k, sin_k))`` each ``[1, N, 1, d]`` in the stock tables' dtype; the
-        gradient reaches ``emb``). Needs :meth:`install` (the stock processor takes shared RoPE only).
-        ``emb=None``: no change."""
-        if emb is None:
-            yield
-            return
-        if getattr(transformer, "_ditflow_guidance", None) is None:
-            raise ValueError("emb_override needs the guided processors: call WanFamily.install(transformer) first")
-        if emb.dim() != 4 or emb.shape[:2] != (2, 2):
-            raise ValueError(f"emb must be [2 (q, k), 2 (cos, sin), N, d], got {tuple(emb.shape)}")
-
-        def hook(module, args, output):
-            cos = output[0]
-            n, d = cos.shape[1], cos.shape[-1]
-            if tuple(emb.shape[2:]) != (n, d):
-                raise ValueError(f"emb of shape {tuple(emb.shape)} does not fit this latent's RoPE [2, 2, {n}, {d}]")
-            e = emb.to(device=cos.device, dtype=cos.dtype)
-
-            def tab(x):
-                return x.reshape(1, n, 1, d)
-
-            return (tab(e[0, 0]), tab(e[0, 1])), (tab(e[1, 0]), tab(e[1, 1]))
-
-        handle = transformer.rope.register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
+        """While active, every forward uses ``emb`` ``[2, 2, N, d]`` as separate query and key RoPE, handed to the
+        blocks as ``[1, N, 1, d]`` tables (:func:`~ditflow_fast.families.rope.rope_override`). Needs :meth:`install`."""
+        return rope_override(transformer, emb, "WanFamily.install(transformer)", token_axis=1)
 
     @classmethod
     def emb_fingerprint(cls, transformer) -> str:
@@ -270,18 +202,6 @@ class WanFamily(FamilyBase):
             return transformer(hidden_states=latent, timestep=ts, encoder_hidden_states=text_embeds,
                                return_dict=False)[0]
 
-    @classmethod
-    def run_until(cls, transformer, latent, text_embeds, timestep, emb=None, *, stop_after: int | None,
-                  qk_blocks=(), out_blocks=(), copy_kv_blocks=(), expand_timesteps: bool | None = None):
-        """:func:`ditflow_fast.guidance.forward.run_until` (the same arming, checks and early stop) with
-        Wan's own call (:meth:`forward`). Returns the controller with its records."""
-        from ...guidance.forward import run_until
-
-        return run_until(transformer, stop_after=stop_after, qk_blocks=qk_blocks, out_blocks=out_blocks,
-                         copy_kv_blocks=copy_kv_blocks, n_blocks=len(transformer.blocks),
-                         call=lambda: cls.forward(transformer, latent, text_embeds, timestep, emb,
-                                                  expand_timesteps=expand_timesteps))
-
     # -- sizes -----------------------------------------------------------------------------------
     @staticmethod
     def token_grid(transformer, latent: torch.Tensor) -> tuple[int, int, int]:
@@ -309,9 +229,7 @@ class WanFamily(FamilyBase):
         the posterior, then ``(z - latents_mean) / latents_std`` as WanPipeline normalises."""
         f, h, w, _ = frames.shape
         cls.latent_shape(vae.config, {"patch_size": (1, 1, 1)}, f, h, w)  # frame count / size checks
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-        g = torch.Generator(device=device).manual_seed(seed)
-        lat = vae.encode(x.to(device, dtype)).latent_dist.sample(generator=g).float()
+        lat = sample_latent(vae, frames, device, dtype, seed).float()
         mean, inv_std = cls._norm_tables(vae, lat.device, torch.float32)
         return (lat - mean) * inv_std
 
@@ -323,9 +241,7 @@ class WanFamily(FamilyBase):
         p = next(vae.parameters())
         mean, inv_std = cls._norm_tables(vae, latent.device, torch.float32)
         z = (latent.float() / inv_std + mean).to(p.device, p.dtype)
-        video = vae.decode(z).sample[0]  # [3, F, H, W] in [-1, 1]
-        video = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return video.permute(1, 2, 3, 0).cpu().numpy()
+        return to_uint8(vae.decode(z).sample[0])
 
     # -- sampler ---------------------------------------------------------------------------------
     @staticmethod
@@ -380,10 +296,6 @@ class WanFamily(FamilyBase):
         return cls.latent_shape(vae.config, transformer.config, frames, height, width)
 
     @staticmethod
-    def emb_kind(transformer) -> str:
-        return "rope"
-
-    @staticmethod
     def text_spec(transformer) -> tuple[int | None, int]:
         """``(required length or None, width)``: any length (the pipeline pads umT5's output to 512)."""
         return None, int(_cfg_get(transformer.config, "text_dim"))
@@ -401,13 +313,7 @@ class WanFamily(FamilyBase):
     # -- memory (--dry-run) and the guided backward's FFN -----------------------------------------
     memory_config = staticmethod(memory.memory_config)
 
-    @staticmethod
-    def estimate(config: dict, *, frames: int, height: int, width: int, guidance_block: int, bytes_per_elem: int = 2,
-                 opt_mode: str = "latent", checkpointing: bool = True, offload: str = "none",
-                 offload_activations: bool = False, ffn_chunks: int | None = None) -> Estimate:
-        return memory.estimate_wan(config, frames=frames, height=height, width=width, guidance_block=guidance_block,
-                                   bytes_per_elem=bytes_per_elem, opt_mode=opt_mode, checkpointing=checkpointing,
-                                   offload=offload, offload_activations=offload_activations, ffn_chunks=ffn_chunks)
+    estimate = staticmethod(memory.estimate_wan)
 
     @staticmethod
     def dry_run_table(model: str, cfg, offload: str = "none") -> str:

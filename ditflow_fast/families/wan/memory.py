@@ -43,9 +43,9 @@ from __future__ import annotations
 import functools
 import json
 
-from ...backends.reference import research_bytes
-from ..base import ModelError, foreign_vae, foreign_vae_note
-from ..estimate import AMF_BUDGET, Estimate
+from ..base import ModelError, foreign_vae_note
+from ..estimate import GROUP_RESIDENT_BLOCKS, Estimate, check_block, check_options, config_json, meta_counts
+from ..folders import folder_configs
 from .chunking import resolve_chunks
 from .geometry import latent_shape
 from .presets import _VAE21, PRESETS, TEXT_LEN, defaults, transformer_params
@@ -96,8 +96,6 @@ ACT = {
 # with checkpointing, +4.0 without at g = 2): the projected prompt (1, held through the forward),
 # cross-attention K/V kept by SDPA per saved block (2) or for the recomputed block (2).
 TEXT_FIXED, TEXT_PER_BLOCK = 1, 2
-GROUP_RESIDENT_BLOCKS = 2  # group offload, one block per group: the running block and one prefetched / in backward
-OFFLOAD_MODES = ("none", "model", "group")
 
 
 def _entry(preset_or_config) -> dict:
@@ -127,22 +125,6 @@ def _counts(transformer_json: str) -> tuple[int, int, int]:
     return total, sum(p.numel() for p in model.blocks[0].parameters()), len(model.blocks)
 
 
-@functools.lru_cache(maxsize=8)
-def vae_params(vae_json: str) -> int:
-    """Parameters of ``AutoencoderKLWan(**config)`` counted on the meta device (config as JSON)."""
-    import torch
-    from diffusers import AutoencoderKLWan
-
-    with torch.device("meta"):
-        vae = AutoencoderKLWan(**json.loads(vae_json))
-    return sum(p.numel() for p in vae.parameters())
-
-
-def _json(d: dict) -> str:
-    return json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if not k.startswith("_")},
-                      sort_keys=True)
-
-
 def recompute_units(bytes_per_elem: int, ffn_units: float, *, offload_activations: bool = False,
                     chunks: int = 1) -> float:
     """The "one block recomputed + backward" term in ``[N, D]`` units, ``ffn_units = ffn_dim / D``."""
@@ -168,12 +150,8 @@ def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guid
     automatic, :func:`ditflow_fast.families.wan.chunking.resolve_chunks`; 0/1: off); the slice count
     used is ``ffn_chunks_used`` of the result. Both need ``checkpointing``."""
     del experts  # one expert resident whatever the count
-    if offload not in OFFLOAD_MODES:
-        raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
-    if opt_mode not in ("latent", "emb"):
-        raise ValueError(f"opt_mode must be 'latent' or 'emb', got {opt_mode!r}")
-    if bytes_per_elem not in ACT:
-        raise ValueError(f"bytes_per_elem must be 2 (bf16/fp16) or 4 (fp32), got {bytes_per_elem}")
+    check_options(offload=offload, opt_mode=opt_mode, bytes_per_elem=bytes_per_elem, constants=ACT,
+                  offload_activations=offload_activations, checkpointing=checkpointing)
     entry = _entry(preset_or_config)
     cfg, vae_cfg = entry["transformer"], entry.get("vae", _VAE21)
     _, z, lat_f, lh, lw = latent_shape(vae_cfg, cfg, frames, height, width)
@@ -182,18 +160,15 @@ def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guid
     heads, hd = cfg["num_attention_heads"], cfg["attention_head_dim"]
     dim, ffn, b = heads * hd, cfg["ffn_dim"], bytes_per_elem
     text_len, text_dim = int(entry.get("text_len", TEXT_LEN)), cfg.get("text_dim", 4096)
-    total, per_block, n_blocks = _counts(_json(cfg))
-    if not 0 <= guidance_block < n_blocks:
-        raise ValueError(f"guidance block {guidance_block} out of range: the transformer has {n_blocks} blocks")
+    total, per_block, n_blocks = _counts(config_json(cfg))
+    check_block(guidance_block, n_blocks)
     g, c = guidance_block, ACT[b]
     n = ff * hh * ww
-    if offload_activations and not checkpointing:
-        raise ValueError("offload_activations needs checkpointing (the loop refuses the combination)")
     chunks = resolve_chunks(ffn_chunks, n, ffn) if checkpointing else 1
     u, uf, ul = n * dim * b, n * ffn * b, text_len * dim * b
 
     resident = total if offload != "group" else total - n_blocks * per_block + GROUP_RESIDENT_BLOCKS * per_block
-    vae = 0 if offload != "none" else vae_params(_json(vae_cfg))
+    vae = 0 if offload != "none" else meta_counts("AutoencoderKLWan", config_json(vae_cfg))[0]
     base = {"transformer weights": resident * b, "VAE weights": vae * b}
     expand = bool(entry.get("expand_timesteps", False))
     emb = opt_mode == "emb"
@@ -217,12 +192,9 @@ def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guid
     for a in (acts, plain):
         a["text embeds + cross-attn K/V"] = (TEXT_FIXED + TEXT_PER_BLOCK * text_blocks) * ul + text_len * text_dim * b
         a["RoPE tables (fp32)"] = 2 * n * hd * 4
-    qk = {"captured q, k and grads": 4 * n * dim * b}
-    opt_elems = lat_f * z * lh * lw if opt_mode == "latent" else 4 * n * hd
-    opt = {"optimised tensor + Adam (fp32)": 4 * opt_elems * 4}
-    ours = {**base, **acts, **qk, "AMF working set": min(AMF_BUDGET, 4 * n * n) + 3 * ff * n * 4, **opt}
-    research = {**base, **plain, **qk, "AMF working set": research_bytes(heads, ff, hh, ww, b), **opt}
-    est = Estimate(ours, research)
+    est = Estimate.build(base, acts, plain, {"captured q, k and grads": 4 * n * dim * b}, heads=heads,
+                         grid=(ff, hh, ww), bytes_per_elem=b,
+                         opt_elems=lat_f * z * lh * lw if opt_mode == "latent" else 4 * n * hd)
     # host memory of the offloaded block inputs (pinned); the shared arguments once
     est.host_bytes = (g + 1) * u + (TEXT_FIXED * ul + 6 * dim * 4 * (n if expand else 1)) if offload_activations else 0
     est.ffn_chunks_used = chunks
@@ -281,22 +253,12 @@ def memory_config(model: str) -> dict:
         return PRESETS[model]
     from pathlib import Path
 
+    # another codec in vae/ (the toy world's) counts as Wan2.1's VAE, and --dry-run says so
+    tr, vae = folder_configs(model, _VAE21, "AutoencoderKLWan", f"Wan presets: {', '.join(PRESETS)}")
     root = Path(model).expanduser()
-    try:
-        tr = json.loads((root / "transformer" / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"--model {model}: no readable transformer/config.json ({exc}); "
-                         f"Wan presets: {', '.join(PRESETS)}") from exc
-    try:  # another codec (the toy world's) counts as Wan2.1's VAE, and --dry-run says so
-        vae = dict(_VAE21) if foreign_vae(model, "AutoencoderKLWan") else \
-            json.loads((root / "vae" / "config.json").read_text())
-    except (OSError, ValueError):
-        vae = dict(_VAE21)
     index = {}
     if (root / "model_index.json").is_file():
         index = json.loads((root / "model_index.json").read_text())
     two = (root / "transformer_2" / "config.json").is_file()
-    clean = {k: v for k, v in tr.items() if not k.startswith("_")}
-    vae = {k: v for k, v in vae.items() if not k.startswith("_")}
-    return dict(transformer=clean, vae=vae, text_len=TEXT_LEN, experts=2 if two else 1,
+    return dict(transformer=tr, vae=vae, text_len=TEXT_LEN, experts=2 if two else 1,
                 boundary_ratio=index.get("boundary_ratio"), expand_timesteps=bool(index.get("expand_timesteps")))
