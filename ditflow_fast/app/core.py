@@ -311,29 +311,27 @@ def discard(prep: Prepared) -> None:
 
 def warm_imports() -> None:
     """Import on the calling thread what runs import lazily: diffusers' (and transformers') lazy modules are
-    not thread-safe, and the page's memory prediction and a run may first touch them at the same time."""
+    not thread-safe, and the page's memory prediction and a run may first touch them at the same time. What
+    each family needs comes from the registry (its classes, ``lazy_classes``, its package's modules)."""
     import importlib
 
-    import diffusers
+    from ..families import FAMILIES
 
-    for name in ("CogVideoXTransformer3DModel", "AutoencoderKLCogVideoX", "CogVideoXDDIMScheduler",
-                 "CogVideoXDPMScheduler", "WanTransformer3DModel", "AutoencoderKLWan", "UniPCMultistepScheduler"):
-        getattr(diffusers, name, None)
+    names = [f"diffusers.{n}" for fam in FAMILIES.values() for n in (fam.transformer_class, fam.vae_class)]
+    names += [n for fam in FAMILIES.values() for n in fam.lazy_classes]
+    if not _has_transformers():
+        names = [n for n in names if not n.startswith("transformers.")]
+    for name in names:
+        package, _, cls = name.rpartition(".")
+        with contextlib.suppress(ImportError, AttributeError):
+            getattr(importlib.import_module(package), cls)
+    packages = [fam.__module__.rpartition(".")[0] for fam in FAMILIES.values()]
     for mod in ("diffusers.models.embeddings", "diffusers.models.attention_processor",
-                "diffusers.models.transformers.transformer_wan", "diffusers.models.attention_dispatch",
-                "ditflow_fast.families", "ditflow_fast.families.cogvideox", "ditflow_fast.families.wan",
-                "ditflow_fast.guidance.loop", "ditflow_fast.families.cogvideox.memory",
-                "ditflow_fast.families.wan.memory", "ditflow_fast.transfer_api.run",
-                "ditflow_fast.viewer.transfer", "ditflow_fast.viewer.motion", "ditflow_fast.video_io"):
+                "diffusers.models.attention_dispatch", *packages, *(f"{p}.memory" for p in packages),
+                "ditflow_fast.guidance.loop", "ditflow_fast.transfer_api.run", "ditflow_fast.viewer.transfer",
+                "ditflow_fast.viewer.motion", "ditflow_fast.video_io"):
         with contextlib.suppress(ImportError):
             importlib.import_module(mod)
-    if _has_transformers():
-        import transformers
-
-        for name in ("T5EncoderModel", "T5TokenizerFast", "AutoTokenizer", "PreTrainedTokenizerFast",
-                     "UMT5EncoderModel"):
-            with contextlib.suppress(ImportError, AttributeError):
-                getattr(transformers, name)
 
 
 def total_steps(model: str, opts: TransferOptions) -> int | None:

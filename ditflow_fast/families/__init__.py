@@ -1,13 +1,16 @@
 """Model families behind one seam: the guidance loop talks only to a family and its sampler.
 
 One sub-package per family (the contract is :mod:`.base`); a family is found by the transformer's
-class or the folder's ``model_index.json``. Supported: CogVideoX (1.0, 2B/5B) and Wan (2.1 T2V
-1.3B/14B, 2.2 TI2V-5B and T2V-A14B). ``docs/families.md`` says how to add the next one.
+class or the folder's ``model_index.json``. Supported: the families registered below, in :data:`FAMILIES`
+(in the order errors list them, by their ``label``: :func:`supported`). ``docs/families.md`` lists their
+models and says how to add the next one.
 
 - :mod:`.base`: the contract (``Family``, checked by :func:`register`), ``FamilyBase`` (the optional
   hooks' defaults), ``Sampler``, ``ModelError``; :mod:`.estimate`: what the memory models return;
-- one sub-package per family, of the same shape: :mod:`.cogvideox`, :mod:`.wan` (``family.py`` the
-  seam, ``memory.py`` the ``--dry-run`` model, ``tiny.py`` tiny random models, and their own helpers);
+- one sub-package per family, of the same shape (``family.py`` the seam, ``memory.py`` the ``--dry-run``
+  model, ``tiny.py`` tiny random models, and their own helpers);
+- what several families share: :mod:`.folders` (reading pipeline folders), :mod:`.guided_attention` (the
+  processors' controller step), :mod:`.rope` (emb mode's separate q/k RoPE), :mod:`.text_encoders`;
 - :mod:`.offload`: model, group and activation offloading; :mod:`.prompts`: prompt embeddings for any family.
 """
 
@@ -42,7 +45,11 @@ register(CogVideoXFamily)
 register(WanFamily)
 register(LTXFamily)
 register(HunyuanVideoFamily)
-SUPPORTED = ", ".join(f.label for f in FAMILIES.values())
+
+
+def supported() -> str:
+    """The registered families as errors list them (their ``label``, in registration order)."""
+    return ", ".join(f.label for f in FAMILIES.values())
 
 
 def family_of(transformer):
@@ -51,7 +58,7 @@ def family_of(transformer):
     for fam in FAMILIES.values():
         if fam.matches(None, name):
             return fam
-    raise ModelError(f"a {name} transformer is not of a supported family: {SUPPORTED}")
+    raise ModelError(f"a {name} transformer is not of a supported family: {supported()}")
 
 
 def preset_family(model: str):
@@ -139,11 +146,11 @@ def detect(model: str):
     if local and index is None and tcfg is None:
         if (Path(ref) / "transformer").is_dir():
             raise ModelError(f"--model {model}: cannot be loaded (transformer/config.json missing or unreadable)")
-        raise ModelError(f"--model {model}: not a CogVideoX diffusers folder nor a Wan one (no model_index.json, "
-                         f"no transformer/); supported: {SUPPORTED}")
+        raise ModelError(f"--model {model}: not a diffusers folder of a supported family (no model_index.json, "
+                         f"no transformer/); supported: {supported()}")
     what = (index or {}).get("_class_name") or cls or "unknown model"
-    raise ModelError(f"--model {model}: a {what}, not of a supported family; supported: {SUPPORTED}")
+    raise ModelError(f"--model {model}: a {what}, not of a supported family; supported: {supported()}")
 
 
-__all__ = ["FAMILIES", "CogVideoXFamily", "Family", "FamilyBase", "WanFamily", "detect", "family_of", "preset_family",
-           "register", "resolve_model_ref"]
+__all__ = ["FAMILIES", "CogVideoXFamily", "Family", "FamilyBase", "HunyuanVideoFamily", "LTXFamily",
+           "WanFamily", "detect", "family_of", "preset_family", "register", "resolve_model_ref", "supported"]

@@ -32,6 +32,7 @@ class Family(Protocol):
     text_position: str  # "prefix" (text tokens lead the joint attention), "none" (cross-attention), "suffix"
     latent_layout: str  # "BFCHW" or "BCFHW"
     PRESETS: dict  # public configs by hub id: --dry-run reads them without a download
+    lazy_classes: tuple[str, ...]  # optional ("diffusers.X", "transformers.Y"): see FamilyBase
 
     # recognising and loading
     def matches(self, model_index: dict | None, transformer_class_name: str | None) -> bool: ...
@@ -122,6 +123,11 @@ class DryRun:
 class FamilyBase:
     """The optional hooks' defaults: one expert, no FFN slicing, the generic ``--dry-run`` table, RoPE as the
     positions of emb mode, and the truncated forward through the family's own :meth:`~Family.forward`."""
+
+    # The classes a run imports lazily besides transformer_class and vae_class (schedulers, pipelines, text
+    # encoders), as "package.Name": the app imports them on one thread before runs start, since diffusers' and
+    # transformers' lazy modules are not thread-safe.
+    lazy_classes: tuple[str, ...] = ()
 
     @classmethod
     def run_until(cls, transformer, latent, text, t, emb=None, *, stop_after: int | None, qk_blocks=(),

@@ -141,6 +141,37 @@ def test_register_names_the_missing_members():
     assert "half" not in FAMILIES
 
 
+def test_an_unknown_model_is_refused_listing_every_registered_family(tmp_path, monkeypatch):
+    """The errors read the registry when they are raised: a family registered later is listed too."""
+    import types
+
+    from ditflow_fast.families import detect, family_of
+
+    monkeypatch.setitem(FAMILIES, "extra", types.SimpleNamespace(label="Extra (tests)", matches=lambda *a: False))
+    labels = [fam.label for fam in FAMILIES.values()]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "model_index.json").write_text(json.dumps({"_class_name": "FooPipeline"}))
+    for call, words in ((lambda: detect(str(tmp_path)), "not a diffusers folder of a supported family"),
+                        (lambda: detect(str(tmp_path / "other")), "a FooPipeline, not of a supported family"),
+                        (lambda: family_of(torch.nn.Linear(1, 1)), "a Linear transformer is not of a supported")):
+        with pytest.raises(ModelError, match=words) as info:
+            call()
+        assert str(info.value).endswith(", ".join(labels)), str(info.value)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_classes_a_family_names_exist(family):
+    """What the app imports ahead of runs, by the family's names (transformer, VAE, ``lazy_classes``)."""
+    import importlib
+
+    fam = FAMILIES[family]
+    for name in (f"diffusers.{fam.transformer_class}", f"diffusers.{fam.vae_class}", *fam.lazy_classes):
+        package, _, cls = name.rpartition(".")
+        if package == "transformers":
+            pytest.importorskip("transformers")
+        assert isinstance(getattr(importlib.import_module(package), cls), type), name
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_idle_processor_is_bit_identical_to_diffusers(name):
     fam, tr, x, e = _setup(name, batch=2)

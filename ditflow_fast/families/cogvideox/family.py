@@ -87,6 +87,8 @@ class CogVideoXFamily(FamilyBase):
     text_position = "prefix"
     latent_layout = "BFCHW"
     PRESETS = memory.PRESETS
+    lazy_classes = ("diffusers.CogVideoXDDIMScheduler", "diffusers.CogVideoXDPMScheduler",
+                    "transformers.AutoTokenizer", "transformers.T5TokenizerFast", "transformers.T5EncoderModel")
 
     # -- recognising and loading -----------------------------------------------------------------
     @staticmethod

@@ -54,6 +54,9 @@ class HunyuanVideoFamily(FamilyBase):
     text_position = "suffix"
     latent_layout = "BCFHW"
     PRESETS = presets.PRESETS
+    lazy_classes = ("diffusers.FlowMatchEulerDiscreteScheduler", "diffusers.HunyuanVideoPipeline",
+                    "transformers.LlamaModel", "transformers.CLIPTextModel", "transformers.LlamaTokenizerFast",
+                    "transformers.CLIPTokenizer")
 
     # -- recognising and loading -----------------------------------------------------------------
     @staticmethod

@@ -50,6 +50,8 @@ class LTXFamily(FamilyBase):
     text_position = "none"  # text by cross-attention: the AMF sees video tokens only
     latent_layout = "BCFHW"
     PRESETS = PRESETS
+    lazy_classes = ("diffusers.FlowMatchEulerDiscreteScheduler", "diffusers.LTXPipeline", "transformers.AutoTokenizer",
+                    "transformers.T5TokenizerFast", "transformers.T5EncoderModel")
 
     # -- recognising and loading -----------------------------------------------------------------
     @staticmethod

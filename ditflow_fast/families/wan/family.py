@@ -60,6 +60,8 @@ class WanFamily(FamilyBase):
     text_tokens = 0  # text enters by cross-attention: the AMF sees video tokens only
     latent_layout = "BCFHW"
     PRESETS = PRESETS
+    lazy_classes = ("diffusers.UniPCMultistepScheduler", "transformers.AutoTokenizer", "transformers.T5TokenizerFast",
+                    "transformers.UMT5EncoderModel")
 
     # -- recognising and loading -----------------------------------------------------------------
     @staticmethod
