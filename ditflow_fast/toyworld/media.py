@@ -88,3 +88,47 @@ def save_strip(path, videos: list[np.ndarray], labels: list[str] | None = None, 
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     return path
+
+
+def read_train_log(path) -> np.ndarray:
+    """``[n, 4]`` rows ``step, elapsed_s, loss, lr`` of a trainer's ``train_log.txt`` (``#`` lines skipped; a
+    step logged twice, where a run was stopped and resumed from an earlier checkpoint, keeps its last line)."""
+    rows = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            step, elapsed, loss, lr = line.split()[:4]
+            rows[int(step)] = (int(step), float(elapsed), float(loss), float(lr))
+    return np.array([rows[k] for k in sorted(rows)], dtype=np.float64).reshape(-1, 4)
+
+
+def save_learning_curve(path, log: np.ndarray, *, title: str, size=(640, 320)) -> Path:
+    """A PNG of the loss (log scale, black) and the learning rate (grey, linear) against the step."""
+    from PIL import Image, ImageDraw
+
+    if len(log) < 2:
+        raise ValueError(f"a learning curve needs at least 2 logged steps, got {len(log)}")
+    w, h = size
+    left, right, top, bottom = 56, 12, 22, 30
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    steps, loss, lr = log[:, 0], np.log10(log[:, 2]), log[:, 3]
+
+    def xy(values, lo, hi):
+        xs = left + (steps - steps[0]) / max(steps[-1] - steps[0], 1) * (w - left - right)
+        ys = top + (hi - values) / max(hi - lo, 1e-12) * (h - top - bottom)
+        return list(zip(xs.tolist(), ys.tolist(), strict=True))
+
+    draw.rectangle([left, top, w - right, h - bottom], outline="black")
+    draw.line(xy(lr, 0.0, lr.max()), fill=(170, 170, 170), width=1)
+    draw.line(xy(loss, loss.min(), loss.max()), fill="black", width=1)
+    font = _font()
+    draw.text((4, 4), title, fill="black", font=font)
+    draw.text((4, top), f"{10 ** loss.max():.3g}", fill="black", font=font)
+    draw.text((4, h - bottom - 8), f"{10 ** loss.min():.3g}", fill="black", font=font)
+    draw.text((left, h - bottom + 6), f"step {int(steps[0])}", fill="black", font=font)
+    draw.text((w - right - 70, h - bottom + 6), f"step {int(steps[-1])}", fill="black", font=font)
+    draw.text((left + 100, h - bottom + 18), f"loss (log scale, black); lr (grey, 0 .. {lr.max():.1e})",
+              fill="black", font=font)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)
