@@ -1,4 +1,5 @@
-"""The tiny CogVideoX ``transfer`` command line the CLI tests share (assets from ``write_tiny_assets``)."""
+"""The tiny CogVideoX ``transfer`` command line the CLI tests share (assets from ``write_tiny_assets``), and an
+interrupted run resumed next to a whole one (any family)."""
 
 
 def transfer_args(assets, out, *extra) -> list[str]:
@@ -16,3 +17,33 @@ def set_arg(args, flag, value) -> list[str]:
     else:
         args += [flag, value]
     return args
+
+
+def interrupted_and_whole(args, tmp_path, monkeypatch, *, interrupt_at: int):
+    """A ``transfer`` run whole into ``tmp_path/full``, and one into ``tmp_path/cut`` interrupted (Ctrl-C) at its
+    ``interrupt_at``-th denoising call then run again there: ``(record, result frames)`` of ``cut`` and of
+    ``full``. ``args(out)``: the command line writing into ``out`` (with ``--format frames``)."""
+    import json
+
+    import pytest
+
+    from ditflow_fast.cli.main import main
+    from ditflow_fast.guidance.loop import Guide
+    from ditflow_fast.video_io import read_video
+
+    assert main(args(tmp_path / "full")) == 0
+    real, calls = Guide._denoise, []
+
+    def flaky(self, *a, **k):
+        calls.append(1)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Guide, "_denoise", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        main(args(tmp_path / "cut"))
+    monkeypatch.setattr(Guide, "_denoise", real)
+    assert main(args(tmp_path / "cut")) == 0
+    return [(json.loads((tmp_path / d / "config.json").read_text()), read_video(tmp_path / d / "result_frames"))
+            for d in ("cut", "full")]

@@ -11,10 +11,11 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("av")
 
+from _transfer_helpers import interrupted_and_whole  # noqa: E402
+
 import ditflow_fast  # noqa: E402
 from ditflow_fast.cli.main import main  # noqa: E402
 from ditflow_fast.families.cogvideox import tiny  # noqa: E402
-from ditflow_fast.guidance.loop import Guide  # noqa: E402
 from ditflow_fast.video_io import read_video  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,24 +70,10 @@ def test_the_api_in_memory_and_a_pipeline_give_what_the_command_line_writes(asse
 def test_an_interrupted_run_resumes_exactly(assets, tmp_path, monkeypatch):
     """DPM's previous x0 lives outside the scheduler: the saved state carries it (1.5's folder config)."""
     args = ("--frames", "9", "--steps", "6", "--guided-steps", "3", "--opt-mode", "emb")
-    assert main(_args(assets, tmp_path / "full", *args)) == 0
-    real, calls = Guide._denoise, []
-
-    def flaky(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(Guide, "_denoise", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        main(_args(assets, tmp_path / "cut", *args))
-    monkeypatch.setattr(Guide, "_denoise", real)
-    assert main(_args(assets, tmp_path / "cut", *args)) == 0
-    rec, full = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("cut", "full"))
+    (rec, a), (full, b) = interrupted_and_whole(lambda out: _args(assets, out, *args), tmp_path, monkeypatch,
+                                                interrupt_at=5)
     assert rec["resumed_from_step"] == 4 and rec["losses"] == full["losses"]
-    np.testing.assert_array_equal(read_video(tmp_path / "cut" / "result_frames"),
-                                  read_video(tmp_path / "full" / "result_frames"))
+    np.testing.assert_array_equal(a, b)
 
 
 def test_a_prompt_goes_through_the_folders_t5(tmp_path):

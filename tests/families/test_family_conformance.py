@@ -16,6 +16,8 @@ import torch
 
 pytest.importorskip("diffusers")
 
+from _sdpa_spy import SDPASpy  # noqa: E402
+
 from ditflow_fast import compute_amf  # noqa: E402
 from ditflow_fast.errors import ModelError  # noqa: E402
 from ditflow_fast.families import FAMILIES, FamilyBase, register  # noqa: E402
@@ -99,23 +101,6 @@ def _forward(fam, tr, x, e, t=500, emb=None):
         return fam.forward(tr, x, e, t, emb)
 
 
-class _SDPA:
-    """Records what the stock attention of one module hands to ``scaled_dot_product_attention``."""
-
-    def __init__(self, monkeypatch, module):
-        real, self.calls, self.inside = torch.nn.functional.scaled_dot_product_attention, [], False
-
-        def spy(*args, **kwargs):
-            if self.inside:  # diffusers passes them by position (CogVideoX) or by name (Wan)
-                qkv = [*args[:3], *(kwargs[n] for n in ("query", "key", "value") if n in kwargs)]
-                self.calls.append(tuple(t.detach().clone() for t in qkv))
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-        module.register_forward_pre_hook(lambda *a: setattr(self, "inside", True))
-        module.register_forward_hook(lambda *a: setattr(self, "inside", False))
-
-
 def _video_part(fam, t, text_len):
     """The video tokens of an attention tensor ``[B, H, T, d]``, by the family's text position."""
     return {"prefix": t[:, :, text_len:], "none": t, "suffix": t[:, :, :t.shape[2] - text_len]}[fam.text_position]
@@ -194,7 +179,7 @@ def test_idle_processor_is_bit_identical_to_diffusers(name):
 def test_captured_qk_equal_what_the_stock_attention_uses(name, monkeypatch):
     fam, tr, x, e = _setup(name, seed=3, batch=2)
     block = 1
-    sdpa = _SDPA(monkeypatch, _attn(fam.blocks(tr)[block]))
+    sdpa = SDPASpy(monkeypatch, _attn(fam.blocks(tr)[block]))
     _forward(fam, tr, x, e, 700)  # stock processors
     (q_ref, k_ref, _), = sdpa.calls
     fam.install(tr)
@@ -212,7 +197,7 @@ def test_captured_qk_equal_what_the_stock_attention_uses(name, monkeypatch):
 def test_injection_replaces_exactly_the_video_kv(name, monkeypatch):
     fam, tr, x, e = _setup(name, seed=5, batch=2)
     block = 1
-    sdpa = _SDPA(monkeypatch, _attn(fam.blocks(tr)[block]))
+    sdpa = SDPASpy(monkeypatch, _attn(fam.blocks(tr)[block]))
     ctrl = fam.install(tr)
     plain = _forward(fam, tr, x, e)
     (_, k_plain, v_plain), = sdpa.calls

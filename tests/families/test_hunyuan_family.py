@@ -12,6 +12,8 @@ import torch
 
 pytest.importorskip("diffusers")
 
+from _sdpa_spy import SDPASpy  # noqa: E402
+
 from ditflow_fast.errors import ModelError  # noqa: E402
 from ditflow_fast.families.hunyuan import text as hy_text  # noqa: E402
 from ditflow_fast.families.hunyuan import tiny  # noqa: E402
@@ -32,23 +34,6 @@ def _inputs(batch=2, seed=1):
 def _run(tr, x, e, t=500.25, emb=None):
     with torch.no_grad():
         return H.forward(tr, x, e, t, emb)
-
-
-class _SDPA:
-    """What the stock attention of one module hands to ``scaled_dot_product_attention``."""
-
-    def __init__(self, monkeypatch, module):
-        real, self.calls, self.inside = torch.nn.functional.scaled_dot_product_attention, [], False
-
-        def spy(*args, **kwargs):
-            if self.inside:
-                qkv = [*args[:3], *(kwargs[n] for n in ("query", "key", "value") if n in kwargs)]
-                self.calls.append(tuple(t.detach().clone() for t in qkv))
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
-        module.register_forward_pre_hook(lambda *a: setattr(self, "inside", True))
-        module.register_forward_hook(lambda *a: setattr(self, "inside", False))
 
 
 def test_processor_signature_is_the_stock_ones():
@@ -89,7 +74,7 @@ def test_capture_and_injection_see_the_video_tokens_only(block, monkeypatch):
     tr = tiny.tiny_transformer()
     x, e = _inputs(seed=3)
     n, text = 3 * 3 * 5, e.shape[1]
-    sdpa = _SDPA(monkeypatch, H.blocks(tr)[block].attn)
+    sdpa = SDPASpy(monkeypatch, H.blocks(tr)[block].attn)
     ctrl = H.install(tr)
     plain = _run(tr, x, e)
     (q_ref, k_ref, v_ref), = sdpa.calls

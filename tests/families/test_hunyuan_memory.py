@@ -3,14 +3,12 @@ guided iteration on a HunyuanVideo-shaped tiny transformer (CPU), and its number
 
 from __future__ import annotations
 
-import contextlib
-import json
-import warnings
-
 import pytest
 import torch
 
 pytest.importorskip("diffusers")
+
+from _memory_timeline import guided_iteration_peak  # noqa: E402
 
 from ditflow_fast.families.hunyuan import text as hy_text  # noqa: E402
 from ditflow_fast.families.hunyuan.family import HunyuanVideoFamily as H  # noqa: E402
@@ -24,30 +22,6 @@ HEADS, HD, MLP, DUAL, SINGLE, FRAMES, HH, WW, TEXT, Z = 8, 32, 3.0, 4, 3, 2, 12,
 CFG = dict(in_channels=Z, out_channels=Z, num_attention_heads=HEADS, attention_head_dim=HD, num_layers=DUAL,
            num_single_layers=SINGLE, num_refiner_layers=1, mlp_ratio=MLP, patch_size=2, patch_size_t=1,
            text_embed_dim=32, pooled_projection_dim=16, rope_axes_dim=[8, 12, 12])
-
-
-class _HostMemory(torch.autograd.graph.saved_tensors_hooks):
-    """``offload.activation_offload`` with the CPU standing in for the GPU: the packed copies live in numpy memory
-    (invisible to the profiler, as host memory is not GPU memory); unpacking makes a tracked tensor."""
-
-    def __init__(self):
-        import weakref
-
-        cache = {}
-
-        def pack(t):
-            hit = cache.get(id(t))
-            if hit is not None and hit[0]() is t:
-                return hit[1]
-            packed = (t.dtype, t.shape, t.detach().contiguous().view(torch.uint8).numpy().copy())
-            cache[id(t)] = (weakref.ref(t), packed)
-            return packed
-
-        def unpack(packed):
-            dtype, shape, array = packed
-            return torch.from_numpy(array).view(dtype).reshape(shape).clone()
-
-        super().__init__(pack, unpack)
 
 
 def _measured(tmp_path, *, block, checkpointing, dtype, opt_mode="latent", host=False) -> int:
@@ -64,30 +38,10 @@ def _measured(tmp_path, *, block, checkpointing, dtype, opt_mode="latent", host=
     g = torch.Generator().manual_seed(1)
     e = hy_text.pack(torch.randn(1, TEXT, 32, generator=g), torch.randn(1, 16, generator=g),
                      (torch.arange(TEXT) < TEXT - 3).long()[None]).to(dtype)
-    wq, wk = torch.randn(2, 1, HEADS, FRAMES * HH * WW, HD, dtype=dtype)
+    weights = torch.randn(2, 1, HEADS, FRAMES * HH * WW, HD, dtype=dtype)
     emb = H.initial_emb(tr, x).requires_grad_(True) if opt_mode == "emb" else None
-
-    def iteration():
-        with _HostMemory() if host else contextlib.nullcontext():
-            ctrl = H.run_until(tr, x.to(dtype), e, 500.0, emb, stop_after=block, qk_blocks=[block])
-        q, k = ctrl.qk.pop(block)
-        ((q * wq).sum() + (k * wk).sum()).float().backward()
-        x.grad = None
-        if emb is not None:
-            emb.grad = None
-
-    iteration()  # warm-up: lazily created buffers are not part of the steady state
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
-                                record_shapes=True, with_stack=True) as prof:
-        iteration()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        try:
-            prof.export_memory_timeline(str(tmp_path / "t.json"), device="cpu")
-        except Exception as exc:  # the exporter is deprecated; its absence must not fail CI
-            pytest.skip(f"memory timeline unavailable: {exc}")
-    sizes = [sum(s) for s in json.loads((tmp_path / "t.json").read_text())[1]]
-    return max(sizes) - sizes[0]
+    return guided_iteration_peak(tmp_path, H, tr, x, e, 500.0, emb, block=block, weights=weights, dtype=dtype,
+                                 host=host)
 
 
 def _predicted(*, block, checkpointing, b, opt_mode="latent", host=False) -> int:

@@ -12,10 +12,11 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 pytest.importorskip("av")
 
+from _transfer_helpers import interrupted_and_whole  # noqa: E402
+
 from ditflow_fast.cli.main import main  # noqa: E402
 from ditflow_fast.families.cogvideox import tiny as cog_tiny  # noqa: E402
 from ditflow_fast.families.hunyuan import tiny  # noqa: E402
-from ditflow_fast.guidance.loop import Guide  # noqa: E402
 from ditflow_fast.video_io import read_video, write_video  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,23 +68,9 @@ def test_defaults_and_frame_refusal(hy, tmp_path, capsys):
 
 def test_interrupted_run_resumes_exactly(hy, tmp_path, monkeypatch):
     """Flow-matching Euler counts its own steps: a resumed run must restart the count mid-schedule."""
-    assert main(_args(hy, tmp_path / "full", "--format", "frames", "--opt-mode", "emb")) == 0
-    real, calls = Guide._denoise, []
-
-    def flaky(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(Guide, "_denoise", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        main(_args(hy, tmp_path / "cut", "--format", "frames", "--opt-mode", "emb"))
-    monkeypatch.setattr(Guide, "_denoise", real)
-    assert main(_args(hy, tmp_path / "cut", "--format", "frames", "--opt-mode", "emb")) == 0
-    rec, full = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("cut", "full"))
+    (rec, a), (full, b) = interrupted_and_whole(lambda out: _args(hy, out, "--format", "frames", "--opt-mode", "emb"),
+                                                tmp_path, monkeypatch, interrupt_at=4)
     assert rec["resumed_from_step"] == 3 and rec["losses"] == full["losses"]
-    a, b = (read_video(tmp_path / d / "result_frames") for d in ("cut", "full"))
     assert np.array_equal(a, b)
 
 

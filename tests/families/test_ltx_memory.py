@@ -3,13 +3,12 @@ iteration on LTX-shaped tiny transformers (CPU), and its numbers for the public 
 
 from __future__ import annotations
 
-import json
-import warnings
-
 import pytest
 import torch
 
 pytest.importorskip("diffusers")
+
+from _memory_timeline import guided_iteration_peak  # noqa: E402
 
 from ditflow_fast.families.ltx import LTXFamily  # noqa: E402
 from ditflow_fast.families.ltx.memory import estimate  # noqa: E402
@@ -41,29 +40,9 @@ def measured(tmp_path, entry, grid, *, block, checkpointing, dtype, opt_mode="la
     cfg = entry["transformer"]
     x = torch.randn(1, cfg["in_channels"], f, h, w, requires_grad=opt_mode == "latent")
     e = torch.randn(1, entry["text_len"], cfg["caption_channels"], dtype=dtype)
-    wq, wk = torch.randn(2, 1, cfg["num_attention_heads"], f * h * w, cfg["attention_head_dim"], dtype=dtype)
+    weights = torch.randn(2, 1, cfg["num_attention_heads"], f * h * w, cfg["attention_head_dim"], dtype=dtype)
     emb = LTXFamily.initial_emb(tr, x).requires_grad_(True) if opt_mode == "emb" else None
-
-    def iteration():
-        ctrl = LTXFamily.run_until(tr, x.to(dtype), e, 500.0, emb, stop_after=block, qk_blocks=[block])
-        q, k = ctrl.qk.pop(block)
-        ((q * wq).sum() + (k * wk).sum()).float().backward()
-        x.grad = None
-        if emb is not None:
-            emb.grad = None
-
-    iteration()  # warm-up: lazily created buffers are not part of the steady state
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
-                                record_shapes=True, with_stack=True) as prof:
-        iteration()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        try:
-            prof.export_memory_timeline(str(tmp_path / "t.json"), device="cpu")
-        except Exception as exc:  # the exporter is deprecated; its absence must not fail CI
-            pytest.skip(f"memory timeline unavailable: {exc}")
-    sizes = [sum(s) for s in json.loads((tmp_path / "t.json").read_text())[1]]
-    return max(sizes) - sizes[0]
+    return guided_iteration_peak(tmp_path, LTXFamily, tr, x, e, 500.0, emb, block=block, weights=weights, dtype=dtype)
 
 
 def predicted(entry, grid, *, block, checkpointing, b, opt_mode="latent") -> int:

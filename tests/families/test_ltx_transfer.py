@@ -12,11 +12,12 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("av")
 
+from _transfer_helpers import interrupted_and_whole  # noqa: E402
+
 import ditflow_fast  # noqa: E402
 from ditflow_fast.cli.main import main  # noqa: E402
 from ditflow_fast.families.cogvideox.tiny import moving_square  # noqa: E402
 from ditflow_fast.families.ltx import tiny  # noqa: E402
-from ditflow_fast.guidance.loop import Guide  # noqa: E402
 from ditflow_fast.video_io import read_video, write_video  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,23 +66,9 @@ def test_prompt_through_the_tiny_t5_and_refusals(ltx, tmp_path, capsys):
 
 
 def test_interrupted_run_resumes_exactly(ltx, tmp_path, monkeypatch):
-    assert main(_args(ltx, tmp_path / "full", "--format", "frames", "--opt-mode", "emb")) == 0
-    real, calls = Guide._denoise, []
-
-    def flaky(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(Guide, "_denoise", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        main(_args(ltx, tmp_path / "cut", "--format", "frames", "--opt-mode", "emb"))
-    monkeypatch.setattr(Guide, "_denoise", real)
-    assert main(_args(ltx, tmp_path / "cut", "--format", "frames", "--opt-mode", "emb")) == 0
-    rec, full = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("cut", "full"))
+    (rec, a), (full, b) = interrupted_and_whole(lambda out: _args(ltx, out, "--format", "frames", "--opt-mode", "emb"),
+                                                tmp_path, monkeypatch, interrupt_at=4)
     assert rec["resumed_from_step"] == 3 and rec["losses"] == full["losses"]
-    a, b = (read_video(tmp_path / d / "result_frames") for d in ("cut", "full"))
     assert np.array_equal(a, b)
 
 

@@ -3,13 +3,12 @@ of a guided iteration on a Wan-shaped tiny transformer (CPU), and its numbers fo
 
 from __future__ import annotations
 
-import json
-import warnings
-
 import pytest
 import torch
 
 pytest.importorskip("diffusers")
+
+from _memory_timeline import guided_iteration_peak  # noqa: E402
 
 from ditflow_fast.backends.reference import research_bytes  # noqa: E402
 from ditflow_fast.families.wan.family import PRESETS, WanFamily  # noqa: E402
@@ -33,37 +32,10 @@ def _tiny_entry(expand=False, layers=5):
     return dict(transformer=tr, vae=vae, text_len=TEXT, experts=1, expand_timesteps=expand)
 
 
-class _HostMemory(torch.autograd.graph.saved_tensors_hooks):
-    """What ``offload.activation_offload`` does on a GPU, with the CPU standing in for the GPU: the packed
-    copies live in numpy memory (invisible to the profiler, as host memory is not GPU memory), each
-    tensor object once (as ActivationOffload); unpacking makes a tracked tensor (the host-to-device copy)."""
-
-    def __init__(self):
-        import weakref
-
-        cache = {}
-
-        def pack(t):
-            hit = cache.get(id(t))
-            if hit is not None and hit[0]() is t:
-                return hit[1]
-            packed = (t.dtype, t.shape, t.detach().contiguous().view(torch.uint8).numpy().copy())
-            cache[id(t)] = (weakref.ref(t), packed)
-            return packed
-
-        def unpack(packed):
-            dtype, shape, array = packed
-            return torch.from_numpy(array).view(dtype).reshape(shape).clone()
-
-        super().__init__(pack, unpack)
-
-
 def _measured(tmp_path, entry, *, block, checkpointing, dtype, opt_mode="latent", chunks=1, host=False) -> int:
     """Peak minus start of one steady-state guided iteration: forward truncated after ``block`` with
     q/k captured, a dense gradient into q and k (what the AMF loss gives), backward. ``chunks``: the
     FFN in token slices (wan_chunking); ``host``: the saved tensors in (emulated) host memory."""
-    import contextlib
-
     from diffusers import WanTransformer3DModel
 
     from ditflow_fast.families.wan import chunking as wan_chunking
@@ -78,30 +50,10 @@ def _measured(tmp_path, entry, *, block, checkpointing, dtype, opt_mode="latent"
     x = torch.randn(1, Z, FRAMES, HH * 2, WW * 2, requires_grad=opt_mode == "latent")
     e = torch.randn(1, TEXT, TEXT_DIM, dtype=dtype)
     n = FRAMES * HH * WW
-    wq, wk = torch.randn(2, 1, HEADS, n, HD, dtype=dtype)
+    weights = torch.randn(2, 1, HEADS, n, HD, dtype=dtype)
     emb = WanFamily.initial_emb(tr, x).requires_grad_(True) if opt_mode == "emb" else None
-
-    def iteration():
-        with _HostMemory() if host else contextlib.nullcontext():
-            ctrl = WanFamily.run_until(tr, x.to(dtype), e, 500, emb, stop_after=block, qk_blocks=[block])
-        q, k = ctrl.qk.pop(block)
-        ((q * wq).sum() + (k * wk).sum()).float().backward()
-        x.grad = None
-        if emb is not None:
-            emb.grad = None
-
-    iteration()  # warm-up: lazily created buffers are not part of the steady state
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
-                                record_shapes=True, with_stack=True) as prof:
-        iteration()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        try:
-            prof.export_memory_timeline(str(tmp_path / "t.json"), device="cpu")
-        except Exception as exc:  # the exporter is deprecated; its absence must not fail CI
-            pytest.skip(f"memory timeline unavailable: {exc}")
-    sizes = [sum(s) for s in json.loads((tmp_path / "t.json").read_text())[1]]
-    return max(sizes) - sizes[0]
+    return guided_iteration_peak(tmp_path, WanFamily, tr, x, e, 500, emb, block=block, weights=weights, dtype=dtype,
+                                 host=host)
 
 
 def _predicted(entry, *, block, checkpointing, b, opt_mode="latent", chunks=1, host=False) -> int:
