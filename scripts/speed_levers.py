@@ -42,8 +42,11 @@ TUNING = {  # the settings docs/toyworld.md tunes a model's DiTFlow latent row w
     "temperature 4": dict(temperature=4.0),
     "block 2": dict(guidance_block=2),
     "no KV injection": dict(kv_injection=False),
-    "no KV injection, temperature 1": dict(kv_injection=False, temperature=1.0),
-    "lr 0.04 -> 0.02, temperature 1": dict(lr=(0.04, 0.02), temperature=1.0),
+    # second round, combining the first round's best (names without commas: --levers splits on them)
+    "no KV injection + temperature 1": dict(kv_injection=False, temperature=1.0),
+    "lr 0.04 -> 0.02 + temperature 1": dict(lr=(0.04, 0.02), temperature=1.0),
+    "16 guided steps + temperature 1": dict(guided_steps=16, temperature=1.0),
+    "no KV injection + temperature 1 + 16 guided steps": dict(kv_injection=False, temperature=1.0, guided_steps=16),
 }
 SETS = {"levers": LEVERS, "tuning": TUNING}
 DEFAULT = next(iter(LEVERS))
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     variants = SETS[a.set]
-    levers = [x.strip() for x in (a.levers or ",".join(variants)).split(",") if x.strip()]
+    levers = list(dict.fromkeys(x.strip() for x in (a.levers or ",".join(variants)).split(",") if x.strip()))
     bad = [x for x in levers if x not in variants]
     if bad or not levers:
         p.error(f"--levers: unknown {bad}; choose from {list(variants)}")
