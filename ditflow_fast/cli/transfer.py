@@ -33,7 +33,9 @@ def add_transfer_parser(sub) -> None:
     p.add_argument("--height", type=int, help="default: the model's (480 for both families)")
     p.add_argument("--width", type=int, help="default: the model's (720 CogVideoX, 832 Wan)")
     p.add_argument("--opt-mode", choices=("latent", "emb"), default=D.opt_mode)
-    p.add_argument("--loss", choices=("flow", "moft", "smm"), default=D.loss)
+    p.add_argument("--loss", choices=("flow", "flow_window", "moft", "smm"), default=D.loss,
+                   help="flow: DiTFlow's AMF loss; flow_window: FastVMT-style, the AMF within a window "
+                        "(docs/guidance.md); moft, smm: the baselines")
     p.add_argument("--no-guidance", action="store_true", help="no optimisation (injection still applies)")
     p.add_argument("--no-injection", action="store_true", help="no K/V injection at block 0")
     p.add_argument("--inject-embeds", metavar="DIR", help="zero-shot: reuse embeddings saved by an emb run")

@@ -170,3 +170,15 @@ def test_prompt_text_through_a_tiny_t5(tmp_path):
             "--frames", "9", "--height", "48", "--width", "64", "--steps", "3", "--guided-steps", "1",
             "--opt-iters", "1", "--out", str(tmp_path / "out"), "--quiet"]
     assert main(args) == 0 and (tmp_path / "out" / "result.mp4").exists()
+
+
+def test_transfer_offers_every_guidance_loss():
+    import argparse
+
+    from ditflow_fast.cli import transfer as transfer_cli
+    from ditflow_fast.guidance.losses import LOSSES
+
+    p = argparse.ArgumentParser()
+    transfer_cli.add_transfer_parser(p.add_subparsers())
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices["transfer"]
+    assert tuple(next(a for a in sub._actions if a.dest == "loss").choices) == LOSSES
