@@ -75,7 +75,7 @@ def test_transfer_emb_save_inject_frames_and_resume(assets, tmp_path):
     (("--video", "bad.mp4"), "cannot decode"),
     (("--frames", "20"), "fewer than the 20"),
     (("--height", "40"), "multiples of 16"),
-    (("--model", "empty_model"), "not a CogVideoX diffusers folder"),
+    (("--model", "empty_model"), "not a diffusers folder of a supported family"),
     (("--model", "no/such/thing"), "no such folder"),
     (("--model", "broken_model"), "cannot be loaded"),
     (("--inject-embeds", "nowhere"), "needs --opt-mode emb"),
