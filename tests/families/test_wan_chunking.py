@@ -27,12 +27,13 @@ def _host_copies():
     return offload.activation_offload("cpu", True, pin_memory=True)
 
 
-def _wan(dtype=torch.float32, layers=4, chunks=1, checkpointing=True):
+def _wan(dtype=torch.float32, layers=4, chunks=1, checkpointing=True, scope="tail", expand=False):
     tr = wan_tiny.tiny_transformer(layers=layers).to(dtype).requires_grad_(False)
+    tr._ditflow_expand_timesteps = expand  # TI2V's per-token timesteps: [B, N, 6, D] modulations
     if checkpointing:
         tr.enable_gradient_checkpointing()
     WanFamily.install(tr)
-    wan_chunking.install(tr, chunks)
+    wan_chunking.install(tr, chunks, scope)
     return tr
 
 
@@ -72,9 +73,13 @@ def test_auto_and_resolved_chunks():
 def test_install_uninstall_restores_the_stock_forward():
     tr = _wan()
     stock = [b.ffn.forward for b in tr.blocks]
-    assert wan_chunking.install(tr, 3) == 3 and wan_chunking.installed_chunks(tr) == 3
+    assert wan_chunking.install(tr, 3) == 3 and wan_chunking.installed_chunks(tr) == 3  # the tail by default
+    assert all(isinstance(b.forward, wan_chunking.SlicedTail) and b.forward.block is b for b in tr.blocks)
+    assert all("forward" not in b.ffn.__dict__ for b in tr.blocks)
+    assert wan_chunking.install(tr, 3, "ffn") == 3  # replaces the tail slicing, never stacks on it
+    assert all("forward" not in b.__dict__ for b in tr.blocks)
     assert all(isinstance(b.ffn.forward, wan_chunking.ChunkedFFN) for b in tr.blocks)
-    assert wan_chunking.install(tr, 4) == 4  # idempotent: re-installing replaces, never nests
+    assert wan_chunking.install(tr, 4, "ffn") == 4  # idempotent: re-installing replaces, never nests
     assert all(b.ffn.forward.original == s for b, s in zip(tr.blocks, stock, strict=True))
     names = [n for n, _ in tr.named_parameters()]
     wan_chunking.uninstall(tr)
@@ -82,28 +87,61 @@ def test_install_uninstall_restores_the_stock_forward():
     assert [n for n, _ in tr.named_parameters()] == names  # the module tree is never touched
     assert wan_chunking.install(tr, 1) == 1 and "forward" not in tr.blocks[0].ffn.__dict__
     wan_chunking.uninstall(wan_tiny.tiny_transformer())  # nothing installed: a no-op
+    with pytest.raises(ValueError, match="scope"):
+        wan_chunking.install(tr, 2, "block")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_chunked_ffn_forward_is_bit_identical(dtype):
+def test_tail_installs_beneath_group_offload_hooks():
+    """With diffusers' hooks on the blocks the tail replaces the forward the innermost hook calls:
+    ``block.forward`` stays the hooks' wrapper, and uninstall gives the hook its stock forward back."""
+    tr = wan_tiny.tiny_transformer(layers=3)
+    offload.apply_offload(tr, "group", "cpu")
+    hooked = [b.forward for b in tr.blocks]
+    wan_chunking.install(tr, 2)
+    for b, h in zip(tr.blocks, hooked, strict=True):
+        ref = b._diffusers_hook.hooks[b._diffusers_hook._hook_order[0]].fn_ref
+        assert b.forward is h and isinstance(ref.forward, wan_chunking.SlicedTail)
+    wan_chunking.uninstall(tr)
+    for b, h in zip(tr.blocks, hooked, strict=True):
+        ref = b._diffusers_hook.hooks[b._diffusers_hook._hook_order[0]].fn_ref
+        assert b.forward is h and not isinstance(ref.forward, wan_chunking.SlicedTail)
+        assert ref.forward.__func__ is type(b).forward  # the stock bound forward again
+
+
+@pytest.mark.parametrize("dtype,scope,expand", [(torch.float32, "ffn", False), (torch.bfloat16, "ffn", False),
+                                                (torch.float32, "tail", False), (torch.bfloat16, "tail", False),
+                                                (torch.float32, "tail", True)])
+def test_chunked_forward_is_bit_identical(dtype, scope, expand):
     x, e, _ = _wan_inputs(dtype)
-    plain, chunked = _wan(dtype), _wan(dtype, chunks=4)
+    plain, chunked = _wan(dtype, expand=expand), _wan(dtype, chunks=4, scope=scope, expand=expand)
     for grad in (False, True):  # without gradients the stock forward runs; with them the slices
         with torch.set_grad_enabled(grad):
             a = WanFamily.forward(plain, x.detach().to(dtype), e, 500)
             b = WanFamily.forward(chunked, x.detach().to(dtype), e, 500)
         assert torch.equal(a, b), (grad, (a - b).abs().max())
+    if scope == "tail":  # one block on its own, 45 tokens in 4 slices (not a divisor), a random temb
+        blk, g = chunked.blocks[1], torch.Generator().manual_seed(3)
+        h = torch.randn(1, 45, 32, generator=g).to(dtype)
+        temb = torch.randn(1, 45, 6, 32, generator=g) if expand else torch.randn(1, 6, 32, generator=g)
+        ctx = torch.randn(1, wan_tiny.TEXT_LEN, 32, generator=g).to(dtype)
+        rope = chunked.rope(torch.zeros(1, wan_tiny.Z_DIM, 1, 10, 18))
+        with torch.enable_grad():
+            assert torch.equal(blk(h, ctx, temb, rope), blk.forward.original(h, ctx, temb, rope))
+        return
     ffn = chunked.blocks[0].ffn
     h = torch.randn(1, 45, 32, dtype=dtype)
     with torch.enable_grad():
         assert torch.equal(ffn(h), ffn.forward.original(h))  # a slice count that does not divide 45
 
 
-@pytest.mark.parametrize("dtype,emb", [(torch.float32, False), (torch.bfloat16, False), (torch.float32, True)])
-def test_gradient_unchanged_by_chunking_and_activation_offload(dtype, emb):
-    ref = _wan_step(_wan(dtype), dtype, emb=emb)
-    for chunks, off in ((3, False), (1, True), (4, True)):
-        got = _wan_step(_wan(dtype, chunks=chunks), dtype, _host_copies() if off else None, emb=emb)
+@pytest.mark.parametrize("dtype,emb,expand", [(torch.float32, False, False), (torch.bfloat16, False, False),
+                                              (torch.float32, True, False), (torch.float32, False, True)])
+def test_gradient_unchanged_by_chunking_and_activation_offload(dtype, emb, expand):
+    ref = _wan_step(_wan(dtype, expand=expand), dtype, emb=emb)
+    for chunks, off, scope in ((3, False, "ffn"), (3, False, "tail"), (1, True, "tail"), (4, True, "tail"),
+                               (4, True, "ffn")):
+        tr = _wan(dtype, chunks=chunks, scope=scope, expand=expand)
+        got = _wan_step(tr, dtype, _host_copies() if off else None, emb=emb)
         assert torch.equal(got[0], ref[0])
         torch.testing.assert_close(got[1], ref[1], rtol=1e-6, atol=1e-6)
         assert torch.equal(got[1], ref[1])  # on the CPU: exactly
@@ -149,6 +187,7 @@ def test_group_offload_composes_with_both(monkeypatch):
     same gradient as a plain checkpointed run."""
     ref_tr, tr = _wan(layers=6), wan_tiny.tiny_transformer(layers=6)
     offload.apply_offload(tr, "group", "cpu")
+    hooked = [b.forward for b in tr.blocks]
     tr.enable_gradient_checkpointing()
     WanFamily.install(tr)
     wan_chunking.install(tr, 3)
@@ -156,6 +195,7 @@ def test_group_offload_composes_with_both(monkeypatch):
     got = _wan_step(tr, torch.float32, _host_copies(), block=4)
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
     assert offload.settle(tr) == 3
+    assert [b.forward for b in tr.blocks] == hooked  # the hooks' wrappers, the tail beneath them
 
 
 # -- through the loop (Guide._loss / _optimise) ------------------------------------------------------

@@ -152,21 +152,21 @@ def test_public_presets_without_download(monkeypatch):
 
 def test_issue_targets():
     """Wan2.1-1.3B at 81 x 480 x 832 under 12 GiB. 14B at 81 frames: 480p fits 48 GB unoffloaded and 24 GB
-    with group offload; 720p misses both (docs/memory.md: what would close it) -- kept as a check that
-    the numbers stay honest rather than tuned."""
+    with group offload; 720p misses both without the options, and meets both with activation offload
+    and the block's tail in slices (8, automatic; issue 31: 22 GiB with group offload) -- predicted,
+    from constants measured on tiny models, not tuned to the targets."""
     assert _est(MODELS[0]).total <= 12 * GiB
     assert _est(MODELS[2]).total <= 48e9 and _est(MODELS[2], offload="group").total <= 24e9
-    assert _est(MODELS[2], height=720, width=1280).total > 48e9
-    assert _est(MODELS[2], height=720, width=1280, offload="group").total > 24e9
-    # with activation offload and the FFN in slices (8, automatic): closer, still over both targets
+    assert _est(MODELS[2], height=720, width=1280, ffn_chunks=0).total > 48e9
+    assert _est(MODELS[2], height=720, width=1280, offload="group", ffn_chunks=0).total > 24e9
     best = {off: _est(MODELS[2], height=720, width=1280, offload=off, offload_activations=True)
             for off in ("none", "group")}
     plain = {off: _est(MODELS[2], height=720, width=1280, offload=off, ffn_chunks=0) for off in ("none", "group")}
     assert best["group"].ffn_chunks_used == 8 and plain["group"].ffn_chunks_used == 1
     for off in ("none", "group"):
-        assert best[off].total < plain[off].total - 14 * GiB
+        assert best[off].total < plain[off].total - 20 * GiB
         assert best[off].components["checkpointed block inputs"] == 0
-    assert 24e9 < best["group"].total < 26 * GiB and 48e9 < best["none"].total < 51 * GiB
+    assert 16 * GiB < best["group"].total <= 22 * GiB and 40 * GiB < best["none"].total < 48e9
     assert best["group"].host_bytes > 14 * GiB  # the 20 block inputs wait in (pinned) host memory
 
 

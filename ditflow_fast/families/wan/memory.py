@@ -30,8 +30,9 @@ The same accounting as the CogVideoX model (:mod:`ditflow_fast.families.cogvideo
   ``save_on_cpu``): the checkpointed block inputs wait in host memory (``(g + 1) [N, D]``, pinned;
   reported, not counted), and the block being back-propagated gets its input back as a fresh copy:
   measured constants ``*_host``. ``ffn_chunks`` (:mod:`ditflow_fast.families.wan.chunking`; None:
-  automatic): the recomputed block's FFN in token slices, measured constants ``*_chunked`` with a
-  per-slice ``[N/chunks, ffn_dim]`` term. Both apply with checkpointing only (the loop chunks only then;
+  automatic): the recomputed block's tail (after the self-attention: norm2, cross-attention, norm3,
+  FFN, residuals) in token slices, measured constants ``tail*`` (the block then peaks in its
+  self-attention, or in one slice's backward). Both apply with checkpointing only (the loop chunks only then;
   activation offload refuses ``--no-checkpointing``).
 
 What the CPU cannot show (as for CogVideoX): the CUDA context and cuBLAS workspaces (about 0.5-1 GB)
@@ -75,11 +76,26 @@ from .presets import _VAE21, PRESETS, TEXT_LEN, defaults, transformer_params
 # (6x, 12x); 12: 25.67; offloaded 1 slice 28.77 / 34.77; 2 slices 26.91, 28.41, 30.78, 36.78; 3: 26.98,
 # 31.14; 4: 27.05; 6: 27.19; 8: 27.33; 12: 27.61. fp32: 1 slice 16.14 / 27.12, 2 slices 14.17 / 20.17,
 # 4: 13.28 / 16.19, 6 (6x): 14.88; offloaded 18.14 / 29.07, 16.12 / 22.12, 15.28 / 18.14, 16.83.
+# (Those are scope="ffn", kept for :func:`recompute_units`; the loop now slices the block's tail.)
+#
+# The block's tail in slices (chunking scope "tail", what the loop installs), measured the same way (g = 2,
+# ffn 2x / 6x / 12x, 1 to 16 slices). The recomputed block peaks either in its self-attention, outside the
+# slices (``tail + tail_per_slice * chunks``: the width no longer matters), or in one slice's backward
+# (``tail_phase + (tail_fixed + tail_ffn * ffn) / chunks + tail_phase_per_slice * chunks``: one slice of
+# the norms' float32 copies, cross-attention and FFN; for FFNs wider than 6x its hidden layer takes over:
+# ``tail_wide + tail_wide_ffn * ffn / chunks + tail_wide_per_slice * chunks``). Raw numbers (U, as above):
+# bf16 2 slices 18.26 / 22.24 / 31.24 (2x / 6x / 12x), 4: 15.54 / 16.78 / 21.02, 8: 15.64 / 15.64 /
+# 16.03, 16: 15.83; offloaded 2: 20.18 / 24.16 / 33.16, 4: 16.46 / 18.70 / 22.94, 8: 16.52 / 16.52 /
+# 17.95, 16: 16.71. fp32 2 slices 11.59 / 16.59 / 25.59, 4: 9.35 / 11.85 / 16.35, 8: 9.14 / 9.54 /
+# 11.81, 16: 9.33; offloaded 2: 13.58 / 18.58 / 27.58, 4: 11.34 / 13.84 / 18.35, 8: 10.48 / 11.54 / 13.81.
 ACT = {
     2: dict(ckpt_input=1.0, ckpt_recompute=23.3, ckpt_recompute_ffn=1.75,  # bf16 / fp16
             ckpt_recompute_host=25.8, ckpt_recompute_ffn_host=1.5,
             chunked=24.83, chunked_host=26.77, chunked_per_slice=0.07,
             chunked_ffn_phase=17.18, chunked_ffn_phase_host=18.36, chunked_ffn=3.0, chunked_ffn_per_slice=0.36,
+            tail=15.44, tail_host=16.33, tail_per_slice=0.024,
+            tail_phase=10.345, tail_phase_host=12.265, tail_fixed=11.2, tail_ffn=1.99, tail_phase_per_slice=0.1625,
+            tail_wide=10.58, tail_wide_host=12.50, tail_wide_ffn=3.43, tail_wide_per_slice=0.04,
             block=18.2, block_ffn=1.0, partial_and_backward=14.5,
             expand_ckpt=22.0, expand_fixed=17.1, expand_block=16.0,
             emb_ckpt=1.4, emb_fixed=-6.6, emb_block=2.0),
@@ -87,6 +103,9 @@ ACT = {
             ckpt_recompute_host=12.7, ckpt_recompute_ffn_host=2.75,
             chunked=10.6, chunked_host=12.44, chunked_per_slice=0.0,
             chunked_ffn_phase=10.6, chunked_ffn_phase_host=12.44, chunked_ffn=3.0, chunked_ffn_per_slice=0.32,
+            tail=8.95, tail_host=10.29, tail_per_slice=0.024,
+            tail_phase=7.11, tail_phase_host=9.10, tail_fixed=3.96, tail_ffn=2.5, tail_phase_per_slice=0.0,
+            tail_wide=6.95, tail_wide_host=8.94, tail_wide_ffn=3.10, tail_wide_per_slice=0.027,
             block=11.1, block_ffn=1.5, partial_and_backward=7.0,
             # TI2V's per-token modulation and --opt-mode emb measured in bf16 only; used in fp32 too (units)
             expand_ckpt=22.0, expand_fixed=17.1, expand_block=16.0,
@@ -126,11 +145,17 @@ def _counts(transformer_json: str) -> tuple[int, int, int]:
 
 
 def recompute_units(bytes_per_elem: int, ffn_units: float, *, offload_activations: bool = False,
-                    chunks: int = 1) -> float:
-    """The "one block recomputed + backward" term in ``[N, D]`` units, ``ffn_units = ffn_dim / D``."""
+                    chunks: int = 1, scope: str = "tail") -> float:
+    """The "one block recomputed + backward" term in ``[N, D]`` units, ``ffn_units = ffn_dim / D``;
+    ``scope``: what is sliced (:func:`ditflow_fast.families.wan.chunking.install`)."""
     c, h = ACT[bytes_per_elem], "_host" if offload_activations else ""
     if chunks <= 1:
         return c["ckpt_recompute" + h] + c["ckpt_recompute_ffn" + h] * ffn_units
+    if scope == "tail":
+        return max(c["tail" + h] + c["tail_per_slice"] * chunks,
+                   c["tail_phase" + h] + (c["tail_fixed"] + c["tail_ffn"] * ffn_units) / chunks
+                   + c["tail_phase_per_slice"] * chunks,
+                   c["tail_wide" + h] + c["tail_wide_ffn"] * ffn_units / chunks + c["tail_wide_per_slice"] * chunks)
     return max(c["chunked" + h] + c["chunked_per_slice"] * chunks,
                c["chunked_ffn_phase" + h] + c["chunked_ffn"] * ffn_units / chunks + c["chunked_ffn_per_slice"] * chunks)
 
