@@ -171,7 +171,7 @@ def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guid
     has (a preset entry says it itself); it does not change the prediction, since only one expert is
     ever on the GPU (the other waits on the CPU: host memory, not counted here).
     ``offload_activations``: the checkpointed block inputs in host memory (``host_bytes`` of the
-    result: what they take there). ``ffn_chunks``: the recomputed FFN in token slices (None:
+    result: what they take there). ``ffn_chunks``: the recomputed block's tail in token slices (None:
     automatic, :func:`ditflow_fast.families.wan.chunking.resolve_chunks`; 0/1: off); the slice count
     used is ``ffn_chunks_used`` of the result. Both need ``checkpointing``."""
     del experts  # one expert resident whatever the count
@@ -265,7 +265,8 @@ def dry_run_table(model_id_or_preset, frames: int | None = None, height: int | N
         head += f"\n(activations offloaded: the checkpointed block inputs take {est.host_bytes / 2**30:.2f} GiB of " \
                 "pinned host memory)"
     if est.ffn_chunks_used > 1:
-        head += f"\n(recomputed FFN in {est.ffn_chunks_used} token slices)"
+        head += (f"\n(recomputed block's tail (norm2, cross-attention, norm3, FFN) in {est.ffn_chunks_used} "
+                 "token slices)")
     note = "(umT5 encoder run and released before the loop; CUDA context and fragmentation not included)"
     if isinstance(model_id_or_preset, str) and model_id_or_preset not in PRESETS:
         note += foreign_vae_note(model_id_or_preset, "AutoencoderKLWan")
