@@ -1,4 +1,4 @@
-"""Token-chunked feed-forward for Wan blocks: the guided backward holds ``[chunk, ffn_dim]``, not ``[N, ffn_dim]``.
+"""Token-sliced guided backward for Wan blocks: the block's tail (default) or its FFN alone, in token slices.
 
 Wan's FFN (``block.ffn``: Linear ``D -> ffn_dim``, tanh-GELU, Linear ``ffn_dim -> D``) works token by
 token, and at 720p its hidden layer is the largest tensor of a block (14B: ``N = 75,600`` tokens x
@@ -6,7 +6,8 @@ token, and at 720p its hidden layer is the largest tensor of a block (14B: ``N =
 recomputed whole, so its FFN keeps the GELU input ``[N, ffn_dim]`` for the backward and the backward
 makes ``[N, ffn_dim]`` gradients next to it (the memory model's ``1.75 ffn``).
 
-:func:`install` replaces ``block.ffn.forward`` (instance attribute; the module, its parameters, names
+With ``scope="ffn"`` :func:`install` replaces ``block.ffn.forward`` (instance attribute; the module,
+its parameters, names
 and hooks stay as they are) by :class:`ChunkedFFN`: while gradients are recorded, the input is split
 into ``chunks`` token slices, each slice runs the stock forward under its own non-reentrant
 ``torch.utils.checkpoint`` (nested inside diffusers' per-block checkpoint), and the outputs are
