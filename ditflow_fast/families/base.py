@@ -189,7 +189,8 @@ class FamilyBase:
 
     @staticmethod
     def chunk_ffn(transformer, chunks: int | None, n_tokens: int) -> int:
-        """Put the guided backward's recomputed FFN in token slices; returns the slice count (1: none)."""
+        """Put the guided backward's recomputed per-token work (Wan: the block's tail, FFN included) in token slices;
+        returns the slice count (1: none)."""
         return 1
 
     @staticmethod

@@ -113,7 +113,7 @@ class Guide:
             self.forward_inputs = self.family.prepare(tr, config)
             if config.gradient_checkpointing:
                 tr.enable_gradient_checkpointing()
-        if config.gradient_checkpointing:  # the recomputed FFN in token slices, where the family has them
+        if config.gradient_checkpointing:  # the recomputed per-token work in token slices, where the family has it
             for tr in self.experts.values():
                 self.family.chunk_ffn(tr, config.ffn_chunks, self.frames * self.h * self.w)
         self.emb_shape = tuple(self.family.initial_emb(transformer, self.ref).shape)
