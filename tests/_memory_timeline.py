@@ -50,7 +50,14 @@ def guided_iteration_peak(tmp_path, family, transformer, latent, text, t, emb=No
         if emb is not None:
             emb.grad = None
 
-    iteration()  # warm-up: lazily created buffers are not part of the steady state
+    return timeline_peak(tmp_path, iteration)
+
+
+def timeline_peak(tmp_path, iteration) -> int:
+    """Peak minus start of the CPU memory timeline of one steady-state call of ``iteration`` (after a warm-up
+    call: lazily created buffers are not part of the steady state). Skips the test where the exporter is
+    unavailable."""
+    iteration()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
                                 record_shapes=True, with_stack=True) as prof:
         iteration()

@@ -46,3 +46,16 @@ def release(device) -> None:
     """After the caller dropped its encoder: hand the device memory back before the loop."""
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
+
+
+def tiny_word_tokenizer():
+    """The tiny test folders' tokenizer (``tokenizers.Tokenizer``): word-level, trained on four captions, with
+    ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, as the families' ``save_tiny_*`` text encoders expect."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = ["a dog running on a beach", "a cat jumping over a fence", "a car driving down a road at night",
+              "the camera pans left over a red boat"]
+    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"]))
+    return tok

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import warnings
-
 import pytest
 import torch
 
 pytest.importorskip("diffusers")
+
+from _memory_timeline import timeline_peak  # noqa: E402
 
 from ditflow_fast import amf_loss, compute_amf  # noqa: E402
 from ditflow_fast.backends.reference import research_bytes  # noqa: E402
@@ -48,18 +47,7 @@ def _measured_peak(tmp_path, checkpointing: bool, block: int) -> tuple[int, dict
         amf_loss(compute_amf(q, k, frames=FRAMES, height=HH, width=WW), ref).backward()
         x.grad = None
 
-    iteration()  # warm-up: lazily created buffers are not part of the steady state
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True,
-                                record_shapes=True, with_stack=True) as prof:
-        iteration()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        try:
-            prof.export_memory_timeline(str(tmp_path / "t.json"), device="cpu")
-        except Exception as exc:  # the exporter is deprecated; its absence must not fail CI
-            pytest.skip(f"memory timeline unavailable: {exc}")
-    sizes = [sum(s) for s in json.loads((tmp_path / "t.json").read_text())[1]]
-    return max(sizes) - sizes[0], cfg
+    return timeline_peak(tmp_path, iteration), cfg
 
 
 @pytest.mark.parametrize("checkpointing,block", [(True, 2), (False, 2)])

@@ -59,15 +59,13 @@ def save_tiny_t5(path, d_model: int, seed: int = 0) -> Path:
     """Write ``path/tokenizer`` (a word-level tokenizer trained here on a few sentences, appending ``</s>`` as
     T5's does) and ``path/text_encoder`` (a 1-layer ``T5EncoderModel`` of width ``d_model``). Needs
     ``transformers`` and ``tokenizers``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
+    from ..text_encoders import tiny_word_tokenizer
+
     path = Path(path)
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    corpus = ["a dog running on a beach", "a cat jumping over a fence", "a car driving down a road at night",
-              "the camera pans left over a red boat"]
-    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"]))
+    tok = tiny_word_tokenizer()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
                             model_max_length=TEXT_LEN).save_pretrained(path / "tokenizer")

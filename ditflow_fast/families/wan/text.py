@@ -64,17 +64,13 @@ def save_tiny_umt5(path, d_model: int | None = None, seed: int = 0) -> Path:
     ``path/text_encoder`` (a 1-layer ``UMT5EncoderModel`` of width ``d_model``, by default the tiny
     Wan transformer's ``text_dim``), e.g. into a :func:`ditflow_fast.families.wan.tiny.save_tiny_wan`
     folder so that ``--prompt`` works there. Needs ``transformers`` and ``tokenizers``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
+    from ..text_encoders import tiny_word_tokenizer
     from .tiny import TEXT_DIM
 
     path = Path(path)
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    corpus = ["a dog running on a beach", "a cat jumping over a fence", "a car driving down a road at night",
-              "the camera pans left over a red boat"]
-    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"]))
+    tok = tiny_word_tokenizer()
     PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
                             unk_token="<unk>").save_pretrained(path / "tokenizer")
     torch.manual_seed(seed)
