@@ -100,6 +100,31 @@ def frames_from_array(video, frames: int | None = None, height: int | None = Non
     return _resized(list(video[:frames]), height, width)
 
 
+def read_image(image, height: int | None = None, width: int | None = None, *, option: str = "--image") -> np.ndarray:
+    """``uint8 [H, W, 3]`` of an image file, a PIL image or a ``uint8 [H, W, 3]`` array (numpy or torch), resized to
+    ``height x width`` as the reference's frames are. :class:`VideoError` / ``TypeError`` start with ``option``."""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        path = Path(image).expanduser()
+        if not path.is_file():
+            raise VideoError(f"{option} {path}: no such file" + (" (a folder)" if path.is_dir() else ""))
+        try:
+            with Image.open(path) as im:
+                image = np.asarray(im.convert("RGB"))
+        except Exception as exc:  # noqa: BLE001 - PIL raises several types for a damaged or foreign file
+            raise VideoError(f"{option} {path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    elif isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    elif hasattr(image, "detach"):  # a torch tensor, without importing torch here
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{option} must be a path, a PIL image or a uint8 [H, W, 3] array, got {type(image).__name__}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3 or 0 in image.shape:
+        raise VideoError(f"{option}: an image must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+    return _resized([image], height, width)[0]
+
+
 def _read_frames(path, frames: int | None, option: str) -> list[np.ndarray]:
     path = Path(path)
     if not path.exists():

@@ -23,6 +23,9 @@ def add_transfer_parser(sub) -> None:
                        description=__doc__.splitlines()[0])
     p.add_argument("--video", help="reference: a video file (mp4, ...) or a folder of frames")
     p.add_argument("--prompt", help="text of the video to generate")
+    p.add_argument("--image", metavar="PATH", help="image-to-video: the generated video starts from this image "
+                   "(required by an I2V model; a text-to-video model holds its first latent frame to it, weaker: "
+                   "docs/i2v.md)")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--prompt-embeds", metavar="FILE",
                    help="safetensors with 'prompt' [1, L, D] (and optional 'negative', 'empty') instead of T5")
@@ -103,7 +106,7 @@ def run_transfer(a, held=None) -> int:
 
             print(EMB_REUSE_WARNING, file=sys.stderr)
         return dry_run(a.model, cfg, a.offload)
-    res = run_api(held if held is not None else a.model, a.video, opts, prompt=a.prompt,
+    res = run_api(held if held is not None else a.model, a.video, opts, prompt=a.prompt, image=a.image,
                   negative_prompt=a.negative_prompt, prompt_embeds=a.prompt_embeds, out=a.out, bar=not a.quiet)
     f, h, w = res.frames.shape[:3]
     print(f"wrote {res.record['result']} ({f} frames {w}x{h}) in {res.record['seconds']} s")

@@ -88,6 +88,8 @@ class Family(Protocol):
     def needs_uncond(self, cfg) -> bool: ...
     def prepare(self, transformer, cfg) -> dict: ...
     def pipeline_prompt(self, pipe, text: str, transformer, device, dtype) -> torch.Tensor: ...
+    def image_model(self, config: dict) -> bool: ...
+    def image_condition(self, components: dict, image, *, device, dtype, seed: int = 0) -> ImageCondition: ...
 
 
 def contract_members() -> list[str]:
@@ -118,6 +120,22 @@ class DryRun:
     bytes_per_elem: int
     offload: str
     estimate: Estimate
+
+
+@dataclasses.dataclass
+class ImageCondition:
+    """What a first frame gives the loop (image-to-video; docs/i2v.md).
+
+    ``forward_kw``: keyword arguments every forward of the run passes to the family's ``forward`` and
+    ``run_until`` (an I2V model's image inputs: image latents in channels, CLIP image tokens, ...).
+    ``anchor``: the first latent frame(s) in the family's latent layout (the frame axis of length ``k``), which the
+    loop holds the latent's first ``k`` frames to before every forward and in the result: noised to the step's
+    level (``anchor_noised``, the training-free anchoring of a text-to-video model) or clean (Wan2.2-TI2V, whose
+    forward then gives those tokens timestep 0 itself)."""
+
+    forward_kw: dict = dataclasses.field(default_factory=dict)
+    anchor: torch.Tensor | None = None
+    anchor_noised: bool = True
 
 
 class FamilyBase:
@@ -186,6 +204,22 @@ class FamilyBase:
         kw = {} if length is None else {"max_sequence_length": length}
         return pipe.encode_prompt(text, do_classifier_free_guidance=False, num_videos_per_prompt=1, device=device,
                                   dtype=dtype, **kw)[0]
+
+    @staticmethod
+    def image_model(config: dict) -> bool:
+        """Whether a transformer ``config`` is an image-to-video model's (it needs ``--image``; no weights are read).
+        Default: text-to-video."""
+        return False
+
+    @classmethod
+    def image_condition(cls, components: dict, image: np.ndarray, *, device, dtype, seed: int = 0) -> ImageCondition:
+        """What ``image`` (``uint8 [H, W, 3]`` at the run's size) gives the loop. Default (a text-to-video model):
+        first-frame anchoring, the image's own latent (its VAE encoding as a one-frame video) held as the first
+        latent frame, noised to each step's level. An I2V family returns its image inputs in ``forward_kw``."""
+        one = cls.encode_video(components["vae"], image[None], device=device,
+                               dtype=next(components["vae"].parameters()).dtype, seed=seed)
+        axis = 1 if cls.latent_layout == "BFCHW" else 2
+        return ImageCondition(anchor=one.narrow(axis, 0, 1).float())
 
     @staticmethod
     def chunk_ffn(transformer, chunks: int | None, n_tokens: int) -> int:

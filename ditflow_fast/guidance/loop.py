@@ -71,13 +71,16 @@ class Guide:
     (``t < boundary_ratio * 1000``). ``family``: found from the transformer's class when not given.
     ``run_key`` / ``key_parts``: what a saved state must match to be resumed (default: the settings'
     hash); the command line adds the inputs (video, prompts, model), so a refusal can name what differs.
+    ``image`` / ``ref_image``: :class:`~ditflow_fast.families.base.ImageCondition` of the generation's first frame
+    (the user's image) and of the reference's own first frame (image-to-video, docs/i2v.md); the reference's
+    inputs go to every pass over the reference, the generation's to every other.
     """
 
     def __init__(self, transformer, scheduler, *, ref_latent: torch.Tensor, prompt_embeds: torch.Tensor,
                  negative_embeds: torch.Tensor, config: GuidanceConfig, model_id: str = "",
                  empty_embeds: torch.Tensor | None = None, family=None, transformer_2=None,
                  boundary_ratio: float | None = None, run_key: str | None = None,
-                 key_parts: dict | None = None, ref_cache=None):
+                 key_parts: dict | None = None, ref_cache=None, image=None, ref_image=None):
         from ..families import family_of
 
         self.family = family or family_of(transformer)
@@ -131,8 +134,43 @@ class Guide:
         g = torch.Generator().manual_seed(config.seed)
         self.noise = (torch.randn(self.ref.shape, generator=g) * self.sampler.init_noise_sigma).to(self.device,
                                                                                                    self.dtype)
+        self.gen_kw, self.anchor = self._image_inputs(image)
+        self.ref_kw, _ = self._image_inputs(ref_image)  # the reference is its own first frame: never anchored
         self._targets: dict[str, dict] = {}
         self.ref_cache = ref_cache  # a guidance.ref_cache.RefCache: targets shared by runs on one reference
+
+    # -- image-to-video ---------------------------------------------------------------------------
+    def _image_inputs(self, cond):
+        if cond is None:
+            return {}, None
+        kw = {k: v.to(self.device, self.dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+              for k, v in cond.forward_kw.items()}
+        for k, v in kw.items():
+            if torch.is_tensor(v) and v.is_floating_point():
+                check_finite(f"the image input {k!r}", v)
+        if cond.anchor is None:
+            return kw, None
+        axis = 1 if self.family.latent_layout == "BFCHW" else 2
+        a = cond.anchor.to(self.device, torch.float32)
+        check_finite("the image's latent", a)
+        others = [d for d in range(5) if d != axis]
+        if a.dim() != 5 or a.shape[axis] > self.ref.shape[axis] or [a.shape[d] for d in others] != \
+                [self.ref.shape[d] for d in others]:
+            raise ValueError(f"the image's latent {tuple(a.shape)} does not fit the video's {tuple(self.ref.shape)}")
+        return kw, (a, cond.anchor_noised, axis)
+
+    def _hold(self, latents, t):
+        """``latents`` with its first frames the image's latent: noised to timestep ``t``'s level (text-to-video
+        anchoring), or clean (``t`` None: the result; and always for a clean-first model). Differentiable in the
+        other frames only."""
+        if self.anchor is None:
+            return latents
+        a, noised, axis = self.anchor
+        k = a.shape[axis]
+        if noised and t is not None:
+            a = self.sampler.add_noise(a, self.noise.narrow(axis, 0, k).float(), self._model_t(t))
+        rest = latents.narrow(axis, k, latents.shape[axis] - k)
+        return torch.cat([a.to(latents.dtype), rest], dim=axis)
 
     # -- experts ----------------------------------------------------------------------------------
     def _expert_name(self, t) -> str:
@@ -158,11 +196,12 @@ class Guide:
         """The timestep value the model and the sampler see for the integer key ``t``."""
         return self._exact_t.get(t, t)
 
-    def _capture(self, tr, x, embeds, t, emb=None):
+    def _capture(self, tr, x, embeds, t, emb=None, kw=None):
         blocks = self.cfg.guidance_blocks
         qk = losses.needs_qk(self.cfg.loss)
         ctrl = self.family.run_until(tr, x.to(self.dtype), embeds, self._model_t(t), emb, stop_after=max(blocks),
-                                     qk_blocks=blocks if qk else (), out_blocks=() if qk else blocks)
+                                     qk_blocks=blocks if qk else (), out_blocks=() if qk else blocks,
+                                     **(self.gen_kw if kw is None else kw))
         got = dict(ctrl.qk if qk else ctrl.out)
         ctrl.clear_captures()
         return got
@@ -176,7 +215,7 @@ class Guide:
                 # the second expert's reference is taken mid-run, while the step's K/V injection is armed:
                 # the reference is the model's own attention, so nothing is injected into it
                 with self.ctrl.no_injection():
-                    caps = self._capture(self.experts[expert], self.ref, self.empty, 0)
+                    caps = self._capture(self.experts[expert], self.ref, self.empty, 0, kw=self.ref_kw)
                 return {b: losses.reference(self.cfg.loss, c, frames=self.frames, h=self.h, w=self.w,
                                             prop_motion=self.cfg.prop_motion, backend=self.cfg.backend)
                         for b, c in caps.items()}
@@ -201,7 +240,7 @@ class Guide:
         noisy = self.sampler.scale_model_input(noisy, t)
         blocks = self.cfg.injection_blocks
         ctrl = self.family.run_until(tr, noisy.to(self.dtype), self.cond, t, None, stop_after=max(blocks),
-                                     copy_kv_blocks=blocks)
+                                     copy_kv_blocks=blocks, **self.ref_kw)
         kv = dict(ctrl.kv)
         ctrl.clear_captures()
         return kv
@@ -220,7 +259,7 @@ class Guide:
         for it in range(cfg.opt_iters):
             if it % reuse == 0 or grad is None:
                 opt.zero_grad(set_to_none=True)
-                loss = (self._loss(param, t, None, targets, tr) if latents is None
+                loss = (self._loss(self._hold(param, t), t, None, targets, tr) if latents is None
                         else self._loss(latents, t, param, targets, tr))
                 # fp16 models (CogVideoX-2B): scale the loss so small gradients survive the fp16 backward,
                 # unscale in fp32, and skip a step whose gradient overflowed (what a GradScaler does).
@@ -248,8 +287,9 @@ class Guide:
         x = self.sampler.scale_model_input(latents, self._model_t(t)).to(self.dtype)
         # outside the interval, or for a guidance-distilled family, the unconditional pass is not needed
         use_cfg = t >= self.cfg.cfg_min_t and self.family.needs_uncond(self.cfg)
-        cond = self.family.forward(tr, x, self.cond, self._model_t(t), emb).float()
-        uncond = self.family.forward(tr, x, self.uncond, self._model_t(t), emb).float() if use_cfg else None
+        kw = self.gen_kw
+        cond = self.family.forward(tr, x, self.cond, self._model_t(t), emb, **kw).float()
+        uncond = self.family.forward(tr, x, self.uncond, self._model_t(t), emb, **kw).float() if use_cfg else None
         scale = self.cfg.cfg_scale
         if self.cfg.cfg_scale_2 is not None and self._expert_name(t) == "transformer_2":
             scale = self.cfg.cfg_scale_2
@@ -281,6 +321,7 @@ class Guide:
                 t = self.timesteps[i]
                 guided = i < cfg.guided_steps
                 tr = self._expert(t)
+                latents = self._hold(latents, t)
                 self.ctrl.inject_kv = self._copy_reference_kv(tr, t) if guided and cfg.injection else {}
                 if not guided:
                     emb = None
@@ -290,7 +331,7 @@ class Guide:
                     targets = self.reference_targets(self._expert_name(t))
                     param = latents.detach().float().requires_grad_(True)
                     res.losses[t] = self._optimise(tr, param, i, t, targets, bar)
-                    latents = param.detach().to(self.dtype)
+                    latents = self._hold(param.detach(), t).to(self.dtype)
                     self.sampler.latent_edited()
                 elif optimise:
                     targets = self.reference_targets(self._expert_name(t))
@@ -315,7 +356,7 @@ class Guide:
         finally:
             self.ctrl.inject_kv = {}
             bar.close()
-        res.latents = latents
+        res.latents = self._hold(latents, None)
         res.passes = sum(len(h) for h in res.losses.values())  # every real pass recorded one loss
         return res
 

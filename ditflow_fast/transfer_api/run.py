@@ -21,14 +21,16 @@ from .options import TransferOptions, python_names
 from .result import TransferResult
 
 
-def transfer(model, video, *, prompt=None, negative_prompt=None, prompt_embeds=None, out=None, progress=None,
-             **options) -> TransferResult:
+def transfer(model, video, *, prompt=None, negative_prompt=None, prompt_embeds=None, image=None, out=None,
+             progress=None, **options) -> TransferResult:
     """DiTFlow motion transfer: the motion of ``video``, a new video of ``prompt``.
 
     ``model``: a loaded diffusers pipeline of a supported family (used as its caller set it up), a
     :class:`HeldModel`, or a hub id / local folder (loaded as ``ditflow-fast transfer`` loads it).
     ``video``: a path (video file or frame folder), or frames, numpy or torch uint8 ``[F, H, W, 3]``.
     ``prompt_embeds``: a safetensors file as ``--prompt-embeds`` takes, instead of ``prompt``.
+    ``image``: image-to-video, the first frame of the new video (a path, a PIL image or ``uint8 [H, W, 3]``);
+    an I2V model needs it, a text-to-video model is anchored to it (weaker; docs/i2v.md).
     ``out``: None works in memory and writes nothing; a folder gives the command's resumable run folder.
     ``progress(step, total, loss)`` after each denoising step. ``options``: ``ditflow-fast transfer``'s
     options with underscores (``frames``, ``steps``, ``guided_steps``, ``opt_iters``, ``opt_mode``, ``lr``,
@@ -38,14 +40,14 @@ def transfer(model, video, *, prompt=None, negative_prompt=None, prompt_embeds=N
     try:
         opts = TransferOptions.from_kwargs(**options)
         return run(model, video, opts, prompt=prompt, negative_prompt=negative_prompt or "",
-                   prompt_embeds=prompt_embeds, out=out, progress=progress, bar=False)
+                   prompt_embeds=prompt_embeds, image=image, out=out, progress=progress, bar=False)
     except (ValueError, TypeError) as exc:
         exc.args = (python_names(str(exc)),) + exc.args[1:]
         raise
 
 
 def run(model, video, opts: TransferOptions, *, prompt=None, negative_prompt: str = "", prompt_embeds=None,
-        out=None, progress=None, bar: bool = True) -> TransferResult:
+        image=None, out=None, progress=None, bar: bool = True) -> TransferResult:
     """:func:`transfer` with checked options and the command line's messages (``--flags``); ``bar``: tqdm's bar."""
     from .checks import check_device, check_out
 
@@ -78,6 +80,7 @@ def run(model, video, opts: TransferOptions, *, prompt=None, negative_prompt: st
     if opts.grad_reuse > 1 and cfg.opt_mode == "emb" and cfg.guidance and not cfg.inject_embeds:
         print(EMB_REUSE_WARNING, file=sys.stderr)
     frames = _reference_frames(video, cfg)
+    image = _image(image, fam, tcfg, cfg)
     from .checks import with_config
 
     fam.geometry(with_config(tcfg), with_config(vcfg), cfg.frames, cfg.height, cfg.width)
@@ -94,10 +97,12 @@ def run(model, video, opts: TransferOptions, *, prompt=None, negative_prompt: st
     parts = {"settings": cfg.run_key(exclude=("dtype",)), "video": rk.video_digest(frames),
              "prompts": rk.prompts_digest(prompt, negative_prompt, prompt_embeds), "model": held.digest(),
              "dtype": cfg.dtype}
+    if image is not None:
+        parts["image"] = rk.video_digest(image[None])
     key = rk.key_of(parts)
     try:
         return _into(held, cfg, opts, frames, parts, key, out, t0, prompt, negative_prompt, prompt_embeds, video,
-                     progress, bar)
+                     progress, bar, image)
     finally:
         held.restore()  # a caller's pipeline goes back as it came
         if held is not model:
@@ -105,11 +110,11 @@ def run(model, video, opts: TransferOptions, *, prompt=None, negative_prompt: st
 
 
 def _into(held, cfg, opts, frames, parts, key, out, t0, prompt, negative_prompt, prompt_embeds, video, progress,
-          bar) -> TransferResult:
+          bar, image) -> TransferResult:
     """The run in memory, or into ``out`` under its lock after the saved state's key is checked."""
     if out is None:
         return _execute(held, cfg, opts, frames, parts, key, None, t0, prompt, negative_prompt, prompt_embeds,
-                        video, progress, bar)
+                        video, progress, bar, image)
     from ..guidance.loop import STATE_FILE, differing, read_state
 
     state = out / STATE_FILE
@@ -125,7 +130,7 @@ def _into(held, cfg, opts, frames, parts, key, out, t0, prompt, negative_prompt,
     ok = False
     try:
         res = _execute(held, cfg, opts, frames, parts, key, out, t0, prompt, negative_prompt, prompt_embeds,
-                       video, progress, bar)
+                       video, progress, bar, image)
         ok = True
         return res
     finally:
@@ -137,6 +142,31 @@ def _into(held, cfg, opts, frames, parts, key, out, t0, prompt, negative_prompt,
 EMB_REUSE_WARNING = ("warning: --grad-reuse with --opt-mode emb: on the toy CogVideoX model the reused gradients "
                      "let the optimised RoPE drift until the object vanished (docs/toyworld.md, 'Speed levers'); "
                      "it was measured to keep Motion Fidelity with --opt-mode latent only")
+
+
+ANCHOR_NOTE = ("note: {model} is a text-to-video model: --image holds the first latent frame to the image's latent, "
+               "noised to each step's level (training-free first-frame anchoring; weaker than an image-to-video "
+               "model: docs/i2v.md)")
+
+
+def _image(image, fam, tcfg: dict, cfg):
+    """The image at the run's size, or None; an I2V model without one is refused before anything is loaded."""
+    if image is None:
+        if fam.image_model(tcfg):
+            raise ValueError(f"--image is required: {cfg.model} is an image-to-video model")
+        return None
+    from ..video_io import read_image
+
+    return read_image(image, cfg.height, cfg.width)
+
+
+def _conditioning(cond) -> str | None:
+    """How the run took its image, for the record."""
+    if cond is None:
+        return None
+    if cond.anchor is None:
+        return "image inputs of the image-to-video model"
+    return "first-frame anchoring (noised to each step)" if cond.anchor_noised else "clean first frame"
 
 
 def _pipeline_device(held: HeldModel):
@@ -155,7 +185,7 @@ def _reference_frames(video, cfg):
 
 
 def _execute(held, cfg, opts, frames, parts, key, out, t0, prompt, negative, embeds_file, video, progress,
-             bar) -> TransferResult:
+             bar, image) -> TransferResult:
     import torch
 
     from ..guidance.loop import STATE_FILE, Guide
@@ -185,6 +215,12 @@ def _execute(held, cfg, opts, frames, parts, key, out, t0, prompt, negative, emb
                                    "vae_tiling": cfg.vae_tiling, "vae_slicing": cfg.vae_slicing}, encode, device)
     else:
         ref_latent = encode()
+    conds = {}
+    if image is not None:  # the generation's first frame, and the reference's own for the passes over it
+        conds = {k: held.family.image_condition(comps, img, device=device, dtype=dtype, seed=cfg.seed)
+                 for k, img in (("image", image), ("ref_image", frames[0]))}
+        if conds["image"].anchor is not None and conds["image"].anchor_noised:
+            print(ANCHOR_NOTE.format(model=held.name), file=sys.stderr)
     if placed and cfg.cpu_offload:
         vae.to("cpu")
     if placed:
@@ -192,7 +228,7 @@ def _execute(held, cfg, opts, frames, parts, key, out, t0, prompt, negative, emb
     guide = Guide(transformer, comps["scheduler_config"], ref_latent=ref_latent, prompt_embeds=texts["prompt"],
                   negative_embeds=texts["negative"], empty_embeds=texts["empty"], config=cfg, model_id=held.name,
                   family=held.family, transformer_2=comps["transformer_2"], boundary_ratio=comps["boundary_ratio"],
-                  run_key=key, key_parts=parts, ref_cache=cache)
+                  run_key=key, key_parts=parts, ref_cache=cache, **conds)
     embeds_dir = (out / "embeds" if out is not None and cfg.opt_mode == "emb" and cfg.inject_embeds is None
                   and cfg.guidance else None)
     if out is not None and opts.fresh:  # only now that every check has passed: the old run goes
@@ -215,6 +251,7 @@ def _execute(held, cfg, opts, frames, parts, key, out, t0, prompt, negative, emb
     record = {"family": held.family.name, "config": cfg.to_dict(), "video": str(video) if isinstance(
                   video, (str, os.PathLike)) else "<frames in memory>", "prompt": prompt,
               "prompt_embeds": None if embeds_file is None else str(embeds_file), "negative_prompt": negative,
+              "image": _conditioning(conds.get("image")),
               "run_key": key, "run_key_parts": parts, "torch": torch.__version__,
               "resumed_from_step": res.resumed_from, "guided_passes": res.passes,
               "losses": {str(k): v for k, v in res.losses.items()},
