@@ -9,12 +9,14 @@ from pathlib import Path
 from .settings import DEFAULT_DIR, ROWS, DemoSettings, model_settings
 
 
-def default_out(model: str | None) -> str:
+def default_out(model: str | None, i2v: bool = False) -> str:
     """``ditflow_demo`` for the bundled CogVideoX model (what ``make demo`` and the docs name), else
-    ``ditflow_demo_<model folder>``: one model's demo never overwrites another's."""
+    ``ditflow_demo_<model folder>``: one model's demo never overwrites another's; ``_i2v`` after either for
+    ``--i2v``."""
+    tail = "_i2v" if i2v else ""
     if model is None or Path(model).resolve() == DEFAULT_DIR:
-        return "ditflow_demo"
-    return f"ditflow_demo_{Path(model).resolve().name}"
+        return f"ditflow_demo{tail}"
+    return f"ditflow_demo_{Path(model).resolve().name}{tail}"
 
 
 def _rows(text: str) -> list[str]:
@@ -41,6 +43,8 @@ def add_demo_parser(sub) -> None:
                    "(without it Motion Fidelity is not computed)")
     p.add_argument("--target", default=None, help="object to generate, e.g. 'red disk' (default: another kind "
                    "and colour than each reference's); needed with --video")
+    p.add_argument("--i2v", action="store_true", help="image-to-video: each generation also gets a first frame, "
+                   "its object at another place (first-frame anchoring; the table gains first-frame IoU)")
     p.add_argument("--clips", type=int, default=5, help="reference clips of the synthetic world")
     p.add_argument("--seeds", type=int, default=5, help="generation seeds per clip")
     p.add_argument("--clip-seed", type=int, default=0, help="seed of the reference clips")
@@ -113,7 +117,7 @@ def _parse_colour(text: str) -> list[float]:
 
 
 def _cmd_demo(args) -> int:
-    args.out = args.out or default_out(args.model)
+    args.out = args.out or default_out(args.model, args.i2v)
     _check_args(args)
     target = None if args.target is None else _parse_target(args.target)
     colour = None if args.ref_colour is None else _parse_colour(args.ref_colour)
@@ -140,7 +144,8 @@ def _cmd_demo(args) -> int:
         print("note: --grad-reuse applies to every guided row; on the CogVideoX toy model it made DiTFlow emb (and "
               "so zero-shot) lose the object (docs/toyworld.md, 'Speed levers')", file=sys.stderr)
     res = run_demo(args.out, model_dir=args.model or DEFAULT_DIR, clips=args.clips, seeds=args.seeds, rows=args.rows,
-                   clip_seed=args.clip_seed, settings=settings, gifs=args.gifs, references=refs, target=target)
+                   clip_seed=args.clip_seed, settings=settings, gifs=args.gifs, references=refs, target=target,
+                   i2v=args.i2v)
     print((Path(args.out) / "summary.md").read_text())
     print(f"wrote {args.out}/results.csv, summary.json, summary.md, videos/ ({res['meta']['seconds']} s)")
     return 0

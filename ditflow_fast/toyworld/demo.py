@@ -17,6 +17,10 @@ object (other kind, other colour) under each row's method, starting from the sam
 - ``RoPE-only AMF``: DiTFlow's loss optimising the RoPE tables without KV injection (RoPECraft's
   spirit: the motion enters through the positional embeddings alone).
 
+``i2v``: image-to-video. Each generation is also given a first frame, an object of its condition at another place on
+another background (:func:`~.world.first_frame_elsewhere`); the toy models are text-to-video, so every row takes it
+by the loop's first-frame anchoring (docs/i2v.md), and ``first_frame_iou`` scores how well the result keeps it.
+
 The generated object is tracked by its colour, the reference by its own, and Motion Fidelity and the
 Fréchet Tracking Distance (:mod:`.metrics`) compare the two tracks. Everything runs in
 :class:`ditflow_fast.guidance.loop.Guide`; this module only chooses the settings, runs the grid and writes videos
@@ -39,6 +43,7 @@ from .codec import check_codec, load_codec
 from .metrics import (
     endpoint_error,
     frechet_tracking_distance,
+    mask_iou,
     motion_fidelity,
     object_area,
     track_colour,
@@ -57,6 +62,7 @@ from .world import (
     condition_index,
     condition_name,
     condition_parts,
+    first_frame_elsewhere,
     reference_clips,
 )
 
@@ -100,20 +106,24 @@ class ToyTransfer:
         return cfg.resolve(self.transformer, "cpu")
 
     def generate(self, reference: Clip, condition: int, row: str, seed: int, *, embeds_dir=None,
-                 inject_embeds=None, viewer_dir=None) -> tuple[np.ndarray, dict]:
+                 inject_embeds=None, viewer_dir=None, image: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
         """Video ``[F, 3, S, S]`` in [0, 1] of ``condition`` under method ``row``; and the loop's losses.
+        ``image`` ``[3, S, S]`` in [0, 1]: the first frame, held by first-frame anchoring.
         ``viewer_dir``: also write the AMF viewer of the reference and the result there (as ``transfer``
         does: argmax, timestep 0, empty prompt, the guidance block), ``viewer_dir/amf/amf.html``."""
+        from ..families.base import ImageCondition
         from ..guidance.loop import Guide
 
         if row not in ROWS:
             raise ValueError(f"row must be one of {list(ROWS)}, got {row!r}")
         with torch.no_grad():
             ref = to_family_layout(self.transformer, self.codec.encode(torch.from_numpy(reference.video)[None]))
+            anchor = None if image is None else ImageCondition(anchor=to_family_layout(
+                self.transformer, self.codec.encode(torch.from_numpy(image)[None, None])))
         embeds = self.cond_embed(torch.tensor([condition, NULL_CONDITION]))
         guide = Guide(self.transformer, self.scheduler, ref_latent=ref, prompt_embeds=embeds[:1],
                       negative_embeds=embeds[1:], empty_embeds=embeds[1:],
-                      config=self._config(row, seed, inject_embeds), model_id=self.model_dir)
+                      config=self._config(row, seed, inject_embeds), model_id=self.model_dir, image=anchor)
         res = guide.run(embeds_dir=embeds_dir, progress=False)
         self.last_result = res  # its guided passes are the demo's cost measure beside seconds
         with torch.no_grad():
@@ -144,12 +154,13 @@ def user_clip(path, colour=None, *, frames: int = 8, size: int = 32) -> Clip:
 
 def run_demo(out, *, model_dir=DEFAULT_DIR, clips: int = 5, seeds: int = 5, rows=tuple(ROWS), clip_seed: int = 0,
              settings: DemoSettings | None = None, gifs: str = "first", references: list[Clip] | None = None,
-             target: int | None = None, log=print) -> dict:
+             target: int | None = None, i2v: bool = False, log=print) -> dict:
     """Run the grid ``clips x seeds x rows``; write ``results.csv``, ``summary.json``, ``summary.md``, GIFs.
 
     ``references``: clips to transfer from (default: ``clips`` clips of the world drawn from ``clip_seed``;
     a user's clip from :func:`user_clip`); ``target``: the condition to generate (default: another kind
-    and colour than each reference's; the zero-shot row uses a third one).
+    and colour than each reference's; the zero-shot row uses a third one). ``i2v``: each generation also gets a
+    first frame of its object elsewhere (see the module's docstring); records gain ``first_frame_iou``.
     ``gifs``: ``"first"`` (the side-by-side GIF and per-row GIFs of the first clip and seed),
     ``"all"`` (a side-by-side GIF for every clip and seed) or ``"none"``.
     Every file written is listed in ``out/demo_outputs.txt``; a later demo into ``out`` deletes those
@@ -170,7 +181,7 @@ def run_demo(out, *, model_dir=DEFAULT_DIR, clips: int = 5, seeds: int = 5, rows
     written: list[Path] = []
     try:
         return _run(out, tt, written, rows, refs, model_dir=model_dir, seeds=seeds, clip_seed=clip_seed, gifs=gifs,
-                    target=target, log=log)
+                    target=target, i2v=i2v, log=log)
     finally:  # an interrupted run lists what it wrote too, so the next one removes it
         _list_outputs(out, written)
 
@@ -210,7 +221,7 @@ def _list_outputs(out: Path, written: list[Path]) -> None:
 
 
 def _run(out: Path, tt: ToyTransfer, written: list[Path], rows, refs, *, model_dir, seeds, clip_seed, gifs, target,
-         log) -> dict:
+         i2v, log) -> dict:
     from ..families import family_of
 
     records, t0 = [], time.monotonic()
@@ -220,8 +231,14 @@ def _run(out: Path, tt: ToyTransfer, written: list[Path], rows, refs, *, model_d
         ref_area = None if user else object_area(ref.video, colour_of(ref.condition))
         first = other_condition(ref.condition, 1) if target is None else target
         zs_target = other_condition(ref.condition, 2) if target is None else other_condition(target, 1)
+        start = ref.track[0] if np.isfinite(ref.track[0]).all() else (-1e3, -1e3)
+        images = {c: first_frame_elsewhere((clip_seed, ci, c), c, start).video[0] for c in (first, zs_target)} \
+            if i2v else {}
         for seed in range(seeds):
             videos, labels = [ref.video], ["reference" if user else f"ref {ref.name}"]
+            if i2v:
+                videos.append(np.repeat(images[first][None], ref.video.shape[0], axis=0))
+                labels.append("given first frame")
             with tempfile.TemporaryDirectory() as emb_dir:
                 for row in rows:
                     cond = zs_target if row == "zero-shot" else first
@@ -231,7 +248,7 @@ def _run(out: Path, tt: ToyTransfer, written: list[Path], rows, refs, *, model_d
                     video, losses = tt.generate(
                         ref, cond, row, seed, embeds_dir=emb_dir if row == "DiTFlow emb" else None,
                         inject_embeds=emb_dir if row == "zero-shot" else None,
-                        viewer_dir=viewer if first_run else None)
+                        viewer_dir=viewer if first_run else None, image=images.get(cond))
                     if first_run:
                         written.extend(viewer.rglob("*"))
                     track = track_condition(video, cond)
@@ -245,6 +262,8 @@ def _run(out: Path, tt: ToyTransfer, written: list[Path], rows, refs, *, model_d
                                area_ratio=object_area(video, colour_of(cond)) / ref_area if ref_area else float("nan"),
                                final_loss=_final_loss(losses), seconds=round(time.monotonic() - r0, 2),
                                guided_passes=tt.last_result.passes)
+                    if i2v:
+                        rec["first_frame_iou"] = mask_iou(video[0], images[cond], colour_of(cond))
                     records.append(rec)
                     videos.append(video)
                     labels.append(row)
@@ -261,6 +280,8 @@ def _run(out: Path, tt: ToyTransfer, written: list[Path], rows, refs, *, model_d
     meta = dict(model=str(model_dir), family=family_of(tt.transformer).name, clips=len(refs), seeds=seeds,
                 clip_seed=clip_seed, threads=torch.get_num_threads(), settings=vars(tt.settings),
                 seconds=round(time.monotonic() - t0, 1))
+    if i2v:
+        meta["i2v"] = "first-frame anchoring (the toy models are text-to-video): docs/i2v.md"
     written.extend(_write(out, records, summary, meta))
     return {"summary": summary, "meta": meta, "records": records}
 
@@ -299,6 +320,8 @@ def summarise(records: list[dict], rows) -> dict:
                         area_ratio=float(np.mean([r["area_ratio"] for r in rs])),
                         seconds=float(np.mean([r["seconds"] for r in rs])),
                         passes=float(np.mean([r.get("guided_passes", 0) for r in rs])))
+        if "first_frame_iou" in rs[0]:
+            out[row]["first_frame_iou"], _, _ = _mean_std([r["first_frame_iou"] for r in rs])
         # records written before FTD existed have none: NaN, printed n/a
         out[row]["ftd_mean"], out[row]["ftd_std"], out[row]["ftd_n"] = _mean_std(
             [r.get("ftd", float("nan")) for r in rs])
@@ -368,18 +391,21 @@ def summary_markdown(summary: dict, meta: dict) -> str:
     model = Path(meta["model"]).name if meta.get("model") else "the tiny DiT"
     family = f" ({meta['family']})" if meta.get("family") else ""
     threads = f", {_count(meta['threads'], 'thread')}" if meta.get("threads") else ""
-    lines = [f"Motion transfer on {model}{family}: {_count(meta['clips'], 'reference clip')} x "
+    iou = any("first_frame_iou" in s for s in summary.values())
+    i2v = f", image-to-video ({meta['i2v']})" if meta.get("i2v") else ""
+    lines = [f"Motion transfer on {model}{family}{i2v}: {_count(meta['clips'], 'reference clip')} x "
              f"{_count(meta['seeds'], 'seed')} (clip seed {meta['clip_seed']}){threads}, "
              f"settings {json.dumps(meta['settings'])}, {meta['seconds']} s.",
              "", "| method | runs | Motion Fidelity (mean ± std; higher is better) | endpoint error px (mean ± std) | "
              "FTD (mean ± std; lower is better) | frames tracked | object area / reference | s / run | "
-             "guided passes / run |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "guided passes / run |" + (" first-frame IoU (mean) |" if iou else ""),
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if iou else "")]
     for row, s in summary.items():
         lines.append(f"| {row} | {s['n']} | {_pm(s['mf_mean'], s['mf_std'], '+.3f', '.3f')} | "
                      f"{_pm(s['epe_mean'], s['epe_std'], '.2f', '.2f')} | {_ftd_cell(s)} | "
                      f"{_fmt(s['tracked'], '.1f')} | "
-                     f"{_fmt(s['area_ratio'], '.2f')} | {s['seconds']:.1f} | {s.get('passes', 0):.1f} |")
+                     f"{_fmt(s['area_ratio'], '.2f')} | {s['seconds']:.1f} | {s.get('passes', 0):.1f} |"
+                     + (f" {_fmt(s.get('first_frame_iou'), '.3f')} |" if iou else ""))
     paired = [(row, s) for row, s in summary.items() if "d_mean" in s]
     if paired:
         lines += ["", "Paired with *no guidance* (same clip, seed and initial noise): Motion Fidelity difference "

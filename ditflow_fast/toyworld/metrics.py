@@ -74,6 +74,14 @@ def object_area(video: np.ndarray, colour, *, radius: float = 0.12) -> float:
     return float(colour_weights(video, colour, radius=radius).sum(axis=(1, 2)).mean())
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray, colour, *, radius: float = 0.12) -> float:
+    """IoU of the pixels of ``colour`` (colour weight above one half) in two frames ``[3, H, W]``; NaN when neither
+    has any."""
+    ma, mb = (colour_weights(np.asarray(x)[None], colour, radius=radius)[0] > 0.5 for x in (a, b))
+    union = int((ma | mb).sum())
+    return float((ma & mb).sum() / union) if union else float("nan")
+
+
 def track_condition(video: np.ndarray, condition: int, **kw) -> np.ndarray:
     """Track the object of ``condition`` (its colour) in ``video``: ``[F, 2]``."""
     return track_colour(video, colour_of(condition), **kw)

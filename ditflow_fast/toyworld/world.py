@@ -161,3 +161,15 @@ def reference_clips(seed: int, n: int, frames: int = FRAMES) -> list[Clip]:
     """``n`` deterministic reference clips for evaluation (drawn from their own seed stream)."""
     rng = np.random.default_rng([seed, 7919])
     return [make_clip(rng, frames=frames) for _ in range(n)]
+
+
+def first_frame_elsewhere(seed, condition: int, away_from, *, min_distance: float = 8.0) -> Clip:
+    """A one-frame clip of ``condition`` (its own background) whose object centre lies at least ``min_distance`` px
+    from ``away_from`` (x, y): the given first frame of the image-to-video demo, an object of the same world at
+    another place. Deterministic in ``seed``."""
+    rng = np.random.default_rng([*np.atleast_1d(seed), 4099])
+    for _ in range(1000):
+        clip = make_clip(rng, condition=condition, frames=1)
+        if np.hypot(*(clip.track[0] - np.asarray(away_from, np.float32))) >= min_distance:
+            return clip
+    raise ValueError(f"no place {min_distance} px from {tuple(away_from)} in 1000 draws")
