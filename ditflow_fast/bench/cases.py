@@ -34,7 +34,8 @@ def build_case(spec: CaseSpec) -> Callable[[], object]:
 
 def plan_cases(preset: str, *, impls: list[str], modes: tuple[str, ...] = MODES, dtype: str = "float32",
                device: str = "cpu", seed: int = 0) -> list[CaseSpec]:
-    """The floor, then per mode the research row and each of ``impls`` (backends and peers)."""
+    """The floor (and in a CPU bf16 run the float32 GEMM), then per mode the research row and each of
+    ``impls`` (backends and peers)."""
     get_preset(preset)
     for m in modes:
         if m not in MODES:
@@ -45,10 +46,13 @@ def plan_cases(preset: str, *, impls: list[str], modes: tuple[str, ...] = MODES,
     def case(name, mode):
         return CaseSpec(name, mode, preset, dtype, device, seed)
 
+    def joins(row, mode):  # an "always" row may join only some runs (the float32 GEMM: CPU bf16 runs)
+        return row.applies is None or row.applies(case(row.name, mode))
+
     # A row with a mode of its own (the floor's "gemm") runs once, ahead of the AMF modes.
-    specs = [case(r.name, m) for r in always for m in r.planned_modes if m not in MODES]
+    specs = [case(r.name, m) for r in always for m in r.planned_modes if m not in MODES and joins(r, m)]
     for mode in modes:
-        specs.extend(case(r.name, mode) for r in always if mode in r.planned_modes)
+        specs.extend(case(r.name, mode) for r in always if mode in r.planned_modes and joins(r, mode))
         # A peer only appears in the modes it computes (faiss has no soft mode, SDPA no argmax).
         specs.extend(case(name, mode) for name in impls if mode in table[name].planned_modes)
     return specs

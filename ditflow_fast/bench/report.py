@@ -69,11 +69,14 @@ def format_table(record: dict) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     p = record["preset"]
+    fd = record["settings"].get("floor_dtype")  # None in records from before it was kept
     title = (f"preset {p['name']}: H={p['heads']} d={p['head_dim']} F={p['frames']} h={p['height']} w={p['width']} "
-             f"N={p['tokens']} text={p['text_tokens']}; {record['dtype']} on {record['device']} "
+             f"N={p['tokens']} text={p['text_tokens']}; {record['dtype']} on {record['device']}"
+             f"{f', GEMM floor in {fd}' if fd else ''} "
              f"({record['machine']['gpu'] or record['machine']['cpu']}, {record['machine']['cores']} cores); "
              f"commit {(record['git']['commit'] or 'unknown')[:10]}{' (dirty)' if record['git']['dirty'] else ''}")
-    legend = ("x GEMM: median / median of the bare Q_cat @ K_cat^T of the same shape in this run "
+    legend = (f"x GEMM: median / median of the bare {fd + ' ' if fd else ''}Q_cat @ K_cat^T of the same shape in "
+              "this run "
               "(fwd+bwd does ~4 GEMMs of work). vs research: research median / row median. "
               "mem: research peak / row peak. FLOPs: 2*N^2*H*d per forward, ~4x for soft fwd+bwd.")
     st = record["settings"]

@@ -9,7 +9,10 @@ The rows:
   (a backend registered later, a test's included), each calling :func:`ditflow_fast.compute_amf`
   with ``backend=`` its name;
 * ``research``: the original code's procedure (:func:`ditflow_fast.backends.reference.research_procedure`);
-* ``gemm``: the bare heads-concatenated ``Q_cat @ K_cat^T``, the floor (no AMF, so nothing to check);
+* ``gemm``: the bare heads-concatenated ``Q_cat @ K_cat^T``, the floor (no AMF, so nothing to check), in
+  :func:`floor_dtype`: a bf16 run's ratios are to a bf16 GEMM of the same shape;
+* ``gemm_fp32``: the same GEMM in float32, only in CPU runs of bf16 inputs, where the CPU backends
+  compute in float32 after one upcast copy (a yardstick beside the floor, not the floor);
 * the peers of :mod:`ditflow_fast.bench.peers` (``faiss``, ``sdpa``).
 
 :func:`register` adds a row (a peer, a test's deliberately wrong row); :func:`unregister` removes it.
@@ -25,7 +28,7 @@ import torch
 from .. import choose_backend, compute_amf, dispatch
 from ..backends.reference import research_bytes, research_procedure
 from . import peers
-from .spec import FLOOR, MODES, RESEARCH, TEMPERATURE, CaseSpec, elem_size, make_inputs, upstream_grad
+from .spec import FLOOR, FLOOR_FP32, MODES, RESEARCH, TEMPERATURE, CaseSpec, elem_size, make_inputs, upstream_grad
 
 # Which runs a row joins: every run ("always": the research baseline and the floor the ratios are
 # taken against), every run that names no rows ("default"), or only runs that name it ("on request").
@@ -45,7 +48,7 @@ def _unbounded(spec: CaseSpec) -> int | None:
 @dataclass(frozen=True)
 class Row:
     name: str
-    kind: str  # "backend", "research", "floor", "peer" (a test may add its own); recorded with each row
+    kind: str  # "backend", "research", "floor", "yardstick", "peer" (a test may add its own); recorded with each row
     summary: str
     modes: tuple[str, ...]
     # (case, q, k) -> the zero-argument call that returns the case's AMF; None for a row with no AMF (the floor).
@@ -57,6 +60,8 @@ class Row:
     refusals: Callable[[CaseSpec], list[str]] | None = None
     predict_bytes: Callable[[CaseSpec], int | None] = _unbounded
     selection: str = "default"
+    # case -> whether an "always" row joins a run of that case's preset, dtype and device (None: every run)
+    applies: Callable[[CaseSpec], bool] | None = None
     # The modes a run lists the row in: its own, or for a backend every mode, so that a mode it lacks
     # appears as the backend's own refusal ("has no backward") instead of silently missing.
     listed_modes: tuple[str, ...] | None = None
@@ -193,24 +198,36 @@ def _research_bytes(spec: CaseSpec) -> int:
 
 
 def floor_dtype(spec: CaseSpec) -> torch.dtype:
-    """The GEMM floor runs in what a fused kernel would accumulate from: the input dtype on a GPU
-    (tensor cores), float32 on the CPU (the CPU backends compute in float32)."""
-    if spec.device.startswith("cuda") or spec.torch_dtype == torch.float64:
-        return spec.torch_dtype
-    return torch.float32
+    """The dtype of the GEMM floor: the input dtype wherever the machine multiplies it natively (tensor
+    cores on a GPU; bf16 on a CPU with AVX512-BF16 or AMX, where oneDNN ran a 1320 x 1320 x 3072 bf16
+    GEMM at 399 GFLOP/s against 169 in float32, two threads of the AMD EPYC), so the ratios of a bf16 run
+    are to a bf16 GEMM of the same shape. float16 on a CPU: float32 (no fp16 units on these CPUs: 45
+    GFLOP/s there; a user would upcast)."""
+    if spec.device.startswith("cpu") and spec.torch_dtype == torch.float16:
+        return torch.float32
+    return spec.torch_dtype
 
 
-def _floor_timed(spec: CaseSpec) -> Callable[[], torch.Tensor]:
-    g = spec.geometry
-    q, k = make_inputs(spec)
-    dtype = floor_dtype(spec)
+def _gemm_timed(dtype_of: Callable[[CaseSpec], torch.dtype]):
+    def timed(spec: CaseSpec) -> Callable[[], torch.Tensor]:
+        g = spec.geometry
+        q, k = make_inputs(spec)
+        dtype = dtype_of(spec)
 
-    def concat(t):
-        return t[0, :, g.text_tokens:].permute(1, 0, 2).reshape(g.tokens, g.concat_dim).to(dtype).contiguous()
+        def concat(t):
+            return t[0, :, g.text_tokens:].permute(1, 0, 2).reshape(g.tokens, g.concat_dim).to(dtype).contiguous()
 
-    qc, kc = concat(q), concat(k)
-    del q, k
-    return lambda: torch.mm(qc, kc.t())
+        qc, kc = concat(q), concat(k)
+        del q, k
+        return lambda: torch.mm(qc, kc.t())
+
+    return timed
+
+
+def _float32_yardstick_applies(spec: CaseSpec) -> bool:
+    """The float32 GEMM joins CPU runs of bf16 inputs only: there the floor is a bf16 GEMM while the CPU
+    backends upcast to float32 (docs/native.md), so the table shows both."""
+    return spec.device.startswith("cpu") and spec.torch_dtype == torch.bfloat16
 
 
 # --- the registry ----------------------------------------------------------------------------------
@@ -254,7 +271,10 @@ def get(name: str) -> Row:
 register(Row(RESEARCH, "research", "the original DiTFlow code's procedure: per-head scores in the input dtype, "
              "head mean, per-frame softmax or argmax", MODES, make_forward=_research_forward,
              predict_bytes=_research_bytes, selection="always", tolerance="input-dtype"))
-register(Row(FLOOR, "floor", "the bare GEMM", (FLOOR,), make_timed=_floor_timed, selection="always"))
+register(Row(FLOOR, "floor", "the bare GEMM", (FLOOR,), make_timed=_gemm_timed(floor_dtype), selection="always"))
+register(Row(FLOOR_FP32, "yardstick", "the bare GEMM in float32 (what the CPU backends multiply bf16 inputs in)",
+             (FLOOR,), make_timed=_gemm_timed(lambda spec: torch.float32), selection="always",
+             applies=_float32_yardstick_applies))
 register(Row("faiss", "peer", "faiss-cpu IndexFlatIP top-1 per target frame", ("argmax",),
              make_forward=lambda spec, q, k: peers.faiss_forward(spec.geometry, q, k),
              unavailable=peers.faiss_unavailable, refusals=lambda spec: peers.faiss_refusals(spec.device)))

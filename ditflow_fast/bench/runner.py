@@ -1,7 +1,8 @@
 """``run_bench``: every case of a preset, timed and measured in one run, with the ratios between them.
 
 Per case: median/min/max of ``repeats`` timed calls after ``warmup`` calls, nominal FLOPs and
-FLOP/s, the ratio to the bare heads-concatenated GEMM timed in the same run (``x_floor``), the
+FLOP/s, the ratio to the bare heads-concatenated GEMM timed in the same run (``x_floor``; the GEMM
+in ``settings.floor_dtype``, :func:`ditflow_fast.bench.rows.floor_dtype`: bf16 for bf16 inputs), the
 speed-up and the memory ratio against the research row of the same mode, the measured peak extra
 memory (or, for a materialising case that cannot fit, its prediction, labelled), and on a GPU
 with a known datasheet the achieved fraction of the performance model's floor.
@@ -23,7 +24,7 @@ from .memory import fit_limit, measure, predicted_bytes
 from .presets import get_preset
 from .record import git_info, machine_info, now_utc, versions
 from .refcheck import check_case, check_shape, describe, shape_note
-from .spec import elem_size, parse_dtype
+from .spec import FLOOR, elem_size, parse_dtype
 from .timing import summarize, time_callable
 
 
@@ -135,8 +136,9 @@ def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, 
     specs = plan_cases(preset, impls=names, modes=tuple(modes), dtype=dtype, device=device, seed=seed)
     limit = fit_limit(device, mem_limit)
     machine = machine_info()
-    progress(f"preset {preset}: {chosen.summary}; {dtype} on {device}; {repeats} repeats after {warmup} warm-up; "
-             f"fit limit {_fmt_bytes(limit)}")
+    floor_dtype = str(rows.floor_dtype(CaseSpec(FLOOR, FLOOR, preset, dtype, device))).removeprefix("torch.")
+    progress(f"preset {preset}: {chosen.summary}; {dtype} on {device} (GEMM floor in {floor_dtype}); {repeats} "
+             f"repeats after {warmup} warm-up; fit limit {_fmt_bytes(limit)}")
     # Other processes on the machine distort timings; the load average says how much was going on.
     check = None
     if refcheck:
@@ -162,6 +164,7 @@ def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, 
     _derive(records, machine["gpu"])
     return {"schema": 1, "timestamp": now_utc(), "preset": chosen.as_dict(), "dtype": dtype, "device": device,
             "settings": {"repeats": repeats, "warmup": warmup, "memory": memory, "fit_limit_bytes": limit,
+                         "floor_dtype": floor_dtype,
                          "impls": names, "modes": list(modes), "seed": seed, "torch_threads": torch.get_num_threads(),
                          "loadavg_start": load_start, "loadavg_end": _loadavg(),
                          "cpu_argmax_screen": _cpu_argmax_screen(), "refcheck": refcheck,

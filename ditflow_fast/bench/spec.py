@@ -2,7 +2,8 @@
 
 A case is one row of the registry (:mod:`ditflow_fast.bench.rows`) in one mode on one preset:
 
-* ``impl``: a row name: a registered backend, ``"research"``, ``"gemm"`` (the floor) or a peer;
+* ``impl``: a row name: a registered backend, ``"research"``, ``"gemm"`` (the floor), ``"gemm_fp32"`` (its
+  float32 yardstick in CPU bf16 runs) or a peer;
 * ``mode``: ``"argmax"`` or ``"soft"`` (forward only, no autograd graph) or ``"soft_fwd_bwd"``
   (soft forward plus backward with a fixed random upstream gradient); the floor's mode is ``"gemm"``.
 """
@@ -19,6 +20,7 @@ from .presets import get_preset
 MODES = ("argmax", "soft", "soft_fwd_bwd")
 RESEARCH = "research"
 FLOOR = "gemm"
+FLOOR_FP32 = "gemm_fp32"  # the float32 GEMM beside a CPU bf16 run's bf16 floor
 TEMPERATURE = 2.0  # DiTFlow's tau; it does not change the cost
 
 

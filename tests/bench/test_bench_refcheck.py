@@ -176,7 +176,7 @@ def test_research_tolerance_allows_for_input_dtype_accumulation(tmp_path):
     assert "research" in refcheck.tolerance("research", "soft", bf16)["source"]
     rec = _bench(tmp_path, "--preset", "smoke", "--backends", "torch,sdpa", "--dtype", "bfloat16")
     for r in rec["rows"]:
-        if r["impl"] != "gemm" and r["status"] != "skipped":
+        if r["kind"] not in ("floor", "yardstick") and r["status"] != "skipped":  # the GEMMs have no AMF
             _assert_passed(r)
 
 
