@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Download the wheels scripts/gpu_check.sh installs offline on the lent GPU machine (Python 3.12, no
-# network there) into a git-ignored folder, default .gpu_wheels/. The list, with why each is needed, is
+# network there) into a git-ignored folder, default .gpu_wheels/ (a package that publishes only a source
+# archive is built into a wheel here, and must come out pure Python). The list, with why each is needed, is
 # scripts/gpu_check/wheels.txt. Run it here (a registry is reachable); a `run` call then names the folder
 # in its `carry` list. Anything in the folder that is not on the list is removed, so the carried set is
 # exactly the list. Fails when the wheels and the tracked tree together exceed 40 MiB.
@@ -25,7 +26,12 @@ for req in "${REQS[@]}"; do
     # The device: CPython 3.12 on x86-64 Linux; --only-binary so nothing needs building there.
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-      --platform any -d "$DIR" "$req"
+      --platform any -d "$DIR" "$req" 2>/dev/null \
+    || { # no wheel published (pykeops, keopscore): build one from the source archive, pure Python only
+      "$PY" -m pip wheel -q --no-deps --no-binary=:all: -w "$DIR" "$req"
+      built=$(find "$DIR" -maxdepth 1 -iname "${norm}-${version}-*.whl" | head -n 1)
+      case "$built" in *-py3-none-any.whl) ;; *) echo "$req: built ${built:-no wheel}, not a pure-Python one" >&2
+                                                rm -f "$built"; exit 1;; esac; }
     found=$(find "$DIR" -maxdepth 1 -iname "${norm}-${version}-*.whl" | head -n 1)
     [ -n "$found" ] || { echo "pip downloaded no wheel named ${norm}-${version}-*.whl for $req" >&2; exit 1; }
   fi

@@ -1,6 +1,7 @@
 """The device check's driver (scripts/gpu_check/): budgeting, step running, planning and the summary.
 
-Cheap: no package install, no GPU. The whole rehearsal runs in CI through scripts/gpu_check/rehearse.sh.
+No package install, no GPU; the families' steps (family_steps.py) run once at toy size on the CPU (about
+15 s). The whole rehearsal runs in CI through scripts/gpu_check/rehearse.sh.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_CHECK = ROOT / "scripts" / "gpu_check"
@@ -56,7 +59,7 @@ def test_listed_wheels_are_pinned_and_small_set():
     lines = [ln.split("#")[0].strip() for ln in (GPU_CHECK / "wheels.txt").read_text().splitlines()]
     reqs = [ln for ln in lines if ln]
     assert reqs and all("==" in r for r in reqs), reqs
-    assert {r.split("==")[0] for r in reqs} == {"diffusers", "importlib_metadata"}
+    assert {r.split("==")[0] for r in reqs} == {"diffusers", "importlib_metadata", "pykeops", "keopscore"}
 
 
 def test_steps_run_time_out_and_skip_with_notes(tmp_path):
@@ -98,9 +101,13 @@ def test_plan_without_a_gpu_is_the_rehearsal(tmp_path):
     assert steps["install_wheels"].why_not is None and steps["install_wheels"].cmd[-1].endswith(".whl")
     assert "--no-index" in steps["install_wheels"].cmd and "--no-deps" in steps["install_wheels"].cmd
     assert "CPU build" in steps["build_native"].why_not
-    for name in ("bench:cogvideox-5b-f6", "bench:cogvideox-5b-f13", "bench:wan2.1-1.3b-f21", "guided_step"):
+    for name in ("bench:cogvideox-5b-f6", "bench:cogvideox-5b-f13", "bench:wan2.1-1.3b-f21", "guided_step",
+                 "family_steps", "bench-peers:cogvideox-5b-f6"):
         assert "no CUDA device" in steps[name].why_not
     assert steps["rehearsal:bench-smoke"].why_not is None and "--rehearsal" in steps["rehearsal:guided-step-toy"].cmd
+    assert "--rehearsal" in steps["rehearsal:family-steps-toy"].cmd
+    smoke = steps["rehearsal:bench-smoke"].cmd
+    assert smoke[smoke.index("--backends") + 1].endswith(",keops,faiss_gpu")  # their skip reasons get printed
     assert steps["pytest_gpu"].why_not is None and "--continue-on-collection-errors" in steps["pytest_gpu"].cmd
 
 
@@ -117,8 +124,19 @@ def test_plan_on_a_gpu_fits_the_eight_minutes(tmp_path):
         cmd = by[f"bench:{preset}"].cmd
         assert cmd[cmd.index("--device") + 1] == "cuda" and cmd[cmd.index("--dtype") + 1] == "bfloat16"
         assert cmd[cmd.index("--backends") + 1] == "triton,cuda,torch,sdpa"
+    peers = by["bench-peers:cogvideox-5b-f6"].cmd
+    assert peers[peers.index("--backends") + 1] == "keops,faiss_gpu" and peers[peers.index("--modes") + 1] == "argmax"
+    assert by["family_steps"].cmd[-2:] == ["--out", str(tmp_path / "out" / "family_steps.json")]
     # every step gets at least its minimum inside the default budget
     assert sum(s.minimum for s in steps) + check.FINAL_RESERVE_S <= check.DEFAULT_BUDGET_S
+
+
+def test_a_step_is_told_its_timeout(tmp_path):
+    c = check.Check(tmp_path / "out", sys.executable, budget=60, wheels=tmp_path / "none")
+    code = "import os; print(os.environ['GPU_CHECK_STEP_TIMEOUT_S'])"
+    step = check.Step("says", 7, 1, cmd=[sys.executable, "-c", code], stdout="says.txt")
+    c.run_steps([step])
+    assert (c.out / "says.txt").read_text() == "7\n"
 
 
 def _bench_record():
@@ -173,9 +191,27 @@ def test_summary_from_a_partial_outdir(tmp_path):
     assert json.loads((out / "summary.json").read_text())["bench"][0]["preset"] == "cogvideox-5b-f6"
 
 
+def test_summary_of_the_family_steps(tmp_path):
+    (tmp_path / "family_steps.json").write_text(json.dumps({
+        "device": "NVIDIA H100", "note": "first run", "gemm_tflop_s": 700.0, "gemm_dtype": "bf16", "time_limit_s": 180,
+        "elapsed_s": 95, "models": [
+            {"model": "Lightricks/LTX-Video", "frames": 121, "height": 512, "width": 768, "tokens": 6144,
+             "status": "ok", "build_s": 2.0, "reference_s": 0.2, "guided_step_s": 1.5, "denoise_forward_s": 0.3,
+             "peak_bytes": 6 * 2**30, "predicted_peak_bytes": 5 * 2**30, "predicted": {"total_s": 16}},
+            {"model": "hunyuanvideo-community/HunyuanVideo", "frames": 17, "height": 544, "width": 960,
+             "status": "skipped", "reason": "predicted 40 s > 10 s left of this step's 180 s"}]}))
+    s = summary.write(tmp_path)
+    assert {"what": "family step hunyuanvideo-community/HunyuanVideo",
+            "why": "predicted 40 s > 10 s left of this step's 180 s"} in s["skipped"]
+    md = (tmp_path / "summary.md").read_text()
+    assert "| Lightricks/LTX-Video | 121 x 512x768 | 6144 | ok | 2.0 s | 0.200 s | 1.500 s | 0.300 s | 6.00 GiB | " \
+           "5.00 GiB | 16 s |  |" in md
+    assert "bf16 GEMM 700.00 TFLOP/s; 180 s given, 95 s used" in md
+
+
 def test_summary_of_an_empty_outdir(tmp_path):
     s = summary.write(tmp_path)
-    assert s["steps"] == [] and s["bench"] == [] and s["guided_step"] is None
+    assert s["steps"] == [] and s["bench"] == [] and s["guided_step"] is None and s["family_steps"] is None
     assert "no benchmark record" in (tmp_path / "summary.md").read_text()
 
 
@@ -225,3 +261,60 @@ def test_a_stopped_check_ends_its_running_step(tmp_path):
             return
         time.sleep(0.1)
     raise AssertionError(f"step process {pid} outlived the stopped check")
+
+
+# -- the families' real-size steps (family_steps.py): its pieces here, its whole run at toy size --------------
+family_steps = _load("family_steps")
+
+
+def test_parameters_go_to_meta_and_buffers_keep_their_values():
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 4)
+            self.norm = torch.nn.LayerNorm(4)
+            self.register_buffer("table", torch.arange(5.0))
+
+    with family_steps.params_on_meta():
+        m = M()
+    assert all(p.is_meta for p in m.parameters()) and torch.equal(m.table, torch.arange(5.0))
+    assert not torch.nn.Linear(2, 2).weight.is_meta  # the patch ends with the block
+    type(m)._keep_in_fp32_modules = ["norm"]
+    family_steps.materialise(m, "cpu", torch.bfloat16)
+    assert m.lin.weight.dtype == torch.bfloat16 and m.norm.weight.dtype == torch.float32  # as diffusers loads them
+    assert torch.equal(m.norm.weight, torch.ones(4)) and torch.equal(m.norm.bias, torch.zeros(4))
+    assert m.lin.weight.float().abs().max() > 0 and not m.lin.weight.requires_grad
+
+
+def test_the_guard_skips_what_would_not_fit():
+    guess = {"total_s": 40.0, "build_s": 5.0, "compute_s": 20.0}
+    assert family_steps.guard(guess, 0.3, 10 * 2**30, left_s=60, limit_s=180, free_bytes=80 * 2**30) is None
+    why = family_steps.guard(guess, 0.3, 10 * 2**30, left_s=30, limit_s=180, free_bytes=80 * 2**30)
+    assert why.startswith("predicted 40.0 s") and "30 s left of this step's 180 s" in why
+    why = family_steps.guard(guess, 0.3, 75 * 2**30, left_s=600, limit_s=600, free_bytes=80 * 2**30)
+    assert why.startswith("predicted peak 75.0 GiB (+15%") and "80.0 GiB free" in why
+
+
+def test_forward_flops_count_the_text_only_where_it_joins_the_attention():
+    cfg = {"num_attention_heads": 2, "attention_head_dim": 8, "num_layers": 3}
+    joint = types.SimpleNamespace(text_position="prefix", block_count=lambda c: 3)
+    cross = types.SimpleNamespace(text_position="none", block_count=lambda c: 3)
+    assert family_steps.forward_flops(cross, cfg, 100, 10, 5) == 2 * 100 * 10 + 4 * 3 * 10**2 * 16
+    assert family_steps.forward_flops(joint, cfg, 100, 10, 5) == 2 * 100 * 15 + 4 * 3 * 15**2 * 16
+
+
+def test_family_steps_rehearsal_runs_the_loop_and_predicts_the_real_size(tmp_path):
+    pytest.importorskip("diffusers")
+    out = tmp_path / "fs.json"
+    done = subprocess.run([sys.executable, str(GPU_CHECK / "family_steps.py"), "--rehearsal", "--out", str(out),
+                           "--models", "Lightricks/LTX-Video,hunyuanvideo-community/HunyuanVideo"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["rehearsal"] and doc["status"] == "done" and len(doc["models"]) == 2
+    for m in doc["models"]:
+        assert m["status"] == "ok" and m["rehearsal_size"] and m["guided_step_s"] > 0 and m["denoise_forward_s"] > 0
+        assert m["loss"] is not None and m["predicted"]["total_s"] > 0
+    ltx, hy = doc["models"]
+    assert ltx["tokens"] == 16 * 16 * 24 and 1.8e9 < ltx["parameters"] < 2.1e9  # LTX-Video 2B, real size
+    assert 12e9 < hy["parameters"] < 14e9 and 20 * 2**30 < hy["predicted_peak_bytes"] < 40 * 2**30

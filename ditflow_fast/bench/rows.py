@@ -13,7 +13,8 @@ The rows:
   :func:`floor_dtype`: a bf16 run's ratios are to a bf16 GEMM of the same shape;
 * ``gemm_fp32``: the same GEMM in float32, only in CPU runs of bf16 inputs, where the CPU backends
   compute in float32 after one upcast copy (a yardstick beside the floor, not the floor);
-* the peers of :mod:`ditflow_fast.bench.peers` (``faiss``, ``sdpa``).
+* the peers of :mod:`ditflow_fast.bench.peers` (``faiss``, ``sdpa``; on request, GPU only: ``keops``,
+  ``faiss_gpu``).
 
 :func:`register` adds a row (a peer, a test's deliberately wrong row); :func:`unregister` removes it.
 """
@@ -278,6 +279,13 @@ register(Row(FLOOR_FP32, "yardstick", "the bare GEMM in float32 (what the CPU ba
 register(Row("faiss", "peer", "faiss-cpu IndexFlatIP top-1 per target frame", ("argmax",),
              make_forward=lambda spec, q, k: peers.faiss_forward(spec.geometry, q, k),
              unavailable=peers.faiss_unavailable, refusals=lambda spec: peers.faiss_refusals(spec.device)))
+# GPU-only peers (issue 31), benched when named (the device check names them): none has run here (no GPU)
+register(Row("keops", "peer", "KeOps LazyTensor (x_i | y_j).argmax per target frame (pykeops; GPU only)", ("argmax",),
+             make_forward=lambda spec, q, k: peers.keops_forward(spec.geometry, q, k),
+             refusals=lambda spec: peers.keops_refusals(spec.device), selection="on request"))
+register(Row("faiss_gpu", "peer", "faiss GpuIndexFlatIP top-1 per target frame (faiss-gpu; GPU only)", ("argmax",),
+             make_forward=lambda spec, q, k: peers.faiss_gpu_forward(spec.geometry, q, k),
+             refusals=lambda spec: peers.faiss_gpu_refusals(spec.device), selection="on request"))
 register(Row("sdpa", "peer", "scaled_dot_product_attention with the key coordinates as values",
              ("soft", "soft_fwd_bwd"),
              make_forward=lambda spec, q, k: peers.sdpa_forward(spec.geometry, q, k, TEMPERATURE),

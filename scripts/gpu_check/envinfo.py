@@ -15,7 +15,8 @@ import subprocess
 import sys
 
 DISTS = ("torch", "triton", "numpy", "diffusers", "huggingface_hub", "safetensors", "importlib_metadata",
-         "accelerate", "xformers", "pytest", "pytest-benchmark", "ditflow-fast")
+         "accelerate", "xformers", "pytest", "pytest-benchmark", "pykeops", "keopscore", "faiss-gpu", "faiss-gpu-cu12",
+         "faiss-cpu", "ditflow-fast")
 
 
 def _run(cmd: list[str]) -> str | None:

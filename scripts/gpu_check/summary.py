@@ -10,6 +10,7 @@ such, with its reason. Inputs, all in OUTDIR:
 * ``pytest-gpu.xml``: JUnit XML of ``pytest -m gpu``;
 * ``bench.jsonl``: ``ditflow-fast bench`` records, one per preset;
 * ``guided_step.json``: the guided optimisation step (``guided_step.py``);
+* ``family_steps.json``: the families' real-size guided steps (``family_steps.py``);
 * ``dry_run.txt``: ``ditflow-fast transfer --dry-run``'s table.
 
 ``python summary.py OUTDIR`` rewrites both files.
@@ -122,6 +123,9 @@ def collect(outdir: Path) -> dict:
     skipped = [{"what": s["name"], "why": s.get("reason")} for s in steps if s.get("status") == "skipped"]
     skipped += [{"what": f"bench {b['preset']}: {r['impl']} {r['mode']}", "why": r["reason"]}
                 for b in bench for r in b["rows"] if r["status"] != "ok"]
+    families = read_json(outdir / "family_steps.json")
+    skipped += [{"what": f"family step {m.get('model')}", "why": m.get("reason")}
+                for m in (families or {}).get("models", []) if m.get("status") == "skipped"]
     problems = [s for s in steps if s.get("status") in ("failed", "timeout")]
     dry = None
     try:
@@ -130,7 +134,8 @@ def collect(outdir: Path) -> dict:
         pass
     return {"schema": SCHEMA, **meta, "env": read_json(outdir / "env.json"), "steps": steps,
             "pytest_gpu": pytest_results(outdir / "pytest-gpu.xml"), "bench": bench,
-            "guided_step": read_json(outdir / "guided_step.json"), "dry_run": dry, "skipped": skipped,
+            "guided_step": read_json(outdir / "guided_step.json"), "family_steps": families, "dry_run": dry,
+            "skipped": skipped,
             "problems": [{"step": s["name"], "status": s["status"], "reason": s.get("reason")} for s in problems]}
 
 
@@ -148,6 +153,31 @@ def _num(x, fmt: str = "{:.2f}") -> str:
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def family_markdown(fs: dict | None) -> list[str]:
+    """The families' real-size guided steps: one row per model, measured or skipped with its reason."""
+    lines = ["", "## Real-size guided steps of the families (random weights)", ""]
+    if fs is None:
+        return lines + ["not run (see the steps table)"]
+    lines += [f"{fs.get('device')}; {fs.get('note')}; {fs.get('gemm_dtype', 'bf16')} GEMM "
+              f"{_num(fs.get('gemm_tflop_s'))} TFLOP/s; "
+              f"{_num(fs.get('time_limit_s'), '{:.0f}')} s given, {_num(fs.get('elapsed_s'), '{:.0f}')} s used", ""]
+    rows = []
+    for m in fs.get("models", []):
+        pred = m.get("predicted") or {}
+        size = f"{m.get('frames')} x {m.get('height')}x{m.get('width')}"
+        if m.get("rehearsal_size"):
+            r = m["rehearsal_size"]
+            size += f" (ran: tiny, {r['frames']} x {r['height']}x{r['width']})"
+        rows.append([m.get("model", "-"), size, str(m.get("tokens", "-")), m.get("status", "-"),
+                     _num(m.get("build_s"), "{:.1f} s"), _num(m.get("reference_s"), "{:.3f} s"),
+                     _num(m.get("guided_step_s"), "{:.3f} s"), _num(m.get("denoise_forward_s"), "{:.3f} s"),
+                     _gib(m.get("peak_bytes")), _gib(m.get("predicted_peak_bytes")),
+                     _num(pred.get("total_s"), "{:.0f} s"), (m.get("reason") or "").replace("|", "/")])
+    return lines + _table(["model", "frames x size", "video tokens", "status", "build", "reference",
+                           "guided step (1 iteration)", "denoising forward", "peak", "predicted peak",
+                           "predicted time", "note"], rows)
 
 
 def markdown(s: dict) -> str:
@@ -226,6 +256,7 @@ def markdown(s: dict) -> str:
                          + (f"{v['median_s'] * 1e3:.2f} ms" if v.get("median_s") is not None else v.get("reason", "-")))
         for note in gs.get("notes", []):
             lines.append(f"- {note}")
+    lines += family_markdown(s.get("family_steps"))
     if s.get("dry_run"):
         lines += ["", "## ditflow-fast transfer --dry-run", "", "```", s["dry_run"].rstrip(), "```"]
     lines += ["", "## Skipped, and why", ""]
