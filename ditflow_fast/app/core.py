@@ -1,12 +1,12 @@
 """What the web app does, without gradio: the page's fields -> a transfer request, run folders, memory, jobs.
 
-A run is :func:`ditflow_fast.transfer_api.run` on a worker thread. The page's fields become its inputs
-(video, prompts, model) and :class:`~ditflow_fast.transfer_api.TransferOptions`, checked by
-``TransferOptions.from_kwargs`` (so defaults, rules and messages are ``ditflow-fast transfer``'s). The run
-folder is named by a hash of that request with every input file replaced by its content hash, so the same
-inputs always land in the same folder: a run stopped by closing the page or restarting the app resumes
-from its saved state when it is asked for again (or from the list of runs, which keeps each request in
-``app_request.json``). The model stays loaded from one run to the next (:func:`held_model`).
+A run is :func:`ditflow_fast.transfer_api.run` on a worker thread. The page's fields become its inputs (video,
+prompts, model, an optional first-frame image) and :class:`~ditflow_fast.transfer_api.TransferOptions`, checked by
+``TransferOptions.from_kwargs`` (so defaults, rules and messages are ``ditflow-fast transfer``'s). The run folder
+is named by a hash of that request with every input file replaced by its content hash, so the same inputs always
+land in the same folder: a run stopped by closing the page or restarting the app resumes from its saved state when
+it is asked for again (or from the list of runs, which keeps each request in ``app_request.json``). The model stays
+loaded from one run to the next (:func:`held_model`).
 """
 
 from __future__ import annotations
@@ -41,8 +41,13 @@ TINY_SIZE = {"frames": 9, "height": 48, "width": 64}
 TINY_PROMPT = "a dog running on a beach"
 APP_JSON = "app.json"  # in a model folder the app wrote: the sizes and prompt to pre-fill
 REQUEST_FILE = "app_request.json"
-INPUTS = ("video", "prompt", "negative_prompt", "prompt_embeds", "model")  # run()'s arguments, not options
-FILES = ("video", "prompt_embeds", "inject_embeds")  # named by their content in the run folder's hash
+INPUTS = ("video", "prompt", "negative_prompt", "prompt_embeds", "model", "image")  # run()'s arguments
+FILES = ("video", "prompt_embeds", "inject_embeds", "image")  # named by their content in the run folder's hash
+# The first-frame image the page accepts: an upload of one of these kinds, at most this big (a run resizes it to
+# the video's size anyway; the caps keep a decompression bomb or a huge upload from reaching the decoder).
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+MAX_IMAGE_BYTES = 32 * 2 ** 20
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 ZERO_SHOT = "Zero-shot (embeddings of an earlier emb run)"
 # The methods of the paper's comparison, as transfer options (docs/guidance.md).
@@ -143,6 +148,7 @@ class Request:
     negative_prompt: str = ""
     prompt_embeds: str | None = None
     model: str = ""
+    image: str | None = None  # image-to-video: the new video's first frame (an upload)
     method: str = "DiTFlow (latent)"
     inject_embeds: str | None = None
     frames: int | str | None = None
@@ -186,7 +192,7 @@ def check_request(r: Request) -> tuple[dict, TransferOptions]:
         raise ValueError("--model is required: a local diffusers folder or a hub id")
     inputs = {"video": r.video or None, "prompt": (r.prompt or "").strip(),
               "negative_prompt": (r.negative_prompt or "").strip(), "prompt_embeds": r.prompt_embeds or None,
-              "model": r.model.strip()}
+              "model": r.model.strip(), "image": r.image or None}
     options = dict(METHODS[r.method])
     if r.method == ZERO_SHOT:
         if not r.inject_embeds:
@@ -262,6 +268,40 @@ def _from(path: str, sources: list, option: str) -> str:
     raise ValueError(f"{option}: not an upload or a bundled sample (the app reads no other file on this server)")
 
 
+def check_image(path: str) -> None:
+    """A first-frame upload the page accepts: a file of :data:`IMAGE_FORMATS` (by its content, not its name), at
+    most :data:`MAX_IMAGE_BYTES` and :data:`MAX_IMAGE_PIXELS`, that decodes whole; else ``ValueError`` naming
+    ``--image``. The size is read from the header before anything is decoded."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--image {path}: no such file")
+    size = p.stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise ValueError(f"--image: {size / 2 ** 20:.1f} MiB, more than the {MAX_IMAGE_BYTES // 2 ** 20} MiB "
+                         "the app accepts")
+    unreadable = f"--image: not a readable image of {', '.join(IMAGE_FORMATS)}"
+    try:
+        im = Image.open(p, formats=IMAGE_FORMATS)
+    except Exception as exc:  # noqa: BLE001 - PIL raises several types for a foreign or damaged file
+        raise ValueError(f"{unreadable} ({type(exc).__name__})") from None
+    with im:
+        if im.width * im.height > MAX_IMAGE_PIXELS:
+            raise ValueError(f"--image: {im.width}x{im.height} pixels, more than the {MAX_IMAGE_PIXELS:,} the app "
+                             "accepts")
+        try:
+            im.load()
+        except Exception as exc:  # noqa: BLE001 - a truncated or damaged file
+            raise ValueError(f"{unreadable} ({type(exc).__name__})") from None
+
+
+def image_note(record: dict | None) -> str:
+    """Whether a finished run took a first-frame image, and how (the run's ``record["image"]``), for the page."""
+    how = (record or {}).get("image")
+    return f"First frame: {how}" if how else "First frame: none (the video is generated from the prompt alone)"
+
+
 def run_name(request: dict, method: str) -> str:
     """``<method>-<hash>``: the hash of ``request`` with each existing input file replaced by its content hash."""
     def part(name, v):
@@ -290,12 +330,21 @@ def prepare(r: Request, out: Path, sources: list | None = None) -> Prepared:
     out = Path(out)
     if sources is not None:
         r = dataclasses.replace(r, video=r.video and _from(r.video, sources, "--video"),
-                                prompt_embeds=r.prompt_embeds and _from(r.prompt_embeds, sources, "--prompt-embeds"))
+                                prompt_embeds=r.prompt_embeds and _from(r.prompt_embeds, sources, "--prompt-embeds"),
+                                image=r.image and _from(r.image, sources, "--image"))
     inputs, opts = check_request(r)  # a bad field: refused before any copy
+    if inputs["image"]:
+        check_image(inputs["image"])
     made: list[Path] = []
-    inputs.update(video=_stash(inputs["video"], out, made), prompt_embeds=_stash(inputs["prompt_embeds"], out, made))
-    name = run_name({"inputs": inputs, "options": given_options(opts)}, r.method)
-    return Prepared(inputs, opts, out / "runs" / name, made)
+    inputs.update(video=_stash(inputs["video"], out, made), prompt_embeds=_stash(inputs["prompt_embeds"], out, made),
+                  image=_stash(inputs["image"], out, made))
+    return Prepared(inputs, opts, out / "runs" / run_name(_named(inputs, opts), r.method), made)
+
+
+def _named(inputs: dict, opts: TransferOptions) -> dict:
+    """What names a run folder: without an image, the request as the app named it before it took images (so
+    such a run is found again under its old name)."""
+    return {"inputs": {k: v for k, v in inputs.items() if k != "image" or v}, "options": given_options(opts)}
 
 
 def discard(prep: Prepared) -> None:
@@ -500,7 +549,8 @@ class Job:
                 try:
                     self.result = run(held, p.inputs["video"], p.opts, prompt=p.inputs["prompt"] or None,
                                       negative_prompt=p.inputs["negative_prompt"],
-                                      prompt_embeds=p.inputs["prompt_embeds"], out=p.run_dir,
+                                      prompt_embeds=p.inputs["prompt_embeds"], image=p.inputs.get("image"),
+                                      out=p.run_dir,
                                       progress=self._progress, bar=False)
                 finally:
                     held.cancel = None
@@ -548,6 +598,8 @@ def load_request(run_dir: Path) -> Prepared:
     try:
         got = json.loads((Path(run_dir) / REQUEST_FILE).read_text())
         inputs, options = got["inputs"], got["options"]
+        if isinstance(inputs, dict) and set(inputs) == set(INPUTS) - {"image"}:
+            inputs = {**inputs, "image": None}  # kept by the app before it took images
         if not isinstance(inputs, dict) or set(inputs) != set(INPUTS) or not isinstance(options, dict):
             raise ValueError(f"'inputs' must hold {', '.join(INPUTS)}; 'options' a mapping")
         if not all(v is None or isinstance(v, str) for v in inputs.values()) or not inputs["model"]:

@@ -72,7 +72,7 @@ def _record_md(rec: dict | None) -> str:
     if rec is None:
         return ""
     steps = rec.get("config", {}).get("steps")
-    rows = [f"**Denoising step {steps} of {steps}**"]
+    rows = [f"**Denoising step {steps} of {steps}**", "", html.escape(core.image_note(rec))]
     losses = sorted(((int(t), h) for t, h in (rec.get("losses") or {}).items() if h), key=lambda kv: -kv[0])
     if losses:
         rows += ["", "| guided step | timestep | loss (first -> last iteration) |", "| --- | --- | --- |"]
@@ -93,10 +93,10 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
     hints = core.model_hints(default_model)
 
     def request(video, sample, prompt, negative, embeds, model_, method, inject, frames, height, width, steps,
-                guided, iters, seed, cfg, block, injection, dtype, device, offload, fps):
+                guided, iters, seed, cfg, block, injection, dtype, device, offload, fps, image=None):
         src = video or (str(samples[sample]) if sample in samples else None)
         return core.Request(video=src, prompt=prompt or "", negative_prompt=negative or "",
-                            prompt_embeds=embeds or None, model=model_ or "", method=method,
+                            prompt_embeds=embeds or None, model=model_ or "", image=image or None, method=method,
                             inject_embeds=inject or None,
                             frames=frames, height=height, width=width, steps=steps, guided_steps=guided,
                             opt_iters=iters, seed=seed, cfg=cfg, guidance_block=block, injection=bool(injection),
@@ -211,6 +211,9 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
                 video = gr.Video(label="Reference video", sources=["upload"], elem_id="reference-upload")
                 sample = gr.Dropdown(["(none)", *samples], value="(none)", label="...or a bundled sample",
                                      elem_id="sample")
+                # an upload only (a file path, checked again by core.prepare: an upload, its kind and size)
+                image = gr.Image(label="First frame (optional): the new video starts from this image",
+                                 type="filepath", sources=["upload"], elem_id="first-frame")
                 prompt = gr.Textbox(label="Prompt", value=hints.get("prompt", ""), elem_id="prompt")
                 negative = gr.Textbox(label="Negative prompt", value="")
                 embeds = gr.File(label="Prompt embeddings instead (safetensors: 'prompt' [1, L, D], optional "
@@ -257,8 +260,9 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
                 download = gr.File(label="Run folder (zip)", interactive=False, elem_id="download")
                 viewer = gr.HTML(elem_id="viewer")
 
+        # image last: the earlier fields keep their places in the API's positional order
         fields = [video, sample, prompt, negative, embeds, model_, method, inject, frames, height, width, steps,
-                  guided, iters, seed, cfg, block, injection, dtype, device, offload, fps]
+                  guided, iters, seed, cfg, block, injection, dtype, device, offload, fps, image]
         outputs = [status, loss_md, ref_video, result_video, viewer, mf_md, download, runs_dd, inject]
         method.change(lambda m: gr.update(visible=m == core.ZERO_SHOT, choices=core.emb_runs(out)), method, inject,
                       queue=False)

@@ -1,8 +1,9 @@
 """Reading ``JOBS.jsonl``: one JSON object per line, keys ``transfer``'s options with underscores plus ``id``.
 
 Every line is checked before anything runs (JSON, object, known keys, values of the right type and
-choice, ids unique and usable as folder names, a video and a prompt); all problems are reported
-together, each with its line number and the line's key names. A job's options are the command
+choice, ids unique and usable as folder names, a video and a prompt, a readable ``image``, and an
+``image`` for an image-to-video model given as a local folder); all problems are reported together,
+each with its line number and the line's key names. A job's options are the command
 line's (the batch's defaults) overridden by the line's, checked by :class:`TransferOptions` (the
 rules of ``ditflow-fast transfer`` and of :func:`ditflow_fast.transfer`), so a job means exactly
 what the same ``transfer`` command or call means.
@@ -21,7 +22,7 @@ from pathlib import Path
 from ..transfer_api.options import TransferOptions, python_names
 
 # the arguments of a transfer that are not options (``run``'s own arguments)
-INPUTS = ("video", "prompt", "negative_prompt", "prompt_embeds", "model")
+INPUTS = ("video", "prompt", "negative_prompt", "prompt_embeds", "model", "image")
 DEFAULT_MODEL = "THUDM/CogVideoX-5b"
 # transfer's options a job may not set: the batch decides where a job writes and that it is quiet
 RESERVED = ("out", "quiet", "dry_run")
@@ -72,7 +73,7 @@ def _absolute(options: dict) -> dict:
     """Paths made absolute against the current folder (workers may run elsewhere); a model that is
     not a local folder (a hub id) is left as it is."""
     out = dict(options)
-    for key in ("video", "prompt_embeds", "inject_embeds", "ref_cache", "model"):
+    for key in ("video", "image", "prompt_embeds", "inject_embeds", "ref_cache", "model"):
         v = out.get(key)
         if isinstance(v, str) and v and (key != "model" or Path(v).expanduser().exists()):
             out[key] = str(Path(v).expanduser().absolute())
@@ -96,6 +97,41 @@ def _check(options: dict) -> str | None:
     return None
 
 
+def _image_problem(job_id: str, options: dict, image_models: dict) -> str | None:
+    """A job's ``image`` that cannot be read, or an image-to-video model's job without one, naming the job.
+    ``image_models``: model -> whether it is an I2V model, filled as models are met (one look per model)."""
+    image = options.get("image")
+    if image:
+        from ..video_io import read_image
+
+        try:
+            read_image(image, option="'image'")  # decoded once here: a broken file fails now, not on a worker
+        except (ValueError, TypeError) as exc:
+            return f"job {job_id!r}: {exc}"
+        return None
+    model = str(options.get("model") or DEFAULT_MODEL)
+    if model not in image_models:
+        image_models[model] = _image_model(model)
+    if image_models[model]:
+        return f"job {job_id!r}: 'image' is required: {model} is an image-to-video model"
+    return None
+
+
+def _image_model(model: str) -> bool:
+    """Whether a local model folder is an image-to-video model's, from its configs (no weights). A hub id is
+    not looked up here (no network before the batch starts): its worker refuses the job, before loading it.
+    A folder whose configs cannot be read is left to its worker, which says what is wrong with it."""
+    if not Path(model).expanduser().is_dir():
+        return False
+    from ..transfer_api import HeldModel
+
+    try:
+        held = HeldModel(model)
+        return bool(held.family.image_model(held.configs[0]))
+    except Exception:  # noqa: BLE001 - any unreadable model: the worker's error names it
+        return False
+
+
 def parse_jobs(path, defaults: dict | None = None) -> list[Job]:
     """The jobs of ``path`` (blank lines skipped), or :class:`JobsError` with every problem found.
     ``defaults``: options of every job (the batch's command line), overridden by a line's."""
@@ -109,6 +145,7 @@ def parse_jobs(path, defaults: dict | None = None) -> list[Job]:
     problems: list[tuple[int, str]] = []
     jobs: list[Job] = []
     seen: dict[str, int] = {}
+    image_models: dict[str, bool] = {}
     for n, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
             continue
@@ -141,7 +178,7 @@ def parse_jobs(path, defaults: dict | None = None) -> list[Job]:
             continue
         seen[job_id] = n
         options = _absolute({**defaults, **obj})
-        problem = _check(options)
+        problem = _check(options) or _image_problem(job_id, options, image_models)
         if problem:
             problems.append((n, problem))
             continue

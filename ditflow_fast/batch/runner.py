@@ -12,7 +12,7 @@
 - ``OUT/manifest.jsonl``: one JSON line appended per event (``start``, ``done``, ``failed``,
   ``worker-died``, ``skipped``); a line torn by a crash mid-write is skipped when the manifest is read.
   A rerun skips every job whose last record is ``done`` with the same options and the same input
-  files (size and modification time of its video, prompt and embedding files and local model
+  files (size and modification time of its video, image, prompt and embedding files and local model
   folder) and whose ``OUT/<id>/config.json`` exists, and resumes the others. Two batches into one
   ``OUT`` at once: the second is refused (a lock).
 - A job whose options or input files changed since its last record is run again into its
@@ -135,7 +135,7 @@ def _start_ray(ray, s: BatchSettings) -> bool:
 def _inputs_stamp(job: Job) -> dict:
     """Size and modification time of a job's input files: a job is run again when they change."""
     stamp = {}
-    for dest in ("video", "prompt_embeds", "inject_embeds", "model"):
+    for dest in ("video", "image", "prompt_embeds", "inject_embeds", "model"):
         v = job.options.get(dest)
         if isinstance(v, str) and v:
             try:
@@ -144,6 +144,13 @@ def _inputs_stamp(job: Job) -> dict:
             except OSError:
                 stamp[dest] = None
     return stamp
+
+
+def _image_record(job: Job, res: dict) -> dict:
+    """A job with an ``image``: its path and how the run took it (the run's ``record["image"]``)."""
+    if not job.options.get("image"):
+        return {}
+    return {"image": {"path": job.options["image"], "conditioning": (res.get("record") or {}).get("image")}}
 
 
 def _pick(pending: deque, model_key) -> Job:
@@ -287,7 +294,8 @@ def _run(ray, jobs: list[Job], s: BatchSettings, out: Path) -> dict[str, dict]:
                                    fingerprint=job.fingerprint, cache=cache, error=error,
                                    resumed_from_step=(res.get("record") or {}).get("resumed_from_step"),
                                    job_error="traceback" in res, inputs=stamps[job.id],
-                                   traceback=res.get("traceback"), **({"stale": True} if stale else {}))
+                                   traceback=res.get("traceback"), **({"stale": True} if stale else {}),
+                                   **_image_record(job, res))
                 results[job.id] = {"status": rec["event"], "seconds": rec["seconds"], "worker": w,
                                    "attempts": attempts[job.id], "error": rec["error"], "cache": cache,
                                    "resumed_from_step": rec["resumed_from_step"]}

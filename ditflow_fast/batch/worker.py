@@ -21,7 +21,7 @@ import time
 import traceback
 from collections import OrderedDict
 
-RECORD = ("result", "seconds", "resumed_from_step", "run_key", "ref_cache")
+RECORD = ("result", "seconds", "resumed_from_step", "run_key", "ref_cache", "image")
 
 
 class TransferWorker:

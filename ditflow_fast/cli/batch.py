@@ -1,11 +1,12 @@
 """``ditflow-fast batch JOBS.jsonl --out DIR``: many transfers on Ray (the ``cluster`` extra).
 
 Each line of JOBS is a JSON object whose keys are ``transfer``'s options with underscores (``video``,
-``prompt``, ``prompt_embeds``, ``model``, ``frames``, ``opt_mode``, ``loss``, ``seed``, ...) plus an
-optional ``id`` (default ``job-<line>``); ``transfer``'s options given here are the defaults of every
-job. Job ``ID`` writes ``DIR/ID/`` exactly as ``transfer --out DIR/ID`` does; ``DIR/manifest.jsonl``
-records every job's outcome; the reference latents and targets are cached in ``DIR/.ref_cache``
-(``--ref-cache``, ``--no-ref-cache``). The same command again skips finished jobs (same options,
+``prompt``, ``prompt_embeds``, ``model``, ``image``, ``frames``, ``opt_mode``, ``loss``, ``seed``, ...) plus
+an optional ``id`` (default ``job-<line>``); ``transfer``'s options given here are the defaults of every
+job. ``image``: the first frame of the job's video (image-to-video, as ``transfer --image``); required
+for an image-to-video model. Job ``ID`` writes ``DIR/ID/`` exactly as ``transfer --out DIR/ID`` does;
+``DIR/manifest.jsonl`` records every job's outcome; the reference latents and targets are cached in
+``DIR/.ref_cache`` (``--ref-cache``, ``--no-ref-cache``). The same command again skips finished jobs (same options,
 same input files) and resumes the others; ``--fresh-changed`` starts over those whose options or
 inputs changed. Exit status: 0 when every job is done, 1 when any failed, 2 for a bad JOBS file or
 option.

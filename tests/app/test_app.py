@@ -87,7 +87,7 @@ def test_fields_become_transfer_options():
                      dtype="auto", device="auto", offload="group", seed=3.0)
     inputs, opts = core.check_request(r)
     assert inputs == {"video": "v.mp4", "prompt": "a cat", "negative_prompt": "", "prompt_embeds": None,
-                      "model": "THUDM/CogVideoX-5b"}
+                      "model": "THUDM/CogVideoX-5b", "image": None}
     assert (opts.opt_mode, opts.loss, opts.frames, opts.height, opts.width, opts.cfg, opts.guidance_block) == \
         ("emb", "flow", 49, None, None, 6.0, (18, 20))
     assert (opts.no_injection, opts.dtype, opts.device, opts.offload, opts.seed) == (True, None, None, "group", 3)

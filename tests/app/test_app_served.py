@@ -58,12 +58,12 @@ def served(tmp_path_factory):
         demo.close()
 
 
-def _fields(served, video=None, embeds=None, sample="(none)", **kw):
+def _fields(served, video=None, embeds=None, sample="(none)", image=None, **kw):
     hints = core.model_hints(served["model"])
     f = dict(video=video, sample=sample, prompt=hints.get("prompt", "") or "a dog", negative="", embeds=embeds,
              model=served["model"], method="DiTFlow (latent)", inject=None, frames=str(hints["frames"]),
              height=str(hints["height"]), width=str(hints["width"]), steps="2", guided=1, iters=1, seed=0, cfg="",
-             block="", injection=True, dtype="auto", device="auto", offload="none", fps=8)
+             block="", injection=True, dtype="auto", device="auto", offload="none", fps=8, image=image)
     return list({**f, **kw}.values())
 
 
@@ -89,7 +89,7 @@ def test_server_paths_are_refused(served):
     demo, url, out = served["apps"]["main"]
     before = _tree(out)
     for path in ("/etc/passwd", served["secret"], out / "notes.txt", served["link"]):
-        for field in ("video", "embeds"):
+        for field in ("video", "embeds", "image"):
             event, data = _raw_call(url, _fields(served, **{field: _file_data(path)}))
             assert event == "error", (path, field, event, data)
             msg = json.loads(data)["error"]
@@ -121,7 +121,7 @@ def test_handler_refuses_paths_that_are_not_uploads(served):
     run = next(f.fn for f in demo.fns.values() if f.api_name == "run")
     before = _tree(out)
     for path in ("/etc/passwd", served["secret"], out / "notes.txt", served["link"]):
-        for field in ("video", "embeds"):
+        for field in ("video", "embeds", "image"):
             msgs = [v for d in run(*_fields(served, **{field: str(path)})) for v in d.values() if isinstance(v, str)]
             assert any("not an upload" in m for m in msgs), (path, field, msgs)
             assert not any(SECRET in m for m in msgs)

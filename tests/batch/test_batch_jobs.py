@@ -117,7 +117,7 @@ def test_worker_holds_the_model_between_jobs_and_offload_jobs_load_their_own(ass
     assert np.array_equal(read_video(tmp_path / "a" / "result_frames"), read_video(tmp_path / "b" / "result_frames"))
     record = json.loads((tmp_path / "b" / "config.json").read_text())
     assert second["record"] == {k: record[k] for k in ("result", "seconds", "resumed_from_step", "run_key",
-                                                        "ref_cache")}
+                                                        "ref_cache", "image")}
     off = w.run("off", {**job, "cpu_offload": True}, str(tmp_path / "off"))
     assert (off["ok"], off["model"], w.loads, len(w.models)) == (True, "loaded (offload: not kept)", 2, 1)
     bad = w.run("bad", {**job, "seed": -1}, str(tmp_path / "bad"))
