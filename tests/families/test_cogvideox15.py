@@ -127,10 +127,10 @@ def test_geometry_names_what_a_15_model_cannot_take(pipe):
         FAM.geometry(tr, vae, 10, 48, 64)
     with pytest.raises(ModelError, match="--height/--width 64x64: this model's RoPE grid covers at most 48x64"):
         FAM.geometry(tr, vae, 9, 64, 64)
-    i2v = tiny.tiny_transformer(True, 1, 0, v15=True)
-    i2v.register_to_config(in_channels=8)
-    with pytest.raises(ModelError, match="image-to-video transformer"):
-        FAM.geometry(i2v, vae, 9, 48, 64)
+    odd = tiny.tiny_transformer(True, 1, 0, v15=True)
+    odd.register_to_config(in_channels=9)  # 2x the latent channels is image-to-video (tests/i2v/); this is neither
+    with pytest.raises(ModelError, match="neither text-to-video nor CogVideoXImageToVideoPipeline"):
+        FAM.geometry(odd, vae, 9, 48, 64)
 
 
 def test_embeddings_of_15_and_10_models_are_told_apart():

@@ -2,7 +2,8 @@
 
 Components come from a diffusers model folder or hub id (``transformer/``, ``vae/``, ``scheduler/``;
 ``tokenizer/`` and ``text_encoder/`` only when prompts are encoded here; T5 needs ``transformers``
-and ``sentencepiece``: the ``text`` extra).
+and ``sentencepiece``: the ``text`` extra). A folder of :data:`PIPELINES` only: the image-to-video one's
+transformer takes the image latents as extra input channels (:func:`image_to_video`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,29 @@ import torch
 from ...errors import ModelError, cannot_load  # noqa: F401  (ModelError: importers of this module use it)
 from ..base import refuse_foreign_vae, sample_latent, to_uint8
 
+# The diffusers pipelines whose folders the family loads (others share the transformer class: CogVideoX-Fun's
+# control pipeline concatenates a control video's latents in channels, which is no image-to-video model).
+PIPELINES = ("CogVideoXPipeline", "CogVideoXVideoToVideoPipeline", "CogVideoXImageToVideoPipeline")
+
+
+def image_to_video(config) -> bool:
+    """Whether a transformer config (a dict or a diffusers config) is CogVideoXImageToVideoPipeline's: the image
+    latents ride along in channels, so it takes twice the channels it predicts (5B-I2V, 1.5-5B-I2V: 32 in, 16 out)."""
+    get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
+    c_in = int(get("in_channels", 16) or 16)
+    return c_in == 2 * int(get("out_channels", c_in) or c_in)
+
+
+def latent_channels(config) -> int:
+    """Channels of the latent the loop denoises (the transformer's output; an I2V model's input has twice)."""
+    get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
+    return int(get("out_channels", None) or get("in_channels", 16))
+
 
 def load_components(model: str, dtype: torch.dtype):
     """``(transformer, vae, scheduler_config)`` on the CPU in ``dtype``; raises :class:`ModelError`."""
     model = check_model_ref(model)
+    refuse_other_pipeline(model)
     try:
         from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
     except Exception as exc:  # diffusers' lazy import turns a broken dependency into a RuntimeError
@@ -46,6 +66,21 @@ def check_model_ref(model: str) -> str:
     return model
 
 
+def refuse_other_pipeline(model: str) -> None:
+    """A local folder whose ``model_index.json`` names a pipeline not in :data:`PIPELINES` is refused by name (a hub
+    id's index was read by ``families.detect``, which matches only these)."""
+    import json
+
+    idx = Path(model).expanduser() / "model_index.json"
+    try:
+        cls = json.loads(idx.read_text()).get("_class_name") if idx.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        cls = None
+    if cls is not None and cls not in PIPELINES:
+        raise ModelError(f"--model {model}: a {cls} folder; the CogVideoX family takes {' / '.join(PIPELINES)} "
+                         "folders")
+
+
 def make_scheduler(sched_cfg, kind: str):
     """DiTFlow's scheduler: ``dpm`` (CogVideoX-5B) or ``ddim`` (2B), trailing timestep spacing."""
     from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
@@ -62,9 +97,10 @@ def check_size(transformer, vae, frames: int, height: int, width: int) -> tuple[
     step = spatial * cfg.patch_size
     if height % step or width % step:
         raise ModelError(f"--height/--width {height}x{width}: must be multiples of {step} for this model")
-    if cfg.in_channels != cfg.out_channels:  # the image latents ride along as extra input channels
-        raise ModelError(f"--model: an image-to-video transformer (in_channels {cfg.in_channels}, out_channels "
-                         f"{cfg.out_channels}); transfer takes text-to-video CogVideoX models")
+    if cfg.in_channels != cfg.out_channels and not image_to_video(cfg):
+        raise ModelError(f"--model: a transformer taking {cfg.in_channels} channels and predicting {cfg.out_channels}"
+                         " is neither text-to-video nor CogVideoXImageToVideoPipeline's (twice the channels: the "
+                         "image latents); not supported")
     lh, lw = height // spatial, width // spatial
     if cfg.patch_size_t is not None:  # CogVideoX 1.5: RoPE sliced from a fixed grid of patches
         if not cfg.use_rotary_positional_embeddings:
@@ -108,6 +144,20 @@ def encode_video(vae, frames: np.ndarray, *, device, dtype, seed: int = 0) -> to
     """``uint8 [F, H, W, 3]`` -> scaled latent ``[1, F', C, h, w]`` (a sample of the posterior, seeded)."""
     lat = sample_latent(vae, frames, device, dtype, seed)
     return (lat * vae.config.scaling_factor).permute(0, 2, 1, 3, 4).contiguous()
+
+
+@torch.no_grad()
+def encode_image(vae, image: np.ndarray, *, device, dtype, seed: int = 0) -> torch.Tensor:
+    """``uint8 [H, W, 3]`` -> the image's latent ``[1, 1, C, h, w]`` in ``dtype`` as CogVideoXImageToVideoPipeline
+    makes it: a seeded sample of the VAE posterior of the image as a one-frame video, cast to the run's dtype, then
+    times ``scaling_factor``, or divided by it where the VAE says ``invert_scale_latents`` (CogVideoX 1.5-I2V,
+    trained so; its video latents are still scaled as usual)."""
+    lat = sample_latent(vae, image[None], device, next(vae.parameters()).dtype, seed).to(dtype)
+    lat = lat.permute(0, 2, 1, 3, 4)
+    scale = vae.config.scaling_factor
+    if vae.config.get("invert_scale_latents", False):
+        scale = 1 / scale  # times the reciprocal, as the pipeline computes it (dividing can differ in the last bit)
+    return (lat * scale).contiguous()
 
 
 @torch.no_grad()

@@ -16,6 +16,15 @@ works on pairs of latent frames and gives ``4 * L`` frames for an even count ``L
 exactly the counts ``1, 8, 9, 16, 17, 24, 25, ...`` come back as asked; 24 (the paper's) and 49 do. 1.5 has
 the same rule: diffusers' pipeline pads the latent frames to a multiple of ``patch_size_t`` for the transformer
 and drops the padding before decoding (81 frames: 21 latent frames, 22 in the transformer, 81 decoded).
+
+Image-to-video (CogVideoX-5B-I2V, CogVideoX1.5-5B-I2V; ``CogVideoXImageToVideoPipeline`` folders; docs/i2v.md): the
+transformer takes twice the latent channels. :meth:`CogVideoXFamily.image_condition` gives the image's one-frame
+latent as the forward keyword ``image_latents``; every forward concatenates, in channels after the noisy latent,
+that latent in latent frame 0 and zeros in every other frame, as the pipeline does. The loop's latent (what latent
+mode optimises, what is decoded) keeps the latent channels only; the image part is constant. 1.5 with an odd latent
+frame count: the noisy latent is padded with a copy of its first frame (as above) and the image sits in that padding
+frame, zeros after it: the layout of diffusers' ``__call__`` (its padding frame is its own noise, denoised and
+dropped) and of the CogVideoX training code (a copy of the first frame; zai-org/CogVideo issues 551, 660).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import math
 import torch
 
 from ...guidance.forward import run_until
-from ..base import FamilyBase, Sampler, nearest_valid
+from ..base import FamilyBase, ImageCondition, Sampler, nearest_valid
 from ..estimate import Estimate
 from . import attention, components, memory, positions
 from .patches import pad_latent, patch_frames, patch_t
@@ -82,7 +91,7 @@ class CogVideoXSampler(Sampler):
 
 class CogVideoXFamily(FamilyBase):
     name = "cogvideox"
-    label = "CogVideoX (CogVideoXPipeline folders)"
+    label = "CogVideoX (CogVideoXPipeline / CogVideoXImageToVideoPipeline folders)"
     transformer_class, vae_class = "CogVideoXTransformer3DModel", "AutoencoderKLCogVideoX"
     text_position = "prefix"
     latent_layout = "BFCHW"
@@ -96,7 +105,7 @@ class CogVideoXFamily(FamilyBase):
         if transformer_class_name == "CogVideoXTransformer3DModel":
             return True
         cls = (model_index or {}).get("_class_name") or ""
-        return cls in ("CogVideoXPipeline", "CogVideoXVideoToVideoPipeline")
+        return cls in components.PIPELINES
 
     @staticmethod
     def load(model: str, dtype: torch.dtype) -> dict:
@@ -155,8 +164,9 @@ class CogVideoXFamily(FamilyBase):
         return json.dumps(got, sort_keys=True)
 
     @classmethod
-    def _kwargs(cls, transformer, latent, text, t, emb):
-        """The transformer's keywords, the position override, and the latent frames padded in front (1.5)."""
+    def _kwargs(cls, transformer, latent, text, t, emb, image_latents=None):
+        """The transformer's keywords, the position override, and the latent frames padded in front (1.5); an I2V
+        transformer's input: the noisy latent and, in channels after it, the image latents (:meth:`_image_part`)."""
         rope, base = cls._tables(transformer, latent)
         dtype = latent.dtype
         if emb is not None and rope is not None:  # [2 (q, k), 2 (cos, sin), N, d]
@@ -166,20 +176,39 @@ class CogVideoXFamily(FamilyBase):
         ts = torch.full((latent.shape[0],), int(t), device=latent.device, dtype=torch.long)
         ctx = positions.position_override(transformer, emb if rope is None else None, base)
         latent, pad = pad_latent(latent, patch_t(transformer))
+        if components.image_to_video(transformer.config) or image_latents is not None:
+            latent = torch.cat([latent, cls._image_part(transformer, latent, image_latents)], dim=2)
         kw = dict(hidden_states=latent, encoder_hidden_states=text, timestep=ts, image_rotary_emb=rope)
         if transformer.config.get("ofs_embed_dim"):  # 1.5 I2V's; the value diffusers' I2V pipeline passes
             kw["ofs"] = latent.new_full((1,), 2.0)
         return kw, ctx, pad
 
+    @staticmethod
+    def _image_part(transformer, latent, image_latents):
+        """The I2V transformer's extra channels for the (padded) noisy ``latent`` ``[1, F, C, h, w]``: the image's
+        latent ``[1, 1, C, h, w]`` in frame 0, zeros in the other frames (diffusers' ``prepare_latents``)."""
+        if not components.image_to_video(transformer.config):
+            raise ValueError("image_latents given to a text-to-video CogVideoX transformer (it takes "
+                             f"{transformer.config.in_channels} channels); its --image is a first-frame anchor")
+        if image_latents is None:
+            raise components.ModelError("--image is required: an image-to-video CogVideoX transformer takes the "
+                                        "image's latent in channels (image_latents)")
+        want = (latent.shape[0], 1, *latent.shape[2:])
+        if tuple(image_latents.shape) != want:
+            raise ValueError(f"image_latents {tuple(image_latents.shape)} do not fit the latent "
+                             f"{tuple(latent.shape)}: expected {want}")
+        zeros = latent.new_zeros(latent.shape[0], latent.shape[1] - 1, *latent.shape[2:])
+        return torch.cat([image_latents.to(latent.dtype), zeros], dim=1)
+
     @classmethod
-    def forward(cls, transformer, latent, text, t, emb=None) -> torch.Tensor:
-        kw, ctx, pad = cls._kwargs(transformer, latent, text, t, emb)
+    def forward(cls, transformer, latent, text, t, emb=None, image_latents=None) -> torch.Tensor:
+        kw, ctx, pad = cls._kwargs(transformer, latent, text, t, emb, image_latents)
         with ctx:
             return transformer(**kw, return_dict=False)[0][:, pad:]  # the padding's prediction goes, as diffusers'
 
     @classmethod
-    def run_until(cls, transformer, latent, text, t, emb=None, **what):
-        kw, ctx, _ = cls._kwargs(transformer, latent, text, t, emb)
+    def run_until(cls, transformer, latent, text, t, emb=None, image_latents=None, **what):
+        kw, ctx, _ = cls._kwargs(transformer, latent, text, t, emb, image_latents)
         with ctx:
             return run_until(transformer, **kw, **what)
 
@@ -196,7 +225,7 @@ class CogVideoXFamily(FamilyBase):
         """Latent ``(1, F', C, h, w)``; :class:`ModelError` for sizes or frame counts the model cannot give."""
         f, lh, lw = components.check_size(transformer, vae, frames, height, width)
         cls.check_frames(frames, vae.config.temporal_compression_ratio)
-        return 1, f, transformer.config.in_channels, lh, lw
+        return 1, f, components.latent_channels(transformer.config), lh, lw
 
     @staticmethod
     def check_frames(frames: int, temporal: int = 4) -> None:
@@ -215,6 +244,24 @@ class CogVideoXFamily(FamilyBase):
     @staticmethod
     def decode_latents(vae, latents) -> object:
         return components.decode_latents(vae, latents)
+
+    # -- image-to-video --------------------------------------------------------------------------
+    @staticmethod
+    def image_model(config: dict) -> bool:
+        """CogVideoXImageToVideoPipeline's transformer (twice the latent channels in); a text-to-video CogVideoX
+        model keeps the seam's default, first-frame anchoring."""
+        return components.image_to_video(config)
+
+    @classmethod
+    def image_condition(cls, components_: dict, image, *, device, dtype, seed: int = 0) -> ImageCondition:
+        """An I2V model: ``image_latents``, the image's one-frame latent as the pipeline encodes it
+        (:func:`.components.encode_image`), which every forward puts in channels beside the noisy latent; no anchor
+        (the model itself holds the first frame to the image). A text-to-video model: the seam's anchoring."""
+        tr = components_["transformer"]
+        if not components.image_to_video(tr.config):
+            return super().image_condition(components_, image, device=device, dtype=dtype, seed=seed)
+        lat = components.encode_image(components_["vae"], image, device=device, dtype=dtype, seed=seed)
+        return ImageCondition(forward_kw={"image_latents": lat})
 
     # -- text ------------------------------------------------------------------------------------
     @staticmethod
@@ -257,7 +304,11 @@ class CogVideoXFamily(FamilyBase):
         1.5 (``patch_size_t``): block 20 too, taken by depth (1.5-5B has 5B's 42 blocks); unverified: no 1.5
         weights have run here (``note`` says so in ``--dry-run``). 81 frames at 768x1360, what diffusers' docs say
         the 1.5 text-to-video model was trained for (tiny models: 9 frames at their own ``sample_height/width``,
-        diffusers' pipeline default); the rest as 5B's."""
+        diffusers' pipeline default); the rest as 5B's.
+
+        Image-to-video: the same, the block unverified (no I2V weights have run). 5B-I2V's learned position table
+        fixes the size (480x720) and is used only at its ``sample_frames`` (49; at other counts diffusers adds a
+        sin-cos table instead), so 49 frames; 1.5-I2V: as 1.5 (diffusers' docs: 81 frames, height 768)."""
         rope = bool(config.get("use_rotary_positional_embeddings", False))
         n = int(config.get("num_layers", 30))
         want = 20 if rope else 15
@@ -272,13 +323,27 @@ class CogVideoXFamily(FamilyBase):
             out.update(frames=81 if published else 9, height=size[0], width=size[1],
                        note=f"guidance block {out['guidance_blocks'][0]} of {n}: {why}; unverified (no 1.5 weights "
                             "have run)")
+        if components.image_to_video(config):
+            if config.get("use_learned_positional_embeddings"):
+                out.update(frames=int(config.get("sample_frames", 49)), height=8 * int(config["sample_height"]),
+                           width=8 * int(config["sample_width"]))
+            own = "DiTFlow's CogVideoX-5B block" if want < n else "half the depth"
+            why = out.get("note", f"guidance block {out['guidance_blocks'][0]} of {n}: {own}").split(";")[0]
+            out["note"] = f"{why}, for the image-to-video model; unverified (no image-to-video weights have run)"
         return out
 
     @staticmethod
     def dry_run_notes(model: str, cfg, run) -> list[str]:
-        """The defaults' ``note`` (1.5's unverified guidance block) where there is one and the default is used."""
+        """The defaults' ``note`` (1.5's or I2V's unverified guidance block) where there is one and the default is
+        used; for an I2V model, where its image goes."""
         note = run.defaults.get("note")
-        return [note] if note and not cfg.guidance_blocks else []
+        out = [note] if note and not cfg.guidance_blocks else []
+        if components.image_to_video(run.config):
+            out.append("image-to-video (--image required): the image is encoded by the VAE (one frame) before the "
+                       "loop, as the reference is; no image encoder. Its latent and the reference's first frame's, "
+                       "zero-padded over the latent frames, ride along in channels ('image latents' above); the "
+                       "token count is the text-to-video model's")
+        return out
 
     # -- memory (--dry-run) ---------------------------------------------------------------------
     memory_config = staticmethod(memory.config_for)

@@ -18,12 +18,21 @@ autograd, and the VAE decodes after the loop, sliced/tiled). With ``T = L_text +
 - the AMF: this package's torch backend works in row chunks under a score budget (256 MiB) and
   keeps ``F*N`` log-sum-exps; the research code holds two ``[H, N, N]`` score tensors at once plus
   three ``[N, N]`` copies (``(2H + 3) N^2 b``, :func:`ditflow_fast.backends.reference.research_bytes`);
-- the optimised tensor in fp32 with its gradient and Adam's two moments (``4x``).
+- the optimised tensor in fp32 with its gradient and Adam's two moments (``4x``);
+- image-to-video (``in_channels = 2 x out_channels``): the same tokens (the patch embedding takes the image latents
+  as extra channels), so every activation row is the text-to-video model's; the optimised latent has the
+  ``out_channels`` latent channels; added (``image latents``): a forward's zero-padded image part and its
+  concatenated ``2C``-channel input over the transformer's ``F'`` latent frames (``3 F' C h w b``, a few MiB; the
+  one-frame latents of the image and of the reference's first frame held for the run are in it many times over);
+  5B-I2V's learned position table is a persistent buffer of the transformer (``(L_text + F_s h_s w_s) D`` elements
+  at its sample size, ~104 MiB in bf16), counted with its weights. The image's one-frame VAE encoding runs before
+  the loop, as the reference's does (CogVideoX has no image encoder).
 """
 
 from __future__ import annotations
 
 from ..estimate import Estimate
+from .components import image_to_video
 from .patches import patch_frames, patch_t
 
 # The entries of the public CogVideoX configs that fix the sizes (so --dry-run needs no download).
@@ -44,6 +53,18 @@ PRESETS = {
                                   out_channels=16, text_embed_dim=4096, time_embed_dim=512, max_text_seq_length=226,
                                   use_rotary_positional_embeddings=True, sample_height=300, sample_width=300,
                                   sample_frames=81, patch_size=2, patch_size_t=2, patch_bias=False),
+    # Image-to-video, with diffusers' scripts/convert_cogvideox_to_diffusers.py (--i2v): in_channels 32 (the image
+    # latents in channels); 1.0 (5B-I2V): use_learned_positional_embeddings, the 1.0 sample size 60 x 90 latent
+    # pixels, 49 frames; 1.5: ofs_embed_dim 512. Not read from the hub folders here (no network).
+    "THUDM/CogVideoX-5b-I2V": dict(num_attention_heads=48, attention_head_dim=64, num_layers=42, in_channels=32,
+                                   out_channels=16, text_embed_dim=4096, time_embed_dim=512, max_text_seq_length=226,
+                                   use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True,
+                                   sample_height=60, sample_width=90, sample_frames=49, patch_size=2),
+    "THUDM/CogVideoX1.5-5B-I2V": dict(num_attention_heads=48, attention_head_dim=64, num_layers=42, in_channels=32,
+                                      out_channels=16, text_embed_dim=4096, time_embed_dim=512,
+                                      max_text_seq_length=226, use_rotary_positional_embeddings=True,
+                                      sample_height=300, sample_width=300, sample_frames=81, patch_size=2,
+                                      patch_size_t=2, patch_bias=False, ofs_embed_dim=512),
 }
 VAE_PARAMS = 215_583_907  # AutoencoderKLCogVideoX() (the public models' VAE), counted on the meta device
 # Activation constants in [T, D] tensors (see the module docstring; measured, tests re-measure them).
@@ -51,14 +72,19 @@ CKPT_INPUT, CKPT_RECOMPUTE = 1, 15
 BLOCK_ACTIVATIONS, PARTIAL_BLOCK, BACKWARD_TEMPS = 12, 5, 3
 
 
-def transformer_params(config: dict) -> int:
-    """Exact parameter count of a CogVideoX transformer built from ``config`` on the meta device."""
+def transformer_params(config: dict, *, buffers: bool = False) -> int:
+    """Exact parameter count of a CogVideoX transformer built from ``config`` on the meta device; ``buffers``: plus
+    its persistent buffers (5B-I2V's learned position table, loaded with the weights)."""
     import torch
     from diffusers import CogVideoXTransformer3DModel
 
     with torch.device("meta"):
         model = CogVideoXTransformer3DModel.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+    n = sum(p.numel() for p in model.parameters())
+    if buffers:
+        n += sum(b.numel() for name, b in model.named_buffers() if name in model.state_dict())
+    return n
+
 
 
 def estimate(config: dict, *, frames: int, height: int, width: int, guidance_block: int, bytes_per_elem: int = 2,
@@ -73,7 +99,9 @@ def estimate(config: dict, *, frames: int, height: int, width: int, guidance_blo
     n = tok_f * hh * ww
     t = config.get("max_text_seq_length", 226) + n
     td = t * dim * b
-    base = {"transformer weights": transformer_params(config) * b,
+    i2v = image_to_video(config)
+    c = int(config.get("out_channels") or config["in_channels"])  # the latent's channels (an I2V input has 2c)
+    base = {"transformer weights": transformer_params(config, buffers=i2v) * b,
             "VAE weights": 0 if vae_offload else vae_params * b}
     if checkpointing:
         acts = {"checkpointed block inputs": (guidance_block + 1) * CKPT_INPUT * td,
@@ -82,13 +110,16 @@ def estimate(config: dict, *, frames: int, height: int, width: int, guidance_blo
         acts = {"block activations (no ckpt)": (guidance_block * BLOCK_ACTIVATIONS + PARTIAL_BLOCK
                                                 + BACKWARD_TEMPS) * td}
     if opt_mode == "latent":
-        opt_elems = lat_f * config["in_channels"] * lh * lw
+        opt_elems = lat_f * c * lh * lw
     elif config.get("use_rotary_positional_embeddings"):
         opt_elems = 4 * n * hd  # separate query and key RoPE, cos and sin
     else:
         opt_elems = n * dim
-    return Estimate.build(base, acts, acts, {"captured q, k and grads": 4 * heads * n * hd * b}, heads=heads,
-                          grid=(tok_f, hh, ww), bytes_per_elem=b, opt_elems=opt_elems)
+    shared = {"captured q, k and grads": 4 * heads * n * hd * b}
+    if i2v:  # a forward's zero-padded image part and its 2c-channel input, over the padded latent frames
+        shared["image latents"] = 3 * tok_f * patch_t(config) * c * lh * lw * b
+    return Estimate.build(base, acts, acts, shared, heads=heads, grid=(tok_f, hh, ww), bytes_per_elem=b,
+                          opt_elems=opt_elems)
 
 
 def config_for(model: str) -> dict:

@@ -7,8 +7,10 @@ OUT/model/prompt_embeds.safetensors --frames 9 --height 48 --width 64`` runs end
 With ``text_encoder=True`` (``--text-encoder``) the model also gets a tokenizer trained here and a tiny T5
 encoder, and ``--prompt TEXT`` replaces ``--prompt-embeds``. ``v15=True``: a CogVideoX 1.5-style model
 (``patch_size_t=2``, no patch bias, RoPE sliced from a 3 x 4 patch grid: 48x64 pixels at most) with the DDIM
-scheduler config CogVideoX folders ship. The weights are random: the output is noise-like; the run exercises
-every code path.
+scheduler config CogVideoX folders ship. ``i2v=True``: a ``CogVideoXImageToVideoPipeline`` folder
+(:func:`tiny_i2v_pipeline`; with ``v15`` 1.5-I2V-like, else 5B-I2V-like) and ``OUT/image.png``; ``--image
+OUT/image.png`` then runs it.
+The weights are random: the output is noise-like; the run exercises every code path.
 """
 
 from __future__ import annotations
@@ -22,22 +24,26 @@ TEXT_LEN, TEXT_DIM = 7, 16
 HEIGHT, WIDTH, FRAMES = 48, 64, 9  # pixels; latent 6 x 8, 3 latent frames, 3 x 4 patches per frame
 
 
-def tiny_transformer(rope: bool = True, layers: int = 3, seed: int = 0, *, v15: bool = False, ofs: bool = False):
+def tiny_transformer(rope: bool = True, layers: int = 3, seed: int = 0, *, v15: bool = False, ofs: bool = False,
+                     i2v: bool = False, learned: bool = False):
     """``v15``: 1.5's layout (temporal patches of 2 latent frames, no patch bias); ``ofs``: with 1.5 I2V's ofs
-    embedding (its width must be ``time_embed_dim``: the two embeddings are summed)."""
+    embedding (its width must be ``time_embed_dim``: the two embeddings are summed); ``i2v``: twice the latent
+    channels in (CogVideoXImageToVideoPipeline's image latents); ``learned``: 5B-I2V's learned position table
+    (beside RoPE; it fixes the size to 48x64, and is used at ``FRAMES`` frames)."""
     from diffusers import CogVideoXTransformer3DModel
 
     torch.manual_seed(seed)
     v15_kw = dict(patch_size_t=2, patch_bias=False) if v15 else {}
     return CogVideoXTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
+        num_attention_heads=2, attention_head_dim=16, in_channels=8 if i2v else 4, out_channels=4, time_embed_dim=8,
         text_embed_dim=TEXT_DIM, num_layers=layers, sample_width=WIDTH // 8, sample_height=HEIGHT // 8,
         sample_frames=FRAMES, patch_size=2, max_text_seq_length=TEXT_LEN, use_rotary_positional_embeddings=rope,
-        ofs_embed_dim=8 if ofs else None, **v15_kw,
+        use_learned_positional_embeddings=learned, ofs_embed_dim=8 if ofs else None, **v15_kw,
     ).eval()
 
 
-def tiny_vae(seed: int = 0):
+def tiny_vae(seed: int = 0, *, invert_scale_latents: bool = False):
+    """``invert_scale_latents``: 1.5-I2V's VAE flag (its image latents are divided by ``scaling_factor``)."""
     from diffusers import AutoencoderKLCogVideoX
 
     torch.manual_seed(seed)
@@ -45,6 +51,7 @@ def tiny_vae(seed: int = 0):
         in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
         up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
         layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+        invert_scale_latents=invert_scale_latents,
     ).eval()
 
 
@@ -100,14 +107,31 @@ def tiny_pipeline15(text_encoder: bool = False, layers: int = 3, seed: int = 0):
                              scheduler=tiny_scheduler(True, folder=True))
 
 
-def save_tiny_model(path, rope: bool = True, text_encoder: bool = False, v15: bool = False) -> Path:
+def tiny_i2v_pipeline(v15: bool = False, text_encoder: bool = False, layers: int = 3, seed: int = 0):
+    """A ``CogVideoXImageToVideoPipeline`` (random weights) shaped as the public configs differ from the text-to-video
+    ones: twice the latent channels in; 5B-I2V-like: RoPE and a learned position table; ``v15``: 1.5-I2V-like
+    (temporal patches, the ofs embedding, a VAE with ``invert_scale_latents``). The scheduler: the DDIM config
+    CogVideoX folders ship."""
+    from diffusers import CogVideoXImageToVideoPipeline
+
+    tok, enc = tiny_text_encoder(seed) if text_encoder else (None, None)
+    tr = tiny_transformer(True, layers, seed, v15=v15, ofs=v15, i2v=True, learned=not v15)
+    return CogVideoXImageToVideoPipeline(tokenizer=tok, text_encoder=enc, vae=tiny_vae(seed, invert_scale_latents=v15),
+                                         transformer=tr, scheduler=tiny_scheduler(True, folder=True))
+
+
+def save_tiny_model(path, rope: bool = True, text_encoder: bool = False, v15: bool = False,
+                    i2v: bool = False) -> Path:
     """Write a tiny model folder (``transformer/``, ``vae/``, ``scheduler/``, ``prompt_embeds.safetensors``,
     and with ``text_encoder=True`` a tokenizer and T5 encoder so that ``--prompt`` works). ``v15``: the whole
-    :func:`tiny_pipeline15` saved by its ``save_pretrained`` (with ``model_index.json``, as the hub folder)."""
+    :func:`tiny_pipeline15` saved by its ``save_pretrained`` (with ``model_index.json``, as the hub folder);
+    ``i2v``: :func:`tiny_i2v_pipeline` so (1.5-I2V-like with ``v15``)."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    if v15:
+    if i2v:
+        tiny_i2v_pipeline(v15, text_encoder).save_pretrained(path)
+    elif v15:
         tiny_pipeline15(text_encoder).save_pretrained(path)
     else:
         tiny_transformer(rope).save_pretrained(path / "transformer")
@@ -134,12 +158,28 @@ def moving_square(frames: int = FRAMES, height: int = HEIGHT, width: int = WIDTH
     return video
 
 
+def first_frame(height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    """``[height, width, 3]`` uint8: another first frame than :func:`moving_square`'s (a dark square on the left over
+    a reversed gradient), the image of the tiny image-to-video runs."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    img = np.stack([255 - xx * 255 // max(width - 1, 1), np.full_like(xx, 160), yy * 255 // max(height - 1, 1)],
+                   axis=-1).astype(np.uint8)
+    side = max(4, height // 3)
+    img[2:2 + side, 2:2 + side] = 20
+    return img
+
+
 def write_tiny_assets(out, rope: bool = True, text_encoder: bool = False, v15: bool = False,
-                      frames: int = FRAMES) -> Path:
-    """``out/model`` (:func:`save_tiny_model`) and ``out/video.mp4`` (:func:`moving_square`); returns ``out``."""
+                      frames: int = FRAMES, i2v: bool = False) -> Path:
+    """``out/model`` (:func:`save_tiny_model`) and ``out/video.mp4`` (:func:`moving_square`); with ``i2v`` also
+    ``out/image.png`` (:func:`first_frame`); returns ``out``."""
     from ...video_io import write_video
 
     out = Path(out)
-    save_tiny_model(out / "model", rope=rope, text_encoder=text_encoder, v15=v15)
+    save_tiny_model(out / "model", rope=rope, text_encoder=text_encoder, v15=v15, i2v=i2v)
     write_video(moving_square(frames), out / "video.mp4", fmt="mp4", fps=8)
+    if i2v:
+        from PIL import Image
+
+        Image.fromarray(first_frame()).save(out / "image.png")
     return out
