@@ -4,7 +4,9 @@
 # installs the carried wheels (.gpu_wheels/, from scripts/fetch_gpu_wheels.sh) and this package with
 # `pip install --no-index --no-deps` into the machine's own Python (torch and triton as they are there),
 # builds the CUDA extension with the machine's nvcc, runs `pytest -m gpu`, the bf16 benchmark at
-# cogvideox-5b-f6/-f13 and wan2.1-1.3b-f21, one real-size CogVideoX-5B guided step, and writes
+# cogvideox-5b-f6/-f13 and wan2.1-1.3b-f21, one real-size CogVideoX-5B guided step, real-size guided steps
+# of the other families (scripts/gpu_check/family_steps.py), the KeOps and faiss-gpu argmax peer rows (these
+# two additions have never run on a GPU; each skips with its reason), and writes
 # OUTDIR/summary.md and summary.json (after every step, so a timeout still leaves them). Each step has
 # its own time budget within GPU_CHECK_BUDGET_S (default 480 s; scripts/gpu_check/check.py); a hard
 # limit of that plus 40 s stops a hung check. Without a CUDA device the same script is the rehearsal
