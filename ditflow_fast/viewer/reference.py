@@ -39,6 +39,8 @@ class ModelHandle:
     dtype: torch.dtype = torch.float32
     temporal: int = 1  # video frames per latent frame (about)
     patch_px: int = 0  # toy models: video pixels per token side
+    # an image-to-video model's inputs for a video (its own first frame, as the guidance loop gives the reference)
+    image_inputs: object = None
 
     @property
     def n_blocks(self) -> int:
@@ -71,6 +73,12 @@ def _open_diffusers(model: str, device, dtype, prompt_embeds) -> ModelHandle:
                          width=int(d["width"]), default_block=int(max(d["guidance_blocks"])), device=device,
                          dtype=dtype, temporal=temporal)
     handle.vae = vae
+    if fam.image_model(cfg):
+        def image_inputs(frames: np.ndarray) -> dict:
+            kw = fam.image_condition(comps, frames[0], device=device, dtype=dtype).forward_kw
+            return {k: v.to(device, dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+                    for k, v in kw.items()}
+        handle.image_inputs = image_inputs
     return handle
 
 
@@ -121,7 +129,8 @@ def reference_amf(handle: ModelHandle, frames: np.ndarray, block: int | None = N
     """The reference AMF of ``frames`` (uint8 ``[T, H, W, 3]``) and its geometry: ``(amf, info)``."""
     block = handle.default_block if block is None else int(block)
     latent = handle.encode(frames)
-    amf = capture_amf(handle.family, handle.transformer, latent, handle.empty, block)
+    kw = handle.image_inputs(frames) if handle.image_inputs is not None else {}
+    amf = capture_amf(handle.family, handle.transformer, latent, handle.empty, block, **kw)
     f, h, w = handle.family.token_grid(handle.transformer, latent)
     return amf, dict(frames=f, height=h, width=w, block=block, video_frames=int(frames.shape[0]),
                      video_height=int(frames.shape[1]), video_width=int(frames.shape[2]))
