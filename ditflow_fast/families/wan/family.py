@@ -20,6 +20,10 @@ from CogVideoX that shape this module:
 - **Wan2.2 A14B** has two experts: ``transformer`` for timesteps ``>= boundary_ratio * 1000``,
   ``transformer_2`` below (:meth:`WanFamily.expert_for`). **TI2V-5B** takes one timestep per token
   (``expand_timesteps``) and a 16x-spatial VAE with 48 latent channels.
+- **Image-to-video** (``WanImageToVideoPipeline`` folders; :mod:`.image`): Wan2.1-I2V and Wan2.2-I2V-A14B take the
+  mask and image latents concatenated in channels (Wan2.1 also CLIP image tokens in cross-attention), TI2V-5B a
+  clean first latent frame at timestep 0; :meth:`WanFamily.image_condition` computes them, :meth:`WanFamily.forward`
+  takes them.
 """
 
 from __future__ import annotations
@@ -32,14 +36,15 @@ import torch
 
 from ...guidance.controller import GuidanceController, install_processors, uninstall_processors
 from .. import folders
-from ..base import FamilyBase, ModelError, sample_latent, to_uint8
+from ..base import FamilyBase, ImageCondition, ModelError, sample_latent, to_uint8
 from ..rope import qk_tables, rope_override
 from . import chunking, geometry, memory, presets
+from . import image as i2v
 from .attention import WanGuidedAttnProcessor
 from .presets import PRESETS, _cfg_get, transformer_params  # noqa: F401 - re-exported
 from .sampler import WanSampler, load_scheduler_state, scheduler_state
 
-_PIPELINES = ("WanPipeline", "WanVideoToVideoPipeline")
+_PIPELINES = ("WanPipeline", "WanVideoToVideoPipeline", "WanImageToVideoPipeline")
 _TRANSFORMERS = ("WanTransformer3DModel",)
 FINGERPRINT_KEYS = ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size", "in_channels",
                     "rope_max_seq_len", "text_dim")
@@ -51,23 +56,26 @@ def _has_component(model_index: dict, name: str) -> bool:
 
 
 class WanFamily(FamilyBase):
-    """Wan2.1 / Wan2.2 text-to-video models (``WanPipeline`` folders) for the guidance loop."""
+    """Wan2.1 / Wan2.2 text- and image-to-video models (``WanPipeline``, ``WanImageToVideoPipeline`` folders) for
+    the guidance loop."""
 
     name = "wan"
-    label = "Wan2.1/2.2 (WanPipeline folders)"
+    label = "Wan2.1/2.2 (WanPipeline, WanImageToVideoPipeline folders)"
     transformer_class, vae_class = "WanTransformer3DModel", "AutoencoderKLWan"
     text_position = "none"
     text_tokens = 0  # text enters by cross-attention: the AMF sees video tokens only
     latent_layout = "BCFHW"
     PRESETS = PRESETS
-    lazy_classes = ("diffusers.UniPCMultistepScheduler", "transformers.AutoTokenizer", "transformers.T5TokenizerFast",
-                    "transformers.UMT5EncoderModel")
+    lazy_classes = ("diffusers.UniPCMultistepScheduler", "diffusers.VideoProcessor", "transformers.AutoTokenizer",
+                    "transformers.T5TokenizerFast", "transformers.UMT5EncoderModel", "transformers.CLIPVisionModel",
+                    "transformers.CLIPImageProcessor")
 
     # -- recognising and loading -----------------------------------------------------------------
     @staticmethod
     def matches(model_index: dict | None, transformer_class_name: str | None) -> bool:
-        """A Wan text-to-video folder: WanPipeline (Wan2.1, Wan2.2 A14B with ``transformer_2``,
-        TI2V-5B) or WanVideoToVideoPipeline, or a bare WanTransformer3DModel."""
+        """A Wan folder: WanPipeline (Wan2.1, Wan2.2 A14B with ``transformer_2``, TI2V-5B),
+        WanVideoToVideoPipeline or WanImageToVideoPipeline (Wan2.1-I2V, Wan2.2-I2V-A14B), or a bare
+        WanTransformer3DModel."""
         if transformer_class_name in _TRANSFORMERS:
             return True
         if not model_index:
@@ -82,7 +90,9 @@ class WanFamily(FamilyBase):
         """Components on the CPU: ``transformer`` (and ``transformer_2`` for two-expert Wan2.2, else
         None) in ``dtype``, ``vae`` (AutoencoderKLWan) in ``vae_dtype`` (float32 by default, as
         diffusers recommends for Wan decoding quality), ``scheduler_config`` (None if the folder has no
-        scheduler/), ``boundary_ratio`` (None without a second expert), ``expand_timesteps``.
+        scheduler/), ``boundary_ratio`` (None without a second expert), ``expand_timesteps``; for a transformer
+        taking CLIP image tokens (Wan2.1-I2V) also ``image_encoder`` (``CLIPVisionModel`` in float32, as diffusers'
+        example and the Wan team run it) and ``image_processor`` (``CLIPImageProcessor``).
         Raises :class:`ModelError` naming ``--model``."""
         with folders.load_errors(model):
             from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
@@ -90,28 +100,49 @@ class WanFamily(FamilyBase):
         index = folders.read_model_index(model)
         folders.refuse_other_pipeline(model, index, _PIPELINES, "Wan")
         two = WanFamily.has_second_expert(model, index)
+        subs = ("transformer", "transformer_2") if two else ("transformer",)
+        with folders.load_errors(model):  # the configs first: a transformer of another kind is refused unloaded
+            configs = [WanTransformer3DModel.load_config(model, subfolder=s) for s in subs]
+            vae_config = AutoencoderKLWan.load_config(model, subfolder="vae")
+        for c in configs:
+            i2v.check_transformer(model, c, vae_config)
+        if len({i2v.image_model(c) for c in configs}) > 1:
+            raise ModelError(f"--model {model}: one expert is an image-to-video transformer, the other not")
         with folders.load_errors(model):
             transformer = WanTransformer3DModel.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
             transformer_2 = (WanTransformer3DModel.from_pretrained(model, subfolder="transformer_2", torch_dtype=dtype)
                              if two else None)
             vae = AutoencoderKLWan.from_pretrained(model, subfolder="vae", torch_dtype=vae_dtype)
         sched_cfg = folders.scheduler_config(UniPCMultistepScheduler, model)  # None: make_scheduler's Wan defaults
-        for t in (transformer, transformer_2):
-            if t is None:
-                continue
-            cfg = t.config
-            if cfg.image_dim is not None or cfg.added_kv_proj_dim is not None or cfg.in_channels != vae.config.z_dim:
-                raise ModelError(f"--model {model}: an image-conditioned Wan transformer (in_channels "
-                                 f"{cfg.in_channels}, VAE z_dim {vae.config.z_dim}); only text-to-video is supported")
+        experts = [t for t in (transformer, transformer_2) if t is not None]
         boundary = index.get("boundary_ratio")
         expand = bool(index.get("expand_timesteps", False))
-        for t in (transformer, transformer_2):
-            if t is not None:
-                t.eval().requires_grad_(False)
-                t._ditflow_expand_timesteps = expand  # read by WanFamily.forward
-        return dict(transformer=transformer, transformer_2=transformer_2, vae=vae.eval().requires_grad_(False),
-                    scheduler_config=sched_cfg, boundary_ratio=None if transformer_2 is None else boundary,
-                    expand_timesteps=expand)
+        for t in experts:
+            t.eval().requires_grad_(False)
+            t._ditflow_expand_timesteps = expand  # read by WanFamily.forward
+        out = dict(transformer=transformer, transformer_2=transformer_2, vae=vae.eval().requires_grad_(False),
+                   scheduler_config=sched_cfg, boundary_ratio=None if transformer_2 is None else boundary,
+                   expand_timesteps=expand)
+        if transformer.config.image_dim is not None:
+            out.update(WanFamily._load_image_encoder(model))
+        return out
+
+    @staticmethod
+    def _load_image_encoder(model: str) -> dict:
+        """``image_encoder`` (float32, on the CPU: image_condition moves it to the device for its call only) and
+        ``image_processor`` of a Wan2.1-I2V folder."""
+        with folders.load_errors(model):
+            from transformers import CLIPImageProcessor, CLIPVisionModel
+        local = Path(model).expanduser()
+        if local.exists():
+            missing = [s for s in ("image_encoder", "image_processor") if not (local / s).is_dir()]
+            if missing:
+                raise ModelError(f"--model {model}: its transformer takes CLIP image tokens (image_dim), but the "
+                                 f"folder has no {', '.join(s + '/' for s in missing)}")
+        with folders.load_errors(model):
+            encoder = CLIPVisionModel.from_pretrained(model, subfolder="image_encoder", torch_dtype=torch.float32)
+            processor = CLIPImageProcessor.from_pretrained(model, subfolder="image_processor")
+        return dict(image_encoder=encoder.eval().requires_grad_(False), image_processor=processor)
 
     @staticmethod
     def has_second_expert(model: str, index: dict | None = None) -> bool:
@@ -176,9 +207,12 @@ class WanFamily(FamilyBase):
 
     # -- forwards --------------------------------------------------------------------------------
     @staticmethod
-    def timestep_input(transformer, latent: torch.Tensor, timestep, expand_timesteps: bool | None = None):
+    def timestep_input(transformer, latent: torch.Tensor, timestep, expand_timesteps: bool | None = None,
+                       clean_frames: int = 0):
         """The ``timestep`` argument ``WanPipeline`` gives the transformer: ``t`` per batch element, or,
-        with ``expand_timesteps`` (TI2V-5B), ``t`` per video token ``[B, F'*h*w]`` float32."""
+        with ``expand_timesteps`` (TI2V-5B), ``t`` per video token ``[B, F'*h*w]`` float32; ``clean_frames``:
+        that many first latent frames are clean (TI2V image-to-video), their tokens get 0, as the pipeline's
+        ``first_frame_mask`` gives them (per-token timesteps then, whatever ``expand_timesteps``)."""
         if expand_timesteps is None:
             expand_timesteps = getattr(transformer, "_ditflow_expand_timesteps", False)
         b = latent.shape[0]
@@ -188,21 +222,69 @@ class WanFamily(FamilyBase):
         if t.dim() == 1 and t.numel() not in (1, b):
             raise ValueError(f"timestep of shape {tuple(t.shape)} for a batch of {b}")
         t = t.reshape(-1).expand(b)  # one per batch element
-        if not expand_timesteps:
+        if not expand_timesteps and not clean_frames:
             return t
         f, h, w = WanFamily.token_grid(transformer, latent)
-        # The pipeline: (mask[0][0][:, ::2, ::2] * t).flatten() with a float32 mask of ones, per batch element.
-        return torch.ones(b, f * h * w, dtype=torch.float32, device=latent.device) * t[:, None]
+        # The pipeline: (mask[0][0][:, ::2, ::2] * t).flatten() with a float32 mask, per batch element: ones, or
+        # zeros on the clean first frame(s).
+        mask = torch.ones(b, f, h * w, dtype=torch.float32, device=latent.device)
+        mask[:, :clean_frames] = 0
+        return mask.flatten(1) * t[:, None]
 
     @classmethod
     def forward(cls, transformer, latent: torch.Tensor, text_embeds: torch.Tensor, timestep, emb=None, *,
-                expand_timesteps: bool | None = None) -> torch.Tensor:
-        """One call of the Wan transformer in its own signature; returns the prediction ``[B, C, F, H, W]``.
-        ``emb`` (``[2, 2, N, d]``): separate q/k RoPE for this call (:meth:`emb_override`)."""
-        ts = cls.timestep_input(transformer, latent, timestep, expand_timesteps)
+                expand_timesteps: bool | None = None, condition: torch.Tensor | None = None,
+                image_embeds: torch.Tensor | None = None, first_frame: torch.Tensor | None = None) -> torch.Tensor:
+        """One call of the Wan transformer in its own signature; returns the prediction ``[B, C, F, H, W]``
+        (``C`` = the latent's channels). ``emb`` (``[2, 2, N, d]``): separate q/k RoPE for this call
+        (:meth:`emb_override`). The image inputs (:meth:`image_condition`, module :mod:`.image`), as
+        ``WanImageToVideoPipeline`` gives them: ``condition`` ``[1, 4 + z, >= F', h, w]`` (mask and image latents,
+        concatenated after the latent in channels), ``image_embeds`` ``[1, n, image_dim]`` (CLIP tokens, as
+        ``encoder_hidden_states_image``: cross-attention only), ``first_frame`` ``[1, z, k, h, w]`` (TI2V: the
+        first ``k`` latent frames replaced by it, clean, their tokens at timestep 0)."""
+        x, clean = latent, 0
+        if first_frame is not None:
+            clean = first_frame.shape[2]
+            head = first_frame.to(latent.dtype).expand(latent.shape[0], -1, -1, -1, -1)
+            x = torch.cat([head, latent[:, :, clean:]], dim=2)
+        ts = cls.timestep_input(transformer, x, timestep, expand_timesteps, clean_frames=clean)
+        if condition is not None:
+            x = torch.cat([x, i2v.fit_condition(condition.to(x.dtype), x)], dim=1)
+        kw = {}
+        if image_embeds is not None:
+            kw["encoder_hidden_states_image"] = image_embeds.to(text_embeds.dtype).expand(x.shape[0], -1, -1)
         with cls.emb_override(transformer, emb):
-            return transformer(hidden_states=latent, timestep=ts, encoder_hidden_states=text_embeds,
-                               return_dict=False)[0]
+            return transformer(hidden_states=x, timestep=ts, encoder_hidden_states=text_embeds, return_dict=False,
+                               **kw)[0]
+
+    # -- image-to-video ---------------------------------------------------------------------------
+    @staticmethod
+    def image_model(config: dict) -> bool:
+        """Wan2.1-I2V and Wan2.2-I2V-A14B (their transformers take the mask and image latents in channels); not
+        TI2V-5B, which is text-to-video without ``--image`` and image-to-video with it."""
+        return i2v.image_model(config)
+
+    @classmethod
+    def image_condition(cls, components: dict, image: np.ndarray, *, device, dtype, seed: int = 0,
+                        frames: int | None = None) -> ImageCondition:
+        """What ``image`` (``uint8 [H, W, 3]`` at the run's size) gives the loop, as ``WanImageToVideoPipeline``
+        conditions the model (:mod:`.image`): Wan2.1-I2V ``condition`` and ``image_embeds``, Wan2.2-I2V-A14B
+        ``condition``, TI2V-5B (``expand_timesteps``) the image's latent as a clean anchor and ``first_frame``; a
+        text-to-video Wan model the default noised first-frame anchoring. ``frames``: the run's length, for the
+        ``condition`` (None: :data:`.image.CONDITION_FRAMES`, cut to the run's in the forward). The VAE's posterior
+        mode is taken, as the pipeline takes it, so ``seed`` is unused for an image-to-video model."""
+        kind = i2v.kind(components["transformer"].config, bool(components.get("expand_timesteps")))
+        if kind is None:
+            return super().image_condition(components, image, device=device, dtype=dtype, seed=seed)
+        vae = components["vae"]
+        if kind == "clean_first":
+            first = i2v.first_frame_latent(vae, image, device)
+            return ImageCondition(forward_kw={"first_frame": first}, anchor=first, anchor_noised=False)
+        kw = {"condition": i2v.concat_condition(vae, image, frames or i2v.CONDITION_FRAMES, device)}
+        if kind == "clip":
+            kw["image_embeds"] = i2v.clip_tokens(components.get("image_encoder"), components.get("image_processor"),
+                                                 image, device)
+        return ImageCondition(forward_kw=kw)
 
     # -- sizes -----------------------------------------------------------------------------------
     @staticmethod
@@ -295,12 +377,20 @@ class WanFamily(FamilyBase):
 
     @classmethod
     def geometry(cls, transformer, vae, frames: int, height: int, width: int) -> tuple:
-        return cls.latent_shape(vae.config, transformer.config, frames, height, width)
+        shape = cls.latent_shape(vae.config, transformer.config, frames, height, width)
+        if i2v.image_model(transformer.config) and frames > i2v.CONDITION_FRAMES:
+            # the seam does not tell image_condition the run's length: its condition covers CONDITION_FRAMES
+            raise ModelError(f"--frames {frames}: the Wan image-to-video models run up to {i2v.CONDITION_FRAMES} "
+                             "frames here (the length their image condition is encoded for; docs/i2v.md)")
+        return shape
 
     @staticmethod
     def text_spec(transformer) -> tuple[int | None, int]:
-        """``(required length or None, width)``: any length (the pipeline pads umT5's output to 512)."""
-        return None, int(_cfg_get(transformer.config, "text_dim"))
+        """``(required length or None, width)``: any length (the pipeline pads umT5's output to 512), except
+        for CLIP image tokens (Wan2.1-I2V): diffusers' cross-attention takes the last 512 context tokens as the
+        text and those before as the image's, so the text must be exactly 512 tokens."""
+        need = presets.TEXT_LEN if _cfg_get(transformer.config, "image_dim") is not None else None
+        return need, int(_cfg_get(transformer.config, "text_dim"))
 
     @staticmethod
     def prompt_length(transformer) -> int:

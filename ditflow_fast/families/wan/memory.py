@@ -35,6 +35,14 @@ The same accounting as the CogVideoX model (:mod:`ditflow_fast.families.cogvideo
   self-attention, or in one slice's backward). Both apply with checkpointing only (the loop chunks only then;
   activation offload refuses ``--no-checkpointing``).
 
+- **image-to-video** (:mod:`ditflow_fast.families.wan.image`; rows only for these models): the mask and image
+  latents the transformer takes in channels (Wan2.1-I2V, Wan2.2-I2V-A14B: the generation's and the reference's
+  condition, held through the run, and the concatenated input; small); Wan2.1-I2V's CLIP image tokens (257) in
+  every block's cross-attention, in units of ``n_img*D*b`` as the text, and the cross-attention's second SDPA (the
+  image keys) keeping its ``[N, D]`` output for the backward (``IMAGE_ATTN``, measured). The CLIP image encoder
+  (631 M parameters, float32) runs before the loop next to the VAE and goes back to the CPU: the table's note
+  gives that peak (``before_loop_bytes``); TI2V-5B's clean first frame changes nothing counted here.
+
 What the CPU cannot show (as for CogVideoX): the CUDA context and cuBLAS workspaces (about 0.5-1 GB)
 and allocator fragmentation come on top of both columns.
 """
@@ -47,9 +55,10 @@ import json
 from ..base import ModelError, foreign_vae_note
 from ..estimate import GROUP_RESIDENT_BLOCKS, Estimate, check_block, check_options, config_json, meta_counts
 from ..folders import folder_configs
+from . import image as i2v
 from .chunking import resolve_chunks
 from .geometry import latent_shape
-from .presets import _VAE21, PRESETS, TEXT_LEN, defaults, transformer_params
+from .presets import _VAE21, CLIP_VIT_H14, PRESETS, TEXT_LEN, defaults, transformer_params
 
 # Activation constants, measured (torch.profiler memory timeline, export_memory_timeline(device="cpu"),
 # peak minus start of one steady-state guided iteration: WanFamily.run_until truncated after block g
@@ -115,17 +124,45 @@ ACT = {
 # with checkpointing, +4.0 without at g = 2): the projected prompt (1, held through the forward),
 # cross-attention K/V kept by SDPA per saved block (2) or for the recomputed block (2).
 TEXT_FIXED, TEXT_PER_BLOCK = 1, 2
+# Wan2.1-I2V's cross-attention attends to the image tokens in a second SDPA and keeps its [N, D] output for the
+# backward: per recomputed block (checkpointing), per saved block (without), and within one token slice of the
+# block's tail. Measured (memory timeline, as above: 8 heads x 32, ffn 3x, N = 384 / 576 tokens, 65 / 257 image
+# tokens, 512 text tokens, g = 3, bf16 and fp32): the I2V iteration less the same model without image tokens is
+# 1.0625 U + 3 n_img units checkpointed, 3 x 1.0625 U + 6 n_img units without checkpointing (the model: 7), and
+# 1 n_img unit with the tail in 3 or 6 slices (the peak then stays in the self-attention; the model: 3).
+IMAGE_ATTN = 1.0625
 
 
 def _entry(preset_or_config) -> dict:
-    """A PRESETS-shaped entry (``transformer``, ``vae``, ``text_len``, ``experts``, ``expand_timesteps``)."""
+    """A PRESETS-shaped entry (``transformer``, ``vae``, ``text_len``, ``experts``, ``expand_timesteps``, and
+    ``image_encoder`` for a transformer taking CLIP image tokens: ViT-H/14's config unless given)."""
     if isinstance(preset_or_config, str):
         if preset_or_config not in PRESETS:
             raise ModelError(f"--model {preset_or_config}: no Wan preset of that name (known: {', '.join(PRESETS)})")
         return PRESETS[preset_or_config]
     if "transformer" in preset_or_config:
         return preset_or_config
-    return dict(transformer=preset_or_config, vae=_VAE21, text_len=TEXT_LEN, experts=1, expand_timesteps=False)
+    entry = dict(transformer=preset_or_config, vae=_VAE21, text_len=TEXT_LEN, experts=1, expand_timesteps=False)
+    if preset_or_config.get("image_dim") is not None:
+        entry["image_encoder"] = CLIP_VIT_H14
+    return entry
+
+
+@functools.lru_cache(maxsize=8)
+def clip_params(encoder_json: str) -> int:
+    """Parameters of a ``CLIPVisionModel`` config, counted on the meta device."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    with torch.device("meta"):
+        model = CLIPVisionModel(CLIPVisionConfig(**json.loads(encoder_json)))
+    return sum(p.numel() for p in model.parameters())
+
+
+def image_tokens(encoder: dict | None) -> int:
+    """The CLIP tokens of an image encoder config: ``(image_size / patch_size)^2`` patches and the class token."""
+    enc = encoder or CLIP_VIT_H14
+    return (int(enc["image_size"]) // int(enc["patch_size"])) ** 2 + 1
 
 
 @functools.lru_cache(maxsize=32)
@@ -145,17 +182,20 @@ def _counts(transformer_json: str) -> tuple[int, int, int]:
 
 
 def recompute_units(bytes_per_elem: int, ffn_units: float, *, offload_activations: bool = False,
-                    chunks: int = 1, scope: str = "tail") -> float:
+                    chunks: int = 1, scope: str = "tail", image_attn: bool = False) -> float:
     """The "one block recomputed + backward" term in ``[N, D]`` units, ``ffn_units = ffn_dim / D``;
-    ``scope``: what is sliced (:func:`ditflow_fast.families.wan.chunking.install`)."""
+    ``scope``: what is sliced (:func:`ditflow_fast.families.wan.chunking.install`); ``image_attn``: the
+    cross-attention also attends to CLIP image tokens (:data:`IMAGE_ATTN`, in the tail's slices when sliced)."""
     c, h = ACT[bytes_per_elem], "_host" if offload_activations else ""
+    img = IMAGE_ATTN if image_attn else 0.0
     if chunks <= 1:
-        return c["ckpt_recompute" + h] + c["ckpt_recompute_ffn" + h] * ffn_units
+        return c["ckpt_recompute" + h] + c["ckpt_recompute_ffn" + h] * ffn_units + img
     if scope == "tail":
         return max(c["tail" + h] + c["tail_per_slice"] * chunks,
-                   c["tail_phase" + h] + (c["tail_fixed"] + c["tail_ffn"] * ffn_units) / chunks
+                   c["tail_phase" + h] + (c["tail_fixed"] + c["tail_ffn"] * ffn_units + img) / chunks
                    + c["tail_phase_per_slice"] * chunks,
-                   c["tail_wide" + h] + c["tail_wide_ffn"] * ffn_units / chunks + c["tail_wide_per_slice"] * chunks)
+                   c["tail_wide" + h] + (c["tail_wide_ffn"] * ffn_units + img) / chunks
+                   + c["tail_wide_per_slice"] * chunks)
     return max(c["chunked" + h] + c["chunked_per_slice"] * chunks,
                c["chunked_ffn_phase" + h] + c["chunked_ffn"] * ffn_units / chunks + c["chunked_ffn_per_slice"] * chunks)
 
@@ -187,6 +227,8 @@ def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guid
     text_len, text_dim = int(entry.get("text_len", TEXT_LEN)), cfg.get("text_dim", 4096)
     total, per_block, n_blocks = _counts(config_json(cfg))
     check_block(guidance_block, n_blocks)
+    image_dim = cfg.get("image_dim")
+    n_img = image_tokens(entry.get("image_encoder")) if image_dim is not None else 0
     g, c = guidance_block, ACT[b]
     n = ff * hh * ww
     chunks = resolve_chunks(ffn_chunks, n, ffn) if checkpointing else 1
@@ -199,14 +241,14 @@ def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guid
     emb = opt_mode == "emb"
     if checkpointing:
         def ckpt_acts(host, k):
-            rec = recompute_units(b, ffn / dim, offload_activations=host, chunks=k)
+            rec = recompute_units(b, ffn / dim, offload_activations=host, chunks=k, image_attn=n_img > 0)
             return {"checkpointed block inputs": 0 if host else round((g + 1) * c["ckpt_input"] * u),
                     "one block recomputed + backward": round(rec * u + (c["expand_ckpt"] * u if expand else 0)
                                                              + (c["emb_ckpt"] * u if emb else 0))}
         acts, plain = ckpt_acts(offload_activations, chunks), ckpt_acts(False, 1)  # research code: neither
         text_blocks = 1
     else:
-        units = g * c["block"] + c["partial_and_backward"]
+        units = g * c["block"] + c["partial_and_backward"] + (g * IMAGE_ATTN if n_img else 0)
         if expand:
             units += c["expand_fixed"] + g * c["expand_block"]
         if emb:
@@ -214,8 +256,15 @@ def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guid
         acts = {"block activations (no ckpt)": round(units * u + g * c["block_ffn"] * uf)}
         plain = dict(acts)
         text_blocks = g
+    cells = lat_f * lh * lw
     for a in (acts, plain):
         a["text embeds + cross-attn K/V"] = (TEXT_FIXED + TEXT_PER_BLOCK * text_blocks) * ul + text_len * text_dim * b
+        if n_img:  # the projected tokens and their K/V as the text's; the CLIP tokens of the image and the reference
+            a["CLIP image tokens in cross-attn"] = ((TEXT_FIXED + TEXT_PER_BLOCK * text_blocks) * n_img * dim * b
+                                                    + 2 * n_img * image_dim * b)
+        if i2v.image_model(cfg):  # the image's and the reference's condition, and the concatenated input
+            cond = int(cfg["in_channels"]) - int(cfg.get("out_channels") or z)
+            a["image condition (in channels)"] = (2 * cond + int(cfg["in_channels"])) * cells * b
         a["RoPE tables (fp32)"] = 2 * n * hd * 4
     est = Estimate.build(base, acts, plain, {"captured q, k and grads": 4 * n * dim * b}, heads=heads,
                          grid=(ff, hh, ww), bytes_per_elem=b,
@@ -223,6 +272,10 @@ def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guid
     # host memory of the offloaded block inputs (pinned); the shared arguments once
     est.host_bytes = (g + 1) * u + (TEXT_FIXED * ul + 6 * dim * 4 * (n if expand else 1)) if offload_activations else 0
     est.ffn_chunks_used = chunks
+    # before the loop (image_condition): the CLIP encoder in float32 next to the VAE, as WanFamily.load gives them
+    est.image_encoder_bytes = clip_params(json.dumps(entry["image_encoder"], sort_keys=True)) * 4 if n_img else 0
+    est.before_loop_bytes = (est.image_encoder_bytes + meta_counts("AutoencoderKLWan", config_json(vae_cfg))[0] * 4
+                             if n_img else 0)
     return est
 
 
@@ -270,7 +323,29 @@ def dry_run_table(model_id_or_preset, frames: int | None = None, height: int | N
     note = "(umT5 encoder run and released before the loop; CUDA context and fragmentation not included)"
     if isinstance(model_id_or_preset, str) and model_id_or_preset not in PRESETS:
         note += foreign_vae_note(model_id_or_preset, "AutoencoderKLWan")
-    return f"{head}\n{est.table()}\n{note}"
+    return f"{head}\n{est.table()}\n{note}" + "".join(f"\n{line}" for line in image_notes(entry, est))
+
+
+def image_notes(entry: dict, est: Estimate) -> list[str]:
+    """The dry run's image-to-video lines: what the image gives the model and what runs before the loop."""
+    cfg = entry["transformer"]
+    if not i2v.image_model(cfg):
+        if entry.get("expand_timesteps"):
+            return ["(with --image: the first latent frame is the image's latent, kept clean at timestep 0, as "
+                    "Wan2.2-TI2V's pipeline does; no image encoder, nothing more on the GPU)"]
+        return []
+    lines = [f"(image-to-video: --image required; the mask and image latents enter in channels "
+             f"({cfg['in_channels']} in, {cfg.get('out_channels')} out), the tokens stay the latent's; before the loop "
+             f"the VAE encodes [image, {i2v.CONDITION_FRAMES - 1} empty frames] for the image and for the "
+             "reference's first frame, its working memory not counted, as for the reference video)"]
+    if est.image_encoder_bytes:
+        gib = 2 ** 30
+        peak = "above" if est.before_loop_bytes > est.total else "below"
+        lines.append(f"(CLIP image encoder: {est.image_encoder_bytes / gib:.2f} GiB in float32, run before the loop "
+                     f"next to the VAE ({est.before_loop_bytes / gib:.2f} GiB together, {peak} the loop's peak), then "
+                     f"back on the CPU; its {image_tokens(entry.get('image_encoder'))} tokens enter the "
+                     "cross-attention only)")
+    return lines
 
 
 def memory_config(model: str) -> dict:
@@ -286,5 +361,11 @@ def memory_config(model: str) -> dict:
     if (root / "model_index.json").is_file():
         index = json.loads((root / "model_index.json").read_text())
     two = (root / "transformer_2" / "config.json").is_file()
-    return dict(transformer=tr, vae=vae, text_len=TEXT_LEN, experts=2 if two else 1,
-                boundary_ratio=index.get("boundary_ratio"), expand_timesteps=bool(index.get("expand_timesteps")))
+    entry = dict(transformer=tr, vae=vae, text_len=TEXT_LEN, experts=2 if two else 1,
+                 boundary_ratio=index.get("boundary_ratio"), expand_timesteps=bool(index.get("expand_timesteps")))
+    if tr.get("image_dim") is not None:  # the folder's CLIP config (ViT-H/14's without one)
+        enc = root / "image_encoder" / "config.json"
+        keys = set(CLIP_VIT_H14)
+        entry["image_encoder"] = ({k: v for k, v in json.loads(enc.read_text()).items() if k in keys}
+                                  if enc.is_file() else CLIP_VIT_H14)
+    return entry
