@@ -89,7 +89,8 @@ class Family(Protocol):
     def prepare(self, transformer, cfg) -> dict: ...
     def pipeline_prompt(self, pipe, text: str, transformer, device, dtype) -> torch.Tensor: ...
     def image_model(self, config: dict) -> bool: ...
-    def image_condition(self, components: dict, image, *, device, dtype, seed: int = 0) -> ImageCondition: ...
+    def image_condition(self, components: dict, image, *, device, dtype, seed: int = 0,
+                        frames: int | None = None) -> ImageCondition: ...
 
 
 def contract_members() -> list[str]:
@@ -212,10 +213,12 @@ class FamilyBase:
         return False
 
     @classmethod
-    def image_condition(cls, components: dict, image: np.ndarray, *, device, dtype, seed: int = 0) -> ImageCondition:
-        """What ``image`` (``uint8 [H, W, 3]`` at the run's size) gives the loop. Default (a text-to-video model):
-        first-frame anchoring, the image's own latent (its VAE encoding as a one-frame video) held as the first
-        latent frame, noised to each step's level. An I2V family returns its image inputs in ``forward_kw``."""
+    def image_condition(cls, components: dict, image: np.ndarray, *, device, dtype, seed: int = 0,
+                        frames: int | None = None) -> ImageCondition:
+        """What ``image`` (``uint8 [H, W, 3]`` at the run's size) gives a run of ``frames`` video frames. Default (a
+        text-to-video model): first-frame anchoring, the image's own latent (its VAE encoding as a one-frame video)
+        held as the first latent frame, noised to each step's level. An I2V family returns its image inputs in
+        ``forward_kw``."""
         one = cls.encode_video(components["vae"], image[None], device=device,
                                dtype=next(components["vae"].parameters()).dtype, seed=seed)
         axis = 1 if cls.latent_layout == "BFCHW" else 2

@@ -120,6 +120,9 @@ class RefCache:
                  "grid": [guide.frames, guide.h, guide.w]}
         if getattr(guide, "forward_inputs", None):  # e.g. HunyuanVideo's embedded guidance scale
             parts["forward_inputs"] = guide.forward_inputs
+        if getattr(guide, "ref_kw", None):  # an image-to-video model's inputs for the reference's own first frame
+            parts["image_inputs"] = {k: tensor_digest(v) if torch.is_tensor(v) else repr(v)
+                                     for k, v in sorted(guide.ref_kw.items())}
 
         def flat():
             return {f"{b}/{name}": t for b, d in compute().items() for name, t in d.items()}

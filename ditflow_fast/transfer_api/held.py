@@ -42,6 +42,9 @@ class HeldModel:
             "transformer": pipe.transformer, "transformer_2": getattr(pipe, "transformer_2", None), "vae": pipe.vae,
             "scheduler_config": dict(pipe.scheduler.config), "boundary_ratio": index.get("boundary_ratio"),
             "expand_timesteps": bool(index.get("expand_timesteps", False))}
+        for name in ("image_encoder", "image_processor"):  # Wan2.1-I2V's CLIP, for its image inputs
+            if getattr(pipe, name, None) is not None:
+                self.components[name] = getattr(pipe, name)
         self._dtype = pipe.transformer.dtype
         self._as_found = _settings(self.components)
         return self

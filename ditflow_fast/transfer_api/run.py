@@ -217,7 +217,8 @@ def _execute(held, cfg, opts, frames, parts, key, out, t0, prompt, negative, emb
         ref_latent = encode()
     conds = {}
     if image is not None:  # the generation's first frame, and the reference's own for the passes over it
-        conds = {k: held.family.image_condition(comps, img, device=device, dtype=dtype, seed=cfg.seed)
+        conds = {k: held.family.image_condition(comps, img, device=device, dtype=dtype, seed=cfg.seed,
+                                                frames=cfg.frames)
                  for k, img in (("image", image), ("ref_image", frames[0]))}
         if conds["image"].anchor is not None and conds["image"].anchor_noised:
             print(ANCHOR_NOTE.format(model=held.name), file=sys.stderr)

@@ -141,3 +141,34 @@ def test_an_interrupted_run_resumes_bit_for_bit(assets, tmp_path, monkeypatch, k
         interrupt_at=3)
     assert cut["resumed_from_step"] == 2 and full["resumed_from_step"] == 0
     np.testing.assert_array_equal(cut_frames, full_frames)
+
+
+def test_a_callers_wan21_i2v_pipeline_runs_with_its_own_clip(assets):
+    """A loaded WanImageToVideoPipeline hands over its image encoder and processor with the other components."""
+    from diffusers import WanImageToVideoPipeline
+
+    pipe = WanImageToVideoPipeline.from_pretrained(str(assets / "wan21"), tokenizer=None, text_encoder=None)
+    h, w = SIZE["wan21"]
+    kw = dict(image=str(assets / "first.png"), prompt_embeds=str(assets / "wan21" / "prompt_embeds.safetensors"),
+              height=h, width=w, seed=1, **RUN)
+    got = ditflow_fast.transfer(pipe, str(assets / "video.mp4"), **kw)
+    want = ditflow_fast.transfer(str(assets / "wan21"), str(assets / "video.mp4"), **kw)
+    assert got.record["image"] == "image inputs of the image-to-video model"
+    np.testing.assert_array_equal(got.frames, want.frames)
+
+
+def test_the_reference_cache_keys_on_the_references_image_inputs(assets, tmp_path):
+    """TI2V-5B's reference passes differ with an image (its clean first frame): a target cached without one is not
+    reused with one; the same image again is a hit."""
+    h, w = SIZE["ti2v"]
+    kw = dict(prompt_embeds=str(assets / "ti2v" / "prompt_embeds.safetensors"), height=h, width=w,
+              ref_cache=str(tmp_path / "cache"), **RUN)
+    video = str(assets / "video.mp4")
+
+    def target_hits(**more):
+        res = ditflow_fast.transfer(str(assets / "ti2v"), video, **kw, **more)
+        return [e["hit"] for e in res.record["ref_cache"]["events"] if e["kind"] == "targets"]
+
+    assert target_hits() == [False]
+    assert target_hits(image=str(assets / "first.png")) == [False]
+    assert target_hits(image=str(assets / "first.png")) == [True]

@@ -253,7 +253,8 @@ class CogVideoXFamily(FamilyBase):
         return components.image_to_video(config)
 
     @classmethod
-    def image_condition(cls, components_: dict, image, *, device, dtype, seed: int = 0) -> ImageCondition:
+    def image_condition(cls, components_: dict, image, *, device, dtype, seed: int = 0,
+                        frames: int | None = None) -> ImageCondition:
         """An I2V model: ``image_latents``, the image's one-frame latent as the pipeline encodes it
         (:func:`.components.encode_image`), which every forward puts in channels beside the noisy latent; no anchor
         (the model itself holds the first frame to the image). A text-to-video model: the seam's anchoring."""

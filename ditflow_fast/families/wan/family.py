@@ -377,12 +377,7 @@ class WanFamily(FamilyBase):
 
     @classmethod
     def geometry(cls, transformer, vae, frames: int, height: int, width: int) -> tuple:
-        shape = cls.latent_shape(vae.config, transformer.config, frames, height, width)
-        if i2v.image_model(transformer.config) and frames > i2v.CONDITION_FRAMES:
-            # the seam does not tell image_condition the run's length: its condition covers CONDITION_FRAMES
-            raise ModelError(f"--frames {frames}: the Wan image-to-video models run up to {i2v.CONDITION_FRAMES} "
-                             "frames here (the length their image condition is encoded for; docs/i2v.md)")
-        return shape
+        return cls.latent_shape(vae.config, transformer.config, frames, height, width)
 
     @staticmethod
     def text_spec(transformer) -> tuple[int | None, int]:

@@ -29,7 +29,7 @@ from ..base import ModelError
 # Frames the "concat" condition is encoded for when image_condition is not told the run's length: the pipeline's
 # default num_frames and the length these models were trained on. The Wan VAE is causal in time (a latent frame
 # depends on the pixel frames up to it), so a shorter run takes the first latent frames of this encode exactly
-# (tested bit for bit); a longer run is refused by WanFamily.geometry.
+# (tested bit for bit). The loop passes the run's length, so this is for callers that do not.
 CONDITION_FRAMES = 81
 
 
