@@ -181,3 +181,19 @@ def test_in_chromium_an_uploaded_first_frame_runs_and_is_named(env, tmp_path):
     request = json.loads((run / core.REQUEST_FILE).read_text())
     copy = Path(request["inputs"]["image"])  # the upload, copied under --out/inputs
     assert copy.parent == out / "inputs" and np.array_equal(read_image(copy), read_image(image))
+
+
+def test_an_image_to_video_model_runs_with_the_uploaded_image(env, tmp_path):
+    """A tiny CogVideoX-5B-I2V folder (the image's latent in channels): the app's run takes the image as its input."""
+    from ditflow_fast.families.cogvideox import tiny
+
+    model = tiny.save_tiny_model(tmp_path / "i2v", i2v=True)
+    req = core.Request(video=str(env["video"]), model=str(model), frames=9, height=48, width=64,
+                       prompt_embeds=str(model / "prompt_embeds.safetensors"),
+                       image=str(env["uploads"] / "first.png"), **FAST)
+    prep = core.prepare(req, tmp_path / "out", sources=[*env["sources"], model])
+    core.save_request(prep)
+    job = core.Job(prep).start()
+    assert job.done.wait(240), "the tiny run did not finish in 4 minutes"
+    assert job.error is None, job.error
+    assert core.run_record(prep.run_dir)["image"] == "image inputs of the image-to-video model"
