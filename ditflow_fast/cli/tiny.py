@@ -14,9 +14,13 @@ def main(argv=None) -> int:
     p.add_argument("out")
     p.add_argument("--no-rope", action="store_true", help="2B-like: additive positional table, DDIM")
     p.add_argument("--text-encoder", action="store_true", help="add a tiny T5 + tokenizer (needs transformers)")
+    p.add_argument("--i2v", action="store_true", help="a CogVideoX-5B-I2V-like model (image latents in channels) "
+                   "and a first frame, image.png, for --image")
     a = p.parse_args(argv)
-    out = write_tiny_assets(a.out, rope=not a.no_rope, text_encoder=a.text_encoder)
-    print(f"wrote {out / 'model'} and {out / 'video.mp4'}")
+    if a.i2v and a.no_rope:
+        p.error("--i2v: the I2V models use RoPE; drop --no-rope")
+    out = write_tiny_assets(a.out, rope=not a.no_rope, text_encoder=a.text_encoder, i2v=a.i2v)
+    print(f"wrote {out / 'model'} and {out / 'video.mp4'}" + (f" and {out / 'image.png'}" if a.i2v else ""))
     return 0
 
 
