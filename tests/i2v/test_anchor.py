@@ -144,3 +144,42 @@ def test_an_anchored_run_resumes_bit_for_bit(assets, tmp_path, monkeypatch):
         tmp_path, monkeypatch, interrupt_at=3)
     assert cut["resumed_from_step"] == 2 and full["resumed_from_step"] == 0
     np.testing.assert_array_equal(cut_frames, full_frames)
+
+
+@pytest.mark.parametrize("family", ["wan", "ltx", "hunyuan", "cogvideox15"])
+def test_every_text_to_video_family_anchors_its_first_frame(family, tmp_path, monkeypatch):
+    """First-frame anchoring through each family's own sampler and VAE: the run takes the image and writes exactly
+    the frames asked, and the latent it decodes starts with the image's clean latent (the family's one-frame
+    encoding, seeded with the run's seed)."""
+    from PIL import Image
+
+    pytest.importorskip("transformers")
+    from ditflow_fast.families import FAMILIES
+    from ditflow_fast.families.hunyuan.tiny import save_tiny_hunyuan
+    from ditflow_fast.families.ltx.tiny import save_tiny_ltx
+    from ditflow_fast.families.wan.tiny import save_tiny_wan
+    from ditflow_fast.transfer_api import HeldModel
+    from ditflow_fast.video_io import write_video
+
+    write, (h, w) = {"wan": (save_tiny_wan, (48, 80)), "ltx": (save_tiny_ltx, (64, 96)),
+                     "hunyuan": (save_tiny_hunyuan, (64, 64)),
+                     "cogvideox15": (lambda p: tiny.save_tiny_model(p, v15=True), (48, 64))}[family]
+    fam = FAMILIES[{"cogvideox15": "cogvideox", "hunyuan": "hunyuanvideo"}.get(family, family)]
+    model = write(tmp_path / "model")
+    write_video(tiny.moving_square(9, h, w), tmp_path / "video.mp4")
+    img = np.random.default_rng(3).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "i.png")
+    decoded, real = [], fam.decode_latents
+
+    def spy(vae, lat):
+        decoded.append(lat.float().clone())
+        return real(vae, lat)
+    monkeypatch.setattr(fam, "decode_latents", spy)
+    held = HeldModel(str(model))
+    res = ditflow_fast.transfer(held, str(tmp_path / "video.mp4"), image=str(tmp_path / "i.png"), seed=4, frames=9,
+                                prompt_embeds=str(model / "prompt_embeds.safetensors"), height=h, width=w, steps=4,
+                                guided_steps=2, opt_iters=1)
+    assert res.frames.shape == (9, h, w, 3) and res.record["image"].startswith("first-frame anchoring")
+    anchor = fam.image_condition(held.load(torch.float32), img, device="cpu", dtype=torch.float32, seed=4).anchor
+    axis = 1 if fam.latent_layout == "BFCHW" else 2
+    torch.testing.assert_close(decoded[0].narrow(axis, 0, 1), anchor, rtol=0, atol=0)
