@@ -25,20 +25,13 @@ import numpy as np
 import torch
 
 from ..base import ModelError
+from .presets import _cfg_get as _get
 
 # Frames the "concat" condition is encoded for when image_condition is not told the run's length: the pipeline's
 # default num_frames and the length these models were trained on. The Wan VAE is causal in time (a latent frame
 # depends on the pixel frames up to it), so a shorter run takes the first latent frames of this encode exactly
 # (tested bit for bit). The loop passes the run's length, so this is for callers that do not.
 CONDITION_FRAMES = 81
-
-
-def _get(cfg, key, default=None):
-    if cfg is None:
-        return default
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
 
 
 def kind(config, expand_timesteps: bool = False) -> str | None:
