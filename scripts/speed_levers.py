@@ -47,6 +47,10 @@ TUNING = {  # the settings docs/toyworld.md tunes a model's DiTFlow latent row w
     "lr 0.04 -> 0.02 + temperature 1": dict(lr=(0.04, 0.02), temperature=1.0),
     "16 guided steps + temperature 1": dict(guided_steps=16, temperature=1.0),
     "no KV injection + temperature 1 + 16 guided steps": dict(kv_injection=False, temperature=1.0, guided_steps=16),
+    # third round (session 10): a stronger optimisation at temperature 1, against the FastVMT-style row's lead on Wan
+    "lr 0.08 -> 0.04 + temperature 1": dict(lr=(0.08, 0.04), temperature=1.0),
+    "10 iterations + temperature 1": dict(opt_iters=10, temperature=1.0),
+    "temperature 0.5": dict(temperature=0.5),
 }
 SETS = {"levers": LEVERS, "tuning": TUNING}
 DEFAULT = next(iter(LEVERS))
