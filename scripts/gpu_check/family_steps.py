@@ -303,7 +303,10 @@ def measure(p: Plan, tr, device, sync) -> dict:
     image = None
     if run.image:
         axis = 1 if fam.latent_layout == "BFCHW" else 2
-        image = ImageCondition(anchor=torch.randn(p.latent_shape, generator=g).narrow(axis, 0, 1), anchor_noised=False)
+        first = torch.randn(p.latent_shape, generator=g).narrow(axis, 0, 1)
+        # TI2V-5B as WanFamily.image_condition gives it: the clean first frame, its tokens at timestep 0
+        image = ImageCondition(forward_kw={"first_frame": first} if fam.name == "wan" else {}, anchor=first,
+                               anchor_noised=False)
     guide = Guide(tr, scheduler_for(run, fam), ref_latent=ref, prompt_embeds=text["prompt"],
                   negative_embeds=text["negative"], config=cfg, model_id=run.model, family=fam, image=image)
     out = {"dtype": cfg.dtype, "guidance_block": p.block, "amf_backend": cfg.backend}
