@@ -336,7 +336,7 @@ def image_notes(entry: dict, est: Estimate) -> list[str]:
         return []
     lines = [f"(image-to-video: --image required; the mask and image latents enter in channels "
              f"({cfg['in_channels']} in, {cfg.get('out_channels')} out), the tokens stay the latent's; before the loop "
-             f"the VAE encodes [image, {i2v.CONDITION_FRAMES - 1} empty frames] for the image and for the "
+             "the VAE encodes [image, then empty frames to the run's length] for the image and for the "
              "reference's first frame, its working memory not counted, as for the reference video)"]
     if est.image_encoder_bytes:
         gib = 2 ** 30
