@@ -25,7 +25,9 @@ re-fitted after each model that ran; the memory from the family's ``--dry-run`` 
 past the time left (``--time-limit``, default the device check's ``GPU_CHECK_STEP_TIMEOUT_S``) or past the
 GPU's free memory is skipped with the prediction as its reason. The JSON is rewritten after every model.
 
-CogVideoX-5B is not here: ``guided_step.py`` measures its step in detail. None of this has run on a GPU yet
+The image-to-video runs take random image inputs of the shapes their family's ``image_condition`` gives, for the
+generation and for the reference's passes alike. CogVideoX-5B (text-to-video) is not here: ``guided_step.py``
+measures its step in detail. None of this has run on a GPU yet
 (no machine of this project has one); the rehearsal runs the same code on tiny configs on the CPU, and
 prints the real-size predictions.
 """
@@ -59,7 +61,7 @@ class Run:
     frames: int
     height: int
     width: int
-    image: bool = False  # hold the first latent frame as an image anchor (image-to-video)
+    image: bool = False  # image-to-video: random image inputs as the family takes them (TI2V: a clean first frame)
     note: str = ""
 
 
@@ -72,6 +74,10 @@ RUNS = (
         note="CogVideoX 1.5 at its own size, 17 frames (temporal patches of 2)"),
     Run("Wan-AI/Wan2.1-T2V-14B-Diffusers", 21, 480, 832, note="Wan2.1-14B at 480p, 21 frames"),
     Run("hunyuanvideo-community/HunyuanVideo", 17, 544, 960, note="HunyuanVideo 13B at 544x960, 17 frames"),
+    Run("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", 21, 480, 832, image=True,
+        note="Wan2.1-I2V-14B at 480p, 21 frames: mask and image latents in channels, CLIP tokens in cross-attention"),
+    Run("THUDM/CogVideoX-5b-I2V", 49, 480, 720, image=True,
+        note="CogVideoX-5B-I2V at its own size (its learned position table's): the image latents in channels"),
 )
 
 
@@ -286,7 +292,6 @@ def scheduler_for(run: Run, fam):
 
 def measure(p: Plan, tr, device, sync) -> dict:
     """The timed part, on a built transformer: reference, one guided step, one denoising forward."""
-    from ditflow_fast.families.base import ImageCondition
     from ditflow_fast.guidance.config import GuidanceConfig
     from ditflow_fast.guidance.loop import Guide
 
@@ -295,20 +300,17 @@ def measure(p: Plan, tr, device, sync) -> dict:
     cfg = GuidanceConfig(model=run.model, frames=run.frames, height=run.height, width=run.width, guided_steps=1,
                          opt_iters=1, device=str(device)).resolve(tr, device=device, family=fam)
     dtype = cfg.torch_dtype
-    if run.image and fam.name == "wan":
+    if run.image and fam.name == "wan" and not fam.image_model(dict(tr.config)):
         tr._ditflow_expand_timesteps = True  # TI2V-5B: timesteps per token (WanFamily.load sets it from the folder)
     g = torch.Generator().manual_seed(0)
     ref = torch.randn(p.latent_shape, generator=g)
     text = {k: prompt(fam, tr, *p.text, g, device, dtype) for k in ("prompt", "negative")}
     image = None
     if run.image:
-        axis = 1 if fam.latent_layout == "BFCHW" else 2
-        first = torch.randn(p.latent_shape, generator=g).narrow(axis, 0, 1)
-        # TI2V-5B as WanFamily.image_condition gives it: the clean first frame, its tokens at timestep 0
-        image = ImageCondition(forward_kw={"first_frame": first} if fam.name == "wan" else {}, anchor=first,
-                               anchor_noised=False)
+        image = random_image_inputs(fam, tr, p.latent_shape, g)
     guide = Guide(tr, scheduler_for(run, fam), ref_latent=ref, prompt_embeds=text["prompt"],
-                  negative_embeds=text["negative"], config=cfg, model_id=run.model, family=fam, image=image)
+                  negative_embeds=text["negative"], config=cfg, model_id=run.model, family=fam, image=image,
+                  ref_image=image)
     out = {"dtype": cfg.dtype, "guidance_block": p.block, "amf_backend": cfg.backend}
     sync()
     t0 = time.perf_counter()
@@ -336,6 +338,26 @@ def measure(p: Plan, tr, device, sync) -> dict:
     return out
 
 
+def random_image_inputs(fam, tr, latent_shape: tuple, g):
+    """Random image inputs of the shapes ``fam.image_condition`` gives (the cost does not depend on the values):
+    CogVideoX-I2V's ``image_latents``; Wan I2V's ``condition`` (mask and image latents) and, for Wan2.1-I2V, 257
+    CLIP tokens; TI2V-5B's clean first latent frame, its tokens at timestep 0."""
+    from ditflow_fast.families.base import ImageCondition
+
+    axis = 1 if fam.latent_layout == "BFCHW" else 2
+    first = torch.randn(latent_shape, generator=g).narrow(axis, 0, 1)
+    if not fam.image_model(dict(tr.config)):
+        return ImageCondition(forward_kw={"first_frame": first} if fam.name == "wan" else {}, anchor=first,
+                              anchor_noised=False)
+    if fam.name == "cogvideox":
+        return ImageCondition(forward_kw={"image_latents": first})
+    _, z, f, h, w = latent_shape
+    kw = {"condition": torch.randn(1, tr.config.in_channels - z, f, h, w, generator=g)}
+    if tr.config.image_dim is not None:
+        kw["image_embeds"] = torch.randn(1, 257, tr.config.image_dim, generator=g)
+    return ImageCondition(forward_kw=kw)
+
+
 def tiny_kit(run: Run):
     """(transformer config, VAE) of the family's tiny models for the rehearsal's version of ``run``, and its
     tiny sizes (the family conformance tests' awkward ones)."""
@@ -343,13 +365,21 @@ def tiny_kit(run: Run):
     if fam == "cogvideox":
         from ditflow_fast.families.cogvideox import tiny
 
+        if run.image:  # 5B-I2V: its learned position table fixes the tiny size
+            return dict(tiny.tiny_transformer(True, 3, 0, i2v=True, learned=True).config), tiny.tiny_vae(), \
+                (tiny.FRAMES, tiny.HEIGHT, tiny.WIDTH)
         return dict(tiny.tiny_transformer(True, 3, 0, v15=True).config), tiny.tiny_vae(), (9, 48, 64)
     if fam == "wan":
         from ditflow_fast.families.wan import tiny
 
-        if run.image:
+        if run.image and "TI2V" in run.model:
             vae = tiny.tiny_vae(wan22=True)
             return dict(tiny.tiny_transformer(3, 0, in_channels=vae.config.z_dim).config), vae, (9, 64, 96)
+        if run.image:  # Wan2.1-I2V: latent, mask and image latents in; CLIP tokens in cross-attention
+            vae = tiny.tiny_vae()
+            z = vae.config.z_dim
+            return dict(tiny.tiny_transformer(3, 0, in_channels=2 * z + vae.config.scale_factor_temporal,
+                                              out_channels=z, image_dim=tiny.IMAGE_DIM).config), vae, (9, 48, 80)
         return dict(tiny.tiny_transformer().config), tiny.tiny_vae(), (9, 48, 80)
     if fam == "ltx":
         from ditflow_fast.families.ltx import tiny
