@@ -89,12 +89,8 @@ def _resized(got, height: int | None, width: int | None) -> np.ndarray:
 def frames_from_array(video, frames: int | None = None, height: int | None = None, width: int | None = None, *,
                       option: str = "video") -> np.ndarray:
     """What :func:`read_video` gives for a file, from frames in memory: numpy or torch ``uint8 [F, H, W, 3]``."""
-    if hasattr(video, "detach"):  # a torch tensor, without importing torch here
-        video = video.detach().cpu().numpy()
-    if not isinstance(video, np.ndarray):
-        raise TypeError(f"{option} must be a path, or frames as a numpy array or tensor, got {type(video).__name__}")
-    if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3 or 0 in video.shape:
-        raise VideoError(f"{option}: frames must be uint8 [F, H, W, 3], got {video.dtype} {list(video.shape)}")
+    video = _rgb_array(video, 4, option, "a path, or frames as a numpy array or tensor", "frames must be uint8 "
+                       "[F, H, W, 3]")
     if frames is not None and video.shape[0] < frames:
         raise VideoError(f"{option}: has {video.shape[0]} frames, fewer than the {frames} asked for (frames)")
     return _resized(list(video[:frames]), height, width)
@@ -116,13 +112,21 @@ def read_image(image, height: int | None = None, width: int | None = None, *, op
             raise VideoError(f"{option} {path}: not a readable image ({type(exc).__name__}: {exc})") from exc
     elif isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
-    elif hasattr(image, "detach"):  # a torch tensor, without importing torch here
-        image = image.detach().cpu().numpy()
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"{option} must be a path, a PIL image or a uint8 [H, W, 3] array, got {type(image).__name__}")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3 or 0 in image.shape:
-        raise VideoError(f"{option}: an image must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+    image = _rgb_array(image, 3, option, "a path, a PIL image or a uint8 [H, W, 3] array",
+                       "an image must be uint8 [H, W, 3]")
     return _resized([image], height, width)[0]
+
+
+def _rgb_array(x, ndim: int, option: str, accepted: str, shape_rule: str) -> np.ndarray:
+    """``x`` (numpy, or torch without importing torch here) as a non-empty uint8 numpy array of ``ndim``
+    dimensions, the last 3; a ``TypeError`` or :class:`VideoError` starting with ``option`` otherwise."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{option} must be {accepted}, got {type(x).__name__}")
+    if x.dtype != np.uint8 or x.ndim != ndim or x.shape[-1] != 3 or 0 in x.shape:
+        raise VideoError(f"{option}: {shape_rule}, got {x.dtype} {list(x.shape)}")
+    return x
 
 
 def _read_frames(path, frames: int | None, option: str) -> list[np.ndarray]:

@@ -138,6 +138,11 @@ class ImageCondition:
     anchor: torch.Tensor | None = None
     anchor_noised: bool = True
 
+    def forward_kw_on(self, device, dtype) -> dict:
+        """``forward_kw`` with its floating tensors on ``device`` in ``dtype`` (the run's)."""
+        return {k: v.to(device, dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+                for k, v in self.forward_kw.items()}
+
 
 class FamilyBase:
     """The optional hooks' defaults: one expert, no FFN slicing, the generic ``--dry-run`` table, RoPE as the

@@ -143,8 +143,7 @@ class Guide:
     def _image_inputs(self, cond):
         if cond is None:
             return {}, None
-        kw = {k: v.to(self.device, self.dtype) if torch.is_tensor(v) and v.is_floating_point() else v
-              for k, v in cond.forward_kw.items()}
+        kw = cond.forward_kw_on(self.device, self.dtype)
         for k, v in kw.items():
             if torch.is_tensor(v) and v.is_floating_point():
                 check_finite(f"the image input {k!r}", v)

@@ -75,9 +75,7 @@ def _open_diffusers(model: str, device, dtype, prompt_embeds) -> ModelHandle:
     handle.vae = vae
     if fam.image_model(cfg):
         def image_inputs(frames: np.ndarray) -> dict:
-            kw = fam.image_condition(comps, frames[0], device=device, dtype=dtype).forward_kw
-            return {k: v.to(device, dtype) if torch.is_tensor(v) and v.is_floating_point() else v
-                    for k, v in kw.items()}
+            return fam.image_condition(comps, frames[0], device=device, dtype=dtype).forward_kw_on(device, dtype)
         handle.image_inputs = image_inputs
     return handle
 
