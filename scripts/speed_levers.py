@@ -51,6 +51,9 @@ TUNING = {  # the settings docs/toyworld.md tunes a model's DiTFlow latent row w
     "lr 0.08 -> 0.04 + temperature 1": dict(lr=(0.08, 0.04), temperature=1.0),
     "10 iterations + temperature 1": dict(opt_iters=10, temperature=1.0),
     "temperature 0.5": dict(temperature=0.5),
+    # fourth round (session 11): the AMF from q/k before RoPE, which pins the Wan model's reference AMF
+    "AMF without RoPE": dict(amf_rope=False),
+    "AMF without RoPE + no KV injection": dict(amf_rope=False, kv_injection=False),
 }
 SETS = {"levers": LEVERS, "tuning": TUNING}
 DEFAULT = next(iter(LEVERS))
@@ -59,7 +62,7 @@ DEFAULT = next(iter(LEVERS))
 def _flag(settings: dict) -> str:
     names = {"opt_iters": "--opt-iters", "guided_steps": "--guided-steps", "grad_reuse": "--grad-reuse",
              "early_stop": "--early-stop", "lr": "--lr", "temperature": "temperature", "guidance_block": "--block",
-             "kv_injection": "kv_injection"}
+             "kv_injection": "kv_injection", "amf_rope": "amf_rope"}
     return " ".join(f"{names[k]} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
                     for k, v in settings.items()) or "(none)"
 

@@ -41,6 +41,10 @@ def add_transfer_parser(sub) -> None:
                         "(docs/guidance.md); moft, smm: the baselines")
     p.add_argument("--no-guidance", action="store_true", help="no optimisation (injection still applies)")
     p.add_argument("--no-injection", action="store_true", help="no K/V injection at block 0")
+    p.add_argument("--amf-no-rope", action="store_true",
+                   help="the AMF from q and k before the rotary position embedding, their content alone (attention "
+                        "itself keeps it); on the toy Wan model RoPE pins the reference AMF to standing still "
+                        "(docs/guidance.md)")
     p.add_argument("--inject-embeds", metavar="DIR", help="zero-shot: reuse embeddings saved by an emb run")
     p.add_argument("--guidance-block", type=int, action="append",
                    help="default: the model's (CogVideoX 20 (5B) / 15 (2B), Wan 14 (1.3B) / 19 (14B); by depth, "

@@ -75,7 +75,7 @@ class Family(Protocol):
 
     # -- optional (defaults in FamilyBase)
     def run_until(self, transformer, latent, text, t, emb=None, *, stop_after, qk_blocks=(), out_blocks=(),
-                  copy_kv_blocks=()): ...
+                  copy_kv_blocks=(), qk_rope: bool = True): ...
     def emb_kind(self, transformer) -> str: ...
     def has_second_expert(self, model: str, index: dict | None = None) -> bool: ...
     def expert_for(self, timestep, boundary_ratio: float | None, num_train_timesteps: int = 1000) -> str: ...
@@ -155,14 +155,14 @@ class FamilyBase:
 
     @classmethod
     def run_until(cls, transformer, latent, text, t, emb=None, *, stop_after: int | None, qk_blocks=(),
-                  out_blocks=(), copy_kv_blocks=(), **forward_kw):
+                  out_blocks=(), copy_kv_blocks=(), qk_rope: bool = True, **forward_kw):
         """:func:`ditflow_fast.guidance.forward.run_until` (the arming, checks and early stop) around the family's
         own call, ``forward(transformer, latent, text, t, emb, **forward_kw)``, over its :meth:`~Family.blocks`.
         Returns the controller with its records."""
         from ..guidance.forward import run_until
 
         return run_until(transformer, stop_after=stop_after, qk_blocks=qk_blocks, out_blocks=out_blocks,
-                         copy_kv_blocks=copy_kv_blocks, n_blocks=len(cls.blocks(transformer)),
+                         copy_kv_blocks=copy_kv_blocks, n_blocks=len(cls.blocks(transformer)), qk_rope=qk_rope,
                          call=lambda: cls.forward(transformer, latent, text, t, emb, **forward_kw))
 
     @staticmethod

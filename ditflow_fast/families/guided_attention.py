@@ -27,8 +27,10 @@ class GuidedProcessor:
         self.block_index = block_index
         self.controller = controller
 
-    def ask(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, n_video: int | None = None):
+    def ask(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, n_video: int | None = None,
+            plain: tuple[torch.Tensor, torch.Tensor] | None = None):
         """The controller's requests on ``[B, T, H, d]`` q/k/v after the norms and RoPE; returns ``(key, value)``.
+        ``plain``: q/k before RoPE, same layout (recorded instead when the controller's ``qk_rope`` is off).
 
         While armed: q/k of the picked batch element recorded as ``[1, H, N, d]`` views (graph kept), K/V copied,
         :class:`StopForward` raised after the guidance block. Then the reference's video K/V written over every batch
@@ -40,7 +42,8 @@ class GuidedProcessor:
             return t if n_video is None else t[:, :n_video]
 
         if ctrl.armed and idx in ctrl.qk_blocks:
-            ctrl.qk[idx] = (ctrl._pick(video(query)).transpose(1, 2), ctrl._pick(video(key)).transpose(1, 2))
+            q, k = ctrl.qk_record((query, key), plain)
+            ctrl.qk[idx] = (ctrl._pick(video(q)).transpose(1, 2), ctrl._pick(video(k)).transpose(1, 2))
         if ctrl.armed and idx in ctrl.copy_kv_blocks:
             ctrl.kv[idx] = (ctrl._pick(video(key)).transpose(1, 2).detach().contiguous().clone(),
                             ctrl._pick(video(value)).transpose(1, 2).detach().contiguous().clone())

@@ -64,6 +64,10 @@ class GuidanceConfig:
     # (odd), and the farthest frame pair compared (None: every pair); losses.window_amf
     amf_window: int = 5
     amf_window_frames: int | None = 3
+    # the AMF's q and k with the rotary position embedding, as the attention uses them (DiTFlow's), or
+    # before it (False: content alone; RoPE pins the tiny Wan model's reference AMF to standing still,
+    # docs/toyworld.md). Attention is unchanged either way.
+    amf_rope: bool = True
     cfg_scale: float | None = None  # None: the family's (CogVideoX 7, DiTFlow's; Wan 5, or 4 for A14B)
     dynamic_cfg: bool | None = None
     cfg_min_t: int = 0  # guidance interval: CFG only at timesteps >= this; below, the conditional prediction alone
@@ -120,6 +124,8 @@ class GuidanceConfig:
                 ok = False
             if not ok:
                 raise ValueError(f"{name} must be {what}, got {value!r}")
+        if not isinstance(self.amf_rope, bool):
+            raise ValueError(f"amf_rope (--amf-rope) must be a bool, got {self.amf_rope!r}")
         for name in ("frames", "height", "width", "steps", "opt_iters"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -199,7 +205,8 @@ class GuidanceConfig:
         for k in ("cfg_scale_2", "flow_shift", "ffn_chunks"):  # likewise for the options the Wan family added
             if d.get(k) is None:
                 d.pop(k, None)
-        for k, off in (("grad_reuse", 1), ("early_stop", 0.0)):  # and for the speed levers, when off
+        # and for the options added later, at their defaults (the speed levers off, the AMF with RoPE)
+        for k, off in (("grad_reuse", 1), ("early_stop", 0.0), ("amf_rope", True)):
             if d.get(k) == off:
                 d.pop(k, None)
         if d.get("loss") != "flow_window":  # the window is flow_window's alone

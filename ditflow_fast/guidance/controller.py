@@ -30,6 +30,8 @@ class GuidanceController:
     stops (None: run to the end); ``copy_kv_blocks``: blocks whose video K/V are copied;
     ``inject_kv``: block -> (k, v) ``[1, H, F*h*w, d]`` written over every batch element's video K/V.
     ``batch_index`` picks the recorded batch element (DiTFlow: the last, the conditional one).
+    ``qk_rope``: record q/k with their rotary position embedding, as the attention uses them (True), or
+    before it, their content alone (False; ``GuidanceConfig.amf_rope``). Attention itself is unchanged.
     """
 
     qk_blocks: frozenset[int] = frozenset()
@@ -38,6 +40,7 @@ class GuidanceController:
     copy_kv_blocks: frozenset[int] = frozenset()
     inject_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     batch_index: int = -1
+    qk_rope: bool = True
     armed: bool = False
     qk: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     out: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -62,6 +65,10 @@ class GuidanceController:
     def _pick(self, t: torch.Tensor) -> torch.Tensor:
         b = self.batch_index % t.shape[0]
         return t[b:b + 1]
+
+    def qk_record(self, rotated: tuple[torch.Tensor, torch.Tensor], plain: tuple[torch.Tensor, torch.Tensor] | None):
+        """The q/k pair to record: ``plain`` (before RoPE) when ``qk_rope`` is off and the processor rotated."""
+        return rotated if self.qk_rope or plain is None else plain
 
 
 def split_rope(rope):

@@ -19,13 +19,14 @@ from .controller import GuidanceController, StopForward, controller_of
 
 
 def run_until(transformer, *, stop_after: int | None, qk_blocks=(), out_blocks=(), copy_kv_blocks=(), call=None,
-              n_blocks: int | None = None, **model_kwargs) -> GuidanceController:
+              n_blocks: int | None = None, qk_rope: bool = True, **model_kwargs) -> GuidanceController:
     """Run ``transformer`` and record what is asked; stop after block ``stop_after`` (None: run all).
 
     The forward is ``call()`` when given (a family's own call, e.g. Wan's), else
     ``transformer(**model_kwargs, return_dict=False)`` (CogVideoX's keywords: ``hidden_states``,
     ``encoder_hidden_states``, ``timestep``, ``image_rotary_emb``); ``n_blocks`` defaults to
-    ``len(transformer.transformer_blocks)``. Returns the controller, whose ``qk`` / ``out`` / ``kv``
+    ``len(transformer.transformer_blocks)``; ``qk_rope``: q/k recorded with their RoPE or before it
+    (:class:`GuidanceController`). Returns the controller, whose ``qk`` / ``out`` / ``kv``
     dicts hold the records (block -> tensors). The transformer's own output is discarded.
     """
     ctrl = controller_of(transformer)
@@ -42,6 +43,7 @@ def run_until(transformer, *, stop_after: int | None, qk_blocks=(), out_blocks=(
     ctrl.clear_captures()
     ctrl.qk_blocks, ctrl.out_blocks = frozenset(qk_blocks), frozenset(out_blocks)
     ctrl.copy_kv_blocks, ctrl.stop_after = frozenset(copy_kv_blocks), stop_after
+    ctrl.qk_rope = bool(qk_rope)
     ctrl.armed = True
     stopped = False
     try:
@@ -53,6 +55,7 @@ def run_until(transformer, *, stop_after: int | None, qk_blocks=(), out_blocks=(
         ctrl.armed = False
         ctrl.qk_blocks = ctrl.out_blocks = ctrl.copy_kv_blocks = frozenset()
         ctrl.stop_after = None
+        ctrl.qk_rope = True
     if stop_after is not None and not stopped:
         raise RuntimeError(f"the forward never reached guidance block {stop_after}")
     return ctrl

@@ -200,6 +200,7 @@ class Guide:
         qk = losses.needs_qk(self.cfg.loss)
         ctrl = self.family.run_until(tr, x.to(self.dtype), embeds, self._model_t(t), emb, stop_after=max(blocks),
                                      qk_blocks=blocks if qk else (), out_blocks=() if qk else blocks,
+                                     qk_rope=self.cfg.amf_rope,
                                      **(self.gen_kw if kw is None else kw))
         got = dict(ctrl.qk if qk else ctrl.out)
         ctrl.clear_captures()

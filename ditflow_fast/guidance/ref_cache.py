@@ -118,6 +118,8 @@ class RefCache:
                  "dtype": str(guide.dtype), "device": guide.device.type, "blocks": list(cfg.guidance_blocks),
                  "loss": cfg.loss, "prop_motion": cfg.prop_motion, "backend": cfg.backend,
                  "grid": [guide.frames, guide.h, guide.w]}
+        if not cfg.amf_rope:  # absent at the default: caches written before the option stay valid
+            parts["amf_rope"] = False
         if getattr(guide, "forward_inputs", None):  # e.g. HunyuanVideo's embedded guidance scale
             parts["forward_inputs"] = guide.forward_inputs
         if getattr(guide, "ref_kw", None):  # an image-to-video model's inputs for the reference's own first frame

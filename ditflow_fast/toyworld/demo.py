@@ -96,8 +96,8 @@ class ToyTransfer:
         fields = {"grad_reuse": s.grad_reuse, "early_stop": s.early_stop, "injection": s.kv_injection, **ROWS[row]}
         cfg = GuidanceConfig(model=self.model_dir, frames=frames, height=size, width=size, steps=s.steps,
                              guided_steps=s.guided_steps, opt_iters=s.opt_iters, lr=tuple(s.lr),
-                             temperature=s.temperature, cfg_scale=s.cfg_scale, cfg_min_t=s.cfg_min_t,
-                             dynamic_cfg=False, scheduler="ddim" if cog else "unipc", seed=seed,
+                             temperature=s.temperature, amf_rope=s.amf_rope, cfg_scale=s.cfg_scale,
+                             cfg_min_t=s.cfg_min_t, dynamic_cfg=False, scheduler="ddim" if cog else "unipc", seed=seed,
                              gradient_checkpointing=row == "DiTFlow emb", dtype="float32", device="cpu",
                              guidance_blocks=blocks,
                              inject_embeds=None if inject_embeds is None else str(inject_embeds), **fields)

@@ -18,9 +18,11 @@ from .world import NULL_CONDITION, Clip
 
 
 @torch.no_grad()
-def amf_errors(transformer, cond_embed, clips: list[Clip], *, timestep: int = 0, codec=None) -> np.ndarray:
+def amf_errors(transformer, cond_embed, clips: list[Clip], *, timestep: int = 0, codec=None,
+               qk_rope: bool = True) -> np.ndarray:
     """``[blocks]`` mean AMF error (patches) at the object's centre patch over ``clips`` and frame pairs
-    (``codec``: the model's, default pixels). Any family: the forward goes through its adapter."""
+    (``codec``: the model's, default pixels; ``qk_rope``: the AMF from q/k with RoPE or before it). Any
+    family: the forward goes through its adapter."""
     from ..families import family_of
     from .codec import PixelCodec
     from .model import to_family_layout
@@ -39,7 +41,8 @@ def amf_errors(transformer, cond_embed, clips: list[Clip], *, timestep: int = 0,
             _, h, w = fam.token_grid(transformer, x)
             p = s // h  # pixels per token side
             text = cond_embed(torch.tensor([NULL_CONDITION]))
-            ctrl = fam.run_until(transformer, x, text, timestep, stop_after=n_blocks - 1, qk_blocks=range(n_blocks))
+            ctrl = fam.run_until(transformer, x, text, timestep, stop_after=n_blocks - 1, qk_blocks=range(n_blocks),
+                                  qk_rope=qk_rope)
             centre = np.clip(np.floor(clip.track / p).astype(int), 0, h - 1)  # [F, 2] patch (x, y)
             truth = (clip.track[None] - clip.track[:, None]) / p  # [i, j, 2]
             off = ~np.eye(f, dtype=bool)
@@ -71,6 +74,7 @@ def main(argv=None) -> int:
     p.add_argument("--clips", type=int, default=12)
     p.add_argument("--timestep", type=int, nargs="+", default=[0], help="the reference's timestep(s)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-rope", action="store_true", help="the AMF from q/k before RoPE (GuidanceConfig.amf_rope)")
     a = p.parse_args(argv)
     if a.clips < 1 or a.threads < 1:
         p.error("--clips and --threads must be positive")
@@ -78,8 +82,9 @@ def main(argv=None) -> int:
     tr, cond, _ = load_model(a.model)
     clips = reference_clips(a.clip_seed, a.clips, frames=FRAMES)
     for t in a.timestep:
-        errs = amf_errors(tr, cond, clips, timestep=t, codec=load_codec(a.model))
-        print(f"{a.model} t={t}: " + ", ".join(f"block {b} {e:.2f}" for b, e in enumerate(errs)))
+        errs = amf_errors(tr, cond, clips, timestep=t, codec=load_codec(a.model), qk_rope=not a.no_rope)
+        how = " (q/k before RoPE)" if a.no_rope else ""
+        print(f"{a.model} t={t}{how}: " + ", ".join(f"block {b} {e:.2f}" for b, e in enumerate(errs)))
     return 0
 
 

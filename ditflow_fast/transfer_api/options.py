@@ -26,6 +26,7 @@ class TransferOptions:
     loss: str = "flow"
     no_guidance: bool = False
     no_injection: bool = False
+    amf_no_rope: bool = False
     inject_embeds: str | None = None
     guidance_block: tuple[int, ...] | None = None
     cfg: float | None = None
@@ -108,12 +109,13 @@ class TransferOptions:
             gradient_checkpointing=not self.no_checkpointing, cpu_offload=self.cpu_offload,
             vae_tiling=self.vae_tiling, cfg_scale=self.cfg, flow_shift=self.flow_shift,
             offload_activations=self.offload_activations_on, ffn_chunks=self.ffn_chunks,
+            amf_rope=not self.amf_no_rope,
         ).validate()
 
 
 _INTS = ("frames", "height", "width", "steps", "guided_steps", "opt_iters", "grad_reuse", "seed", "fps", "threads",
          "ffn_chunks")
-_BOOLS = ("no_guidance", "no_injection", "no_checkpointing", "cpu_offload", "vae_tiling", "fresh")
+_BOOLS = ("no_guidance", "no_injection", "amf_no_rope", "no_checkpointing", "cpu_offload", "vae_tiling", "fresh")
 
 
 def _kinds(o: TransferOptions) -> None:

@@ -100,10 +100,11 @@ def check_geometry(handle: ModelHandle, frames: int, height: int, width: int) ->
 
 
 @torch.no_grad()
-def capture_amf(family, transformer, latent: torch.Tensor, text: torch.Tensor, block: int, **forward_kw) -> np.ndarray:
+def capture_amf(family, transformer, latent: torch.Tensor, text: torch.Tensor, block: int, *, qk_rope: bool = True,
+                **forward_kw) -> np.ndarray:
     """``[F, F, h*w, 2]`` float32: the argmax AMF of ``latent`` at timestep 0 under ``text`` at ``block``
-    (installs the family's processors when none are, and leaves them as found); ``forward_kw``: an
-    image-to-video model's image inputs."""
+    (installs the family's processors when none are, and leaves them as found); ``qk_rope``: q/k with their
+    RoPE or before it (``GuidanceConfig.amf_rope``); ``forward_kw``: an image-to-video model's image inputs."""
     from ..api import compute_amf
 
     n = len(family.blocks(transformer))
@@ -113,7 +114,8 @@ def capture_amf(family, transformer, latent: torch.Tensor, text: torch.Tensor, b
     if not installed:
         family.install(transformer)
     try:
-        ctrl = family.run_until(transformer, latent, text, 0, None, stop_after=block, qk_blocks=(block,), **forward_kw)
+        ctrl = family.run_until(transformer, latent, text, 0, None, stop_after=block, qk_blocks=(block,),
+                                qk_rope=qk_rope, **forward_kw)
         q, k = ctrl.qk[block]
         ctrl.clear_captures()
     finally:

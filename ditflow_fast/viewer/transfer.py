@@ -43,8 +43,9 @@ def transfer_fields(guide, latents: torch.Tensor, *, offload: str = "none") -> t
     no_inject = ctrl.no_injection() if ctrl is not None else contextlib.nullcontext()
     try:
         with no_inject:
-            ref = capture_amf(fam, tr, guide.ref, guide.empty, block, **getattr(guide, "ref_kw", {}))
-            gen = capture_amf(fam, tr, latents.to(guide.device, guide.dtype), guide.empty, block,
+            rope = guide.cfg.amf_rope  # the AMF the loss compared
+            ref = capture_amf(fam, tr, guide.ref, guide.empty, block, qk_rope=rope, **getattr(guide, "ref_kw", {}))
+            gen = capture_amf(fam, tr, latents.to(guide.device, guide.dtype), guide.empty, block, qk_rope=rope,
                               **getattr(guide, "gen_kw", {}))
     finally:
         if moved:

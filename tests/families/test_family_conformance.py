@@ -333,3 +333,35 @@ def test_a_folder_whose_vae_is_another_codec(name, tmp_path):
     table = fam.dry_run_table(str(folder), GuidanceConfig(), "none")
     assert "predicted peak" in table and f"vae/ holds a FrameAutoencoder: the VAE rows are those of the family's " \
         f"{fam.vae_class}" in table
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_qk_before_rope_are_recorded_on_request_and_attention_is_unchanged(name):
+    """``qk_rope=False`` (``GuidanceConfig.amf_rope``) records q/k before the rotation: RoPE turns pairs of
+    channels, so each token's and head's norm is kept while the vectors differ (equal where a model has no
+    RoPE); the model's output is the stock one either way, and the controller is back to RoPE afterwards."""
+    fam, tr, x, e = _setup(name, seed=4, batch=2)
+    stock = _forward(fam, tr, x, e, 600)
+    fam.install(tr)
+    blocks = (1, 2)  # HunyuanVideo: a dual-stream and a single-stream block
+    with torch.no_grad():
+        got = {}
+        for rope in (True, False):
+            ctrl = fam.run_until(tr, x, e, 600, stop_after=2, qk_blocks=blocks, qk_rope=rope)
+            got[rope] = [t for b in blocks for t in ctrl.qk[b]]
+            ctrl.clear_captures()
+        assert ctrl.qk_rope is True
+        ctrl.qk_blocks, ctrl.qk_rope, ctrl.armed = frozenset({0, 2}), False, True
+        armed = _forward(fam, tr, x, e, 600)  # records before RoPE asked: the attention keeps its RoPE
+        ctrl.armed, ctrl.qk_rope = False, True
+        ctrl.clear_captures()
+    assert torch.equal(armed, stock)
+    has_rope = name != "cogvideox-posemb"
+    for rotated, plain in zip(got[True], got[False], strict=True):
+        assert rotated.shape == plain.shape
+        torch.testing.assert_close(rotated.norm(dim=-1), plain.norm(dim=-1), rtol=1e-5, atol=1e-6)
+        assert torch.equal(rotated, plain) is not has_rope
+    # the AMF differs where RoPE does
+    f, h, w = CASES[name].grid
+    amf = {r: compute_amf(*got[r][:2], frames=f, height=h, width=w, mode="soft") for r in got}
+    assert torch.equal(amf[True], amf[False]) is not has_rope

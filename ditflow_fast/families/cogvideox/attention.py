@@ -67,6 +67,7 @@ class GuidedAttnProcessor:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
+        plain = (query, key)
         if image_rotary_emb is not None:
             from diffusers.models.embeddings import apply_rotary_emb
 
@@ -80,7 +81,8 @@ class GuidedAttnProcessor:
 
         if ctrl.armed and idx in ctrl.qk_blocks:
             # Views into q/k: they keep the graph, and injection below never writes into them.
-            ctrl.qk[idx] = (ctrl._pick(query)[:, :, text_len:], ctrl._pick(key)[:, :, text_len:])
+            q, k = ctrl.qk_record((query, key), plain)
+            ctrl.qk[idx] = (ctrl._pick(q)[:, :, text_len:], ctrl._pick(k)[:, :, text_len:])
         if ctrl.armed and idx in ctrl.copy_kv_blocks:
             ctrl.kv[idx] = (ctrl._pick(key)[:, :, text_len:].detach().clone(),
                             ctrl._pick(value)[:, :, text_len:].detach().clone())

@@ -47,6 +47,7 @@ class HunyuanGuidedAttnProcessor(GuidedProcessor):
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
+        plain = (query, key)
         if image_rotary_emb is not None:
             q_rope, k_rope = split_rope(image_rotary_emb)
             if dual or n_text == 0:
@@ -65,7 +66,7 @@ class HunyuanGuidedAttnProcessor(GuidedProcessor):
             if attn.norm_added_k is not None:
                 ek = attn.norm_added_k(ek)
             query, key, value = (torch.cat(pair, dim=1) for pair in ((query, eq), (key, ek), (value, ev)))
-        key, value = self.ask(query, key, value, n_video)  # the video tokens lead; the text suffix stays
+        key, value = self.ask(query, key, value, n_video, plain=plain)  # the video tokens lead; the text suffix stays
         out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                     backend=self._attention_backend, parallel_config=self._parallel_config)
         out = out.flatten(2, 3).to(query.dtype)

@@ -41,6 +41,7 @@ class LTXGuidedAttnProcessor(GuidedProcessor):
         query = attn.norm_q(attn.to_q(hidden_states))
         key = attn.norm_k(attn.to_k(hidden_states))
         value = attn.to_v(hidden_states)
+        plain = (query.unflatten(2, (attn.heads, -1)), key.unflatten(2, (attn.heads, -1)))
         if image_rotary_emb is not None:
             q_rope, k_rope = split_rope(image_rotary_emb)
             query = apply_rotary_emb(query, q_rope)
@@ -48,7 +49,7 @@ class LTXGuidedAttnProcessor(GuidedProcessor):
         query = query.unflatten(2, (attn.heads, -1))
         key = key.unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
-        key, value = self.ask(query, key, value)
+        key, value = self.ask(query, key, value, plain=plain)
         out = dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                     backend=self._attention_backend, parallel_config=self._parallel_config)
         out = out.flatten(2, 3).to(query.dtype)

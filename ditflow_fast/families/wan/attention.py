@@ -51,11 +51,12 @@ class WanGuidedAttnProcessor(GuidedProcessor):
         query = query.unflatten(2, (attn.heads, -1))
         key = key.unflatten(2, (attn.heads, -1))
         value = value.unflatten(2, (attn.heads, -1))
+        plain = (query, key)
         if rotary_emb is not None:
             q_rope, k_rope = split_rope(rotary_emb)
             query = _apply_rotary(query, *q_rope)
             key = _apply_rotary(key, *k_rope)
-        key, value = self.ask(query, key, value)
+        key, value = self.ask(query, key, value, plain=plain)
         out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
                                     backend=self._attention_backend, parallel_config=self._parallel_config)
         out = out.flatten(2, 3).type_as(query)

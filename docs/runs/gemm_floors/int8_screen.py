@@ -1,14 +1,25 @@
-# How many keys an exact int8 (or bf16) screen leaves to rescore, at the cpu-5b shape (random normal q, k).
+"""How many keys an exact int8 (or bf16) screen leaves to rescore, at the cpu-5b shape (random normal q, k).
+
+``OMP_NUM_THREADS=1 python docs/runs/gemm_floors/int8_screen.py`` (output: int8_screen.txt beside it).
+"""
+
 import torch
+
 torch.manual_seed(0)
 n, d, frames = 1320, 3072, 4
 q, k = torch.randn(n, d, dtype=torch.float64), torch.randn(n, d, dtype=torch.float64)
+
+
 def quant_int8(x):
     s = x.abs().amax(1, keepdim=True) / 127
     xi = (x / s).round()
     return xi * s
+
+
 def quant_bf16(x):
     return x.float().bfloat16().double()
+
+
 for name, quant in (("int8 per-row", quant_int8), ("bf16", quant_bf16)):
     qt, kt = quant(q), quant(k)
     s = qt @ kt.T

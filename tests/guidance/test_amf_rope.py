@@ -1,0 +1,59 @@
+"""``GuidanceConfig.amf_rope``: the AMF from q/k with their RoPE (DiTFlow's) or before it, through the loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from ditflow_fast.families.cogvideox import tiny  # noqa: E402
+from ditflow_fast.guidance.config import GuidanceConfig  # noqa: E402
+from ditflow_fast.guidance.loop import Guide  # noqa: E402
+from ditflow_fast.guidance.ref_cache import RefCache  # noqa: E402
+from ditflow_fast.transfer_api.options import TransferOptions  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _guide(cache=None, **kw):
+    tr = tiny.tiny_transformer(True)
+    ref = torch.randn(1, 3, 4, 6, 8, generator=torch.Generator().manual_seed(7))
+    pe = tiny.tiny_prompt_embeds()
+    cfg = GuidanceConfig(model="tiny", steps=3, guided_steps=2, opt_iters=2, height=48, width=64, frames=9,
+                         lr=(0.05, 0.02), **kw).resolve(tr, device="cpu")
+    return Guide(tr, tiny.tiny_scheduler(True), ref_latent=ref, prompt_embeds=pe["prompt"],
+                 negative_embeds=pe["negative"], config=cfg, model_id="tiny", ref_cache=cache)
+
+
+def test_the_default_keeps_earlier_run_keys_and_a_bad_value_is_named():
+    base = GuidanceConfig(model="m")
+    assert GuidanceConfig(model="m", amf_rope=True).run_key() == base.run_key()
+    assert GuidanceConfig(model="m", amf_rope=False).run_key() != base.run_key()
+    with pytest.raises(ValueError, match="amf_rope"):
+        GuidanceConfig(model="m", amf_rope="no").validate()
+
+
+def test_the_transfer_option_reaches_the_config():
+    assert TransferOptions.from_kwargs(amf_no_rope=True).guidance_config("m").amf_rope is False
+    assert TransferOptions.from_kwargs().guidance_config("m").amf_rope is True
+    with pytest.raises(TypeError, match="--amf-no-rope"):
+        TransferOptions.from_kwargs(amf_no_rope="yes")
+
+
+def test_the_loop_compares_the_amf_before_rope_and_caches_it_apart(tmp_path):
+    cache = RefCache(tmp_path, model="tiny")
+    with_rope, plain = _guide(cache), _guide(cache, amf_rope=False)
+    t_rope, t_plain = with_rope.reference_targets(), plain.reference_targets()
+    assert [e["hit"] for e in cache.events] == [False, False]  # two keys: neither reused the other's targets
+    (block,) = t_rope
+    assert t_rope[block]["amf"].shape == t_plain[block]["amf"].shape
+    assert not torch.equal(t_rope[block]["amf"], t_plain[block]["amf"])
+    # the generation's AMF follows the same setting: the runs differ from the first loss on
+    res_rope, res_plain = with_rope.run(progress=False), plain.run(progress=False)
+    first = max(res_rope.losses)
+    assert res_rope.losses[first][0] != pytest.approx(res_plain.losses[first][0], rel=1e-4)
+    assert torch.isfinite(res_plain.latents).all() and not torch.equal(res_rope.latents, res_plain.latents)
+    # and a second run without RoPE finds its own targets in the cache
+    again = _guide(cache, amf_rope=False)
+    assert torch.equal(again.reference_targets()[block]["amf"], t_plain[block]["amf"]) and cache.events[-1]["hit"]
