@@ -64,6 +64,8 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--cfg-min-t", type=int, default=None, metavar="T",
                    help="guidance interval: CFG only at timesteps >= T (0: every step)")
     p.add_argument("--block", type=int, default=None, help="guidance block")
+    p.add_argument("--amf-rope", choices=("on", "off"), default=None,
+                   help="the AMF from q/k with RoPE (on) or before it (off; both toy models' choice)")
     p.add_argument("--gifs", choices=("first", "all", "none"), default="first")
     p.add_argument("--quick", action="store_true", help="1 clip, 1 seed, 8 steps (4 guided, 2 iterations)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -136,7 +138,8 @@ def _cmd_demo(args) -> int:
         refs = [user_clip(args.video, colour)]
     given = dict(steps=args.steps, guided_steps=args.guided_steps, opt_iters=args.opt_iters,
                  lr=None if args.lr is None else tuple(args.lr), cfg_scale=args.cfg, cfg_min_t=args.cfg_min_t,
-                 guidance_block=args.block, grad_reuse=args.grad_reuse, early_stop=args.early_stop)
+                 guidance_block=args.block, grad_reuse=args.grad_reuse, early_stop=args.early_stop,
+                 amf_rope=None if args.amf_rope is None else args.amf_rope == "on")
     settings = replace(model_settings(args.model or DEFAULT_DIR), **{k: v for k, v in given.items() if v is not None})
     if settings.grad_reuse > 1 and any(r in ("DiTFlow emb", "zero-shot") for r in args.rows):
         import sys

@@ -46,3 +46,26 @@ def test_the_demo_command_line_overrides_only_what_it_is_given(tmp_path, monkeyp
         args.func(args)
     s = seen["settings"]
     assert (s.guided_steps, s.lr, s.kv_injection) == (7, (0.04, 0.02), False)
+
+
+@pytest.mark.parametrize("given,expected", [([], False), (["--amf-rope", "on"], True), (["--amf-rope", "off"], False)])
+def test_the_demo_takes_the_models_amf_rope_unless_told(tmp_path, monkeypatch, given, expected):
+    import argparse
+
+    import ditflow_fast.toyworld.demo as demo
+    from ditflow_fast.toyworld import cli
+
+    monkeypatch.setattr(cli, "model_settings", lambda model: DemoSettings(amf_rope=False))
+    seen = {}
+
+    def fake_run_demo(out, **kw):
+        seen.update(kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    parser = argparse.ArgumentParser()
+    cli.add_demo_parser(parser.add_subparsers())
+    args = parser.parse_args(["demo", "--out", str(tmp_path / "o"), *given])
+    with pytest.raises(KeyboardInterrupt):
+        args.func(args)
+    assert seen["settings"].amf_rope is expected
