@@ -54,6 +54,8 @@ TUNING = {  # the settings docs/toyworld.md tunes a model's DiTFlow latent row w
     # fourth round (session 11): the AMF from q/k before RoPE, which pins the Wan model's reference AMF
     "AMF without RoPE": dict(amf_rope=False),
     "AMF without RoPE + no KV injection": dict(amf_rope=False, kv_injection=False),
+    "AMF without RoPE + temperature 1": dict(amf_rope=False, temperature=1.0),
+    "AMF without RoPE + no KV injection + temperature 1": dict(amf_rope=False, kv_injection=False, temperature=1.0),
 }
 SETS = {"levers": LEVERS, "tuning": TUNING}
 DEFAULT = next(iter(LEVERS))
