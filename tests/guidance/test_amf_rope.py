@@ -57,3 +57,14 @@ def test_the_loop_compares_the_amf_before_rope_and_caches_it_apart(tmp_path):
     # and a second run without RoPE finds its own targets in the cache
     again = _guide(cache, amf_rope=False)
     assert torch.equal(again.reference_targets()[block]["amf"], t_plain[block]["amf"]) and cache.events[-1]["hit"]
+
+
+def test_emb_mode_at_block_0_alone_is_refused_before_any_work():
+    """Before RoPE, block 0's q/k do not depend on the RoPE tables that emb mode optimises: no gradient."""
+    bad = GuidanceConfig(model="m", opt_mode="emb", amf_rope=False, guidance_blocks=(0,))
+    with pytest.raises(ValueError, match=r"amf_rope=False.*emb.*block 0"):
+        bad.validate()
+    with pytest.raises(ValueError, match=r"amf_rope=False.*emb.*block 0"):
+        bad.resolve(tiny.tiny_transformer(True), device="cpu")
+    for fine in (dict(guidance_blocks=(0, 1)), dict(amf_rope=True), dict(opt_mode="latent"), dict(loss="moft")):
+        GuidanceConfig(model="m", **{**dict(opt_mode="emb", amf_rope=False, guidance_blocks=(0,)), **fine}).validate()
