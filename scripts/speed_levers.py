@@ -56,6 +56,8 @@ TUNING = {  # the settings docs/toyworld.md tunes a model's DiTFlow latent row w
     "AMF without RoPE + no KV injection": dict(amf_rope=False, kv_injection=False),
     "AMF without RoPE + temperature 1": dict(amf_rope=False, temperature=1.0),
     "AMF without RoPE + no KV injection + temperature 1": dict(amf_rope=False, kv_injection=False, temperature=1.0),
+    "AMF without RoPE + block 2": dict(amf_rope=False, guidance_block=2),
+    "AMF without RoPE + block 2 + no KV injection": dict(amf_rope=False, guidance_block=2, kv_injection=False),
 }
 SETS = {"levers": LEVERS, "tuning": TUNING}
 DEFAULT = next(iter(LEVERS))
