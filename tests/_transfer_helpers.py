@@ -47,3 +47,22 @@ def interrupted_and_whole(args, tmp_path, monkeypatch, *, interrupt_at: int):
     assert main(args(tmp_path / "cut")) == 0
     return [(json.loads((tmp_path / d / "config.json").read_text()), read_video(tmp_path / d / "result_frames"))
             for d in ("cut", "full")]
+
+
+def tiny_guide(*, steps: int = 3, image=None, ref_cache=None, **config):
+    """A ``Guide`` on the tiny random CogVideoX (RoPE) with a fixed random reference latent: 9 frames at 48x64, 2
+    guided steps of 2 Adam iterations; ``config``: ``GuidanceConfig`` fields over those."""
+    import torch
+
+    from ditflow_fast.families.cogvideox import tiny
+    from ditflow_fast.guidance.config import GuidanceConfig
+    from ditflow_fast.guidance.loop import Guide
+
+    tr = tiny.tiny_transformer(True)
+    ref = torch.randn(1, 3, 4, 6, 8, generator=torch.Generator().manual_seed(7))
+    pe = tiny.tiny_prompt_embeds()
+    settings = dict(model="tiny", steps=steps, guided_steps=2, opt_iters=2, height=48, width=64, frames=9,
+                    lr=(0.05, 0.02)) | config
+    cfg = GuidanceConfig(**settings).resolve(tr, device="cpu")
+    return Guide(tr, tiny.tiny_scheduler(True), ref_latent=ref, prompt_embeds=pe["prompt"],
+                 negative_embeds=pe["negative"], config=cfg, model_id="tiny", image=image, ref_cache=ref_cache)

@@ -7,9 +7,10 @@ import torch
 
 pytest.importorskip("diffusers")
 
+from _transfer_helpers import tiny_guide  # noqa: E402
+
 from ditflow_fast.families.cogvideox import tiny  # noqa: E402
 from ditflow_fast.guidance.config import GuidanceConfig  # noqa: E402
-from ditflow_fast.guidance.loop import Guide  # noqa: E402
 from ditflow_fast.guidance.ref_cache import RefCache  # noqa: E402
 from ditflow_fast.transfer_api.options import TransferOptions  # noqa: E402
 
@@ -17,13 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _guide(cache=None, **kw):
-    tr = tiny.tiny_transformer(True)
-    ref = torch.randn(1, 3, 4, 6, 8, generator=torch.Generator().manual_seed(7))
-    pe = tiny.tiny_prompt_embeds()
-    cfg = GuidanceConfig(model="tiny", steps=3, guided_steps=2, opt_iters=2, height=48, width=64, frames=9,
-                         lr=(0.05, 0.02), **kw).resolve(tr, device="cpu")
-    return Guide(tr, tiny.tiny_scheduler(True), ref_latent=ref, prompt_embeds=pe["prompt"],
-                 negative_embeds=pe["negative"], config=cfg, model_id="tiny", ref_cache=cache)
+    return tiny_guide(ref_cache=cache, **kw)
 
 
 def test_the_default_keeps_earlier_run_keys_and_a_bad_value_is_named():

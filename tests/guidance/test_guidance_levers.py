@@ -7,23 +7,15 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from ditflow_fast.families.cogvideox import tiny  # noqa: E402
+from _transfer_helpers import tiny_guide  # noqa: E402
+
 from ditflow_fast.guidance.config import GuidanceConfig  # noqa: E402
-from ditflow_fast.guidance.loop import Guide  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(**kw):
-    tr = tiny.tiny_transformer(True)
-    ref = torch.randn(1, 3, 4, 6, 8, generator=torch.Generator().manual_seed(7))
-    pe = tiny.tiny_prompt_embeds()
-    settings = dict(model="tiny", steps=3, guided_steps=2, opt_iters=5, height=48, width=64, frames=9,
-                    lr=(0.05, 0.02))
-    settings.update(kw)
-    cfg = GuidanceConfig(**settings).resolve(tr, device="cpu")
-    return Guide(tr, tiny.tiny_scheduler(True), ref_latent=ref, prompt_embeds=pe["prompt"],
-                 negative_embeds=pe["negative"], config=cfg, model_id="tiny").run(progress=False)
+    return tiny_guide(**{"opt_iters": 5, **kw}).run(progress=False)
 
 
 def test_default_runs_one_pass_per_iteration():

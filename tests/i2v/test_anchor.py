@@ -12,12 +12,12 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("av")
 
+from _transfer_helpers import tiny_guide  # noqa: E402
+
 import ditflow_fast  # noqa: E402
 from ditflow_fast.cli.main import main  # noqa: E402
 from ditflow_fast.families.base import ImageCondition  # noqa: E402
 from ditflow_fast.families.cogvideox import tiny  # noqa: E402
-from ditflow_fast.guidance.config import GuidanceConfig  # noqa: E402
-from ditflow_fast.guidance.loop import Guide  # noqa: E402
 from ditflow_fast.video_io import VideoError, read_image, read_video  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,13 +25,7 @@ OPTS = dict(frames=9, height=48, width=64, steps=4, guided_steps=2, opt_iters=2,
 
 
 def _guide(image=None, **kw):
-    tr = tiny.tiny_transformer(True)
-    ref = torch.randn(1, 3, 4, 6, 8, generator=torch.Generator().manual_seed(7))
-    pe = tiny.tiny_prompt_embeds()
-    cfg = GuidanceConfig(model="tiny", steps=4, guided_steps=2, opt_iters=2, height=48, width=64, frames=9,
-                         lr=(0.05, 0.02), **kw).resolve(tr, device="cpu")
-    return Guide(tr, tiny.tiny_scheduler(True), ref_latent=ref, prompt_embeds=pe["prompt"],
-                 negative_embeds=pe["negative"], config=cfg, model_id="tiny", image=image)
+    return tiny_guide(steps=4, image=image, **kw)
 
 
 @pytest.mark.parametrize("opt_mode", ["latent", "emb"])
