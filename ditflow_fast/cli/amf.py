@@ -23,6 +23,8 @@ def add_amf_parser(sub) -> None:
     p.add_argument("--out", default="amf_out", help="output folder (amf.safetensors, amf.html, amf.png)")
     p.add_argument("--block", type=int, default=None, help="block whose attention is read (default: the model's "
                    "guidance block)")
+    p.add_argument("--amf-no-rope", action="store_true", help="the AMF from q/k before the rotary position "
+                   "embedding, their content alone (as transfer --amf-no-rope)")
     p.add_argument("--prompt-embeds", metavar="FILE", help="safetensors whose 'empty' (else 'negative') is the "
                    "empty prompt; without it the model's text encoder encodes ''")
     p.add_argument("--frames", type=int, help="video frames (default: the model's; --random: latent frames, 2)")
@@ -90,7 +92,7 @@ def run_amf(a) -> int:
     span = "a folder of frames" if fps is None else f"{frames_n / fps:.2f} s at {fps:g} fps"
     print(f"used frames 0-{frames_n - 1} (the first {frames_n}, consecutive, no fps resampling; {span}) of "
           f"{Path(a.video).name}, resized from {src_w}x{src_h} to {width}x{height}")
-    amf, geo = reference_amf(handle, video, a.block)
+    amf, geo = reference_amf(handle, video, a.block, qk_rope=not a.amf_no_rope)
     shown = video[frame_for_latent(video.shape[0], geo["frames"])]
     info = provenance(handle, geo, video=str(a.video), torch_version=torch.__version__)
     from ..viewer.output import write_viewer

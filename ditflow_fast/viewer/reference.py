@@ -125,14 +125,16 @@ def capture_amf(family, transformer, latent: torch.Tensor, text: torch.Tensor, b
     return compute_amf(q, k, frames=f, height=h, width=w, mode="argmax")[0].float().cpu().numpy()
 
 
-def reference_amf(handle: ModelHandle, frames: np.ndarray, block: int | None = None) -> tuple[np.ndarray, dict]:
-    """The reference AMF of ``frames`` (uint8 ``[T, H, W, 3]``) and its geometry: ``(amf, info)``."""
+def reference_amf(handle: ModelHandle, frames: np.ndarray, block: int | None = None, *,
+                  qk_rope: bool = True) -> tuple[np.ndarray, dict]:
+    """The reference AMF of ``frames`` (uint8 ``[T, H, W, 3]``) and its geometry: ``(amf, info)``; ``qk_rope``:
+    from q/k with RoPE or before it (``GuidanceConfig.amf_rope``)."""
     block = handle.default_block if block is None else int(block)
     latent = handle.encode(frames)
     kw = handle.image_inputs(frames) if handle.image_inputs is not None else {}
-    amf = capture_amf(handle.family, handle.transformer, latent, handle.empty, block, **kw)
+    amf = capture_amf(handle.family, handle.transformer, latent, handle.empty, block, qk_rope=qk_rope, **kw)
     f, h, w = handle.family.token_grid(handle.transformer, latent)
-    return amf, dict(frames=f, height=h, width=w, block=block, video_frames=int(frames.shape[0]),
+    return amf, dict(frames=f, height=h, width=w, block=block, amf_rope=qk_rope, video_frames=int(frames.shape[0]),
                      video_height=int(frames.shape[1]), video_width=int(frames.shape[2]))
 
 

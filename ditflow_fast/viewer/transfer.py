@@ -51,7 +51,7 @@ def transfer_fields(guide, latents: torch.Tensor, *, offload: str = "none") -> t
         if moved:
             tr.to("cpu")
     f, h, w = fam.token_grid(tr, guide.ref)
-    return ref, gen, dict(frames=f, height=h, width=w, block=block)
+    return ref, gen, dict(frames=f, height=h, width=w, block=block, amf_rope=guide.cfg.amf_rope)
 
 
 def write_transfer_viewer(out, guide, latents: torch.Tensor | None, reference_video: np.ndarray,

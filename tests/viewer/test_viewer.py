@@ -66,8 +66,11 @@ def test_amf_of_a_toy_clip_writes_three_files(toy_amf):
     assert im.width > 8 * 48 and im.height > 8 * 48
 
 
-def test_amf_is_the_guidance_loops_reference(toy_video, toy_amf):
-    """The same numbers as Guide.reference_targets() (the DiTFlow loop's reference) on the same latent."""
+def test_amf_is_the_guidance_loops_reference(toy_video, toy_amf, tmp_path):
+    """The same numbers as Guide.reference_targets() (the DiTFlow loop's reference) on the same latent, with RoPE
+    in the AMF (the command's default) and before it (``--amf-no-rope``, the toy model's demo setting)."""
+    from dataclasses import replace
+
     from ditflow_fast.guidance.loop import Guide
     from ditflow_fast.toyworld.demo import ToyTransfer
 
@@ -76,11 +79,15 @@ def test_amf_is_the_guidance_loops_reference(toy_video, toy_amf):
     x = torch.from_numpy(frames).float().div(255).permute(0, 3, 1, 2)[None]
     ref = tt.codec.encode(x)
     emb = tt.cond_embed(torch.tensor([0, 12]))
-    guide = Guide(tt.transformer, tt.scheduler, ref_latent=ref, prompt_embeds=emb[:1], negative_embeds=emb[1:],
-                  empty_embeds=emb[1:], config=tt._config("DiTFlow latent", 0), model_id="toy")
-    want = guide.reference_targets()[3]["amf"][0].numpy()
-    got, _ = load_amf(toy_amf / "amf.safetensors")
-    np.testing.assert_array_equal(got, want)
+    plain = tmp_path / "plain"
+    assert main(["amf", "--video", str(toy_video[0]), "--out", str(plain), "--device", "cpu", "--amf-no-rope"]) == 0
+    for rope, folder in ((True, toy_amf), (False, plain)):
+        cfg = replace(tt._config("DiTFlow latent", 0), amf_rope=rope)
+        guide = Guide(tt.transformer, tt.scheduler, ref_latent=ref, prompt_embeds=emb[:1], negative_embeds=emb[1:],
+                      empty_embeds=emb[1:], config=cfg, model_id="toy")
+        want = guide.reference_targets()[3]["amf"][0].numpy()
+        got, _ = load_amf(folder / "amf.safetensors")
+        np.testing.assert_array_equal(got, want)
 
 
 def test_amf_page_is_self_contained(toy_amf):
@@ -133,6 +140,12 @@ def test_amf_of_a_tiny_wan_folder(tiny_folders, tmp_path):
                  "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
     amf, info = load_amf(tmp_path / "o" / "amf.safetensors")
     assert info["family"] == "wan" and amf.shape[0] == 3 and amf.shape[2] == info["height"] * info["width"]
+    assert main(["amf", "--video", str(tiny_folders / "wan_video.mp4"), "--model", str(wan), "--prompt-embeds",
+                 str(wan / "prompt_embeds.safetensors"), "--frames", "9", "--height", "48", "--width", "80",
+                 "--out", str(tmp_path / "plain"), "--device", "cpu", "--amf-no-rope"]) == 0
+    plain, plain_info = load_amf(tmp_path / "plain" / "amf.safetensors")  # q/k before RoPE: another field
+    assert plain.shape == amf.shape and not np.array_equal(plain, amf)
+    assert (info["amf_rope"], plain_info["amf_rope"]) == (True, False)
 
 
 def test_transfer_writes_the_side_by_side_viewer(tiny_folders, tmp_path, capsys):
