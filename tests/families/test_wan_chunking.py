@@ -281,7 +281,7 @@ def test_config_validation_and_run_key_unchanged():
     d = base.to_dict()
     for k in ("device", "cpu_offload", "vae_slicing", "vae_tiling", "extra", "cfg_min_t", "cfg_scale_2",
               "flow_shift", "offload_activations", "ffn_chunks", "grad_reuse", "early_stop", "amf_window",
-              "amf_window_frames"):
+              "amf_window_frames", "amf_rope"):
         d.pop(k, None)
     assert base.run_key() == hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert dataclasses.replace(base, offload_activations=True).run_key() == base.run_key()  # placement only

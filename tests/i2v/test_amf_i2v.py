@@ -33,6 +33,6 @@ def test_amf_of_an_i2v_model_reads_the_video_with_its_own_first_frame(tmp_path, 
             "--threads", "1"]
     assert main([*argv, "--out", str(tmp_path / "out")]) == 0
     (kw,) = seen
-    assert set(kw) == {"image_latents"}
+    assert set(kw) == {"image_latents", "qk_rope"} and kw["qk_rope"] is True  # the image inputs, and RoPE in the AMF
     amf, _ = load_amf(tmp_path / "out" / "amf.safetensors")
     assert np.isfinite(amf).all()
