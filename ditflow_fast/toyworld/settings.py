@@ -50,7 +50,8 @@ class DemoSettings:
     # (diagnostics.amf_errors on the tuning clips; the pixel model's was block 2); None: the loop's num_layers // 2
     guidance_block: int | None = 3
     temperature: float = 2.0
-    # the AMF's q/k with RoPE (True) or before it (GuidanceConfig.amf_rope; the Wan model's choice, docs/toyworld.md)
+    # the AMF's q/k with RoPE (True) or before it (GuidanceConfig.amf_rope; both toy models choose False in their
+    # world.json, docs/toyworld.md)
     amf_rope: bool = True
     # K/V injection at block 0 in the guided rows that do not set it themselves (DiTFlow's default: on)
     kv_injection: bool = True

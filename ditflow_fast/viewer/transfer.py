@@ -41,9 +41,9 @@ def transfer_fields(guide, latents: torch.Tensor, *, offload: str = "none") -> t
         tr.to(guide.device)
     # the last guided step's reference K/V must not leak into the measurement
     no_inject = ctrl.no_injection() if ctrl is not None else contextlib.nullcontext()
+    rope = guide.cfg.amf_rope  # the AMF the loss compared
     try:
         with no_inject:
-            rope = guide.cfg.amf_rope  # the AMF the loss compared
             ref = capture_amf(fam, tr, guide.ref, guide.empty, block, qk_rope=rope, **getattr(guide, "ref_kw", {}))
             gen = capture_amf(fam, tr, latents.to(guide.device, guide.dtype), guide.empty, block, qk_rope=rope,
                               **getattr(guide, "gen_kw", {}))
@@ -51,7 +51,7 @@ def transfer_fields(guide, latents: torch.Tensor, *, offload: str = "none") -> t
         if moved:
             tr.to("cpu")
     f, h, w = fam.token_grid(tr, guide.ref)
-    return ref, gen, dict(frames=f, height=h, width=w, block=block, amf_rope=guide.cfg.amf_rope)
+    return ref, gen, dict(frames=f, height=h, width=w, block=block, amf_rope=rope)
 
 
 def write_transfer_viewer(out, guide, latents: torch.Tensor | None, reference_video: np.ndarray,
