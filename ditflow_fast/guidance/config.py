@@ -108,7 +108,7 @@ class GuidanceConfig:
             raise ValueError(f"seed (--seed {self.seed}) must be a whole number in 0 .. {SEED_MAX}")
         if self.opt_mode not in OPT_MODES:
             raise ValueError(f"opt_mode must be one of {OPT_MODES}, got {self.opt_mode!r}")
-        from .losses import LOSSES
+        from .losses import LOSSES, needs_qk
 
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
@@ -126,8 +126,13 @@ class GuidanceConfig:
                 raise ValueError(f"{name} must be {what}, got {value!r}")
         if not isinstance(self.amf_rope, bool):
             raise ValueError(f"amf_rope (--amf-no-rope) must be a bool, got {self.amf_rope!r}")
-        if self.guidance_blocks is not None:
-            self._check_emb_reach(self.guidance_blocks)
+        # emb mode optimises the RoPE tables, which an AMF taken before RoPE at block 0 alone cannot see
+        # (resolve() validates again once the model's default blocks are in)
+        if (not self.amf_rope and self.guidance and self.opt_mode == "emb" and not self.inject_embeds
+                and needs_qk(self.loss) and self.guidance_blocks is not None and max(self.guidance_blocks) == 0):
+            raise ValueError("amf_rope=False (--amf-no-rope) with opt_mode 'emb' guides block 0 only, where q/k before "
+                             "RoPE do not depend on the positional embeddings being optimised: guide a later block "
+                             "(--guidance-block) or keep RoPE in the AMF")
         for name in ("frames", "height", "width", "steps", "opt_iters"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -172,7 +177,6 @@ class GuidanceConfig:
         for b in tuple(blocks) + tuple(self.injection_blocks):
             if not 0 <= b < n:
                 raise ValueError(f"block {b} does not exist: the model has {n} transformer blocks")
-        self._check_emb_reach(blocks)
         dev = torch.device(device or self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = self.dtype or ("float32" if dev.type == "cpu" else d["dtype"])
         return dataclasses.replace(
@@ -196,16 +200,6 @@ class GuidanceConfig:
         d = dataclasses.asdict(self)
         d["lr"] = list(self.lr)
         return d
-
-    def _check_emb_reach(self, blocks) -> None:
-        """Emb mode optimises the RoPE tables; an AMF taken before RoPE at block 0 alone cannot see them."""
-        from .losses import needs_qk
-
-        if (not self.amf_rope and self.guidance and self.opt_mode == "emb" and not self.inject_embeds
-                and needs_qk(self.loss) and max(blocks) == 0):
-            raise ValueError("amf_rope=False (--amf-no-rope) with opt_mode 'emb' guides block 0 only, where q/k before "
-                             "RoPE do not depend on the positional embeddings being optimised: guide a later block "
-                             "(--guidance-block) or keep RoPE in the AMF")
 
     def run_key(self, exclude: tuple[str, ...] = ()) -> str:
         """A hash of everything that changes the numbers: a saved state resumes only under the same key.

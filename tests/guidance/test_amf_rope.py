@@ -17,10 +17,6 @@ from ditflow_fast.transfer_api.options import TransferOptions  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _guide(cache=None, **kw):
-    return tiny_guide(ref_cache=cache, **kw)
-
-
 def test_the_default_keeps_earlier_run_keys_and_a_bad_value_is_named():
     base = GuidanceConfig(model="m")
     assert GuidanceConfig(model="m", amf_rope=True).run_key() == base.run_key()
@@ -38,7 +34,7 @@ def test_the_transfer_option_reaches_the_config():
 
 def test_the_loop_compares_the_amf_before_rope_and_caches_it_apart(tmp_path):
     cache = RefCache(tmp_path, model="tiny")
-    with_rope, plain = _guide(cache), _guide(cache, amf_rope=False)
+    with_rope, plain = tiny_guide(ref_cache=cache), tiny_guide(ref_cache=cache, amf_rope=False)
     t_rope, t_plain = with_rope.reference_targets(), plain.reference_targets()
     assert [e["hit"] for e in cache.events] == [False, False]  # two keys: neither reused the other's targets
     (block,) = t_rope
@@ -50,7 +46,7 @@ def test_the_loop_compares_the_amf_before_rope_and_caches_it_apart(tmp_path):
     assert res_rope.losses[first][0] != pytest.approx(res_plain.losses[first][0], rel=1e-4)
     assert torch.isfinite(res_plain.latents).all() and not torch.equal(res_rope.latents, res_plain.latents)
     # and a second run without RoPE finds its own targets in the cache
-    again = _guide(cache, amf_rope=False)
+    again = tiny_guide(ref_cache=cache, amf_rope=False)
     assert torch.equal(again.reference_targets()[block]["amf"], t_plain[block]["amf"]) and cache.events[-1]["hit"]
 
 
