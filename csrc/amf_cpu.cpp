@@ -2,12 +2,11 @@
 //
 // Forward: work is blocked over (query tile of R rows) x (group of key frames). Each score tile
 // S = Q_tile @ K_group^T comes from ATen's GEMM (MKL, single-threaded inside our parallel region)
-// into a per-thread buffer of at most 4 MiB, and is reduced by the steps of amf_reduce.h (argmax, or
-// the soft-argmax with its log-sum-exp) right after, while it is still in cache. Extra memory: one
-// tile per thread plus the [B, N, F] outputs, never N x N. Tile sizes were chosen by measurement on
-// the 2-core CI machine: single-threaded MKL reached 94.7 GFLOP/s on 256 x 1320 x 3072 tiles and
-// 97.8 on 660 x 1320 x 3072 (99.0 on the whole 1320^2 problem), so tiles are made as tall as the
-// thread balance allows (up to 768 rows) and as wide as 4 MiB allows.
+// into a per-thread buffer sized to the core's L2 (amf_cpu_tiling.h says why and what was
+// measured), and is reduced by the steps of amf_reduce.h (argmax, or the soft-argmax with its
+// log-sum-exp) right after, while it is still in cache. Extra memory: one tile per thread plus the
+// [B, N, F] outputs, never N x N. Single-threaded MKL reached 94.7 GFLOP/s on 256 x 1320 x 3072
+// tiles and 97.8 on 660 x 1320 x 3072 (99.0 on the whole 1320^2 problem) on the 2-core CI machine.
 // The float32 argmax forward takes the bf16 screen of amf_cpu_screen.cpp where the CPU multiplies
 // bf16 natively (same result, the exact argmax; DITFLOW_FAST_CPU_SCREEN=0 turns it off).
 // Backward (soft): row chunks of at most 64 MiB of scores, see backward_impl.
@@ -134,28 +133,30 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
     }
   }
   const int64_t batch = qc.size(0), n = qc.size(1);
-  const Plan plan = forward_plan(batch, n, frames, hw, sizeof(T));
+  const Plan plan = forward_plan(batch, n, frames, hw, sizeof(T), l2_bytes());
   T* tgt = target.data_ptr<T>();
   T* lse_ptr = soft ? lse.data_ptr<T>() : nullptr;
-  at::parallel_for(0, batch * plan.tiles_per_batch, 1, [&](int64_t begin, int64_t end) {
+  // Work items run key-group-major and the threads take them in turn, so at any time all threads
+  // multiply the same key group: it is read from memory once per group, not once per query tile (at
+  // N = 8,100 all keys are 100 MB, three times L3).
+  const int64_t groups = ceil_div(frames, plan.group), tiles = batch * plan.tiles_per_batch;
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), tiles);
+  at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
     const at::Tensor tile = keep.defined() ? at::Tensor() : at::empty({plan.rows * plan.group * hw}, qc.options());
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / plan.tiles_per_batch;
-      const int64_t r0 = (item % plan.tiles_per_batch) * plan.rows;
-      const int64_t nr = std::min(plan.rows, n - r0);
-      if (nr <= 0) continue;
-      const at::Tensor q_tile = qc[b].narrow(0, r0, nr);
-      for (int64_t j0 = 0; j0 < frames; j0 += plan.group) {
-        const int64_t g = std::min(plan.group, frames - j0);
+    for (int64_t th = first; th < last; ++th)
+      for (int64_t item = th; item < groups * tiles; item += threads) {
+        const int64_t j0 = (item / tiles) * plan.group, b = (item % tiles) / plan.tiles_per_batch;
+        const int64_t r0 = (item % plan.tiles_per_batch) * plan.rows;
+        const int64_t nr = std::min(plan.rows, n - r0), g = std::min(plan.group, frames - j0);
+        if (nr <= 0) continue;
         // with `keep` the tile is written where the backward will find it, instead of the scratch buffer
         at::Tensor s = keep.defined() ? keep[b].narrow(0, r0, nr).narrow(1, j0 * hw, g * hw)
                                       : tile.narrow(0, 0, nr * g * hw).view({nr, g * hw});
-        at::mm_out(s, q_tile, kc[b].narrow(0, j0 * hw, g * hw).t());
+        at::mm_out(s, qc[b].narrow(0, r0, nr), kc[b].narrow(0, j0 * hw, g * hw).t());
         const TileArgs<T> args{s.data_ptr<T>(), s.stride(0), nr,    g,           hw,  frames,
                                (b * n + r0) * frames + j0,    alpha, px.data(), py.data(), tgt, lse_ptr};
         reduce_tile(args, soft);
       }
-    }
   });
 }
 
