@@ -44,8 +44,8 @@ def _median(row: dict) -> str:
 def format_table(record: dict) -> str:
     rows = record["rows"]
     gpu = any("floor_fraction" in r for r in rows)
-    head = ["impl", "mode", "median", "min", "max", "refcheck", "GFLOP/s", "x GEMM", "vs research", "peak extra mem",
-            "mem: research/row"] + (["% datasheet floor"] if gpu else [])
+    head = ["impl", "mode", "median", "min", "max", "refcheck", "GFLOP/s", "x GEMM", "paired", "vs research",
+            "peak extra mem", "mem: research/row"] + (["% datasheet floor"] if gpu else [])
     table = [head]
     notes = []
     for r in rows:
@@ -55,7 +55,7 @@ def format_table(record: dict) -> str:
             mem_ratio += " (pred.)"
         line = [r["impl"], r["mode"], _median(r), _t(r.get("min_s")), _t(r.get("max_s")), _check(r),
                 f"{r['flops_per_s'] / 1e9:.1f}" if ok else "-", _x(r.get("x_floor")),
-                _x(r.get("speedup_vs_research")), _mem(r), mem_ratio]
+                _x(r.get("x_floor_paired")), _x(r.get("speedup_vs_research")), _mem(r), mem_ratio]
         if gpu:
             line.append(f"{100 * r['floor_fraction']:.1f}%" if r.get("floor_fraction") else "-")
         table.append(line)
@@ -77,7 +77,9 @@ def format_table(record: dict) -> str:
              f"commit {(record['git']['commit'] or 'unknown')[:10]}{' (dirty)' if record['git']['dirty'] else ''}")
     legend = (f"x GEMM: median / median of the bare {fd + ' ' if fd else ''}Q_cat @ K_cat^T of the same shape in "
               "this run "
-              "(fwd+bwd does ~4 GEMMs of work). vs research: research median / row median. "
+              "(fwd+bwd does ~4 GEMMs of work). paired: the median over repeats of the row's time / the GEMM's, "
+              "the GEMM called again just before each timed call (steady when the machine's speed drifts). "
+              "vs research: research median / row median. "
               "mem: research peak / row peak. FLOPs: 2*N^2*H*d per forward, ~4x for soft fwd+bwd.")
     st = record["settings"]
     if st.get("loadavg_start"):

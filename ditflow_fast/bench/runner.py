@@ -2,7 +2,10 @@
 
 Per case: median/min/max of ``repeats`` timed calls after ``warmup`` calls, nominal FLOPs and
 FLOP/s, the ratio to the bare heads-concatenated GEMM timed in the same run (``x_floor``; the GEMM
-in ``settings.floor_dtype``, :func:`ditflow_fast.bench.rows.floor_dtype`: bf16 for bf16 inputs), the
+in ``settings.floor_dtype``, :func:`ditflow_fast.bench.rows.floor_dtype`: bf16 for bf16 inputs) and
+the paired ratio (``x_floor_paired``: the GEMM is called again just before each timed call of an AMF
+row, and the median of the per-repeat ratios is kept: on a shared machine whose speed drifts, a
+ratio of two medians taken minutes apart can be off by 20%), the
 speed-up and the memory ratio against the research row of the same mode, the measured peak extra
 memory (or, for a materialising case that cannot fit, its prediction, labelled), and on a GPU
 with a known datasheet the achieved fraction of the performance model's floor.
@@ -25,7 +28,7 @@ from .presets import get_preset
 from .record import git_info, machine_info, now_utc, versions
 from .refcheck import check_case, check_shape, describe, shape_note
 from .spec import FLOOR, elem_size, parse_dtype
-from .timing import summarize, time_callable
+from .timing import paired_ratio, summarize, time_callable, time_paired
 
 
 def _cpu_argmax_screen() -> bool | None:
@@ -55,9 +58,10 @@ def _loadavg() -> list[float] | None:
 
 
 def _run_case(spec: CaseSpec, *, limit: int, warmup: int, repeats: int, memory: bool,
-              check: dict | None = None) -> dict:
+              check: dict | None = None, floor: Callable[[], object] | None = None) -> dict:
     """One row. ``check`` (``{"shape", "refs"}``, None with ``--no-refcheck``): compare the row's AMF with
-    the float64 reference first; a row that disagrees is marked ``wrong`` and neither timed nor measured."""
+    the float64 reference first; a row that disagrees is marked ``wrong`` and neither timed nor measured.
+    ``floor``: the GEMM floor's callable, timed before each repeat of an AMF row (``x_floor_paired``)."""
     impl = rows.get(spec.impl)
     row = {**spec.as_dict(), "kind": impl.kind, "status": "ok", "reason": None,
            "predicted_bytes": predicted_bytes(spec), "peak_extra_bytes": None, "memory_label": None,
@@ -82,7 +86,11 @@ def _run_case(spec: CaseSpec, *, limit: int, warmup: int, repeats: int, memory: 
             warmup -= 1  # the check ran this very case once: it was the first warm-up call
     try:
         fn = build_case(spec)
-        times = time_callable(fn, warmup=warmup, repeats=repeats, device=spec.device)
+        if floor is not None and impl.computes_amf:
+            times, floor_times = time_paired(fn, floor, warmup=warmup, repeats=repeats, device=spec.device)
+            row.update(floor_times_s=floor_times, x_floor_paired=paired_ratio(times, floor_times))
+        else:
+            times = time_callable(fn, warmup=warmup, repeats=repeats, device=spec.device)
         del fn
         gc.collect()
         row.update(times_s=times, **summarize(times))
@@ -148,15 +156,20 @@ def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, 
                  + (shape_note(preset, shape, dtype) or "on the preset's own problem"))
     load_start = _loadavg()
     records = []
+    floor = None
     for i, spec in enumerate(specs, 1):
         progress(f"[{i}/{len(specs)}] {spec.impl} {spec.mode} ...")
-        row = _run_case(spec, limit=limit, warmup=warmup, repeats=repeats, memory=memory, check=check)
+        row = _run_case(spec, limit=limit, warmup=warmup, repeats=repeats, memory=memory, check=check, floor=floor)
         records.append(row)
+        if spec.impl == FLOOR and row["status"] == "ok":
+            floor = build_case(spec)  # the planner puts the floor first: every AMF row is paired with it
         if row["refcheck"] and row["refcheck"]["status"] != "n/a" and row["status"] != "wrong":
             progress(f"      refcheck {describe(row['refcheck'])}")
         if row["status"] == "ok":
             mem = f", peak extra {_fmt_bytes(row['peak_extra_bytes'])}" if row["peak_extra_bytes"] is not None else ""
-            progress(f"      median {row['median_s']:.4f} s (min {row['min_s']:.4f}, max {row['max_s']:.4f}){mem}")
+            paired = f", {row['x_floor_paired']:.2f}x of the GEMM, paired" if row.get("x_floor_paired") else ""
+            spread = f"(min {row['min_s']:.4f}, max {row['max_s']:.4f})"
+            progress(f"      median {row['median_s']:.4f} s {spread}{paired}{mem}")
         else:
             progress(f"      {row['status']}: {row['reason']}")
         if row.get("memory_error"):

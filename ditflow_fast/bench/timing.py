@@ -35,5 +35,26 @@ def time_callable(fn: Callable[[], object], *, warmup: int, repeats: int, device
     return times
 
 
+def time_paired(fn: Callable[[], object], floor: Callable[[], object], *, warmup: int, repeats: int,
+                device: str = "cpu") -> tuple[list[float], list[float]]:
+    """Like :func:`time_callable`, with one call of ``floor`` timed just before each timed call of ``fn``:
+    ``(fn times, floor times)``. Their per-repeat ratios stay meaningful when the machine's speed drifts
+    between repeats (a shared VM), which a ratio of two medians taken minutes apart does not."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    for _ in range(warmup):
+        fn()
+    times, floor_times = [], []
+    for _ in range(repeats):
+        floor_times += time_callable(floor, warmup=0, repeats=1, device=device)
+        times += time_callable(fn, warmup=0, repeats=1, device=device)
+    return times, floor_times
+
+
+def paired_ratio(times: list[float], floor_times: list[float]) -> float:
+    """Median over repeats of (call / the floor call timed just before it)."""
+    return statistics.median(t / f for t, f in zip(times, floor_times, strict=True))
+
+
 def summarize(times: list[float]) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}

@@ -105,7 +105,8 @@ def bench_rows(record: dict) -> dict:
             "median_ms": round(r["median_s"] * 1e3, 4) if ok else None,
             "tflop_s": round(rate / 1e12, 2) if rate else None,
             "share_of_gemm": round(rate / gemm_rate, 4) if rate and gemm_rate else None,
-            "x_floor": r.get("x_floor"), "speedup_vs_research": r.get("speedup_vs_research"),
+            "x_floor": r.get("x_floor"), "x_floor_paired": r.get("x_floor_paired"),
+            "speedup_vs_research": r.get("speedup_vs_research"),
             "peak_extra_bytes": r.get("peak_extra_bytes"), "memory_label": r.get("memory_label"),
             "memory_ratio_vs_research": r.get("memory_ratio_vs_research"),
         })

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from ditflow_fast.bench.cases import build_case
 from ditflow_fast.bench.memory import predicted_bytes
 from ditflow_fast.bench.presets import PRESETS, get_preset
 from ditflow_fast.bench.spec import CaseSpec, make_inputs
+from ditflow_fast.bench.timing import paired_ratio, time_paired
 from ditflow_fast.cli.main import main
 
 
@@ -51,13 +53,27 @@ def test_smoke_cli_appends_well_formed_record(tmp_path, capsys):
             assert len(r["times_s"]) == 2 and r["min_s"] <= r["median_s"] <= r["max_s"]
             assert r["flops"] == (4 * fwd if mode == "soft_fwd_bwd" else fwd)
             assert r["x_floor"] > 0 and r["speedup_vs_research"] > 0
+            assert len(r["floor_times_s"]) == 2
+            assert r["x_floor_paired"] == pytest.approx(statistics.median(
+                t / f for t, f in zip(r["times_s"], r["floor_times_s"], strict=True)))
             assert r["flops_per_s"] == pytest.approx(r["flops"] / r["median_s"])
     assert _row(rec, "research", "soft")["speedup_vs_research"] == 1.0
+    assert "x_floor_paired" not in _row(rec, "gemm", "gemm")  # the floor is not paired with itself
     # A second run appends instead of overwriting.
     out = tmp_path / "results" / "bench.jsonl"
     assert main(["bench", "--preset", "smoke", "--repeats", "1", "--warmup", "0", "--no-memory",
                  "--backends", "torch", "--modes", "argmax", "--out", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_paired_timing_calls_the_floor_just_before_each_timed_call():
+    calls = []
+    times, floor_times = time_paired(lambda: calls.append("row"), lambda: calls.append("floor"), warmup=2, repeats=3)
+    assert calls == ["row", "row"] + ["floor", "row"] * 3
+    assert len(times) == len(floor_times) == 3
+    assert paired_ratio([2.0, 9.0, 3.0], [1.0, 3.0, 2.0]) == 2.0  # ratios 2, 3, 1.5: their median
+    with pytest.raises(ValueError, match="repeats"):
+        time_paired(lambda: None, lambda: None, warmup=0, repeats=0)
 
 
 def test_smoke_memory_is_measured_in_fresh_processes(tmp_path):
