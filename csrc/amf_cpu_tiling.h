@@ -34,10 +34,10 @@ inline int64_t env_int(const char* name, int64_t fallback) {
 // fits the tile budget; frames are added while the tile stays within it, and up to kMinGemmKeys keys
 // whatever the budget, since a GEMM over fewer keys spends too much of its time packing the query
 // tile (cpu-5b, 330 keys a frame: 660 x 330 tiles 1.09x to 1.16x of the whole GEMM, 660 x 1320 ones
-// 1.02x to 1.05x). The soft forward's budget is this core's L2 (l2_bytes): the GEMM adds into its
-// output once per block of the depth, so an output tile beyond L2 goes to L3 and back on every
-// block (N = 8,100, 1 MiB L2: 193-row tiles 0.90x to 0.96x of the whole GEMM, 675-row ones 1.05x to
-// 1.23x). Knobs: DITFLOW_FAST_CPU_ROWS (max query rows per tile, 768), DITFLOW_FAST_CPU_TILE_KB
+// 1.02x to 1.05x). The soft forward's budget is this core's L2 (l2_bytes), measured (N = 8,100,
+// 1 MiB L2: 193-row tiles 0.90x to 0.96x of the whole GEMM, 675-row ones 1.05x to 1.23x); probably
+// because the GEMM adds into its output once per block of the depth, and an output tile beyond L2
+// goes to L3 and back on every block (not profiled). Knobs: DITFLOW_FAST_CPU_ROWS (max query rows per tile, 768), DITFLOW_FAST_CPU_TILE_KB
 // (tile budget), DITFLOW_FAST_CPU_MIN_KEYS (kMinGemmKeys).
 struct Plan {
   int64_t rows, tiles_per_batch, group;
