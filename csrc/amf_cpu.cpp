@@ -133,7 +133,7 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
     }
   }
   const int64_t batch = qc.size(0), n = qc.size(1);
-  const Plan plan = forward_plan(batch, n, frames, hw, sizeof(T), l2_bytes());
+  const Plan plan = forward_plan(batch, n, frames, hw, sizeof(T), l2_bytes(), l2_bytes());
   T* tgt = target.data_ptr<T>();
   T* lse_ptr = soft ? lse.data_ptr<T>() : nullptr;
   // Work items run key-group-major and the threads take them in turn, so at any time all threads
