@@ -2,11 +2,12 @@
 //
 // Forward: work is blocked over (query tile of R rows) x (group of key frames). Each score tile
 // S = Q_tile @ K_group^T comes from ATen's GEMM (MKL, single-threaded inside our parallel region)
-// into a per-thread buffer sized to the core's L2 (amf_cpu_tiling.h says why and what was
-// measured), and is reduced by the steps of amf_reduce.h (argmax, or the soft-argmax with its
-// log-sum-exp) right after, while it is still in cache. Extra memory: one tile per thread plus the
-// [B, N, F] outputs, never N x N. Single-threaded MKL reached 94.7 GFLOP/s on 256 x 1320 x 3072
-// tiles and 97.8 on 660 x 1320 x 3072 (99.0 on the whole 1320^2 problem) on the 2-core CI machine.
+// into a per-thread buffer of at most 4 MiB (in soft mode, for frames of about 1,000 keys and more,
+// of this core's L2: amf_cpu_tiling.h says when and what was measured), and is reduced by the steps
+// of amf_reduce.h (argmax, or the soft-argmax with its log-sum-exp) right after, while it is still in
+// cache. Extra memory: one tile per thread plus the [B, N, F] outputs, never N x N. Single-threaded
+// MKL reached 94.7 GFLOP/s on 256 x 1320 x 3072 tiles and 97.8 on 660 x 1320 x 3072 (99.0 on the
+// whole 1320^2 problem) on the 2-core CI machine, hence tall tiles where nothing else was measured.
 // The float32 argmax forward takes the bf16 screen of amf_cpu_screen.cpp where the CPU multiplies
 // bf16 natively (same result, the exact argmax; DITFLOW_FAST_CPU_SCREEN=0 turns it off).
 // Backward (soft): row chunks of at most 64 MiB of scores, see backward_impl.
@@ -133,12 +134,12 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
     }
   }
   const int64_t batch = qc.size(0), n = qc.size(1);
-  const Plan plan = forward_plan(batch, n, frames, hw, sizeof(T), l2_bytes(), l2_bytes());
+  const Plan plan = forward_plan(batch, n, frames, hw, sizeof(T), soft);
   T* tgt = target.data_ptr<T>();
   T* lse_ptr = soft ? lse.data_ptr<T>() : nullptr;
   // Work items run key-group-major and the threads take them in turn, so at any time all threads
-  // multiply the same key group, which can stay in L3 for all its query tiles (at N = 8,100 all keys
-  // are 100 MB, three times L3). Timed only together with the L2-sized tiles.
+  // multiply the same key group, which can stay in L3 for all its query tiles (at N = 8,100 the keys
+  // are 100 MB in all, 16.6 MB a frame). Timed only together with the L2-sized tiles.
   const int64_t groups = ceil_div(frames, plan.group), tiles = batch * plan.tiles_per_batch;
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), tiles);
   at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {

@@ -200,9 +200,9 @@ void argmax_forward_screened(const at::Tensor& qc, const at::Tensor& kc, int64_t
       kn_max[bj] = std::max(kn_max[bj], kr.norm[b * n + key]);
       kd_max[bj] = std::max(kd_max[bj], kr.resid[b * n + key]);
     }
-  // tiles within 4 MiB, rows never cut to L2: the screen's tiles are bf16 and its cost is the
+  // tall tiles within 4 MiB, never cut to L2: the screen's tiles are bf16 and its cost is the
   // rescoring, and there tall tiles measured best (cpu-5b: 768-row tiles 0.57x of the GEMM, 192-row 0.65x)
-  const Plan plan = forward_plan(batch, n, frames, hw, sizeof(float), int64_t(4) << 20, 0);
+  const Plan plan = forward_plan(batch, n, frames, hw, sizeof(float), false);
   // stage 1's window in units of E (DITFLOW_FAST_CPU_STAGE1_PCT, percent, 125): a knob for tests
   // (1% forces stage 2 nearly everywhere) and tuning; any value gives the same, exact result.
   const double stage1_window = env_int("DITFLOW_FAST_CPU_STAGE1_PCT", 125) / 100.0;

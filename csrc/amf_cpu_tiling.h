@@ -30,45 +30,51 @@ inline int64_t env_int(const char* name, int64_t fallback) {
 }
 
 // Query tiles of `rows` rows (every thread gets the same number of tiles when the shape allows) and,
-// per GEMM, `group` consecutive key frames: as many as keep the rows x (group * hw) score tile within
-// `budget`, and at least kMinGemmKeys keys whatever the budget, since a GEMM over fewer keys spends
-// too much of its time packing the query tile (cpu-5b, 330 keys a frame: 660 x 330 tiles 1.09x to
-// 1.16x of the whole GEMM, 660 x 1320 ones 1.02x to 1.05x).
-// `fit` (the soft forward passes its core's L2, l2_bytes; 0: never): when one key frame's tile fits
-// it with at least kMinFitRows rows, rows are cut to fit; otherwise tiles stay tall. Measured, the
-// kernel alone against the whole GEMM, 2 threads, 1 MiB L2 (hw = keys a frame, D = H*d):
-//   hw 1,350, D 3,072, 6 frames: 192 rows 0.90x, 384 rows 1.01x, 768 rows 1.17x (1,536 and 3
-//     frames, or 13 frames: the same order);
-//   hw 3,600, D 1,536 or 3,072: 72 rows 1.27x, 192 rows 1.18x to 1.23x, 768 rows 1.07x;
-//   hw 1,560, D 1,536: 168 rows and 768 rows level.
-// Why small rows win at 1,350 keys and lose at 3,600 was not profiled. Knobs: DITFLOW_FAST_CPU_ROWS
-// (max query rows per tile, 768), DITFLOW_FAST_CPU_TILE_KB (both budgets), DITFLOW_FAST_CPU_MIN_KEYS.
+// per GEMM, `group` consecutive key frames, as many as keep the rows x (group * hw) score tile
+// within the tile budget (4 MiB). Wider tiles amortise the GEMM's packing of the query tile over
+// more keys: at cpu-5b (330 keys a frame) 660 x 330 tiles ran at 1.09x to 1.16x of the whole GEMM,
+// 660 x 1,320 ones at 1.02x to 1.05x.
+// `fit_l2` (the soft forward): where one key frame has at least kMinFitKeys keys and its tile fits
+// this core's L2 (l2_bytes) with at least kMinFitRows rows, rows are cut so that it does, one frame
+// a GEMM. Measured, the kernel alone against the whole GEMM, 2 threads, 1 MiB L2
+// (docs/runs/soft_tiles/rows_amd-epyc-zen4-2c.txt; hw = keys a frame, D = H*d):
+//   hw 1,350 (D 1,536 or 3,072; 3, 6 or 13 frames): 192 rows 0.82x to 0.91x, 768 rows 0.98x to 1.17x;
+//   hw 3,600, D 1,536: 72 rows 1.27x, 192 rows 1.18x, 768 rows 1.07x (D 3,072: 192 rows 1.23x, 768 1.07x).
+// Why small rows win at 1,350 keys and lose at 3,600 was not profiled; other shapes keep tall tiles.
+// Knobs: DITFLOW_FAST_CPU_ROWS (max query rows per tile; it also turns the L2 cut off),
+// DITFLOW_FAST_CPU_TILE_KB (the tile budget, and the L2 size the cut assumes).
 struct Plan {
   int64_t rows, tiles_per_batch, group;
 };
 
-constexpr int64_t kMaxTileRows = 768, kMinFitRows = 192, kMinGemmKeys = 1024;
+constexpr int64_t kMaxTileRows = 768, kMinFitRows = 192, kMinFitKeys = 1024, kTileBudget = int64_t(4) << 20;
 
 inline int64_t l2_bytes() {
+#ifdef _SC_LEVEL2_CACHE_SIZE
   const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-  return v > 0 ? v : int64_t(1) << 20;
+  if (v > 0) return v;
+#endif
+  return int64_t(1) << 20;
 }
 
-inline Plan forward_plan(int64_t batch, int64_t n, int64_t frames, int64_t hw, int64_t elem, int64_t budget,
-                         int64_t fit) {
+inline Plan forward_plan(int64_t batch, int64_t n, int64_t frames, int64_t hw, int64_t elem, bool fit_l2) {
   const int64_t threads = at::get_num_threads();
-  const char* knob = std::getenv("DITFLOW_FAST_CPU_TILE_KB");
-  if (knob && *knob) budget = fit = env_int("DITFLOW_FAST_CPU_TILE_KB", 1) * 1024;
-  const int64_t fit_rows = fit / (hw * elem);
-  const int64_t tall = fit_rows >= kMinFitRows ? std::min(kMaxTileRows, fit_rows) : kMaxTileRows;
-  const int64_t max_rows = env_int("DITFLOW_FAST_CPU_ROWS", tall);
+  int64_t budget = env_int("DITFLOW_FAST_CPU_TILE_KB", kTileBudget / 1024) * 1024;
+  int64_t max_rows = kMaxTileRows;
+  if (fit_l2 && hw >= kMinFitKeys) {
+    const int64_t l2 = env_int("DITFLOW_FAST_CPU_TILE_KB", l2_bytes() / 1024) * 1024;
+    if (l2 / (hw * elem) >= kMinFitRows) {
+      budget = l2;
+      max_rows = std::min(max_rows, l2 / (hw * elem));
+    }
+  }
+  max_rows = env_int("DITFLOW_FAST_CPU_ROWS", max_rows);
   int64_t tiles = ceil_div(n, max_rows);
   // round the total number of tiles up to a multiple of the thread count (balanced threads)
   while ((batch * tiles) % threads != 0 && tiles < n) ++tiles;
   const int64_t rows = ceil_div(n, tiles);
-  const int64_t min_keys = env_int("DITFLOW_FAST_CPU_MIN_KEYS", kMinGemmKeys);
-  const int64_t width = std::max(budget / (rows * hw * elem), ceil_div(min_keys, hw));
-  return {rows, ceil_div(n, rows), std::clamp<int64_t>(width, 1, frames)};
+  const int64_t group = std::clamp<int64_t>(budget / (rows * hw * elem), 1, frames);
+  return {rows, ceil_div(n, rows), group};
 }
 
 // One forward score tile and where its reductions go; reduce_tile (amf_cpu.cpp) runs the argmax or

@@ -78,7 +78,7 @@ def format_table(record: dict) -> str:
     legend = (f"x GEMM: median / median of the bare {fd + ' ' if fd else ''}Q_cat @ K_cat^T of the same shape in "
               "this run "
               "(fwd+bwd does ~4 GEMMs of work). paired: the median over repeats of the row's time / the GEMM's, "
-              "the GEMM called again just before each timed call (steady when the machine's speed drifts). "
+              "the GEMM called again just before each timed call. "
               "vs research: research median / row median. "
               "mem: research peak / row peak. FLOPs: 2*N^2*H*d per forward, ~4x for soft fwd+bwd.")
     st = record["settings"]

@@ -4,8 +4,8 @@ Per case: median/min/max of ``repeats`` timed calls after ``warmup`` calls, nomi
 FLOP/s, the ratio to the bare heads-concatenated GEMM timed in the same run (``x_floor``; the GEMM
 in ``settings.floor_dtype``, :func:`ditflow_fast.bench.rows.floor_dtype`: bf16 for bf16 inputs) and
 the paired ratio (``x_floor_paired``: the GEMM is called again just before each timed call of an AMF
-row, and the median of the per-repeat ratios is kept: on a shared machine whose speed drifts, a
-ratio of two medians taken minutes apart can be off by 20%), the
+row, and the median of the per-repeat ratios is kept, so that both calls of a pair see the machine in
+the same state; the row's own times are then taken after a GEMM, with colder caches), the
 speed-up and the memory ratio against the research row of the same mode, the measured peak extra
 memory (or, for a materialising case that cannot fit, its prediction, labelled), and on a GPU
 with a known datasheet the achieved fraction of the performance model's floor.

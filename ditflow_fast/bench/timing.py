@@ -38,8 +38,7 @@ def time_callable(fn: Callable[[], object], *, warmup: int, repeats: int, device
 def time_paired(fn: Callable[[], object], floor: Callable[[], object], *, warmup: int, repeats: int,
                 device: str = "cpu") -> tuple[list[float], list[float]]:
     """Like :func:`time_callable`, with one call of ``floor`` timed just before each timed call of ``fn``:
-    ``(fn times, floor times)``. Their per-repeat ratios stay meaningful when the machine's speed drifts
-    between repeats (a shared VM), which a ratio of two medians taken minutes apart does not."""
+    ``(fn times, floor times)``: per-repeat ratios, each from two calls made moments apart."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     for _ in range(warmup):

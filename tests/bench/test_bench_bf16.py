@@ -74,6 +74,7 @@ def test_bf16_run_ratios_are_to_the_bf16_gemm_and_every_row_is_checked(tmp_path,
     assert gemm["x_floor"] == 1.0 and gemm["refcheck"]["status"] == "n/a"
     assert fp32["kind"] == "yardstick" and fp32["status"] == "ok" and fp32["refcheck"]["status"] == "n/a"
     assert fp32["x_floor"] == pytest.approx(fp32["median_s"] / gemm["median_s"])
+    assert "x_floor_paired" not in fp32 and "x_floor_paired" not in gemm  # only AMF rows are paired
     checked = 0
     for r in rec["rows"]:
         if r["kind"] in ("floor", "yardstick") or r["status"] == "skipped":
@@ -81,6 +82,7 @@ def test_bf16_run_ratios_are_to_the_bf16_gemm_and_every_row_is_checked(tmp_path,
         c = r["refcheck"]
         assert r["status"] == "ok" and c["passed"] is True and 0 <= c["err"] <= c["tol"], r
         assert r["x_floor"] == pytest.approx(r["median_s"] / gemm["median_s"])
+        assert len(r["floor_times_s"]) == len(r["times_s"]) and r["x_floor_paired"] > 0
         if r["impl"] == "research":
             continue  # its own tolerance (input-dtype accumulation): test_bench_refcheck.py
         checked += 1

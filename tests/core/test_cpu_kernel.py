@@ -104,7 +104,6 @@ def test_small_tiles_and_chunks_agree(monkeypatch):
     # frame each, and backward row chunks that do not divide N.
     monkeypatch.setenv("DITFLOW_FAST_CPU_ROWS", "5")
     monkeypatch.setenv("DITFLOW_FAST_CPU_TILE_KB", "1")
-    monkeypatch.setenv("DITFLOW_FAST_CPU_MIN_KEYS", "1")
     monkeypatch.setenv("DITFLOW_FAST_CPU_BWD_ROWS", "7")
     shape = (2, 3, 3, 4, 5, 8, 2, "strided")
     q, k = make_qk(2, 3, 3, 4, 5, 8, 2, layout="strided", seed=41, scale=2.0)

@@ -114,7 +114,6 @@ def test_tiles_with_too_many_candidates_fall_back(path, monkeypatch):
     # small tiles (many of them, ragged) mix fallen-back and screened tiles in one call.
     monkeypatch.setenv("DITFLOW_FAST_CPU_ROWS", "7")
     monkeypatch.setenv("DITFLOW_FAST_CPU_TILE_KB", "1")
-    monkeypatch.setenv("DITFLOW_FAST_CPU_MIN_KEYS", "1")
     gen = torch.Generator().manual_seed(2)
     f, h, w, heads, d = 4, 3, 5, 2, 16
     n = f * h * w

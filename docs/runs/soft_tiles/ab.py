@@ -1,8 +1,10 @@
 """The soft forward's tile plan, before and after session 12, in one process on the same inputs: the fused kernel
 (`amf_forward`, soft, heads already concatenated) against the bare float32 GEMM of the same run, interleaved, the
-median of the per-round ratios. "before" sets the knobs back to the old rule (768-row tiles, 4 MiB budget, no
-minimum key count); "after" is the default (one frame's tile within L2, at least 1,024 keys per GEMM). Both use
-the key-group-major order. Run: OMP_NUM_THREADS=2 .venv/bin/python docs/runs/soft_tiles/ab.py [ROUNDS]"""
+median of the per-round ratios. "before" sets the knobs back to the old rule (768-row tiles, 4 MiB budget);
+"after" is the default (csrc/amf_cpu_tiling.h: at cpu-5b the same plan; at 5B-f6 193-row tiles, one frame's within
+L2). Both use the key-group-major order. The recorded output is from the first session-12 rule, whose plan at both
+presets is the one of the final rule.
+Run: OMP_NUM_THREADS=2 .venv/bin/python docs/runs/soft_tiles/ab.py [ROUNDS]"""
 
 import os
 import sys
@@ -16,7 +18,7 @@ from ditflow_fast.bench.cases import CaseSpec, make_inputs
 
 torch.set_num_threads(2)
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 9
-BEFORE = {"DITFLOW_FAST_CPU_ROWS": "768", "DITFLOW_FAST_CPU_TILE_KB": "4096", "DITFLOW_FAST_CPU_MIN_KEYS": "1"}
+BEFORE = {"DITFLOW_FAST_CPU_ROWS": "768", "DITFLOW_FAST_CPU_TILE_KB": "4096"}
 
 
 def timed(f, env):
