@@ -16,8 +16,6 @@ from ditflow_fast import _native
 from ditflow_fast.backends.layout import concat_heads
 from ditflow_fast.bench.cases import CaseSpec, make_inputs
 
-torch.set_num_threads(2)
-ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 9
 BEFORE = {"DITFLOW_FAST_CPU_ROWS": "768", "DITFLOW_FAST_CPU_TILE_KB": "4096"}
 
 
@@ -32,7 +30,7 @@ def timed(f, env):
             del os.environ[name]
 
 
-def compare(preset):
+def compare(preset, rounds):
     spec = CaseSpec("cpu", "soft", preset, "float32", "cpu", 0)
     g = spec.geometry
     q, k = make_inputs(spec)
@@ -46,15 +44,17 @@ def compare(preset):
     times = {name: [] for name in rows}
     for f, env in rows.values():
         timed(f, env)
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for name, (f, env) in rows.items():
             times[name].append(timed(f, env))
     for name, ts in times.items():
         ratios = sorted(t / base for t, base in zip(ts, times["gemm"], strict=True))
-        print(f"{preset:16s} {name:7s} median {sorted(ts)[ROUNDS // 2] * 1e3:8.1f} ms   "
-              f"per-round ratio to the GEMM: median {ratios[ROUNDS // 2]:.3f} "
+        print(f"{preset:16s} {name:7s} median {sorted(ts)[rounds // 2] * 1e3:8.1f} ms   "
+              f"per-round ratio to the GEMM: median {ratios[rounds // 2]:.3f} "
               f"(range {ratios[0]:.3f}-{ratios[-1]:.3f})", flush=True)
 
 
-for preset in ("cpu-5b", "cogvideox-5b-f6"):
-    compare(preset)
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    for preset in ("cpu-5b", "cogvideox-5b-f6"):
+        compare(preset, int(sys.argv[1]) if len(sys.argv) > 1 else 9)

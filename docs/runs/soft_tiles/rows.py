@@ -3,28 +3,16 @@ inputs already heads-concatenated) against the whole float32 GEMM, interleaved, 
 Variants are `ROWS:TILE_KB` (the knobs DITFLOW_FAST_CPU_ROWS and DITFLOW_FAST_CPU_TILE_KB) or `new` (no knobs).
 Run: OMP_NUM_THREADS=2 .venv/bin/python docs/runs/soft_tiles/rows.py FRAMES H W D ROUNDS VARIANT..."""
 
-import os
 import sys
-import time
 
 import torch
+from ab import timed  # this folder
 
 from ditflow_fast import _native
 
 torch.set_num_threads(2)
 frames, h, w, d, rounds = (int(x) for x in sys.argv[1:6])
 variants = sys.argv[6:]
-
-
-def timed(f, env):
-    os.environ.update(env)
-    try:
-        t0 = time.perf_counter()
-        f()
-        return time.perf_counter() - t0
-    finally:
-        for name in env:
-            del os.environ[name]
 
 
 n = frames * h * w
