@@ -59,10 +59,11 @@ inline int64_t l2_bytes() {
 
 inline Plan forward_plan(int64_t batch, int64_t n, int64_t frames, int64_t hw, int64_t elem, bool fit_l2) {
   const int64_t threads = at::get_num_threads();
-  int64_t budget = env_int("DITFLOW_FAST_CPU_TILE_KB", kTileBudget / 1024) * 1024;
+  const int64_t knob = env_int("DITFLOW_FAST_CPU_TILE_KB", 0) * 1024;  // 0: unset
+  int64_t budget = knob ? knob : kTileBudget;
   int64_t max_rows = kMaxTileRows;
   if (fit_l2 && hw >= kMinFitKeys) {
-    const int64_t l2 = env_int("DITFLOW_FAST_CPU_TILE_KB", l2_bytes() / 1024) * 1024;
+    const int64_t l2 = knob ? knob : l2_bytes();
     if (l2 / (hw * elem) >= kMinFitRows) {
       budget = l2;
       max_rows = std::min(max_rows, l2 / (hw * elem));
