@@ -25,6 +25,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "amf_cpu_bf16.h"
 #include "amf_cpu_screen.h"
 #include "amf_cpu_tiling.h"
 #include "amf_reduce.h"
@@ -47,8 +48,9 @@ void check_inputs(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
   TORCH_CHECK(qc.dim() == 3 && kc.sizes() == qc.sizes(), "ditflow_fast cpu kernel: qc and kc must both be [B, N, D], got ",
               qc.sizes(), " and ", kc.sizes());
   TORCH_CHECK(qc.scalar_type() == kc.scalar_type() &&
-                  (qc.scalar_type() == at::kFloat || qc.scalar_type() == at::kDouble),
-              "ditflow_fast cpu kernel: qc and kc must both be float32 or float64");
+                  (qc.scalar_type() == at::kFloat || qc.scalar_type() == at::kDouble ||
+                   qc.scalar_type() == at::kBFloat16),
+              "ditflow_fast cpu kernel: qc and kc must both be float32, float64 or bfloat16");
   TORCH_CHECK(frames >= 1 && height >= 1 && width >= 1, "ditflow_fast cpu kernel: frames, height, width must be >= 1");
   TORCH_CHECK(qc.size(1) == frames * height * width, "ditflow_fast cpu kernel: N=", qc.size(1),
               " != frames*height*width=", frames * height * width);
@@ -127,14 +129,16 @@ template <typename T>
 void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, int64_t hw, const std::vector<T>& px,
                   const std::vector<T>& py, T alpha, bool soft, at::Tensor& target, at::Tensor& lse,
                   const at::Tensor& keep) {
+  const bool bf16 = qc.scalar_type() == at::kBFloat16;  // then T is float: amf_cpu_bf16.h's tiles
   if constexpr (std::is_same_v<T, float>) {
-    if (!soft && !keep.defined() && argmax_screen_enabled()) {
+    if (!bf16 && !soft && !keep.defined() && argmax_screen_enabled()) {
       argmax_forward_screened(qc, kc, frames, hw, px.data(), py.data(), target.data_ptr<float>());
       return;
     }
   }
-  const int64_t batch = qc.size(0), n = qc.size(1);
+  const int64_t batch = qc.size(0), n = qc.size(1), d = qc.size(2);
   const Plan plan = forward_plan(batch, n, frames, hw, sizeof(T), soft);
+  const PackedKeys keys = bf16 ? pack_keys(kc.data_ptr<c10::BFloat16>(), batch, n, d, hw) : PackedKeys{};
   T* tgt = target.data_ptr<T>();
   T* lse_ptr = soft ? lse.data_ptr<T>() : nullptr;
   // Work items run key-group-major and the threads take them in turn, so at any time all threads
@@ -143,7 +147,8 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
   const int64_t groups = ceil_div(frames, plan.group), tiles = batch * plan.tiles_per_batch;
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), tiles);
   at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
-    const at::Tensor tile = keep.defined() ? at::Tensor() : at::empty({plan.rows * plan.group * hw}, qc.options());
+    const at::Tensor tile = keep.defined() ? at::Tensor() : at::empty({plan.rows * plan.group * hw}, target.options());
+    std::vector<uint32_t> packed_rows;
     for (int64_t th = first; th < last; ++th)
       for (int64_t item = th; item < groups * tiles; item += threads) {
         const int64_t j0 = (item / tiles) * plan.group, b = (item % tiles) / plan.tiles_per_batch;
@@ -153,7 +158,11 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
         // with `keep` the tile is written where the backward will find it, instead of the scratch buffer
         at::Tensor s = keep.defined() ? keep[b].narrow(0, r0, nr).narrow(1, j0 * hw, g * hw)
                                       : tile.narrow(0, 0, nr * g * hw).view({nr, g * hw});
-        at::mm_out(s, qc[b].narrow(0, r0, nr), kc[b].narrow(0, j0 * hw, g * hw).t());
+        if (bf16)
+          bf16_scores(qc.data_ptr<c10::BFloat16>() + (b * n + r0) * d, nr, d, keys, b, j0, g, s.data_ptr<float>(),
+                      s.stride(0), packed_rows);
+        else
+          at::mm_out(s, qc[b].narrow(0, r0, nr), kc[b].narrow(0, j0 * hw, g * hw).t());
         const TileArgs<T> args{s.data_ptr<T>(), s.stride(0), nr,    g,           hw,  frames,
                                (b * n + r0) * frames + j0,    alpha, px.data(), py.data(), tgt, lse_ptr};
         reduce_tile(args, soft);
@@ -216,13 +225,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_entry(const at::Tensor& q
   // The op has no autograd formula of its own (the Python autograd.Function supplies the backward),
   // so the ATen calls inside run without recording a graph whatever the inputs' requires_grad.
   const at::NoGradGuard no_grad;
-  const at::Tensor qc = qc_in.detach().contiguous(), kc = kc_in.detach().contiguous();
+  at::Tensor qc = qc_in.detach().contiguous(), kc = kc_in.detach().contiguous();
+  // bf16 tiles where the CPU has AVX512-BF16, except for an argmax where AMX speeds up the float32 screen
+  if (qc.scalar_type() == at::kBFloat16 && !(bf16_gemm_enabled() && (soft || !cpu_has_amx()))) {
+    qc = qc.to(at::kFloat);
+    kc = kc.to(at::kFloat);
+  }
+  const auto opts = qc.options().dtype(qc.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   const int64_t batch = qc.size(0), n = qc.size(1), hw = height * width;
-  at::Tensor target = at::empty({batch, n, frames, 2}, qc.options());
-  at::Tensor lse = soft ? at::empty({batch, n, frames}, qc.options()) : at::empty({0}, qc.options());
-  at::Tensor keep = keep_scores ? at::empty({batch, n, n}, qc.options()) : at::Tensor();
+  at::Tensor target = at::empty({batch, n, frames, 2}, opts);
+  at::Tensor lse = soft ? at::empty({batch, n, frames}, opts) : at::empty({0}, opts);
+  at::Tensor keep = keep_scores ? at::empty({batch, n, n}, opts) : at::Tensor();
   if (n == 0 || batch == 0) return {target, lse, keep};
-  AT_DISPATCH_FLOATING_TYPES(qc.scalar_type(), "amf_forward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "amf_forward_cpu", [&] {
     std::vector<scalar_t> px, py;
     coords(height, width, px, py);
     forward_impl<scalar_t>(qc, kc, frames, hw, px, py, static_cast<scalar_t>(alpha), soft, target, lse, keep);
@@ -251,7 +266,9 @@ std::tuple<at::Tensor, at::Tensor> amf_backward_cpu(const at::Tensor& qc_in, con
                                                     const std::optional<at::Tensor>& scores_in) {
   check_inputs(qc_in, kc_in, frames, height, width);
   const at::NoGradGuard no_grad;
-  const at::Tensor qc = qc_in.detach().contiguous(), kc = kc_in.detach().contiguous();
+  // bf16 inputs: dz is float32, so the backward's GEMMs run in float32 on upcast copies
+  const auto up = [](const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ? t.to(at::kFloat) : t; };
+  const at::Tensor qc = up(qc_in.detach()).contiguous(), kc = up(kc_in.detach()).contiguous();
   const int64_t batch = qc.size(0), n = qc.size(1);
   const std::vector<int64_t> per_frame2{batch, n, frames, 2};
   TORCH_CHECK(target_in.sizes() == per_frame2 && grad_in.sizes() == per_frame2,

@@ -10,17 +10,20 @@
 #include <torch/library.h>
 
 #include "amf_cpu.h"
+#include "amf_cpu_bf16.h"
 #include "amf_cpu_screen.h"
 
 // Bumped whenever a schema below or the meaning of an op changes: ditflow_fast/_native.py refuses a
 // prebuilt module of another version (a stale build) with a message instead of failing mid-call.
-constexpr int64_t kAbiVersion = 3;
+constexpr int64_t kAbiVersion = 4;
 
 TORCH_LIBRARY(ditflow_fast_native, m) {
   m.def("abi_version() -> int", [] { return kAbiVersion; });
   // Whether the float32 argmax forward on the CPU takes the bf16 screen (amf_cpu_screen.h) on this
   // machine now (the CPU multiplies bf16 natively and DITFLOW_FAST_CPU_SCREEN is not "0").
   m.def("argmax_screen_enabled() -> bool", [] { return ditflow_fast::argmax_screen_enabled(); });
+  // Whether bf16 qc, kc are multiplied as bf16 (amf_cpu_bf16.h) rather than upcast to float32 first.
+  m.def("bf16_gemm_enabled() -> bool", [] { return ditflow_fast::bf16_gemm_enabled(); });
   // soft=True: softmax-weighted mean position and lse; soft=False: position of the first maximum of
   // <qc[m], kc[n]> (alpha is ignored) and an empty lse.
   m.def("amf_forward(Tensor qc, Tensor kc, int frames, int height, int width, float alpha, bool soft) "

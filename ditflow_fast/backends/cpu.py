@@ -11,10 +11,11 @@ Extra memory is ``O(N * F)`` plus a few cache-sized tiles, never ``N x N``, exce
 forward keeps its raw scores for the backward when they fit in a quarter of the available memory
 (:func:`keep_scores_budget`).
 
-Inputs of any float dtype are gathered once into heads-concatenated float32 (float64 for float64
-input) ``[B, N, H*d]`` copies, as the torch backend does; bf16/fp16 are therefore computed in fp32.
-The float32 argmax screens scores with a bf16 GEMM and rescores the candidates in float64 where
-the CPU multiplies bf16 natively (exact argmax; ``csrc/amf_cpu_screen.h``).
+Inputs are gathered once into heads-concatenated ``[B, N, H*d]`` copies: bf16 stays bf16 where the
+CPU has AVX512-BF16 (the kernel's own bf16 x bf16 -> float32 tiles, ``csrc/amf_cpu_bf16.h``; the
+backward upcasts), every other dtype becomes float32 (float64 for float64 input), as in the torch
+backend. The float32 argmax screens scores with a bf16 GEMM and rescores the candidates in float64
+where the CPU multiplies bf16 natively (exact argmax; ``csrc/amf_cpu_screen.h``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ from .ranking import AUTO_RANK
 
 def _soft_alpha(p: AMFProblem) -> float:
     return p.temperature * p.logit_scale
+
+
+def _gather_dtype(p: AMFProblem) -> torch.dtype:
+    """The dtype of the concatenated copies: bf16 where the kernel multiplies it, else the compute dtype."""
+    if p.q.dtype == torch.bfloat16 and _native.ops().bf16_gemm_enabled():
+        return torch.bfloat16
+    return p.out_dtype
 
 
 KEEP_FRACTION = 0.25  # of the memory available when the forward runs
@@ -73,7 +81,7 @@ class _CpuSoftAMF(torch.autograd.Function):
     @staticmethod
     @no_autocast
     def forward(ctx, q, k, problem: AMFProblem, keep: bool):
-        cdtype = problem.out_dtype
+        cdtype = _gather_dtype(problem)
         qc = concat_heads(q, problem.text_tokens, cdtype)
         kc = concat_heads(k, problem.text_tokens, cdtype)
         args = (qc, kc, problem.frames, problem.height, problem.width, _soft_alpha(problem))
@@ -109,7 +117,7 @@ def amf_cpu(problem: AMFProblem) -> torch.Tensor:
         keep = grad and problem.batch * problem.tokens**2 * elem <= keep_scores_budget()
         return _CpuSoftAMF.apply(problem.q, problem.k, problem, keep)
     with torch.no_grad():
-        cdtype = problem.out_dtype
+        cdtype = _gather_dtype(problem)
         qc = concat_heads(problem.q, problem.text_tokens, cdtype)
         kc = concat_heads(problem.k, problem.text_tokens, cdtype)
         target, _ = _native.ops().amf_forward(qc, kc, problem.frames, problem.height, problem.width, 1.0, False)

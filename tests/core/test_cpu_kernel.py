@@ -203,7 +203,7 @@ def test_op_rejects_bad_inputs_with_a_clear_message():
     qc = torch.randn(1, 12, 8)
     with pytest.raises(RuntimeError, match="frames\\*height\\*width"):
         ops.amf_forward(qc, qc, 2, 2, 2, 1.0, True)
-    with pytest.raises(RuntimeError, match="float32 or float64"):
+    with pytest.raises(RuntimeError, match="float32, float64 or bfloat16"):
         ops.amf_forward(qc.half(), qc.half(), 3, 2, 2, 1.0, True)
 
 

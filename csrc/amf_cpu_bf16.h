@@ -1,0 +1,37 @@
+// Score tiles of bf16 inputs in float32 by AVX512-BF16 dot products (amf_cpu_bf16.cpp).
+//
+// ATen offers no bf16 x bf16 -> float32 GEMM on a CPU without AMX: at::mm rounds its output to bf16
+// and MKL's gemm_bf16bf16f32 runs at the float32 rate on this project's AMD CI machine. A product of
+// two bf16 values is exact in float32, so these tiles have the float32 GEMM's accuracy (float32
+// accumulation; VDPBF16PS flushes subnormal inputs and results to zero) at about twice its speed:
+// single-threaded 150 to 180 GFLOP/s against 95 to 98 for MKL's float32 tiles at D = 3,072 (Zen 4).
+#pragma once
+
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace ditflow_fast {
+
+// The CPU has AVX512-BF16 (checked once) and DITFLOW_FAST_CPU_BF16 is not "0".
+bool bf16_gemm_enabled();
+// The CPU has AMX-BF16, where ATen's own bf16 GEMM (the argmax screen's) is faster than these tiles.
+bool cpu_has_amx();
+
+// Keys [batch, n, d] packed for bf16_scores: per (batch, key frame), ceil(hw / 32) panels of 32 keys,
+// each as (d + 1) / 2 rows of 32 bf16 pairs (zero padded), so that a tile may start at any frame.
+struct PackedKeys {
+  std::vector<uint32_t> data;
+  int64_t frames = 0, hw = 0, pairs = 0, panels = 0;  // panels per frame
+  const uint32_t* frame(int64_t b, int64_t j) const { return data.data() + (b * frames + j) * panels * pairs * 32; }
+};
+
+PackedKeys pack_keys(const c10::BFloat16* k, int64_t batch, int64_t n, int64_t d, int64_t hw);
+
+// s[r, f * hw + c] = <q[r], key c of frame j0 + f> in float32, for r < rows, f < g (row pitch lds).
+// q: rows x d, row pitch d. scratch: the caller's per-thread buffer for the packed query rows.
+void bf16_scores(const c10::BFloat16* q, int64_t rows, int64_t d, const PackedKeys& keys, int64_t b, int64_t j0,
+                 int64_t g, float* s, int64_t lds, std::vector<uint32_t>& scratch);
+
+}  // namespace ditflow_fast
