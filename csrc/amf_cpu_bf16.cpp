@@ -30,7 +30,8 @@ constexpr int64_t kKC = 256, kChunkPanels = 8;
 // Rows [0, rows) of x (row pitch ld, d bf16 values) as panels of `width` rows: [panel][pair][width].
 void pack_pairs(const c10::BFloat16* x, int64_t ld, int64_t rows, int64_t d, int64_t width, uint32_t* out) {
   const int64_t pairs = (d + 1) / 2, panels = (rows + width - 1) / width;
-  std::fill(out, out + panels * pairs * width, 0u);
+  for (int64_t r = rows; r < panels * width; ++r)  // the last panel's padding rows multiply as zeros
+    for (int64_t p = 0; p < pairs; ++p) out[(r / width) * pairs * width + p * width + r % width] = 0u;
   for (int64_t r = 0; r < rows; ++r) {
     uint32_t* dst = out + (r / width) * pairs * width + r % width;
     const c10::BFloat16* src = x + r * ld;
@@ -39,7 +40,7 @@ void pack_pairs(const c10::BFloat16* x, int64_t ld, int64_t rows, int64_t d, int
       std::memcpy(&v, src + 2 * p, 4);  // little-endian: element 2p in the low half, as VDPBF16PS pairs them
       dst[p * width] = v;
     }
-    if (d % 2) dst[(pairs - 1) * width] = src[d - 1].x;
+    if (d % 2) dst[(pairs - 1) * width] = src[d - 1].x;  // the odd value's pair partner is zero
   }
 }
 
@@ -100,10 +101,10 @@ PackedKeys pack_keys(const c10::BFloat16* k, int64_t batch, int64_t n, int64_t d
   pk.hw = hw;
   pk.pairs = (d + 1) / 2;
   pk.panels = (hw + kNR - 1) / kNR;
-  pk.data.resize(batch * pk.frames * pk.panels * pk.pairs * kNR);
+  pk.data.reset(new uint32_t[batch * pk.frames * pk.panels * pk.pairs * kNR]);
   at::parallel_for(0, batch * pk.frames, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bj = begin; bj < end; ++bj)
-      pack_pairs(k + bj * hw * d, d, hw, d, kNR, pk.data.data() + bj * pk.panels * pk.pairs * kNR);
+      pack_pairs(k + bj * hw * d, d, hw, d, kNR, pk.data.get() + bj * pk.panels * pk.pairs * kNR);
   });
   return pk;
 }

@@ -75,23 +75,25 @@ def build_dir() -> Path:
 
 
 def _register_fakes() -> None:
-    """Shape-only kernels, so the ops trace under torch.compile / FakeTensor."""
+    """Shape-only kernels, so the ops trace under torch.compile / FakeTensor. Outputs are float64 for
+    float64 input and float32 otherwise (bf16 qc, kc give float32 targets, scores and gradients)."""
+
+    def out(t, *shape):
+        return t.new_empty(*shape, dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
 
     @torch.library.register_fake(f"{OP_NAMESPACE}::amf_forward")
     def _(qc, kc, frames, height, width, alpha, soft):
         b, n, _ = qc.shape
-        lse = qc.new_empty(b, n, frames) if soft else qc.new_empty(0)
-        return qc.new_empty(b, n, frames, 2), lse
+        return out(qc, b, n, frames, 2), out(qc, b, n, frames) if soft else out(qc, 0)
 
     @torch.library.register_fake(f"{OP_NAMESPACE}::amf_forward_scores")
     def _(qc, kc, frames, height, width, alpha):
         b, n, _ = qc.shape
-        return qc.new_empty(b, n, frames, 2), qc.new_empty(b, n, frames), qc.new_empty(b, n, n)
+        return out(qc, b, n, frames, 2), out(qc, b, n, frames), out(qc, b, n, n)
 
     @torch.library.register_fake(f"{OP_NAMESPACE}::amf_backward")
     def _(qc, kc, target, lse, grad, frames, height, width, alpha, need_dq, need_dk, scores=None):
-        return (torch.empty_like(qc) if need_dq else qc.new_empty(0),
-                torch.empty_like(kc) if need_dk else kc.new_empty(0))
+        return out(qc, *qc.shape) if need_dq else out(qc, 0), out(kc, *kc.shape) if need_dk else out(kc, 0)
 
 
 def _loaded(origin: str) -> str:

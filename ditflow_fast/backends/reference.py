@@ -44,17 +44,24 @@ def amf_reference(q, k, *, frames, height, width, temperature=2.0, mode="soft", 
     return disp.permute(0, 1, 3, 2, 4)
 
 
-def research_bytes(heads: int, frames: int, height: int, width: int, elem_size: int, backward: bool = False) -> int:
+def research_bytes(heads: int, frames: int, height: int, width: int, elem_size: int, backward: bool = False,
+                   device: str = "cuda") -> int:
     """Predicted peak extra bytes of :func:`research_procedure` (its live score tensors).
 
     Two ``[H, N, N]`` tensors are alive at once (the per-head scores and their scaled copy, as in
     the original's ``matmul(...) / sqrt(d)``), plus the head mean, its scaled copy and the softmax,
     each ``[N, N]``; autograd through it keeps about nine more ``N x N`` buffers. The
     ``[h*w, h*w]`` pair temporaries are small next to them. Measured: 675 MB against 690 MB
-    predicted at 48 x 64 heads, N = 1,320, float32.
+    predicted at 48 x 64 heads, N = 1,320, float32. On the CPU the head mean of bf16/fp16 scores
+    takes one more ``[H, N, N]`` copy while both are alive (measured: 3.01 of them in bf16, 1.98 in
+    float32), so there the forward's peak is that: 519 MB measured at ``cpu-5b`` in bf16, 19.17 GB
+    at ``cogvideox-5b-f6``, against 512 MB and 19.3 GB predicted (``docs/runs/bench_bf16_tiles/``).
     """
     n = frames * height * width
-    return (2 * heads + (12 if backward else 3)) * n * n * elem_size
+    live = 2 * heads + (12 if backward else 3)
+    if device == "cpu" and elem_size < 4:
+        live = max(live, 3 * heads + 3)
+    return live * n * n * elem_size
 
 
 def research_procedure(q, k, *, h=30, w=45, temp=5.0, nframes=6, argmax=False, text_tokens=226):

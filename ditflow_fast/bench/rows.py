@@ -195,7 +195,7 @@ def _research_forward(spec: CaseSpec, q: torch.Tensor, k: torch.Tensor) -> Forwa
 def _research_bytes(spec: CaseSpec) -> int:
     g = spec.geometry
     return research_bytes(g.heads, g.frames, g.height, g.width, elem_size(spec.torch_dtype),
-                          backward=spec.mode == "soft_fwd_bwd")
+                          backward=spec.mode == "soft_fwd_bwd", device=spec.device)
 
 
 def floor_dtype(spec: CaseSpec) -> torch.dtype:

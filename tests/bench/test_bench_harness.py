@@ -185,3 +185,17 @@ def test_smoke_on_cuda(tmp_path):
         assert r["status"] == "ok" and r["memory_label"] == "measured" and r["peak_extra_bytes"] > 0
         if perf_model.peak_for(rec["machine"]["gpu"]):
             assert 0 < r["floor_fraction"]
+
+
+@pytest.mark.parametrize("dtype, elem", [("bfloat16", 2), ("float32", 4)])
+def test_research_memory_prediction_matches_a_fresh_process_on_the_cpu(dtype, elem):
+    # The bench decides from this prediction whether the research row may run at all: in bf16 on the
+    # CPU the head mean takes a third [H, N, N] copy, which the prediction once missed (13.0 GB predicted,
+    # 19.17 GB measured at cogvideox-5b-f6 on a 23 GB machine).
+    p = get_preset("cpu-2b")
+    done = subprocess.run([sys.executable, "-m", "ditflow_fast.cli.memprobe", "--preset", "cpu-2b", "--impl",
+                           "research", "--mode", "soft", "--dtype", dtype, "--device", "cpu"],
+                          capture_output=True, text=True, check=True, timeout=300)
+    extra = json.loads(done.stdout.strip().splitlines()[-1])["peak_extra_bytes"]
+    predicted = research_bytes(p.heads, p.frames, p.height, p.width, elem, device="cpu")
+    assert 0.9 * predicted <= extra <= 1.1 * predicted, (extra, predicted)

@@ -186,16 +186,20 @@ def test_backend_declares_capabilities():
     assert set(b.dtypes) == {torch.float32, torch.float64, torch.float16, torch.bfloat16}
 
 
-def test_ops_schema_and_fake_kernels():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_ops_schema_and_fake_kernels(dtype):
+    # bf16 qc, kc give float32 outputs: the fake kernels must say so (opcheck compares their metadata)
     ops = _native.ops()
-    qc = torch.randn(2, 24, 16)
-    kc = torch.randn(2, 24, 16)
+    qc = torch.randn(2, 24, 16).to(dtype)
+    kc = torch.randn(2, 24, 16).to(dtype)
     args = (qc, kc, 2, 3, 4, 0.3, True)
-    torch.library.opcheck(ops.amf_forward, args, test_utils=("test_schema", "test_faketensor"))
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(ops.amf_forward, args, test_utils=utils)
+    torch.library.opcheck(ops.amf_forward_scores, args[:-1], test_utils=utils)
     target, lse = ops.amf_forward(*args)
     grad = torch.randn_like(target)
     bwd = (qc, kc, target, lse, grad, 2, 3, 4, 0.3, True, True)
-    torch.library.opcheck(ops.amf_backward, bwd, test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(ops.amf_backward, bwd, test_utils=utils)
 
 
 def test_op_rejects_bad_inputs_with_a_clear_message():
