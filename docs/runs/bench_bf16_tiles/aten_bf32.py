@@ -2,24 +2,13 @@
 
 Usage: OMP_NUM_THREADS=2 python aten_bf32.py
 """
-import statistics
-import time
-
 import torch
+from _timing import median_ms
 
 torch.manual_seed(0)
 n, d = 1320, 3072
 qb, kb = torch.randn(n, d).bfloat16(), torch.randn(n, d).bfloat16()
 q, k = qb.float(), kb.float()
-
-
-def median_ms(fn, repeats=7):
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
 
 
 print(torch.__version__, torch.backends.mkldnn.is_available())

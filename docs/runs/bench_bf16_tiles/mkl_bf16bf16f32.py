@@ -4,10 +4,9 @@ Usage: OMP_NUM_THREADS=2 python mkl_bf16bf16f32.py
 """
 import ctypes
 import os
-import statistics
-import time
 
 import torch
+from _timing import median_ms
 
 torch.manual_seed(0)
 lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
@@ -22,15 +21,6 @@ ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 def run():
     gemm(ROW_MAJOR, NO_TRANS, TRANS, m, n, k, 1.0, a.data_ptr(), k, b.data_ptr(), k, 0.0, c.data_ptr(), n)
-
-
-def median_ms(fn, repeats=7):
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
 
 
 run()
