@@ -9,7 +9,9 @@
 // MKL reached 94.7 GFLOP/s on 256 x 1320 x 3072 tiles and 97.8 on 660 x 1320 x 3072 (99.0 on the
 // whole 1320^2 problem) on the 2-core CI machine, hence tall tiles where nothing else was measured.
 // The float32 argmax forward takes the bf16 screen of amf_cpu_screen.cpp where the CPU multiplies
-// bf16 natively (same result, the exact argmax; DITFLOW_FAST_CPU_SCREEN=0 turns it off).
+// bf16 natively (same result, the exact argmax; DITFLOW_FAST_CPU_SCREEN=0 turns it off). bf16 inputs
+// get their score tiles in float32 from amf_cpu_bf16.cpp's AVX512-BF16 kernel instead of MKL, at about
+// twice the float32 rate (DITFLOW_FAST_CPU_BF16=0 upcasts them to float32 instead).
 // Backward (soft): row chunks of at most 64 MiB of scores, see backward_impl.
 // Tuning knobs for experiments (environment, read per call): amf_cpu_tiling.h for the forward tiles,
 // DITFLOW_FAST_CPU_BWD_ROWS (backward rows per chunk, from the 64 MiB budget).
