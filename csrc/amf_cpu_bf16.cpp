@@ -45,7 +45,8 @@ void pack_pairs(const c10::BFloat16* x, int64_t ld, int64_t rows, int64_t d, int
 }
 
 #ifdef AMF_HAVE_BF16_KERNEL
-// c[i, :cols] (+)= sum over kc pairs (summed apart from c: float32 error grows with the block, not all of d) of a[p][i] . b[p][:], i < rows; masks m0, m1 cover the 32 columns.
+// c[i, :cols] (+)= sum over kc pairs of a[p][i] . b[p][:] for i < rows; m0, m1 mask the 32 columns.
+// The block is summed apart from c, so the float32 rounding grows with kc, not with all of d.
 __attribute__((target("avx512f,avx512bf16"))) void micro(int64_t kc, const uint32_t* a, const uint32_t* b, float* c,
                                                           int64_t ldc, bool first, int rows, __mmask16 m0,
                                                           __mmask16 m1) {
