@@ -1,12 +1,8 @@
-"""The one timing helper of these scripts."""
+"""The one timing helper of these scripts: the bench's own timer, as a median in ms."""
 import statistics
-import time
+
+from ditflow_fast.bench.timing import time_callable
 
 
 def median_ms(fn, repeats=7):
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts)
+    return 1e3 * statistics.median(time_callable(fn, warmup=0, repeats=repeats))

@@ -4,9 +4,10 @@
 Usage: python per_head.py
 """
 import statistics
-import time
 
 import torch
+
+from ditflow_fast.bench.timing import time_callable
 
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -24,12 +25,7 @@ def per_head():
 
 
 def median_us(fn, repeats=21):
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return round(1e6 * statistics.median(ts))
+    return round(1e6 * statistics.median(time_callable(fn, warmup=0, repeats=repeats)))
 
 
 for _ in range(2):
