@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "amf_cpu_bf16.h"
+#include "amf_cpu_scratch.h"
 #include "amf_cpu_screen.h"
 #include "amf_cpu_tiling.h"
 #include "amf_reduce.h"
@@ -148,8 +149,10 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
   // are 100 MB in all, 16.6 MB a frame). Timed only together with the L2-sized tiles.
   const int64_t groups = ceil_div(frames, plan.group), tiles = batch * plan.tiles_per_batch;
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), tiles);
+  const int64_t tile_len = plan.rows * plan.group * hw;
+  const at::Tensor tiles_buf = keep.defined() ? at::Tensor() : scratch(Slot::kTiles, {threads * tile_len}, target.scalar_type());
   at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
-    const at::Tensor tile = keep.defined() ? at::Tensor() : at::empty({plan.rows * plan.group * hw}, target.options());
+    const at::Tensor tile = keep.defined() ? at::Tensor() : tiles_buf.narrow(0, first * tile_len, tile_len);
     std::vector<uint32_t> packed_rows;
     for (int64_t th = first; th < last; ++th)
       for (int64_t item = th; item < groups * tiles; item += threads) {
@@ -188,7 +191,7 @@ void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
   const int64_t budget_rows = env_int("DITFLOW_FAST_CPU_BWD_ROWS", kBackwardChunkBytes / (n * sizeof(T)));
   const int64_t rows = std::clamp<int64_t>(budget_rows, 1, n);
   const bool want_q = dq.defined(), want_k = dk.defined();
-  at::Tensor buf = at::empty({rows * n}, qc.options());
+  at::Tensor buf = scratch(Slot::kChunk, {rows * n}, qc.scalar_type());
   const T* tgt = target.data_ptr<T>();
   const T* lse_ptr = lse.data_ptr<T>();
   const T* g = grad.data_ptr<T>();

@@ -9,6 +9,8 @@
 // 256-key chunks 158 GFLOP/s (128 / 128: 154; 64: 141); 660-row tiles 182 GFLOP/s.
 #include "amf_cpu_bf16.h"
 
+#include "amf_cpu_scratch.h"
+
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -102,10 +104,11 @@ PackedKeys pack_keys(const c10::BFloat16* k, int64_t batch, int64_t n, int64_t d
   pk.hw = hw;
   pk.pairs = (d + 1) / 2;
   pk.panels = (hw + kNR - 1) / kNR;
-  pk.data.reset(new uint32_t[batch * pk.frames * pk.panels * pk.pairs * kNR]);
+  pk.data = scratch(Slot::kPackedKeys, {batch * pk.frames * pk.panels * pk.pairs * kNR}, at::kInt);
+  auto* out = reinterpret_cast<uint32_t*>(pk.data.mutable_data_ptr<int32_t>());
   at::parallel_for(0, batch * pk.frames, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bj = begin; bj < end; ++bj)
-      pack_pairs(k + bj * hw * d, d, hw, d, kNR, pk.data.get() + bj * pk.panels * pk.pairs * kNR);
+      pack_pairs(k + bj * hw * d, d, hw, d, kNR, out + bj * pk.panels * pk.pairs * kNR);
   });
   return pk;
 }

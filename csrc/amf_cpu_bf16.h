@@ -7,10 +7,10 @@
 // single-threaded 150 to 180 GFLOP/s against 95 to 98 for MKL's float32 tiles at D = 3,072 (Zen 4).
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
-#include <memory>
 #include <vector>
 
 namespace ditflow_fast {
@@ -23,9 +23,11 @@ bool cpu_has_amx();
 // Keys [batch, n, d] packed for bf16_scores: per (batch, key frame), ceil(hw / 32) panels of 32 keys,
 // each as (d + 1) / 2 rows of 32 bf16 pairs (zero padded), so that a tile may start at any frame.
 struct PackedKeys {
-  std::unique_ptr<uint32_t[]> data;  // every element written by pack_keys: no zero fill first
+  at::Tensor data;  // int32 scratch (amf_cpu_scratch.h), every element written by pack_keys: no zero fill first
   int64_t frames = 0, hw = 0, pairs = 0, panels = 0;  // panels per frame
-  const uint32_t* frame(int64_t b, int64_t j) const { return data.get() + (b * frames + j) * panels * pairs * 32; }
+  const uint32_t* frame(int64_t b, int64_t j) const {
+    return reinterpret_cast<const uint32_t*>(data.const_data_ptr<int32_t>()) + (b * frames + j) * panels * pairs * 32;
+  }
 };
 
 PackedKeys pack_keys(const c10::BFloat16* k, int64_t batch, int64_t n, int64_t d, int64_t hw);

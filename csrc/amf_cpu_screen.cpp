@@ -25,6 +25,7 @@
 #include <limits>
 #include <vector>
 
+#include "amf_cpu_scratch.h"
 #include "amf_cpu_tiling.h"
 #include "amf_reduce.h"
 
@@ -158,9 +159,9 @@ struct Rounded {
   std::vector<double> norm, resid;  // per row
 };
 
-Rounded round_all(const at::Tensor& x) {
+Rounded round_all(const at::Tensor& x, Slot slot) {
   const int64_t rows = x.size(0) * x.size(1), d = x.size(2);
-  Rounded r{at::empty(x.sizes(), x.options().dtype(at::kBFloat16)), std::vector<double>(rows),
+  Rounded r{scratch(slot, x.sizes(), at::kBFloat16), std::vector<double>(rows),
             std::vector<double>(rows)};
   const float* src = x.data_ptr<float>();
   auto* dst = reinterpret_cast<uint16_t*>(r.bits.data_ptr<at::BFloat16>());
@@ -191,7 +192,7 @@ void argmax_forward_screened(const at::Tensor& qc, const at::Tensor& kc, int64_t
   const double u_out = 2.0 * u_bf16 / (1.0 - 2.0 * u_bf16);  // a whole ulp: RNE or truncation
   const double flush = std::ldexp(1.0, -120);
   const double root_d = std::sqrt(static_cast<double>(d));
-  const Rounded qr = round_all(qc), kr = round_all(kc);
+  const Rounded qr = round_all(qc, Slot::kQBf16), kr = round_all(kc, Slot::kKBf16);
   // the key norms' maxima per (batch, key frame)
   std::vector<double> kn_max(batch * frames, 0.0), kd_max(batch * frames, 0.0);
   for (int64_t b = 0; b < batch; ++b)

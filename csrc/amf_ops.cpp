@@ -11,11 +11,12 @@
 
 #include "amf_cpu.h"
 #include "amf_cpu_bf16.h"
+#include "amf_cpu_scratch.h"
 #include "amf_cpu_screen.h"
 
 // Bumped whenever a schema below or the meaning of an op changes: ditflow_fast/_native.py refuses a
 // prebuilt module of another version (a stale build) with a message instead of failing mid-call.
-constexpr int64_t kAbiVersion = 4;
+constexpr int64_t kAbiVersion = 5;
 
 TORCH_LIBRARY(ditflow_fast_native, m) {
   m.def("abi_version() -> int", [] { return kAbiVersion; });
@@ -24,6 +25,15 @@ TORCH_LIBRARY(ditflow_fast_native, m) {
   m.def("argmax_screen_enabled() -> bool", [] { return ditflow_fast::argmax_screen_enabled(); });
   // Whether bf16 qc, kc are multiplied as bf16 (amf_cpu_bf16.h) rather than upcast to float32 first.
   m.def("bf16_gemm_enabled() -> bool", [] { return ditflow_fast::bf16_gemm_enabled(); });
+  // A CPU buffer of the slot kept between calls (amf_cpu_scratch.h; the Python side gathers qc into slot
+  // 0 and kc into slot 1), the bytes forgotten by dropping them all, and the bytes kept now.
+  m.def("scratch(int slot, int[] sizes, ScalarType dtype) -> Tensor", [](int64_t slot, c10::IntArrayRef sizes,
+                                                                         c10::ScalarType dtype) {
+    TORCH_CHECK(slot == 0 || slot == 1, "ditflow_fast scratch: slot must be 0 (qc) or 1 (kc), got ", slot);
+    return ditflow_fast::scratch(static_cast<ditflow_fast::Slot>(slot), sizes, dtype);
+  });
+  m.def("release_scratch() -> int", [] { return ditflow_fast::release_scratch(); });
+  m.def("scratch_bytes() -> int", [] { return ditflow_fast::scratch_bytes(); });
   // soft=True: softmax-weighted mean position and lse; soft=False: position of the first maximum of
   // <qc[m], kc[n]> (alpha is ignored) and an empty lse.
   m.def("amf_forward(Tensor qc, Tensor kc, int frames, int height, int width, float alpha, bool soft) "

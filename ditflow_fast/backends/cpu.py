@@ -27,12 +27,26 @@ import torch
 from .. import _native
 from .._problem import AMFProblem, no_autocast
 from ..dispatch import Backend, once_differentiable, register
-from .layout import concat_heads, displacement, expand_grad, from_output_layout
+from .layout import displacement, expand_grad, from_output_layout
 from .ranking import AUTO_RANK
 
 
 def _soft_alpha(p: AMFProblem) -> float:
     return p.temperature * p.logit_scale
+
+
+def _gather(t: torch.Tensor, p: AMFProblem, slot: int) -> torch.Tensor:
+    """``[B, H, T, d]`` -> ``[B, N, H*d]`` video tokens for the kernel: a view where the layout allows, else a
+    copy into the kernel's scratch slot (0 for q, 1 for k), which later calls reuse once this one is done
+    with it, instead of faulting in fresh pages each call (``csrc/amf_cpu_scratch.h``)."""
+    b, h, _, d = t.shape
+    dtype = _gather_dtype(p)
+    video = t[:, :, p.text_tokens:].permute(0, 2, 1, 3)
+    if video.dtype == dtype and video.is_contiguous():
+        return video.view(b, p.tokens, h * d)
+    out = _native.ops().scratch(slot, [b, p.tokens, h * d], dtype)
+    out.view(b, p.tokens, h, d).copy_(video)
+    return out
 
 
 def _gather_dtype(p: AMFProblem) -> torch.dtype:
@@ -81,9 +95,7 @@ class _CpuSoftAMF(torch.autograd.Function):
     @staticmethod
     @no_autocast
     def forward(ctx, q, k, problem: AMFProblem, keep: bool):
-        cdtype = _gather_dtype(problem)
-        qc = concat_heads(q, problem.text_tokens, cdtype)
-        kc = concat_heads(k, problem.text_tokens, cdtype)
+        qc, kc = _gather(q, problem, 0), _gather(k, problem, 1)
         args = (qc, kc, problem.frames, problem.height, problem.width, _soft_alpha(problem))
         if keep:
             target, lse, scores = _native.ops().amf_forward_scores(*args)
@@ -117,9 +129,7 @@ def amf_cpu(problem: AMFProblem) -> torch.Tensor:
         keep = grad and problem.batch * problem.tokens**2 * elem <= keep_scores_budget()
         return _CpuSoftAMF.apply(problem.q, problem.k, problem, keep)
     with torch.no_grad():
-        cdtype = _gather_dtype(problem)
-        qc = concat_heads(problem.q, problem.text_tokens, cdtype)
-        kc = concat_heads(problem.k, problem.text_tokens, cdtype)
+        qc, kc = _gather(problem.q, problem, 0), _gather(problem.k, problem, 1)
         target, _ = _native.ops().amf_forward(qc, kc, problem.frames, problem.height, problem.width, 1.0, False)
         return displacement(target, problem)
 
