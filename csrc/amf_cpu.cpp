@@ -150,7 +150,8 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
   const int64_t groups = ceil_div(frames, plan.group), tiles = batch * plan.tiles_per_batch;
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), tiles);
   const int64_t tile_len = plan.rows * plan.group * hw;
-  const at::Tensor tiles_buf = keep.defined() ? at::Tensor() : scratch(Slot::kTiles, {threads * tile_len}, target.scalar_type());
+  const at::Tensor tiles_buf =
+      keep.defined() ? at::Tensor() : scratch(Slot::kTiles, {threads * tile_len}, target.scalar_type());
   at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
     const at::Tensor tile = keep.defined() ? at::Tensor() : tiles_buf.narrow(0, first * tile_len, tile_len);
     std::vector<uint32_t> packed_rows;

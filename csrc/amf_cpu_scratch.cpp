@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <mutex>
-#include <string>
 
 namespace ditflow_fast {
 namespace {

@@ -2,14 +2,14 @@
 //
 // Why: glibc returns freed blocks of several MB to the system, so every call of the CPU backend faulted
 // its temporaries in again: 8,000 to 12,000 minor faults (31 to 48 MB) per call at the cpu-5b preset on
-// the 2-core CI machine, where the faults took a fifth of the argmax's time (docs/native.md, "Scratch").
+// the 2-core CI machine, where they made the argmax 25 to 30% slower (docs/native.md, the "Scratch" item).
 //
 // A slot's buffer is handed out again only when no tensor refers to it any more (its storage's use
 // count), so a copy saved for the backward, a caller still holding a view, or a second thread calling at
 // the same time is never shared: the slot leaves that buffer to its users (freed when the last lets go)
-// and takes a new one. The slots together hold at most
-// DITFLOW_FAST_CPU_SCRATCH_MB MiB (default 64, read per call; 0 turns keeping off): a request beyond that
-// is allocated and freed as before, which costs little where it happens, since large calls are long.
+// and takes a new one. The slots together hold at most DITFLOW_FAST_CPU_SCRATCH_MB MiB (default 64, read
+// per call; 0 turns keeping off): a request beyond that is allocated and freed as before, which costs
+// little where it happens, since large calls are long.
 #pragma once
 
 #include <ATen/core/Tensor.h>
