@@ -176,6 +176,11 @@ def load() -> str | None:
     return None
 
 
+def is_loaded() -> bool:
+    """Whether the extension is loaded now (this never loads it)."""
+    return bool(_state["loaded"])
+
+
 def why_unavailable() -> str | None:
     """None when the native ops are loaded (loading them if possible), else the reason."""
     return None if load() else str(_state["error"])

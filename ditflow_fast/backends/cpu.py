@@ -16,7 +16,7 @@ CPU has AVX512-BF16 (the kernel's own bf16 x bf16 -> float32 tiles, ``csrc/amf_c
 backward upcasts), every other dtype becomes float32 (float64 for float64 input), as in the torch
 backend. The copies, and the kernel's own large temporaries, live in scratch buffers kept between
 calls (``csrc/amf_cpu_scratch.h``: at most ``DITFLOW_FAST_CPU_SCRATCH_MB``, default 64 MiB, never shared
-while in use; ``torch.ops.ditflow_fast_native.release_scratch()`` frees them). The float32 argmax
+while in use; :func:`release_scratch` frees them). The float32 argmax
 screens scores with a bf16 GEMM and rescores the candidates in float64 where the CPU multiplies bf16
 natively (exact argmax; ``csrc/amf_cpu_screen.h``).
 """
@@ -36,6 +36,16 @@ from .ranking import AUTO_RANK
 
 def _soft_alpha(p: AMFProblem) -> float:
     return p.temperature * p.logit_scale
+
+
+def release_scratch() -> int:
+    """Free the buffers the ``cpu`` kernel keeps between calls; returns their bytes (0 if none or not loaded).
+
+    One still in use (a copy saved for a pending backward) is freed when its last user lets go of it.
+    """
+    if not _native.is_loaded():  # nothing kept, and no reason to load the extension for it
+        return 0
+    return int(_native.ops().release_scratch())
 
 
 def _gather(t: torch.Tensor, p: AMFProblem, slot: int) -> torch.Tensor:
