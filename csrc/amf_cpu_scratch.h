@@ -2,7 +2,7 @@
 //
 // Why: glibc returns freed blocks of several MB to the system, so every call of the CPU backend faulted
 // its temporaries in again: 8,000 to 12,000 minor faults (31 to 48 MB) per call at the cpu-5b preset on
-// the 2-core CI machine, where they made the argmax 25 to 30% slower (docs/native.md, the "Scratch" item).
+// the 2-core CI machine, where they made the argmax about 30% slower (docs/native.md, the "Scratch" item).
 //
 // A slot's buffer is handed out again only when no tensor refers to it any more (its storage's use
 // count), so a copy saved for the backward, a caller still holding a view, or a second thread calling at
