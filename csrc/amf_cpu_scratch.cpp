@@ -2,6 +2,7 @@
 #include "amf_cpu_scratch.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 
 #include <array>
 #include <cerrno>
@@ -63,7 +64,11 @@ at::Tensor scratch(Slot slot, at::IntArrayRef sizes, at::ScalarType dtype) {
   // too small, or in use (never shared): the slot lets it go, to be freed by its last user, and takes a new one
   buf = at::Tensor();
   if (held_bytes() + bytes > cap) return fresh();
-  buf = at::empty({bytes}, at::TensorOptions().dtype(at::kByte));
+  {
+    // a normal tensor even when this call runs under torch.inference_mode: later calls outside it reuse it
+    const c10::InferenceMode normal(false);
+    buf = at::empty({bytes}, at::TensorOptions().dtype(at::kByte));
+  }
   return as_view(buf, sizes, dtype, bytes);
 }
 

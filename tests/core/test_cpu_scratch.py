@@ -125,3 +125,17 @@ def test_concurrent_calls_do_not_share_buffers(ops):
     for t in threads:
         t.join()
     assert len(errors) == 40 and max(errors) < SOFT_RTOL[torch.float32]
+
+
+def test_buffers_from_an_inference_mode_call_serve_later_calls_with_gradients(ops):
+    shape = dict(frames=3, height=4, width=5, text_tokens=2, temperature=2.0)
+    q, k = make_qk(1, 2, 3, 4, 5, 8, text_tokens=2, seed=5)
+    with torch.inference_mode():
+        for mode in ("argmax", "soft"):
+            amf_cpu(validate(q, k, mode=mode, **shape))
+    assert ops.scratch_bytes() > 0
+    qg = q.clone().requires_grad_()
+    (dq,) = torch.autograd.grad(amf_cpu(validate(qg, k, mode="soft", **shape)).square().sum(), qg)
+    qd = q.double().requires_grad_()
+    (ref,) = torch.autograd.grad(amf_reference(qd, k.double(), mode="soft", **shape).square().sum(), qd)
+    assert rel_err(dq, ref) < SOFT_RTOL[torch.float32]
