@@ -152,8 +152,12 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
   const int64_t tile_len = plan.rows * plan.group * hw;
   const at::Tensor tiles_buf =
       keep.defined() ? at::Tensor() : scratch(Slot::kTiles, {threads * tile_len}, target.scalar_type());
+  T* tiles_ptr = keep.defined() ? nullptr : tiles_buf.data_ptr<T>();
   at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
-    const at::Tensor tile = keep.defined() ? at::Tensor() : tiles_buf.narrow(0, first * tile_len, tile_len);
+    // made in this thread: OpenMP workers do not inherit the caller's inference mode, and mm_out refuses to
+    // write a view made under it (torch.inference_mode callers) from outside it
+    const at::Tensor tile = keep.defined() ? at::Tensor() : at::from_blob(tiles_ptr + first * tile_len, {tile_len},
+                                                                          target.options());
     std::vector<uint32_t> packed_rows;
     for (int64_t th = first; th < last; ++th)
       for (int64_t item = th; item < groups * tiles; item += threads) {

@@ -127,12 +127,23 @@ def test_concurrent_calls_do_not_share_buffers(ops):
     assert len(errors) == 40 and max(errors) < SOFT_RTOL[torch.float32]
 
 
-def test_buffers_from_an_inference_mode_call_serve_later_calls_with_gradients(ops):
+@pytest.fixture
+def two_threads():
+    """The kernel's worker threads do not inherit the caller's inference mode: run some."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_buffers_from_an_inference_mode_call_serve_later_calls_with_gradients(ops, two_threads):
     shape = dict(frames=3, height=4, width=5, text_tokens=2, temperature=2.0)
     q, k = make_qk(1, 2, 3, 4, 5, 8, text_tokens=2, seed=5)
     with torch.inference_mode():
         for mode in ("argmax", "soft"):
-            amf_cpu(validate(q, k, mode=mode, **shape))
+            ref = amf_reference(q.double(), k.double(), mode=mode, **shape)
+            out = amf_cpu(validate(q, k, mode=mode, **shape))
+            assert torch.equal(out.double(), ref) if mode == "argmax" else rel_err(out, ref) < SOFT_RTOL[torch.float32]
     assert ops.scratch_bytes() > 0
     qg = q.clone().requires_grad_()
     (dq,) = torch.autograd.grad(amf_cpu(validate(qg, k, mode="soft", **shape)).square().sum(), qg)
