@@ -12,7 +12,8 @@
 // bf16 natively (same result, the exact argmax; DITFLOW_FAST_CPU_SCREEN=0 turns it off). bf16 inputs
 // get their score tiles in float32 from amf_cpu_bf16.cpp's AVX512-BF16 kernel instead of MKL, at about
 // twice the float32 rate (DITFLOW_FAST_CPU_BF16=0 upcasts them to float32 instead).
-// Backward (soft): row chunks of at most 64 MiB of scores, see backward_impl.
+// Backward (soft): row chunks of at most 64 MiB of scores, see backward_impl; bf16 inputs where the
+// CPU multiplies bf16 take bf16 gradient GEMMs instead, see backward_bf16.
 // Tuning knobs for experiments (environment, read per call): amf_cpu_tiling.h for the forward tiles,
 // DITFLOW_FAST_CPU_BWD_ROWS (backward rows per chunk, from the 64 MiB budget).
 #include "amf_cpu.h"
@@ -223,6 +224,63 @@ void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
   }
 }
 
+// bf16 inputs where the CPU multiplies bf16: the two gradient GEMMs run in bf16 (oneDNN; AMX where
+// present) at about twice the float32 rate, as flash attention's backward does: dz stays float32
+// until it is rounded to bf16 with alpha folded in, and the GEMMs accumulate in float32. dQ takes
+// each key frame's keys less their mean: dz sums to zero over a frame (a softmax's gradient), so
+// dQ = dz @ (K - c_j) for any per-frame c_j, and then the rounding errors of dz multiply the keys'
+// spread instead of their mean. Measured on keys of one frame correlated 0.99, dQ's relative error
+// was 1.3e-2 uncentred and 2.9e-3 centred, against 1.7e-3 for float32 GEMMs (the bf16 output's own
+// rounding). dK has no such sum. Recomputed scores come from amf_cpu_bf16.h's float32-output tiles.
+void backward_bf16(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& target, const at::Tensor& lse,
+                   const at::Tensor& grad, int64_t frames, int64_t hw, const std::vector<float>& px,
+                   const std::vector<float>& py, float alpha, const at::Tensor& scores, at::Tensor& dq,
+                   at::Tensor& dk) {
+  const int64_t batch = qc.size(0), n = qc.size(1), d = qc.size(2);
+  const int64_t rows = std::clamp<int64_t>(
+      env_int("DITFLOW_FAST_CPU_BWD_ROWS", kBackwardChunkBytes / (n * sizeof(float))), 1, n);
+  const bool want_q = dq.defined(), want_k = dk.defined();
+  at::Tensor buf = scratch(Slot::kChunk, {rows * n}, at::kFloat);
+  at::Tensor dzb = scratch(Slot::kDzBf16, {rows * n}, at::kBFloat16);
+  const at::Tensor centred = want_q ? centre_keys(kc, hw) : at::Tensor();
+  const PackedKeys keys = scores.defined() ? PackedKeys{} : pack_keys(kc.const_data_ptr<c10::BFloat16>(), batch, n, d, hw);
+  // several row chunks add up dK: in float32, rounded to bf16 once at the end
+  at::Tensor dk32 = want_k && rows < n ? at::empty({n, d}, qc.options().dtype(at::kFloat)) : at::Tensor();
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t r0 = 0; r0 < n; r0 += rows) {
+      const int64_t nr = std::min(rows, n - r0);
+      const at::Tensor q_r = qc[b].narrow(0, r0, nr);
+      float* sp = buf.data_ptr<float>();
+      const float* src = sp;
+      if (scores.defined())
+        src = scores.const_data_ptr<float>() + (b * n + r0) * n;
+      else
+        bf16_score_rows(q_r.const_data_ptr<c10::BFloat16>(), nr, d, keys, b, sp);
+      at::parallel_for(0, nr * frames, 16, [&](int64_t begin, int64_t end) {
+        const DzArgs<float> args{src, sp, n, hw, frames, (b * n + r0) * frames, alpha, px.data(), py.data(),
+                                 target.const_data_ptr<float>(), lse.const_data_ptr<float>(),
+                                 grad.const_data_ptr<float>()};
+        logit_grads(args, begin, end);
+      });
+      round_scaled(sp, nr * n, alpha, dzb.mutable_data_ptr<c10::BFloat16>());
+      const at::Tensor dz = dzb.narrow(0, 0, nr * n).view({nr, n});
+      if (want_q) {
+        at::Tensor out = dq[b].narrow(0, r0, nr);
+        at::mm_out(out, dz, centred[b]);
+      }
+      if (!want_k) continue;
+      if (!dk32.defined()) {
+        at::Tensor out = dk[b];
+        at::mm_out(out, dz.t(), q_r);
+      } else if (r0 == 0)
+        dk32.copy_(at::mm(dz.t(), q_r));
+      else
+        dk32.add_(at::mm(dz.t(), q_r));
+    }
+    if (dk32.defined()) dk[b].copy_(dk32);
+  }
+}
+
 }  // namespace
 
 namespace {
@@ -276,27 +334,34 @@ std::tuple<at::Tensor, at::Tensor> amf_backward_cpu(const at::Tensor& qc_in, con
                                                     const std::optional<at::Tensor>& scores_in) {
   check_inputs(qc_in, kc_in, frames, height, width);
   const at::NoGradGuard no_grad;
-  // bf16 inputs: dz is float32, so the backward's GEMMs run in float32 on upcast copies
-  const auto up = [](const at::Tensor& t) { return t.scalar_type() == at::kBFloat16 ? t.to(at::kFloat) : t; };
+  // bf16 inputs: bf16 GEMMs where the CPU multiplies bf16 (backward_bf16), else float32 ones on upcast copies
+  const bool bf16 = qc_in.scalar_type() == at::kBFloat16 && bf16_gemm_enabled();
+  const auto up = [bf16](const at::Tensor& t) {
+    return t.scalar_type() == at::kBFloat16 && !bf16 ? t.to(at::kFloat) : t;
+  };
   const at::Tensor qc = up(qc_in.detach()).contiguous(), kc = up(kc_in.detach()).contiguous();
   const int64_t batch = qc.size(0), n = qc.size(1);
   const std::vector<int64_t> per_frame2{batch, n, frames, 2};
   TORCH_CHECK(target_in.sizes() == per_frame2 && grad_in.sizes() == per_frame2,
               "ditflow_fast cpu backward: target and grad must be [B, N, F, 2]");
   TORCH_CHECK(lse_in.sizes() == std::vector<int64_t>({batch, n, frames}), "ditflow_fast cpu backward: lse must be [B, N, F]");
-  const auto opts = qc.options();
+  const auto opts = qc.options().dtype(bf16 ? at::kFloat : qc.scalar_type());  // of target, lse, grad, scores
   const at::Tensor target = target_in.detach().to(opts).contiguous();
   const at::Tensor lse = lse_in.detach().to(opts).contiguous();
   const at::Tensor grad = grad_in.detach().to(opts).contiguous();
   at::Tensor scores;
   if (scores_in.has_value() && scores_in->defined()) {
-    TORCH_CHECK(scores_in->sizes() == std::vector<int64_t>({batch, n, n}) && scores_in->scalar_type() == qc.scalar_type(),
-                "ditflow_fast cpu backward: scores must be the forward's [B, N, N] in the dtype of qc");
+    TORCH_CHECK(scores_in->sizes() == std::vector<int64_t>({batch, n, n}) && scores_in->scalar_type() == opts.dtype(),
+                "ditflow_fast cpu backward: scores must be the forward's [B, N, N] (float32 for bf16 qc)");
     scores = scores_in->detach().contiguous();
   }
   at::Tensor dq = need_dq ? at::empty_like(qc) : at::Tensor();
   at::Tensor dk = need_dk ? at::empty_like(kc) : at::Tensor();  // written by the first row chunk
-  if (n > 0 && batch > 0 && (need_dq || need_dk)) {
+  if (n > 0 && batch > 0 && (need_dq || need_dk) && bf16) {
+    std::vector<float> px, py;
+    coords(height, width, px, py);
+    backward_bf16(qc, kc, target, lse, grad, frames, height * width, px, py, static_cast<float>(alpha), scores, dq, dk);
+  } else if (n > 0 && batch > 0 && (need_dq || need_dk)) {
     AT_DISPATCH_FLOATING_TYPES(qc.scalar_type(), "amf_backward_cpu", [&] {
       std::vector<scalar_t> px, py;
       coords(height, width, px, py);

@@ -29,7 +29,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> amf_forward_scores_cpu(const at::
 // target: dz = p * (<g, pos(n)> - <g, o>), dqc = alpha * dz @ kc, dkc = alpha * dz^T @ qc. The
 // probabilities p are recomputed tile by tile; nothing of size N x N is kept. A gradient that is not
 // needed comes back as an empty tensor. scores: the forward's [B, N, N] from amf_forward_scores_cpu,
-// or none (then recomputed chunk by chunk).
+// or none (then recomputed chunk by chunk). bf16 qc, kc (target, lse, grad and scores float32): where the
+// CPU multiplies bf16 the two gradient GEMMs run in bf16 and dqc, dkc come back in bf16; else in float32
+// on float32 copies.
 std::tuple<at::Tensor, at::Tensor> amf_backward_cpu(const at::Tensor& qc, const at::Tensor& kc,
                                                     const at::Tensor& target, const at::Tensor& lse,
                                                     const at::Tensor& grad, int64_t frames, int64_t height,

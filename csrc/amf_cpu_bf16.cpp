@@ -10,6 +10,8 @@
 #include "amf_cpu_bf16.h"
 
 #include "amf_cpu_scratch.h"
+#include "amf_cpu_tiling.h"
+#include "amf_reduce.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -137,6 +139,58 @@ void bf16_scores(const c10::BFloat16* q, int64_t rows, int64_t d, const PackedKe
 #else
   TORCH_CHECK(false, "ditflow_fast: the bf16 score kernel is not built for this CPU");
 #endif
+}
+
+void bf16_score_rows(const c10::BFloat16* q, int64_t rows, int64_t d, const PackedKeys& keys, int64_t b, float* s) {
+  const int64_t n = keys.frames * keys.hw, threads = std::max<int64_t>(1, at::get_num_threads());
+  // one tall block per thread, in whole kMR panels: the forward's tiles ran best at 660 rows
+  const int64_t block = ceil_div(ceil_div(rows, threads), kMR) * kMR;
+  at::parallel_for(0, (rows + block - 1) / block, 1, [&](int64_t first, int64_t last) {
+    std::vector<uint32_t> packed;
+    for (int64_t i = first; i < last; ++i) {
+      const int64_t r0 = i * block;
+      bf16_scores(q + r0 * d, std::min(block, rows - r0), d, keys, b, 0, keys.frames, s + r0 * n, n, packed);
+    }
+  });
+}
+
+at::Tensor centre_keys(const at::Tensor& kc, int64_t hw) {
+  const int64_t batch = kc.size(0), n = kc.size(1), d = kc.size(2), frames = n / hw;
+  at::Tensor out = scratch(Slot::kKCentred, kc.sizes(), at::kBFloat16);
+  const c10::BFloat16* k = kc.const_data_ptr<c10::BFloat16>();
+  c10::BFloat16* o = out.mutable_data_ptr<c10::BFloat16>();
+  at::parallel_for(0, batch * frames, 1, [&](int64_t first, int64_t last) {
+    std::vector<float> mean(d);
+    for (int64_t bj = first; bj < last; ++bj) {
+      const int64_t base = bj * hw * d;
+      std::fill(mean.begin(), mean.end(), 0.0f);
+      for (int64_t c = 0; c < hw; ++c)
+        for (int64_t i = 0; i < d; ++i) mean[i] += static_cast<float>(k[base + c * d + i]);
+      for (int64_t i = 0; i < d; ++i) mean[i] /= static_cast<float>(hw);
+      for (int64_t c = 0; c < hw; ++c)
+        for (int64_t i = 0; i < d; ++i)
+          o[base + c * d + i] = c10::BFloat16(static_cast<float>(k[base + c * d + i]) - mean[i]);
+    }
+  });
+  return out;
+}
+
+namespace {
+AMF_TARGET_CLONES void round_scaled_range(const float* src, int64_t begin, int64_t end, float alpha, uint16_t* dst) {
+  AMF_SIMD
+  for (int64_t i = begin; i < end; ++i) {
+    const float v = alpha * src[i];
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    dst[i] = static_cast<uint16_t>(v != v ? 0x7FC0u : rounded);
+  }
+}
+}  // namespace
+
+void round_scaled(const float* src, int64_t count, float alpha, c10::BFloat16* dst) {
+  auto* bits = reinterpret_cast<uint16_t*>(dst);
+  at::parallel_for(0, count, 1 << 16, [&](int64_t b, int64_t e) { round_scaled_range(src, b, e, alpha, bits); });
 }
 
 }  // namespace ditflow_fast

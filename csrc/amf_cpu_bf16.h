@@ -37,4 +37,15 @@ PackedKeys pack_keys(const c10::BFloat16* k, int64_t batch, int64_t n, int64_t d
 void bf16_scores(const c10::BFloat16* q, int64_t rows, int64_t d, const PackedKeys& keys, int64_t b, int64_t j0,
                  int64_t g, float* s, int64_t lds, std::vector<uint32_t>& scratch);
 
+// The same for rows [0, rows) of q against every key of batch element b (row pitch of s: all keys),
+// split over the threads.
+void bf16_score_rows(const c10::BFloat16* q, int64_t rows, int64_t d, const PackedKeys& keys, int64_t b, float* s);
+
+// The soft backward's bf16 operands (amf_cpu.cpp, backward_bf16):
+// kc [batch, n, d] with each frame's mean key subtracted (taken in float32, then rounded to bf16), in
+// scratch slot kKCentred;
+at::Tensor centre_keys(const at::Tensor& kc, int64_t hw);
+// dst[i] = bf16(alpha * src[i]) rounded to nearest even (NaN stays NaN), for i < count, split over the threads.
+void round_scaled(const float* src, int64_t count, float alpha, c10::BFloat16* dst);
+
 }  // namespace ditflow_fast

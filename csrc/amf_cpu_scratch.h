@@ -27,7 +27,9 @@ enum class Slot : int64_t {
   kPackedKeys = 4,  // amf_cpu_bf16.h's key panels
   kTiles = 5,       // the forward's per-thread score tiles
   kChunk = 6,       // the backward's row chunk
-  kCount = 7,
+  kKCentred = 7,    // the bf16 backward's centred keys and rounded logit gradients
+  kDzBf16 = 8,
+  kCount = 9,
 };
 
 // A contiguous tensor of `sizes` and `dtype` on the CPU, uninitialised: the slot's kept buffer when it

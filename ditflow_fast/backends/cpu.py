@@ -13,12 +13,12 @@ forward keeps its raw scores for the backward when they fit in a quarter of the 
 
 Inputs are gathered once into heads-concatenated ``[B, N, H*d]`` copies: bf16 stays bf16 where the
 CPU has AVX512-BF16 (the kernel's own bf16 x bf16 -> float32 tiles, ``csrc/amf_cpu_bf16.h``; the
-backward upcasts), every other dtype becomes float32 (float64 for float64 input), as in the torch
-backend. The copies, and the kernel's own large temporaries, live in scratch buffers kept between
-calls (``csrc/amf_cpu_scratch.h``: at most ``DITFLOW_FAST_CPU_SCRATCH_MB``, default 64 MiB, never shared
-while in use; :func:`release_scratch` frees them). The float32 argmax
-screens scores with a bf16 GEMM and rescores the candidates in float64 where the CPU multiplies bf16
-natively (exact argmax; ``csrc/amf_cpu_screen.h``).
+backward's gradient GEMMs run in bf16, ``backward_bf16`` in ``csrc/amf_cpu.cpp``), every other dtype
+becomes float32 (float64 for float64 input), as in the torch backend. The copies, and the kernel's own
+large temporaries, live in scratch buffers kept between calls (``csrc/amf_cpu_scratch.h``: at most
+``DITFLOW_FAST_CPU_SCRATCH_MB``, default 64 MiB, never shared while in use; :func:`release_scratch` frees
+them). The float32 argmax screens scores with a bf16 GEMM and rescores the candidates in float64 where
+the CPU multiplies bf16 natively (exact argmax; ``csrc/amf_cpu_screen.h``).
 """
 
 from __future__ import annotations

@@ -78,7 +78,8 @@ def test_soft_and_argmax_match_float64_on_the_same_values(path, shape, monkeypat
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 def test_compute_amf_on_bf16_inputs_with_gradients(path, layout):
     # CogVideoX-like heads (awkward grid, text prefix): the forward against the float64 reference of the
-    # same bf16 values; the backward (float32 GEMMs on upcast copies) to the bf16 rounding of its output.
+    # same bf16 values; the backward (bf16 GEMMs with the tiles, float32 ones without) to about twice the
+    # bf16 rounding of its output (tests/core/test_cpu_bf16_backward.py has the bf16 backward on its own).
     b, heads, f, h, w, d, text = 2, 3, 3, 5, 7, 40, 6
     q, k = make_qk(b, heads, f, h, w, d, text, dtype=torch.bfloat16, layout=layout, seed=17)
     q, k = q.detach().requires_grad_(), k.detach().requires_grad_()

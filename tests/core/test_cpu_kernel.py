@@ -188,7 +188,8 @@ def test_backend_declares_capabilities():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_ops_schema_and_fake_kernels(dtype):
-    # bf16 qc, kc give float32 outputs: the fake kernels must say so (opcheck compares their metadata)
+    # bf16 qc, kc give float32 outputs, and bf16 gradients where the CPU multiplies bf16: the fake kernels
+    # must say so (opcheck compares their metadata)
     ops = _native.ops()
     qc = torch.randn(2, 24, 16).to(dtype)
     kc = torch.randn(2, 24, 16).to(dtype)
