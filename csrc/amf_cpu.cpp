@@ -230,8 +230,8 @@ void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
 // each key frame's keys less their mean: dz sums to zero over a frame (a softmax's gradient), so
 // dQ = dz @ (K - c_j) for any per-frame c_j, and then the rounding errors of dz multiply the keys'
 // spread instead of their mean. Measured on keys of one frame correlated 0.99, dQ's relative error
-// was 1.3e-2 uncentred and 2.9e-3 centred, against 1.7e-3 for float32 GEMMs (the bf16 output's own
-// rounding). dK has no such sum. Recomputed scores come from amf_cpu_bf16.h's float32-output tiles.
+// was 1.2e-2 uncentred and 2.8e-3 centred, against 1.7e-3 for float32 GEMMs (the bf16 output's own
+// rounding; docs/native.md, "The bf16 soft backward"). dK has no such sum. Recomputed scores come from amf_cpu_bf16.h's float32-output tiles.
 void backward_bf16(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& target, const at::Tensor& lse,
                    const at::Tensor& grad, int64_t frames, int64_t hw, const std::vector<float>& px,
                    const std::vector<float>& py, float alpha, const at::Tensor& scores, at::Tensor& dq,

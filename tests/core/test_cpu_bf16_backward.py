@@ -64,8 +64,8 @@ def test_gradients_match_float64(ops, shape, keep, rows, monkeypatch):
 
 
 def test_keys_alike_within_a_frame_keep_dq_accurate(ops):
-    # The keys of a frame share a common part 10x their spread (correlation 0.99). Without the centring, the
-    # rounding of dz times that common part gave dQ a relative error of about 1.3e-2 (measured by hand).
+    # The keys of a frame share a common part 10x their spread (correlation 0.99). Without the centring the
+    # rounding of dz times that common part fails this (checked by hand; docs/native.md has the numbers).
     f, h, w, d = 3, 6, 11, 64
     q, k = _qk(1, f * h * w, d, seed=5, spread=0.1, hw=h * w)
     (dq, dk), (rq, rk) = _backward(ops, q, k, f, h, w, keep=True)
