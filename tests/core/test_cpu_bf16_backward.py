@@ -6,6 +6,8 @@ with the forward's scores kept or recomputed, in one row chunk or many. The boun
 about twice what the rounding gives (the gradients' own bf16 rounding alone is about 1.7e-3).
 """
 
+import threading
+
 import pytest
 import torch
 from _amf_helpers import rel_err
@@ -90,3 +92,39 @@ def test_the_knob_gives_the_float32_backward(ops, monkeypatch):
     q, k = _qk(1, f * h * w, d, seed=3)
     (dq, dk), (rq, rk) = _backward(ops, q, k, f, h, w, keep=False)
     assert dq.dtype == torch.float32 and rel_err(dq, rq) < 1e-5 and rel_err(dk, rk) < 1e-5
+
+
+def test_concurrent_backwards_and_inference_mode_do_not_share_buffers(ops):
+    # The centred keys and the rounded dz live in scratch slots (csrc/amf_cpu_scratch.h): two threads calling at
+    # once, on 2 kernel threads, must each get their own; a call under inference_mode must leave buffers that a
+    # later call can use.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cases = [(3, 4, 5, 24, s) for s in (1, 2)]
+        expected = []
+        for f, h, w, d, seed in cases:
+            q, k = _qk(1, f * h * w, d, seed=seed)
+            expected.append(((q, k, f, h, w), _backward(ops, q, k, f, h, w, keep=False)[1]))
+        errors = []
+
+        def work(i):
+            (q, k, f, h, w), (rq, rk) = expected[i]
+            for _ in range(10):
+                dq, dk = _backward(ops, q, k, f, h, w, keep=False)[0]
+                errors.append(max(rel_err(dq, rq), rel_err(dk, rk)))
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(errors) == 20 and max(errors) < 5e-3
+        (q, k, f, h, w), (rq, rk) = expected[0]
+        with torch.inference_mode():
+            dq, _ = _backward(ops, q, k, f, h, w, keep=True)[0]
+        assert rel_err(dq, rq) < 5e-3
+        dq, dk = _backward(ops, q, k, f, h, w, keep=True)[0]
+        assert rel_err(dq, rq) < 5e-3 and rel_err(dk, rk) < 5e-3
+    finally:
+        torch.set_num_threads(before)
