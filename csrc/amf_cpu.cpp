@@ -231,7 +231,8 @@ void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
 // dQ = dz @ (K - c_j) for any per-frame c_j, and then the rounding errors of dz multiply the keys'
 // spread instead of their mean. Measured on keys of one frame correlated 0.99, dQ's relative error
 // was 1.2e-2 uncentred and 2.8e-3 centred, against 1.7e-3 for float32 GEMMs (the bf16 output's own
-// rounding; docs/native.md, "The bf16 soft backward"). dK has no such sum. Recomputed scores come from amf_cpu_bf16.h's float32-output tiles.
+// rounding; docs/native.md, "The bf16 soft backward"). dK has no such sum. Recomputed scores come
+// from amf_cpu_bf16.h's float32-output tiles.
 void backward_bf16(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& target, const at::Tensor& lse,
                    const at::Tensor& grad, int64_t frames, int64_t hw, const std::vector<float>& px,
                    const std::vector<float>& py, float alpha, const at::Tensor& scores, at::Tensor& dq,
@@ -243,7 +244,8 @@ void backward_bf16(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
   at::Tensor buf = scratch(Slot::kChunk, {rows * n}, at::kFloat);
   at::Tensor dzb = scratch(Slot::kDzBf16, {rows * n}, at::kBFloat16);
   const at::Tensor centred = want_q ? centre_keys(kc, hw) : at::Tensor();
-  const PackedKeys keys = scores.defined() ? PackedKeys{} : pack_keys(kc.const_data_ptr<c10::BFloat16>(), batch, n, d, hw);
+  const PackedKeys keys =
+      scores.defined() ? PackedKeys{} : pack_keys(kc.const_data_ptr<c10::BFloat16>(), batch, n, d, hw);
   // several row chunks add up dK: in float32, rounded to bf16 once at the end
   at::Tensor dk32 = want_k && rows < n ? at::empty({n, d}, qc.options().dtype(at::kFloat)) : at::Tensor();
   for (int64_t b = 0; b < batch; ++b) {
