@@ -8,10 +8,10 @@
 // cache. Extra memory: one tile per thread plus the [B, N, F] outputs, never N x N. Single-threaded
 // MKL reached 94.7 GFLOP/s on 256 x 1320 x 3072 tiles and 97.8 on 660 x 1320 x 3072 (99.0 on the
 // whole 1320^2 problem) on the 2-core CI machine, hence tall tiles where nothing else was measured.
-// The float32 argmax forward takes the bf16 screen of amf_cpu_screen.cpp where the CPU multiplies
-// bf16 natively (same result, the exact argmax; DITFLOW_FAST_CPU_SCREEN=0 turns it off). bf16 inputs
-// get their score tiles in float32 from amf_cpu_bf16.cpp's AVX512-BF16 kernel instead of MKL, at about
-// twice the float32 rate (DITFLOW_FAST_CPU_BF16=0 upcasts them to float32 instead).
+// The argmax forward takes the bf16 screen of amf_cpu_screen.cpp where the CPU multiplies bf16
+// natively (same result, the exact argmax; DITFLOW_FAST_CPU_SCREEN=0 turns it off). bf16 inputs
+// get their soft score tiles in float32 from amf_cpu_bf16.cpp's AVX512-BF16 kernel instead of MKL, at
+// about twice the float32 rate (DITFLOW_FAST_CPU_BF16=0 upcasts them to float32 instead).
 // Backward (soft): row chunks of at most 64 MiB of scores, see backward_impl; bf16 inputs where the
 // CPU multiplies bf16 take bf16 gradient GEMMs instead, see backward_bf16.
 // Tuning knobs for experiments (environment, read per call): amf_cpu_tiling.h for the forward tiles,
@@ -135,7 +135,7 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
                   const at::Tensor& keep) {
   const bool bf16 = qc.scalar_type() == at::kBFloat16;  // then T is float: amf_cpu_bf16.h's tiles
   if constexpr (std::is_same_v<T, float>) {
-    if (!bf16 && !soft && !keep.defined() && argmax_screen_enabled()) {
+    if (!soft && !keep.defined() && argmax_screen_enabled()) {
       argmax_forward_screened(qc, kc, frames, hw, px.data(), py.data(), target.data_ptr<float>());
       return;
     }
@@ -296,8 +296,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_entry(const at::Tensor& q
   // so the ATen calls inside run without recording a graph whatever the inputs' requires_grad.
   const at::NoGradGuard no_grad;
   at::Tensor qc = qc_in.detach().contiguous(), kc = kc_in.detach().contiguous();
-  // bf16 tiles where the CPU has AVX512-BF16, except for an argmax where AMX speeds up the float32 screen
-  if (qc.scalar_type() == at::kBFloat16 && !(bf16_gemm_enabled() && (soft || !cpu_has_amx()))) {
+  // bf16 stays bf16 where the CPU has AVX512-BF16: the soft forward's own tiles, the argmax's screen (whose
+  // GEMM is ATen's, on AMX where present), else float32
+  if (qc.scalar_type() == at::kBFloat16 && !bf16_gemm_enabled()) {
     qc = qc.to(at::kFloat);
     kc = kc.to(at::kFloat);
   }

@@ -92,14 +92,6 @@ bool bf16_gemm_enabled() {
 #endif
 }
 
-bool cpu_has_amx() {
-#if defined(__GNUC__) && defined(__x86_64__)
-  return __builtin_cpu_supports("amx-tile");
-#else
-  return false;
-#endif
-}
-
 PackedKeys pack_keys(const c10::BFloat16* k, int64_t batch, int64_t n, int64_t d, int64_t hw) {
   PackedKeys pk;
   pk.frames = n / hw;

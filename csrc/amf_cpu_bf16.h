@@ -17,8 +17,6 @@ namespace ditflow_fast {
 
 // The CPU has AVX512-BF16 (checked once) and DITFLOW_FAST_CPU_BF16 is not "0".
 bool bf16_gemm_enabled();
-// The CPU has AMX-BF16, where ATen's own bf16 GEMM (the argmax screen's) is faster than these tiles.
-bool cpu_has_amx();
 
 // Keys [batch, n, d] packed for bf16_scores: per (batch, key frame), ceil(hw / 32) panels of 32 keys,
 // each as (d + 1) / 2 rows of 32 bf16 pairs (zero padded), so that a tile may start at any frame.

@@ -96,26 +96,40 @@ int64_t collect(const uint16_t* s, int64_t n, float threshold, int32_t* out) {
   return c;
 }
 
-// Exact up to float64 rounding: a product of two floats fits a double.
-AMF_TARGET_CLONES double dot_f64(const float* a, const float* b, int64_t d) {
+// Exact up to float64 rounding: a product of two floats fits a double. T: float or bf16 inputs.
+template <typename T>
+inline double dot_impl(const T* a, const T* b, int64_t d) {
   double s = 0.0;
   AMF_SIMD_SUM(s)
-  for (int64_t i = 0; i < d; ++i) s += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  for (int64_t i = 0; i < d; ++i) s += static_cast<double>(static_cast<float>(a[i])) * static_cast<float>(b[i]);
   return s;
 }
 
 // Two keys against one query in one pass: two independent memory streams keep more loads in flight
 // (the candidates' key rows are scattered over the frame and mostly come from L3 or memory).
-AMF_TARGET_CLONES void dot2_f64(const float* q, const float* ka, const float* kb, int64_t d, double* va, double* vb) {
+template <typename T>
+inline void dot2_impl(const T* q, const T* ka, const T* kb, int64_t d, double* va, double* vb) {
   double sa = 0.0, sb = 0.0;
   AMF_SIMD_SUM(sa, sb)
   for (int64_t i = 0; i < d; ++i) {
-    const double x = q[i];
-    sa += x * static_cast<double>(ka[i]);
-    sb += x * static_cast<double>(kb[i]);
+    const double x = static_cast<float>(q[i]);
+    sa += x * static_cast<float>(ka[i]);
+    sb += x * static_cast<float>(kb[i]);
   }
   *va = sa;
   *vb = sb;
+}
+
+AMF_TARGET_CLONES double dot_f64(const float* a, const float* b, int64_t d) { return dot_impl(a, b, d); }
+AMF_TARGET_CLONES double dot_f64(const c10::BFloat16* a, const c10::BFloat16* b, int64_t d) {
+  return dot_impl(a, b, d);
+}
+AMF_TARGET_CLONES void dot2_f64(const float* q, const float* ka, const float* kb, int64_t d, double* va, double* vb) {
+  dot2_impl(q, ka, kb, d, va, vb);
+}
+AMF_TARGET_CLONES void dot2_f64(const c10::BFloat16* q, const c10::BFloat16* ka, const c10::BFloat16* kb, int64_t d,
+                                double* va, double* vb) {
+  dot2_impl(q, ka, kb, d, va, vb);
 }
 
 // Exact scores of a segment's candidates (ascending key indices), folded by the spec's rule: the
@@ -131,7 +145,8 @@ struct Best {
   }
 };
 
-void rescore(const float* qrow, const float* kframe, int64_t d, const int32_t* cand, int64_t count, Best& best) {
+template <typename T>
+void rescore(const T* qrow, const T* kframe, int64_t d, const int32_t* cand, int64_t count, Best& best) {
   int64_t c = 0;
   for (; c + 1 < count; c += 2) {
     double va, vb;
@@ -159,8 +174,27 @@ struct Rounded {
   std::vector<double> norm, resid;  // per row
 };
 
+// bf16 inputs are their own rounding: their norms, no residual.
+AMF_TARGET_CLONES void bf16_norms_range(const uint16_t* x, int64_t d, double* norm, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    double s = 0.0;
+    AMF_SIMD_SUM(s)
+    for (int64_t i = 0; i < d; ++i) {
+      const double v = bf16_bits_to_float(x[r * d + i]);
+      s += v * v;
+    }
+    norm[r] = std::sqrt(s);
+  }
+}
+
 Rounded round_all(const at::Tensor& x, Slot slot) {
   const int64_t rows = x.size(0) * x.size(1), d = x.size(2);
+  if (x.scalar_type() == at::kBFloat16) {
+    Rounded r{x, std::vector<double>(rows), std::vector<double>(rows, 0.0)};
+    const auto* bits = reinterpret_cast<const uint16_t*>(x.const_data_ptr<at::BFloat16>());
+    at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) { bf16_norms_range(bits, d, r.norm.data(), b, e); });
+    return r;
+  }
   Rounded r{scratch(slot, x.sizes(), at::kBFloat16), std::vector<double>(rows),
             std::vector<double>(rows)};
   const float* src = x.data_ptr<float>();
@@ -184,8 +218,11 @@ bool argmax_screen_enabled() {
 #endif
 }
 
-void argmax_forward_screened(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, int64_t hw,
-                             const float* px, const float* py, float* target) {
+namespace {
+
+template <typename T>
+void screened_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, int64_t hw, const float* px,
+                   const float* py, float* target) {
   const int64_t batch = qc.size(0), n = qc.size(1), d = qc.size(2);
   const double eps32 = std::ldexp(1.0, -24), u_bf16 = std::ldexp(1.0, -8);
   const double gamma = d * eps32 / (1.0 - d * eps32);
@@ -207,8 +244,8 @@ void argmax_forward_screened(const at::Tensor& qc, const at::Tensor& kc, int64_t
   // stage 1's window in units of E (DITFLOW_FAST_CPU_STAGE1_PCT, percent, 125): a knob for tests
   // (1% forces stage 2 nearly everywhere) and tuning; any value gives the same, exact result.
   const double stage1_window = env_int("DITFLOW_FAST_CPU_STAGE1_PCT", 125) / 100.0;
-  const float* q32 = qc.data_ptr<float>();
-  const float* k32 = kc.data_ptr<float>();
+  const T* q32 = qc.const_data_ptr<T>();  // the inputs, rescored in float64
+  const T* k32 = kc.const_data_ptr<T>();
   at::parallel_for(0, batch * plan.tiles_per_batch, 1, [&](int64_t begin, int64_t end) {
     at::Tensor tile = at::empty({plan.rows * plan.group * hw}, qr.bits.options());
     at::Tensor tile32;  // only for tiles that fall back to float32
@@ -253,16 +290,17 @@ void argmax_forward_screened(const at::Tensor& qc, const at::Tensor& kc, int64_t
         }
         start[nr * g] = total;
         if (fallback) {
-          if (!tile32.defined()) tile32 = at::empty({plan.rows * plan.group * hw}, qc.options());
+          if (!tile32.defined()) tile32 = at::empty({plan.rows * plan.group * hw}, qc.options().dtype(at::kFloat));
           at::Tensor s32 = tile32.narrow(0, 0, nr * g * hw).view({nr, g * hw});
-          at::mm_out(s32, qc[b].narrow(0, r0, nr), kc[b].narrow(0, j0 * hw, g * hw).t());
+          const at::Tensor keys32 = kc[b].narrow(0, j0 * hw, g * hw).to(at::kFloat);  // bf16 inputs: exact
+          at::mm_out(s32, qc[b].narrow(0, r0, nr).to(at::kFloat), keys32.t());
           const TileArgs<float> args{s32.data_ptr<float>(), s32.stride(0), nr, g, hw, frames,
                                      (b * n + r0) * frames + j0, 1.0f, px, py, target, nullptr};
           reduce_tile(args, false);
           continue;
         }
         for (int64_t r = 0; r < nr; ++r) {
-          const float* qrow = q32 + (b * n + r0 + r) * d;
+          const T* qrow = q32 + (b * n + r0 + r) * d;
           for (int64_t jj = 0; jj < g; ++jj) {
             const int64_t seg_id = r * g + jj;
             const int32_t* c = cand.data() + start[seg_id];
@@ -282,7 +320,7 @@ void argmax_forward_screened(const at::Tensor& qc, const at::Tensor& kc, int64_t
               stage2.clear();
               for (int64_t i = 0; i < count; ++i)
                 (bf16_bits_to_float(seg[c[i]]) >= t1 ? stage1 : stage2).push_back(c[i]);
-              const float* kframe = k32 + (b * n + (j0 + jj) * hw) * d;
+              const T* kframe = k32 + (b * n + (j0 + jj) * hw) * d;
               Best best;
               rescore(qrow, kframe, d, stage1.data(), static_cast<int64_t>(stage1.size()), best);
               if (!(best.value >= static_cast<double>(t1) + sg.bound))
@@ -297,6 +335,16 @@ void argmax_forward_screened(const at::Tensor& qc, const at::Tensor& kc, int64_t
       }
     }
   });
+}
+
+}  // namespace
+
+void argmax_forward_screened(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, int64_t hw,
+                             const float* px, const float* py, float* target) {
+  if (qc.scalar_type() == at::kBFloat16)
+    screened_impl<c10::BFloat16>(qc, kc, frames, hw, px, py, target);
+  else
+    screened_impl<float>(qc, kc, frames, hw, px, py, target);
 }
 
 }  // namespace ditflow_fast
