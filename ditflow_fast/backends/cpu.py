@@ -17,8 +17,8 @@ backward's gradient GEMMs run in bf16, ``backward_bf16`` in ``csrc/amf_cpu.cpp``
 becomes float32 (float64 for float64 input), as in the torch backend. The copies, and the kernel's own
 large temporaries, live in scratch buffers kept between calls (``csrc/amf_cpu_scratch.h``: at most
 ``DITFLOW_FAST_CPU_SCRATCH_MB``, default 64 MiB, never shared while in use; :func:`release_scratch` frees
-them). The float32 argmax screens scores with a bf16 GEMM and rescores the candidates in float64 where
-the CPU multiplies bf16 natively (exact argmax; ``csrc/amf_cpu_screen.h``).
+them). The argmax screens scores with a bf16 GEMM and rescores the candidates in float64 where the CPU
+multiplies bf16 natively (exact argmax; ``csrc/amf_cpu_screen.h``; bf16 inputs are screened as they are).
 """
 
 from __future__ import annotations
