@@ -105,9 +105,10 @@ struct DzArgs {
   const T *px, *py, *tgt, *lse, *g;
 };
 
-// items = (row, frame) pairs of the chunk: dz = p * (<g, pos(n)> - <g, o>), p = exp(z - lse).
-template <typename T>
-inline void logit_grads_impl(const DzArgs<T>& a, int64_t begin, int64_t end) {
+// items = (row, frame) pairs of the chunk: dz = p * (<g, pos(n)> - <g, o>), p = exp(z - lse), into
+// out (row pitch n): dz itself, or (Out = uint16_t) the bf16 bits of alpha * dz, the bf16 backward's operand.
+template <typename T, typename Out>
+inline void logit_grads_impl(const DzArgs<T>& a, Out* out, int64_t begin, int64_t end) {
   for (int64_t item = begin; item < end; ++item) {
     const int64_t r = item / a.frames, j = item % a.frames;
     const int64_t at = a.at0 + item;
@@ -115,19 +116,28 @@ inline void logit_grads_impl(const DzArgs<T>& a, int64_t begin, int64_t end) {
     const T g_dot_o = gx * a.tgt[2 * at] + gy * a.tgt[2 * at + 1];
     const T l = a.lse[at];
     const T* in = a.src + r * a.n + j * a.hw;
-    T* row = a.s + r * a.n + j * a.hw;
+    Out* row = out + r * a.n + j * a.hw;
     const T *px = a.px, *py = a.py;
     const T alpha = a.alpha;
     AMF_SIMD
-    for (int64_t c = 0; c < a.hw; ++c) row[c] = soft_logit_grad(alpha * in[c], l, gx, gy, px[c], py[c], g_dot_o);
+    for (int64_t c = 0; c < a.hw; ++c) {
+      const T dz = soft_logit_grad(alpha * in[c], l, gx, gy, px[c], py[c], g_dot_o);
+      if constexpr (std::is_same_v<Out, uint16_t>)
+        row[c] = float_to_bf16_bits(alpha * dz);
+      else
+        row[c] = dz;
+    }
   }
 }
 
 AMF_TARGET_CLONES void logit_grads_f32(const DzArgs<float>& a, int64_t begin, int64_t end) {
-  logit_grads_impl(a, begin, end);
+  logit_grads_impl(a, a.s, begin, end);
+}
+AMF_TARGET_CLONES void logit_grads_bf16(const DzArgs<float>& a, uint16_t* out, int64_t begin, int64_t end) {
+  logit_grads_impl(a, out, begin, end);
 }
 void logit_grads(const DzArgs<float>& a, int64_t begin, int64_t end) { logit_grads_f32(a, begin, end); }
-void logit_grads(const DzArgs<double>& a, int64_t begin, int64_t end) { logit_grads_impl(a, begin, end); }
+void logit_grads(const DzArgs<double>& a, int64_t begin, int64_t end) { logit_grads_impl(a, a.s, begin, end); }
 
 template <typename T>
 void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, int64_t hw, const std::vector<T>& px,
@@ -226,7 +236,7 @@ void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
 
 // bf16 inputs where the CPU multiplies bf16: the two gradient GEMMs run in bf16 (oneDNN; AMX where
 // present) at about twice the float32 rate, as flash attention's backward does: dz stays float32
-// until it is rounded to bf16 with alpha folded in, and the GEMMs accumulate in float32. dQ takes
+// until it is rounded to bf16 with alpha folded in (in the same pass), and the GEMMs accumulate in float32. dQ takes
 // each key frame's keys less their mean: dz sums to zero over a frame (a softmax's gradient), so
 // dQ = dz @ (K - c_j) for any per-frame c_j, and then the rounding errors of dz multiply the keys'
 // spread instead of their mean. Measured on keys of one frame correlated 0.99, dQ's relative error
@@ -238,10 +248,11 @@ void backward_bf16(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
                    const std::vector<float>& py, float alpha, const at::Tensor& scores, at::Tensor& dq,
                    at::Tensor& dk) {
   const int64_t batch = qc.size(0), n = qc.size(1), d = qc.size(2);
-  const int64_t rows = std::clamp<int64_t>(
-      env_int("DITFLOW_FAST_CPU_BWD_ROWS", kBackwardChunkBytes / (n * sizeof(float))), 1, n);
+  // the chunk's bf16 dz within the budget, and its recomputed float32 scores too when none were kept
+  const int64_t row_bytes = n * (sizeof(c10::BFloat16) + (scores.defined() ? 0 : sizeof(float)));
+  const int64_t rows = std::clamp<int64_t>(env_int("DITFLOW_FAST_CPU_BWD_ROWS", kBackwardChunkBytes / row_bytes), 1, n);
   const bool want_q = dq.defined(), want_k = dk.defined();
-  at::Tensor buf = scratch(Slot::kChunk, {rows * n}, at::kFloat);
+  const at::Tensor buf = scores.defined() ? at::Tensor() : scratch(Slot::kChunk, {rows * n}, at::kFloat);
   at::Tensor dzb = scratch(Slot::kDzBf16, {rows * n}, at::kBFloat16);
   const at::Tensor centred = want_q ? centre_keys(kc, hw) : at::Tensor();
   const PackedKeys keys =
@@ -252,19 +263,20 @@ void backward_bf16(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
     for (int64_t r0 = 0; r0 < n; r0 += rows) {
       const int64_t nr = std::min(rows, n - r0);
       const at::Tensor q_r = qc[b].narrow(0, r0, nr);
-      float* sp = buf.data_ptr<float>();
-      const float* src = sp;
-      if (scores.defined())
+      const float* src;
+      if (scores.defined()) {
         src = scores.const_data_ptr<float>() + (b * n + r0) * n;
-      else
-        bf16_score_rows(q_r.const_data_ptr<c10::BFloat16>(), nr, d, keys, b, sp);
+      } else {
+        bf16_score_rows(q_r.const_data_ptr<c10::BFloat16>(), nr, d, keys, b, buf.mutable_data_ptr<float>());
+        src = buf.const_data_ptr<float>();
+      }
+      auto* dz_bits = reinterpret_cast<uint16_t*>(dzb.mutable_data_ptr<c10::BFloat16>());
       at::parallel_for(0, nr * frames, 16, [&](int64_t begin, int64_t end) {
-        const DzArgs<float> args{src, sp, n, hw, frames, (b * n + r0) * frames, alpha, px.data(), py.data(),
+        const DzArgs<float> args{src, nullptr, n, hw, frames, (b * n + r0) * frames, alpha, px.data(), py.data(),
                                  target.const_data_ptr<float>(), lse.const_data_ptr<float>(),
                                  grad.const_data_ptr<float>()};
-        logit_grads(args, begin, end);
+        logit_grads_bf16(args, dz_bits, begin, end);
       });
-      round_scaled(sp, nr * n, alpha, dzb.mutable_data_ptr<c10::BFloat16>());
       const at::Tensor dz = dzb.narrow(0, 0, nr * n).view({nr, n});
       if (want_q) {
         at::Tensor out = dq[b].narrow(0, r0, nr);

@@ -11,7 +11,6 @@
 
 #include "amf_cpu_scratch.h"
 #include "amf_cpu_tiling.h"
-#include "amf_reduce.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -165,24 +164,6 @@ at::Tensor centre_keys(const at::Tensor& kc, int64_t hw) {
     }
   });
   return out;
-}
-
-namespace {
-AMF_TARGET_CLONES void round_scaled_range(const float* src, int64_t begin, int64_t end, float alpha, uint16_t* dst) {
-  AMF_SIMD
-  for (int64_t i = begin; i < end; ++i) {
-    const float v = alpha * src[i];
-    uint32_t u;
-    std::memcpy(&u, &v, sizeof u);
-    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-    dst[i] = static_cast<uint16_t>(v != v ? 0x7FC0u : rounded);
-  }
-}
-}  // namespace
-
-void round_scaled(const float* src, int64_t count, float alpha, c10::BFloat16* dst) {
-  auto* bits = reinterpret_cast<uint16_t*>(dst);
-  at::parallel_for(0, count, 1 << 16, [&](int64_t b, int64_t e) { round_scaled_range(src, b, e, alpha, bits); });
 }
 
 }  // namespace ditflow_fast

@@ -11,6 +11,7 @@
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace ditflow_fast {
@@ -39,11 +40,17 @@ void bf16_scores(const c10::BFloat16* q, int64_t rows, int64_t d, const PackedKe
 // split over the threads.
 void bf16_score_rows(const c10::BFloat16* q, int64_t rows, int64_t d, const PackedKeys& keys, int64_t b, float* s);
 
-// The soft backward's bf16 operands (amf_cpu.cpp, backward_bf16):
+// The bf16 soft backward's keys for dQ (amf_cpu.cpp, backward_bf16):
 // kc [batch, n, d] with each frame's mean key subtracted (taken in float32, then rounded to bf16), in
-// scratch slot kKCentred;
+// scratch slot kKCentred.
 at::Tensor centre_keys(const at::Tensor& kc, int64_t hw);
-// dst[i] = bf16(alpha * src[i]) rounded to nearest even (NaN stays NaN), for i < count, split over the threads.
-void round_scaled(const float* src, int64_t count, float alpha, c10::BFloat16* dst);
+
+// The bf16 bits of v rounded to nearest even (NaN stays NaN); branch-free, so loops of it vectorise.
+inline uint16_t float_to_bf16_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>(v != v ? 0x7FC0u : rounded);
+}
 
 }  // namespace ditflow_fast

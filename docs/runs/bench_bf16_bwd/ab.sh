@@ -4,12 +4,14 @@
 # side runs its checkout's own .venv (the same pinned torch 2.13.0); runs alternate, nothing else running.
 # Usage: BEFORE=/path/to/77c4a4c-clone bash ab.sh        (cpu-5b, two rounds: r{1,2}_{before,after})
 #        BEFORE=/path/to/77c4a4c-clone bash ab.sh f6     (cogvideox-5b-f6, the cpu rows, one round: f6_*)
+# PREFIX=name_ prefixes the output files (the fused-rounding A/B of the README: BEFORE a clone of 0be7ede).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 after="$(cd "$here/../../.." && pwd)"
 before="${BEFORE:?set BEFORE to a set-up clone of 77c4a4c}"
+prefix="${PREFIX:-}"
 bench() {  # side out-name bench-args...
-  local root out="$2"
+  local root out="$prefix$2"
   root=$([ "$1" = before ] && echo "$before" || echo "$after")
   shift 2
   # run from the checkout: `python -m` puts the working directory first on sys.path
