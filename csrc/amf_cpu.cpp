@@ -64,7 +64,7 @@ void check_inputs(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
 // of ours over N^2 elements. For float they are multi-ISA (AMF_TARGET_CLONES), so the vectorised exp
 // of amf_reduce.h runs 16 wide where the CPU allows.
 template <typename T>
-inline void reduce_tile_impl(const TileArgs<T>& a, bool soft) {
+AMF_INLINE void reduce_tile_impl(const TileArgs<T>& a, bool soft) {
   for (int64_t r = 0; r < a.rows; ++r) {
     for (int64_t jj = 0; jj < a.groups; ++jj) {
       const int64_t out = a.out0 + r * a.frames + jj;
@@ -108,7 +108,7 @@ struct DzArgs {
 // items = (row, frame) pairs of the chunk: dz = p * (<g, pos(n)> - <g, o>), p = exp(z - lse), into
 // out (row pitch n): dz itself, or (Out = uint16_t) the bf16 bits of alpha * dz, the bf16 backward's operand.
 template <typename T, typename Out>
-inline void logit_grads_impl(const DzArgs<T>& a, Out* out, int64_t begin, int64_t end) {
+AMF_INLINE void logit_grads_impl(const DzArgs<T>& a, Out* out, int64_t begin, int64_t end) {
   for (int64_t item = begin; item < end; ++item) {
     const int64_t r = item / a.frames, j = item % a.frames;
     const int64_t at = a.at0 + item;

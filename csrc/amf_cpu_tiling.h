@@ -13,10 +13,15 @@
 // Several functions per translation unit are compiled for three x86-64 levels (AVX-512, AVX2+FMA,
 // baseline) and GCC picks one when the module loads (target_clones), so their loops run 16 wide
 // where the CPU allows without building for one machine.
+// A clone only speeds up the code compiled inside it: a template body it calls must be inlined into it
+// (AMF_INLINE), else GCC emits that body once, for the baseline, and every clone calls that copy. Until
+// session 15 the soft reduction and the logit-gradient pass ran that way, 4 wide (SSE2).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define AMF_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define AMF_INLINE __attribute__((always_inline)) inline
 #else
 #define AMF_TARGET_CLONES
+#define AMF_INLINE inline
 #endif
 
 namespace ditflow_fast {

@@ -19,8 +19,12 @@
 #include <cstdint>
 #include <cstring>
 
+// Always inlined on the host too: the CPU kernel's target_clones compile these only where they are
+// inlined (amf_cpu_tiling.h, AMF_INLINE); an out-of-line copy would run at the baseline ISA.
 #if defined(__CUDACC__)
 #define AMF_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define AMF_HD __attribute__((always_inline)) inline
 #else
 #define AMF_HD inline
 #endif
@@ -70,6 +74,15 @@ inline float amf_exp_poly(float x) {
   return p * scale;
 }
 #endif
+
+// min(t, 0) for t = z - lse, which is <= 0 in exact arithmetic. Where the compiler fuses the product
+// z = alpha * s into the subtraction (an FMA: the AVX2 and AVX-512 clones, CUDA), the max key keeps the
+// rounding residual of its logit, of either sign, and at logits near 1e33 that residual is itself near
+// 1e26: exp of it was inf, and the gradient NaN. There p is 0 or 1 either way, and its dz is 0.
+template <typename T>
+AMF_HD T nonpositive(T t) {
+  return t < T(0) ? t : T(0);
+}
 
 // Math wrappers: one spelling for host and device, overloaded on float and double so the same
 // templates serve the fp32 (and fp32-accumulated bf16/fp16) and fp64 paths.
@@ -235,11 +248,15 @@ AMF_HD void soft_block(SoftState<T>& s, const S* score, T scale, const T* x, con
     const T v = static_cast<T>(score[i]);
     bm = v > bm ? v : bm;
   }
-  soft_rescale(s, scale * bm);
+  const T m_block = scale * bm;
+  soft_rescale(s, m_block);
+  // z - m as scale * (score - bm) + (m_block - m): both terms <= 0, and exactly 0 for the block's max key
+  // when it is the max so far, however the compiler fuses them (scale * score - m is not: see nonpositive)
+  const T shift = m_block - s.m;
   T l = T(0), sx = T(0), sy = T(0);
   AMF_SIMD_SUM(l, sx, sy)
   for (int i = 0; i < n; ++i) {
-    const T e = amf_exp_finite(scale * static_cast<T>(score[i]) - s.m);  // s.m is finite here
+    const T e = amf_exp_finite(scale * (static_cast<T>(score[i]) - bm) + shift);
     l += e;
     sx += e * x[i];
     sy += e * y[i];
@@ -269,7 +286,7 @@ AMF_HD SoftResult<T> soft_finish(const SoftState<T>& s) {
 // Returns dz = p * (<g, pos(n)> - <g, o>), p = exp(z - lse).
 template <typename T>
 AMF_HD T soft_logit_grad(T z, T lse, T gx, T gy, T x, T y, T g_dot_o) {
-  const T p = amf_exp_finite(z - lse);
+  const T p = amf_exp_finite(nonpositive(z - lse));
   return p * (gx * x + gy * y - g_dot_o);
 }
 

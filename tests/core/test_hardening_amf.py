@@ -250,6 +250,17 @@ def test_large_inputs_under_the_limit_are_computed_without_overflow(backend, mod
     assert torch.equal(out, amf_reference(q, k, mode=mode, **GEOM).float())
 
 
+@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
+def test_large_inputs_under_the_limit_have_finite_gradients(backend):
+    # the soft AMF is one-hot at such logits, so its gradients are 0; what must not happen is exp of a
+    # rounding residual near 1e26 (csrc/amf_reduce.h, nonpositive) turning them into inf * 0
+    q, k = _qk(seed=8)
+    q, k = (q * 1e17).requires_grad_(), (k * 1e17).requires_grad_()
+    out = compute_amf(q, k, mode="soft", backend=backend, **GEOM)
+    dq, dk = torch.autograd.grad(out, (q, k), torch.randn_like(out))
+    assert torch.isfinite(dq).all() and torch.isfinite(dk).all()
+
+
 def test_float64_input_has_the_float64_range():
     q, k = _qk(torch.float64, seed=9)
     q, k = q * 1e19, k * 1e19  # refused in float32, fine in float64
