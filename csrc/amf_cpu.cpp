@@ -61,8 +61,8 @@ void check_inputs(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
 }
 
 // Row reductions of one forward score tile and the backward's logit-gradient pass: the only loops
-// of ours over N^2 elements. For float they are multi-ISA (AMF_TARGET_CLONES), so the vectorised exp
-// of amf_reduce.h runs 16 wide where the CPU allows.
+// of ours over N^2 elements. For float they are multi-ISA (AMF_TARGET_CLONES, with their bodies inlined
+// into each clone: AMF_INLINE), so the vectorised exp of amf_reduce.h runs 16 wide where the CPU allows.
 template <typename T>
 AMF_INLINE void reduce_tile_impl(const TileArgs<T>& a, bool soft) {
   for (int64_t r = 0; r < a.rows; ++r) {

@@ -98,7 +98,7 @@ int64_t collect(const uint16_t* s, int64_t n, float threshold, int32_t* out) {
 
 // Exact up to float64 rounding: a product of two floats fits a double. T: float or bf16 inputs.
 template <typename T>
-inline double dot_impl(const T* a, const T* b, int64_t d) {
+AMF_INLINE double dot_impl(const T* a, const T* b, int64_t d) {
   double s = 0.0;
   AMF_SIMD_SUM(s)
   for (int64_t i = 0; i < d; ++i) s += static_cast<double>(static_cast<float>(a[i])) * static_cast<float>(b[i]);
@@ -108,7 +108,7 @@ inline double dot_impl(const T* a, const T* b, int64_t d) {
 // Two keys against one query in one pass: two independent memory streams keep more loads in flight
 // (the candidates' key rows are scattered over the frame and mostly come from L3 or memory).
 template <typename T>
-inline void dot2_impl(const T* q, const T* ka, const T* kb, int64_t d, double* va, double* vb) {
+AMF_INLINE void dot2_impl(const T* q, const T* ka, const T* kb, int64_t d, double* va, double* vb) {
   double sa = 0.0, sb = 0.0;
   AMF_SIMD_SUM(sa, sb)
   for (int64_t i = 0; i < d; ++i) {
