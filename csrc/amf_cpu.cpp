@@ -199,13 +199,17 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
 // chunks run in a fixed order, so the dK accumulation is deterministic.
 constexpr int64_t kBackwardChunkBytes = int64_t(64) << 20;
 
+// Query rows per backward chunk: as many rows of row_bytes as the budget holds (or the knob), 1 to n.
+int64_t backward_rows(int64_t n, int64_t row_bytes) {
+  return std::clamp<int64_t>(env_int("DITFLOW_FAST_CPU_BWD_ROWS", kBackwardChunkBytes / row_bytes), 1, n);
+}
+
 template <typename T>
 void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& target, const at::Tensor& lse,
                    const at::Tensor& grad, int64_t frames, int64_t hw, const std::vector<T>& px,
                    const std::vector<T>& py, T alpha, const at::Tensor& scores, at::Tensor& dq, at::Tensor& dk) {
   const int64_t batch = qc.size(0), n = qc.size(1);
-  const int64_t budget_rows = env_int("DITFLOW_FAST_CPU_BWD_ROWS", kBackwardChunkBytes / (n * sizeof(T)));
-  const int64_t rows = std::clamp<int64_t>(budget_rows, 1, n);
+  const int64_t rows = backward_rows(n, n * sizeof(T));
   const bool want_q = dq.defined(), want_k = dk.defined();
   at::Tensor buf = scratch(Slot::kChunk, {rows * n}, qc.scalar_type());
   const T* tgt = target.data_ptr<T>();
@@ -236,8 +240,8 @@ void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
 
 // bf16 inputs where the CPU multiplies bf16: the two gradient GEMMs run in bf16 (oneDNN; AMX where
 // present) at about twice the float32 rate, as flash attention's backward does: dz stays float32
-// until it is rounded to bf16 with alpha folded in (in the same pass), and the GEMMs accumulate in float32. dQ takes
-// each key frame's keys less their mean: dz sums to zero over a frame (a softmax's gradient), so
+// until the pass that forms it rounds alpha * dz to bf16, and the GEMMs accumulate in float32. dQ
+// takes each key frame's keys less their mean: dz sums to zero over a frame (a softmax's gradient), so
 // dQ = dz @ (K - c_j) for any per-frame c_j, and then the rounding errors of dz multiply the keys'
 // spread instead of their mean. Measured on keys of one frame correlated 0.99, dQ's relative error
 // was 1.2e-2 uncentred and 2.8e-3 centred, against 1.7e-3 for float32 GEMMs (the bf16 output's own
@@ -249,8 +253,7 @@ void backward_bf16(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
                    at::Tensor& dk) {
   const int64_t batch = qc.size(0), n = qc.size(1), d = qc.size(2);
   // the chunk's bf16 dz within the budget, and its recomputed float32 scores too when none were kept
-  const int64_t row_bytes = n * (sizeof(c10::BFloat16) + (scores.defined() ? 0 : sizeof(float)));
-  const int64_t rows = std::clamp<int64_t>(env_int("DITFLOW_FAST_CPU_BWD_ROWS", kBackwardChunkBytes / row_bytes), 1, n);
+  const int64_t rows = backward_rows(n, n * (sizeof(c10::BFloat16) + (scores.defined() ? 0 : sizeof(float))));
   const bool want_q = dq.defined(), want_k = dk.defined();
   const at::Tensor buf = scores.defined() ? at::Tensor() : scratch(Slot::kChunk, {rows * n}, at::kFloat);
   at::Tensor dzb = scratch(Slot::kDzBf16, {rows * n}, at::kBFloat16);
@@ -283,13 +286,13 @@ void backward_bf16(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
         at::mm_out(out, dz, centred[b]);
       }
       if (!want_k) continue;
-      if (!dk32.defined()) {
+      if (dk32.defined()) {
+        const at::Tensor part = at::mm(dz.t(), q_r);
+        r0 == 0 ? dk32.copy_(part) : dk32.add_(part);
+      } else {
         at::Tensor out = dk[b];
         at::mm_out(out, dz.t(), q_r);
-      } else if (r0 == 0)
-        dk32.copy_(at::mm(dz.t(), q_r));
-      else
-        dk32.add_(at::mm(dz.t(), q_r));
+      }
     }
     if (dk32.defined()) dk[b].copy_(dk32);
   }
@@ -359,7 +362,8 @@ std::tuple<at::Tensor, at::Tensor> amf_backward_cpu(const at::Tensor& qc_in, con
   const std::vector<int64_t> per_frame2{batch, n, frames, 2};
   TORCH_CHECK(target_in.sizes() == per_frame2 && grad_in.sizes() == per_frame2,
               "ditflow_fast cpu backward: target and grad must be [B, N, F, 2]");
-  TORCH_CHECK(lse_in.sizes() == std::vector<int64_t>({batch, n, frames}), "ditflow_fast cpu backward: lse must be [B, N, F]");
+  TORCH_CHECK(lse_in.sizes() == std::vector<int64_t>({batch, n, frames}),
+              "ditflow_fast cpu backward: lse must be [B, N, F]");
   const auto opts = qc.options().dtype(bf16 ? at::kFloat : qc.scalar_type());  // of target, lse, grad, scores
   const at::Tensor target = target_in.detach().to(opts).contiguous();
   const at::Tensor lse = lse_in.detach().to(opts).contiguous();

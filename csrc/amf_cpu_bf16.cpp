@@ -136,7 +136,7 @@ void bf16_score_rows(const c10::BFloat16* q, int64_t rows, int64_t d, const Pack
   const int64_t n = keys.frames * keys.hw, threads = std::max<int64_t>(1, at::get_num_threads());
   // one tall block per thread, in whole kMR panels: the forward's tiles ran best at 660 rows
   const int64_t block = ceil_div(ceil_div(rows, threads), kMR) * kMR;
-  at::parallel_for(0, (rows + block - 1) / block, 1, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, ceil_div(rows, block), 1, [&](int64_t first, int64_t last) {
     std::vector<uint32_t> packed;
     for (int64_t i = first; i < last; ++i) {
       const int64_t r0 = i * block;
