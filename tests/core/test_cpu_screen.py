@@ -188,3 +188,26 @@ def test_the_bf16_gemm_here_meets_the_screens_error_model(d, one_thread):
     bad_err = (partial.double() - a.double() @ b.double().t()).abs()
     if d >= 3072:
         assert not bool((bad_err <= _screen_bound(a, b, partial.bfloat16())).all())
+
+
+def test_pairs_float32_cannot_order_are_ordered_in_float64(path, dtype):
+    # Every odd key is its even neighbour moved by about an ulp: both are candidates, and for float32 inputs their
+    # exact gap is below what a float32 dot product of D = 512 resolves, so a screen that rescored in float32
+    # picks the wrong key of many pairs (checked in session 16: it fails this test); float64 must order them.
+    gen = torch.Generator().manual_seed(21)
+    f, h, w, heads, d = 3, 4, 6, 8, 64
+    n = f * h * w
+    q = torch.randn(1, heads, n, d, generator=gen)
+    k = torch.randn(1, heads, n, d, generator=gen)
+    if dtype == torch.float32:
+        k[:, :, 1::2] = k[:, :, 0::2] * (1 + 2e-7 * torch.randn(1, heads, n // 2, d, generator=gen))
+    else:
+        k = k.bfloat16()
+        k[:, :, 1::2] = k[:, :, 0::2]
+        k[:, 0, 1::2, 0] = k[:, 0, 0::2, 0] * (1 + 2.0**-7)  # one component an ulp away
+    q = q.to(dtype)
+    out = _argmax(q, k, f, h, w)
+    assert_argmax_agrees(out, q, k, f, h, w, 0)
+    if path == "screen":
+        assert torch.equal(out.double(), _float64_first_argmax(q, k, f, h, w))
+
