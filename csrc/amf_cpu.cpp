@@ -5,7 +5,8 @@
 // into a per-thread buffer of at most 4 MiB (in soft mode, for frames of about 1,000 keys and more,
 // of this core's L2: amf_cpu_tiling.h says when and what was measured), and is reduced by the steps
 // of amf_reduce.h (argmax, or the soft-argmax with its log-sum-exp) right after, while it is still in
-// cache. Extra memory: one tile per thread plus the [B, N, F] outputs, never N x N. Single-threaded
+// cache. Extra memory: one tile per thread plus the [B, N, F] outputs (and bf16 inputs' packed keys), never
+// N x N unless amf_forward_scores keeps the scores for the backward. Single-threaded
 // MKL reached 94.7 GFLOP/s on 256 x 1320 x 3072 tiles and 97.8 on 660 x 1320 x 3072 (99.0 on the
 // whole 1320^2 problem) on the 2-core CI machine, hence tall tiles where nothing else was measured.
 // The argmax forward takes the bf16 screen of amf_cpu_screen.cpp where the CPU multiplies bf16

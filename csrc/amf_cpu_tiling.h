@@ -46,7 +46,7 @@ inline int64_t env_int(const char* name, int64_t fallback) {
 //   hw 1,350 (D 1,536 or 3,072; 3, 6 or 13 frames): 192 rows 0.82x to 0.91x, 768 rows 0.98x to 1.17x;
 //   hw 3,600, D 1,536: 72 rows 1.27x, 192 rows 1.18x, 768 rows 1.07x (D 3,072: 192 rows 1.23x, 768 1.07x).
 // Why small rows win at 1,350 keys and lose at 3,600 was not profiled; other shapes keep tall tiles.
-// Knobs: DITFLOW_FAST_CPU_ROWS (max query rows per tile; it also turns the L2 cut off),
+// Knobs: DITFLOW_FAST_CPU_ROWS (max query rows per tile, over the L2 cut's; the L2 budget still groups frames),
 // DITFLOW_FAST_CPU_TILE_KB (the tile budget, and the L2 size the cut assumes).
 struct Plan {
   int64_t rows, tiles_per_batch, group;

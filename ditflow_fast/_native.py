@@ -5,8 +5,8 @@ Importing this module never compiles anything. The extension is looked for, in o
 1. the prebuilt module ``ditflow_fast/_C*.so`` that ``setup.py`` builds
    (``pip install -e . --no-build-isolation``, see ``docs/native.md``);
 2. only when asked, a just-in-time build with ``torch.utils.cpp_extension.load``: set
-   ``DITFLOW_FAST_JIT=1`` (the first call that needs the kernel compiles it, minutes on a small
-   CPU) or call :func:`build` yourself. The build is cached under ``<repo>/build/native-jit``
+   ``DITFLOW_FAST_JIT=1`` (the first call that needs the kernel compiles it, under a minute on
+   the 2-core CI machine) or call :func:`build` yourself. The build is cached under ``<repo>/build/native-jit``
    (or ``$DITFLOW_FAST_BUILD_DIR``), never in the home directory, and reused while the sources
    are unchanged.
 

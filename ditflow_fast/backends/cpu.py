@@ -149,7 +149,8 @@ def amf_cpu(problem: AMFProblem) -> torch.Tensor:
 
 register(Backend(
     name="cpu",
-    summary="fused C++ kernel: GEMM score tiles reduced in cache (argmax: exact bf16 screen), recomputing backward",
+    summary="fused C++ kernel: GEMM score tiles reduced in cache (argmax: exact bf16 screen); the backward reuses "
+            "the forward's scores where memory allows, else recomputes them",
     run=amf_cpu,
     devices=("cpu",),
     dtypes=(torch.float32, torch.float64, torch.bfloat16, torch.float16),

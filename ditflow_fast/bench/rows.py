@@ -11,8 +11,9 @@ The rows:
 * ``research``: the original code's procedure (:func:`ditflow_fast.backends.reference.research_procedure`);
 * ``gemm``: the bare heads-concatenated ``Q_cat @ K_cat^T``, the floor (no AMF, so nothing to check), in
   :func:`floor_dtype`: a bf16 run's ratios are to a bf16 GEMM of the same shape;
-* ``gemm_fp32``: the same GEMM in float32, only in CPU runs of bf16 inputs, where the CPU backends
-  compute in float32 after one upcast copy (a yardstick beside the floor, not the floor);
+* ``gemm_fp32``: the same GEMM in float32, only in CPU runs of bf16 inputs, where the ``torch`` backend (and
+  ``cpu`` on a CPU without AVX512-BF16) computes in float32 after one upcast copy (a yardstick beside the floor,
+  not the floor);
 * the peers of :mod:`ditflow_fast.bench.peers` (``faiss``, ``sdpa``; on request, GPU only: ``keops``,
   ``faiss_gpu``).
 
@@ -226,8 +227,8 @@ def _gemm_timed(dtype_of: Callable[[CaseSpec], torch.dtype]):
 
 
 def _float32_yardstick_applies(spec: CaseSpec) -> bool:
-    """The float32 GEMM joins CPU runs of bf16 inputs only: there the floor is a bf16 GEMM while the CPU
-    backends upcast to float32 (docs/native.md), so the table shows both."""
+    """The float32 GEMM joins CPU runs of bf16 inputs only: there the floor is a bf16 GEMM while the ``torch``
+    backend (and ``cpu`` without AVX512-BF16) upcasts to float32 (docs/native.md), so the table shows both."""
     return spec.device.startswith("cpu") and spec.torch_dtype == torch.bfloat16
 
 
@@ -273,7 +274,7 @@ register(Row(RESEARCH, "research", "the original DiTFlow code's procedure: per-h
              "head mean, per-frame softmax or argmax", MODES, make_forward=_research_forward,
              predict_bytes=_research_bytes, selection="always", tolerance="input-dtype"))
 register(Row(FLOOR, "floor", "the bare GEMM", (FLOOR,), make_timed=_gemm_timed(floor_dtype), selection="always"))
-register(Row(FLOOR_FP32, "yardstick", "the bare GEMM in float32 (what the CPU backends multiply bf16 inputs in)",
+register(Row(FLOOR_FP32, "yardstick", "the bare GEMM in float32 (torch multiplies bf16 in it)",
              (FLOOR,), make_timed=_gemm_timed(lambda spec: torch.float32), selection="always",
              applies=_float32_yardstick_applies))
 register(Row("faiss", "peer", "faiss-cpu IndexFlatIP top-1 per target frame", ("argmax",),
