@@ -116,10 +116,23 @@ def finite_max(t: torch.Tensor) -> float:
     if t.numel() == 0:
         return 0.0
     with autocast_disabled():  # torch.stack is an autocast "promote" op: under fp16 autocast it refuses bf16
-        lo, hi = torch.stack(torch.aminmax(t.detach())).tolist()
+        lo, hi = torch.stack(torch.aminmax(in_memory_order(t.detach()))).tolist()
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return math.nan
     return max(-lo, hi)
+
+
+def in_memory_order(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with its dimensions permuted into memory order where that makes it contiguous, else ``t``.
+
+    For reductions over every element, whose result does not depend on the order: ``torch.aminmax`` of a
+    ``[B, H, T, d]`` view of a ``[B, T, H, d]`` tensor (what diffusers' processors hand over) took 0.89 ms against
+    0.27 ms for the same elements in memory order (48 x 1,546 x 64 float32, two threads; session 16).
+    """
+    if t.is_contiguous():
+        return t
+    v = t.permute(sorted(range(t.dim()), key=lambda i: -t.stride(i)))
+    return v if v.is_contiguous() else t
 
 
 def check_finite(name: str, t: torch.Tensor, what: str = "the AMF of non-finite attention is undefined") -> float:

@@ -29,7 +29,7 @@ from _amf_helpers import SOFT_RTOL, assert_argmax_agrees, rel_err  # noqa: E402
 
 from ditflow_fast import amf_loss, choose_backend, compute_amf  # noqa: E402
 from ditflow_fast import dispatch as dispatch_mod  # noqa: E402
-from ditflow_fast._problem import range_limit  # noqa: E402
+from ditflow_fast._problem import finite_max, in_memory_order, range_limit  # noqa: E402
 from ditflow_fast.backends.reference import amf_reference, research_procedure  # noqa: E402
 from ditflow_fast.compat import compute_motion_flow  # noqa: E402
 from ditflow_fast.dispatch import Backend, backends  # noqa: E402
@@ -202,6 +202,26 @@ def test_loss_non_finite_input_names_the_argument(which, bad):
     for threshold in (True, False):
         with pytest.raises(ValueError, match=f"^{which} contains NaN or inf"):
             amf_loss(args["gen"], args["ref"], threshold=threshold)
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("view", ["bthd", "bthd_video", "strided", "expanded"])
+def test_the_finiteness_check_reads_any_layout(view, bad):
+    # finite_max reduces views in memory order where it can (in_memory_order); the answer must not change,
+    # and a view it cannot reorder (strided, expanded) must still be read in full.
+    base = torch.randn(2, 9, 3, 8)  # [B, T, H, d]
+    if bad is not None:
+        base[1, 7, 2, 4] = bad
+    t = {"bthd": base.transpose(1, 2), "bthd_video": base[:1, 4:].transpose(1, 2),
+         "strided": base.transpose(1, 2)[..., ::2], "expanded": base[:, :1].transpose(1, 2).expand(2, 3, 5, 8)}[view]
+    want = t.contiguous().abs().max().item()
+    if view in ("bthd", "bthd_video"):
+        assert in_memory_order(t).is_contiguous()
+    got = finite_max(t)
+    if bad is None or view in ("bthd_video", "expanded"):  # the bad value lies outside those views
+        assert got == want
+    else:
+        assert got != got  # NaN
 
 
 def test_loss_on_empty_input_is_zero_with_and_without_threshold():
