@@ -88,3 +88,25 @@ def append_record(record: dict, path: Path) -> Path:
     from ..atomic import append_line
 
     return append_line(path, json.dumps(record, sort_keys=True))
+
+
+def read_record(path: Path, preset: str | None = None) -> dict:
+    """The last record of a results file (of ``preset`` when given), for re-reporting a run without running it."""
+    if not path.is_file():
+        raise ValueError(f"--from {path}: no such file")
+    found = None
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--from {path}: line {number} is not a JSON record ({exc.msg})") from None
+            if not isinstance(record, dict) or "rows" not in record or "preset" not in record:
+                raise ValueError(f"--from {path}: line {number} is not a benchmark record")
+            if preset is None or record["preset"]["name"] == preset:
+                found = record
+    if found is None:
+        raise ValueError(f"--from {path}: no record" + (f" of preset {preset!r}" if preset else ""))
+    return found

@@ -21,7 +21,7 @@ def _csv_option(text: str | None, option: str) -> tuple[str, ...] | None:
 
 
 def _run(args) -> int:
-    from ..bench.presets import PRESETS, get_preset
+    from ..bench.presets import DEFAULT_PRESET, PRESETS, get_preset
     from ..bench.spec import MODES
 
     if args.list_presets:
@@ -30,6 +30,15 @@ def _run(args) -> int:
             print(f"{name:<18} H={g.heads:<3} d={g.head_dim:<4} F={g.frames:<3} {g.height}x{g.width}  "
                   f"N={g.tokens:<6} text={g.text_tokens:<4} {preset.summary}")
         return 0
+    if args.chart is not None:
+        if Path(args.chart).suffix.lower() != ".svg":
+            raise ValueError(f"--chart must name an .svg file, got {args.chart!r}")
+        from ..atomic import check_writable
+
+        check_writable(args.chart, option="--chart")
+    if args.from_record:
+        return _report(args)
+    args.preset = args.preset or DEFAULT_PRESET
     geometry = get_preset(args.preset).geometry  # an unknown name fails before anything slow happens
     if args.perf_model:
         from ..bench.perf_model import GPU_PEAKS, floor_table
@@ -76,6 +85,32 @@ def _run(args) -> int:
     print()
     print(format_table(record))
     print(f"\nappended to {append_record(record, out)}")
+    _write_chart(args.chart, record)
+    return 0
+
+
+def _write_chart(path: str | None, record: dict) -> None:
+    if path is not None:
+        from ..atomic import write_text
+        from ..bench.chart import chart_svg
+
+        print(f"chart: {write_text(path, chart_svg(record))}")
+
+
+def _report(args) -> int:
+    """``--from``: the table (and ``--chart``) of a recorded run; nothing is run."""
+    given = [o for o, v in (("--backends", args.backends), ("--modes", args.modes), ("--dtype", args.dtype),
+                            ("--device", args.device), ("--out", args.out), ("--mem-limit", args.mem_limit),
+                            ("--no-memory", args.no_memory or None), ("--perf-model", args.perf_model or None))
+             if v is not None]
+    if given:
+        raise ValueError(f"--from re-reports a recorded run: {', '.join(given)} would be ignored")
+    from ..bench.record import read_record
+    from ..bench.report import format_table
+
+    record = read_record(Path(args.from_record), args.preset)
+    print(format_table(record))
+    _write_chart(args.chart, record)
     return 0
 
 
@@ -86,8 +121,8 @@ def add_bench_parser(sub) -> None:
                        description="Time every available backend (and the research procedure, the bare GEMM "
                                    "floor and the peer rows) on one preset; print a table and append a JSON "
                                    "line to benchmarks/results/<machine>.jsonl.")
-    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"shape preset (default {DEFAULT_PRESET}; "
-                                                            "see --list-presets)")
+    p.add_argument("--preset", help=f"shape preset (default {DEFAULT_PRESET}; see --list-presets; with --from, "
+                                    "the last record of this preset)")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     p.add_argument("--perf-model", action="store_true",
                    help="print the preset's FLOPs, minimum bytes and datasheet floor times on A100/H100/RTX 4090, "
@@ -108,4 +143,9 @@ def add_bench_parser(sub) -> None:
                    help="largest predicted peak of a materialising case that is still run "
                         "(default: 60%% of available memory)")
     p.add_argument("--out", help="JSON-lines file to append to (default benchmarks/results/<machine>.jsonl)")
+    p.add_argument("--chart", metavar="FILE.svg",
+                   help="also draw the run as an SVG chart: per mode, each row's time over the GEMM's")
+    p.add_argument("--from", dest="from_record", metavar="RESULTS.jsonl",
+                   help="run nothing: print the table of the file's last record (of --preset, when given) "
+                        "and, with --chart, draw it")
     p.set_defaults(func=_run)
