@@ -39,6 +39,8 @@ def _run(args) -> int:
     if args.from_record:
         return _report(args)
     args.preset = args.preset or DEFAULT_PRESET
+    args.repeats = 5 if args.repeats is None else args.repeats
+    args.warmup = 1 if args.warmup is None else args.warmup
     geometry = get_preset(args.preset).geometry  # an unknown name fails before anything slow happens
     if args.perf_model:
         from ..bench.perf_model import GPU_PEAKS, floor_table
@@ -80,7 +82,7 @@ def _run(args) -> int:
     check_writable(out, option="--out")
     record = run_bench(args.preset, impls=list(impls) if impls else None, modes=modes,
                        dtype=args.dtype, device=args.device, repeats=args.repeats, warmup=args.warmup,
-                       memory=not args.no_memory, mem_limit=args.mem_limit, refcheck=args.refcheck,
+                       memory=not args.no_memory, mem_limit=args.mem_limit, refcheck=args.refcheck is not False,
                        progress=lambda s: print(s, flush=True))
     print()
     print(format_table(record))
@@ -101,7 +103,8 @@ def _report(args) -> int:
     """``--from``: the table (and ``--chart``) of a recorded run; nothing is run."""
     given = [o for o, v in (("--backends", args.backends), ("--modes", args.modes), ("--dtype", args.dtype),
                             ("--device", args.device), ("--out", args.out), ("--mem-limit", args.mem_limit),
-                            ("--no-memory", args.no_memory or None), ("--perf-model", args.perf_model or None))
+                            ("--no-memory", args.no_memory or None), ("--perf-model", args.perf_model or None),
+                            ("--repeats", args.repeats), ("--warmup", args.warmup), ("--[no-]refcheck", args.refcheck))
              if v is not None]
     if given:
         raise ValueError(f"--from re-reports a recorded run: {', '.join(given)} would be ignored")
@@ -132,10 +135,10 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--modes", help="comma-separated among argmax,soft,soft_fwd_bwd (default: all)")
     p.add_argument("--dtype", help="input dtype: float32 (CPU default), bfloat16 (CUDA default), float16")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per case (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs before them (default 1)")
+    p.add_argument("--repeats", type=int, help="timed runs per case (default 5)")
+    p.add_argument("--warmup", type=int, help="untimed runs before them (default 1)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe (one subprocess per case)")
-    p.add_argument("--refcheck", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--refcheck", action=argparse.BooleanOptionalAction,
                    help="before timing a row, compare its AMF with the float64 reference on the same inputs "
                         "(on a reduced problem for presets too large for it) and mark a row that disagrees "
                         "WRONG instead of timing it (default: on; --no-refcheck skips the check)")

@@ -87,6 +87,8 @@ def test_from_prints_the_last_record_of_the_preset_and_charts_it(tmp_path, capsy
     (["--from", "{tmp}/bad.jsonl"], "line 2 is not a JSON record"),
     (["--from", "{tmp}/good.jsonl", "--preset", "cpu-5b"], "no record of preset 'cpu-5b'"),
     (["--from", "{tmp}/good.jsonl", "--modes", "soft"], "--modes would be ignored"),
+    (["--from", "{tmp}/good.jsonl", "--repeats", "3"], "--repeats would be ignored"),
+    (["--from", "{tmp}/good.jsonl", "--no-refcheck"], "--[no-]refcheck would be ignored"),
 ])
 def test_from_and_chart_errors_name_the_option(tmp_path, capsys, args, message):
     _write(tmp_path / "good.jsonl", _record([_row("cpu", "soft", x=1.0)]))
