@@ -33,7 +33,7 @@ def build_case(spec: CaseSpec) -> Callable[[], object]:
 
 
 def plan_cases(preset: str, *, impls: list[str], modes: tuple[str, ...] = MODES, dtype: str = "float32",
-               device: str = "cpu", seed: int = 0) -> list[CaseSpec]:
+               device: str = "cpu", seed: int = 0, layout: str = "bhtd") -> list[CaseSpec]:
     """The floor (and in a CPU bf16 run the float32 GEMM), then per mode the research row and each of
     ``impls`` (backends and peers)."""
     get_preset(preset)
@@ -44,7 +44,7 @@ def plan_cases(preset: str, *, impls: list[str], modes: tuple[str, ...] = MODES,
     always = [r for r in table.values() if r.selection == "always"]
 
     def case(name, mode):
-        return CaseSpec(name, mode, preset, dtype, device, seed)
+        return CaseSpec(name, mode, preset, dtype, device, seed, layout=layout)
 
     def joins(row, mode):  # an "always" row may join only some runs (the float32 GEMM: CPU bf16 runs)
         return row.applies is None or row.applies(case(row.name, mode))

@@ -55,7 +55,9 @@ def chart_svg(record: dict) -> str:
     p = record["preset"]
     machine = record["machine"]["gpu"] or f"{record['machine']['cpu']}, {record['machine']['cores']} cores"
     commit = (record["git"].get("commit") or "unknown")[:10] + (" (dirty)" if record["git"].get("dirty") else "")
-    title = f"{p['name']} (N = {p['tokens']:,}), {record['dtype']} on {record['device']}: {machine}; commit {commit}"
+    layout = ", bthd layout" if record.get("settings", {}).get("layout") == "bthd" else ""
+    title = (f"{p['name']} (N = {p['tokens']:,}), {record['dtype']}{layout} on {record['device']}: {machine}; "
+             f"commit {commit}")
     paired = any(_ratio(r)[1] for _, rows in panels for r in rows)
     legend = ("time / the bare GEMM's in the same run, " + ("paired (the GEMM timed just before each call)"
               if paired else "medians") + "; shorter is faster; the dashed line is the GEMM")

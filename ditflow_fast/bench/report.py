@@ -86,6 +86,8 @@ def format_table(record: dict) -> str:
         title += (f"\n{st['repeats']} repeats after {st['warmup']} warm-up, {st['torch_threads']} torch threads; "
                   f"load average {st['loadavg_start'][0]} at start, {st['loadavg_end'][0]} at end "
                   "(other processes on the machine distort timings)")
+    if st.get("layout") == "bthd":
+        title += "\nq, k: [B, H, T, d] views of [B, T, H, d] tensors (--layout bthd)"
     if st.get("cpu_argmax_screen") is not None:
         title += ("\ncpu argmax: " + ("bf16 screen + float64 rescoring (exact)" if st["cpu_argmax_screen"]
                                        else "float32 GEMM tiles (screen off or no native bf16)"))

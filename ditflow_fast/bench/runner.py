@@ -135,13 +135,14 @@ def _derive(records: list[dict], gpu_name: str | None) -> None:
 def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, ...] = MODES,
               dtype: str | None = None, device: str | None = None, repeats: int = 5, warmup: int = 1,
               memory: bool = True, mem_limit: int | None = None, seed: int = 0, refcheck: bool = True,
+              layout: str = "bhtd",
               progress: Callable[[str], None] = print) -> dict:
     """Run every case of ``preset`` and return the record (``rows`` plus machine, versions, commit)."""
     chosen = get_preset(preset)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     names = resolve_impls(impls)
-    specs = plan_cases(preset, impls=names, modes=tuple(modes), dtype=dtype, device=device, seed=seed)
+    specs = plan_cases(preset, impls=names, modes=tuple(modes), dtype=dtype, device=device, seed=seed, layout=layout)
     limit = fit_limit(device, mem_limit)
     machine = machine_info()
     floor_dtype = str(rows.floor_dtype(CaseSpec(FLOOR, FLOOR, preset, dtype, device))).removeprefix("torch.")
@@ -178,7 +179,8 @@ def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, 
     return {"schema": 1, "timestamp": now_utc(), "preset": chosen.as_dict(), "dtype": dtype, "device": device,
             "settings": {"repeats": repeats, "warmup": warmup, "memory": memory, "fit_limit_bytes": limit,
                          "floor_dtype": floor_dtype,
-                         "impls": names, "modes": list(modes), "seed": seed, "torch_threads": torch.get_num_threads(),
+                         "impls": names, "modes": list(modes), "seed": seed, "layout": layout,
+                         "torch_threads": torch.get_num_threads(),
                          "loadavg_start": load_start, "loadavg_end": _loadavg(),
                          "cpu_argmax_screen": _cpu_argmax_screen(), "refcheck": refcheck,
                          "refcheck_shape": list(check["shape"]) if check else None,

@@ -22,6 +22,9 @@ RESEARCH = "research"
 FLOOR = "gemm"
 FLOOR_FP32 = "gemm_fp32"  # the float32 GEMM beside a CPU bf16 run's bf16 floor
 TEMPERATURE = 2.0  # DiTFlow's tau; it does not change the cost
+# How q and k lie in memory: "bhtd" contiguous [B, H, T, d] (what CogVideoX's processor hands over), "bthd" a
+# [B, H, T, d] view of a [B, T, H, d] tensor (what the Wan, LTX-Video and HunyuanVideo processors hand over).
+LAYOUTS = ("bhtd", "bthd")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class CaseSpec:
     seed: int = 0
     # (frames, height, width) in place of the preset's: the reduced problem of the reference check.
     shape: tuple[int, int, int] | None = None
+    layout: str = "bhtd"
 
     @property
     def id(self) -> str:
@@ -85,7 +89,8 @@ def elem_size(dtype: torch.dtype) -> int:
 
 
 def make_inputs(spec: CaseSpec, *, requires_grad: bool = False, empty: bool = False):
-    """``q, k`` of shape ``[1, H, text + N, d]`` for the preset (seeded normal; ``empty`` skips filling)."""
+    """``q, k`` of shape ``[1, H, text + N, d]`` for the preset (seeded normal; ``empty`` skips filling), laid
+    out as ``spec.layout`` says; the values do not depend on the layout."""
     shape = spec.geometry.qk_shape
     kw = dict(dtype=spec.torch_dtype, device=spec.device)
     if empty:
@@ -94,6 +99,10 @@ def make_inputs(spec: CaseSpec, *, requires_grad: bool = False, empty: bool = Fa
         gen = torch.Generator(device=spec.device).manual_seed(spec.seed)
         q = torch.randn(shape, generator=gen, **kw)
         k = torch.randn(shape, generator=gen, **kw)
+    if spec.layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {spec.layout!r}")
+    if spec.layout == "bthd":  # detached: a leaf, whose .grad the backward fills
+        q, k = (t.transpose(1, 2).contiguous().transpose(1, 2).detach() for t in (q, k))
     return q.requires_grad_(requires_grad), k.requires_grad_(requires_grad)
 
 

@@ -69,6 +69,10 @@ def _run(args) -> int:
             raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: torch sees no CUDA device here")
+    from ..bench.spec import LAYOUTS
+
+    if args.layout not in (None, *LAYOUTS):
+        raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {args.layout!r}")
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
     if args.mem_limit is not None and args.mem_limit < 0:
@@ -83,6 +87,7 @@ def _run(args) -> int:
     record = run_bench(args.preset, impls=list(impls) if impls else None, modes=modes,
                        dtype=args.dtype, device=args.device, repeats=args.repeats, warmup=args.warmup,
                        memory=not args.no_memory, mem_limit=args.mem_limit, refcheck=args.refcheck is not False,
+                       layout=args.layout or "bhtd",
                        progress=lambda s: print(s, flush=True))
     print()
     print(format_table(record))
@@ -104,7 +109,8 @@ def _report(args) -> int:
     given = [o for o, v in (("--backends", args.backends), ("--modes", args.modes), ("--dtype", args.dtype),
                             ("--device", args.device), ("--out", args.out), ("--mem-limit", args.mem_limit),
                             ("--no-memory", args.no_memory or None), ("--perf-model", args.perf_model or None),
-                            ("--repeats", args.repeats), ("--warmup", args.warmup), ("--[no-]refcheck", args.refcheck))
+                            ("--repeats", args.repeats), ("--warmup", args.warmup), ("--[no-]refcheck", args.refcheck),
+                            ("--layout", args.layout))
              if v is not None]
     if given:
         raise ValueError(f"--from re-reports a recorded run: {', '.join(given)} would be ignored")
@@ -135,6 +141,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--modes", help="comma-separated among argmax,soft,soft_fwd_bwd (default: all)")
     p.add_argument("--dtype", help="input dtype: float32 (CPU default), bfloat16 (CUDA default), float16")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--layout", help="how q and k lie in memory: bhtd, contiguous [B, H, T, d] as CogVideoX's "
+                                    "processor hands them over (default), or bthd, [B, H, T, d] views of [B, T, H, d] "
+                                    "tensors as the Wan, LTX-Video and HunyuanVideo processors do")
     p.add_argument("--repeats", type=int, help="timed runs per case (default 5)")
     p.add_argument("--warmup", type=int, help="untimed runs before them (default 1)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe (one subprocess per case)")

@@ -6,6 +6,7 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
+import torch
 
 from ditflow_fast.bench.chart import chart_svg
 from ditflow_fast.cli.main import main
@@ -104,3 +105,22 @@ def test_a_run_with_chart_draws_what_it_appended(tmp_path):
     record = json.loads(out.read_text())
     assert chart.read_text() == chart_svg(record)
     assert "torch" in _bars(chart.read_text())
+
+
+def test_layout_bthd_times_the_same_values_laid_out_as_diffusers_processors_hand_them_over(tmp_path, capsys):
+    from ditflow_fast.bench.spec import CaseSpec, make_inputs
+
+    plain = make_inputs(CaseSpec("cpu", "soft", "smoke"))
+    q, k = make_inputs(CaseSpec("cpu", "soft_fwd_bwd", "smoke", layout="bthd"), requires_grad=True)
+    assert torch.equal(q, plain[0]) and torch.equal(k, plain[1])
+    assert q.is_leaf and not q.is_contiguous() and q.transpose(1, 2).is_contiguous()
+    out = tmp_path / "b.jsonl"
+    assert main(["bench", "--preset", "smoke", "--no-memory", "--repeats", "1", "--warmup", "0", "--backends",
+                 "cpu,torch", "--layout", "bthd", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["settings"]["layout"] == "bthd" and "--layout bthd" in capsys.readouterr().out
+    checked = [r for r in record["rows"] if r["status"] == "ok" and r["refcheck"]["status"] not in ("n/a",)]
+    assert checked and all(r["refcheck"]["passed"] for r in checked)  # gradients included, in fwd+bwd
+    assert "bthd layout" in chart_svg(record)
+    assert main(["bench", "--preset", "smoke", "--layout", "bhdt"]) == 2
+    assert "--layout must be one of bhtd, bthd" in capsys.readouterr().err
