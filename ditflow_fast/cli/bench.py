@@ -22,7 +22,7 @@ def _csv_option(text: str | None, option: str) -> tuple[str, ...] | None:
 
 def _run(args) -> int:
     from ..bench.presets import DEFAULT_PRESET, PRESETS, get_preset
-    from ..bench.spec import MODES
+    from ..bench.spec import LAYOUTS, MODES
 
     if args.list_presets:
         for name, preset in PRESETS.items():
@@ -69,8 +69,6 @@ def _run(args) -> int:
             raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: torch sees no CUDA device here")
-    from ..bench.spec import LAYOUTS
-
     if args.layout not in (None, *LAYOUTS):
         raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {args.layout!r}")
     if args.repeats < 1 or args.warmup < 0:
