@@ -48,8 +48,8 @@ def chart_svg(record: dict) -> str:
             panels.append((mode, rows))
     if not panels:
         raise ValueError("the record has no AMF rows that ran or were refused: nothing to chart")
-    ran = [_ratio(r)[0] for _, rows in panels for r in rows if r["status"] == "ok" and _ratio(r)[0]]
-    top = max([1.0, *ran]) * 1.08
+    ratios = [_ratio(r) for _, rows in panels for r in rows if r["status"] == "ok"]
+    top = max([1.0, *(v for v, _ in ratios if v)]) * 1.08
     scale = (_W - _LABEL - _VALUE - 2 * _PAD) / top
     x0 = _PAD + _LABEL
     p = record["preset"]
@@ -58,7 +58,7 @@ def chart_svg(record: dict) -> str:
     layout = ", bthd layout" if record.get("settings", {}).get("layout") == "bthd" else ""
     title = (f"{p['name']} (N = {p['tokens']:,}), {record['dtype']}{layout} on {record['device']}: {machine}; "
              f"commit {commit}")
-    paired = any(_ratio(r)[1] for _, rows in panels for r in rows)
+    paired = any(is_paired for _, is_paired in ratios)
     legend = ("time / the bare GEMM's in the same run, " + ("paired (the GEMM timed just before each call)"
               if paired else "medians") + "; shorter is faster; the dashed line is the GEMM")
     gemm = x0 + scale

@@ -91,6 +91,8 @@ def elem_size(dtype: torch.dtype) -> int:
 def make_inputs(spec: CaseSpec, *, requires_grad: bool = False, empty: bool = False):
     """``q, k`` of shape ``[1, H, text + N, d]`` for the preset (seeded normal; ``empty`` skips filling), laid
     out as ``spec.layout`` says; the values do not depend on the layout."""
+    if spec.layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {spec.layout!r}")
     shape = spec.geometry.qk_shape
     kw = dict(dtype=spec.torch_dtype, device=spec.device)
     if empty:
@@ -99,8 +101,6 @@ def make_inputs(spec: CaseSpec, *, requires_grad: bool = False, empty: bool = Fa
         gen = torch.Generator(device=spec.device).manual_seed(spec.seed)
         q = torch.randn(shape, generator=gen, **kw)
         k = torch.randn(shape, generator=gen, **kw)
-    if spec.layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {spec.layout!r}")
     if spec.layout == "bthd":  # detached: a leaf, whose .grad the backward fills
         q, k = (t.transpose(1, 2).contiguous().transpose(1, 2).detach() for t in (q, k))
     return q.requires_grad_(requires_grad), k.requires_grad_(requires_grad)
