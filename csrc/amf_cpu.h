@@ -36,6 +36,6 @@ std::tuple<at::Tensor, at::Tensor> amf_backward_cpu(const at::Tensor& qc, const 
                                                     const at::Tensor& target, const at::Tensor& lse,
                                                     const at::Tensor& grad, int64_t frames, int64_t height,
                                                     int64_t width, double alpha, bool need_dq, bool need_dk,
-                                                    const std::optional<at::Tensor>& scores);
+                                                    const std::optional<at::Tensor>& scores, bool transposed);
 
 }  // namespace ditflow_fast

@@ -16,7 +16,7 @@
 
 // Bumped whenever a schema below or the meaning of an op changes: ditflow_fast/_native.py refuses a
 // prebuilt module of another version (a stale build) with a message instead of failing mid-call.
-constexpr int64_t kAbiVersion = 6;
+constexpr int64_t kAbiVersion = 7;
 
 TORCH_LIBRARY(ditflow_fast_native, m) {
   m.def("abi_version() -> int", [] { return kAbiVersion; });
@@ -43,8 +43,11 @@ TORCH_LIBRARY(ditflow_fast_native, m) {
         "-> (Tensor target, Tensor lse, Tensor scores)");
   // Soft-mode gradients of target with respect to qc and kc given grad = dL/dtarget [B, N, F, 2];
   // an unrequested gradient comes back empty; scores (from amf_forward_scores) spare a recompute.
+  // transposed: float32/float64 gradients come back as [B, N, D] views of [B, D, N] buffers, which the
+  // GEMMs fill faster, for a caller that re-lays them out anyway (the bf16 path ignores it).
   m.def("amf_backward(Tensor qc, Tensor kc, Tensor target, Tensor lse, Tensor grad, int frames, int height, "
-        "int width, float alpha, bool need_dq, bool need_dk, Tensor? scores=None) -> (Tensor dqc, Tensor dkc)");
+        "int width, float alpha, bool need_dq, bool need_dk, Tensor? scores=None, bool transposed=False) "
+        "-> (Tensor dqc, Tensor dkc)");
 }
 
 TORCH_LIBRARY_IMPL(ditflow_fast_native, CPU, m) {

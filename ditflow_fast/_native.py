@@ -28,7 +28,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 SOURCES_LIST = REPO_ROOT / "csrc" / "sources.txt"
 OP_NAMESPACE = "ditflow_fast_native"
-ABI_VERSION = 6  # must match kAbiVersion in csrc/amf_ops.cpp
+ABI_VERSION = 7  # must match kAbiVersion in csrc/amf_ops.cpp
 # Compiler flags of the CPU extension, shared with setup.py. -fopenmp is needed for at::parallel_for
 # to run in parallel at all (its OpenMP pragmas sit in ATen headers compiled into this extension);
 # -fno-trapping-math lets GCC vectorise the branch-free exp of amf_reduce.h (results are unchanged).
@@ -77,7 +77,8 @@ def build_dir() -> Path:
 def _register_fakes() -> None:
     """Shape-only kernels, so the ops trace under torch.compile / FakeTensor. Outputs are float64 for
     float64 input and float32 otherwise (bf16 qc, kc give float32 targets and scores), except that the
-    gradients of bf16 qc, kc are bf16 where the kernel multiplies bf16 (``bf16_gemm_enabled``)."""
+    gradients of bf16 qc, kc are bf16 where the kernel multiplies bf16 (``bf16_gemm_enabled``); other gradients
+    asked for ``transposed`` are ``[B, N, D]`` views of ``[B, D, N]`` buffers, as the kernel returns them."""
 
     def out(t, *shape):
         return t.new_empty(*shape, dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
@@ -93,11 +94,14 @@ def _register_fakes() -> None:
         return out(qc, b, n, frames, 2), out(qc, b, n, frames), out(qc, b, n, n)
 
     @torch.library.register_fake(f"{OP_NAMESPACE}::amf_backward")
-    def _(qc, kc, target, lse, grad, frames, height, width, alpha, need_dq, need_dk, scores=None):
+    def _(qc, kc, target, lse, grad, frames, height, width, alpha, need_dq, need_dk, scores=None, transposed=False):
         bf16 = qc.dtype == torch.bfloat16 and getattr(torch.ops, OP_NAMESPACE).bf16_gemm_enabled()
 
         def grad_of(t):
-            return t.new_empty(t.shape, dtype=torch.bfloat16) if bf16 else out(t, *t.shape)
+            if bf16:
+                return t.new_empty(t.shape, dtype=torch.bfloat16)
+            b, n, d = t.shape
+            return out(t, b, d, n).transpose(1, 2) if transposed else out(t, b, n, d)
 
         return grad_of(qc) if need_dq else out(qc, 0), grad_of(kc) if need_dk else out(kc, 0)
 

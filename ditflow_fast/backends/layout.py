@@ -37,6 +37,12 @@ def displacement(target: torch.Tensor, p: AMFProblem) -> torch.Tensor:
     return to_output_layout(target - own[None, :, None, :], p)
 
 
+def grad_is_head_major(like: torch.Tensor) -> bool:
+    """Whether :func:`expand_grad` copies the gradient for ``like`` into a contiguous ``[B, H, T, d]`` tensor (else
+    into, or as, a ``[B, T, H, d]`` buffer)."""
+    return not like.permute(0, 2, 1, 3).is_contiguous()
+
+
 def expand_grad(dcat: torch.Tensor | None, like: torch.Tensor, p: AMFProblem) -> torch.Tensor | None:
     """``[B, N, H*d]`` -> a gradient for ``like`` (``[B, H, T, d]``), zero on the text tokens; None stays None.
 
