@@ -73,7 +73,9 @@ def read_video(path, frames: int | None = None, height: int | None = None, width
     """
     got = _read_frames(path, frames, option)
     if len({f.shape for f in got}) != 1 and (height is None or width is None):
-        raise VideoError(f"{option} {Path(path)}: frames differ in size; give --height and --width to resize them")
+        sizes = " and ".join(sorted({f"{f.shape[1]}x{f.shape[0]}" for f in got})[:2])
+        raise VideoError(f"{option} {Path(path)}: frames differ in size ({sizes}, width x height); a video's frames "
+                         "must share one size")
     return _resized(got, height, width)
 
 

@@ -31,10 +31,12 @@ def add_transfer_parser(sub) -> None:
                    help="safetensors with 'prompt' [1, L, D] (and optional 'negative', 'empty') instead of T5")
     p.add_argument("--model", default="THUDM/CogVideoX-5b", help="hub id or local diffusers folder")
     p.add_argument("--frames", type=int, help="video frames taken from the reference and generated (default: the "
-                   "model's: 24 for CogVideoX, 81 for Wan, 9 for tiny test models; CogVideoX gives exactly 8k or "
-                   "8k+1, Wan 4k+1)")
-    p.add_argument("--height", type=int, help="default: the model's (480 for both families)")
-    p.add_argument("--width", type=int, help="default: the model's (720 CogVideoX, 832 Wan)")
+                   "model's, e.g. 24 for CogVideoX-5B, 81 for Wan2.1; every family's is in the README's table; "
+                   "CogVideoX takes 8k or 8k+1, LTX-Video 8k+1, Wan and HunyuanVideo 4k+1)")
+    p.add_argument("--height", type=int, help="default: the model's (e.g. 480 for CogVideoX-5B and Wan2.1; the "
+                   "README's family table)")
+    p.add_argument("--width", type=int, help="default: the model's (e.g. 720 CogVideoX-5B, 832 Wan2.1; the README's "
+                   "family table)")
     p.add_argument("--opt-mode", choices=("latent", "emb"), default=D.opt_mode)
     p.add_argument("--loss", choices=("flow", "flow_window", "moft", "smm"), default=D.loss,
                    help="flow: DiTFlow's AMF loss; flow_window: FastVMT-style, the AMF within a window "
@@ -51,8 +53,10 @@ def add_transfer_parser(sub) -> None:
                         "unverified on real weights: CogVideoX 1.5 20 of 42, LTX-Video 13 of 28, HunyuanVideo 28 of 60 "
                         "(dual-stream 0-19, then single-stream)); repeatable")
     p.add_argument("--cfg", type=float,
-                   help="classifier-free guidance scale (default: the model's, 7 CogVideoX, 5 Wan); HunyuanVideo: "
-                        "its embedded guidance scale (default 6; one forward per step, no unconditional pass)")
+                   help="classifier-free guidance scale (default: the model's: CogVideoX 7, Wan 5, Wan2.2 A14B 4 "
+                        "then 3 for the low-noise expert (I2V 3.5 both), LTX-Video 3; given, it sets both experts); "
+                        "HunyuanVideo: its embedded guidance scale (default 6; one forward per step, no "
+                        "unconditional pass)")
     p.add_argument("--flow-shift", type=float, help="Wan, HunyuanVideo: the sampler's flow shift (default: the model "
                    "folder's)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's, 50; Wan2.2 A14B 40)")

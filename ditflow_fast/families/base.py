@@ -33,6 +33,7 @@ class Family(Protocol):
     latent_layout: str  # "BFCHW" or "BCFHW"
     PRESETS: dict  # public configs by hub id: --dry-run reads them without a download
     lazy_classes: tuple[str, ...]  # optional ("diffusers.X", "transformers.Y"): see FamilyBase
+    latents_in_model_dtype: bool  # optional: the pipeline rounds its latent to the model dtype each step
 
     # recognising and loading
     def matches(self, model_index: dict | None, transformer_class_name: str | None) -> bool: ...
@@ -152,6 +153,10 @@ class FamilyBase:
     # encoders), as "package.Name": the app imports them on one thread before runs start, since diffusers' and
     # transformers' lazy modules are not thread-safe.
     lazy_classes: tuple[str, ...] = ()
+    # The flow pipelines (Wan, LTX-Video, HunyuanVideo) keep the latent in float32 between steps and cast only
+    # the model's input: a bf16 latent loses a sampler step's small updates, and Adam's.
+    latents_in_model_dtype: bool = False
+    schedulers: tuple[str, ...] = ()  # GuidanceConfig.scheduler names make_sampler builds; () for its default alone
 
     @classmethod
     def run_until(cls, transformer, latent, text, t, emb=None, *, stop_after: int | None, qk_blocks=(),

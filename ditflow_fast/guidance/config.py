@@ -71,7 +71,7 @@ class GuidanceConfig:
     cfg_scale: float | None = None  # None: the family's (CogVideoX 7, DiTFlow's; Wan 5, or 4 for A14B)
     dynamic_cfg: bool | None = None
     cfg_min_t: int = 0  # guidance interval: CFG only at timesteps >= this; below, the conditional prediction alone
-    cfg_scale_2: float | None = None  # Wan2.2 A14B: the scale of the low-noise expert (None: cfg_scale)
+    cfg_scale_2: float | None = None  # Wan2.2 A14B's low-noise expert (None: cfg_scale if given, else the preset's)
     flow_shift: float | None = None  # Wan: UniPC's flow shift (None: the model folder's)
     scheduler: str | None = None  # "dpm" | "ddim" (CogVideoX) | "unipc" (Wan) | "flow_euler" (HunyuanVideo)
     seed: int = 0
@@ -89,6 +89,11 @@ class GuidanceConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> GuidanceConfig:
+        lr = self.lr
+        if not isinstance(lr, (tuple, list)) or len(lr) != 2 or any(
+                isinstance(v, bool) or not _finite(v) or v < 0 for v in lr):
+            # torch's Adam would refuse a negative rate only at the first guided step, naming no option
+            raise ValueError(f"lr (--lr FIRST LAST) must be two finite numbers >= 0, got {lr!r}")
         # argparse's float() takes 'nan' and 'inf': refused here, before any model is loaded
         floats = {"lr": self.lr, "temperature": self.temperature, "prop_motion": self.prop_motion,
                   "cfg_scale": self.cfg_scale, "cfg_scale_2": self.cfg_scale_2, "flow_shift": self.flow_shift,
@@ -173,7 +178,16 @@ class GuidanceConfig:
         cfg = dict(transformer.config) if hasattr(transformer, "config") else dict(transformer)
         d = family.defaults(cfg)
         n = family.block_count(cfg)  # HunyuanVideo: dual-stream then single-stream blocks
+        allowed = getattr(family, "schedulers", ()) or (d["scheduler"],)
+        if self.scheduler is not None and self.scheduler not in allowed:
+            raise ValueError(f"scheduler {self.scheduler!r}: {family.name} models sample with "
+                             f"{' or '.join(allowed)}")
         blocks = self.guidance_blocks if self.guidance_blocks is not None else d["guidance_blocks"]
+        # the loop keys its captures by block and runs up to the deepest one: none, or one twice, fails late
+        for name, got, needed in (("guidance_blocks (--guidance-block)", blocks, True),
+                                  ("injection_blocks (with injection on)", self.injection_blocks, self.injection)):
+            if (needed and not len(got)) or len(set(got)) != len(got):
+                raise ValueError(f"{name} must name each block once, and at least one, got {tuple(got)}")
         for b in tuple(blocks) + tuple(self.injection_blocks):
             if not 0 <= b < n:
                 raise ValueError(f"block {b} does not exist: the model has {n} transformer blocks")
@@ -187,10 +201,18 @@ class GuidanceConfig:
             height=self.height if self.height is not None else d["height"],
             width=self.width if self.width is not None else d["width"],
             cfg_scale=self.cfg_scale if self.cfg_scale is not None else d["cfg_scale"],
-            cfg_scale_2=self.cfg_scale_2 if self.cfg_scale_2 is not None else d.get("cfg_scale_2"),
+            cfg_scale_2=self._second_scale(d),
             steps=self.steps if self.steps is not None else d["steps"],
             # 3 and 3.0 are one setting: the run key must not tell them apart
             grad_reuse=int(self.grad_reuse), early_stop=float(self.early_stop)).validate()
+
+    def _second_scale(self, preset: dict) -> float | None:
+        """The low-noise expert's scale: as given, else on a two-expert model (whose preset has one) ``cfg_scale``
+        where the user set that (one ``--cfg`` sets both experts), else the preset's. None on other models, which
+        keeps it out of their run keys."""
+        if self.cfg_scale_2 is not None or preset.get("cfg_scale_2") is None:
+            return self.cfg_scale_2
+        return self.cfg_scale if self.cfg_scale is not None else preset["cfg_scale_2"]
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -90,6 +90,8 @@ class Guide:
             self.experts["transformer_2"] = transformer_2
         self.boundary_ratio = boundary_ratio if transformer_2 is not None else None
         self.dtype = config.torch_dtype
+        # between steps: the model's dtype only where the family's pipeline rounds to it (CogVideoX)
+        self.latent_dtype = self.dtype if getattr(self.family, "latents_in_model_dtype", False) else torch.float32
         self.device = torch.device(config.device)
         self.run_key = run_key or config.run_key()
         self.key_parts = key_parts or {"settings": config.run_key()}
@@ -133,11 +135,20 @@ class Guide:
         self.guided = self.timesteps[:config.guided_steps]
         g = torch.Generator().manual_seed(config.seed)
         self.noise = (torch.randn(self.ref.shape, generator=g) * self.sampler.init_noise_sigma).to(self.device,
-                                                                                                   self.dtype)
+                                                                                                   self.latent_dtype)
         self.gen_kw, self.anchor = self._image_inputs(image)
         self.ref_kw, _ = self._image_inputs(ref_image)  # the reference is its own first frame: never anchored
         self._targets: dict[str, dict] = {}
         self.ref_cache = ref_cache  # a guidance.ref_cache.RefCache: targets shared by runs on one reference
+        self._injected: dict[int, torch.Tensor] | None = None
+
+    def injected_embeddings(self) -> dict[int, torch.Tensor] | None:
+        """``config.inject_embeds`` loaded and checked against this model (once), or None without it: a caller
+        may load them before it changes anything on disk, so that a refused folder costs nothing."""
+        if self.cfg.inject_embeds is not None and self._injected is None:
+            self._injected = emb_io.load_embeddings(self.cfg.inject_embeds, timesteps=self.guided, transformer=self.tr,
+                                                    latent_shape=self.latent_fhw, expected_shape=self.emb_shape)
+        return self._injected
 
     # -- image-to-video ---------------------------------------------------------------------------
     def _image_inputs(self, cond):
@@ -180,7 +191,10 @@ class Guide:
 
     def _expert(self, t):
         """The transformer for timestep ``t``; on an accelerator only that expert is kept there."""
-        name = self._expert_name(t)
+        return self._placed(self._expert_name(t))
+
+    def _placed(self, name: str):
+        """The expert ``name``, the one kept on an accelerator from now on."""
         tr = self.experts[name]
         if len(self.experts) > 1 and self.device.type != "cpu":
             from ..families.offload import expert_swap
@@ -215,7 +229,7 @@ class Guide:
                 # the second expert's reference is taken mid-run, while the step's K/V injection is armed:
                 # the reference is the model's own attention, so nothing is injected into it
                 with self.ctrl.no_injection():
-                    caps = self._capture(self.experts[expert], self.ref, self.empty, 0, kw=self.ref_kw)
+                    caps = self._capture(self._placed(expert), self.ref, self.empty, 0, kw=self.ref_kw)
                 return {b: losses.reference(self.cfg.loss, c, frames=self.frames, h=self.h, w=self.w,
                                             prop_motion=self.cfg.prop_motion, backend=self.cfg.backend)
                         for b, c in caps.items()}
@@ -296,7 +310,7 @@ class Guide:
         pred = self.family.guide_cfg(cond, uncond, scale, t, self.cfg) if use_cfg else cond
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 1 + i)  # per step: resumable
         latents = self.sampler.step(i, self.timestep_values[i], pred, latents.float(), gen)
-        return latents.to(self.dtype)
+        return latents.to(self.latent_dtype)
 
     # -- the run --------------------------------------------------------------------------------
     def run(self, *, state_dir=None, embeds_dir=None, max_steps: int | None = None, progress: bool = True,
@@ -311,10 +325,7 @@ class Guide:
         optimise = cfg.guidance and cfg.inject_embeds is None and cfg.guided_steps > 0
         if optimise and start < cfg.guided_steps:
             self.reference_targets(self._expert_name(self.timesteps[start]))
-        injected = None
-        if cfg.inject_embeds is not None:
-            injected = emb_io.load_embeddings(cfg.inject_embeds, timesteps=self.guided, transformer=self.tr,
-                                              latent_shape=self.latent_fhw, expected_shape=self.emb_shape)
+        injected = self.injected_embeddings()
         bar = tqdm(total=cfg.steps, initial=start, desc="denoising", disable=not progress, dynamic_ncols=True)
         try:
             for i in range(start, cfg.steps):
@@ -331,7 +342,7 @@ class Guide:
                     targets = self.reference_targets(self._expert_name(t))
                     param = latents.detach().float().requires_grad_(True)
                     res.losses[t] = self._optimise(tr, param, i, t, targets, bar)
-                    latents = self._hold(param.detach(), t).to(self.dtype)
+                    latents = self._hold(param.detach(), t)  # float32 into the step: Adam's update kept whole
                     self.sampler.latent_edited()
                 elif optimise:
                     targets = self.reference_targets(self._expert_name(t))
@@ -388,7 +399,7 @@ class Guide:
         t = {k: v.to(self.device) for k, v in t.items()}
         self.sampler.load_state(t, json.loads(meta.get("sampler", "{}")), self.device)
         losses_done = {int(k): v for k, v in json.loads(meta.get("losses", "{}")).items()}
-        return int(meta["next_step"]), t["latents"].to(self.dtype), t.get("emb"), losses_done
+        return int(meta["next_step"]), t["latents"].to(self.latent_dtype), t.get("emb"), losses_done
 
 
 def read_state(path) -> tuple[dict, dict[str, torch.Tensor]]:

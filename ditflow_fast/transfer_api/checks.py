@@ -21,6 +21,9 @@ def check_device(device: str | None):
         raise ValueError(f"--device {device!r}: not a device torch knows ({exc})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"numbered from 0")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"--device {device}: the guidance loop runs on cpu or cuda")
     return dev
@@ -44,6 +47,22 @@ def check_out(out, fmt: str) -> Path:
     if fmt != "frames" and result.is_dir():
         raise ValueError(f"--out {out}: {result.name} is a folder; remove it or use another --out")
     return out
+
+
+def check_inject(inject, out: Path | None, fresh: bool) -> None:
+    """``--inject-embeds`` names a folder of saved embeddings that this run's ``--fresh`` would not delete.
+    (Whether they fit the model is checked once it is loaded, still before anything is written.)"""
+    if inject is None:
+        return
+    folder = Path(inject).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"--inject-embeds {inject}: no such folder (save embeddings first with --opt-mode emb)")
+    if not any(folder.glob("emb_t*.safetensors")):
+        raise ValueError(f"--inject-embeds {inject}: holds no emb_t*.safetensors (save embeddings first with "
+                         "--opt-mode emb)")
+    if fresh and out is not None and folder.resolve().is_relative_to((out / "embeds").resolve()):
+        raise ValueError(f"--inject-embeds {inject}: --fresh would delete these embeddings from --out {out}; "
+                         "copy them elsewhere first, or use another --out")
 
 
 def model_configs(fam, ref: str) -> tuple[dict, dict]:

@@ -26,9 +26,16 @@ class TransferResult:
     record: dict = field(default_factory=dict)
 
     def save(self, path, fmt: str | None = None) -> Path:
-        """Write the frames as an mp4, a gif (by the suffix) or a folder of PNG frames (``fmt="frames"``)."""
+        """Write the frames as an mp4 or a gif (by the suffix, ``.mp4`` / ``.gif``), or a folder of PNG frames
+        (``fmt="frames"``, or a path with no suffix). Another suffix, or a ``fmt`` the suffix contradicts, is
+        refused."""
         from ..video_io import write_video
 
         path = Path(path)
-        fmt = fmt or {".gif": "gif", ".mp4": "mp4"}.get(path.suffix.lower(), "frames")
-        return write_video(self.frames, path, fmt=fmt, fps=self.fps)
+        by_suffix = {".gif": "gif", ".mp4": "mp4", "": "frames"}.get(path.suffix.lower())
+        if fmt is None and by_suffix is None:
+            raise ValueError(f"path {str(path)!r}: give a .mp4 or .gif name, a folder name with no suffix, or "
+                             "fmt='frames'")
+        if fmt in ("mp4", "gif") and by_suffix in ("mp4", "gif") and fmt != by_suffix:
+            raise ValueError(f"fmt={fmt!r} contradicts the path's suffix {path.suffix!r}")
+        return write_video(self.frames, path, fmt=fmt or by_suffix, fps=self.fps)

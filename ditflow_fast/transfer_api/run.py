@@ -49,7 +49,7 @@ def transfer(model, video, *, prompt=None, negative_prompt=None, prompt_embeds=N
 def run(model, video, opts: TransferOptions, *, prompt=None, negative_prompt: str = "", prompt_embeds=None,
         image=None, out=None, progress=None, bar: bool = True) -> TransferResult:
     """:func:`transfer` with checked options and the command line's messages (``--flags``); ``bar``: tqdm's bar."""
-    from .checks import check_device, check_out
+    from .checks import check_device, check_inject, check_out
 
     t0 = time.time()
     if video is None or (isinstance(video, str) and not video):
@@ -63,6 +63,7 @@ def run(model, video, opts: TransferOptions, *, prompt=None, negative_prompt: st
                          "it; set them on the pipeline (enable_model_cpu_offload, enable_group_offload, ...)")
     dev = check_device(opts.device) if held.pipeline is None or opts.device else _pipeline_device(held)
     out = check_out(out, opts.format) if out is not None else None
+    check_inject(opts.inject_embeds, out, opts.fresh)
     if opts.ref_cache:
         from ..atomic import check_writable
 
@@ -125,7 +126,7 @@ def _into(held, cfg, opts, frames, parts, key, out, t0, prompt, negative_prompt,
                              "start over there, or another --out")
     from ..atomic import dir_lock
 
-    created = not out.exists()
+    made = [p for p in (out, *out.parents) if not p.exists()]  # the lock creates them, out first to remove
     lock = dir_lock(out, "ditflow-fast transfer")
     ok = False
     try:
@@ -135,8 +136,10 @@ def _into(held, cfg, opts, frames, parts, key, out, t0, prompt, negative_prompt,
         return res
     finally:
         os.close(lock)
-        if created and not ok and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # a refusal after the lock (e.g. a prompt file of the wrong width) leaves no trace
+        for folder in made if not ok else ():  # a refusal after the lock (a prompt file of the wrong width, ...)
+            if not folder.is_dir() or any(folder.iterdir()):  # leaves no trace, and nothing else goes
+                break
+            folder.rmdir()
 
 
 EMB_REUSE_WARNING = ("warning: --grad-reuse with --opt-mode emb: on the toy CogVideoX model the reused gradients "
@@ -232,6 +235,7 @@ def _execute(held, cfg, opts, frames, parts, key, out, t0, prompt, negative, emb
                   run_key=key, key_parts=parts, ref_cache=cache, **conds)
     embeds_dir = (out / "embeds" if out is not None and cfg.opt_mode == "emb" and cfg.inject_embeds is None
                   and cfg.guidance else None)
+    guide.injected_embeddings()  # refused embeddings must not cost the old run below
     if out is not None and opts.fresh:  # only now that every check has passed: the old run goes
         (out / STATE_FILE).unlink(missing_ok=True)
         (out / "config.json").unlink(missing_ok=True)

@@ -250,9 +250,9 @@ def test_emb_mode_gradients_match_finite_differences(name):
     torch.testing.assert_close((grad * direction).sum(), fd, rtol=1e-3, atol=1e-9)
 
 
-def _guide(name, **kw):
+def _guide(name, model_dtype=torch.float32, **kw):
     case = CASES[name]
-    tr = case.transformer(1, 3)
+    tr = case.transformer(1, 3).to(model_dtype)
     ref = torch.randn(case.latent_shape, generator=torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(4)
     pe = {k: _text(case, g, 1) for k in ("prompt", "negative")}
@@ -271,6 +271,16 @@ def test_interrupted_run_resumes_exactly(name, tmp_path):
     rest = _guide(name, opt_mode="emb").run(progress=False, state_dir=tmp_path / "s", embeds_dir=tmp_path / "e2")
     assert rest.resumed_from == 3
     assert torch.equal(rest.latents, full.latents) and full.latents.shape == CASES[name].latent_shape
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_bf16_model_keeps_the_latent_between_steps_as_its_pipeline_does(name):
+    # CogVideoXPipeline casts its latent to the prompt's dtype after each step; the flow pipelines keep float32,
+    # where a bf16 latent would round away small sampler and Adam updates
+    guide = _guide(name, torch.bfloat16, dtype="bfloat16")
+    latents = guide.run(progress=False).latents
+    want = torch.bfloat16 if CASES[name].family == "cogvideox" else torch.float32
+    assert latents.dtype == want and torch.isfinite(latents).all()
 
 
 def _decoded_frames(vae, frames: int) -> int:

@@ -429,3 +429,33 @@ def test_shared_controller_across_experts():
         qa = W.run_until(a, x, e, 900, stop_after=0, qk_blocks=[0]).qk[0][0].clone()
         qb = W.run_until(b, x, e, 100, stop_after=0, qk_blocks=[0]).qk[0][0]
     assert not torch.equal(qa, qb)
+
+
+def test_a_resume_in_the_second_experts_range_places_it_before_its_reference_pass(tmp_path, monkeypatch):
+    # on an accelerator only the placed expert is on the device: the reference pass taken before the loop
+    # resumes must go through the expert's placement, not find it still on the CPU
+    from ditflow_fast.guidance.config import GuidanceConfig
+    from ditflow_fast.guidance.loop import Guide
+
+    def guide():
+        a, b = wan_tiny.tiny_transformer(layers=3, seed=0), wan_tiny.tiny_transformer(layers=3, seed=1)
+        ref = torch.randn(1, wan_tiny.Z_DIM, 3, 6, 10, generator=torch.Generator().manual_seed(7))
+        pe = wan_tiny.tiny_prompt_embeds()
+        cfg = GuidanceConfig(model="tiny-wan", steps=4, guided_steps=4, opt_iters=1, frames=9, height=48,
+                             width=80).resolve(a, device="cpu")
+        return Guide(a, wan_tiny.tiny_scheduler(), ref_latent=ref, prompt_embeds=pe["prompt"],
+                     negative_embeds=pe["negative"], config=cfg, model_id="tiny-wan", family=WanFamily,
+                     transformer_2=b, boundary_ratio=0.6)
+
+    first = guide()
+    names = [first._expert_name(t) for t in first.timesteps]
+    assert names[:2] == ["transformer", "transformer"] and names[3] == "transformer_2"
+    first.run(progress=False, state_dir=tmp_path, max_steps=3)
+    events, placed, capture = [], Guide._placed, Guide._capture
+    monkeypatch.setattr(Guide, "_placed", lambda self, name: events.append(("placed", name)) or placed(self, name))
+    monkeypatch.setattr(Guide, "_capture", lambda self, tr, *a, **k: events.append(
+        ("capture", "transformer_2" if tr is self.experts["transformer_2"] else "transformer")) or capture(
+        self, tr, *a, **k))
+    second = guide()
+    assert second.run(progress=False, state_dir=tmp_path).resumed_from == 3
+    assert events[:2] == [("placed", "transformer_2"), ("capture", "transformer_2")]

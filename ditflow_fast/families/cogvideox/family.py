@@ -95,6 +95,8 @@ class CogVideoXFamily(FamilyBase):
     transformer_class, vae_class = "CogVideoXTransformer3DModel", "AutoencoderKLCogVideoX"
     text_position = "prefix"
     latent_layout = "BFCHW"
+    latents_in_model_dtype = True  # CogVideoXPipeline casts its latent to the prompt's dtype after every step
+    schedulers = ("dpm", "ddim")
     PRESETS = memory.PRESETS
     lazy_classes = ("diffusers.CogVideoXDDIMScheduler", "diffusers.CogVideoXDPMScheduler",
                     "transformers.AutoTokenizer", "transformers.T5TokenizerFast", "transformers.T5EncoderModel")
