@@ -157,6 +157,7 @@ class FamilyBase:
     # the model's input: a bf16 latent loses a sampler step's small updates, and Adam's.
     latents_in_model_dtype: bool = False
     schedulers: tuple[str, ...] = ()  # GuidanceConfig.scheduler names make_sampler builds; () for its default alone
+    text_folders: tuple[str, ...] = ("tokenizer", "text_encoder")  # what encoding --prompt reads from a folder
 
     @classmethod
     def run_until(cls, transformer, latent, text, t, emb=None, *, stop_after: int | None, qk_blocks=(),

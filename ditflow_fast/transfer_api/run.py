@@ -89,6 +89,10 @@ def run(model, video, opts: TransferOptions, *, prompt=None, negative_prompt: st
         from ..families.prompts import read_prompt_file
 
         read_prompt_file(Path(prompt_embeds))
+    elif held.pipeline is None:  # a folder without its text encoder is refused before the transformer loads
+        from ..families.text_encoders import check_text_folders
+
+        check_text_folders(held.ref, fam.text_folders, "the text encoder", "or pass --prompt-embeds FILE")
     import torch
 
     from ..guidance import run_key as rk

@@ -166,3 +166,10 @@ def test_blocks_and_schedulers_the_loop_cannot_use_are_refused_at_resolve(kw, me
         _resolved(model, dict(PRESETS[model]["transformer"]), WanFamily, **kw)
     assert _resolved(model, dict(PRESETS[model]["transformer"]), WanFamily, injection_blocks=(),
                      injection=False).injection_blocks == ()
+
+
+def test_a_prompt_for_a_folder_without_its_text_encoder_is_refused_before_loading(assets, tmp_path, capsys, no_load):
+    args = [a for a in _args(assets, tmp_path / "out") if "prompt_embeds" not in a and a != "--prompt-embeds"]
+    assert main(args + ["--prompt", "a cat"]) == 2
+    err = capsys.readouterr().err
+    assert "has no tokenizer/ or text_encoder/" in err and "--prompt-embeds FILE" in err

@@ -53,6 +53,7 @@ class HunyuanVideoFamily(FamilyBase):
     transformer_class, vae_class = "HunyuanVideoTransformer3DModel", "AutoencoderKLHunyuanVideo"
     text_position = "suffix"
     latent_layout = "BCFHW"
+    text_folders = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
     PRESETS = presets.PRESETS
     lazy_classes = ("diffusers.FlowMatchEulerDiscreteScheduler", "diffusers.HunyuanVideoPipeline",
                     "transformers.LlamaModel", "transformers.CLIPTextModel", "transformers.LlamaTokenizerFast",
