@@ -55,6 +55,9 @@ FILES = ("video", "prompt_embeds", "inject_embeds", "image")  # named by their c
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 MAX_IMAGE_BYTES = 32 * 2 ** 20
 MAX_IMAGE_PIXELS = 8192 * 8192
+# What one request may ask of the device (the page has one run at a time for everyone): a few times the models'
+# defaults (at most 129 frames, 50 steps) and the paper's 5 Adam iterations. Size is bounded by the memory check.
+MAX_FRAMES, MAX_STEPS, MAX_OPT_ITERS = 257, 200, 50
 
 ZERO_SHOT = "Zero-shot (embeddings of an earlier emb run)"
 # The methods of the paper's comparison, as transfer options (docs/guidance.md).
@@ -144,7 +147,11 @@ def check_request(r: Request) -> tuple[dict, TransferOptions]:
     options.update(no_injection=not r.injection, offload=r.offload or "none",
                    dtype=None if r.dtype in (None, "", "auto") else r.dtype,
                    device=None if device in ("", "auto") else device)
-    return inputs, TransferOptions.from_kwargs(**options)
+    opts = TransferOptions.from_kwargs(**options)  # the kinds first, in transfer's words
+    for name, most in (("frames", MAX_FRAMES), ("steps", MAX_STEPS), ("opt_iters", MAX_OPT_ITERS)):
+        if (getattr(opts, name) or 0) > most:
+            raise ValueError(f"--{name.replace('_', '-')}: the app runs at most {most}, got {getattr(opts, name)}")
+    return inputs, opts
 
 
 def given_options(opts: TransferOptions) -> dict:
@@ -192,12 +199,15 @@ def _stash(src: str | None, out: Path, made: list[Path]) -> str | None:
 
 
 def _from(path: str, sources: list, option: str) -> str:
-    """``path`` resolved, if it lies in one of ``sources`` (folders or files); else ``ValueError``. Resolved,
-    so a symlink placed in the upload folder cannot point the app at another file."""
+    """``path`` resolved, if it is a file in one of ``sources`` (folders or files); else ``ValueError``. Resolved,
+    so a symlink placed in the upload folder cannot point the app at another file; never a folder (uploads are
+    files; a folder there, the upload folder itself included, would be read and hashed whole)."""
     real = Path(os.path.realpath(path))
-    if any(real.is_relative_to(os.path.realpath(s)) for s in sources):
-        return str(real)
-    raise ValueError(f"{option}: not an upload or a bundled sample (the app reads no other file on this server)")
+    if not any(real.is_relative_to(os.path.realpath(s)) for s in sources):
+        raise ValueError(f"{option}: not an upload or a bundled sample (the app reads no other file on this server)")
+    if real.is_dir():
+        raise ValueError(f"{option}: a folder; the app takes an uploaded file")
+    return str(real)
 
 
 def check_image(path: str) -> None:
@@ -234,6 +244,18 @@ def image_note(record: dict | None) -> str:
     return f"First frame: {how}" if how else "First frame: none (the video is generated from the prompt alone)"
 
 
+def model_fingerprint(model: str) -> str | None:
+    """A local model folder's fingerprint (``HeldModel.digest``: its configs, its weights' headers and ends, as
+    the run key has it), so a folder rewritten in place is another model; None for a hub id, or for what is not
+    a model (the run says what is wrong with it)."""
+    if not Path(model).expanduser().is_dir():
+        return None
+    try:
+        return HeldModel(model).digest()
+    except (ValueError, OSError):
+        return None
+
+
 def run_name(request: dict, method: str) -> str:
     """``<method>-<hash>``: the hash of ``request`` with each existing input file replaced by its content hash."""
     def part(name, v):
@@ -265,29 +287,39 @@ def prepare(r: Request, out: Path, sources: list | None = None) -> Prepared:
                                 prompt_embeds=r.prompt_embeds and _from(r.prompt_embeds, sources, "--prompt-embeds"),
                                 image=r.image and _from(r.image, sources, "--image"))
     inputs, opts = check_request(r)  # a bad field: refused before any copy
+    if sources is not None and opts.inject_embeds and opts.inject_embeds not in [p for _, p in emb_runs(out)]:
+        # a server folder named by the client would be read and hashed whole (run_name): only what the page lists
+        raise ValueError("--inject-embeds: not the embeddings of a finished DiTFlow (emb) run under --out; pick one "
+                         "from the list")
     if inputs["image"]:
         check_image(inputs["image"])
     made: list[Path] = []
     inputs.update(video=_stash(inputs["video"], out, made), prompt_embeds=_stash(inputs["prompt_embeds"], out, made),
                   image=_stash(inputs["image"], out, made))
-    return Prepared(inputs, opts, out / "runs" / run_name(_named(inputs, opts), r.method), made)
+    named = _named(inputs, opts, model_fingerprint(inputs["model"]))
+    return Prepared(inputs, opts, out / "runs" / run_name(named, r.method), made)
 
 
-def _named(inputs: dict, opts: TransferOptions) -> dict:
-    """What names a run folder: without an image, the request as the app named it before it took images (so
-    such a run is found again under its old name)."""
-    return {"inputs": {k: v for k, v in inputs.items() if k != "image" or v}, "options": given_options(opts)}
+def _named(inputs: dict, opts: TransferOptions, model: str | None = None) -> dict:
+    """What names a run folder: the request, with a local model's fingerprint (``model``: a model rewritten in
+    place gets a folder of its own, not the old one, which transfer would refuse). Without an image, the
+    request as the app named it before it took images."""
+    named = {"inputs": {k: v for k, v in inputs.items() if k != "image" or v}, "options": given_options(opts)}
+    return {**named, "model": {"digest": model}} if model else named
 
 
 def discard(prep: Prepared) -> None:
-    """Undo what a refused request wrote: its input copies, and its run folder when that holds nothing but
-    the request record (a refusal has nothing to resume; a run with saved steps keeps them)."""
-    for p in prep.made:
-        p.unlink(missing_ok=True)
+    """Undo what a refused request wrote: its run folder when that holds nothing but the request record (a
+    refusal has nothing to resume), and then its input copies. A run folder that stays (saved steps) keeps
+    them: resuming it reads them."""
     with contextlib.suppress(OSError):
         if [p.name for p in prep.run_dir.iterdir()] == [REQUEST_FILE]:
             (prep.run_dir / REQUEST_FILE).unlink()
             prep.run_dir.rmdir()
+    if prep.run_dir.exists():
+        return
+    for p in prep.made:
+        p.unlink(missing_ok=True)
 
 
 def warm_imports() -> None:
@@ -338,6 +370,7 @@ class Memory:
     peak_bytes: int | None
     device: str
     device_bytes: int | None
+    what: str = "GPU memory"  # "memory" off CUDA: the host's
 
     @property
     def fits(self) -> bool:
@@ -347,29 +380,58 @@ class Memory:
         gib = 2 ** 30
         peak = "unknown" if self.peak_bytes is None else f"{self.peak_bytes / gib:.2f} GiB"
         if self.device_bytes is None:
-            return f"Predicted peak GPU memory: {peak} (the run goes to {self.device}: no GPU limit applies here)"
+            return f"Predicted peak {self.what}: {peak} (the run goes to {self.device}: its memory is not known here)"
         have = f"{self.device_bytes / gib:.2f} GiB"
         if self.fits:
-            return f"Predicted peak GPU memory: {peak} of the {have} of {self.device}: fits"
-        return (f"Refused: the predicted peak GPU memory, {peak}, does not fit the {have} of {self.device}. "
+            return f"Predicted peak {self.what}: {peak} of the {have} of {self.device}: fits"
+        return (f"Refused: the predicted peak {self.what}, {peak}, does not fit the {have} of {self.device}. "
                 "Use fewer frames or a smaller size, offload (model or group), or a device with more memory.")
 
 
 _PEAK = re.compile(r"^predicted peak\s+([0-9.]+) GiB", re.M)
 
 
-def _device_limit(device: str | None, gpu_memory_gib: float | None) -> tuple[str, int | None]:
+def _available_host_bytes() -> int | None:
+    """The host memory a run may still take: ``MemAvailable`` (Linux), else the free pages; None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _held_bytes() -> int:
+    """What the model the app keeps loaded takes: the next run reuses or releases it, so it is available to it."""
+    import torch
+
+    mods = [m for held in list(_HELD.values()) for m in (held.components or {}).values()
+            if isinstance(m, torch.nn.Module)]
+    return sum(t.numel() * t.element_size() for m in mods for t in (*m.parameters(), *m.buffers()))
+
+
+def _device_limit(device: str | None, gpu_memory_gib: float | None) -> tuple[str, int | None, str]:
+    """``(the device, the memory a run there may take, what memory that is)``: a GPU's total, or off CUDA the
+    host's available memory (and the held model's); ``gpu_memory_gib`` instead when given."""
     import torch
 
     from ..transfer_api.checks import check_device
 
     dev = check_device(device)
-    if dev.type != "cuda":
-        return str(dev), (None if gpu_memory_gib is None else int(gpu_memory_gib * 2 ** 30))
+    given = None if gpu_memory_gib is None else int(gpu_memory_gib * 2 ** 30)
+    if dev.type != "cuda":  # the run's tensors live in host memory (or share it: MPS)
+        if given is not None:
+            return str(dev), given, "memory"
+        free = _available_host_bytes()
+        return f"{dev} (available host memory)", None if free is None else free + _held_bytes(), "memory"
     idx = dev.index if dev.index is not None else torch.cuda.current_device()
     props = torch.cuda.get_device_properties(idx)
-    limit = int(gpu_memory_gib * 2 ** 30) if gpu_memory_gib is not None else int(props.total_memory)
-    return f"cuda:{idx} ({props.name})", limit
+    return f"cuda:{idx} ({props.name})", int(props.total_memory) if given is None else given, "GPU memory"
 
 
 def predict_memory(model: str, opts: TransferOptions, gpu_memory_gib: float | None = None) -> Memory:
@@ -425,13 +487,14 @@ _HELD: dict[tuple, _Held] = {}  # the last run's model, kept loaded for the next
 
 
 def held_model(model: str, opts: TransferOptions) -> _Held:
-    """The model for a run of ``opts``: the last run's when it was the same (model, dtype), else loaded
-    anew, the old one released first (one model in memory at a time)."""
+    """The model for a run of ``opts``: the last run's when it was the same (model, its fingerprint, dtype),
+    else loaded anew, the old one released first (one model in memory at a time)."""
+    held = _Held(model)  # a model that is not one leaves the held one alone
+    # the folder's fingerprint in the key: a model rewritten in place is loaded again (as batch's workers do).
     # A run's offload hooks stay on the components (HeldModel.reset does not remove them): such runs load afresh.
-    key = (model, opts.dtype) if opts.offload == "none" else None
+    key = (held.ref, held.digest(), opts.dtype) if opts.offload == "none" else None
     if key in _HELD:
         return _HELD[key]
-    held = _Held(model)  # a model that is not one leaves the held one alone
     for old in _HELD.values():
         old.release()
     _HELD.clear()

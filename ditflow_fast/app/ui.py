@@ -17,6 +17,10 @@ from . import core  # noqa: E402
 
 DTYPES = ["auto", "bfloat16", "float16", "float32"]
 CSS = "#status {min-height: 2em} #viewer iframe {width: 100%; height: 1100px; border: 1px solid #ccc}"
+MAX_UPLOAD = "1gb"  # `app --max-upload`'s default: gradio cuts a bigger upload off as it streams in (HTTP 413)
+# The uploads and gradio's copies of what the page showed: every hour, those older than a day are deleted (a
+# run copies its inputs to --out/inputs when it starts; a request waits in the queue far less than a day).
+DELETE_CACHE = (3600, 86400)
 
 
 def _theme():
@@ -202,7 +206,7 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
         h = core.model_hints(m or "")
         return (gr.update(value=h.get("frames")), gr.update(value=h.get("height")), gr.update(value=h.get("width")))
 
-    with gr.Blocks(title="DiTFlow motion transfer", analytics_enabled=False) as demo:
+    with gr.Blocks(title="DiTFlow motion transfer", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# DiTFlow motion transfer\nThe motion of a reference video, a new prompt: "
                     "`ditflow-fast transfer` in a page. Every run is a resumable folder under "
                     f"`{out / 'runs'}`.")
@@ -211,9 +215,11 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
                 video = gr.Video(label="Reference video", sources=["upload"], elem_id="reference-upload")
                 sample = gr.Dropdown(["(none)", *samples], value="(none)", label="...or a bundled sample",
                                      elem_id="sample")
-                # an upload only (a file path, checked again by core.prepare: an upload, its kind and size)
+                # an upload only (a file path, checked again by core.prepare: an upload, its kind and size).
+                # image_mode=None: gradio passes the upload's path on as it is (it reads the header only); with
+                # a mode it would decode and re-encode any image of another mode before check_image sees it
                 image = gr.Image(label="First frame (optional): the new video starts from this image",
-                                 type="filepath", sources=["upload"], elem_id="first-frame")
+                                 type="filepath", image_mode=None, sources=["upload"], elem_id="first-frame")
                 prompt = gr.Textbox(label="Prompt", value=hints.get("prompt", ""), elem_id="prompt")
                 negative = gr.Textbox(label="Negative prompt", value="")
                 embeds = gr.File(label="Prompt embeddings instead (safetensors: 'prompt' [1, L, D], optional "
@@ -221,8 +227,9 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
                 model_ = gr.Textbox(label="Model: a local diffusers folder or a hub id", value=default_model,
                                     elem_id="model")
                 method = gr.Radio(list(core.METHODS), value="DiTFlow (latent)", label="Method", elem_id="method")
+                # only the listed runs (core.prepare checks again): a folder named by a client would be hashed
                 inject = gr.Dropdown(core.emb_runs(out), label="Zero-shot: embeddings of an earlier DiTFlow (emb) "
-                                     "run (or a folder)", allow_custom_value=True, visible=False)
+                                     "run", visible=False)
                 with gr.Accordion("Settings (empty: the model's default; the others: the paper's)", open=True):
                     with gr.Row():
                         frames = _opt("frames", hints.get("frames"), "frames")
@@ -267,10 +274,11 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
         method.change(lambda m: gr.update(visible=m == core.ZERO_SHOT, choices=core.emb_runs(out)), method, inject,
                       queue=False)
         model_.change(model_changed, model_, [frames, height, width], queue=False)
+        guess = [f for f in fields if f is not image]  # not the image: gradio would open it on every call
         for comp in (model_, method, frames, height, width, block, dtype, device, offload, inject):
-            comp.change(memory, fields, mem_md, concurrency_limit=4, concurrency_id="memory",
+            comp.change(memory, guess, mem_md, concurrency_limit=4, concurrency_id="memory",
                         show_progress="hidden")
-        demo.load(memory, fields, mem_md, concurrency_limit=4, concurrency_id="memory")
+        demo.load(memory, guess, mem_md, concurrency_limit=4, concurrency_id="memory")
         demo.load(lambda: (gr.update(choices=core.runs(out)), gr.update(choices=core.emb_runs(out))), None,
                   [runs_dd, inject], queue=False)  # what ran since the app started (or before a restart)
         run_btn.click(run, fields, outputs, concurrency_limit=1, concurrency_id="device")
@@ -280,11 +288,12 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
     return demo
 
 
-def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True):
+def launch(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
+           max_upload: int | str = MAX_UPLOAD):
     # Served: uploads, what the page shows (copied to gradio's cache from the runs and zips, which must be
     # allowed for that and so are served too), nothing else of --out (its input copies, the operator's files).
     # show_error: gradio's own refusals (a path that was not uploaded) say why; the handlers never raise.
     out = demo.ditflow_out
     return demo.launch(server_name=host, server_port=port, allowed_paths=[str(out / "runs"), str(out / "zips")],
                        prevent_thread_lock=not block, show_error=True, ssr_mode=False, quiet=not block,
-                       footer_links=[], theme=_theme(), css=CSS)
+                       footer_links=[], theme=_theme(), css=CSS, max_file_size=max_upload)

@@ -13,8 +13,8 @@
   ``worker-died``, ``skipped``); a line torn by a crash mid-write is skipped when the manifest is read.
   A rerun skips every job whose last record is ``done`` with the same options and the same input
   files (size and modification time of its video, image, prompt and embedding files and local model
-  folder) and whose ``OUT/<id>/config.json`` exists, and resumes the others. Two batches into one
-  ``OUT`` at once: the second is refused (a lock).
+  folder; of every file in a folder) and whose ``OUT/<id>/config.json`` exists, and resumes the others.
+  Two batches into one ``OUT`` at once: the second is refused (a lock).
 - A job whose options or input files changed since its last record is run again into its
   ``OUT/<id>/``, which then holds the earlier run: ``transfer`` resumes it when the run key is the
   same (a file only touched), and refuses it otherwise (naming what differs), which the batch records
@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -133,17 +134,34 @@ def _start_ray(ray, s: BatchSettings) -> bool:
 
 
 def _inputs_stamp(job: Job) -> dict:
-    """Size and modification time of a job's input files: a job is run again when they change."""
+    """Size and modification time of a job's input files: a job is run again when they change. A folder (a
+    model, embeddings, a video's frames) by those of every file in it, hashed: a file rewritten in place
+    changes neither the folder's own size nor its time. Nothing is read."""
     stamp = {}
     for dest in ("video", "image", "prompt_embeds", "inject_embeds", "model"):
         v = job.options.get(dest)
         if isinstance(v, str) and v:
             try:
                 st = os.stat(v)
-                stamp[dest] = [st.st_size, st.st_mtime_ns]
+                stamp[dest] = _folder_stamp(v) if os.path.isdir(v) else [st.st_size, st.st_mtime_ns]
             except OSError:
                 stamp[dest] = None
     return stamp
+
+
+def _folder_stamp(root: str) -> str:
+    h = hashlib.sha256()
+    for d, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(d, name)
+            try:
+                st = os.stat(path)  # a link's target: a hub cache's snapshot links to its blobs
+                seen = f"{st.st_size}\0{st.st_mtime_ns}"
+            except OSError:
+                seen = "missing"
+            h.update(f"{os.path.relpath(path, root)}\0{seen}\n".encode())
+    return "files:" + h.hexdigest()[:16]
 
 
 def _image_record(job: Job, res: dict) -> dict:

@@ -116,6 +116,10 @@ def test_fields_become_transfer_options():
     (dict(offload="disk"), "--offload must be one of none, model, group, got 'disk'"),
     (dict(fps="0"), "--fps must be positive, got 0"),
     (dict(dtype="float8"), "--dtype must be one of float32, bfloat16, float16, got 'float8'"),
+    # what one request may ask of the shared device
+    (dict(frames="4001"), "--frames: the app runs at most 257, got 4001"),
+    (dict(steps=1000), "--steps: the app runs at most 200, got 1000"),
+    (dict(opt_iters="1e6"), "--opt-iters: the app runs at most 50, got 1000000"),
 ])
 def test_bad_fields_are_refused_with_a_message(kw, msg, tmp_path):
     r = core.Request(**{"model": "m", "video": __file__, **kw})
@@ -153,15 +157,27 @@ def test_memory_prediction_and_refusal(env, capsys):
     capsys.readouterr()
     assert main(["transfer", "--dry-run", *cli_argv(prep)]) == 0
     assert mem.table == capsys.readouterr().out.strip()  # the command's dry run, word for word
-    assert mem.fits and "no GPU limit" in mem.message()  # this machine runs it on the CPU
+    # this machine runs it on the CPU: against the host's available memory
+    assert mem.fits and mem.device_bytes > 0 and "available host memory" in mem.message()
     small = core.predict_memory(model, prep.opts, gpu_memory_gib=0.001)
     assert not small.fits
-    assert small.message().startswith("Refused: the predicted peak GPU memory")
+    assert small.message().startswith("Refused: the predicted peak memory")
     assert core.predict_memory(model, prep.opts, gpu_memory_gib=1000).fits
     # the dry run's own checks are the CLI's
     bad = core.prepare(_request(env, frames=10), env["out"])
     with pytest.raises(ValueError, match="--frames 10"):
         core.predict_memory(model, bad.opts)
+
+
+def test_a_request_beyond_the_hosts_memory_is_refused_on_a_cpu(env, monkeypatch):
+    prep = core.prepare(_request(env), env["out"])
+    monkeypatch.setattr(core, "_HELD", {})
+    monkeypatch.setattr(core, "_available_host_bytes", lambda: 2 ** 20)  # a host with 1 MiB left
+    mem = core.predict_memory(prep.inputs["model"], prep.opts)
+    assert not mem.fits and mem.device_bytes == 2 ** 20
+    assert mem.message().startswith("Refused: the predicted peak memory") and "available host memory" in mem.message()
+    monkeypatch.setattr(core, "_available_host_bytes", lambda: None)  # not known here: nothing to compare with
+    assert core.predict_memory(prep.inputs["model"], prep.opts).fits
 
 
 def test_run_stopped_part_way_resumes(env):
@@ -204,6 +220,11 @@ def test_the_model_stays_loaded_between_runs(env, monkeypatch):
         assert job.error is None, job.error
     (held,) = core._HELD.values()
     assert len(loads) == 1 and held.loads == 1
+    # on a CPU the held model's memory counts as available: the next run reuses or releases it
+    monkeypatch.setattr(core, "_available_host_bytes", lambda: 0)
+    assert core._held_bytes() > 0
+    assert core.predict_memory(str(env["model"]), core.check_request(_request(env))[1]).device_bytes == \
+        core._held_bytes()
     # another model: the held one is let go first, and the new one held
     other = env["root"] / "other-model"
     if not other.exists():
@@ -213,7 +234,33 @@ def test_the_model_stays_loaded_between_runs(env, monkeypatch):
     job = _run(core.prepare(_request(env, model=str(other), seed=23, steps=3, guided_steps=1, opt_iters=1),
                             env["out"]))
     assert job.error is None, job.error
-    assert len(loads) == 2 and held.components is None and list(core._HELD) == [(str(other), None)]
+    assert len(loads) == 2 and held.components is None and [k[0] for k in core._HELD] == [str(other)]
+
+
+def _rewrite_weights(model: Path) -> None:
+    """The model's transformer weights changed in place (same path, same names), as a new checkpoint copied over."""
+    from safetensors.torch import load_file, save_file
+
+    (path,) = (model / "transformer").glob("*.safetensors")
+    weights = load_file(path)
+    save_file({k: v + 1 for k, v in weights.items()}, path)
+
+
+def test_a_model_rewritten_in_place_is_another_model(env, tmp_path, monkeypatch):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(env["model"], model)
+    monkeypatch.setattr(core, "_HELD", {})
+    before = core.prepare(_request(env, model=str(model)), tmp_path / "out")
+    held = core.held_model(str(model), before.opts)
+    assert core.held_model(str(model), before.opts) is held  # unchanged: the same held model
+    _rewrite_weights(model)
+    after = core.prepare(_request(env, model=str(model)), tmp_path / "out")
+    # another run folder (the old one holds a run of the old weights, which transfer would refuse to resume)
+    assert after.run_dir != before.run_dir
+    again = core.held_model(str(model), after.opts)  # and not the stale weights: loaded anew
+    assert again is not held and list(core._HELD.values()) == [again]
 
 
 def test_finished_run_results(env):
@@ -239,11 +286,66 @@ def test_finished_run_results(env):
     # zero-shot from it: the emb run is offered, and its embeddings run
     offered = core.emb_runs(env["out"])
     assert offered and offered[0][1] == rec["embeddings"]
-    zs = core.prepare(_request(env, method=core.ZERO_SHOT, inject_embeds=offered[0][1]), env["out"])
+    sources = [env["samples"]["moving square (81 frames)"], env["model"] / "prompt_embeds.safetensors"]
+    zs = core.prepare(_request(env, method=core.ZERO_SHOT, inject_embeds=offered[0][1]), env["out"], sources=sources)
     assert zs.run_dir.name.startswith("zeroshot-")
     job = _run(zs)
     assert job.error is None, job.error
     assert core.run_record(zs.run_dir)["config"]["inject_embeds"] == rec["embeddings"]
+
+
+def _uploads(tmp_path) -> Path:
+    """A stand-in for gradio's upload folder, with an uploaded clip."""
+    uploads = tmp_path / "uploads"
+    (uploads / "one").mkdir(parents=True)
+    (uploads / "one" / "clip.mp4").write_bytes(b"an uploaded clip")
+    return uploads
+
+
+def test_zero_shot_takes_only_a_listed_emb_run(env, tmp_path, monkeypatch):
+    uploads, out = _uploads(tmp_path), tmp_path / "out"
+    elsewhere = tmp_path / "elsewhere"  # any server folder a client names
+    elsewhere.mkdir()
+    (elsewhere / "big.bin").write_bytes(b"x" * 1000)
+    read = []
+    real = core._file_digest
+    monkeypatch.setattr(core, "_file_digest", lambda p: read.append(p) or real(p))
+    r = core.Request(model=str(env["model"]), video=str(uploads / "one" / "clip.mp4"), method=core.ZERO_SHOT,
+                     inject_embeds=str(elsewhere))
+    with pytest.raises(ValueError, match="--inject-embeds: not the embeddings of a finished DiTFlow"):
+        core.prepare(r, out, sources=[uploads])
+    assert read == [] and not out.exists()  # refused before anything is hashed or copied
+
+
+@pytest.mark.parametrize("field, option", [("video", "--video"), ("prompt_embeds", "--prompt-embeds"),
+                                           ("image", "--image")])
+def test_an_upload_is_a_file_not_a_folder(tmp_path, field, option):
+    uploads, out = _uploads(tmp_path), tmp_path / "out"
+    for folder in (uploads / "one", uploads):  # a folder in the upload folder, and the upload folder itself
+        r = core.Request(model="m", prompt="p", **{"video": str(uploads / "one" / "clip.mp4"), field: str(folder)})
+        with pytest.raises(ValueError, match=f"^{option}: a folder; the app takes an uploaded file"):
+            core.prepare(r, out, sources=[uploads])
+        assert not out.exists()
+
+
+def test_a_failed_run_keeps_the_inputs_its_saved_steps_resume_from(tmp_path):
+    uploads, out = _uploads(tmp_path), tmp_path / "out"
+    prep = core.prepare(core.Request(model="m", prompt="p", video=str(uploads / "one" / "clip.mp4")), out,
+                        sources=[uploads])
+    (copy,) = prep.made
+    core.save_request(prep)
+    (prep.run_dir / "state.safetensors").write_bytes(b"saved steps")  # the run saved steps, then failed
+    core.discard(prep)
+    assert copy.is_file() and prep.run_dir.is_dir()  # "Resume / show" still has the video it needs
+    assert core.load_request(prep.run_dir).inputs["video"] == str(copy)
+    # a refused request (nothing saved): no run folder, no input copy
+    (uploads / "one" / "clip.mp4").write_bytes(b"another clip")
+    refused = core.prepare(core.Request(model="m", prompt="p", video=str(uploads / "one" / "clip.mp4")), out,
+                           sources=[uploads])
+    (other,) = refused.made
+    core.save_request(refused)
+    core.discard(refused)
+    assert not other.exists() and not refused.run_dir.exists() and copy.is_file()
 
 
 @pytest.mark.parametrize("kw, msg", [
@@ -264,6 +366,9 @@ def test_app_cli_arguments(tmp_path, monkeypatch, capsys):
     assert "--port must be in 0..65535" in capsys.readouterr().err
     assert main(["app", "--gpu-memory", "0"]) == 2
     assert "--gpu-memory must be positive" in capsys.readouterr().err
+    for bad in ("lots", "1.5gb", "0mb", "-1kb"):
+        assert main(["app", f"--max-upload={bad}"]) == 2
+        assert f"--max-upload must be a positive size such as 500mb or 2gb, got '{bad}'" in capsys.readouterr().err
     import builtins
 
     real = builtins.__import__
@@ -276,6 +381,19 @@ def test_app_cli_arguments(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", no_gradio)
     assert main(["app", "--out", str(tmp_path / "o")]) == 2
     assert "pip install -e '.[app]'" in capsys.readouterr().err
+
+
+def test_app_passes_the_upload_limit_to_gradio(tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    from ditflow_fast.app import ui
+
+    got = {}
+    monkeypatch.setattr(ui, "build", lambda out, **kw: "demo")
+    monkeypatch.setattr(ui, "launch", lambda demo, **kw: got.update(kw))
+    assert main(["app", "--out", str(tmp_path / "o"), "--max-upload", "200MB"]) == 0
+    assert got["max_upload"] == 200 * 2 ** 20
+    assert main(["app", "--out", str(tmp_path / "o")]) == 0
+    assert got["max_upload"] == 2 ** 30  # the default, 1gb
 
 
 def test_request_file_round_trip(env):

@@ -57,8 +57,10 @@ def test_an_uploaded_image_runs_and_the_record_says_how(env, tmp_path):
     assert copy.parent == out / "inputs" and copy.read_bytes() == png.read_bytes()  # survives a restart
     plain = core.prepare(_request(env), out, sources=env["sources"])
     assert plain.run_dir != prep.run_dir and plain.inputs["image"] is None
-    # a request without an image keeps the folder name the app gave it before it took images
-    old = {"inputs": {k: v for k, v in plain.inputs.items() if k != "image"}, "options": plain.request["options"]}
+    # a request without an image keeps the folder name the app gave it before it took images (with the model's
+    # fingerprint, which names the run folder of a local model)
+    old = {"inputs": {k: v for k, v in plain.inputs.items() if k != "image"}, "options": plain.request["options"],
+           "model": {"digest": core.model_fingerprint(str(env["model"]))}}
     assert plain.run_dir.name == core.run_name(old, "DiTFlow (latent)")
     renamed = env["uploads"] / "renamed.png"  # the same bytes under another name: the same run folder
     shutil.copyfile(png, renamed)

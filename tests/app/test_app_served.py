@@ -44,14 +44,15 @@ def served(tmp_path_factory):
         out.mkdir()
         (out / "notes.txt").write_text(SECRET)  # the operator's own file in --out
         demo = ui.build(out, cache=root / "cache", gpu_memory_gib=gib)
-        _, url, _ = ui.launch(demo, port=_port(), block=False)
+        limit = {"small": {"max_upload": "1mb"}}.get(name, {})  # "main": the default, 1gb
+        _, url, _ = ui.launch(demo, port=_port(), block=False, **limit)
         apps[name] = (demo, url, out)
     link_dir = Path(get_upload_folder()) / f"ditflow-test-{uuid.uuid4().hex}"
     link_dir.mkdir(parents=True)
     link = link_dir / "clip.mp4"
     link.symlink_to(secret)  # in the upload folder, pointing out of it
     yield {"clip": clip, "secret": secret, "link": link, "apps": apps, "model": str(root / "cache" / core.TINY_NAME),
-           "samples": core.ensure_samples(root / "cache")}
+           "samples": core.ensure_samples(root / "cache"), "root": root}
     link.unlink()
     link_dir.rmdir()
     for demo, _, _ in apps.values():
@@ -141,3 +142,48 @@ def test_refused_requests_leave_no_run_folder(served):
             assert _tree(out) == before, (name, kw, status)
             assert not [label for label, _ in core.runs(out) if "stopped at step 0" in label]
 
+
+
+def test_zero_shot_takes_only_a_listed_emb_run(served):
+    demo, url, out = served["apps"]["main"]
+    elsewhere = served["root"] / "elsewhere"  # a server folder a client names: it would be hashed whole
+    elsewhere.mkdir(exist_ok=True)
+    (elsewhere / "data.bin").write_bytes(b"x" * 1000)
+    before = _tree(out)
+    event, data = _raw_call(url, _fields(served, sample=next(iter(served["samples"])), method=core.ZERO_SHOT,
+                                         inject=str(elsewhere)))
+    assert event == "error" and "not in the list of choices" in json.loads(data)["error"], (event, data)
+    # the page's own check, for a caller that skips gradio's
+    run = next(f.fn for f in demo.fns.values() if f.api_name == "run")
+    fields = _fields(served, sample=next(iter(served["samples"])), method=core.ZERO_SHOT, inject=str(elsewhere))
+    msgs = [v for d in run(*fields) for v in d.values() if isinstance(v, str)]
+    assert any("--inject-embeds: not the embeddings of a finished DiTFlow (emb) run" in m for m in msgs), msgs
+    assert _tree(out) == before
+
+
+def test_an_image_reaches_the_check_as_uploaded(served, tmp_path):
+    """Gradio hands the first-frame upload on as it is, whatever its mode (a grey or palette PNG is not decoded
+    and re-encoded as RGB before ``core.check_image`` reads its header), and the memory panel never opens it."""
+    from gradio.data_classes import ImageData
+    from PIL import Image
+
+    demo, _, _ = served["apps"]["main"]
+    image = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "first-frame")
+    for mode in ("L", "P", "RGBA", "I;16"):
+        path = tmp_path / f"{mode.replace(';', '')}.png"
+        Image.new(mode, (16, 8)).save(path)
+        assert image.preprocess(ImageData(path=str(path), orig_name=path.name)) == str(path), mode
+    memory = [f for f in demo.fns.values() if f.name == "memory"]
+    assert memory and all(image not in f.inputs for f in memory)
+
+
+def test_uploads_are_limited_in_size_and_cleaned_up(served):
+    for name, limit in (("main", 2 ** 30), ("small", 2 ** 20)):
+        demo, url, _ = served["apps"][name]
+        assert demo.max_file_size == limit
+        assert demo.delete_cache == ui.DELETE_CACHE  # gradio's copies go after a day (and when the app stops)
+    _, url, _ = served["apps"]["small"]
+    r = httpx.post(url + "gradio_api/upload", files={"files": ("big.mp4", b"0" * (2 ** 20 + 1))})
+    assert r.status_code == 413 and "maximum allowed size" in r.text
+    r = httpx.post(url + "gradio_api/upload", files={"files": ("small.mp4", b"0" * 1000)})
+    assert r.status_code == 200

@@ -160,6 +160,30 @@ def test_a_done_job_whose_file_was_only_touched_is_run_again_and_resumes(tmp_pat
     assert ray.calls[-1][1] == job.options  # the same run key: transfer resumes its finished state
 
 
+def test_a_done_job_whose_folder_input_was_rewritten_in_place_is_run_again(tmp_path):
+    model, frames = tmp_path / "model", tmp_path / "frames"  # a local model folder, a video given as frames
+    (model / "transformer").mkdir(parents=True)
+    frames.mkdir()
+    files = [model / "transformer" / "weights.safetensors", model / "model_index.json", frames / "0001.png"]
+    for f in files:
+        f.write_bytes(b"first")
+    job = Job("a", 1, {"video": str(frames), "model": str(model), "prompt": "p"})
+    out = tmp_path / "out"
+    out.mkdir()  # run_batch's lock makes it
+    s = BatchSettings(out=out, progress=False)
+    ray = FakeRay(_finish)
+    runner._run(ray, [job], s, out)
+    assert runner._run(ray, [job], s, out)["a"]["status"] == "skipped"
+    for n, f in enumerate(files, 2):
+        folder = os.stat(f.parent)
+        with open(f, "r+b") as fh:  # rewritten in place: the folders' own size and time stay as they were
+            fh.write(b"other")
+        os.utime(f, ns=(folder.st_atime_ns, os.stat(f).st_mtime_ns + 10**9))
+        os.utime(f.parent, ns=(folder.st_atime_ns, folder.st_mtime_ns))
+        assert runner._run(ray, [job], s, out)["a"]["status"] == "done", f  # not skipped with a stale result
+        assert len(ray.calls) == n
+
+
 def test_batch_lock_names_the_system_error_when_the_folder_cannot_be_locked(tmp_path, monkeypatch):
     pytest.importorskip("ray")
     from ditflow_fast import atomic
