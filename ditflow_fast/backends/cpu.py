@@ -69,6 +69,7 @@ def _gather_dtype(p: AMFProblem) -> torch.dtype:
     return p.out_dtype
 
 
+TRANSPOSED_MAX_TOKENS = 2048  # video tokens up to which the soft backward asks for [B, D, N] gradients
 KEEP_FRACTION = 0.25  # of the memory available when the forward runs
 
 
@@ -128,9 +129,10 @@ class _CpuSoftAMF(torch.autograd.Function):
         p = ctx.problem
         want_q, want_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         g = from_output_layout(grad_out.to(target.dtype), p).contiguous()  # pos(m) carries no gradient
-        # [B, D, N] gradients fill faster (the GEMMs 4 to 10% at cpu-5b), and re-laid out per head into [B, H, T, d]
-        # they cost 1 ms more to copy; into [B, T, H, d] the whole-matrix transpose would cost 9 ms
-        transposed = grad_is_head_major(q) and grad_is_head_major(k)
+        # [B, D, N] gradients: the GEMMs ran 4 to 10% faster at N = 1,320 and 1,800 here, but 25% slower from
+        # 3,300 up (6 CogVideoX frames: 17%), and re-laid out per head into [B, H, T, d] they cost 1 ms more to copy;
+        # into [B, T, H, d] the whole-matrix transpose would cost 9 ms (docs/runs/transposed_grads)
+        transposed = p.tokens <= TRANSPOSED_MAX_TOKENS and grad_is_head_major(q) and grad_is_head_major(k)
         dqc, dkc = _native.ops().amf_backward(
             qc, kc, target, lse, g, p.frames, p.height, p.width, _soft_alpha(p), want_q, want_k, scores, transposed
         )

@@ -1,8 +1,9 @@
 """The cpu backend's soft forward + backward at cpu-5b with the gradients written as [B, D, N] (transposed, the
-default for [B, H, T, d] inputs since session 17) or as [B, N, D], in one process, interleaved, each call paired
-with the GEMM q @ k^T timed just before it.
+default for [B, H, T, d] inputs of at most 2,048 video tokens since session 17) or as [B, N, D], in one process,
+interleaved, each call paired with the GEMM q @ k^T timed just before it. Above the size limit both arms run
+the same code.
 
-Usage: OMP_NUM_THREADS=2 python docs/runs/transposed_grads/ab.py [ROUNDS]
+Usage: OMP_NUM_THREADS=2 python docs/runs/transposed_grads/ab.py [ROUNDS [PRESET]]
 """
 import statistics
 import sys
@@ -14,7 +15,7 @@ from ditflow_fast import compute_amf
 from ditflow_fast.backends import cpu
 from ditflow_fast.bench.presets import get_preset
 
-g = get_preset("cpu-5b").geometry
+g = get_preset(sys.argv[2] if len(sys.argv) > 2 else "cpu-5b").geometry
 gen = torch.Generator().manual_seed(0)
 q = torch.randn(1, g.heads, g.text_tokens + g.tokens, g.head_dim, generator=gen, requires_grad=True)
 k = torch.randn(1, g.heads, g.text_tokens + g.tokens, g.head_dim, generator=gen, requires_grad=True)
