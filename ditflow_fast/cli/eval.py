@@ -18,7 +18,7 @@ import sys
 
 def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="Motion Fidelity and FTD of a generated video against a reference (any two videos)",
-                       description=__doc__.splitlines()[0])
+                       description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--reference", required=True, help="reference video (file or folder of frames)")
     p.add_argument("--generated", required=True, help="generated video (file or folder of frames)")
     p.add_argument("--tracker", default="lk", choices=("lk", "cotracker"),
@@ -67,8 +67,8 @@ def run_eval(a) -> int:
                                             " 'cotracker3_offline')\" (or use the default --tracker lk)")
     else:
         motion._cv2()
-    ref = read_video(a.reference, option="--reference")
-    gen = read_video(a.generated, option="--generated")
+    ref = read_video(a.reference, a.frames, option="--reference")  # only the frames compared are decoded
+    gen = read_video(a.generated, a.frames, option="--generated")
     res = motion.evaluate(ref, gen, tracker=a.tracker, grid=a.grid, static_px=a.static_px,
                           max_side=a.max_side or None, frames=a.frames)
     res.update(reference=str(a.reference), generated=str(a.generated), reading=motion.READING,

@@ -192,7 +192,7 @@ def unit_displacements(tracks: np.ndarray, static_px: float = 0.1) -> np.ndarray
     d = np.diff(tracks, axis=1)
     n = np.linalg.norm(d, axis=-1)
     valid = np.isfinite(n)
-    moving = valid & (n >= static_px)
+    moving = valid & (n >= static_px) & (n > 0)  # static_px 0: a zero step is still "no motion", not 0/0
     out = np.zeros(d.shape[:2] + (3,))
     safe = np.where(moving, n, 1.0)[..., None]
     out[..., :2] = np.where(moving[..., None], np.nan_to_num(d) / safe, 0.0)
@@ -215,7 +215,7 @@ def moving_tracks(tracks: np.ndarray, static_px: float = 0.1) -> np.ndarray:
     """Boolean ``[N]``: tracks that move (at least ``static_px`` per frame) in at least half their valid frames."""
     n = np.linalg.norm(np.diff(np.asarray(tracks, np.float64), axis=1), axis=-1)
     valid = np.isfinite(n)
-    moving = (valid & (n >= static_px)).sum(axis=1)
+    moving = (valid & (n >= static_px) & (n > 0)).sum(axis=1)
     return (valid.sum(axis=1) > 0) & (moving * 2 >= np.maximum(valid.sum(axis=1), 1))
 
 

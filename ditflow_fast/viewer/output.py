@@ -36,7 +36,7 @@ def save_amf(path, amf: np.ndarray, info: dict) -> Path:
         raise ValueError(f"AMF must be [F, F, h*w, 2] with h*w = {info['height']}*{info['width']}, got {amf.shape}")
     meta = {"format": FORMAT, "layout": "amf[i, j, y*w + x] = (dx, dy) in patches: where patch (x, y) of latent "
             "frame i moves in latent frame j",
-            **{k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}}
+            **{k: json.dumps(v) for k, v in info.items()}}  # strings too: a video named "2024" stays a string
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file({"amf": torch.from_numpy(amf)}, str(tmp), metadata=meta)

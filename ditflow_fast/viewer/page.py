@@ -57,7 +57,9 @@ def page_data(fields, info: dict, *, scale: float, title: str) -> dict:
 
 def render_page(fields, info: dict, *, scale: float, title: str = "Attention Motion Flow") -> str:
     data = json.dumps(page_data(fields, info, scale=scale, title=title), separators=(",", ":"))
-    data = data.replace("</", "<\\/")  # never closes the script element
+    # no "<" at all in the script element (JSON.parse reads \u003c back): "</script" would close it, and "<!--<script"
+    # would keep the real "</script>" from closing it (the HTML parser's double-escaped state)
+    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return _TEMPLATE.replace("@@TITLE@@", html.escape(title)).replace("@@DATA@@", data)
 
 
