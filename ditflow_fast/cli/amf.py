@@ -60,7 +60,7 @@ def run_amf(a) -> int:
     if a.block is not None and a.block < 0:
         raise ValueError(f"--block must be >= 0, got {a.block}")
     from ..atomic import check_writable
-    from ..video_io import check_video, read_video
+    from ..video_io import VideoError, check_video, read_video
 
     check_video(a.video, a.frames)  # opened and decoded (--frames of them, else one) before any model loads
     src_h, src_w = read_video(a.video, frames=1).shape[1:3]
@@ -87,7 +87,13 @@ def run_amf(a) -> int:
         print(f"warning: {model} is a toy model trained only on the toy world's synthetic {handle.width}x"
               f"{handle.height} shapes; on this {src_w}x{src_h} clip its AMF is close to noise (pass --model a "
               "CogVideoX or Wan folder for real videos)", file=sys.stderr)
-    video = read_video(a.video, frames=frames_n, height=height, width=width)[:frames_n]
+    try:
+        video = read_video(a.video, frames=frames_n, height=height, width=width)[:frames_n]
+    except VideoError as exc:  # too short for the model's default count, known only now: not --frames' fault
+        if a.frames is not None or "fewer than" not in str(exc):
+            raise
+        raise VideoError(f"{str(exc).removesuffix(' (--frames)')}, this model's default; pass --frames N (at most "
+                         "the clip's length, as the model's frame rule allows)") from None
     fps = _fps(a.video)
     span = "a folder of frames" if fps is None else f"{frames_n / fps:.2f} s at {fps:g} fps"
     print(f"used frames 0-{frames_n - 1} (the first {frames_n}, consecutive, no fps resampling; {span}) of "

@@ -64,3 +64,11 @@ def test_eval_help_names_ftd(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     assert "Fréchet Tracking Distance (FTD)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_amf_on_a_clip_shorter_than_the_models_default_says_so(tmp_path, capsys):
+    frames = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    write_video(frames, tmp_path / "short", fmt="frames")
+    assert main(["amf", "--video", str(tmp_path / "short"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "has 3 frames" in err and "this model's default; pass --frames N" in err and "(--frames)" not in err
