@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import numbers
 import operator
 from dataclasses import dataclass
 
@@ -100,6 +101,24 @@ def as_int(name: str, value) -> int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})") from None
 
 
+def check_scalars(frames, height, width, text_tokens, temperature) -> tuple[int, int, int, int, float]:
+    """The geometry as ints and the temperature as a float, each refused by name (shared with distributed_amf)."""
+    frames, height, width = (_positive_int(n, v) for n, v in (("frames", frames), ("height", height),
+                                                              ("width", width)))
+    text_tokens = as_int("text_tokens", text_tokens)
+    if text_tokens < 0:
+        raise ValueError(f"text_tokens must be an int >= 0, got {text_tokens!r}")
+    if isinstance(temperature, (bool, np_bool)) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a real number, got {type(temperature).__name__}")
+    try:
+        tau = float(temperature)
+    except OverflowError:  # an int past float's range
+        tau = math.inf
+    if not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"temperature must be finite and > 0, got {tau:g}")
+    return frames, height, width, text_tokens, tau
+
+
 def _positive_int(name: str, value) -> int:
     value = as_int(name, value)
     if value < 1:
@@ -156,6 +175,12 @@ def range_limit(dtype: torch.dtype) -> float:
 
 
 def check_range(problem: AMFProblem, qmax: float, kmax: float) -> None:
+    """:func:`check_score_range` for ``problem``'s q, k of largest magnitudes ``qmax``, ``kmax``."""
+    check_score_range(problem.q.dtype, problem.heads, problem.head_dim, problem.temperature, problem.mode, qmax, kmax)
+
+
+def check_score_range(dtype: torch.dtype, heads: int, head_dim: int, temperature: float, mode: str, qmax: float,
+                      kmax: float) -> None:
     """Refuse finite q, k (and temperature) whose scores would overflow the accumulation dtype.
 
     ``|sum_h <q_h[m], k_h[n]>| <= max|q| * max|k| * H * d`` bounds every partial sum of every
@@ -164,21 +189,22 @@ def check_range(problem: AMFProblem, qmax: float, kmax: float) -> None:
     :func:`range_limit` the float32 scores would be inf and the result NaN or a wrong argmax, so
     the call is refused (float64 input has float64's range). Costs nothing beyond the finiteness scan.
     """
-    limit = range_limit(problem.out_dtype)
-    acc = str(problem.out_dtype).replace("torch.", "")
-    raw = qmax * kmax * problem.heads * problem.head_dim  # Python floats: overflow gives inf, never raises
+    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    limit = range_limit(out_dtype)
+    acc = str(out_dtype).replace("torch.", "")
+    raw = qmax * kmax * heads * head_dim  # Python floats: overflow gives inf, never raises
     if not raw <= limit:
         raise ValueError(
             f"q and k are too large for {acc} scores: max|q| * max|k| * H * d = {qmax:.3g} * {kmax:.3g} * "
-            f"{problem.heads} * {problem.head_dim} = {raw:.3g} exceeds the limit {limit:.3g}; scale q or k down"
-            + ("" if problem.q.dtype == torch.float64 else " (or pass float64)")
+            f"{heads} * {head_dim} = {raw:.3g} exceeds the limit {limit:.3g}; scale q or k down"
+            + ("" if dtype == torch.float64 else " (or pass float64)")
         )
-    if problem.mode == "soft":
-        alpha = problem.temperature * problem.logit_scale
+    if mode == "soft":
+        alpha = temperature / (heads * math.sqrt(head_dim))  # the geometry's logit_scale
         logits = alpha * max(raw, qmax)  # the logits, and q pre-scaled by alpha (torch backend)
         if not logits <= limit:
             raise ValueError(
-                f"temperature={problem.temperature:g} is too large for these q, k: the logits "
+                f"temperature={temperature:g} is too large for these q, k: the logits "
                 f"temperature * S reach {logits:.3g}, over the {acc} limit {limit:.3g} "
                 f"(temperature * max|q| * max|k| * sqrt(d) must stay below it)"
             )
@@ -254,22 +280,14 @@ def validate(q, k, *, frames, height, width, temperature, mode, text_tokens, lay
             raise ValueError(f"{name} must be {want}, got {t.dim()} dims with shape {tuple(t.shape)}")
         if t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
-    if q.shape != k.shape:
-        raise ValueError(f"q and k must have the same shape, got q {tuple(q.shape)} and k {tuple(k.shape)}")
+    if q.shape != k.shape:  # the shapes as given: bthd's are transposed back for the message
+        shapes = [tuple(t.shape) if layout == "bhtd" else tuple(t.transpose(-3, -2).shape) for t in (q, k)]
+        raise ValueError(f"q and k must have the same shape, got q {shapes[0]} and k {shapes[1]}")
     if q.dtype != k.dtype:
         raise TypeError(f"q and k must have the same dtype, got q {q.dtype} and k {k.dtype}")
     if q.device != k.device:
         raise ValueError(f"q and k must be on the same device, got q on {q.device} and k on {k.device}")
-    frames = _positive_int("frames", frames)
-    height = _positive_int("height", height)
-    width = _positive_int("width", width)
-    text_tokens = as_int("text_tokens", text_tokens)
-    if text_tokens < 0:
-        raise ValueError(f"text_tokens must be an int >= 0, got {text_tokens!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a real number, got {type(temperature).__name__}")
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    frames, height, width, text_tokens, temperature = check_scalars(frames, height, width, text_tokens, temperature)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     squeeze = q.dim() == 3

@@ -129,9 +129,14 @@ class Choice:
     skipped: dict[str, list[str]]
 
 
-def select(problem: AMFProblem, name: str, needs_grad: bool) -> Choice:
+def check_backend_name(name) -> None:
+    """``ValueError`` unless ``name`` is ``"auto"`` or a registered backend."""
     if not isinstance(name, str) or (name != "auto" and name not in _REGISTRY):
         raise ValueError(f"backend must be 'auto' or one of {sorted(_REGISTRY)}, got {name!r}")
+
+
+def select(problem: AMFProblem, name: str, needs_grad: bool) -> Choice:
+    check_backend_name(name)
     if name != "auto":
         why = _REGISTRY[name].refusals(problem, needs_grad)
         if why:

@@ -38,6 +38,7 @@ import math
 import torch
 import torch.distributed as dist
 
+from ._problem import check_scalars, check_score_range, finite_max, no_autocast
 from .dispatch import once_differentiable
 from .geometry import patch_coords
 
@@ -189,6 +190,7 @@ def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
 
 class _SeqAMF(torch.autograd.Function):
     @staticmethod
+    @no_autocast
     def forward(ctx, q, k, g: _Geo, sizes, group, rank):
         cdtype = g.pos.dtype
         qc = _cat_heads(q, cdtype)
@@ -201,6 +203,7 @@ class _SeqAMF(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable("distributed")
+    @no_autocast
     def backward(ctx, grad):
         qc, kc, target, lse = ctx.saved_tensors[:4]
         g, slices, group, rank, shape, dtype = ctx.meta
@@ -211,6 +214,7 @@ class _SeqAMF(torch.autograd.Function):
 
 class _HeadsAMF(torch.autograd.Function):
     @staticmethod
+    @no_autocast
     def forward(ctx, q, k, g: _Geo, heads, group, rank):
         cdtype = g.pos.dtype
         b, h_r, n, d = q.shape
@@ -230,6 +234,7 @@ class _HeadsAMF(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable("distributed")
+    @no_autocast
     def backward(ctx, grad):
         qc, kc, target, lse = ctx.saved_tensors[:4]
         g, slices, heads, group, rank, shape, dtype = ctx.meta
@@ -246,14 +251,18 @@ class _HeadsAMF(torch.autograd.Function):
 
 
 def _agree(group, q: torch.Tensor, k: torch.Tensor, shard: str, text_tokens: int, world: int):
-    """Every rank's shapes and dtypes, gathered, with a finiteness flag; every rank raises the same error."""
-    ok = bool(torch.isfinite(q).all() and torch.isfinite(k).all())
+    """Every rank's shapes and dtypes, gathered, with a finiteness flag, and the largest ``|q|``, ``|k|`` of all
+    ranks (for the range check), so that every rank raises the same error."""
+    qmax, kmax = finite_max(q), finite_max(k)
+    ok = not (math.isnan(qmax) or math.isnan(kmax))
     same = q.shape == k.shape and q.dtype == k.dtype and q.device == k.device
     info = torch.tensor([q.shape[0], q.shape[1], q.shape[2], q.shape[3], _DTYPES.get(q.dtype, -1), int(ok),
                          int(same)], dtype=torch.int64, device=q.device)
     parts = [torch.empty_like(info) for _ in range(world)]
     dist.all_gather(parts, info, group=group)
-    return [p.tolist() for p in parts]
+    peaks = torch.tensor([qmax if ok else 0.0, kmax if ok else 0.0], dtype=torch.float64, device=q.device)
+    dist.all_reduce(peaks, op=dist.ReduceOp.MAX, group=group)
+    return [p.tolist() for p in parts], float(peaks[0]), float(peaks[1])
 
 
 def distributed_amf(q, k, *, frames, height, width, group=None, shard="sequence", temperature=2.0, mode="soft",
@@ -272,8 +281,7 @@ def distributed_amf(q, k, *, frames, height, width, group=None, shard="sequence"
         raise ValueError(f"mode must be 'soft' or 'argmax', got {mode!r}")
     if layout not in ("bhtd", "bthd"):
         raise ValueError(f"layout must be 'bhtd' or 'bthd', got {layout!r}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    frames, height, width, text_tokens, temperature = check_scalars(frames, height, width, text_tokens, temperature)
     if not isinstance(q, torch.Tensor) or not isinstance(k, torch.Tensor) or q.dim() not in (3, 4):
         raise ValueError("q and k must be tensors of 3 or 4 dimensions")
     squeeze = q.dim() == 3
@@ -281,10 +289,9 @@ def distributed_amf(q, k, *, frames, height, width, group=None, shard="sequence"
         q, k = q.unsqueeze(0), k.unsqueeze(0)
     if layout == "bthd":
         q, k = q.transpose(1, 2), k.transpose(1, 2)
-    frames, height, width, text_tokens = int(frames), int(height), int(width), int(text_tokens)
     n = frames * height * width
     world, rank = dist.get_world_size(group), dist.get_rank(group)
-    infos = _agree(group, q, k, shard, text_tokens, world)
+    infos, qmax, kmax = _agree(group, q, k, shard, text_tokens, world)
     problems = []
     for r, (b, _h, _t, d, dt, ok, same) in enumerate(infos):
         if not same:
@@ -309,10 +316,15 @@ def distributed_amf(q, k, *, frames, height, width, group=None, shard="sequence"
                             f"{[i[2] for i in infos]}")
         if sum(i[1] for i in infos) < 1:
             problems.append("shard='heads': no heads")
+    heads_total = infos[0][1] if shard == "sequence" else sum(i[1] for i in infos)
+    if not problems:  # the global max|q|, max|k|: every rank refuses the same overflowing scores
+        try:
+            check_score_range(q.dtype, heads_total, q.shape[3], temperature, mode, qmax, kmax)
+        except ValueError as exc:
+            problems.append(str(exc))
     if problems:
         raise ValueError("distributed_amf: " + "; ".join(problems))
     cdtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    heads_total = infos[0][1] if shard == "sequence" else sum(i[1] for i in infos)
     g = _Geo(frames, height, width, heads_total, q.shape[3], float(temperature), mode == "soft", int(budget_bytes),
              cdtype, q.device)
     if shard == "heads" and text_tokens:

@@ -40,7 +40,7 @@ import torch
 
 from . import eager
 from ._problem import apply_layout, validate
-from .dispatch import backends, double_backward_error
+from .dispatch import backends, check_backend_name, double_backward_error
 
 _NAMESPACE = "ditflow_fast"
 
@@ -134,6 +134,7 @@ def amf(q, k, *, frames, height, width, temperature=2.0, mode="soft", text_token
     # while an exception of traced Python code is re-raised as itself unless fullgraph=True.
     p = validate(q, k, frames=frames, height=height, width=width, temperature=temperature, mode=mode,
                  text_tokens=text_tokens, layout=layout)
+    check_backend_name(backend)  # else the schema's "Expected a value of type 'str'", or a failure inside the op
     q, k = apply_layout(q, k, layout)
     return torch.ops.ditflow_fast.amf(q, k, p.frames, p.height, p.width, p.temperature, p.mode, p.text_tokens,
                                       backend)

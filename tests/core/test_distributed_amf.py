@@ -110,6 +110,30 @@ def _check(rank, world):
         distributed_amf(bad, kl.detach(), mode="soft", **kw)
     with pytest.raises(ValueError, match="sum to"):
         distributed_amf(ql.detach()[:, :, :1], kl.detach()[:, :, :1], mode="soft", **kw)
+    # scores that would overflow float32, from large q on rank 0 and large k on the last rank (neither rank's own
+    # values would): refused on every rank, not NaN
+    big_q, big_k = ql.detach().float().clone(), kl.detach().float().clone()
+    if rank == 0:
+        big_q *= 1e19
+    if rank == world - 1:
+        big_k *= 1e19
+    with pytest.raises(ValueError, match="too large for float32 scores"):
+        distributed_amf(big_q, big_k, mode="soft", **kw)
+    # the geometry and temperature are checked as compute_amf checks them: no truncation, no bools
+    for bad_kw, error in ((dict(frames=2.9), TypeError), (dict(temperature=True), TypeError),
+                          (dict(temperature=10 ** 400), ValueError)):
+        with pytest.raises(error):
+            distributed_amf(ql.detach(), kl.detach(), mode="soft", **{**kw, **bad_kw})
+    # under autocast: the forward and the backward of compute_amf's accumulation dtype (float32 here)
+    q32, k32 = (t.detach().float().clone().requires_grad_() for t in (ql, kl))
+    plain = distributed_amf(q32, k32, mode="soft", **kw)
+    (plain * plain).sum().backward()
+    grads = q32.grad.clone(), k32.grad.clone()
+    q32.grad = k32.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = distributed_amf(q32, k32, mode="soft", **kw)
+        (cast * cast).sum().backward()
+    assert torch.equal(cast, plain) and torch.equal(q32.grad, grads[0]) and torch.equal(k32.grad, grads[1])
 
 
 def _worker(rank, world, init, errors):
