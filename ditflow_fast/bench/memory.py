@@ -61,7 +61,8 @@ def measure(spec: CaseSpec, timeout_s: float | None = None) -> dict:
 
         return cuda_peak_extra(build_case(spec))
     cmd = [sys.executable, "-m", "ditflow_fast.cli.memprobe", "--preset", spec.preset, "--impl", spec.impl,
-           "--mode", spec.mode, "--dtype", spec.dtype, "--device", spec.device, "--seed", str(spec.seed)]
+           "--mode", spec.mode, "--dtype", spec.dtype, "--device", spec.device, "--seed", str(spec.seed),
+           "--layout", spec.layout]  # bthd's strided q/k views are another case: the probe must rebuild it
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit status {done.returncode}"]

@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layout", default="bhtd", help="q, k layout of the case (the bench's --layout)")
     ap.add_argument("--alloc-mb", type=float, help="calibration: allocate and fill this many MiB instead of a case")
     args = ap.parse_args(argv)
     import torch
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--preset, --impl and --mode are required unless --alloc-mb is given")
         from ..bench.cases import CaseSpec, build_case
 
-        run = build_case(CaseSpec(args.impl, args.mode, args.preset, args.dtype, args.device, args.seed))
+        run = build_case(CaseSpec(args.impl, args.mode, args.preset, args.dtype, args.device, args.seed,
+                                  layout=args.layout))
     from ..bench.memprobe import cpu_peak_extra, cuda_peak_extra
 
     probe = cuda_peak_extra if args.device.startswith("cuda") else cpu_peak_extra

@@ -250,17 +250,24 @@ class FamilyBase:
         """What ``transfer --dry-run`` prints: the run's sizes, then :meth:`estimate`'s table, then the family's
         :meth:`dry_run_notes`. ``cfg``: the command's GuidanceConfig (unset sizes, block and dtype come from
         :meth:`defaults`)."""
+        from .estimate import add_guidance_blocks, blocks_label, config_views
+
         config = cls.memory_config(model)
         d = cls.defaults(config)
         frames, height, width = cfg.frames or d["frames"], cfg.height or d["height"], cfg.width or d["width"]
         cls.check_frames(frames)
-        block = max(cfg.guidance_blocks or d["guidance_blocks"])
+        # the run's own geometry on the configs: a size (or frame count) the run refuses gets no table
+        cls.geometry(*config_views(cls.transformer_class, cls.vae_class, config), frames, height, width)
+        blocks = cfg.guidance_blocks or d["guidance_blocks"]
+        block = max(blocks)
         b = 4 if str(cfg.dtype or d["dtype"]).replace("torch.", "") == "float32" else 2
         offload = "model" if offload == "none" and cfg.cpu_offload else offload
-        est = cls.estimate(config, frames=frames, height=height, width=width, guidance_block=block,
-                           bytes_per_elem=b, opt_mode=cfg.opt_mode, checkpointing=cfg.gradient_checkpointing,
-                           offload=offload, offload_activations=cfg.offload_activations, ffn_chunks=cfg.ffn_chunks)
-        head = (f"{model}: {frames} frames at {height}x{width}, guidance block {block}, {b}-byte elements, "
+        est = add_guidance_blocks(
+            cls.estimate(config, frames=frames, height=height, width=width, guidance_block=block,
+                         bytes_per_elem=b, opt_mode=cfg.opt_mode, checkpointing=cfg.gradient_checkpointing,
+                         offload=offload, offload_activations=cfg.offload_activations, ffn_chunks=cfg.ffn_chunks),
+            blocks)
+        head = (f"{model}: {frames} frames at {height}x{width}, {blocks_label(blocks)}, {b}-byte elements, "
                 f"opt-mode {cfg.opt_mode}, checkpointing {'on' if cfg.gradient_checkpointing else 'off'}")
         note = "(derivation: docs/memory.md; the text encoder runs before the loop and is offloaded)"
         run = DryRun(config, d, frames, height, width, block, b, offload, est)

@@ -54,6 +54,44 @@ class Estimate:
                     "AMF working set": research_bytes(heads, f, h, w, bytes_per_elem), **opt})
 
 
+QK_ROW = "captured q, k and grads"  # one guidance block's q and k and their gradients: four [N, D] tensors
+
+
+def add_guidance_blocks(est: Estimate, blocks) -> Estimate:
+    """Count every distinct guidance block in ``est`` (built for the deepest one), in place: the loss runs one soft
+    AMF per block, and each keeps its block's q and k (before its backward; their gradients after, until the
+    backward reaches the block), so every block past the first adds two ``[N, D]`` tensors, half the q/k row."""
+    extra = (len(set(blocks)) - 1) * est.components[QK_ROW] // 2
+    for col in (est.components, est.research_components):
+        col[QK_ROW] += extra
+    return est
+
+
+def blocks_label(blocks) -> str:
+    """The dry run's header words for the guidance blocks: ``guidance block 14`` or ``guidance blocks 10, 12``."""
+    distinct = sorted(set(int(b) for b in blocks))
+    return f"guidance block{'s' if len(distinct) > 1 else ''} {', '.join(map(str, distinct))}"
+
+
+def config_views(transformer_class: str, vae_class: str, config: dict) -> tuple:
+    """Stand-ins for a run's transformer and VAE carrying only ``config`` (a memory model's entry: ``transformer``
+    and ``vae`` configs, or a bare transformer config), each over its diffusers class's defaults, so that
+    ``--dry-run`` can call the family's own ``geometry``: the size and frame rules, and messages, of the run."""
+    import inspect
+    import types
+
+    import diffusers
+    from diffusers.configuration_utils import FrozenDict
+
+    def view(class_name: str, given: dict | None):
+        params = inspect.signature(getattr(diffusers, class_name).__init__).parameters
+        full = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+        return types.SimpleNamespace(config=FrozenDict({**full, **(given or {})}))
+
+    tr, vae = (config["transformer"], config.get("vae")) if "transformer" in config else (config, None)
+    return view(transformer_class, tr), view(vae_class, vae)
+
+
 def check_options(*, offload: str, opt_mode: str, bytes_per_elem: int, constants: dict,
                   offload_activations: bool = False, checkpointing: bool = True) -> None:
     """The refusals the memory models share (``constants``: a model's measured constants by element size)."""

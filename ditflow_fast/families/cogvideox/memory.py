@@ -31,7 +31,7 @@ autograd, and the VAE decodes after the loop, sliced/tiled). With ``T = L_text +
 
 from __future__ import annotations
 
-from ..estimate import Estimate
+from ..estimate import Estimate, check_block
 from .components import image_to_video
 from .patches import patch_frames, patch_t
 
@@ -91,6 +91,7 @@ def estimate(config: dict, *, frames: int, height: int, width: int, guidance_blo
              opt_mode: str = "latent", checkpointing: bool = True, vae_offload: bool = False,
              vae_params: int = VAE_PARAMS, temporal: int = 4, spatial: int = 8) -> Estimate:
     """Predicted peak bytes by component for ``frames`` video frames at ``height x width`` pixels."""
+    check_block(guidance_block, int(config["num_layers"]))  # as the other families' models: the run refuses it
     heads, hd = config["num_attention_heads"], config["attention_head_dim"]
     dim, p, b = heads * hd, config.get("patch_size", 2), bytes_per_elem
     lat_f, lh, lw = (frames - 1) // temporal + 1, height // spatial, width // spatial

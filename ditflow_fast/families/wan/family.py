@@ -407,7 +407,9 @@ class WanFamily(FamilyBase):
         """Wan's header says more than the generic one: experts, group offload, host memory, FFN slices."""
         return memory.dry_run_table(model, frames=cfg.frames, height=cfg.height, width=cfg.width,
                                     guidance_blocks=cfg.guidance_blocks, dtype=cfg.dtype, opt_mode=cfg.opt_mode,
-                                    checkpointing=cfg.gradient_checkpointing, offload=offload,
+                                    checkpointing=cfg.gradient_checkpointing,
+                                    # --cpu-offload is model offload, as FamilyBase.dry_run_table reads it
+                                    offload="model" if offload == "none" and cfg.cpu_offload else offload,
                                     offload_activations=cfg.offload_activations, ffn_chunks=cfg.ffn_chunks)
 
     @staticmethod

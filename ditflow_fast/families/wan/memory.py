@@ -8,7 +8,8 @@ The same accounting as the CogVideoX model (:mod:`ditflow_fast.families.cogvideo
   for TI2V-5B). Text (512 umT5 tokens) enters through cross-attention; its projected embeddings and
   the per-block cross-attention K/V are counted in units of ``L*D*b`` (small next to ``N*D*b``).
 - **weights.** One transformer (:func:`ditflow_fast.families.wan.presets.transformer_params`, exact, meta
-  device) and the VAE (``AutoencoderKLWan`` from the preset's VAE config, counted on the meta device).
+  device) and the VAE (``AutoencoderKLWan`` from the preset's VAE config, counted on the meta device; float32,
+  as WanFamily.load keeps it whatever the run's dtype).
   Wan2.2 A14B has two experts but only one is on the GPU at a time (the other waits on the CPU,
   :func:`ditflow_fast.families.offload.expert_swap`), so its weights are one expert's. The umT5-XXL
   encoder (5.7 B parameters) has been run and released before the loop
@@ -53,7 +54,16 @@ import functools
 import json
 
 from ..base import ModelError, foreign_vae_note
-from ..estimate import GROUP_RESIDENT_BLOCKS, Estimate, check_block, check_options, config_json, meta_counts
+from ..estimate import (
+    GROUP_RESIDENT_BLOCKS,
+    Estimate,
+    add_guidance_blocks,
+    blocks_label,
+    check_block,
+    check_options,
+    config_json,
+    meta_counts,
+)
 from ..folders import folder_configs
 from . import image as i2v
 from .chunking import resolve_chunks
@@ -236,7 +246,8 @@ def estimate_wan(preset_or_config, *, frames: int, height: int, width: int, guid
 
     resident = total if offload != "group" else total - n_blocks * per_block + GROUP_RESIDENT_BLOCKS * per_block
     vae = 0 if offload != "none" else meta_counts("AutoencoderKLWan", config_json(vae_cfg))[0]
-    base = {"transformer weights": resident * b, "VAE weights": vae * b}
+    # WanFamily.load keeps the Wan VAE in float32 whatever the run's dtype (diffusers' advice for its decoding)
+    base = {"transformer weights": resident * b, "VAE weights": vae * 4}
     expand = bool(entry.get("expand_timesteps", False))
     emb = opt_mode == "emb"
     if checkpointing:
@@ -288,7 +299,8 @@ def dry_run_table(model_id_or_preset, frames: int | None = None, height: int | N
     frames, size, guidance block, offload) and the table. Unset sizes, block and dtype come from
     :func:`.presets.defaults`. ``model_id_or_preset``: a preset name, a PRESETS-shaped entry, or a
     local Wan folder (its ``transformer/config.json`` and ``vae/config.json`` are read).
-    ``guidance_blocks`` (the run's list; the last one counts) or ``guidance_block``; ``dtype``
+    ``guidance_blocks`` (the run's list: the deepest sets the activations, each keeps its q/k) or
+    ``guidance_block``; ``dtype``
     (``"bfloat16"``, ``"float16"``, ``"float32"``) or ``bytes_per_elem``. ``offload_activations``: None
     (the command's default) means on with ``offload="group"`` and checkpointing; ``ffn_chunks`` as
     :func:`estimate_wan`."""
@@ -296,20 +308,20 @@ def dry_run_table(model_id_or_preset, frames: int | None = None, height: int | N
         model_id_or_preset in PRESETS else memory_config(model_id_or_preset)
     d = defaults(entry)
     frames, height, width = frames or d["frames"], height or d["height"], width or d["width"]
-    if guidance_block is None:
-        guidance_block = max(guidance_blocks or d["guidance_blocks"])
-    block = int(guidance_block)
+    blocks = [int(guidance_block)] if guidance_block is not None else list(guidance_blocks or d["guidance_blocks"])
+    block = max(blocks)
     dtype = str(dtype or d["dtype"]).replace("torch.", "")
     b = bytes_per_elem or (4 if dtype == "float32" else 2)
     label = dtype if bytes_per_elem is None else f"{b}-byte elements"
     if offload_activations is None:
         offload_activations = offload == "group" and checkpointing
-    est = estimate_wan(entry, frames=frames, height=height, width=width, guidance_block=block, bytes_per_elem=b,
-                       opt_mode=opt_mode, checkpointing=checkpointing, offload=offload,
-                       offload_activations=offload_activations, ffn_chunks=ffn_chunks)
+    est = add_guidance_blocks(
+        estimate_wan(entry, frames=frames, height=height, width=width, guidance_block=block, bytes_per_elem=b,
+                     opt_mode=opt_mode, checkpointing=checkpointing, offload=offload,
+                     offload_activations=offload_activations, ffn_chunks=ffn_chunks), blocks)
     name = model_id_or_preset if isinstance(model_id_or_preset, str) else "Wan (config)"
     experts = int(entry.get("experts", 1))
-    head = (f"{name}: {frames} frames, {height}x{width}, guidance block {block}, "
+    head = (f"{name}: {frames} frames, {height}x{width}, {blocks_label(blocks)}, "
             f"{label}, opt-mode {opt_mode}, checkpointing {'on' if checkpointing else 'off'}, "
             f"offload {offload}" + (f", {experts} experts (one on the GPU at a time)" if experts > 1 else ""))
     if offload == "group":
