@@ -82,3 +82,12 @@ def test_dry_run_refuses_a_size_the_run_refuses(fam, model, size, message):
     """The family's own geometry (the run's size rule and message) runs on the configs before the table."""
     with pytest.raises(ModelError, match=message.replace("+", "\\+")):
         fam.dry_run_table(model, GuidanceConfig(**size), "none")
+
+
+def test_cogvideox_group_offload_prediction_says_it_is_an_upper_bound(capsys):
+    from ditflow_fast.cli.main import main
+
+    assert main(["transfer", "--dry-run", "--model", "THUDM/CogVideoX-5b", "--frames", "49", "--offload", "group"]) == 0
+    assert "--offload group: an upper bound" in capsys.readouterr().out
+    assert main(["transfer", "--dry-run", "--model", "THUDM/CogVideoX-5b", "--frames", "49"]) == 0
+    assert "upper bound" not in capsys.readouterr().out

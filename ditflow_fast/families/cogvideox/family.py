@@ -346,6 +346,10 @@ class CogVideoXFamily(FamilyBase):
                        "loop, as the reference is; no image encoder. Its latent and the reference's first frame's, "
                        "zero-padded over the latent frames, ride along in channels ('image latents' above); the "
                        "token count is the text-to-video model's")
+        if run.offload == "group":  # CogVideoX's host-offload constants were never measured
+            out.append("--offload group: an upper bound. The table counts every transformer weight and every block "
+                       "input as resident; group offload keeps about two blocks' weights on the GPU, and (with "
+                       "activation offload, its default there) the saved block inputs in host memory")
         return out
 
     # -- memory (--dry-run) ---------------------------------------------------------------------
