@@ -25,6 +25,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..hostmem import available_bytes
 from ..transfer_api import HeldModel, TransferOptions
 from .results import (  # noqa: F401 - the run folders' results, re-exported for the page
     MOTION_FILE,
@@ -389,21 +390,7 @@ class Memory:
 
 
 _PEAK = re.compile(r"^predicted peak\s+([0-9.]+) GiB", re.M)
-
-
-def _available_host_bytes() -> int | None:
-    """The host memory a run may still take: ``MemAvailable`` (Linux), else the free pages; None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+_available_host_bytes = available_bytes  # a module attribute: tests stand in another host
 
 
 def _held_bytes() -> int:

@@ -30,6 +30,7 @@ import torch
 from .. import _native
 from .._problem import AMFProblem, no_autocast
 from ..dispatch import Backend, once_differentiable, register
+from ..hostmem import available_bytes as _available_bytes
 from .layout import displacement, expand_grad, from_output_layout, grad_is_head_major
 from .ranking import AUTO_RANK
 
@@ -83,7 +84,7 @@ def keep_scores_budget() -> int:
     """
     raw = os.environ.get("DITFLOW_FAST_CPU_KEEP_SCORES_MB", "").strip()
     if not raw:
-        return max(64 << 20, int(KEEP_FRACTION * _available_bytes()))
+        return max(64 << 20, int(KEEP_FRACTION * (_available_bytes() or 0)))
     try:
         mb = float(raw)
     except ValueError:
@@ -91,18 +92,6 @@ def keep_scores_budget() -> int:
     if not 0 <= mb < float("inf"):
         raise ValueError(f"DITFLOW_FAST_CPU_KEEP_SCORES_MB must be a number of MiB >= 0, got {raw!r}")
     return int(mb * (1 << 20))
-
-
-def _available_bytes() -> int:
-    """``MemAvailable`` of /proc/meminfo (free pages plus reclaimable cache), else 0 (then the 64 MiB floor)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 class _CpuSoftAMF(torch.autograd.Function):
