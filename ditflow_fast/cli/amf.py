@@ -62,6 +62,12 @@ def run_amf(a) -> int:
     from ..atomic import check_writable
     from ..video_io import VideoError, check_video, read_video
 
+    for option, value in (("--video", a.video), ("--model", a.model), ("--out", a.out)):
+        try:  # the page and the AMF file's metadata carry these names in UTF-8: refuse one that has none now
+            str(value or "").encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{option} {value!r}: the name is not valid UTF-8 (the viewer page and the AMF file "
+                             "record it); rename it") from None
     check_video(a.video, a.frames)  # opened and decoded (--frames of them, else one) before any model loads
     src_h, src_w = read_video(a.video, frames=1).shape[1:3]
     out = Path(a.out).expanduser()

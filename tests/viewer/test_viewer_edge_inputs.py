@@ -72,3 +72,17 @@ def test_amf_on_a_clip_shorter_than_the_models_default_says_so(tmp_path, capsys)
     assert main(["amf", "--video", str(tmp_path / "short"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "has 3 frames" in err and "this model's default; pass --frames N" in err and "(--frames)" not in err
+
+
+def test_amf_refuses_a_name_that_is_not_utf8_before_any_work(tmp_path, capsys):
+    import os
+
+    frames = np.random.default_rng(3).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    bad = os.fsdecode(os.fsencode(str(tmp_path)) + b"/clip\xff")
+    try:
+        write_video(frames, bad, fmt="frames")
+    except OSError:
+        pytest.skip("this file system refuses a name that is not UTF-8")
+    assert main(["amf", "--video", bad, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--video" in err and "not valid UTF-8" in err and not (tmp_path / "out").exists()
