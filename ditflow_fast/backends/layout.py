@@ -57,7 +57,7 @@ def expand_grad(dcat: torch.Tensor | None, like: torch.Tensor, p: AMFProblem) ->
         return None
     b, h, _, d = like.shape
     video = dcat.reshape(b, p.tokens, h, d)
-    if like.permute(0, 2, 1, 3).is_contiguous():
+    if not grad_is_head_major(like):
         if p.text_tokens == 0:
             return video.to(like.dtype).permute(0, 2, 1, 3)
         full = dcat.new_empty((b, p.text_tokens + p.tokens, h, d), dtype=like.dtype)
