@@ -18,23 +18,41 @@ from .memory import meminfo_bytes
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
 
+
+# The instruction sets that decide which path the CPU kernel takes (csrc/amf_cpu_screen.cpp, amf_cpu_bf16.cpp).
+KERNEL_ISA = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+
+
+def _cpu_model(info: dict[str, str]) -> str:
+    """The CPU's model name; where a hypervisor hides the model (a name without a digit, such as "AMD EPYC"),
+    its family and model numbers too, so that two generations of one brand do not share a results file."""
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if not any(c.isdigit() for c in name) and "cpu family" in info and "model" in info:
+        name += f" (family {info['cpu family']} model {info['model']})"
+    return name
 
 
 def machine_info() -> dict:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": _cpu_model(), "cores": cores, "ram_bytes": meminfo_bytes("MemTotal"), "gpu": gpu,
-            "hostname": platform.node(), "os": platform.platform()}
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {"cpu": _cpu_model(info), "cpu_isa": [f for f in KERNEL_ISA if f in flags], "cores": cores,
+            "ram_bytes": meminfo_bytes("MemTotal"), "gpu": gpu, "hostname": platform.node(), "os": platform.platform()}
 
 
 def _version(dist: str) -> str | None:

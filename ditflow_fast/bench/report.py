@@ -73,7 +73,7 @@ def format_table(record: dict) -> str:
     title = (f"preset {p['name']}: H={p['heads']} d={p['head_dim']} F={p['frames']} h={p['height']} w={p['width']} "
              f"N={p['tokens']} text={p['text_tokens']}; {record['dtype']} on {record['device']}"
              f"{f', GEMM floor in {fd}' if fd else ''} "
-             f"({record['machine']['gpu'] or record['machine']['cpu']}, {record['machine']['cores']} cores); "
+             f"({_machine(record['machine'])}); "
              f"commit {(record['git']['commit'] or 'unknown')[:10]}{' (dirty)' if record['git']['dirty'] else ''}")
     legend = (f"x GEMM: median / median of the bare {fd + ' ' if fd else ''}Q_cat @ K_cat^T of the same shape in "
               "this run "
@@ -107,3 +107,12 @@ def format_table(record: dict) -> str:
         best = ", ".join(f"{r['gpu']} {r['floor_ms']:.3g} ms" for r in peaks if r["mode"] == "soft_fwd_bwd")
         out.append(f"datasheet floor of soft fwd+bwd in bf16 (perf_model): {best}")
     return "\n".join(out)
+
+
+def _machine(m: dict) -> str:
+    """The GPU, else the CPU, its cores and its kernel-relevant instruction sets (none in records before 2026-12-07)."""
+    if m["gpu"]:
+        return m["gpu"]
+    isa = m.get("cpu_isa")
+    return f"{m['cpu']}, {m['cores']} cores" + (f", {' '.join(isa) or 'no AVX2'}" if isa is not None else "")
+
