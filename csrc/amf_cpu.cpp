@@ -24,8 +24,10 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <optional>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -165,30 +167,42 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
   const at::Tensor tiles_buf =
       keep.defined() ? at::Tensor() : scratch(Slot::kTiles, {threads * tile_len}, target.scalar_type());
   T* tiles_ptr = keep.defined() ? nullptr : tiles_buf.data_ptr<T>();
+  // Each thread takes the next work item when it is done with its last (not a fixed share): on a shared
+  // machine one core can run slower for a while, and a fixed share left the other waiting at the end.
+  // DITFLOW_FAST_CPU_STATIC=1 restores the fixed share (item i to thread i mod threads), for comparison.
+  std::atomic<int64_t> next{0};
+  const char* knob = std::getenv("DITFLOW_FAST_CPU_STATIC");
+  const bool fixed = knob && std::string_view(knob) == "1";
+  const int64_t items = groups * tiles;
   at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
     // made in this thread: OpenMP workers do not inherit the caller's inference mode, and mm_out refuses to
     // write a view made under it (torch.inference_mode callers) from outside it
     const at::Tensor tile = keep.defined() ? at::Tensor() : at::from_blob(tiles_ptr + first * tile_len, {tile_len},
                                                                           target.options());
     std::vector<uint32_t> packed_rows;
-    for (int64_t th = first; th < last; ++th)
-      for (int64_t item = th; item < groups * tiles; item += threads) {
-        const int64_t j0 = (item / tiles) * plan.group, b = (item % tiles) / plan.tiles_per_batch;
-        const int64_t r0 = (item % plan.tiles_per_batch) * plan.rows;
-        const int64_t nr = std::min(plan.rows, n - r0), g = std::min(plan.group, frames - j0);
-        if (nr <= 0) continue;
-        // with `keep` the tile is written where the backward will find it, instead of the scratch buffer
-        at::Tensor s = keep.defined() ? keep[b].narrow(0, r0, nr).narrow(1, j0 * hw, g * hw)
-                                      : tile.narrow(0, 0, nr * g * hw).view({nr, g * hw});
-        if (bf16)
-          bf16_scores(qc.data_ptr<c10::BFloat16>() + (b * n + r0) * d, nr, d, keys, b, j0, g, s.data_ptr<float>(),
-                      s.stride(0), packed_rows);
-        else
-          at::mm_out(s, qc[b].narrow(0, r0, nr), kc[b].narrow(0, j0 * hw, g * hw).t());
-        const TileArgs<T> args{s.data_ptr<T>(), s.stride(0), nr,    g,           hw,  frames,
-                               (b * n + r0) * frames + j0,    alpha, px.data(), py.data(), tgt, lse_ptr};
-        reduce_tile(args, soft);
-      }
+    const auto work = [&](int64_t item) {
+      const int64_t j0 = (item / tiles) * plan.group, b = (item % tiles) / plan.tiles_per_batch;
+      const int64_t r0 = (item % plan.tiles_per_batch) * plan.rows;
+      const int64_t nr = std::min(plan.rows, n - r0), g = std::min(plan.group, frames - j0);
+      if (nr <= 0) return;
+      // with `keep` the tile is written where the backward will find it, instead of the scratch buffer
+      at::Tensor s = keep.defined() ? keep[b].narrow(0, r0, nr).narrow(1, j0 * hw, g * hw)
+                                    : tile.narrow(0, 0, nr * g * hw).view({nr, g * hw});
+      if (bf16)
+        bf16_scores(qc.data_ptr<c10::BFloat16>() + (b * n + r0) * d, nr, d, keys, b, j0, g, s.data_ptr<float>(),
+                    s.stride(0), packed_rows);
+      else
+        at::mm_out(s, qc[b].narrow(0, r0, nr), kc[b].narrow(0, j0 * hw, g * hw).t());
+      const TileArgs<T> args{s.data_ptr<T>(), s.stride(0), nr,    g,           hw,  frames,
+                             (b * n + r0) * frames + j0,    alpha, px.data(), py.data(), tgt, lse_ptr};
+      reduce_tile(args, soft);
+    };
+    if (fixed) {
+      for (int64_t th = first; th < last; ++th)
+        for (int64_t item = th; item < items; item += threads) work(item);
+    } else {
+      for (int64_t item = next.fetch_add(1); item < items; item = next.fetch_add(1)) work(item);
+    }
   });
 }
 

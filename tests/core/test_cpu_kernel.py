@@ -118,6 +118,32 @@ def test_small_tiles_and_chunks_agree(monkeypatch):
     assert_argmax_agrees(amf_cpu(_problem(q.detach(), k.detach(), shape, "argmax")), q.detach(), k.detach(), 3, 4, 5, 2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_threads_taking_the_next_free_item_give_the_fixed_shares_answer(monkeypatch, dtype):
+    # Many ragged items (5-row tiles, one key frame each) over 2 threads: which thread takes an item must not
+    # change a bit of the answer, soft (forward and gradients) or argmax, against DITFLOW_FAST_CPU_STATIC=1.
+    monkeypatch.setenv("DITFLOW_FAST_CPU_ROWS", "5")
+    monkeypatch.setenv("DITFLOW_FAST_CPU_TILE_KB", "1")
+    shape = (2, 3, 3, 4, 5, 8, 2, "strided")
+    q0, k0 = make_qk(2, 3, 3, 4, 5, 8, 2, layout="strided", seed=43, scale=2.0)
+    q0, k0 = q0.to(dtype), k0.to(dtype)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = {}
+        for static in ("1", "0"):
+            monkeypatch.setenv("DITFLOW_FAST_CPU_STATIC", static)
+            q, k = q0.clone().requires_grad_(), k0.clone().requires_grad_()
+            soft = amf_cpu(_problem(q, k, shape, "soft"))
+            grads = torch.autograd.grad(soft.square().sum(), (q, k))
+            got[static] = (soft.detach(), *grads, amf_cpu(_problem(q0, k0, shape, "argmax")))
+    finally:
+        torch.set_num_threads(threads)
+    for fixed, free in zip(got["1"], got["0"], strict=True):
+        assert torch.equal(fixed, free)
+    assert rel_err(got["0"][0], _reference(q0, k0, shape, "soft")) < 1e-5
+
+
 def test_gradient_of_q_only_and_k_only():
     shape = (1, 2, 3, 3, 4, 8, 5, "contiguous")
     q0, k0 = make_qk(1, 2, 3, 3, 4, 8, 5, seed=31, scale=2.0)

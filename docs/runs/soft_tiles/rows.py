@@ -1,8 +1,10 @@
 """The soft forward's rows per tile at one shape: the kernel alone (`amf_forward`, soft, random normal float32
 inputs already heads-concatenated) against the whole float32 GEMM, interleaved, the median of the per-round ratios.
 Variants are `ROWS:TILE_KB` (the knobs DITFLOW_FAST_CPU_ROWS and DITFLOW_FAST_CPU_TILE_KB) or `new` (no knobs).
-Run: OMP_NUM_THREADS=2 .venv/bin/python docs/runs/soft_tiles/rows.py FRAMES H W D ROUNDS VARIANT..."""
+MODE=argmax in the environment times the argmax forward instead (its tile plan takes the same knobs).
+Run: [MODE=argmax] OMP_NUM_THREADS=2 .venv/bin/python docs/runs/soft_tiles/rows.py FRAMES H W D ROUNDS VARIANT..."""
 
+import os
 import sys
 
 import torch
@@ -20,8 +22,11 @@ gen = torch.Generator().manual_seed(0)
 qc, kc = torch.randn(1, n, d, generator=gen), torch.randn(1, n, d, generator=gen)
 
 
+SOFT = os.environ.get("MODE", "soft") == "soft"
+
+
 def soft():
-    return _native.ops().amf_forward(qc, kc, frames, h, w, 0.1, True)
+    return _native.ops().amf_forward(qc, kc, frames, h, w, 0.1, SOFT)
 
 
 rows = {"gemm": (lambda: torch.mm(qc[0], kc[0].t()), {})}
