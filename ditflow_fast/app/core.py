@@ -161,8 +161,9 @@ def given_options(opts: TransferOptions) -> dict:
         return list(v) if isinstance(v, (tuple, list)) else v
 
     base = TransferOptions()
+    # fresh is what one start does, not part of the request: resuming a run that was started over must not delete it
     return {f.name: plain(getattr(opts, f.name)) for f in dataclasses.fields(opts)
-            if plain(getattr(opts, f.name)) != plain(getattr(base, f.name))}
+            if f.name != "fresh" and plain(getattr(opts, f.name)) != plain(getattr(base, f.name))}
 
 
 def _file_digest(path: Path) -> str:
@@ -565,6 +566,19 @@ def runs(out: Path) -> list[tuple[str, str]]:
                                                                           else "")
         found.append(((d / REQUEST_FILE).stat().st_mtime, f"{d.name} ({state})", str(d)))
     return [(label, path) for _, label, path in sorted(found, reverse=True)]
+
+
+def listed_run(out: Path, run_dir: str | None, *, start_over: bool = False) -> Prepared:
+    """The request of a run that :func:`runs` lists under ``out`` (no other folder: a client names it), to resume it
+    or, with ``start_over``, to run it again from its first step. Starting over is the way on when a run cannot
+    resume (its local model was rewritten, say): transfer's ``--fresh`` deletes the run's saved steps and results,
+    and only once the run's own checks have passed."""
+    if not run_dir:
+        raise ValueError("pick a run first")
+    if run_dir not in [path for _, path in runs(out)]:
+        raise ValueError(f"{run_dir}: not a run listed under --out; pick one from the list")
+    prep = load_request(Path(run_dir))
+    return dataclasses.replace(prep, opts=dataclasses.replace(prep.opts, fresh=True)) if start_over else prep
 
 
 def save_request(prepared: Prepared) -> None:

@@ -176,31 +176,36 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
             return
         yield show_results(prep, "Done")
 
-    def run(*fields, progress=gr.Progress()):  # noqa: B008 - gradio's injection idiom
+    def guarded(steps):
+        """The page's updates from ``steps``; its errors as one line in the page (a crash's traceback in the log)."""
         try:
-            # only what came through gradio's upload folder, or a sample: never another file on the server
-            prep = core.prepare(request(*fields), out, sources=[get_upload_folder(), *samples.values()])
-            yield from follow(prep, progress)
+            yield from steps
         except (ValueError, TypeError) as exc:
             yield {status: _md_error(str(exc))}
         except Exception as exc:  # noqa: BLE001 - one line in the page, the traceback in the server log
             traceback.print_exc()
             yield {status: _md_error(f"{type(exc).__name__}: {exc}")}
 
+    def run(*fields, progress=gr.Progress()):  # noqa: B008 - gradio's injection idiom
+        def steps():
+            # only what came through gradio's upload folder, or a sample: never another file on the server
+            yield from follow(core.prepare(request(*fields), out, sources=[get_upload_folder(), *samples.values()]),
+                              progress)
+        yield from guarded(steps())
+
     def resume(run_dir, progress=gr.Progress()):  # noqa: B008
-        try:
-            if not run_dir:
-                raise ValueError("pick a run first")
-            prep = core.load_request(Path(run_dir))
+        def steps():
+            prep = core.listed_run(out, run_dir)
             if core.run_record(prep.run_dir) is not None:
                 yield show_results(prep, "Finished")
-                return
-            yield from follow(prep, progress)
-        except (ValueError, TypeError) as exc:
-            yield {status: _md_error(str(exc))}
-        except Exception as exc:  # noqa: BLE001
-            traceback.print_exc()
-            yield {status: _md_error(f"{type(exc).__name__}: {exc}")}
+            else:
+                yield from follow(prep, progress)
+        yield from guarded(steps())
+
+    def start_over(run_dir, progress=gr.Progress()):  # noqa: B008
+        def steps():
+            yield from follow(core.listed_run(out, run_dir, start_over=True), progress)
+        yield from guarded(steps())
 
     def model_changed(m):
         h = core.model_hints(m or "")
@@ -255,7 +260,10 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
                 run_btn = gr.Button("Run", variant="primary", elem_id="run")
                 with gr.Accordion("Runs under --out (resume one after a restart)", open=False):
                     runs_dd = gr.Dropdown(core.runs(out), label="run", elem_id="runs")
-                    resume_btn = gr.Button("Resume / show", elem_id="resume")
+                    with gr.Row():
+                        resume_btn = gr.Button("Resume / show", elem_id="resume")
+                        over_btn = gr.Button("Start over (deletes its saved steps and results)", elem_id="start-over",
+                                             variant="stop")
             with gr.Column(scale=3):
                 status = gr.Markdown(elem_id="status")
                 loss_md = gr.Markdown(elem_id="losses")
@@ -283,6 +291,7 @@ def build(out: Path, *, model: str | None = None, cache: Path | None = None,
                   [runs_dd, inject], queue=False)  # what ran since the app started (or before a restart)
         run_btn.click(run, fields, outputs, concurrency_limit=1, concurrency_id="device")
         resume_btn.click(resume, runs_dd, outputs, concurrency_limit=1, concurrency_id="device")
+        over_btn.click(start_over, runs_dd, outputs, concurrency_limit=1, concurrency_id="device")
     demo.queue(default_concurrency_limit=1)
     demo.ditflow_out = out  # for launch()'s allowed paths
     return demo

@@ -263,6 +263,35 @@ def test_a_model_rewritten_in_place_is_another_model(env, tmp_path, monkeypatch)
     assert again is not held and list(core._HELD.values()) == [again]
 
 
+def test_a_run_that_cannot_resume_starts_over_from_the_list(env, tmp_path, monkeypatch):
+    import shutil
+
+    model, out = tmp_path / "model", tmp_path / "out"
+    shutil.copytree(env["model"], model)
+    monkeypatch.setattr(core, "_HELD", {})
+    prep = core.prepare(_request(env, model=str(model), steps=3, guided_steps=1, opt_iters=1), out)
+    core.save_request(prep)
+    assert _run(prep).error is None
+    old_key = core.run_record(prep.run_dir)["run_key"]
+    _rewrite_weights(model)
+    # resuming the listed run with other weights: transfer refuses, and deletes nothing
+    job = _run(core.listed_run(out, str(prep.run_dir)))
+    assert job.error and "--fresh" in job.error, job.error
+    assert core.run_record(prep.run_dir)["run_key"] == old_key
+    over = core.listed_run(out, str(prep.run_dir), start_over=True)
+    assert over.opts.fresh and "fresh" not in over.request["options"]
+    core.save_request(over)
+    job = _run(over)
+    assert job.error is None, job.error
+    assert core.run_record(prep.run_dir)["run_key"] != old_key
+    # the kept request does not start over again when the run is resumed later
+    assert core.load_request(prep.run_dir).opts == prep.opts
+    with pytest.raises(ValueError, match="not a run listed under --out"):
+        core.listed_run(out, str(tmp_path), start_over=True)  # a folder a client names: refused before anything
+    with pytest.raises(ValueError, match="pick a run first"):
+        core.listed_run(out, None)
+
+
 def test_finished_run_results(env):
     prep = core.prepare(_request(env, method="DiTFlow (emb)"), env["out"])
     job = _run(prep)
