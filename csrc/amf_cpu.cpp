@@ -142,6 +142,12 @@ AMF_TARGET_CLONES void logit_grads_bf16(const DzArgs<float>& a, uint16_t* out, i
 void logit_grads(const DzArgs<float>& a, int64_t begin, int64_t end) { logit_grads_f32(a, begin, end); }
 void logit_grads(const DzArgs<double>& a, int64_t begin, int64_t end) { logit_grads_impl(a, a.s, begin, end); }
 
+// `cols` rounded up to a multiple of 8 where the `n` keys allow, else `cols` (see forward_impl's tile width).
+inline int64_t padded_width(int64_t cols, int64_t n) {
+  const int64_t padded = ceil_div(cols, 8) * 8;
+  return padded <= n ? padded : cols;
+}
+
 template <typename T>
 void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, int64_t hw, const std::vector<T>& px,
                   const std::vector<T>& py, T alpha, bool soft, at::Tensor& target, at::Tensor& lse,
@@ -163,7 +169,13 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
   // are 100 MB in all, 16.6 MB a frame). Timed only together with the L2-sized tiles.
   const int64_t groups = ceil_div(frames, plan.group), tiles = batch * plan.tiles_per_batch;
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), tiles);
-  const int64_t tile_len = plan.rows * plan.group * hw;
+  // MKL's float32 GEMM ran a tile 1,350 keys wide (a CogVideoX 480x720 frame) at 62 GFLOP/s on one Zen 3 core, and
+  // 1,352 wide at 78 (docs/runs/zen3_goals): where a tile's width is not a multiple of 8, the GEMM takes that many
+  // columns, the extra ones the next frame's keys (the previous one's at the end), which the reduction skips.
+  // Not with kept scores (those tiles are views of the [N, N] scores), nor with DITFLOW_FAST_CPU_PAD=0.
+  const char* pad_knob = std::getenv("DITFLOW_FAST_CPU_PAD");
+  const bool pad = !keep.defined() && !bf16 && !(pad_knob && std::string_view(pad_knob) == "0");
+  const int64_t tile_len = plan.rows * (plan.group * hw + (pad ? 7 : 0));
   const at::Tensor tiles_buf =
       keep.defined() ? at::Tensor() : scratch(Slot::kTiles, {threads * tile_len}, target.scalar_type());
   T* tiles_ptr = keep.defined() ? nullptr : tiles_buf.data_ptr<T>();
@@ -186,15 +198,18 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
       const int64_t nr = std::min(plan.rows, n - r0), g = std::min(plan.group, frames - j0);
       if (nr <= 0) return;
       // with `keep` the tile is written where the backward will find it, instead of the scratch buffer
+      // the GEMM's columns: this item's g frames, widened to `cols` within the batch element's keys
+      const int64_t cols = pad ? padded_width(g * hw, n) : g * hw;
+      const int64_t first_col = std::min(j0 * hw, n - cols), skip = j0 * hw - first_col;
       at::Tensor s = keep.defined() ? keep[b].narrow(0, r0, nr).narrow(1, j0 * hw, g * hw)
-                                    : tile.narrow(0, 0, nr * g * hw).view({nr, g * hw});
+                                    : tile.narrow(0, 0, nr * cols).view({nr, cols});
       if (bf16)
         bf16_scores(qc.data_ptr<c10::BFloat16>() + (b * n + r0) * d, nr, d, keys, b, j0, g, s.data_ptr<float>(),
                     s.stride(0), packed_rows);
       else
-        at::mm_out(s, qc[b].narrow(0, r0, nr), kc[b].narrow(0, j0 * hw, g * hw).t());
-      const TileArgs<T> args{s.data_ptr<T>(), s.stride(0), nr,    g,           hw,  frames,
-                             (b * n + r0) * frames + j0,    alpha, px.data(), py.data(), tgt, lse_ptr};
+        at::mm_out(s, qc[b].narrow(0, r0, nr), kc[b].narrow(0, first_col, cols).t());
+      const TileArgs<T> args{s.data_ptr<T>() + skip, s.stride(0), nr,    g,           hw,  frames,
+                             (b * n + r0) * frames + j0,           alpha, px.data(), py.data(), tgt, lse_ptr};
       reduce_tile(args, soft);
     };
     if (fixed) {

@@ -144,6 +144,23 @@ def test_threads_taking_the_next_free_item_give_the_fixed_shares_answer(monkeypa
     assert rel_err(got["0"][0], _reference(q0, k0, shape, "soft")) < 1e-5
 
 
+@pytest.mark.parametrize("tile_kb", ["1", "4096"])  # one key frame a GEMM, or all frames in one
+def test_tiles_widened_to_a_multiple_of_8_keys_agree(monkeypatch, tile_kb):
+    # 3 frames of 5 x 3 = 15 keys: each GEMM takes up to 7 neighbouring keys more (the last frame's from before
+    # it), which the reduction must skip. Against the float64 reference and the unwidened tiles.
+    monkeypatch.setenv("DITFLOW_FAST_CPU_ROWS", "6")
+    monkeypatch.setenv("DITFLOW_FAST_CPU_TILE_KB", tile_kb)
+    shape = (2, 3, 3, 5, 3, 8, 2, "contiguous")
+    q, k = make_qk(2, 3, 3, 5, 3, 8, 2, seed=47, scale=2.0)
+    got = {}
+    for pad in ("0", "1"):
+        monkeypatch.setenv("DITFLOW_FAST_CPU_PAD", pad)
+        got[pad] = {mode: amf_cpu(_problem(q, k, shape, mode)) for mode in ("soft", "argmax")}
+        assert rel_err(got[pad]["soft"], _reference(q, k, shape, "soft")) < 1e-5
+        assert_argmax_agrees(got[pad]["argmax"], q, k, 3, 5, 3, 2)
+    assert torch.allclose(got["0"]["soft"], got["1"]["soft"], rtol=0, atol=1e-5)
+
+
 def test_gradient_of_q_only_and_k_only():
     shape = (1, 2, 3, 3, 4, 8, 5, "contiguous")
     q0, k0 = make_qk(1, 2, 3, 3, 4, 8, 5, seed=31, scale=2.0)

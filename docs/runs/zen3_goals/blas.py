@@ -1,5 +1,5 @@
 """One thread's float32 GEMM at the CPU kernel's tile shapes, torch (MKL) against numpy (its bundled OpenBLAS),
-interleaved, median of ROUNDS: whether another BLAS would give the tiles a higher rate on this CPU.
+into a preallocated output, interleaved, median of ROUNDS: would another BLAS give the tiles a higher rate here?
 `a @ b^T` with a [M, K], b [N, K], as the kernel's tiles multiply query rows by a key frame's rows.
 Run: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python docs/runs/zen3_goals/blas.py M K N ROUNDS"""
 
@@ -14,7 +14,9 @@ torch.set_num_threads(1)
 m, k, n, rounds = (int(x) for x in sys.argv[1:5])
 a, b = torch.randn(m, k), torch.randn(n, k)
 an, bn = a.numpy(), b.numpy()
-impls = {"torch": lambda: torch.mm(a, b.t()), "numpy": lambda: np.matmul(an, bn.T)}
+out = torch.empty(m, n)  # the kernel multiplies into a kept tile buffer, so both write into one here
+outn = out.numpy()
+impls = {"torch": lambda: torch.mm(a, b.t(), out=out), "numpy": lambda: np.matmul(an, bn.T, out=outn)}
 for f in impls.values():
     f()
 times = {name: [] for name in impls}

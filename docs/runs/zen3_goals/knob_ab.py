@@ -1,8 +1,10 @@
-"""The CPU forward's work items taken by whichever thread is free (the default since session 18) against the fixed
-share of before (item i to thread i mod threads; DITFLOW_FAST_CPU_STATIC=1), through `compute_amf` on the bench's
-inputs, one process, the two interleaved and each call paired with the GEMM `Q_cat @ K_cat^T` timed just before it.
-Prints per arm the median time and the median of the per-call ratios to the GEMM.
-Run: OMP_NUM_THREADS=2 .venv/bin/python docs/runs/zen3_goals/dynamic.py PRESET ROUNDS [MODE...]"""
+"""The `cpu` backend as built against the same with one of its knobs set (KNOB=VALUE, read per call), through
+`compute_amf` on the bench's inputs, one process, the two interleaved (order alternating) and each call paired
+with the GEMM `Q_cat @ K_cat^T` timed just before it. Prints per arm the median time and the median of the
+per-call ratios to the GEMM. Knobs compared in session 18: DITFLOW_FAST_CPU_STATIC=1 (the forward's fixed share
+of work items; this script was then dynamic.py, with that knob built in) and DITFLOW_FAST_CPU_PAD=0 (tiles as
+wide as their frames).
+Run: OMP_NUM_THREADS=2 .venv/bin/python docs/runs/zen3_goals/knob_ab.py PRESET ROUNDS KNOB=VALUE [MODE...]"""
 
 import os
 import statistics
@@ -17,7 +19,8 @@ from ditflow_fast.bench.cases import CaseSpec, make_inputs
 
 torch.set_num_threads(2)
 preset, rounds = sys.argv[1], int(sys.argv[2])
-modes = sys.argv[3:] or ["argmax", "soft"]
+knob, _, value = sys.argv[3].partition("=")
+modes = sys.argv[4:] or ["argmax", "soft"]
 spec = CaseSpec("cpu", "soft", preset, "float32", "cpu", 0)
 g = spec.geometry
 q, k = make_inputs(spec)
@@ -32,16 +35,16 @@ def timed(f):
 
 def call(mode, static):
     if static:
-        os.environ["DITFLOW_FAST_CPU_STATIC"] = "1"
+        os.environ[knob] = value
     try:
         return timed(lambda: compute_amf(q, k, frames=g.frames, height=g.height, width=g.width,
                                          text_tokens=g.text_tokens, mode=mode, backend="cpu"))
     finally:
-        os.environ.pop("DITFLOW_FAST_CPU_STATIC", None)
+        os.environ.pop(knob, None)
 
 
 for mode in modes:
-    arms = {"fixed share": True, "next free": False}
+    arms = {sys.argv[3]: True, "as built": False}
     for static in arms.values():
         call(mode, static)
     got = {name: [] for name in arms}
