@@ -197,10 +197,10 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
       const int64_t r0 = (item % plan.tiles_per_batch) * plan.rows;
       const int64_t nr = std::min(plan.rows, n - r0), g = std::min(plan.group, frames - j0);
       if (nr <= 0) return;
-      // with `keep` the tile is written where the backward will find it, instead of the scratch buffer
       // the GEMM's columns: this item's g frames, widened to `cols` within the batch element's keys
       const int64_t cols = pad ? padded_width(g * hw, n) : g * hw;
       const int64_t first_col = std::min(j0 * hw, n - cols), skip = j0 * hw - first_col;
+      // with `keep` the tile is written where the backward will find it, instead of the scratch buffer
       at::Tensor s = keep.defined() ? keep[b].narrow(0, r0, nr).narrow(1, j0 * hw, g * hw)
                                     : tile.narrow(0, 0, nr * cols).view({nr, cols});
       if (bf16)
