@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..hostmem import available_bytes
 from ..transfer_api import HeldModel, TransferOptions
+from .images import check_image, image_note  # noqa: F401 - image_note re-exported for the page
 from .results import (  # noqa: F401 - the run folders' results, re-exported for the page
     MOTION_FILE,
     emb_runs,
@@ -51,11 +52,6 @@ from .samples import (  # noqa: F401 - the offline default model and the samples
 REQUEST_FILE = "app_request.json"
 INPUTS = ("video", "prompt", "negative_prompt", "prompt_embeds", "model", "image")  # run()'s arguments
 FILES = ("video", "prompt_embeds", "inject_embeds", "image")  # named by their content in the run folder's hash
-# The first-frame image the page accepts: an upload of one of these kinds, at most this big (a run resizes it to
-# the video's size anyway; the caps keep a decompression bomb or a huge upload from reaching the decoder).
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
-MAX_IMAGE_BYTES = 32 * 2 ** 20
-MAX_IMAGE_PIXELS = 8192 * 8192
 # What one request may ask of the device (the page has one run at a time for everyone): a few times the models'
 # defaults (at most 129 frames, 50 steps) and the paper's 5 Adam iterations. Size is bounded by the memory check.
 MAX_FRAMES, MAX_STEPS, MAX_OPT_ITERS = 257, 200, 50
@@ -210,40 +206,6 @@ def _from(path: str, sources: list, option: str) -> str:
     if real.is_dir():
         raise ValueError(f"{option}: a folder; the app takes an uploaded file")
     return str(real)
-
-
-def check_image(path: str) -> None:
-    """A first-frame upload the page accepts: a file of :data:`IMAGE_FORMATS` (by its content, not its name), at
-    most :data:`MAX_IMAGE_BYTES` and :data:`MAX_IMAGE_PIXELS`, that decodes whole; else ``ValueError`` naming
-    ``--image``. The size is read from the header before anything is decoded."""
-    from PIL import Image
-
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"--image {path}: no such file")
-    size = p.stat().st_size
-    if size > MAX_IMAGE_BYTES:
-        raise ValueError(f"--image: {size / 2 ** 20:.1f} MiB, more than the {MAX_IMAGE_BYTES // 2 ** 20} MiB "
-                         "the app accepts")
-    unreadable = f"--image: not a readable image of {', '.join(IMAGE_FORMATS)}"
-    try:
-        im = Image.open(p, formats=IMAGE_FORMATS)
-    except Exception as exc:  # noqa: BLE001 - PIL raises several types for a foreign or damaged file
-        raise ValueError(f"{unreadable} ({type(exc).__name__})") from None
-    with im:
-        if im.width * im.height > MAX_IMAGE_PIXELS:
-            raise ValueError(f"--image: {im.width}x{im.height} pixels, more than the {MAX_IMAGE_PIXELS:,} the app "
-                             "accepts")
-        try:
-            im.load()
-        except Exception as exc:  # noqa: BLE001 - a truncated or damaged file
-            raise ValueError(f"{unreadable} ({type(exc).__name__})") from None
-
-
-def image_note(record: dict | None) -> str:
-    """Whether a finished run took a first-frame image, and how (the run's ``record["image"]``), for the page."""
-    how = (record or {}).get("image")
-    return f"First frame: {how}" if how else "First frame: none (the video is generated from the prompt alone)"
 
 
 def model_fingerprint(model: str) -> str | None:

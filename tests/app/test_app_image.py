@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ditflow_fast.app import core
+from ditflow_fast.app import core, images
 from ditflow_fast.guidance import run_key as rk
 from ditflow_fast.video_io import read_image
 
@@ -109,10 +109,10 @@ def test_only_an_uploaded_image_of_an_accepted_kind_and_size_is_taken(env, tmp_p
             with pytest.raises(ValueError, match=msg):
                 core.prepare(_request(env, image=str(path)), out, sources=env["sources"])
             assert _files(out) == [], path  # refused before anything is copied
-        monkeypatch.setattr(core, "MAX_IMAGE_PIXELS", 96 * 128 - 1)
+        monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 96 * 128 - 1)
         with pytest.raises(ValueError, match="128x96 pixels, more than"):
             core.prepare(_request(env, image=str(env["uploads"] / "first.png")), out, sources=env["sources"])
-        monkeypatch.setattr(core, "MAX_IMAGE_BYTES", 100)
+        monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 100)
         with pytest.raises(ValueError, match="MiB, more than the"):
             core.prepare(_request(env, image=str(env["uploads"] / "first.png")), out, sources=env["sources"])
         assert _files(out) == []
