@@ -1,8 +1,8 @@
 // Fused CPU kernels of the Attention Motion Flow: one pass over the scores, tile by tile.
 //
 // Forward: work is blocked over (query tile of R rows) x (group of key frames). Each score tile
-// S = Q_tile @ K_group^T comes from ATen's GEMM (MKL, single-threaded inside our parallel region)
-// into a per-thread buffer of at most 4 MiB (in soft mode, for frames of about 1,000 keys and more,
+// S = Q_tile @ K_group^T comes from a single-threaded GEMM inside our parallel region (MKL, or for
+// float32 oneDNN where MKL runs its AVX2 code: amf_cpu_gemm.h) into a per-thread buffer of at most 4 MiB (in soft mode, for frames of about 1,000 keys and more,
 // of this core's L2: amf_cpu_tiling.h says when and what was measured), and is reduced by the steps
 // of amf_reduce.h (argmax, or the soft-argmax with its log-sum-exp) right after, while it is still in
 // cache. Extra memory: one tile per thread plus the [B, N, F] outputs (and bf16 inputs' packed keys), never
@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "amf_cpu_bf16.h"
+#include "amf_cpu_gemm.h"
 #include "amf_cpu_scratch.h"
 #include "amf_cpu_screen.h"
 #include "amf_cpu_tiling.h"
@@ -207,7 +208,7 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
         bf16_scores(qc.data_ptr<c10::BFloat16>() + (b * n + r0) * d, nr, d, keys, b, j0, g, s.data_ptr<float>(),
                     s.stride(0), packed_rows);
       else
-        at::mm_out(s, qc[b].narrow(0, r0, nr), kc[b].narrow(0, first_col, cols).t());
+        gemm_out(s, qc[b].narrow(0, r0, nr), kc[b].narrow(0, first_col, cols).t());
       const TileArgs<T> args{s.data_ptr<T>() + skip, s.stride(0), nr,    g,           hw,  frames,
                              (b * n + r0) * frames + j0,           alpha, px.data(), py.data(), tgt, lse_ptr};
       reduce_tile(args, soft);
@@ -223,9 +224,9 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
 
 // Backward, by chunks of query rows against all keys. Unlike the forward, every step here is a
 // large GEMM (recompute S = Q_r K^T, then dQ_r = alpha * dz @ K and dK += alpha * dz^T @ Q_r), so
-// each runs on all threads inside MKL at full efficiency, and only the logit-gradient pass between
-// them (amf_reduce.h: dz = p * (<g, pos(n)> - <g, o>), p recomputed from the stored lse) is ours,
-// parallel over rows. The R x N chunk buffer is bounded by kBackwardChunkBytes, not by N^2; the
+// each runs on all threads inside MKL or oneDNN (amf_cpu_gemm.h) at full efficiency, and only the
+// logit-gradient pass between them (amf_reduce.h: dz = p * (<g, pos(n)> - <g, o>), p recomputed from
+// the stored lse) is ours, parallel over rows. The R x N chunk buffer is bounded by kBackwardChunkBytes, not by N^2; the
 // chunks run in a fixed order, so the dK accumulation is deterministic.
 constexpr int64_t kBackwardChunkBytes = int64_t(64) << 20;
 
@@ -255,15 +256,15 @@ void backward_impl(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
       if (scores.defined()) {
         src = scores.data_ptr<T>() + (b * n + r0) * n;  // the forward's scores: no recompute
       } else {
-        at::mm_out(s, q_r, kc[b].t());
+        gemm_out(s, q_r, kc[b].t());
       }
       at::parallel_for(0, nr * frames, 16, [&](int64_t begin, int64_t end) {
         const DzArgs<T> args{src, sp, n, hw, frames, (b * n + r0) * frames, alpha, px.data(), py.data(), tgt, lse_ptr, g};
         logit_grads(args, begin, end);
       });
       // beta = 0: dq starts uninitialised and each row chunk is written exactly once
-      if (want_q) dq[b].narrow(0, r0, nr).addmm_(s, kc[b], 0.0, alpha);
-      if (want_k) dk[b].addmm_(s.t(), q_r, r0 == 0 ? 0.0 : 1.0, alpha);  // the first chunk initialises dk
+      if (want_q) gemm_out(dq[b].narrow(0, r0, nr), s, kc[b], 0.0, alpha);
+      if (want_k) gemm_out(dk[b], s.t(), q_r, r0 == 0 ? 0.0 : 1.0, alpha);  // the first chunk initialises dk
     }
   }
 }

@@ -25,6 +25,7 @@
 #include <limits>
 #include <vector>
 
+#include "amf_cpu_gemm.h"
 #include "amf_cpu_scratch.h"
 #include "amf_cpu_tiling.h"
 #include "amf_reduce.h"
@@ -293,7 +294,7 @@ void screened_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, i
           if (!tile32.defined()) tile32 = at::empty({plan.rows * plan.group * hw}, qc.options().dtype(at::kFloat));
           at::Tensor s32 = tile32.narrow(0, 0, nr * g * hw).view({nr, g * hw});
           const at::Tensor keys32 = kc[b].narrow(0, j0 * hw, g * hw).to(at::kFloat);  // bf16 inputs: exact
-          at::mm_out(s32, qc[b].narrow(0, r0, nr).to(at::kFloat), keys32.t());
+          gemm_out(s32, qc[b].narrow(0, r0, nr).to(at::kFloat), keys32.t());
           const TileArgs<float> args{s32.data_ptr<float>(), s32.stride(0), nr, g, hw, frames,
                                      (b * n + r0) * frames + j0, 1.0f, px, py, target, nullptr};
           reduce_tile(args, false);

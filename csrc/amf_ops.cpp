@@ -11,12 +11,13 @@
 
 #include "amf_cpu.h"
 #include "amf_cpu_bf16.h"
+#include "amf_cpu_gemm.h"
 #include "amf_cpu_scratch.h"
 #include "amf_cpu_screen.h"
 
 // Bumped whenever a schema below or the meaning of an op changes: ditflow_fast/_native.py refuses a
 // prebuilt module of another version (a stale build) with a message instead of failing mid-call.
-constexpr int64_t kAbiVersion = 7;
+constexpr int64_t kAbiVersion = 8;
 
 TORCH_LIBRARY(ditflow_fast_native, m) {
   m.def("abi_version() -> int", [] { return kAbiVersion; });
@@ -25,6 +26,8 @@ TORCH_LIBRARY(ditflow_fast_native, m) {
   m.def("argmax_screen_enabled() -> bool", [] { return ditflow_fast::argmax_screen_enabled(); });
   // Whether bf16 qc, kc are multiplied as bf16 (amf_cpu_bf16.h) rather than upcast to float32 first.
   m.def("bf16_gemm_enabled() -> bool", [] { return ditflow_fast::bf16_gemm_enabled(); });
+  // Whether float32 GEMMs go to oneDNN rather than MKL (amf_cpu_gemm.h).
+  m.def("onednn_gemm_enabled() -> bool", [] { return ditflow_fast::onednn_gemm_enabled(); });
   // A CPU buffer of the slot kept between calls (amf_cpu_scratch.h; the Python side gathers qc into slot
   // 0 and kc into slot 1), the bytes forgotten by dropping them all, and the bytes kept now.
   m.def("scratch(int slot, int[] sizes, ScalarType dtype) -> Tensor", [](int64_t slot, c10::IntArrayRef sizes,
