@@ -2,8 +2,9 @@
 //
 // Forward: work is blocked over (query tile of R rows) x (group of key frames). Each score tile
 // S = Q_tile @ K_group^T comes from a single-threaded GEMM inside our parallel region (MKL, or for
-// float32 oneDNN where MKL runs its AVX2 code: amf_cpu_gemm.h) into a per-thread buffer of at most 4 MiB (in soft mode, for frames of about 1,000 keys and more,
-// of this core's L2: amf_cpu_tiling.h says when and what was measured), and is reduced by the steps
+// float32 oneDNN where MKL runs its AVX2 code: amf_cpu_gemm.h) into a per-thread buffer of at most
+// 4 MiB (in soft mode, for frames of about 1,000 keys and more, of this core's L2: amf_cpu_tiling.h
+// says when and what was measured), and is reduced by the steps
 // of amf_reduce.h (argmax, or the soft-argmax with its log-sum-exp) right after, while it is still in
 // cache. Extra memory: one tile per thread plus the [B, N, F] outputs (and bf16 inputs' packed keys), never
 // N x N unless amf_forward_scores keeps the scores for the backward. Single-threaded

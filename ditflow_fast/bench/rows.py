@@ -14,6 +14,8 @@ The rows:
 * ``gemm_fp32``: the same GEMM in float32, only in CPU runs of bf16 inputs, where the ``torch`` backend (and
   ``cpu`` on a CPU without AVX512-BF16) computes in float32 after one upcast copy (a yardstick beside the floor,
   not the floor);
+* ``gemm_onednn``: the float32 GEMM through oneDNN, in CPU float32 runs: where MKL runs its AVX2 code (CPUs not
+  Intel's) the ``cpu`` backend's GEMMs go there instead (another yardstick; the ratios stay to ``gemm``);
 * the peers of :mod:`ditflow_fast.bench.peers` (``faiss``, ``sdpa``; on request, GPU only: ``keops``,
   ``faiss_gpu``).
 
@@ -30,7 +32,18 @@ import torch
 from .. import choose_backend, compute_amf, dispatch
 from ..backends.reference import research_bytes, research_procedure
 from . import peers
-from .spec import FLOOR, FLOOR_FP32, MODES, RESEARCH, TEMPERATURE, CaseSpec, elem_size, make_inputs, upstream_grad
+from .spec import (
+    FLOOR,
+    FLOOR_FP32,
+    FLOOR_ONEDNN,
+    MODES,
+    RESEARCH,
+    TEMPERATURE,
+    CaseSpec,
+    elem_size,
+    make_inputs,
+    upstream_grad,
+)
 
 # Which runs a row joins: every run ("always": the research baseline and the floor the ratios are
 # taken against), every run that names no rows ("default"), or only runs that name it ("on request").
@@ -210,20 +223,36 @@ def floor_dtype(spec: CaseSpec) -> torch.dtype:
     return spec.torch_dtype
 
 
+def _gemm_operands(spec: CaseSpec, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The heads-concatenated q and k of batch element 0, [N, H*d] contiguous in ``dtype``."""
+    g = spec.geometry
+    q, k = make_inputs(spec)
+
+    def concat(t):
+        return t[0, :, g.text_tokens:].permute(1, 0, 2).reshape(g.tokens, g.concat_dim).to(dtype).contiguous()
+
+    return concat(q), concat(k)
+
+
 def _gemm_timed(dtype_of: Callable[[CaseSpec], torch.dtype]):
     def timed(spec: CaseSpec) -> Callable[[], torch.Tensor]:
-        g = spec.geometry
-        q, k = make_inputs(spec)
-        dtype = dtype_of(spec)
-
-        def concat(t):
-            return t[0, :, g.text_tokens:].permute(1, 0, 2).reshape(g.tokens, g.concat_dim).to(dtype).contiguous()
-
-        qc, kc = concat(q), concat(k)
-        del q, k
+        qc, kc = _gemm_operands(spec, dtype_of(spec))
         return lambda: torch.mm(qc, kc.t())
 
     return timed
+
+
+def _onednn_gemm_timed(spec: CaseSpec) -> Callable[[], torch.Tensor]:
+    """The floor's GEMM through oneDNN (``mkldnn_linear`` on oneDNN tensors, made outside the timing; the
+    output stays in oneDNN's layout): where MKL runs its AVX2 code (CPUs not Intel's) it is the faster
+    float32 GEMM, and the one the ``cpu`` backend's tiles take there (csrc/amf_cpu_gemm.h)."""
+    qc, kc = (t.to_mkldnn() for t in _gemm_operands(spec, torch.float32))
+    return lambda: torch._C._nn.mkldnn_linear(qc, kc)
+
+
+def _onednn_yardstick_applies(spec: CaseSpec) -> bool:
+    return (spec.device.startswith("cpu") and spec.torch_dtype == torch.float32
+            and torch.backends.mkldnn.is_available())
 
 
 def _float32_yardstick_applies(spec: CaseSpec) -> bool:
@@ -277,6 +306,8 @@ register(Row(FLOOR, "floor", "the bare GEMM", (FLOOR,), make_timed=_gemm_timed(f
 register(Row(FLOOR_FP32, "yardstick", "the bare GEMM in float32 (torch multiplies bf16 in it)",
              (FLOOR,), make_timed=_gemm_timed(lambda spec: torch.float32), selection="always",
              applies=_float32_yardstick_applies))
+register(Row(FLOOR_ONEDNN, "yardstick", "the bare float32 GEMM through oneDNN instead of torch.mm (MKL)", (FLOOR,),
+             make_timed=_onednn_gemm_timed, selection="always", applies=_onednn_yardstick_applies))
 register(Row("faiss", "peer", "faiss-cpu IndexFlatIP top-1 per target frame", ("argmax",),
              make_forward=lambda spec, q, k: peers.faiss_forward(spec.geometry, q, k),
              unavailable=peers.faiss_unavailable, refusals=lambda spec: peers.faiss_refusals(spec.device)))

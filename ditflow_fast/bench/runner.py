@@ -38,6 +38,13 @@ def _cpu_argmax_screen() -> bool | None:
     return bool(_native.ops().argmax_screen_enabled())
 
 
+def _cpu_onednn_gemm() -> bool | None:
+    """Whether the ``cpu`` backend's float32 GEMMs went to oneDNN rather than MKL in this run (None: not built)."""
+    if _native.why_unavailable():
+        return None
+    return bool(_native.ops().onednn_gemm_enabled())
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -182,7 +189,8 @@ def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, 
                          "impls": names, "modes": list(modes), "seed": seed, "layout": layout,
                          "torch_threads": torch.get_num_threads(),
                          "loadavg_start": load_start, "loadavg_end": _loadavg(),
-                         "cpu_argmax_screen": _cpu_argmax_screen(), "refcheck": refcheck,
+                         "cpu_argmax_screen": _cpu_argmax_screen(), "cpu_onednn_gemm": _cpu_onednn_gemm(),
+                         "refcheck": refcheck,
                          "refcheck_shape": list(check["shape"]) if check else None,
                          "refcheck_note": shape_note(preset, check["shape"], dtype) if check else None,
                          "refcheck_reference_s": (sum(r.seconds for r in check["refs"].values())

@@ -3,7 +3,7 @@
 A case is one row of the registry (:mod:`ditflow_fast.bench.rows`) in one mode on one preset:
 
 * ``impl``: a row name: a registered backend, ``"research"``, ``"gemm"`` (the floor), ``"gemm_fp32"`` (its
-  float32 yardstick in CPU bf16 runs) or a peer;
+  float32 yardstick in CPU bf16 runs), ``"gemm_onednn"`` (the float32 floor through oneDNN) or a peer;
 * ``mode``: ``"argmax"`` or ``"soft"`` (forward only, no autograd graph) or ``"soft_fwd_bwd"``
   (soft forward plus backward with a fixed random upstream gradient); the floor's mode is ``"gemm"``.
 """
@@ -21,6 +21,7 @@ MODES = ("argmax", "soft", "soft_fwd_bwd")
 RESEARCH = "research"
 FLOOR = "gemm"
 FLOOR_FP32 = "gemm_fp32"  # the float32 GEMM beside a CPU bf16 run's bf16 floor
+FLOOR_ONEDNN = "gemm_onednn"  # the float32 floor through oneDNN, beside MKL's, in CPU float32 runs
 TEMPERATURE = 2.0  # DiTFlow's tau; it does not change the cost
 # How q and k lie in memory: "bhtd" contiguous [B, H, T, d] (what CogVideoX's processor hands over), "bthd" a
 # [B, H, T, d] view of a [B, T, H, d] tensor (what the Wan, LTX-Video and HunyuanVideo processors hand over).
