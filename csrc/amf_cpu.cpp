@@ -162,7 +162,10 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
     }
   }
   const int64_t batch = qc.size(0), n = qc.size(1), d = qc.size(2);
-  const Plan plan = forward_plan(batch, n, frames, hw, sizeof(T), soft);
+  // amf_cpu_tiling.h's L2 cut was measured with MKL. With oneDNN's tiles (Zen 5, cogvideox-5b-f6 soft, paired) the
+  // tall tiles ran 0.418x to 0.429x of the GEMM in four runs, the cut ones 0.429x to 0.464x (docs/runs/onednn_gemm/).
+  const bool onednn = std::is_same_v<T, float> && !bf16 && onednn_gemm_enabled();
+  const Plan plan = forward_plan(batch, n, frames, hw, sizeof(T), soft && !onednn);
   const PackedKeys keys = bf16 ? pack_keys(kc.data_ptr<c10::BFloat16>(), batch, n, d, hw) : PackedKeys{};
   T* tgt = target.data_ptr<T>();
   T* lse_ptr = soft ? lse.data_ptr<T>() : nullptr;
