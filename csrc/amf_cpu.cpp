@@ -3,11 +3,11 @@
 // Forward: work is blocked over (query tile of R rows) x (group of key frames). Each score tile
 // S = Q_tile @ K_group^T comes from a single-threaded GEMM inside our parallel region (MKL, or for
 // float32 oneDNN where MKL runs its AVX2 code: amf_cpu_gemm.h) into a per-thread buffer of at most
-// 4 MiB (in soft mode, for frames of about 1,000 keys and more, of this core's L2: amf_cpu_tiling.h
-// says when and what was measured), and is reduced by the steps
-// of amf_reduce.h (argmax, or the soft-argmax with its log-sum-exp) right after, while it is still in
-// cache. Extra memory: one tile per thread plus the [B, N, F] outputs (and bf16 inputs' packed keys), never
-// N x N unless amf_forward_scores keeps the scores for the backward. Single-threaded
+// 4 MiB (in soft mode with MKL, for frames of about 1,000 keys and more, of this core's L2:
+// amf_cpu_tiling.h says when and what was measured), and is reduced by the steps of amf_reduce.h
+// (argmax, or the soft-argmax with its log-sum-exp) right after, while it is still in cache. Extra
+// memory: one tile per thread plus the [B, N, F] outputs (and bf16 inputs' packed keys), never N x N
+// unless amf_forward_scores keeps the scores for the backward. Single-threaded
 // MKL reached 94.7 GFLOP/s on 256 x 1320 x 3072 tiles and 97.8 on 660 x 1320 x 3072 (99.0 on the
 // whole 1320^2 problem) on the 2-core CI machine, hence tall tiles where nothing else was measured.
 // The argmax forward takes the bf16 screen of amf_cpu_screen.cpp where the CPU multiplies bf16
@@ -230,8 +230,8 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
 // large GEMM (recompute S = Q_r K^T, then dQ_r = alpha * dz @ K and dK += alpha * dz^T @ Q_r), so
 // each runs on all threads inside MKL or oneDNN (amf_cpu_gemm.h) at full efficiency, and only the
 // logit-gradient pass between them (amf_reduce.h: dz = p * (<g, pos(n)> - <g, o>), p recomputed from
-// the stored lse) is ours, parallel over rows. The R x N chunk buffer is bounded by kBackwardChunkBytes, not by N^2; the
-// chunks run in a fixed order, so the dK accumulation is deterministic.
+// the stored lse) is ours, parallel over rows. The R x N chunk buffer is bounded by kBackwardChunkBytes,
+// not by N^2; the chunks run in a fixed order, so the dK accumulation is deterministic.
 constexpr int64_t kBackwardChunkBytes = int64_t(64) << 20;
 
 // Query rows per backward chunk: as many rows of row_bytes as the budget holds (or the knob), 1 to n.

@@ -41,7 +41,7 @@ const Cpu& cpu() {
 bool rows_out(const at::Tensor& t) { return t.stride(1) == 1 && t.stride(0) >= t.size(1); }
 bool plain(const at::Tensor& t) { return t.is_contiguous() || (t.stride(0) == 1 && t.stride(1) == t.size(0)); }
 bool onednn_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  return rows_out(out) && plain(a) && plain(b);
+  return out.numel() > 0 && a.size(1) > 0 && rows_out(out) && plain(a) && plain(b);  // empty: ATen's rules
 }
 
 }  // namespace

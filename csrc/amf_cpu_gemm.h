@@ -1,8 +1,8 @@
 // The float32 GEMMs of the CPU kernels: ATen's (MKL) or, where that is faster, oneDNN's.
 //
 // MKL runs its AVX2 code on CPUs that are not Intel's. On an AMD EPYC of family 26 (Zen 5, full-width
-// AVX-512) oneDNN's float32 matmul ran 1320 x 3072 x 1320 at 0.47x of MKL's time, one thread and two
-// (docs/runs/onednn_gemm/). So on a CPU with AVX-512 (BW, VL, DQ) that is not Intel's, float32 tiles go
+// AVX-512) oneDNN's float32 matmul ran 1320 x 3072 x 1320 in 0.46x of MKL's time on one thread and 0.49x on
+// two (docs/runs/onednn_gemm/). So on a CPU with AVX-512 (BW, VL, DQ) that is not Intel's, float32 tiles go
 // through ATen's oneDNN matmul, still float32 in and out, accumulated in float32: exact like MKL's, in
 // another order. DITFLOW_FAST_CPU_ONEDNN=0 keeps MKL; =1 takes oneDNN on any CPU with those units.
 #pragma once
