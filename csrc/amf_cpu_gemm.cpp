@@ -16,23 +16,17 @@ __attribute__((weak)) void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2,
 namespace ditflow_fast {
 namespace {
 
-// The units ATen's oneDNN matmul asks of an x86 CPU for float32 (it refuses otherwise), and the vendor.
-struct Cpu {
-  bool avx512 = false, intel = false;
-};
-
-const Cpu& cpu() {
-  static const Cpu c = [] {
-    Cpu r;
+// Whether this CPU has the units ATen's oneDNN matmul asks of an x86 CPU for float32 (it refuses otherwise) and,
+// unless any vendor will do, is not Intel's (there MKL runs AVX-512 itself).
+bool cpu_takes_onednn(bool any_vendor) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    r.avx512 = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx512dq");
-    r.intel = __builtin_cpu_is("intel");
+  static const bool avx512 = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                             __builtin_cpu_supports("avx512dq");
+  static const bool intel = __builtin_cpu_is("intel");
+  return avx512 && (any_vendor || !intel);
+#else
+  return false;
 #endif
-    return r;
-  }();
-  return c;
 }
 
 // Layouts oneDNN's optimised matmul takes as they are: rows with unit stride (any pitch) for the output, and
@@ -47,11 +41,10 @@ bool onednn_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& 
 }  // namespace
 
 bool onednn_gemm_enabled() {
-  if (&at::native::mkldnn_matmul == nullptr || !cpu().avx512 || !at::globalContext().userEnabledMkldnn())
-    return false;
+  if (&at::native::mkldnn_matmul == nullptr || !at::globalContext().userEnabledMkldnn()) return false;
   const char* knob = std::getenv("DITFLOW_FAST_CPU_ONEDNN");
-  if (knob && std::string_view(knob) == "0") return false;
-  return !cpu().intel || (knob && std::string_view(knob) == "1");
+  const std::string_view v = knob ? knob : "";
+  return v != "0" && cpu_takes_onednn(v == "1");
 }
 
 void gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double beta, double alpha) {

@@ -92,7 +92,7 @@ def format_table(record: dict) -> str:
         title += ("\ncpu argmax: " + ("bf16 screen + float64 rescoring (exact)" if st["cpu_argmax_screen"]
                                        else "float32 GEMM tiles (screen off or no native bf16)"))
     if st.get("cpu_onednn_gemm") is not None:
-        title += ("\ncpu float32 GEMMs: " + ("oneDNN (MKL runs its AVX2 code on this CPU; row gemm_onednn)"
+        title += ("\ncpu float32 GEMMs: " + ("oneDNN (row gemm_onednn times its GEMM)"
                                              if st["cpu_onednn_gemm"] else "MKL"))
     if st.get("refcheck") is False:
         title += "\nrefcheck: off (--no-refcheck): no row was compared with the float64 reference"

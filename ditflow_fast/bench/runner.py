@@ -31,18 +31,13 @@ from .spec import FLOOR, elem_size, parse_dtype
 from .timing import paired_ratio, summarize, time_callable, time_paired
 
 
-def _cpu_argmax_screen() -> bool | None:
-    """Whether the ``cpu`` backend's float32 argmax took the bf16 screen in this run (None: not built)."""
+def _cpu_native_flag(name: str) -> bool | None:
+    """A yes/no op of the native extension (``argmax_screen_enabled``: the ``cpu`` backend's float32 argmax takes
+    the bf16 screen; ``onednn_gemm_enabled``: its float32 GEMMs go to oneDNN) as it stood in this run; None: not
+    built."""
     if _native.why_unavailable():
         return None
-    return bool(_native.ops().argmax_screen_enabled())
-
-
-def _cpu_onednn_gemm() -> bool | None:
-    """Whether the ``cpu`` backend's float32 GEMMs went to oneDNN rather than MKL in this run (None: not built)."""
-    if _native.why_unavailable():
-        return None
-    return bool(_native.ops().onednn_gemm_enabled())
+    return bool(getattr(_native.ops(), name)())
 
 
 def default_device() -> str:
@@ -189,7 +184,8 @@ def run_bench(preset: str, *, impls: list[str] | None = None, modes: tuple[str, 
                          "impls": names, "modes": list(modes), "seed": seed, "layout": layout,
                          "torch_threads": torch.get_num_threads(),
                          "loadavg_start": load_start, "loadavg_end": _loadavg(),
-                         "cpu_argmax_screen": _cpu_argmax_screen(), "cpu_onednn_gemm": _cpu_onednn_gemm(),
+                         "cpu_argmax_screen": _cpu_native_flag("argmax_screen_enabled"),
+                         "cpu_onednn_gemm": _cpu_native_flag("onednn_gemm_enabled"),
                          "refcheck": refcheck,
                          "refcheck_shape": list(check["shape"]) if check else None,
                          "refcheck_note": shape_note(preset, check["shape"], dtype) if check else None,
