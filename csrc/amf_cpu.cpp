@@ -356,7 +356,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_entry(const at::Tensor& q
   const int64_t batch = qc.size(0), n = qc.size(1), hw = height * width;
   at::Tensor target = at::empty({batch, n, frames, 2}, opts);
   at::Tensor lse = soft ? at::empty({batch, n, frames}, opts) : at::empty({0}, opts);
-  at::Tensor keep = keep_scores ? at::empty({batch, n, n}, opts) : at::Tensor();
+  // kept until the backward lets go of them, then reused: fresh pages cost more than the copy-free reuse
+  at::Tensor keep = keep_scores ? scratch(Slot::kScores, {batch, n, n}, opts.dtype().toScalarType()) : at::Tensor();
   if (n == 0 || batch == 0) return {target, lse, keep};
   AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "amf_forward_cpu", [&] {
     std::vector<scalar_t> px, py;
@@ -412,12 +413,14 @@ std::tuple<at::Tensor, at::Tensor> amf_backward_cpu(const at::Tensor& qc_in, con
   // Transposed, addmm_ writes each gradient as [D, N] rows (it swaps the operands for a column-major result):
   // at cpu-5b both GEMMs then ran 4 to 10% faster than into [N, D] rows, more than the per-head transposing
   // copy this costs a caller that re-lays them out as [B, H, T, d] (docs/runs/transposed_grads).
-  const auto grad_buffer = [&](const at::Tensor& like) {
-    if (!transposed || bf16) return at::empty_like(like);
-    return at::empty({batch, like.size(2), n}, like.options()).transpose(1, 2);
+  // From scratch slots: the caller re-lays them out and lets go, so the next call finds its pages faulted in.
+  const auto grad_buffer = [&](const at::Tensor& like, Slot slot) {
+    const int64_t d = like.size(2);
+    if (!transposed || bf16) return scratch(slot, {batch, n, d}, like.scalar_type());
+    return scratch(slot, {batch, d, n}, like.scalar_type()).transpose(1, 2);
   };
-  at::Tensor dq = need_dq ? grad_buffer(qc) : at::Tensor();
-  at::Tensor dk = need_dk ? grad_buffer(kc) : at::Tensor();  // written by the first row chunk
+  at::Tensor dq = need_dq ? grad_buffer(qc, Slot::kDq) : at::Tensor();
+  at::Tensor dk = need_dk ? grad_buffer(kc, Slot::kDk) : at::Tensor();  // written by the first row chunk
   if (n > 0 && batch > 0 && (need_dq || need_dk) && bf16) {
     std::vector<float> px, py;
     coords(height, width, px, py);

@@ -7,9 +7,11 @@
 // A slot's buffer is handed out again only when no tensor refers to it any more (its storage's use
 // count), so a copy saved for the backward, a caller still holding a view, or a second thread calling at
 // the same time is never shared: the slot leaves that buffer to its users (freed when the last lets go)
-// and takes a new one. The slots together hold at most DITFLOW_FAST_CPU_SCRATCH_MB MiB (default 64, read
-// per call; 0 turns keeping off): a request beyond that is allocated and freed as before, which costs
-// little where it happens, since large calls are long.
+// and takes a new one. The slots together hold at most DITFLOW_FAST_CPU_SCRATCH_MB MiB (read per call; 0
+// turns keeping off), by default 64 MiB or an eighth of the memory available (MemAvailable) when a slot
+// grows past that, whichever is more: a request beyond the cap is allocated and freed as before.
+// Why the eighth: on the 2-core Intel VM of session 20 a fresh page cost about 5 us to fault in, and at
+// cogvideox-5b-f6 a forward + backward faulted in 825 MB a call (211,000 faults) under the old 64 MiB cap.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -29,7 +31,12 @@ enum class Slot : int64_t {
   kChunk = 6,       // the backward's row chunk
   kKCentred = 7,    // the bf16 backward's centred keys and rounded logit gradients
   kDzBf16 = 8,
-  kCount = 9,
+  kScores = 9,      // the soft forward's kept [B, N, N] scores, for its backward
+  kDq = 10,         // the float32 backward's [B, N, D] gradients
+  kDk = 11,
+  kGradQ = 12,      // the Python side's [B, H, T, d] gradients, re-laid out from kDq, kDk
+  kGradK = 13,
+  kCount = 14,
 };
 
 // A contiguous tensor of `sizes` and `dtype` on the CPU, uninitialised: the slot's kept buffer when it

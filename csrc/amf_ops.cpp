@@ -17,7 +17,7 @@
 
 // Bumped whenever a schema below or the meaning of an op changes: ditflow_fast/_native.py refuses a
 // prebuilt module of another version (a stale build) with a message instead of failing mid-call.
-constexpr int64_t kAbiVersion = 8;
+constexpr int64_t kAbiVersion = 9;
 
 TORCH_LIBRARY(ditflow_fast_native, m) {
   m.def("abi_version() -> int", [] { return kAbiVersion; });
@@ -29,10 +29,12 @@ TORCH_LIBRARY(ditflow_fast_native, m) {
   // Whether float32 GEMMs go to oneDNN rather than MKL (amf_cpu_gemm.h).
   m.def("onednn_gemm_enabled() -> bool", [] { return ditflow_fast::onednn_gemm_enabled(); });
   // A CPU buffer of the slot kept between calls (amf_cpu_scratch.h; the Python side gathers qc into slot
-  // 0 and kc into slot 1), the bytes forgotten by dropping them all, and the bytes kept now.
+  // 0 and kc into slot 1, and lays the gradients out in 12 and 13), the bytes forgotten by dropping them
+  // all, and the bytes kept now.
   m.def("scratch(int slot, int[] sizes, ScalarType dtype) -> Tensor", [](int64_t slot, c10::IntArrayRef sizes,
                                                                          c10::ScalarType dtype) {
-    TORCH_CHECK(slot == 0 || slot == 1, "ditflow_fast scratch: slot must be 0 (qc) or 1 (kc), got ", slot);
+    TORCH_CHECK(slot == 0 || slot == 1 || slot == 12 || slot == 13,
+                "ditflow_fast scratch: slot must be 0 (qc), 1 (kc), 12 (q's gradient) or 13 (k's), got ", slot);
     return ditflow_fast::scratch(static_cast<ditflow_fast::Slot>(slot), sizes, dtype);
   });
   m.def("release_scratch() -> int", [] { return ditflow_fast::release_scratch(); });

@@ -28,7 +28,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 SOURCES_LIST = REPO_ROOT / "csrc" / "sources.txt"
 OP_NAMESPACE = "ditflow_fast_native"
-ABI_VERSION = 8  # must match kAbiVersion in csrc/amf_ops.cpp
+ABI_VERSION = 9  # must match kAbiVersion in csrc/amf_ops.cpp
 # Compiler flags of the CPU extension, shared with setup.py. -fopenmp is needed for at::parallel_for
 # to run in parallel at all (its OpenMP pragmas sit in ATen headers compiled into this extension);
 # -fno-trapping-math lets GCC vectorise the branch-free exp of amf_reduce.h (results are unchanged).

@@ -125,7 +125,13 @@ class _CpuSoftAMF(torch.autograd.Function):
         dqc, dkc = _native.ops().amf_backward(
             qc, kc, target, lse, g, p.frames, p.height, p.width, _soft_alpha(p), want_q, want_k, scores, transposed
         )
-        return (expand_grad(dqc, q, p) if want_q else None, expand_grad(dkc, k, p) if want_k else None, None, None)
+        return _expand(dqc, q, p, 12) if want_q else None, _expand(dkc, k, p, 13) if want_k else None, None, None
+
+
+def _expand(dcat: torch.Tensor, like: torch.Tensor, p: AMFProblem, slot: int) -> torch.Tensor:
+    """:func:`expand_grad` into the kernel's scratch slot (12 for q, 13 for k): the gradient is a fresh buffer to
+    autograd, yet its pages are faulted in already once an earlier call's gradient has been let go."""
+    return expand_grad(dcat, like, p, lambda shape, dtype: _native.ops().scratch(slot, list(shape), dtype))
 
 
 def amf_cpu(problem: AMFProblem) -> torch.Tensor:

@@ -43,7 +43,7 @@ def grad_is_head_major(like: torch.Tensor) -> bool:
     return not like.permute(0, 2, 1, 3).is_contiguous()
 
 
-def expand_grad(dcat: torch.Tensor | None, like: torch.Tensor, p: AMFProblem) -> torch.Tensor | None:
+def expand_grad(dcat: torch.Tensor | None, like: torch.Tensor, p: AMFProblem, empty=None) -> torch.Tensor | None:
     """``[B, N, H*d]`` -> a gradient for ``like`` (``[B, H, T, d]``), zero on the text tokens; None stays None.
 
     Laid out like ``like`` so that autograd passes it on without re-laying it out: a
@@ -51,20 +51,22 @@ def expand_grad(dcat: torch.Tensor | None, like: torch.Tensor, p: AMFProblem) ->
     attention hands over; then the video part is one contiguous copy, or none without text
     tokens), a contiguous ``[B, H, T, d]`` tensor otherwise. Only the text rows are zero-filled:
     the video rows are overwritten anyway, and they are nearly all of it (226 text tokens next to
-    8,100 or more video tokens at CogVideoX sizes).
+    8,100 or more video tokens at CogVideoX sizes). ``empty(shape, dtype)`` makes the buffer (default: a new
+    tensor; the ``cpu`` backend passes its kept scratch buffers, which are already faulted in).
     """
     if dcat is None:
         return None
     b, h, _, d = like.shape
     video = dcat.reshape(b, p.tokens, h, d)
+    empty = empty or (lambda shape, dtype: dcat.new_empty(shape, dtype=dtype))
     if not grad_is_head_major(like):
         if p.text_tokens == 0:
             return video.to(like.dtype).permute(0, 2, 1, 3)
-        full = dcat.new_empty((b, p.text_tokens + p.tokens, h, d), dtype=like.dtype)
+        full = empty((b, p.text_tokens + p.tokens, h, d), like.dtype)
         full[:, :p.text_tokens].zero_()
         full[:, p.text_tokens:].copy_(video)
         return full.permute(0, 2, 1, 3)
-    full = dcat.new_empty(like.shape, dtype=like.dtype)
+    full = empty(tuple(like.shape), like.dtype)
     full[:, :, :p.text_tokens].zero_()
     full[:, :, p.text_tokens:].copy_(video.permute(0, 2, 1, 3))
     return full

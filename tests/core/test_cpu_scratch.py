@@ -15,6 +15,7 @@ from ditflow_fast import _native
 from ditflow_fast._problem import validate
 from ditflow_fast.backends.cpu import amf_cpu, release_scratch
 from ditflow_fast.backends.reference import amf_reference
+from ditflow_fast.hostmem import available_bytes as _available_bytes
 
 _WHY = _native.why_unavailable()
 pytestmark = pytest.mark.skipif(_WHY is not None, reason=f"cpu backend unavailable: {_WHY}")
@@ -74,6 +75,52 @@ def test_a_bad_cap_is_refused_by_name(ops, monkeypatch, raw):
 def test_only_the_gather_slots_are_open_to_python(ops):
     with pytest.raises(RuntimeError, match="slot must be 0"):
         ops.scratch(2, [4], torch.float32)
+
+
+def test_the_default_cap_grows_past_64_mib_with_the_memory_available(ops, monkeypatch):
+    monkeypatch.delenv("DITFLOW_FAST_CPU_SCRATCH_MB", raising=False)
+    mib = 80  # past the 64 MiB floor: kept when an eighth of MemAvailable allows it
+    buf = ops.scratch(0, [mib << 18], torch.float32)
+    del buf
+    kept = _available_bytes() / 8 >= mib << 20
+    assert ops.scratch_bytes() == (mib << 20 if kept else 0)
+
+
+@pytest.mark.parametrize("layout", ["bhtd", "bthd"])
+def test_gradients_in_kept_buffers_are_never_overwritten_while_held(ops, layout):
+    """The backward lays q's and k's gradients out in slots 12 and 13: a gradient the caller still holds must
+    survive the next call, and one let go is reused, so its pages are not faulted in again."""
+    shape = dict(frames=2, height=3, width=5, text_tokens=3, mode="soft")
+    grads_out = torch.randn(1, 2, 2, 15, 2)
+    held, refs, ptrs = [], [], []
+    for seed in range(3):
+        q, k = make_qk(1, 4, 2, 3, 5, 8, text_tokens=3, seed=seed)
+        if layout == "bthd":
+            q, k = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k))
+        q, k = q.requires_grad_(), k.requires_grad_()
+        dq, dk = torch.autograd.grad(amf_cpu(validate(q, k, temperature=2.0, **shape)), (q, k), grads_out)
+        qd, kd = q.detach().double().requires_grad_(), k.detach().double().requires_grad_()
+        refs.append(torch.autograd.grad(amf_reference(qd, kd, temperature=2.0, **shape), (qd, kd), grads_out.double()))
+        ptrs.append(dq.data_ptr())
+        if seed < 2:
+            held.append((dq, dk))  # the first two are held: the third call must take other buffers
+        else:
+            del dq, dk
+    for (dq, dk), (rq, rk) in zip(held, refs, strict=False):
+        assert rel_err(dq, rq) < SOFT_RTOL[torch.float32] and rel_err(dk, rk) < SOFT_RTOL[torch.float32]
+        assert dq[:, :, :3].abs().max() == 0 and dk[:, :, :3].abs().max() == 0  # text tokens
+    assert len(set(ptrs)) == 3
+    q, k = make_qk(1, 4, 2, 3, 5, 8, text_tokens=3, seed=3)
+    if layout == "bthd":
+        q, k = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k))
+    q = q.requires_grad_()
+    (dq,) = torch.autograd.grad(amf_cpu(validate(q, k, temperature=2.0, **shape)), (q,), grads_out)
+    ptr = dq.data_ptr()
+    assert ops.scratch(12, [8], torch.float32).data_ptr() != ptr  # held: slot 12 takes another buffer
+    (dq,) = torch.autograd.grad(amf_cpu(validate(q, k, temperature=2.0, **shape)), (q,), grads_out)
+    ptr = dq.data_ptr()
+    del dq
+    assert ops.scratch(12, [8], torch.float32).data_ptr() == ptr  # let go: the slot serves it again
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
