@@ -11,6 +11,7 @@
 
 #include "amf_cpu.h"
 #include "amf_cpu_bf16.h"
+#include "amf_cpu_gather.h"
 #include "amf_cpu_gemm.h"
 #include "amf_cpu_scratch.h"
 #include "amf_cpu_screen.h"
@@ -37,6 +38,12 @@ TORCH_LIBRARY(ditflow_fast_native, m) {
                 "ditflow_fast scratch: slot must be 0 (qc), 1 (kc), 12 (q's gradient) or 13 (k's), got ", slot);
     return ditflow_fast::scratch(static_cast<ditflow_fast::Slot>(slot), sizes, dtype);
   });
+  // q or k [B, H, T, d] -> (its heads-concatenated video tokens in slot 0 or 1, max|t| or NaN): amf_cpu_gather.h
+  m.def("gather_checked(Tensor t, int text_tokens, int slot) -> (Tensor, float)",
+        [](const at::Tensor& t, int64_t text_tokens, int64_t slot) {
+          TORCH_CHECK(slot == 0 || slot == 1, "ditflow_fast gather_checked: slot must be 0 (qc) or 1 (kc), got ", slot);
+          return ditflow_fast::gather_checked(t, text_tokens, slot);
+        });
   m.def("release_scratch() -> int", [] { return ditflow_fast::release_scratch(); });
   m.def("scratch_bytes() -> int", [] { return ditflow_fast::scratch_bytes(); });
   // soft=True: softmax-weighted mean position and lse; soft=False: position of the first maximum of

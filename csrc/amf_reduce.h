@@ -35,10 +35,12 @@
 #define AMF_PRAGMA(text) _Pragma(#text)
 #define AMF_SIMD_MAX(...) AMF_PRAGMA(omp simd reduction(max : __VA_ARGS__))
 #define AMF_SIMD_SUM(...) AMF_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
+#define AMF_SIMD_MAX_SUM(m, s) AMF_PRAGMA(omp simd reduction(max : m) reduction(+ : s))
 #define AMF_SIMD AMF_PRAGMA(omp simd)
 #else
 #define AMF_SIMD_MAX(...)
 #define AMF_SIMD_SUM(...)
+#define AMF_SIMD_MAX_SUM(m, s)
 #define AMF_SIMD
 #endif
 

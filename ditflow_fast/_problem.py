@@ -154,7 +154,10 @@ def in_memory_order(t: torch.Tensor) -> torch.Tensor:
     return v if v.is_contiguous() else t
 
 
-def check_finite(name: str, t: torch.Tensor, what: str = "the AMF of non-finite attention is undefined") -> float:
+NON_FINITE = "the AMF of non-finite attention is undefined"
+
+
+def check_finite(name: str, t: torch.Tensor, what: str = NON_FINITE) -> float:
     """Raise ``ValueError`` naming ``name`` if ``t`` holds NaN or inf; else return ``max|t|``.
 
     The argmax of a row with a NaN is undefined yet finite-looking, so non-finite input is an
@@ -165,6 +168,15 @@ def check_finite(name: str, t: torch.Tensor, what: str = "the AMF of non-finite 
     if math.isnan(m):
         raise ValueError(f"{name} contains NaN or inf values; {what}")
     return m
+
+
+def check_maxima(problem: AMFProblem, qmax: float, kmax: float) -> None:
+    """:func:`check_values` from ``max|q|``, ``max|k|`` (NaN for non-finite) that a backend found in its own pass
+    over q and k: the same errors, in the same order."""
+    for name, m in (("q", qmax), ("k", kmax)):
+        if math.isnan(m):
+            raise ValueError(f"{name} contains NaN or inf values; {NON_FINITE}")
+    check_range(problem, qmax, kmax)
 
 
 def range_limit(dtype: torch.dtype) -> float:

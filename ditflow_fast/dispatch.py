@@ -31,6 +31,9 @@ class Backend:
     double_backward: bool = False
     # Lower runs first under "auto"; None keeps a backend out of "auto" (the materialising oracle).
     auto_rank: int | None = None
+    # Whether it runs the value checks itself, in its own pass over q and k (:func:`check_maxima`), where the
+    # eager path would otherwise read them once more for :func:`check_values` before running it.
+    checks_values: bool = False
     # Returns None when the backend can run on this machine, else why not (a missing build, ...).
     unavailable: Callable[[], str | None] = field(default=lambda: None)
 
