@@ -25,6 +25,7 @@ multiplies bf16 natively (exact argmax; ``csrc/amf_cpu_screen.h``; bf16 inputs a
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -90,6 +91,16 @@ def _gather_dtype(p: AMFProblem) -> torch.dtype:
 
 
 TRANSPOSED_MAX_TOKENS = 2048  # video tokens up to which the soft backward asks for [B, D, N] gradients
+
+
+@functools.cache
+def _intel_cpu() -> bool:
+    """Whether /proc/cpuinfo names an Intel CPU (False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
+    except OSError:
+        return False
 KEEP_FRACTION = 0.25  # of the memory available when the forward runs
 
 
@@ -137,10 +148,13 @@ class _CpuSoftAMF(torch.autograd.Function):
         p = ctx.problem
         want_q, want_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         g = from_output_layout(grad_out.to(target.dtype), p).contiguous()  # pos(m) carries no gradient
-        # [B, D, N] gradients: the GEMMs ran 4 to 10% faster at N = 1,320 and 1,800 here, but 25% slower from
-        # 3,300 up (6 CogVideoX frames: 17%), and re-laid out per head into [B, H, T, d] they cost 1 ms more to copy;
-        # into [B, T, H, d] the whole-matrix transpose would cost 9 ms (docs/runs/transposed_grads)
-        transposed = p.tokens <= TRANSPOSED_MAX_TOKENS and grad_is_head_major(q) and grad_is_head_major(k)
+        # [B, D, N] gradients: on the AMD EPYC of session 17 the GEMMs ran 4 to 10% faster at N = 1,320 and 1,800,
+        # but 25% slower from 3,300 up (6 CogVideoX frames: 17%), and re-laid out per head into [B, H, T, d] they
+        # cost 1 ms more to copy; into [B, T, H, d] the whole-matrix transpose would cost 9 ms
+        # (docs/runs/transposed_grads). On the Intel Xeon of session 20 the whole fwd+bwd at cpu-5b took 3.41x and
+        # 3.45x of the GEMM that way against 3.30x and 3.33x with [B, N, D] gradients: there they are not asked for.
+        transposed = (p.tokens <= TRANSPOSED_MAX_TOKENS and grad_is_head_major(q) and grad_is_head_major(k)
+                      and not _intel_cpu())
         dqc, dkc = _native.ops().amf_backward(
             qc, kc, target, lse, g, p.frames, p.height, p.width, _soft_alpha(p), want_q, want_k, scores, transposed
         )

@@ -1,12 +1,13 @@
 """``amf_backward(..., transposed=True)``: float32/float64 gradients as ``[B, N, D]`` views of ``[B, D, N]`` buffers
 (csrc/amf_cpu.cpp), equal to the row-major ones up to float32 rounding, on ragged shapes, with the scores kept or
-recomputed, in one row chunk or many; the fake kernel gives the same strides; bf16 inputs ignore the flag."""
+recomputed, in one row chunk or many; the fake kernel gives the same strides; bf16 inputs ignore the flag; the backend
+asks for them only on CPUs that are not Intel's, with the same gradients either way."""
 
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from ditflow_fast import _native
+from ditflow_fast import _native, compute_amf
 
 _WHY = _native.why_unavailable()
 pytestmark = pytest.mark.skipif(_WHY is not None, reason=f"cpu backend unavailable: {_WHY}")
@@ -58,3 +59,31 @@ def test_bf16_inputs_ignore_the_flag():
         pytest.skip("this CPU has no AVX512-BF16: bf16 inputs take the float32 backward")
     args = _args(SHAPES[1], torch.bfloat16, keep=False)
     assert all(t.is_contiguous() for t in _native.ops().amf_backward(*args, True))
+
+
+@pytest.mark.parametrize("intel", [True, False])
+def test_the_backend_asks_for_them_only_off_intel_and_gets_the_same_gradients(intel, monkeypatch):
+    import ditflow_fast.backends.cpu as cpu
+
+    q, k = (torch.randn(1, 3, 4 + 2 * 15, 8, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    q, k = q.requires_grad_(), k.requires_grad_()
+    kw = dict(frames=2, height=3, width=5, text_tokens=4)
+    grads_out = torch.randn(1, 2, 2, 15, 2)
+    qd, kd = q.detach().double().requires_grad_(), k.detach().double().requires_grad_()
+    want = torch.autograd.grad(compute_amf(qd, kd, backend="reference", **kw), (qd, kd), grads_out.double())
+    asked = []
+    real = _native.ops
+
+    class Spy:
+        def __getattr__(self, name):
+            op = getattr(real(), name)
+            if name != "amf_backward":
+                return op
+            return lambda *a: asked.append(a[-1]) or op(*a)
+
+    monkeypatch.setattr(cpu, "_intel_cpu", lambda: intel)
+    monkeypatch.setattr(cpu._native, "ops", Spy)
+    got = torch.autograd.grad(compute_amf(q, k, backend="cpu", **kw), (q, k), grads_out)
+    assert asked == [not intel]
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g.double(), w, rtol=1e-4, atol=1e-6)
