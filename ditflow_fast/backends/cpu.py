@@ -74,8 +74,8 @@ def _gathered(p: AMFProblem) -> tuple[torch.Tensor, torch.Tensor]:
     """
     q, k = p.q.detach(), p.k.detach()
     fused = q.dtype == k.dtype == _gather_dtype(p) and q.dtype in (torch.float32, torch.float64)
-    if not fused or (q.permute(0, 2, 1, 3).is_contiguous() and p.text_tokens == 0):  # views: nothing to copy
-        check_values(p)
+    if not fused or any(t[:, :, p.text_tokens:].permute(0, 2, 1, 3).is_contiguous() for t in (q, k)):
+        check_values(p)  # a [B, T, H, d] input is its own gathered copy: one read, the check's
         return _gather(q, p, 0), _gather(k, p, 1)
     gather = _native.ops().gather_checked
     (qc, qmax), (kc, kmax) = gather(q, p.text_tokens, 0), gather(k, p.text_tokens, 1)

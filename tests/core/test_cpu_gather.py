@@ -96,9 +96,22 @@ def test_compute_amf_refuses_out_of_range_input_from_the_fused_pass(monkeypatch)
         compute_amf(q, k, frames=2, height=3, width=4, text_tokens=5, backend="cpu")
 
 
-def test_layouts_without_a_copy_still_get_checked(monkeypatch):
-    # [B, T, H, d] views with no text tokens are handed to the kernel as they are: the separate checks run
-    q, k = make_qk(1, 2, 2, 3, 4, 8, layout="transposed", seed=3)
-    k[0, 1, 4, 2] = math.nan
+@pytest.mark.parametrize("text", [0, 3])
+def test_layouts_without_a_copy_still_get_checked(text, monkeypatch):
+    # [B, T, H, d] inputs of one batch element are handed to the kernel as views: the separate checks run
+    q, k = make_qk(1, 2, 2, 3, 4, 8, text_tokens=text, layout="transposed", seed=3)
+    k[0, 1, 1, 2] = math.nan  # a text token where there are some
     with pytest.raises(ValueError, match="^k contains NaN or inf"):
-        compute_amf(q, k, frames=2, height=3, width=4, backend="cpu")
+        compute_amf(q, k, frames=2, height=3, width=4, text_tokens=text, backend="cpu")
+    k[0, 1, 1, 2] = 0.0
+    calls = []
+    real = _native.ops
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(real(), name)
+
+    monkeypatch.setattr(cpu_backend._native, "ops", Spy)
+    compute_amf(q, k, frames=2, height=3, width=4, text_tokens=text, backend="cpu")
+    assert "gather_checked" not in calls and "scratch" not in calls  # no copy was made
