@@ -162,10 +162,13 @@ void forward_impl(const at::Tensor& qc, const at::Tensor& kc, int64_t frames, in
     }
   }
   const int64_t batch = qc.size(0), n = qc.size(1), d = qc.size(2);
-  // amf_cpu_tiling.h's L2 cut was measured with MKL. With oneDNN's tiles (Zen 5, cogvideox-5b-f6 soft, paired) the
-  // tall tiles ran 0.418x to 0.429x of the GEMM in four runs, the cut ones 0.429x to 0.464x (docs/runs/onednn_gemm/).
+  // amf_cpu_tiling.h's L2 cut was measured where MKL runs its AVX2 code (AMD). With oneDNN's tiles (Zen 5,
+  // cogvideox-5b-f6 soft, paired) the tall tiles ran 0.418x to 0.429x of the GEMM in four runs, the cut ones 0.429x
+  // to 0.464x (docs/runs/onednn_gemm/); with MKL's AVX-512 code (Intel Xeon, 2 MiB L2, session 20) 1.015x twice
+  // against 1.047x and 1.054x (docs/runs/intel_xeon_s20/).
+  // The kernel's own bf16 tiles keep the cut.
   const bool onednn = std::is_same_v<T, float> && !bf16 && onednn_gemm_enabled();
-  const Plan plan = forward_plan(batch, n, frames, hw, sizeof(T), soft && !onednn);
+  const Plan plan = forward_plan(batch, n, frames, hw, sizeof(T), soft && (bf16 || (!onednn && !cpu_is_intel())));
   const PackedKeys keys = bf16 ? pack_keys(kc.data_ptr<c10::BFloat16>(), batch, n, d, hw) : PackedKeys{};
   T* tgt = target.data_ptr<T>();
   T* lse_ptr = soft ? lse.data_ptr<T>() : nullptr;

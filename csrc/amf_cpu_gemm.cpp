@@ -14,6 +14,16 @@ __attribute__((weak)) void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2,
 }  // namespace at::native
 
 namespace ditflow_fast {
+
+bool cpu_is_intel() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool intel = __builtin_cpu_is("intel");
+  return intel;
+#else
+  return false;
+#endif
+}
+
 namespace {
 
 // Whether this CPU has the units ATen's oneDNN matmul asks of an x86 CPU for float32 (it refuses otherwise) and,
@@ -22,8 +32,7 @@ bool cpu_takes_onednn(bool any_vendor) {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const bool avx512 = __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                              __builtin_cpu_supports("avx512dq");
-  static const bool intel = __builtin_cpu_is("intel");
-  return avx512 && (any_vendor || !intel);
+  return avx512 && (any_vendor || !cpu_is_intel());
 #else
   return false;
 #endif

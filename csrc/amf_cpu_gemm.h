@@ -11,6 +11,9 @@
 
 namespace ditflow_fast {
 
+// Whether the CPU is Intel's, where MKL runs its own AVX-512 code.
+bool cpu_is_intel();
+
 // Whether gemm_out sends float32 to oneDNN in this process (read per call: the knob, and
 // torch.backends.mkldnn.enabled).
 bool onednn_gemm_enabled();
