@@ -31,6 +31,7 @@ import torch
 from safetensors import safe_open
 
 from ..atomic import write_safetensors
+from ..backends.cpu import release_scratch
 from ..families.offload import activation_offload, settle
 from . import embeds as emb_io
 from . import losses
@@ -356,6 +357,8 @@ class Guide:
                             model_id=self.model_id, latent_shape=self.latent_fhw, run_key=self.run_key))
                 latents = self._denoise(i, t, latents, emb)
                 self.ctrl.inject_kv = {}
+                if i + 1 == cfg.guided_steps:
+                    release_scratch()  # the cpu backend's kept buffers: no AMF runs after the guided steps
                 check_finite(f"the latent after denoising step {i + 1} of {cfg.steps} (timestep {t})", latents)
                 self._save_state(state_dir, i + 1, latents, emb, res.losses)
                 bar.update(1)
@@ -366,6 +369,7 @@ class Guide:
                     return res  # interrupted on purpose (tests, budgets): the state is on disk
         finally:
             self.ctrl.inject_kv = {}
+            release_scratch()
             bar.close()
         res.latents = self._hold(latents, None)
         res.passes = sum(len(h) for h in res.losses.values())  # every real pass recorded one loss

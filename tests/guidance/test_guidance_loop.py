@@ -168,3 +168,22 @@ def test_rope_emb_mode_with_and_without_checkpointing(checkpointing, tmp_path):
     # when no checkpointing re-runs the block.
     res = _guide(True, opt_mode="emb", gradient_checkpointing=checkpointing).run(progress=False, embeds_dir=tmp_path)
     assert len(res.saved_embeddings) == GUIDED and torch.isfinite(res.latents).all()
+
+
+def test_the_cpu_kernels_buffers_are_let_go_after_the_guided_steps(monkeypatch):
+    import ditflow_fast.guidance.loop as loop
+    from ditflow_fast import _native
+
+    if _native.why_unavailable() is not None:
+        pytest.skip("cpu backend unavailable")
+    held = []
+    real = loop.release_scratch
+
+    def spy():
+        held.append(_native.ops().scratch_bytes())
+        return real()
+
+    monkeypatch.setattr(loop, "release_scratch", spy)
+    _guide(True, backend="cpu").run(progress=False)
+    assert held[0] > 0  # the guided steps' AMF calls kept buffers, let go after the last one
+    assert _native.ops().scratch_bytes() == 0
