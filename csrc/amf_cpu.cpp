@@ -359,7 +359,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_entry(const at::Tensor& q
   const int64_t batch = qc.size(0), n = qc.size(1), hw = height * width;
   at::Tensor target = at::empty({batch, n, frames, 2}, opts);
   at::Tensor lse = soft ? at::empty({batch, n, frames}, opts) : at::empty({0}, opts);
-  // kept until the backward lets go of them, then reused: fresh pages cost more than the copy-free reuse
+  // in a slot: the backward lets go of them, and the next call finds their pages faulted in (amf_cpu_scratch.h)
   at::Tensor keep = keep_scores ? scratch(Slot::kScores, {batch, n, n}, opts.dtype().toScalarType()) : at::Tensor();
   if (n == 0 || batch == 0) return {target, lse, keep};
   AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "amf_forward_cpu", [&] {

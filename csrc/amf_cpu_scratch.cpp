@@ -22,12 +22,12 @@ std::mutex mu;
 // flat uint8 buffers, guarded by mu; never destroyed, so no tensor outlives the allocator at exit
 auto& kept = *new std::array<at::Tensor, static_cast<size_t>(Slot::kCount)>();
 
-// MemAvailable of /proc/meminfo in bytes, 0 where there is none
+// MemAvailable of /proc/meminfo (kB there) in bytes, 0 where there is none
 int64_t available_bytes() {
   std::ifstream meminfo("/proc/meminfo");
   const std::string key = "MemAvailable:";
   for (std::string line; std::getline(meminfo, line);)
-    if (line.compare(0, key.size(), key) == 0) return std::stoll(line.substr(key.size())) * 1024;  // kB
+    if (line.compare(0, key.size(), key) == 0) return std::strtoll(line.c_str() + key.size(), nullptr, 10) * 1024;
   return 0;
 }
 
