@@ -171,8 +171,9 @@ def check_finite(name: str, t: torch.Tensor, what: str = NON_FINITE) -> float:
 
 
 def check_maxima(problem: AMFProblem, qmax: float, kmax: float) -> None:
-    """:func:`check_values` from ``max|q|``, ``max|k|`` (NaN for non-finite) that a backend found in its own pass
-    over q and k: the same errors, in the same order."""
+    """Raise ``ValueError`` naming q or k if its ``max|t|`` is NaN (it holds NaN or inf), then if the scores would
+    overflow (:func:`check_range`). :func:`check_values` finds the maxima; a backend that ``checks_values`` finds them
+    in its own pass over q and k."""
     for name, m in (("q", qmax), ("k", kmax)):
         if math.isnan(m):
             raise ValueError(f"{name} contains NaN or inf values; {NON_FINITE}")
@@ -223,12 +224,11 @@ def check_score_range(dtype: torch.dtype, heads: int, head_dim: int, temperature
 
 
 def check_values(problem: AMFProblem) -> None:
-    """The value checks of every call (one pass over q and over k): finite, and in range."""
+    """The value checks of every call (one pass over q and over k): finite, and in range (:func:`check_maxima`)."""
     q, k = problem.q, problem.k
     same = k is q or (k.data_ptr() == q.data_ptr() and k.stride() == q.stride() and k.shape == q.shape)
-    qmax = check_finite("q", q)
-    kmax = qmax if same else check_finite("k", k)
-    check_range(problem, qmax, kmax)
+    qmax = finite_max(q)
+    check_maxima(problem, qmax, qmax if same else finite_max(k))
 
 
 def autocast_disabled() -> contextlib.ExitStack:
